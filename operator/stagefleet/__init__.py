@@ -1,0 +1,3 @@
+"""stagefleet: build container images by running independent Dockerfile stages in parallel worker pods."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""The `stagefleet` command: a thin dispatcher; each subcommand lives in its own module.
+
+A subcommand module exposes ``register(subparsers) -> None``; the parser it adds sets ``func`` to a
+callable taking the parsed namespace and returning the exit status. Modules are imported lazily so that
+`stagefleet plan` never pays for kopf or the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import cast
+
+# (subcommand, module, one-line help). Each owner adds its line here.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("plan", "stagefleet.commands.plan", "show the stage graph and build plan of a Dockerfile"),
+]
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; only the selected subcommand's module is imported."""
+    parser = argparse.ArgumentParser(prog="stagefleet", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        if selected is None or selected == name:
+            register = getattr(importlib.import_module(module), "register")
+            register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    names = {name for name, _, _ in COMMANDS}
+    selected = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in names else None)
+    args = parser.parse_args(args_list)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    return cast(Callable[[argparse.Namespace], int], func)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

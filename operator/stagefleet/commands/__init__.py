@@ -1,0 +1,1 @@
+"""Subcommands of the `stagefleet` CLI, one module each."""
