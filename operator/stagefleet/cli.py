@@ -24,7 +24,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stagefleet", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
-        if selected is None or selected == name:
+        if selected == name:
             register = getattr(importlib.import_module(module), "register")
             register(sub)
         else:
