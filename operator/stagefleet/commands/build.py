@@ -1,0 +1,196 @@
+"""`stagefleet build`: the build farm on one machine — the same plan and worker, no cluster needed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from stagefleet import local
+
+PROGRESS_MODES = ("auto", "plain", "json")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "build", help="build an image locally: one worker process per plan group, groups in parallel",
+        description="Plan the Dockerfile's stage graph and run each group as a local stagefleet-worker "
+                    "process with its own fresh storage root; results pass through a registry by digest. "
+                    "In --build-arg, --tag and --cache-repo values, {registry} stands for the registry used.")
+    p.add_argument("context", nargs="?", default=".", help="build context directory (default: .)")
+    p.add_argument("-f", "--file", dest="dockerfile", help="Dockerfile (default: CONTEXT/Dockerfile)")
+    p.add_argument("--target", help="stage to build (default: the last one)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="K=V")
+    p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE")
+    p.add_argument("--ssh", action="append", default=[], metavar="ID=KEYFILE")
+    p.add_argument("--tag", "-t", action="append", default=[], metavar="REF",
+                   help="where to push the image (repeatable; default {registry}/stagefleet/local:BUILD-ID)")
+    p.add_argument("--registry", metavar="HOST:PORT",
+                   help="registry for stage results (default: a throwaway local registry)")
+    p.add_argument("--cache-repo", metavar="REF", help="layer cache repository (--cache-from/--cache-to)")
+    p.add_argument("--parallel", type=int, default=max(os.cpu_count() or 1, 1), metavar="N",
+                   help="at most N workers at once (default: CPUs)")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                   help="auto (live on a terminal, else plain), plain, or json (one event per line)")
+    p.add_argument("--keep-registry", action="store_true",
+                   help="leave the throwaway registry running after the build (prints how to stop it)")
+    p.add_argument("--worker", default="stagefleet-worker", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _expand(value: str, registry: str) -> str:
+    return value.replace("{registry}", registry)
+
+
+@contextlib.contextmanager
+def throwaway_registry(keep: bool, notice: TextIO) -> Iterator[tuple[str, str]]:
+    """A local registry plus the offline busybox base image in it; yields (host, base image ref)."""
+    from stagefleet import localregistry
+
+    reg = localregistry.LocalRegistry()
+    reg.start()
+    try:
+        base = push_base_image(reg.host)
+        what = "left running" if keep else "stopped when the build ends; --keep-registry keeps it"
+        notice.write(f"throwaway registry at {reg.host} (data {reg.data_dir}; {what}); "
+                     f"base image {base}\n")
+        notice.flush()
+        yield reg.host, base
+    finally:
+        if keep:
+            notice.write(f"registry {reg.host} still running: stop it with `kill {reg.pid}`\n")
+        else:
+            reg.stop()
+
+
+def push_base_image(registry: str) -> str:
+    """Build the offline busybox base image in a scratch storage root and push it to `registry`."""
+    from stagefleet import buildenv, localregistry
+
+    root = Path(tempfile.mkdtemp(prefix="stagefleet-base-"))
+    try:
+        env = buildenv.prepare(root, insecure_registries=local.insecure_hosts([registry]))
+        try:
+            return localregistry.ensure_base_image(registry, env)
+        finally:
+            subprocess.run(["buildah", "rmi", "--all", "--force"], env=env, capture_output=True, check=False)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from stagefleet.plan import make_plan
+    from stagefleet.stages import DockerfileError, parse_stage_graph
+
+    context = Path(args.context)
+    if not context.is_dir():
+        print(f"error: build context {context} is not a directory", file=sys.stderr)
+        return 2
+    dockerfile = Path(args.dockerfile) if args.dockerfile else context / "Dockerfile"
+    try:
+        text = dockerfile.read_text()
+        build_args = dict(local.parse_kv(a, "--build-arg") for a in args.build_arg)
+        secrets = dict(local.parse_secret(s) for s in args.secret)
+        ssh = dict(local.parse_kv(s, "--ssh") for s in args.ssh)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for sid, src in [*secrets.items(), *ssh.items()]:
+        if not Path(src).is_file():
+            print(f"error: file {src} for secret/ssh id {sid!r} does not exist", file=sys.stderr)
+            return 2
+    if args.parallel < 1:
+        print("error: --parallel must be at least 1", file=sys.stderr)
+        return 2
+
+    mode = args.progress
+    if mode == "auto":
+        mode = "rich" if sys.stdout.isatty() else "plain"
+    notice = sys.stderr if mode == "json" else sys.stdout
+
+    with contextlib.ExitStack() as stack:
+        if args.registry:
+            registry = args.registry
+        else:
+            try:
+                registry, _base = stack.enter_context(throwaway_registry(args.keep_registry, notice))
+            except Exception as e:  # registry or base image: tell the user what to install
+                print(f"error: cannot start a throwaway registry: {e}", file=sys.stderr)
+                return 1
+        build_args = {k: _expand(v, registry) for k, v in build_args.items()}
+        try:
+            graph = parse_stage_graph(text, filename=str(dockerfile), target=args.target,
+                                      build_args=build_args)
+            plan = make_plan(graph)
+        except DockerfileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        build_id = local.new_build_id()
+        tags = tuple(_expand(t, registry) for t in args.tag) or (local.default_tag(registry, build_id),)
+        cache_repo = _expand(args.cache_repo, registry) if args.cache_repo else None
+        bases = [s.base for s in graph.built if s.base] + [i for s in graph.built for i in s.images]
+        settings = local.BuildSettings(
+            context=context, dockerfile=dockerfile, registry=registry, build_id=build_id, tags=tags,
+            target=graph.target, build_args=build_args, secrets=secrets, ssh=ssh, cache_repo=cache_repo,
+            insecure=tuple(local.insecure_hosts([registry, *tags, cache_repo, *bases])),
+            parallel=args.parallel, worker=(args.worker,))
+        mask = local.Masker.from_files([*secrets.values(), *ssh.values()])
+
+        start = time.time()
+        progress: local.Progress
+        if mode == "json":
+            progress = local.JsonProgress(sys.stdout)
+        elif mode == "rich":
+            progress = local.RichProgress(plan, start)
+        else:
+            progress = local.PlainProgress(sys.stdout, start)
+        try:
+            result = asyncio.run(local.run_plan(plan, settings, progress.handle, mask))
+        finally:
+            progress.close()
+        if mode != "json":
+            _print_summary(result.summary, rich=mode == "rich")
+            if result.ok:
+                for tag in tags:
+                    print(f"image: {tag}@{result.digest}")
+        if not result.ok:
+            print(f"error: {result.message}", file=sys.stderr)
+            return result.exit_code or 1
+        return 0
+    return 0  # pragma: no cover - the with block always returns
+
+
+def _print_summary(summary: local.Summary, *, rich: bool) -> None:
+    if not rich:
+        print()
+        for line in local.format_summary(summary):
+            print(line)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    header, cells = local.summary_table(summary)
+    table = Table(*header, box=None, header_style="bold")
+    for row in cells:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for line in local.summary_footer(summary):
+        console.print(line, highlight=False)

@@ -1,0 +1,842 @@
+"""Local mode: run a build plan as local `stagefleet-worker` processes, one per group.
+
+The same plan and the same worker as the operator, minus Kubernetes: each group gets its own fresh
+storage root (a stand-in for a fresh pod), starts as soon as the groups it waits for have succeeded,
+and hands its result to its consumers through the registry by digest.
+
+Layout: pure pieces first (scheduling, references, worker arguments, events, formatting, summary), so
+they are unit-tested without buildah; the asyncio runner at the bottom only moves bytes between them and
+the worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import json
+import os
+import re
+import secrets as _secrets
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+# --------------------------------------------------------------------------------------------------
+# Plan shapes (structural, so tests can use small fakes and the real `stagefleet.plan.Group` fits)
+# --------------------------------------------------------------------------------------------------
+
+
+class GroupLike(Protocol):
+    """What local mode needs of a `stagefleet.plan.Group`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def stages(self) -> tuple[str, ...]: ...
+    @property
+    def after(self) -> tuple[str, ...]: ...
+    @property
+    def consumes(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def secrets(self) -> tuple[str, ...]: ...
+    @property
+    def ssh(self) -> tuple[str, ...]: ...
+    @property
+    def critical(self) -> bool: ...
+    @property
+    def weight(self) -> int: ...
+
+
+class PlanLike(Protocol):
+    """What local mode needs of a `stagefleet.plan.Plan`."""
+
+    @property
+    def groups(self) -> Sequence[GroupLike]: ...
+    @property
+    def critical_path(self) -> tuple[str, ...]: ...
+    @property
+    def final_group(self) -> str: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Scheduling (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+def groups_to_start(groups: Sequence[GroupLike], *, succeeded: Set[str], running: Set[str],
+                    failed: Set[str] = frozenset(), parallelism: int = 1) -> list[str]:
+    """The groups to start now: ready ones (all `after` succeeded), at most `parallelism - running`.
+
+    Nothing new starts once a group failed (the build is lost; we only wind down). Among ready groups
+    the critical ones go first, then the heavier ones, then plan order: with fewer slots than ready
+    groups this keeps the critical path — which decides the wall time — from waiting.
+    """
+    if failed:
+        return []
+    free = max(parallelism, 1) - len(running)
+    if free <= 0:
+        return []
+    done_or_busy = set(succeeded) | set(running) | set(failed)
+    ready = [(i, g) for i, g in enumerate(groups)
+             if g.id not in done_or_busy and all(a in succeeded for a in g.after)]
+    ready.sort(key=lambda ig: (not ig[1].critical, -ig[1].weight, ig[0]))
+    return [g.id for _, g in ready[:free]]
+
+
+def unschedulable(groups: Sequence[GroupLike], succeeded: Set[str]) -> list[str]:
+    """Groups that can never start because something they wait for is not in the plan."""
+    ids = {g.id for g in groups}
+    return [g.id for g in groups if g.id not in succeeded and any(a not in ids for a in g.after)]
+
+
+# --------------------------------------------------------------------------------------------------
+# References and worker arguments (pure)
+# --------------------------------------------------------------------------------------------------
+
+_LOOPBACK = ("127.", "localhost", "[::1]")
+
+
+def new_build_id(now: float | None = None) -> str:
+    """A sortable, registry-safe id: UTC time plus randomness (`20261127-215800-a1b2c3`)."""
+    stamp = _dt.datetime.fromtimestamp(time.time() if now is None else now, tz=_dt.UTC)
+    return f"{stamp:%Y%m%d-%H%M%S}-{_secrets.token_hex(3)}"
+
+
+def stage_repo(registry: str, build_id: str) -> str:
+    """Where intermediate group results go: one repository per build, one tag per group."""
+    return f"{registry}/stagefleet/{build_id}/stages"
+
+
+def default_tag(registry: str, build_id: str) -> str:
+    """The final image reference when the user names none."""
+    return f"{registry}/stagefleet/local:{build_id}"
+
+
+def ref_host(ref: str) -> str | None:
+    """The registry host of a reference, or None for a Docker Hub short name."""
+    first, sep, _ = ref.partition("/")
+    if not sep:
+        return None
+    if "." in first or ":" in first or first == "localhost":
+        return first
+    return None
+
+
+def repository_of(ref: str) -> str:
+    """A reference without its tag and digest (`host:5000/a/b:t@sha256:..` → `host:5000/a/b`)."""
+    name = ref.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith(_LOOPBACK)
+
+
+def insecure_hosts(refs: Iterable[str | None]) -> list[str]:
+    """Loopback registries among `refs`: plain HTTP, as the throwaway registry and tests use."""
+    hosts = set()
+    for r in refs:
+        host = (r if "/" not in r else ref_host(r)) if r else None
+        if host and is_loopback(host):
+            hosts.add(host)
+    return sorted(hosts)
+
+
+def parse_kv(spec: str, what: str) -> tuple[str, str]:
+    """`K=V` → (K, V); the key must not be empty."""
+    key, sep, value = spec.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{what} must look like KEY=VALUE, got {spec!r}")
+    return key, value
+
+
+def parse_secret(spec: str) -> tuple[str, str]:
+    """`id=ID,src=FILE` (also `source=`, `type=file`; a bare `ID` means the file `ID`) → (ID, FILE)."""
+    fields: dict[str, str] = {}
+    for part in spec.split(","):
+        k, sep, v = part.partition("=")
+        if not sep:
+            if len(spec.split(",")) == 1:
+                return k, k
+            raise ValueError(f"--secret: expected id=ID,src=FILE, got {spec!r}")
+        fields[k.strip()] = v
+    if fields.get("type", "file") != "file":
+        raise ValueError(f"--secret: only type=file is supported, got {spec!r}")
+    sid = fields.get("id")
+    src = fields.get("src", fields.get("source"))
+    if not sid or not src:
+        raise ValueError(f"--secret: expected id=ID,src=FILE, got {spec!r}")
+    return sid, src
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything about one local build that does not change while it runs."""
+
+    context: Path
+    dockerfile: Path
+    registry: str
+    build_id: str
+    tags: tuple[str, ...]
+    target: str | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict)      # id → file
+    ssh: Mapping[str, str] = field(default_factory=dict)          # id → key file
+    cache_repo: str | None = None
+    insecure: tuple[str, ...] = ()
+    parallel: int = 1
+    worker: Sequence[str] = ("stagefleet-worker",)
+
+    def push_refs(self, group: GroupLike, final_group: str) -> list[str]:
+        """The final group goes to every tag; any other to the build's stage repository."""
+        if group.id == final_group:
+            return list(self.tags)
+        return [f"{stage_repo(self.registry, self.build_id)}:{group.id}"]
+
+
+def worker_argv(settings: BuildSettings, group: GroupLike, *, final_group: str,
+                upstream: Mapping[str, str], storage_root: Path, result_file: Path) -> list[str]:
+    """The `stagefleet-worker` command line for one group (see docs/contracts.md).
+
+    `upstream` maps a producing group id to the `REPO@sha256:..` it pushed. Only the secrets and ssh
+    ids the group's own stages use are passed, as the operator mounts only those into a pod.
+    """
+    argv = [*settings.worker, "--context", str(settings.context)]
+    try:
+        rel = settings.dockerfile.resolve().relative_to(settings.context.resolve())
+        argv += ["--dockerfile", str(rel)]
+    except ValueError:
+        argv += ["--inline-dockerfile", str(settings.dockerfile)]
+    argv += ["--target", group.stages[-1]]
+    for s in group.stages:
+        argv += ["--stage", s]
+    for stage_name, producer in group.consumes:
+        argv += ["--upstream", f"{stage_name}={upstream[producer]}"]
+    for sid in group.secrets:
+        if sid in settings.secrets:
+            argv += ["--secret", f"id={sid},src={settings.secrets[sid]}"]
+    for sid in group.ssh:
+        if sid in settings.ssh:
+            argv += ["--ssh", f"{sid}={settings.ssh[sid]}"]
+    for k, v in settings.build_args.items():
+        argv += ["--build-arg", f"{k}={v}"]
+    if settings.cache_repo:
+        argv += ["--cache-repo", settings.cache_repo]
+    for ref in settings.push_refs(group, final_group):
+        argv += ["--push", ref]
+    for host in settings.insecure:
+        argv += ["--insecure-registry", host]
+    argv += ["--storage-root", str(storage_root), "--result-file", str(result_file)]
+    return argv
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets in output (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+class Masker:
+    """Replaces secret values in text before anything is printed — defence in depth on top of the
+    worker's own scrubbing, so a `RUN cat /run/secrets/x` never reaches the terminal or a CI log."""
+
+    MASK = "****"
+
+    def __init__(self, values: Iterable[str]) -> None:
+        needles: set[str] = set()
+        for v in values:
+            if v.strip():
+                needles.add(v.strip())
+            needles.update(line.strip() for line in v.splitlines() if len(line.strip()) >= 4)
+        self._needles = sorted(needles, key=len, reverse=True)
+
+    @classmethod
+    def from_files(cls, files: Iterable[str | Path]) -> Masker:
+        values = []
+        for f in files:
+            with contextlib.suppress(OSError):
+                values.append(Path(f).read_text(errors="replace"))
+        return cls(values)
+
+    def __call__(self, text: str) -> str:
+        for n in self._needles:
+            if n in text:
+                text = text.replace(n, self.MASK)
+        return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Events and their formatting (pure)
+# --------------------------------------------------------------------------------------------------
+
+GROUP_STARTED = "group-started"
+LOG = "log"
+GROUP_FINISHED = "group-finished"
+BUILD_STARTED = "build-started"
+BUILD_FINISHED = "build-finished"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One progress event; `time` is Unix time in seconds, comparable across groups."""
+
+    kind: str
+    time: float
+    group: str | None = None
+    stage: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": self.kind, "time": round(self.time, 6)}
+        if self.group is not None:
+            out["group"] = self.group
+        if self.stage is not None:
+            out["stage"] = self.stage
+        out.update(self.data)
+        return out
+
+
+_STEP_FROM = re.compile(r"STEP \d+(?:/\d+)?: FROM \S+(?: AS (\S+))?", re.IGNORECASE)
+_PREFIX = re.compile(r"^\[([a-z0-9][a-z0-9_.-]*)\] ?")
+
+
+class StageTracker:
+    """Works out which stage of a group a worker output line belongs to.
+
+    The worker prefixes lines with `[stage]`; buildah's own `STEP n/m: FROM base AS stage` lines mark
+    where a stage begins. Lines with neither belong to the stage seen last (at first, the first one).
+    """
+
+    def __init__(self, stages: Sequence[str]) -> None:
+        self.stages = list(stages)
+        self.current = self.stages[0] if self.stages else ""
+
+    def feed(self, line: str) -> tuple[str, str]:
+        """(stage, line without a recognised stage prefix)."""
+        m = _PREFIX.match(line)
+        if m and m.group(1) in self.stages:
+            self.current = m.group(1)
+            line = line[m.end():]
+        fm = _STEP_FROM.search(line)
+        if fm and fm.group(1) and fm.group(1).lower() in self.stages:
+            self.current = fm.group(1).lower()
+        return self.current, line
+
+
+def format_plain(event: Event, start: float) -> str | None:
+    """One `--progress plain` line: seconds since the build started, the stage, the text."""
+    t = f"{max(event.time - start, 0.0):7.2f}"
+    d = event.data
+    label = event.stage or event.group or "build"
+    if event.kind == BUILD_STARTED:
+        return f"{t} [build] plan: {d.get('groups', '?')} groups, target {d.get('target', '?')}, " \
+               f"registry {d.get('registry', '?')}, parallel {d.get('parallel', '?')}"
+    if event.kind == GROUP_STARTED:
+        return f"{t} [{label}] ==> group {event.group} started (stages: {', '.join(d.get('stages', []))})"
+    if event.kind == LOG:
+        return f"{t} [{label}] {d.get('line', '')}"
+    if event.kind == GROUP_FINISHED:
+        if d.get("ok"):
+            return (f"{t} [{label}] ==> group {event.group} done in {d.get('seconds', 0):.2f}s "
+                    f"({d.get('cachedSteps', 0)}/{d.get('steps', 0)} steps cached) {d.get('digest', '')}")
+        return f"{t} [{label}] ==> group {event.group} FAILED: {d.get('message', '')}"
+    if event.kind == BUILD_FINISHED:
+        if d.get("ok"):
+            return f"{t} [build] done: {d.get('image', '')}@{d.get('digest', '')}"
+        return f"{t} [build] FAILED: {d.get('message', '')}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Outcomes and the summary (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupOutcome:
+    """What happened to one group: its run window, the worker's exit status and result JSON."""
+
+    group: str
+    stages: tuple[str, ...]
+    started: float
+    finished: float
+    exit_code: int | None
+    result: Mapping[str, Any] | None = None
+    error: str | None = None          # our message when the worker gave none (or was stopped)
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and bool(self.result and self.result.get("ok")) and not self.cancelled
+
+    @property
+    def seconds(self) -> float:
+        return max(self.finished - self.started, 0.0)
+
+    @property
+    def digest(self) -> str | None:
+        d = self.result.get("digest") if self.result else None
+        return d if isinstance(d, str) else None
+
+    def message(self) -> str:
+        """The failure in one line, preferring the worker's own words."""
+        err = self.result.get("error") if self.result else None
+        if isinstance(err, Mapping) and err.get("message"):
+            where = ""
+            if err.get("stage"):
+                where = f" (stage {err['stage']}" + (f", line {err['line']}" if err.get("line") else "") + ")"
+            return f"{err.get('kind', 'error')}{where}: {err['message']}"
+        if self.error:
+            return self.error
+        return f"worker exited with status {self.exit_code}"
+
+
+@dataclass(frozen=True)
+class StageRow:
+    stage: str
+    group: str
+    seconds: float | None
+    cached_steps: int | None
+    steps: int | None
+    digest: str | None
+    status: str            # done | failed | cancelled | not run
+    critical: bool
+
+
+@dataclass(frozen=True)
+class Summary:
+    rows: tuple[StageRow, ...]
+    critical_path: tuple[str, ...]
+    critical_seconds: float
+    wall_seconds: float
+    group_seconds: float      # sum of the groups' run windows: what one worker after another would take
+    stage_seconds: float      # sum of the stages' build times as the workers measured them
+
+    @property
+    def speedup(self) -> float:
+        """Sum of group run times over wall time: how much running groups side by side bought."""
+        return self.group_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+def summarize(plan: PlanLike, outcomes: Mapping[str, GroupOutcome], wall_seconds: float) -> Summary:
+    """Per-stage rows (plan order), the critical path's measured time, and the parallel speed-up.
+
+    A stage's time is the worker's own per-stage measurement; when the worker reported none (it
+    failed or was stopped), a single-stage group's run window stands in for it.
+    """
+    rows: list[StageRow] = []
+    stage_secs: dict[str, float] = {}
+    critical = set(plan.critical_path)
+    for g in plan.groups:
+        o = outcomes.get(g.id)
+        per_stage: dict[str, Mapping[str, Any]] = {}
+        if o and o.result:
+            for s in o.result.get("stages") or []:
+                if isinstance(s, Mapping) and isinstance(s.get("name"), str):
+                    per_stage[s["name"]] = s
+        for name in g.stages:
+            info = per_stage.get(name, {})
+            secs: float | None = None
+            if isinstance(info.get("seconds"), int | float):
+                secs = float(info["seconds"])
+            elif o is not None and len(g.stages) == 1:
+                secs = o.seconds
+            if secs is not None:
+                stage_secs[name] = secs
+            if o is None:
+                status = "not run"
+            elif o.ok:
+                status = "done"
+            elif o.cancelled:
+                status = "cancelled"
+            else:
+                status = "failed"
+            cached = info.get("cachedSteps")
+            steps = info.get("steps")
+            rows.append(StageRow(
+                stage=name, group=g.id, seconds=secs,
+                cached_steps=int(cached) if isinstance(cached, int) else None,
+                steps=int(steps) if isinstance(steps, int) else None,
+                digest=o.digest if o and o.ok and name == g.stages[-1] else None,
+                status=status, critical=name in critical))
+    return Summary(
+        rows=tuple(rows),
+        critical_path=tuple(plan.critical_path),
+        critical_seconds=sum(stage_secs.get(s, 0.0) for s in plan.critical_path),
+        wall_seconds=wall_seconds,
+        group_seconds=sum(o.seconds for o in outcomes.values()),
+        stage_seconds=sum(stage_secs.values()),
+    )
+
+
+def short_digest(digest: str | None) -> str:
+    if not digest:
+        return "-"
+    algo, _, hexpart = digest.partition(":")
+    return f"{algo}:{hexpart[:12]}" if hexpart else digest
+
+
+def summary_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the summary table (shared by the plain and the rich renderers)."""
+    header = ["STAGE", "GROUP", "STATUS", "DURATION", "CACHED", "DIGEST"]
+    cells = []
+    for r in summary.rows:
+        cached = "-" if r.cached_steps is None else (
+            f"{r.cached_steps}/{r.steps}" if r.steps is not None else str(r.cached_steps))
+        cells.append([r.stage + (" *" if r.critical else ""), r.group, r.status,
+                      "-" if r.seconds is None else f"{r.seconds:.1f}s", cached, short_digest(r.digest)])
+    return header, cells
+
+
+def summary_footer(summary: Summary) -> list[str]:
+    """The lines under the table: critical path, wall time against summed times, speed-up."""
+    return [
+        f"critical path (*): {' -> '.join(summary.critical_path) or '-'} ({summary.critical_seconds:.1f}s)",
+        f"wall time {summary.wall_seconds:.1f}s; groups one after another {summary.group_seconds:.1f}s "
+        f"(stages {summary.stage_seconds:.1f}s); parallel speed-up {summary.speedup:.2f}x",
+    ]
+
+
+def format_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
+    """kubectl-style columns: left-aligned, three spaces apart."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *cells, strict=False)]
+    return ["   ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+            for row in [list(header), *cells]]
+
+
+def format_summary(summary: Summary) -> list[str]:
+    header, cells = summary_table(summary)
+    return format_table(header, cells) + summary_footer(summary)
+
+
+def parse_result(stdout_last: str | None, result_file: Path | None) -> dict[str, Any] | None:
+    """The worker's result JSON: the result file if it was written, else its last stdout line."""
+    candidates: list[str] = []
+    if result_file is not None:
+        with contextlib.suppress(OSError):
+            candidates.append(result_file.read_text())
+    if stdout_last:
+        candidates.append(stdout_last)
+    for text in candidates:
+        with contextlib.suppress(ValueError):
+            data = json.loads(text)
+            if isinstance(data, dict) and "ok" in data:
+                return data
+    return None
+
+
+def looks_like_result(line: str) -> bool:
+    """The worker's result line (kept out of the log stream; it is shown as the group's outcome)."""
+    if not line.startswith("{") or '"ok"' not in line:
+        return False
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "ok" in data and ("digest" in data or "error" in data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress renderers
+# --------------------------------------------------------------------------------------------------
+
+
+class Progress(Protocol):
+    def handle(self, event: Event) -> None: ...
+    def close(self) -> None: ...
+
+
+class PlainProgress:
+    """`--progress plain`: one timestamped, stage-prefixed line per event."""
+
+    def __init__(self, out: TextIO, start: float) -> None:
+        self.out, self.start = out, start
+
+    def handle(self, event: Event) -> None:
+        line = format_plain(event, self.start)
+        if line is not None:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+class JsonProgress:
+    """`--progress json`: one JSON object per line, for machines."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def handle(self, event: Event) -> None:
+        self.out.write(json.dumps(event.to_json(), sort_keys=False) + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+class RichProgress:
+    """`--progress auto` on a terminal: a live table, one row per stage with its latest output line."""
+
+    def __init__(self, plan: PlanLike, start: float, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = console or Console()
+        self.start = start
+        self.state: dict[str, dict[str, Any]] = {}
+        for g in plan.groups:
+            for s in g.stages:
+                self.state[s] = {"group": g.id, "status": "waiting", "t0": None, "t1": None, "last": ""}
+        self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=8,
+                         transient=False)
+        self.live.start()
+
+    def _render(self) -> Any:
+        from rich.spinner import Spinner
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table.grid(padding=(0, 1))
+        now = time.time()
+        icons = {"waiting": Text("·", style="dim"), "done": Text("✔", style="green"),
+                 "failed": Text("✖", style="bold red"), "cancelled": Text("■", style="yellow")}
+        for name, st in self.state.items():
+            icon: Any = Spinner("dots", style="cyan") if st["status"] == "running" else icons[st["status"]]
+            elapsed = ""
+            if st["t0"] is not None:
+                elapsed = f"{(st['t1'] or now) - st['t0']:6.1f}s"
+            table.add_row(icon, Text(name, style="bold"), Text(st["group"], style="dim"), elapsed,
+                          Text(st["last"][-100:], style="dim", no_wrap=True, overflow="ellipsis"))
+        return table
+
+    def handle(self, event: Event) -> None:
+        d = event.data
+        stages = [s for s, st in self.state.items() if st["group"] == event.group]
+        if event.kind == GROUP_STARTED:
+            for s in stages:
+                self.state[s].update(status="running", t0=event.time)
+        elif event.kind == LOG and event.stage in self.state:
+            self.state[event.stage]["last"] = str(d.get("line", ""))
+        elif event.kind == GROUP_FINISHED:
+            status = "done" if d.get("ok") else ("cancelled" if d.get("cancelled") else "failed")
+            for s in stages:
+                self.state[s].update(status=status, t1=event.time)
+                if status == "done":
+                    self.state[s]["last"] = short_digest(d.get("digest"))
+                elif status == "failed":
+                    self.state[s]["last"] = str(d.get("message", ""))
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner (thin: processes and pipes)
+# --------------------------------------------------------------------------------------------------
+
+STOP_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class BuildResult:
+    ok: bool
+    outcomes: dict[str, GroupOutcome]
+    summary: Summary
+    image: str | None = None
+    digest: str | None = None
+    failed_group: str | None = None
+    message: str | None = None
+    exit_code: int = 0
+
+
+async def _stop_process(proc: asyncio.subprocess.Process) -> None:
+    """TERM the worker's whole process group (buildah and its children), KILL after a grace period."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def _run_group(settings: BuildSettings, plan: PlanLike, group: GroupLike, upstream: Mapping[str, str],
+                     emit: Callable[[Event], None], mask: Masker, workdir: Path) -> GroupOutcome:
+    """Run one worker process for `group` in a fresh storage root and collect its outcome."""
+    root = Path(tempfile.mkdtemp(prefix=f"{group.id}-", dir=workdir))
+    storage, result_file = root / "storage", root / "result.json"
+    argv = worker_argv(settings, group, final_group=plan.final_group, upstream=upstream,
+                       storage_root=storage, result_file=result_file)
+    tracker = StageTracker(group.stages)
+    last_stdout: list[str] = []
+    stderr_tail: list[str] = []
+    started = time.time()
+    emit(Event(GROUP_STARTED, started, group.id, group.stages[0],
+               {"stages": list(group.stages), "after": list(group.after)}))
+    proc: asyncio.subprocess.Process | None = None
+
+    async def pump(stream: asyncio.StreamReader | None, name: str) -> None:
+        if stream is None:
+            return
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                return
+            for piece in raw.decode(errors="replace").rstrip("\r\n").split("\r"):
+                text = mask(piece.rstrip())
+                if not text:
+                    continue
+                if name == "stdout" and looks_like_result(text):
+                    last_stdout[:] = [text]
+                    continue
+                if name == "stderr":
+                    stderr_tail[:] = [*stderr_tail[-19:], text]
+                stage, shown = tracker.feed(text)
+                emit(Event(LOG, time.time(), group.id, stage, {"stream": name, "line": shown}))
+
+    try:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 20)
+        except OSError as e:
+            return GroupOutcome(group.id, tuple(group.stages), started, time.time(), None,
+                                error=f"cannot start {argv[0]}: {e}")
+        await asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"))
+        code = await proc.wait()
+        result = parse_result(last_stdout[0] if last_stdout else None, result_file)
+        if result is not None:
+            result = json.loads(mask(json.dumps(result)))
+        outcome = GroupOutcome(group.id, tuple(group.stages), started, time.time(), code, result)
+        if code != 0 and result is None:
+            outcome.error = f"worker exited with status {code}" + (
+                f": {stderr_tail[-1]}" if stderr_tail else "")
+        elif code == 0 and not outcome.ok:
+            outcome.error = "worker exited 0 without a successful result"
+        return outcome
+    except asyncio.CancelledError:
+        if proc is not None:
+            await asyncio.shield(_stop_process(proc))
+        raise
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Event], None],
+                   mask: Masker | None = None, workdir: Path | None = None) -> BuildResult:
+    """Run every group of `plan`, each as soon as it may, at most `settings.parallel` at once.
+
+    The first failure stops the workers still running (their groups are reported as cancelled) and
+    fails the build with that group's message.
+    """
+    mask = mask or Masker([])
+    own_workdir = workdir is None
+    work = Path(tempfile.mkdtemp(prefix=f"stagefleet-{settings.build_id}-")) if workdir is None else workdir
+    by_id = {g.id: g for g in plan.groups}
+    succeeded: set[str] = set()
+    failed: set[str] = set()
+    outcomes: dict[str, GroupOutcome] = {}
+    upstream: dict[str, str] = {}
+    tasks: dict[str, asyncio.Task[GroupOutcome]] = {}
+    started_at: dict[str, float] = {}
+    stage_ref_repo = stage_repo(settings.registry, settings.build_id)
+    t0 = time.time()
+    emit(Event(BUILD_STARTED, t0, data={
+        "buildId": settings.build_id, "groups": len(plan.groups), "target": by_id[plan.final_group].stages[-1]
+        if plan.final_group in by_id else None, "registry": settings.registry, "parallel": settings.parallel,
+        "tags": list(settings.tags), "criticalPath": list(plan.critical_path),
+        "plan": [{"group": g.id, "stages": list(g.stages), "after": list(g.after)} for g in plan.groups]}))
+    first_failure: str | None = None
+    try:
+        while True:
+            for gid in groups_to_start(plan.groups, succeeded=succeeded, running=set(tasks),
+                                       failed=failed, parallelism=settings.parallel):
+                started_at[gid] = time.time()
+                tasks[gid] = asyncio.create_task(
+                    _run_group(settings, plan, by_id[gid], dict(upstream), emit, mask, work))
+            if not tasks:
+                break
+            done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+            for gid in [g for g, t in tasks.items() if t in done]:
+                outcome = tasks.pop(gid).result()
+                outcomes[gid] = outcome
+                if outcome.ok:
+                    succeeded.add(gid)
+                    if gid != plan.final_group and outcome.digest:
+                        upstream[gid] = f"{stage_ref_repo}@{outcome.digest}"
+                else:
+                    failed.add(gid)
+                    first_failure = first_failure or gid
+                _emit_finished(emit, outcome)
+            if failed and tasks:
+                for t in tasks.values():
+                    t.cancel()
+                for gid, t in list(tasks.items()):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+                    g = by_id[gid]
+                    outcomes[gid] = GroupOutcome(gid, tuple(g.stages), started_at[gid], time.time(), None,
+                                                 error="stopped: another group failed", cancelled=True)
+                    _emit_finished(emit, outcomes[gid])
+                tasks.clear()
+    finally:
+        for t in tasks.values():
+            t.cancel()
+        for t in tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if own_workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    wall = time.time() - t0
+    summary = summarize(plan, outcomes, wall)
+    final = outcomes.get(plan.final_group)
+    if first_failure is None and final is not None and final.ok:
+        result = BuildResult(True, outcomes, summary, image=settings.tags[0] if settings.tags else None,
+                             digest=final.digest)
+    else:
+        if first_failure is not None:
+            bad = outcomes[first_failure]
+            stage = None
+            err = bad.result.get("error") if bad.result else None
+            if isinstance(err, Mapping) and err.get("stage"):
+                stage = str(err["stage"])
+            where = f"stage {stage}" if stage else f"stage {', '.join(bad.stages)}"
+            message = f"{where} (group {first_failure}) failed: {bad.message()}"
+            code = bad.exit_code if bad.exit_code and 0 < bad.exit_code < 256 else 1
+        else:
+            stuck = unschedulable(plan.groups, succeeded)
+            message = f"groups never became ready: {', '.join(stuck) or '?'}"
+            code = 1
+        result = BuildResult(False, outcomes, summary, failed_group=first_failure, message=mask(message),
+                             exit_code=code)
+    emit(Event(BUILD_FINISHED, time.time(), data={
+        "ok": result.ok, "image": result.image, "digest": result.digest, "tags": list(settings.tags),
+        "message": result.message, "failedGroup": result.failed_group,
+        "wallSeconds": round(summary.wall_seconds, 3), "groupSeconds": round(summary.group_seconds, 3),
+        "stageSeconds": round(summary.stage_seconds, 3), "speedup": round(summary.speedup, 3),
+        "criticalPath": list(summary.critical_path), "criticalSeconds": round(summary.critical_seconds, 3),
+        "stages": [{"name": r.stage, "group": r.group, "status": r.status, "seconds": r.seconds,
+                    "cachedSteps": r.cached_steps, "steps": r.steps, "digest": r.digest}
+                   for r in summary.rows]}))
+    return result
+
+
+def _emit_finished(emit: Callable[[Event], None], o: GroupOutcome) -> None:
+    r = o.result or {}
+    emit(Event(GROUP_FINISHED, o.finished, o.group, o.stages[-1], {
+        "ok": o.ok, "cancelled": o.cancelled, "exitCode": o.exit_code, "seconds": round(o.seconds, 3),
+        "started": round(o.started, 6), "image": r.get("image"), "digest": o.digest,
+        "cachedSteps": r.get("cachedSteps"), "steps": r.get("steps"),
+        "message": None if o.ok else o.message()}))
