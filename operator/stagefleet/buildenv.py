@@ -1,0 +1,147 @@
+"""Configuration files and environment for one buildah run in its own storage root.
+
+Every worker invocation gets a root directory that plays the part of a fresh pod: buildah's image
+store, its run state, its cache mounts and its registry credentials all live below it, so nothing leaks
+between builds unless a caller deliberately reuses the root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Variables that would make buildah read the host's configuration instead of ours.
+_HOST_CONFIG_VARS = ("CONTAINERS_CONF", "BUILDAH_LAYERS", "BUILDAH_FORMAT", "REGISTRY_AUTH_FILE")
+
+
+class AuthFileError(ValueError):
+    """The registry credentials file is not a dockerconfigjson."""
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    """Where the pieces of one build root live."""
+
+    root: Path
+
+    @property
+    def graphroot(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def runroot(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def tmpdir(self) -> Path:
+        """TMPDIR; buildah keeps `RUN --mount=type=cache` data in `$TMPDIR/buildah-cache`."""
+        return self.root / "tmp"
+
+    @property
+    def storage_conf(self) -> Path:
+        return self.root / "storage.conf"
+
+    @property
+    def registries_conf(self) -> Path:
+        return self.root / "registries.conf"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.root / "auth.json"
+
+
+def storage_conf(graphroot: Path, runroot: Path, driver: str = "overlay") -> str:
+    """containers-storage.conf(5) text: our own graph/run roots so builds do not share images."""
+    return (
+        "[storage]\n"
+        f'driver = "{driver}"\n'
+        f"graphroot = {json.dumps(str(graphroot))}\n"
+        f"runroot = {json.dumps(str(runroot))}\n"
+    )
+
+
+def registries_conf(insecure: Iterable[str]) -> str:
+    """containers-registries.conf(5) text: no short-name search, plain HTTP for the given hosts."""
+    lines = ["unqualified-search-registries = []", ""]
+    for host in sorted(set(insecure)):
+        lines += ["[[registry]]", f"location = {json.dumps(host)}", "insecure = true", ""]
+    return "\n".join(lines)
+
+
+def load_auth(text: str) -> dict[str, object]:
+    """Validate a `kubernetes.io/dockerconfigjson` payload (also accepts a bare legacy `.dockercfg`)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AuthFileError(f"registry auth file is not JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise AuthFileError("registry auth file must hold a JSON object")
+    if "auths" not in data:
+        data = {"auths": data}  # legacy .dockercfg: the host map without the "auths" wrapper
+    if not isinstance(data["auths"], dict):
+        raise AuthFileError('registry auth file: "auths" must be an object')
+    return data
+
+
+def insecure_from_env(env: Mapping[str, str]) -> list[str]:
+    """Hosts listed in STAGEFLEET_INSECURE_REGISTRIES (comma-separated)."""
+    raw = env.get("STAGEFLEET_INSECURE_REGISTRIES", "")
+    return [h.strip() for h in raw.split(",") if h.strip()]
+
+
+def prepare(
+    root: Path,
+    *,
+    insecure_registries: Iterable[str] = (),
+    auth_file: Path | None = None,
+    base_env: Mapping[str, str] | None = None,
+    driver: str = "overlay",
+) -> dict[str, str]:
+    """Create the build root's files and return the environment for buildah/skopeo to run in it."""
+    paths = BuildPaths(root)
+    for d in (paths.graphroot, paths.runroot, paths.tmpdir):
+        d.mkdir(parents=True, exist_ok=True)
+    paths.storage_conf.write_text(storage_conf(paths.graphroot, paths.runroot, driver))
+    paths.registries_conf.write_text(registries_conf(insecure_registries))
+    source = os.environ if base_env is None else base_env
+    env = {k: v for k, v in source.items() if k not in _HOST_CONFIG_VARS}
+    env.update(
+        BUILDAH_ISOLATION="chroot",
+        CONTAINERS_STORAGE_CONF=str(paths.storage_conf),
+        CONTAINERS_REGISTRIES_CONF=str(paths.registries_conf),
+        TMPDIR=str(paths.tmpdir),
+    )
+    if auth_file is not None:
+        data = load_auth(auth_file.read_text())
+        fd = os.open(paths.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        env["REGISTRY_AUTH_FILE"] = str(paths.auth_file)
+    return env
+
+
+def mounts_under(root: Path, mounts_text: str) -> list[str]:
+    """Mount points below `root` in /proc/mounts text, deepest first (the order to unmount them)."""
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    points = [line.split()[1] for line in mounts_text.splitlines() if len(line.split()) > 2]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def cleanup(root: Path, env: Mapping[str, str]) -> None:
+    """Remove a build root: buildah containers first (that releases overlay mounts), then the files.
+
+    A failed build can leave working containers mounted; unmounting them is what lets a pod's
+    emptyDir (here: a temp dir) be deleted.
+    """
+    if not root.exists():
+        return
+    if BuildPaths(root).storage_conf.exists():
+        subprocess.run(["buildah", "rm", "--all"], env=dict(env), capture_output=True, check=False)
+    for point in mounts_under(root, Path("/proc/mounts").read_text()):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)

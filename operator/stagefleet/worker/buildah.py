@@ -1,0 +1,43 @@
+"""Pure: a `StepSpec` (plus what fetching produced) → the buildah command lines to run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from stagefleet.worker.spec import StepSpec
+
+
+def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: Path,
+               ssh_sockets: Mapping[str, str]) -> list[str]:
+    """`buildah build` for the group's target.
+
+    Upstream stages are replaced by their pushed images with `--build-context`, so the Dockerfile is
+    never rewritten; `--layers` with the cache repository lets a fresh pod reuse any earlier pod's steps.
+    """
+    argv = ["buildah", "build", "--layers", "--target", spec.target, "--file", str(dockerfile),
+            "--iidfile", str(iidfile), "--jobs", str(spec.jobs)]
+    if spec.platform:
+        argv += ["--platform", spec.platform]
+    for key, value in spec.build_args:
+        argv += ["--build-arg", f"{key}={value}"]
+    for up in spec.upstreams:
+        argv += ["--build-context", f"{up.stage}=docker-image://{up.ref}"]
+    for secret in spec.secrets:
+        argv += ["--secret", f"id={secret.id},src={secret.src}"]
+    for sid, sock in sorted(ssh_sockets.items()):
+        argv += ["--ssh", f"{sid}={sock}"]
+    if spec.no_cache:
+        argv.append("--no-cache")
+    if spec.cache_repo:
+        argv += ["--cache-to", spec.cache_repo]
+        if not spec.no_cache:
+            argv += ["--cache-from", spec.cache_repo]
+    argv.append(str(context_dir))
+    return argv
+
+
+def push_argv(image_id: str, ref: str, digestfile: Path) -> list[str]:
+    """`buildah push` of the built image to one reference; buildah's own retries are off (tenacity's
+    backoff is ours), and the digest lands in `digestfile`."""
+    return ["buildah", "push", "--retry", "0", "--digestfile", str(digestfile), image_id, f"docker://{ref}"]

@@ -1,0 +1,144 @@
+"""I/O: getting the build context (local dir, git at a pinned revision, inline Dockerfile) and keys.
+
+Keys come from Kubernetes Secret volumes, whose files are often group/world-readable; ssh refuses such
+keys, so each one is copied to a 0600 file in the worker's private directory first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from stagefleet.worker.spec import StepSpec
+
+
+class FetchError(RuntimeError):
+    """The build context could not be obtained (exit code 10)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What buildah builds from: a context directory and a Dockerfile path."""
+
+    directory: Path
+    dockerfile: Path
+
+
+def private_copy(src: Path, dest: Path) -> Path:
+    """Copy a key file to `dest` with mode 0600."""
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(src.read_bytes())
+    return dest
+
+
+def git_ssh_command(key: Path | None, known_hosts: Path | None, scratch: Path) -> str:
+    """GIT_SSH_COMMAND: only our key, host keys from the given file or accepted on first use."""
+    parts = ["ssh", "-o", "BatchMode=yes"]
+    if key is not None:
+        parts += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+    if known_hosts is not None:
+        parts += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    else:
+        parts += ["-o", f"UserKnownHostsFile={scratch / 'known_hosts'}",
+                  "-o", "StrictHostKeyChecking=accept-new"]
+    return shlex.join(parts)
+
+
+def _git(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def clone(url: str, revision: str, dest: Path, *, ssh_key: Path | None, known_hosts: Path | None,
+          scratch: Path) -> None:
+    """Check out `revision` of `url` into `dest`: a shallow fetch of just that revision, else a full one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    key = private_copy(ssh_key, scratch / "git_key") if ssh_key is not None else None
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_SSH_COMMAND=git_ssh_command(key, known_hosts, scratch))
+    dest.mkdir(parents=True, exist_ok=True)
+    for args in (["init", "-q"], ["remote", "add", "origin", url]):
+        r = _git(args, dest, env)
+        if r.returncode:
+            raise FetchError(f"git {args[0]}: {r.stderr.strip()}")
+    r = _git(["fetch", "-q", "--depth", "1", "origin", revision], dest, env)
+    if r.returncode:
+        shallow_err = r.stderr.strip()
+        r = _git(["fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"], dest, env)
+        if r.returncode:
+            raise FetchError(f"git fetch {url}: {r.stderr.strip() or shallow_err}")
+        rev = revision
+    else:
+        rev = "FETCH_HEAD"
+    r = _git(["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", rev], dest, env)
+    if r.returncode:
+        r2 = _git(["checkout", "-q", "--detach", f"origin/{revision}"], dest, env)
+        if r2.returncode:
+            raise FetchError(f"git checkout {revision}: {r.stderr.strip()}")
+
+
+def fetch_context(spec: StepSpec, workdir: Path) -> Context:
+    """Materialise the context for `spec` below `workdir`; raises `FetchError`."""
+    if spec.inline_dockerfile is not None:
+        if not spec.inline_dockerfile.is_file():
+            raise FetchError(f"inline Dockerfile {spec.inline_dockerfile} not found")
+        empty = workdir / "context"
+        empty.mkdir(parents=True, exist_ok=True)
+        return Context(empty, spec.inline_dockerfile)
+    if spec.git_url is not None:
+        base = workdir / "git"
+        clone(spec.git_url, spec.git_revision or "HEAD", base, ssh_key=spec.git_ssh_key,
+              known_hosts=spec.git_known_hosts, scratch=workdir)
+    elif spec.context is not None:
+        base = spec.context
+        if not base.is_dir():
+            raise FetchError(f"context directory {base} not found")
+    else:  # parse_args guarantees one source
+        raise FetchError("no build context given")
+    directory = base / spec.context_dir if spec.context_dir else base
+    if not directory.is_dir():
+        raise FetchError(f"context sub-directory {spec.context_dir!r} not found")
+    dockerfile = directory / spec.dockerfile
+    if not dockerfile.is_file():
+        raise FetchError(f"{spec.dockerfile} not found in the context")
+    return Context(directory, dockerfile)
+
+
+class SshAgent:
+    """An ssh-agent of our own holding the given keys; `stop()` kills it by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.socket = workdir / "agent.sock"
+        self.pid: int | None = None
+        self.workdir = workdir
+
+    def start(self) -> SshAgent:
+        out = subprocess.run(["ssh-agent", "-s", "-a", str(self.socket)], capture_output=True, text=True,
+                             check=True).stdout
+        for stmt in out.split(";"):
+            key, _, val = stmt.strip().partition("=")
+            if key == "SSH_AGENT_PID":
+                self.pid = int(val)
+        if self.pid is None:
+            raise RuntimeError(f"ssh-agent printed no PID: {out!r}")
+        return self
+
+    def add(self, key: Path, name: str) -> None:
+        copy = private_copy(key, self.workdir / f"ssh-key-{name}")
+        env = {**os.environ, "SSH_AUTH_SOCK": str(self.socket)}
+        r = subprocess.run(["ssh-add", str(copy)], env=env, capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL)
+        copy.unlink()
+        if r.returncode:
+            raise ValueError(f"ssh key {name!r}: ssh-add failed: {r.stderr.strip()}")
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            self.pid = None
+        self.socket.unlink(missing_ok=True)

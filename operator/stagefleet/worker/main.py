@@ -1,0 +1,175 @@
+"""`stagefleet-worker` entry point: glue between the pure pieces and buildah.
+
+stdout carries the stage-prefixed build output and, as its last line, the result JSON; the worker's own
+progress notes go to stderr. Everything printed passes through the secret scrubber.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from stagefleet import buildenv
+from stagefleet.worker import exitcodes
+from stagefleet.worker.buildah import build_argv
+from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
+from stagefleet.worker.fetch import FetchError, SshAgent, fetch_context
+from stagefleet.worker.output import Failure, OutputTracker, Scrubber
+from stagefleet.worker.push import PushError, push_all
+from stagefleet.worker.result import ErrorInfo, Result, StageResult, render
+from stagefleet.worker.spec import StepSpec, UsageError, parse_args
+
+
+class WorkerFailure(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _fail(code: int, message: str, stage: str | None = None, line: int | None = None) -> WorkerFailure:
+    return WorkerFailure(Failure(code, message, stage, line))
+
+
+def secret_material(spec: StepSpec) -> list[bytes]:
+    """Contents of every secret and key file we were given, to be scrubbed; raises on a missing one."""
+    found: list[bytes] = []
+    files = [(f"secret {s.id!r}", s.src) for s in spec.secrets] + [(f"ssh key {k.id!r}", k.keyfile)
+                                                                  for k in spec.ssh]
+    if spec.git_ssh_key is not None:
+        files.append(("git ssh key", spec.git_ssh_key))
+    for what, path in files:
+        try:
+            found.append(path.read_bytes())
+        except OSError as e:
+            raise _fail(exitcodes.SECRET, f"{what}: cannot read {path}: {e.strerror}") from None
+    return found
+
+
+def run_build(argv: list[str], env: dict[str, str], tracker: OutputTracker, scrub: Scrubber,
+              out: Callable[[str], None]) -> int:
+    """Run buildah, streaming its scrubbed, stage-prefixed output; return its exit status."""
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            out(tracker.feed(scrub(raw.decode("utf-8", errors="replace").rstrip("\r\n"))))
+    return proc.returncode
+
+
+def stage_results(spec: StepSpec, tracker: OutputTracker) -> list[StageResult]:
+    names = list(spec.stage_names) + [n for n in tracker.stats if n not in spec.stage_names]
+    results = []
+    for name in names:
+        st = tracker.stats.get(name)
+        if st is not None or name in spec.stage_names:
+            results.append(StageResult(name, st.seconds if st else 0.0, st.cached if st else 0,
+                                       st.steps if st else 0))
+    return results
+
+
+def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
+            log: Callable[[str], None], out: Callable[[str], None]) -> Result:
+    """The whole job; raises `WorkerFailure` with the exit code for anything that goes wrong."""
+    root = spec.storage_root or workdir / "root"
+    with ExitStack() as stack:
+        try:
+            env = buildenv.prepare(root, insecure_registries=spec.insecure_registries,
+                                   auth_file=spec.registry_auth)
+        except (OSError, buildenv.AuthFileError) as e:
+            raise _fail(exitcodes.SECRET, f"registry auth: {e}") from None
+        if spec.storage_root is None:
+            stack.callback(buildenv.cleanup, root, env)
+        try:
+            ctx = fetch_context(spec, workdir)
+        except FetchError as e:
+            raise _fail(exitcodes.CONTEXT, scrub(str(e))) from None
+        filename = "Dockerfile" if spec.inline_dockerfile else spec.dockerfile
+        text = ctx.dockerfile.read_text(errors="replace")
+        try:
+            info: DockerfileInfo = analyse(text, filename)
+            precheck(text, filename=filename, target=spec.target, build_args=dict(spec.build_args))
+        except DockerfileSyntaxError as e:
+            raise _fail(exitcodes.DOCKERFILE, str(e), None, e.line) from None
+        sockets: dict[str, str] = {}
+        for key in spec.ssh:
+            agent_dir = workdir / f"ssh-{key.id}"
+            agent_dir.mkdir()
+            agent = SshAgent(agent_dir).start()
+            stack.callback(agent.stop)
+            try:
+                agent.add(key.keyfile, key.id)
+            except ValueError as e:
+                raise _fail(exitcodes.SECRET, str(e)) from None
+            sockets[key.id] = str(agent.socket)
+        iidfile = workdir / "iid"
+        argv = build_argv(spec, context_dir=ctx.directory, dockerfile=ctx.dockerfile, iidfile=iidfile,
+                          ssh_sockets=sockets)
+        tracker = OutputTracker(info, spec.target)
+        log(f"building target {spec.target} (jobs={spec.jobs}) in {root}")
+        rc = run_build(argv, env, tracker, scrub, out)
+        stages = stage_results(spec, tracker)
+        if rc != 0:
+            raise WorkerFailure(tracker.failure(rc))
+        image_id = iidfile.read_text().strip()
+        try:
+            digest = push_all(image_id, spec.push, workdir, env, lambda m: log(scrub(m)))
+        except PushError as e:
+            raise _fail(exitcodes.PUSH, scrub(str(e))) from None
+        return Result(ok=True, group=spec.group, target=spec.target, image=spec.push[0], digest=digest,
+                      cached_steps=tracker.cached, steps=tracker.steps, stages=stages)
+    raise AssertionError("unreachable")
+
+
+def emit(result: Result, spec_result_file: Path | None, scrub: Scrubber) -> None:
+    """Result JSON as the last stdout line and into the termination-message file."""
+    line = scrub(render(result))
+    print(line, flush=True)
+    if spec_result_file is not None:
+        try:
+            spec_result_file.write_text(line)
+        except OSError as e:
+            print(f"stagefleet-worker: cannot write {spec_result_file}: {e}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def log(message: str) -> None:
+        print(f"stagefleet-worker: {message}", file=sys.stderr, flush=True)
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        spec = parse_args(args)
+    except UsageError as e:
+        log(f"usage error: {e}")
+        emit(Result(ok=False, group=None, target="", error=ErrorInfo("usage", str(e))), None, Scrubber())
+        return exitcodes.USAGE
+    scrub = Scrubber()
+    with tempfile.TemporaryDirectory(prefix="stagefleet-worker-") as tmp:
+        try:
+            scrub = Scrubber(secret_material(spec))
+            result = execute(spec, Path(tmp), scrub, log, out)
+            code = exitcodes.OK
+        except WorkerFailure as wf:
+            f = wf.failure
+            code = f.code
+            log(scrub(f"{f.kind} error: {f.message}"))
+            result = Result(ok=False, group=spec.group, target=spec.target,
+                            error=ErrorInfo(f.kind, f.message, f.stage, f.line))
+        except Exception as e:  # noqa: BLE001 - reported as exit code 1 (infrastructure, retried)
+            code = exitcodes.UNEXPECTED
+            log(scrub(f"unexpected error: {type(e).__name__}: {e}"))
+            result = Result(ok=False, group=spec.group, target=spec.target,
+                            error=ErrorInfo("internal", f"{type(e).__name__}: {e}"))
+    emit(result, spec.result_file, scrub)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

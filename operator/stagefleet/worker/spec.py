@@ -1,0 +1,223 @@
+"""Command line → `StepSpec`: everything one worker invocation needs, validated before any I/O."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from stagefleet.buildenv import insecure_from_env
+
+_DIGEST_REF = re.compile(r"^(?P<name>[^=\s]+)=(?P<ref>[^@\s]+@sha256:[0-9a-f]{64})$")
+_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+class UsageError(ValueError):
+    """Bad command line (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A stage result produced by another group, consumed by digest."""
+
+    stage: str
+    ref: str  # REPO@sha256:HEX
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    id: str
+    src: Path
+
+
+@dataclass(frozen=True)
+class SshKey:
+    id: str
+    keyfile: Path
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One plan group's build, as the worker understands it."""
+
+    target: str
+    push: tuple[str, ...]
+    stages: tuple[str, ...] = ()
+    group: str | None = None
+    context: Path | None = None
+    git_url: str | None = None
+    git_revision: str | None = None
+    git_ssh_key: Path | None = None
+    git_known_hosts: Path | None = None
+    context_dir: str | None = None
+    dockerfile: str = "Dockerfile"
+    inline_dockerfile: Path | None = None
+    upstreams: tuple[Upstream, ...] = ()
+    secrets: tuple[SecretFile, ...] = ()
+    ssh: tuple[SshKey, ...] = ()
+    build_args: tuple[tuple[str, str], ...] = ()
+    platform: str | None = None
+    cache_repo: str | None = None
+    no_cache: bool = False
+    registry_auth: Path | None = None
+    insecure_registries: tuple[str, ...] = ()
+    storage_root: Path | None = None
+    jobs: int = 1
+    result_file: Path | None = None
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The stages reported on: the given ones, or just the target."""
+        return self.stages or (self.target,)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="stagefleet-worker", description="Build one stagefleet plan group with buildah.")
+    src = p.add_argument_group("build context")
+    src.add_argument("--context", type=Path, help="local context directory")
+    src.add_argument("--git-url", help="git repository (https://, ssh://, git@host:path, file://)")
+    src.add_argument("--git-revision", help="commit, tag or branch to check out (pin a commit)")
+    src.add_argument("--git-ssh-key", type=Path, help="private key for ssh git URLs")
+    src.add_argument("--git-known-hosts", type=Path, help="known_hosts for ssh (default: accept-new)")
+    src.add_argument("--context-dir", help="sub-directory of the context to build from")
+    src.add_argument("--dockerfile", default="Dockerfile", help="path relative to the context")
+    src.add_argument("--inline-dockerfile", type=Path, help="Dockerfile text from a file; empty context")
+    p.add_argument("--target", required=True, help="the group's last stage")
+    p.add_argument("--stage", action="append", default=[], help="the group's stages (repeat)")
+    p.add_argument("--group", default=os.environ.get("STAGEFLEET_GROUP"), help="plan group id, e.g. g1")
+    p.add_argument("--upstream", action="append", default=[], help="NAME=REF@sha256:HEX")
+    p.add_argument("--secret", action="append", default=[], help="id=ID,src=FILE")
+    p.add_argument("--ssh", action="append", default=[], help="ID=KEYFILE")
+    p.add_argument("--build-arg", action="append", default=[], help="K=V")
+    p.add_argument("--platform")
+    p.add_argument("--cache-repo", help="registry repository for --cache-from/--cache-to")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--push", action="append", default=[], required=True, help="REF (first is primary)")
+    p.add_argument("--registry-auth", type=Path, help="dockerconfigjson file")
+    p.add_argument("--insecure-registry", action="append", default=[], help="HOST:PORT over plain HTTP")
+    p.add_argument("--storage-root", type=Path, help="buildah root (default: a fresh temp dir)")
+    p.add_argument("--jobs", type=int, help="parallel stages (default: CPUs available)")
+    p.add_argument("--result-file", type=Path, help="default /dev/termination-log if writable")
+    return p
+
+
+def parse_secret(value: str) -> SecretFile:
+    """`id=ID,src=FILE` (also `source=`, and `type=file`) as in `docker build --secret`."""
+    fields: dict[str, str] = {}
+    for part in value.split(","):
+        key, sep, val = part.partition("=")
+        if not sep:
+            raise UsageError(f"--secret {value!r}: expected id=ID,src=FILE")
+        fields[key.strip()] = val
+    sid, src = fields.pop("id", ""), fields.pop("src", fields.pop("source", ""))
+    if fields.pop("type", "file") != "file" or fields:
+        raise UsageError(f"--secret {value!r}: only id, src and type=file are supported")
+    if not _ID.match(sid) or not src:
+        raise UsageError(f"--secret {value!r}: expected id=ID,src=FILE")
+    return SecretFile(sid, Path(src))
+
+
+def parse_ssh(value: str) -> SshKey:
+    sid, sep, key = value.partition("=")
+    if not sep or not _ID.match(sid) or not key:
+        raise UsageError(f"--ssh {value!r}: expected ID=KEYFILE")
+    return SshKey(sid, Path(key))
+
+
+def parse_upstream(value: str) -> Upstream:
+    m = _DIGEST_REF.match(value)
+    if not m:
+        raise UsageError(f"--upstream {value!r}: expected NAME=REF@sha256:<64 hex>")
+    return Upstream(m["name"], m["ref"])
+
+
+def parse_build_arg(value: str, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """`K=V`; a bare `K` takes the worker's environment value (skipped when unset), like docker."""
+    key, sep, val = value.partition("=")
+    if not key:
+        raise UsageError(f"--build-arg {value!r}: expected K=V")
+    if sep:
+        return key, val
+    return (key, env[key]) if key in env else None
+
+
+def default_result_file() -> Path | None:
+    """The termination-message file when we run in a pod (it exists and is writable)."""
+    return TERMINATION_LOG if os.access(TERMINATION_LOG, os.W_OK) else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> StepSpec:
+    """Validate the command line into a `StepSpec`; raises `UsageError`."""
+    env = os.environ if env is None else env
+    a = build_parser().parse_args(list(argv))
+    sources = [x for x in (a.context, a.git_url, a.inline_dockerfile) if x is not None]
+    if len(sources) != 1:
+        raise UsageError("give exactly one of --context, --git-url, --inline-dockerfile")
+    if a.git_url is not None and not a.git_revision:
+        raise UsageError("--git-url needs --git-revision (a pinned commit)")
+    if a.git_url is None and (a.git_revision or a.git_ssh_key or a.git_known_hosts):
+        raise UsageError("--git-revision/--git-ssh-key/--git-known-hosts need --git-url")
+    if a.inline_dockerfile is not None and a.context_dir:
+        raise UsageError("--context-dir makes no sense with --inline-dockerfile")
+    for rel in (a.context_dir, a.dockerfile):
+        if rel and (Path(rel).is_absolute() or ".." in Path(rel).parts):
+            raise UsageError(f"{rel!r}: must be a relative path inside the context")
+    if a.jobs is not None and a.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    stages = tuple(dict.fromkeys(a.stage))
+    if stages and stages[-1] != a.target:
+        raise UsageError(f"--target {a.target!r} must be the last --stage")
+    secrets = tuple(parse_secret(s) for s in a.secret)
+    ssh = tuple(parse_ssh(s) for s in a.ssh)
+    for kind, ids in (("--secret", [s.id for s in secrets]), ("--ssh", [s.id for s in ssh])):
+        if len(set(ids)) != len(ids):
+            raise UsageError(f"{kind}: duplicate id")
+    build_args = tuple(kv for kv in (parse_build_arg(b, env) for b in a.build_arg) if kv is not None)
+    return StepSpec(
+        target=a.target,
+        push=tuple(a.push),
+        stages=stages,
+        group=a.group or None,
+        context=a.context,
+        git_url=a.git_url,
+        git_revision=a.git_revision,
+        git_ssh_key=a.git_ssh_key,
+        git_known_hosts=a.git_known_hosts,
+        context_dir=a.context_dir,
+        dockerfile=a.dockerfile,
+        inline_dockerfile=a.inline_dockerfile,
+        upstreams=tuple(parse_upstream(u) for u in a.upstream),
+        secrets=secrets,
+        ssh=ssh,
+        build_args=build_args,
+        platform=a.platform,
+        cache_repo=a.cache_repo,
+        no_cache=a.no_cache,
+        registry_auth=a.registry_auth,
+        insecure_registries=tuple(dict.fromkeys([*a.insecure_registry, *insecure_from_env(env)])),
+        storage_root=a.storage_root,
+        jobs=a.jobs or available_cpus(),
+        result_file=a.result_file or default_result_file(),
+    )
