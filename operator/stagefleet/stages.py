@@ -1,0 +1,992 @@
+"""Dockerfile text → stage graph, following BuildKit's dockerfile2llb.
+
+Pure: no I/O. The lines of the file are split into instructions by BuildKit's own Go parser (the
+`dockerfile` package); everything BuildKit decides after that (stage names, what `FROM x` and
+`COPY --from=x` refer to, reachability from the target, cycles) is re-implemented here, because the
+operator must know the graph *before* any builder runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform as _platform
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import dockerfile
+
+__all__ = [
+    "DockerfileError",
+    "SecretUse",
+    "Stage",
+    "StageGraph",
+    "parse_stage_graph",
+    "suggest",
+    "validate_image_reference",
+    "expand_word",
+]
+
+Expander = Callable[[str], str]
+
+
+class DockerfileError(ValueError):
+    """A user error in a Dockerfile; ``str(e)`` is ``"Dockerfile:3: message"``."""
+
+    def __init__(self, filename: str, line: int | None, message: str) -> None:
+        self.filename = filename
+        self.line = line
+        self.message = message
+        where = f"{filename}:{line}" if line is not None else filename
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class SecretUse:
+    id: str
+    target: str
+    required: bool
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    index: int
+    named: bool
+    base: str | None
+    base_stage: str | None
+    depends_on: tuple[str, ...]
+    images: tuple[str, ...]
+    secrets: tuple[SecretUse, ...]
+    ssh: tuple[str, ...]
+    cache_ids: tuple[str, ...]
+    platform: str | None
+    lines: tuple[int, int]
+    instructions: int
+
+
+@dataclass(frozen=True)
+class StageGraph:
+    filename: str
+    target: str
+    stages: tuple[Stage, ...]
+    built: tuple[Stage, ...]
+    skipped: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------------
+# internal model
+
+
+class _Error(Exception):
+    """A Dockerfile error before the file name is known; turned into DockerfileError at the top."""
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A reference from an instruction to a stage or image (COPY --from, RUN --mount from=)."""
+
+    value: str
+    line: int
+    kind: str  # "copy" or "mount"
+    mount_target: str = ""
+
+
+@dataclass
+class _Stage:
+    """A stage while it is being resolved."""
+
+    index: int
+    raw_base: str
+    name: str
+    named: bool
+    raw_platform: str | None
+    first_line: int
+    last_line: int
+    instructions: int = 1
+    refs: list[_Ref] = field(default_factory=list)
+    onbuild_refs: list[_Ref] = field(default_factory=list)
+    secrets: list[SecretUse] = field(default_factory=list)
+    onbuild_secrets: list[SecretUse] = field(default_factory=list)
+    ssh: list[str] = field(default_factory=list)
+    onbuild_ssh: list[str] = field(default_factory=list)
+    cache_ids: list[str] = field(default_factory=list)
+    onbuild_cache_ids: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    args: dict[str, str] = field(default_factory=dict)
+    base: str | None = None
+    base_stage: int | None = None
+    platform: str | None = None
+    deps: dict[int, int] = field(default_factory=dict)  # stage index → line of the first reference
+    images: set[str] = field(default_factory=set)
+
+
+_STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
+_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
+_DIRECTIVES = frozenset({"syntax", "escape", "check"})
+_VAR_IN_FROM = re.compile(r"\$.")
+_LINE_IN_GO_ERROR = re.compile(r"line (\d+)")
+
+_INSTRUCTIONS = frozenset({
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+})
+_FLAGS: dict[str, frozenset[str]] = {
+    "FROM": frozenset({"platform"}),
+    "COPY": frozenset({"from", "chown", "chmod", "link", "parents", "exclude"}),
+    "ADD": frozenset({"chown", "chmod", "link", "keep-git-dir", "checksum", "unpack", "exclude"}),
+    "RUN": frozenset({"mount", "network", "security", "device"}),
+    "HEALTHCHECK": frozenset({"interval", "timeout", "start-period", "start-interval", "retries"}),
+}
+_MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
+_MOUNT_KEYS = (
+    "type", "from", "source", "target", "readonly", "id", "sharing", "required", "mode", "uid", "gid",
+    "src", "dst", "destination", "ro", "rw", "readwrite", "env", "size",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# public entry point
+
+
+def parse_stage_graph(
+    text: str,
+    *,
+    filename: str = "Dockerfile",
+    target: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    platform: str | None = None,
+    build_platform: str | None = None,
+) -> StageGraph:
+    """Resolve the stage graph the way BuildKit would before building anything.
+
+    ``platform``/``build_platform`` feed the built-in TARGET*/BUILD* args (default: this host).
+    """
+    try:
+        return _parse(text, target, dict(build_args or {}), platform, build_platform, filename)
+    except _Error as e:
+        raise DockerfileError(filename, e.line, e.message) from None
+
+
+def _parse(
+    text: str,
+    target: str | None,
+    build_args: dict[str, str],
+    target_platform: str | None,
+    build_platform: str | None,
+    filename: str,
+) -> StageGraph:
+    source, escape = _prepare_source(text)
+    commands = _go_parse(source)
+    meta, raw = _split_stages(commands)
+    global_env = _global_args(meta, build_args, escape, target_platform, build_platform)
+    stages = [_build_stage(i, cmds, global_env, build_args, escape) for i, cmds in enumerate(raw)]
+    _resolve_bases(stages, global_env, escape)
+    target_stage = _find_target(stages, target)
+    _resolve_refs(stages)
+    _check_cycles(stages)
+    _check_image_refs(stages)
+    reachable = _reachable(stages, target_stage)
+    _check_forward_refs(stages, reachable)
+    return _freeze(stages, target_stage, reachable, filename)
+
+
+# --------------------------------------------------------------------------------------------------
+# text → commands
+
+
+def _prepare_source(text: str) -> tuple[str, str]:
+    """Handle parser directives ourselves: the bundled Go parser predates `# check=`.
+
+    Directives are only valid in the leading run of `# key=value` comment lines. The escape directive
+    (if any) is moved to line 1 and the others are blanked to `#`, so line numbers do not move.
+    """
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    seen: dict[str, tuple[int, str]] = {}
+    for number, line in enumerate(lines):
+        match = _DIRECTIVE.match(line.strip())
+        if match is None or match.group(1).lower() not in _DIRECTIVES:
+            break
+        key = match.group(1).lower()
+        if key in seen:
+            raise _Error(number + 1, f"only one {key} parser directive can be used")
+        seen[key] = (number, match.group(2))
+    escape = "\\"
+    if "escape" in seen:
+        line_no, value = seen["escape"]
+        if value not in ("`", "\\"):
+            raise _Error(line_no + 1, f"invalid escape token '{value}' does not match ` or \\")
+        escape = value
+    for number, _ in seen.values():
+        lines[number] = "#"
+    if seen:
+        lines[0] = f"# escape={escape}"
+    return "\n".join(lines), escape
+
+
+def _go_parse(source: str) -> list[dockerfile.Command]:
+    """BuildKit's line parser; its errors become ours, with a line number when it gives one."""
+    try:
+        return list(dockerfile.parse_string(source))
+    except dockerfile.GoParseError as e:
+        message = str(e)
+        found = _LINE_IN_GO_ERROR.search(message)
+        line = int(found.group(1)) if found else _heredoc_line(source, message)
+        raise _Error(line, message) from None
+
+
+def _heredoc_line(source: str, message: str) -> int | None:
+    """The Go parser does not say where an unterminated heredoc starts; find the last `<<` line."""
+    if "heredoc" not in message:
+        return None
+    candidates = [i + 1 for i, line in enumerate(source.split("\n")) if "<<" in line]
+    return candidates[-1] if candidates else None
+
+
+def _split_stages(
+    commands: Sequence[dockerfile.Command],
+) -> tuple[list[dockerfile.Command], list[list[dockerfile.Command]]]:
+    """Meta ARGs before the first FROM, then one command list per stage (each starting with FROM)."""
+    meta: list[dockerfile.Command] = []
+    stages: list[list[dockerfile.Command]] = []
+    for cmd in commands:
+        name = cmd.cmd.upper()
+        if name not in _INSTRUCTIONS:
+            hint = suggest(name.lower(), sorted(n.lower() for n in _INSTRUCTIONS))
+            raise _Error(cmd.start_line, f"unknown instruction: {name}" + _did_you_mean(hint))
+        if name == "FROM":
+            stages.append([cmd])
+        elif stages:
+            stages[-1].append(cmd)
+        elif name == "ARG":
+            meta.append(cmd)
+        else:
+            raise _Error(cmd.start_line, "no build stage in current context")
+    if not stages:
+        line = commands[-1].start_line if commands else None
+        raise _Error(line, "no build stage in current context")
+    return meta, stages
+
+
+# --------------------------------------------------------------------------------------------------
+# args
+
+
+def _platform_args(target: str | None, build: str | None) -> dict[str, str]:
+    """The built-in BUILD*/TARGET* args BuildKit defines for every FROM line."""
+    build = build or _host_platform()
+    target = target or build
+    out: dict[str, str] = {}
+    for prefix, value in (("BUILD", build), ("TARGET", target)):
+        parts = value.split("/")
+        out[prefix + "PLATFORM"] = value
+        out[prefix + "OS"] = parts[0]
+        out[prefix + "ARCH"] = parts[1] if len(parts) > 1 else ""
+        out[prefix + "VARIANT"] = parts[2] if len(parts) > 2 else ""
+    return out
+
+
+def _host_platform() -> str:
+    machine = _platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+            "armv7l": "arm/v7", "armv6l": "arm/v6", "ppc64le": "ppc64le", "s390x": "s390x",
+            "riscv64": "riscv64"}.get(machine, machine)
+    return f"linux/{arch}"
+
+
+def _arg_items(cmd: dockerfile.Command) -> Iterable[tuple[str, str | None]]:
+    for item in cmd.value:
+        key, eq, default = item.partition("=")
+        if not key:
+            raise _Error(cmd.start_line, "ARG names can not be blank")
+        yield key, (default if eq else None)
+
+
+def _global_args(
+    meta: Sequence[dockerfile.Command],
+    build_args: Mapping[str, str],
+    escape: str,
+    target_platform: str | None,
+    build_platform: str | None,
+) -> dict[str, str]:
+    """Args visible to FROM: built-ins, then ARGs before the first FROM (build args override)."""
+    env = _platform_args(target_platform, build_platform)
+    for cmd in meta:
+        for key, default in _arg_items(cmd):
+            if key in build_args:
+                env[key] = build_args[key]
+            elif default is not None:
+                env[key] = _expand(default, env, escape, cmd.start_line)
+    return env
+
+
+def _expand(word: str, env: Mapping[str, str], escape: str, line: int) -> str:
+    try:
+        return expand_word(word, env, escape)
+    except ShellError as e:
+        raise _Error(line, str(e)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# one stage
+
+
+def _build_stage(
+    index: int,
+    cmds: Sequence[dockerfile.Command],
+    global_env: Mapping[str, str],
+    build_args: Mapping[str, str],
+    escape: str,
+) -> _Stage:
+    """Parse FROM and collect what the other instructions of the stage reference."""
+    head = cmds[0]
+    flags = _parse_flags(head, "FROM")
+    base, name = _from_args(head)
+    st = _Stage(
+        index=index,
+        raw_base=base,
+        name=name or f"stage-{index}",
+        named=bool(name),
+        raw_platform=flags.get("platform", [None])[-1],
+        first_line=head.start_line,
+        last_line=cmds[-1].end_line,
+        instructions=len(cmds),
+    )
+    for cmd in cmds[1:]:
+        _collect(st, cmd, global_env, build_args, escape)
+    return st
+
+
+def _from_args(cmd: dockerfile.Command) -> tuple[str, str]:
+    args = list(cmd.value)
+    if len(args) == 3 and args[1].lower() == "as":
+        name = args[2].lower()
+        if not _STAGE_NAME.match(name):
+            raise _Error(
+                cmd.start_line,
+                f'invalid name for build stage: "{args[2]}", '
+                "name can't start with a number or contain symbols",
+            )
+        return args[0], name
+    if len(args) != 1:
+        raise _Error(cmd.start_line, "FROM requires either one or three arguments")
+    return args[0], ""
+
+
+def _parse_flags(
+    cmd: dockerfile.Command, instruction: str, flags: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+    """BuildKit's BFlags: `--name[=value]`, names case-sensitive, unknown ones are errors."""
+    allowed = _FLAGS.get(instruction, frozenset())
+    out: dict[str, list[str]] = {}
+    for raw in cmd.flags if flags is None else flags:
+        name, _, value = raw[2:].partition("=")
+        if not raw.startswith("--") or name not in allowed:
+            raise _Error(cmd.start_line, f"unknown flag: {name or raw}")
+        out.setdefault(name, []).append(value)
+    return out
+
+
+def _collect(
+    st: _Stage,
+    cmd: dockerfile.Command,
+    global_env: Mapping[str, str],
+    build_args: Mapping[str, str],
+    escape: str,
+) -> None:
+    instruction = cmd.cmd.upper()
+    if instruction == "ONBUILD":
+        _collect_onbuild(st, cmd, escape)
+        return
+    flags = _parse_flags(cmd, instruction)
+    if instruction == "ARG":
+        _stage_arg(st, cmd, global_env, build_args, escape)
+    elif instruction == "ENV":
+        _stage_env(st, cmd, escape)
+    elif instruction in ("COPY", "ADD"):
+        _check_copy_args(cmd, instruction)
+        for value in flags.get("from", []):
+            st.refs.append(_copy_ref(value, cmd.start_line))
+    elif instruction == "RUN":
+        for spec in flags.get("mount", []):
+            _add_mount(st, spec, cmd.start_line, escape, onbuild=False)
+
+
+def _check_copy_args(cmd: dockerfile.Command, instruction: str) -> None:
+    if len(cmd.value) < 2:
+        raise _Error(
+            cmd.start_line,
+            f"{instruction} requires at least two arguments, but only one was provided. "
+            "Destination could not be determined",
+        )
+
+
+def _copy_ref(value: str, line: int) -> _Ref:
+    if _VAR_IN_FROM.search(value):
+        raise _Error(line, "'from' doesn't support variable expansion, define alias stage instead")
+    return _Ref(value=value, line=line, kind="copy")
+
+
+def _stage_arg(
+    st: _Stage,
+    cmd: dockerfile.Command,
+    global_env: Mapping[str, str],
+    build_args: Mapping[str, str],
+    escape: str,
+) -> None:
+    """An ARG inside a stage: build arg, else its default, else the global (or built-in) value."""
+    for key, default in _arg_items(cmd):
+        if key in build_args:
+            st.args[key] = build_args[key]
+        elif default is not None:
+            st.args[key] = _expand(default, _stage_vars(st), escape, cmd.start_line)
+        elif key in global_env:
+            st.args[key] = global_env[key]
+
+
+def _stage_env(st: _Stage, cmd: dockerfile.Command, escape: str) -> None:
+    values = list(cmd.value)
+    for i in range(0, len(values) - 1, 2):
+        st.env[values[i]] = _expand(values[i + 1], _stage_vars(st), escape, cmd.start_line)
+
+
+def _stage_vars(st: _Stage) -> dict[str, str]:
+    """ENV wins over ARG of the same name, as in Docker."""
+    return {**st.args, **st.env}
+
+
+def _collect_onbuild(st: _Stage, cmd: dockerfile.Command, escape: str) -> None:
+    """ONBUILD triggers run in the stage built FROM this one; remember their references for it."""
+    sub = (cmd.sub_cmd or "").upper()
+    if not sub:
+        raise _Error(cmd.start_line, "ONBUILD requires at least one argument")
+    if sub == "ONBUILD":
+        raise _Error(cmd.start_line, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+    if sub in ("FROM", "MAINTAINER"):
+        raise _Error(cmd.start_line, f"{sub} isn't allowed as an ONBUILD trigger")
+    if sub not in _INSTRUCTIONS:
+        raise _Error(cmd.start_line, f"unknown instruction: {sub}")
+    flags = _parse_flags(cmd, sub, _onbuild_flags(cmd.original))
+    if sub == "COPY":
+        for value in flags.get("from", []):
+            st.onbuild_refs.append(_copy_ref(value, cmd.start_line))
+    elif sub == "RUN":
+        for spec in flags.get("mount", []):
+            _add_mount(st, spec, cmd.start_line, escape, onbuild=True)
+
+
+def _onbuild_flags(original: str) -> list[str]:
+    """The Go parser drops the flags of ONBUILD's inner instruction; recover them from the text."""
+    words = original.split("\n", 1)[0].split()[2:]
+    flags: list[str] = []
+    for word in words:
+        if not word.startswith("--"):
+            break
+        flags.append(word.strip("\"'"))
+    return flags
+
+
+# --------------------------------------------------------------------------------------------------
+# RUN --mount
+
+
+@dataclass
+class _Mount:
+    type: str = "bind"
+    from_: str = ""
+    source: str = ""
+    target: str = ""
+    id: str = ""
+    required: bool = False
+
+
+def _add_mount(st: _Stage, spec: str, line: int, escape: str, *, onbuild: bool) -> None:
+    mount = _parse_mount(spec, line, lambda w: _expand(w, _stage_vars(st), escape, line))
+    refs, secrets, ssh, caches = (
+        (st.onbuild_refs, st.onbuild_secrets, st.onbuild_ssh, st.onbuild_cache_ids)
+        if onbuild
+        else (st.refs, st.secrets, st.ssh, st.cache_ids)
+    )
+    if mount.from_ and mount.type != "secret":
+        refs.append(_Ref(value=mount.from_, line=line, kind="mount", mount_target=mount.target))
+    if mount.type == "secret":
+        secrets.append(_secret_use(mount, line))
+    elif mount.type == "ssh":
+        if mount.source:
+            raise _Error(line, "ssh does not support source")
+        ssh.append(mount.id or "default")
+    elif mount.type == "cache":
+        caches.append(mount.id or posixpath.normpath(mount.target or "/"))
+
+
+def _secret_use(mount: _Mount, line: int) -> SecretUse:
+    """BuildKit's dispatchSecret: id from id=/source=, else the target's basename."""
+    secret_id = mount.source or mount.id
+    if not secret_id:
+        if not mount.target:
+            raise _Error(line, "one of source, target required")
+        secret_id = posixpath.basename(mount.target)
+    target = mount.target or "/run/secrets/" + posixpath.basename(secret_id)
+    return SecretUse(id=secret_id, target=target, required=mount.required)
+
+
+def _parse_mount(spec: str, line: int, expand: Expander) -> _Mount:
+    """BuildKit's parseMount: a CSV of key=value fields; `from` is never expanded."""
+    try:
+        fields = next(csv.reader([spec]), [])
+    except csv.Error as e:
+        raise _Error(line, f"failed to parse csv mounts: {e}") from None
+    mount = _Mount()
+    for item in fields:
+        _mount_field(mount, item, line, expand)
+    if mount.type == "secret":
+        _check_secret_mount(mount, line)
+    return mount
+
+
+def _mount_field(mount: _Mount, item: str, line: int, expand: Expander) -> None:
+    key, eq, value = item.partition("=")
+    key = key.lower()
+    if not eq:
+        if key in ("readonly", "ro", "readwrite", "rw"):
+            return
+        if key == "required":
+            _set_required(mount, "true", line)
+            return
+        raise _Error(line, f"invalid field '{item}' must be a key=value pair")
+    if key == "from":
+        if _VAR_IN_FROM.search(value):
+            raise _Error(line, "'from' doesn't support variable expansion, define alias stage instead")
+        mount.from_ = value
+        return
+    value = expand(value)
+    if key == "type":
+        if value.lower() not in _MOUNT_TYPES:
+            hint = suggest(value, list(_MOUNT_TYPES), case_sensitive=True)
+            raise _Error(line, f'unsupported mount type "{value}"' + _did_you_mean(hint))
+        mount.type = value.lower()
+    elif key in ("source", "src"):
+        mount.source = value
+    elif key in ("target", "dst", "destination"):
+        mount.target = value
+    elif key == "id":
+        mount.id = value
+    elif key == "required":
+        _set_required(mount, value, line)
+    elif key not in _MOUNT_KEYS:
+        hint = suggest(key, list(_MOUNT_KEYS), case_sensitive=True)
+        raise _Error(line, f"unexpected key '{key}' in '{item}'" + _did_you_mean(hint))
+
+
+def _set_required(mount: _Mount, value: str, line: int) -> None:
+    if mount.type not in ("secret", "ssh"):
+        raise _Error(line, f"unexpected key 'required' for mount type '{mount.type}'")
+    parsed = _parse_bool(value)
+    if parsed is None:
+        raise _Error(line, f"invalid value for required: {value}")
+    mount.required = parsed
+
+
+def _parse_bool(value: str) -> bool | None:
+    """Go's strconv.ParseBool."""
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    return None
+
+
+def _check_secret_mount(mount: _Mount, line: int) -> None:
+    if mount.from_:
+        raise _Error(line, "secret mount should not have a from")
+    if not (mount.source or mount.target or mount.id):
+        raise _Error(line, "invalid secret mount. one of source, target required")
+    if mount.source and mount.id:
+        raise _Error(line, "both source and id can't be set")
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution
+
+
+def _resolve_bases(stages: list[_Stage], global_env: Mapping[str, str], escape: str) -> None:
+    """Expand FROM and --platform; FROM names a stage only if that name was defined earlier."""
+    by_name: dict[str, _Stage] = {}
+    for st in stages:
+        base = _expand(st.raw_base, global_env, escape, st.first_line)
+        if base == "":
+            raise _Error(st.first_line, f"base name ({st.raw_base}) should not be blank")
+        if st.raw_platform is not None:
+            st.platform = _expand(st.raw_platform, global_env, escape, st.first_line)
+            if st.platform == "":
+                raise _Error(st.first_line, f"empty platform value from expression {st.raw_platform}")
+        earlier = by_name.get(base)
+        if earlier is not None:
+            st.base_stage = earlier.index
+            st.deps.setdefault(earlier.index, st.first_line)
+        else:
+            st.base = base
+        if st.name in by_name:
+            raise _Error(
+                st.first_line,
+                f'duplicate stage name "{st.name}", first defined on line {by_name[st.name].first_line}',
+            )
+        by_name[st.name] = st
+
+
+def _find_target(stages: Sequence[_Stage], target: str | None) -> _Stage:
+    if not target:
+        return stages[-1]
+    named = {st.name: st for st in stages if st.named}
+    found = named.get(target.lower())
+    if found is None:
+        hint = suggest(target, list(named), case_sensitive=False)
+        line = None
+        raise _Error(line, f'target stage "{target}" could not be found' + _did_you_mean(hint))
+    return found
+
+
+def _resolve_refs(stages: list[_Stage]) -> None:
+    """COPY --from: index, else stage name (any position), else image; mounts by name only.
+
+    ONBUILD references of a base stage become references of the stage built on it.
+    """
+    named = {st.name: st for st in stages if st.named}
+    for st in stages:
+        for ref in st.refs:
+            _resolve_ref(st, ref, stages, named)
+        if st.base_stage is not None:
+            parent = stages[st.base_stage]
+            for ref in parent.onbuild_refs:
+                _resolve_ref(st, ref, stages, named)
+            st.secrets.extend(parent.onbuild_secrets)
+            st.ssh.extend(parent.onbuild_ssh)
+            st.cache_ids.extend(parent.onbuild_cache_ids)
+
+
+def _resolve_ref(st: _Stage, ref: _Ref, stages: Sequence[_Stage], named: Mapping[str, _Stage]) -> None:
+    if ref.kind == "copy" and _is_go_int(ref.value):
+        index = int(ref.value)
+        if index < 0 or index >= len(stages):
+            raise _Error(ref.line, f"invalid stage index {index}")
+        st.deps.setdefault(index, ref.line)
+        return
+    other = named.get(ref.value.lower())
+    if other is not None:
+        st.deps.setdefault(other.index, ref.line)
+    else:
+        st.images.add(ref.value)
+
+
+def _is_go_int(value: str) -> bool:
+    """strconv.Atoi: optional sign, decimal digits."""
+    return re.fullmatch(r"[+-]?[0-9]+", value) is not None
+
+
+def _check_cycles(stages: Sequence[_Stage]) -> None:
+    """Depth-first search in file order; report the stage where the cycle closes, and its line."""
+    state: dict[int, int] = {}  # 1 = on the current path, 2 = done
+    for st in stages:
+        if st.index not in state:
+            _visit(st.index, stages, state)
+
+
+def _visit(start: int, stages: Sequence[_Stage], state: dict[int, int]) -> None:
+    """Iterative DFS, so that 1,000-stage chains do not hit the recursion limit."""
+    state[start] = 1
+    stack: list[tuple[int, list[int]]] = [(start, sorted(stages[start].deps))]
+    while stack:
+        node, pending = stack[-1]
+        if not pending:
+            state[node] = 2
+            stack.pop()
+            continue
+        dep = pending.pop(0)
+        if state.get(dep) == 1:
+            st = stages[dep]
+            line = stages[node].deps[dep]
+            raise _Error(line, f"circular dependency detected on stage: {st.name}")
+        if dep not in state:
+            state[dep] = 1
+            stack.append((dep, sorted(stages[dep].deps)))
+
+
+def _check_image_refs(stages: Sequence[_Stage]) -> None:
+    """Every image name must parse as a reference, reachable or not (BuildKit parses them all)."""
+    for st in stages:
+        if st.base is not None:
+            _check_ref(st.base, st.first_line)
+        for ref in st.refs:
+            if ref.value in st.images:
+                _check_ref(ref.value, ref.line)
+
+
+def _check_ref(name: str, line: int) -> None:
+    problem = validate_image_reference(name)
+    if problem:
+        raise _Error(line, f'failed to parse stage name "{name}": {problem}')
+
+
+def _reachable(stages: Sequence[_Stage], target: _Stage) -> set[int]:
+    seen = {target.index}
+    todo = [target.index]
+    while todo:
+        for dep in stages[todo.pop()].deps:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def _check_forward_refs(stages: Sequence[_Stage], reachable: set[int]) -> None:
+    """BuildKit dispatches stages in file order: a built stage can only use earlier ones."""
+    for st in stages:
+        if st.index not in reachable:
+            continue
+        refs = list(st.refs)
+        if st.base_stage is not None:
+            refs += stages[st.base_stage].onbuild_refs
+        for ref in refs:
+            _check_forward_ref(st, ref, stages)
+
+
+def _check_forward_ref(st: _Stage, ref: _Ref, stages: Sequence[_Stage]) -> None:
+    other = _ref_stage(ref, stages)
+    if other is None or other.index < st.index:
+        return
+    if ref.kind == "copy":
+        raise _Error(
+            ref.line,
+            f'cannot copy from stage "{ref.value}", it needs to be defined before current stage "{st.name}"',
+        )
+    raise _Error(
+        ref.line,
+        f'cannot mount from stage "{ref.value}" to "{ref.mount_target}", '
+        "stage needs to be defined before current command",
+    )
+
+
+def _ref_stage(ref: _Ref, stages: Sequence[_Stage]) -> _Stage | None:
+    if ref.kind == "copy" and _is_go_int(ref.value):
+        return stages[int(ref.value)]
+    lowered = ref.value.lower()
+    return next((s for s in stages if s.named and s.name == lowered), None)
+
+
+def _freeze(stages: Sequence[_Stage], target: _Stage, reachable: set[int], filename: str) -> StageGraph:
+    frozen = tuple(_freeze_stage(st, stages) for st in stages)
+    built = tuple(s for s in frozen if s.index in reachable)
+    skipped = tuple(s.name for s in frozen if s.index not in reachable)
+    return StageGraph(filename=filename, target=target.name, stages=frozen, built=built, skipped=skipped)
+
+
+def _freeze_stage(st: _Stage, stages: Sequence[_Stage]) -> Stage:
+    return Stage(
+        name=st.name,
+        index=st.index,
+        named=st.named,
+        base=st.base,
+        base_stage=stages[st.base_stage].name if st.base_stage is not None else None,
+        depends_on=tuple(sorted({stages[i].name for i in st.deps})),
+        images=tuple(sorted(st.images)),
+        secrets=tuple(_unique(st.secrets)),
+        ssh=tuple(sorted(set(st.ssh))),
+        cache_ids=tuple(sorted(set(st.cache_ids))),
+        platform=st.platform,
+        lines=(st.first_line, st.last_line),
+        instructions=st.instructions,
+    )
+
+
+def _unique(secrets: Iterable[SecretUse]) -> list[SecretUse]:
+    return sorted(set(secrets), key=lambda s: (s.id, s.target, s.required))
+
+
+# --------------------------------------------------------------------------------------------------
+# image references (distribution/reference) and suggestions
+
+
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REFERENCE = re.compile(rf"^({_NAME})(?::{_TAG})?(?:@{_DIGEST})?$")
+
+
+def validate_image_reference(name: str) -> str | None:
+    """Why `name` is not a valid image reference (docker's messages), or None if it is."""
+    if name == "scratch":
+        return None
+    if re.fullmatch(r"[a-f0-9]{64}", name):
+        return f"invalid repository name ({name}), cannot specify 64-byte hexadecimal strings"
+    match = _REFERENCE.match(name)
+    if match is None:
+        if _REFERENCE.match(name.lower()):
+            return "invalid reference format: repository name must be lowercase"
+        return "invalid reference format"
+    if len(match.group(1)) > 255:
+        return "repository name must not be more than 255 characters"
+    return None
+
+
+def suggest(value: str, options: Sequence[str], *, case_sensitive: bool = False) -> str | None:
+    """BuildKit's suggest.WrapError: the closest option within Levenshtein distance 2."""
+    wanted = value if case_sensitive else value.lower()
+    match: str | None = None
+    best = 3
+    for option in options:
+        candidate = option if case_sensitive else option.lower()
+        if candidate == wanted:
+            return None
+        dist = _levenshtein(wanted, candidate)
+        if dist < best:
+            match, best = (candidate if case_sensitive else _match_case(candidate, value)), dist
+    return match
+
+
+def _did_you_mean(hint: str | None) -> str:
+    return f" (did you mean {hint}?)" if hint else ""
+
+
+def _levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def _match_case(value: str, original: str) -> str:
+    if original == original.lower():
+        return value.lower()
+    if original == original.upper():
+        return value.upper()
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# word expansion (BuildKit's shell lexer, ProcessWord): quotes, escapes, $V, ${V}, ${V:-d} ...
+
+
+class ShellError(ValueError):
+    """A word that cannot be expanded."""
+
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+class _Lexer:
+    """One pass over a word; `pos` moves forward only, so expansion is linear in the word."""
+
+    def __init__(self, word: str, env: Mapping[str, str], escape: str) -> None:
+        self.word = word
+        self.env = env
+        self.escape = escape
+        self.pos = 0
+
+    def peek(self) -> str:
+        return self.word[self.pos] if self.pos < len(self.word) else ""
+
+    def next(self) -> str:
+        ch = self.peek()
+        self.pos += 1 if ch else 0
+        return ch
+
+    def run(self, stop: str = "") -> str:
+        out: list[str] = []
+        while True:
+            ch = self.peek()
+            if ch == "" or (stop and ch == stop):
+                return "".join(out)
+            self.next()
+            if ch == self.escape:
+                out.append(self.next())
+            elif ch == "'":
+                out.append(self.single_quoted())
+            elif ch == '"':
+                out.append(self.double_quoted())
+            elif ch == "$":
+                out.append(self.dollar())
+            else:
+                out.append(ch)
+
+    def single_quoted(self) -> str:
+        end = self.word.find("'", self.pos)
+        if end < 0:
+            raise ShellError("unexpected end of statement while looking for matching single-quote")
+        text = self.word[self.pos:end]
+        self.pos = end + 1
+        return text
+
+    def double_quoted(self) -> str:
+        out: list[str] = []
+        while True:
+            ch = self.next()
+            if ch == "":
+                raise ShellError("unexpected end of statement while looking for matching double-quote")
+            if ch == '"':
+                return "".join(out)
+            if ch == "$":
+                out.append(self.dollar())
+            elif ch == self.escape and self.peek() in ('"', "$", self.escape):
+                out.append(self.next())
+            else:
+                out.append(ch)
+
+    def name(self) -> str:
+        start = self.pos
+        while self.peek() and self.peek() in _NAME_CHARS:
+            self.pos += 1
+        return self.word[start:self.pos]
+
+    def dollar(self) -> str:
+        if self.peek() != "{":
+            name = self.name()
+            return self.env.get(name, "") if name else "$"
+        self.next()
+        name = self.name()
+        if not name:
+            raise ShellError(f"bad substitution: {self.word}")
+        ch = self.next()
+        if ch == "}":
+            return self.env.get(name, "")
+        colon = ch == ":"
+        if colon:
+            ch = self.next()
+        if ch not in ("-", "+", "?"):
+            raise ShellError(f"unsupported modifier ({ch}) in substitution: {self.word}")
+        word = self.run(stop="}")
+        if self.next() != "}":
+            raise ShellError(f"syntax error: missing '}}' in {self.word}")
+        return self.modify(name, ch, colon, word)
+
+    def modify(self, name: str, op: str, colon: bool, word: str) -> str:
+        value = self.env.get(name)
+        present = value is not None and (value != "" or not colon)
+        if op == "-":
+            return value if present and value is not None else word
+        if op == "+":
+            return word if present else ""
+        if not present:
+            default = "is not allowed to be empty" if colon else "is not allowed to be unset"
+            raise ShellError(f"{name}: {word or default}")
+        return value or ""
+
+
+def expand_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
+    """Expand one word the way BuildKit expands FROM/ARG values (quotes removed, escapes applied)."""
+    return _Lexer(word, env, escape).run()
