@@ -1,0 +1,209 @@
+"""`stagefleet status NAME`: an ImageBuild's stages as a table, like `kubectl get` but one row per stage.
+
+The formatting is pure (status dict → rows) so it is tested without a cluster; only `run` talks to the
+API server, through the kubernetes client and the current kubeconfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+GROUP, VERSION, PLURAL = "stagefleet.io", "v1alpha1", "imagebuilds"
+TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+HEADER = ("STAGE", "GROUP", "PHASE", "POD", "NODE", "DURATION", "CACHED", "ATTEMPTS", "DIGEST", "MESSAGE")
+MESSAGE_WIDTH = 60
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("status", help="show an ImageBuild's stages as a table",
+                              description="One row per stage of an ImageBuild, from its status.")
+    p.add_argument("name", help="ImageBuild name")
+    add_kube_args(p)
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                   help="table (default) or the raw status as JSON")
+    p.set_defaults(func=run)
+
+
+def add_kube_args(p: argparse.ArgumentParser) -> None:
+    """`-n/--namespace` and `--kubeconfig`, as kubectl spells them."""
+    p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's, else default)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+
+
+def kube_client(kubeconfig: str | None, namespace: str | None) -> tuple[Any, str]:
+    """An ApiClient for the current kubeconfig context, and the namespace to use."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call,unused-ignore]
+    if namespace:
+        return api, namespace
+    try:
+        _, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call,unused-ignore]
+            config_file=kubeconfig)
+        ns = (active or {}).get("context", {}).get("namespace") or "default"
+    except Exception:  # an unusual kubeconfig: fall back as kubectl does
+        ns = "default"
+    assert isinstance(api, client.ApiClient)
+    return api, str(ns)
+
+
+def get_imagebuild(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api)
+    obj: Any = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return dict(obj)
+
+
+# ------------------------------------------------------------------------------------------------ pure
+
+
+def parse_time(value: Any) -> _dt.datetime | None:
+    """An RFC 3339 timestamp as Kubernetes writes it, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's short durations: 4.2s, 3m12s, 1h4m, 2d3h."""
+    if seconds < 0:
+        seconds = 0
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def stage_duration(stage: Mapping[str, Any], now: _dt.datetime) -> str:
+    """The recorded duration; while a stage runs, the time since it started."""
+    d = stage.get("duration")
+    if isinstance(d, int | float):
+        return human_duration(float(d))
+    if isinstance(d, str) and d:
+        return d
+    start, end = parse_time(stage.get("startTime")), parse_time(stage.get("completionTime"))
+    if start is None:
+        return "-"
+    return human_duration(((end or now) - start).total_seconds())
+
+
+def short_digest(digest: Any) -> str:
+    if not isinstance(digest, str) or not digest:
+        return "-"
+    algo, _, hexpart = digest.partition(":")
+    return f"{algo}:{hexpart[:12]}" if hexpart else digest
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None or v == "" else str(v)
+
+
+def one_line(text: Any, width: int = MESSAGE_WIDTH) -> str:
+    """A message squeezed onto one table line."""
+    if not text:
+        return ""
+    s = " ".join(str(text).split())
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def stage_rows(status: Mapping[str, Any], now: _dt.datetime, *, wide: bool = False) -> list[list[str]]:
+    """One row per `status.stages[]` entry, in the order the operator recorded them (plan order)."""
+    rows = []
+    for st in status.get("stages") or []:
+        if not isinstance(st, Mapping):
+            continue
+        cached = st.get("cachedSteps")
+        rows.append([
+            _cell(st.get("name")), _cell(st.get("group")), _cell(st.get("phase")), _cell(st.get("pod")),
+            _cell(st.get("node")), stage_duration(st, now), _cell(cached), _cell(st.get("attempts")),
+            short_digest(st.get("digest")),
+            str(st.get("message") or "") if wide else one_line(st.get("message")),
+        ])
+    return rows
+
+
+def headline(obj: Mapping[str, Any]) -> str:
+    """`namespace/name: Phase  image REF@DIGEST` (or the build's message when it has no image yet)."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    parts = [f"imagebuild {meta.get('namespace', '?')}/{meta.get('name', '?')}: {phase}"]
+    stages = [s for s in status.get("stages") or [] if isinstance(s, Mapping)]
+    if stages:
+        done = sum(1 for s in stages if s.get("phase") == "Succeeded")
+        parts.append(f"stages {done}/{len(stages)}")
+    image = status.get("image") or {}
+    if isinstance(image, Mapping) and image.get("digest"):
+        parts.append(f"image {image.get('name', '')}@{image['digest']}")
+    line = "  ".join(parts)
+    if status.get("message"):
+        line += f"\n{status['message']}"
+    return line
+
+
+def condition_lines(status: Mapping[str, Any]) -> list[str]:
+    """`Ready=True (Succeeded): message`, one per condition."""
+    out = []
+    for c in status.get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("type"):
+            reason = f" ({c['reason']})" if c.get("reason") else ""
+            msg = f": {c['message']}" if c.get("message") else ""
+            out.append(f"{c['type']}={c.get('status', 'Unknown')}{reason}{msg}")
+    return out
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """kubectl-style columns: left-aligned, three spaces apart, no trailing blanks."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    return ["   ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+            for row in [list(header), *rows]]
+
+
+def render(obj: Mapping[str, Any], now: _dt.datetime) -> list[str]:
+    """The whole `stagefleet status` output for one ImageBuild object."""
+    status = obj.get("status") or {}
+    lines = [headline(obj)]
+    rows = stage_rows(status, now)
+    lines += format_table(HEADER, rows) if rows else ["(no stages yet)"]
+    lines += condition_lines(status)
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ I/O
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        api, ns = kube_client(args.kubeconfig, args.namespace)
+        obj = get_imagebuild(api, ns, args.name)
+    except ApiException as e:
+        if e.status == 404:
+            print(f'error: imagebuild "{args.name}" not found in namespace "{args.namespace or "default"}"',
+                  file=sys.stderr)
+        else:
+            print(f"error: {e.status} {e.reason}", file=sys.stderr)
+        return 1
+    except Exception as e:  # kubeconfig missing, server unreachable
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(obj.get("status") or {}, indent=2))
+        return 0
+    for line in render(obj, _dt.datetime.now(_dt.UTC)):
+        print(line)
+    return 0
