@@ -1,0 +1,1118 @@
+"""Local kubelet of the dev cluster: simulated nodes, a tiny scheduler, pods run as host processes.
+
+It speaks only the public Kubernetes API (`kubeapi.KubeAPI`, from a kubeconfig), so it works against the
+emulator or any API server. Per pod: volumes are materialised under ``root_dir/pods/<uid>/``, each
+container runs as ``unshare -m --propagation private -- python -I nsinit.py SPEC`` (bind mounts in a
+private mount namespace, then exec of the command from the host PATH), its merged stdout/stderr goes to
+``logs_dir/<ns>/<pod>/<container>.log``. Decisions (scheduling, env, volumes, status) are the pure
+functions of `podruntime`; this module does the processes and API I/O.
+
+This is a development and test tool: processes run as the kubelet's user, without image, cgroup, pid or
+network isolation; `securityContext`, resources and probes are recorded, not enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stagefleet.devcluster import podruntime as pr
+from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
+
+NSINIT = str(Path(__file__).with_name("nsinit.py"))
+KUBELET_VERSION = "v1.34.0-stagefleet-dev"
+RESTART_BACKOFF_START = 1.0  # Kubernetes starts at 10 s; short here so tests of OnFailure stay quick
+RESTART_BACKOFF_MAX = 30.0
+TERMINAL = ("Succeeded", "Failed")
+
+
+def now() -> str:
+    """RFC 3339 UTC timestamp with second precision, as the API uses."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def default_path() -> str:
+    """The PATH pods get: the project's venv `bin` first (so `stagefleet-worker` resolves), then ours."""
+    venv_bin = str(Path(sys.executable).parent)
+    rest = [
+        p for p in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":") if p and p != venv_bin
+    ]
+    return ":".join([venv_bin, *rest])
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One simulated node."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Mapping[str, Any], ...] = ()
+    pods: int = 8
+    cpu: str = "2"
+    memory: str = "8Gi"
+
+
+def node_configs(count: int, pods_per_node: int, labels: Mapping[str, str] | None = None) -> list[NodeConfig]:
+    """`devnode-1` … `devnode-N`, all with the same extra labels."""
+    return [NodeConfig(f"devnode-{i}", dict(labels or {}), pods=pods_per_node) for i in range(1, count + 1)]
+
+
+def node_manifest(cfg: NodeConfig) -> dict[str, Any]:
+    """The Node object the kubelet registers (metadata + spec)."""
+    labels = {
+        "kubernetes.io/hostname": cfg.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": _arch(),
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": _arch(),
+        "stagefleet.io/devcluster": "true",
+        **cfg.labels,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": cfg.name, "labels": labels},
+        "spec": {"taints": [dict(t) for t in cfg.taints]} if cfg.taints else {},
+    }
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def node_status(
+    cfg: NodeConfig, *, ready: bool, when: str, previous: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """Node status as a healthy (or lost) kubelet reports it."""
+    prev = {c.get("type"): c for c in previous}
+
+    def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        p = prev.get(ctype)
+        ltt = p.get("lastTransitionTime") if p and p.get("status") == status else when
+        return {
+            "type": ctype,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": when,
+            "lastTransitionTime": ltt,
+        }
+
+    if ready:
+        conds = [
+            cond(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ]
+    else:
+        conds = [
+            cond(t, "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.")
+            for t in ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
+        ]
+    capacity = {"cpu": cfg.cpu, "memory": cfg.memory, "pods": str(cfg.pods), "ephemeral-storage": "100Gi"}
+    return {
+        "capacity": capacity,
+        "allocatable": dict(capacity),
+        "conditions": conds,
+        "addresses": [
+            {"type": "InternalIP", "address": "127.0.0.1"},
+            {"type": "Hostname", "address": cfg.name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "kubeletVersion": KUBELET_VERSION,
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": _arch(),
+            "containerRuntimeVersion": "stagefleet-devcluster://1",
+            "osImage": "stagefleet dev cluster (host processes)",
+            "kernelVersion": os.uname().release,
+            "machineID": "",
+            "systemUUID": "",
+            "bootID": "",
+        },
+    }
+
+
+UNREACHABLE_TAINTS = (
+    {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
+)
+
+
+class PodRunner:
+    """Runs one pod bound to one of our nodes, from volumes to the final status, and its deletion."""
+
+    def __init__(self, kubelet: Kubelet, pod: dict[str, Any]) -> None:
+        self.k = kubelet
+        self.pod = pod
+        meta = pod["metadata"]
+        self.uid: str = meta["uid"]
+        self.ns: str = meta.get("namespace", "default")
+        self.name: str = meta["name"]
+        self.node: str = pod["spec"]["nodeName"]
+        spec = pod["spec"]
+        self.restart_policy: str = spec.get("restartPolicy") or "Always"
+        self.init_specs: list[dict[str, Any]] = list(spec.get("initContainers") or [])
+        self.main_specs: list[dict[str, Any]] = list(spec.get("containers") or [])
+        self.init = [pr.ContainerRun(c["name"], c.get("image", "")) for c in self.init_specs]
+        self.main = [pr.ContainerRun(c["name"], c.get("image", "")) for c in self.main_specs]
+        self.init_done = not self.init_specs
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.dir = kubelet.root_dir / "pods" / self.uid
+        self.log_dir = kubelet.logs_dir / self.ns / self.name
+        self.start_time = (pod.get("status") or {}).get("startTime") or now()
+        self.phase_override: tuple[str, str, str] | None = None  # (phase, reason, message)
+        self.extra_conditions: list[dict[str, Any]] = []
+        self.stopping = False  # deletion, deadline or node loss: no (re)starts any more
+        self.finished = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self.volume_dirs: dict[str, str] = {}
+        self.ro_volumes: set[str] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.mount_message = ""
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._main(), name=f"pod {self.ns}/{self.name}")
+
+    async def _main(self) -> None:
+        deadline_task = None
+        try:
+            await self.report()
+            ads = self.pod["spec"].get("activeDeadlineSeconds")
+            if ads is not None:
+                deadline_task = asyncio.create_task(self._deadline(float(ads)))
+            if not await self._prepare_volumes():
+                return
+            for spec, run in zip(self.init_specs, self.init, strict=True):
+                if not await self._run_until_done(spec, run, init=True):
+                    return
+            self.init_done = True
+            await self.report()
+            await asyncio.gather(
+                *(
+                    self._run_until_done(s, r, init=False)
+                    for s, r in zip(self.main_specs, self.main, strict=True)
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a kubelet bug must not kill the kubelet
+            self.k.log(f"pod {self.ns}/{self.name}: internal error: {e!r}")
+            self.phase_override = ("Failed", "KubeletError", f"dev-cluster kubelet error: {e}")
+        finally:
+            if deadline_task is not None:
+                deadline_task.cancel()
+            await self._kill_all(0)
+            self.finished.set()
+            with contextlib.suppress(Exception):
+                await self.report()
+
+    async def _deadline(self, seconds: float) -> None:
+        remaining = _parse_time(self.start_time) + seconds - dt.datetime.now(dt.UTC).timestamp()
+        await asyncio.sleep(max(remaining, 0))
+        if self.finished.is_set() or self.stopping:
+            return
+        self.stopping = True
+        self.phase_override = (
+            "Failed",
+            "DeadlineExceeded",
+            "Pod was active on the node longer than the specified deadline",
+        )
+        await self._kill_all(self._grace())
+        await self.report()
+
+    def _grace(self) -> float:
+        g = self.pod["spec"].get("terminationGracePeriodSeconds")
+        return float(g if g is not None else 30)
+
+    # -------------------------------------------------------------------------------- volumes
+
+    async def _fetch_data(self) -> pr.ObjectData:
+        secrets_needed, cms_needed = pr.referenced_objects(self.pod)
+        secrets: dict[str, Mapping[str, bytes] | None] = {}
+        cms: dict[str, Mapping[str, bytes] | None] = {}
+        for name in sorted(secrets_needed):
+            secrets[name] = await self._get_obj(
+                f"/api/v1/namespaces/{self.ns}/secrets/{name}", pr.secret_data
+            )
+        for name in sorted(cms_needed):
+            cms[name] = await self._get_obj(
+                f"/api/v1/namespaces/{self.ns}/configmaps/{name}", pr.configmap_data
+            )
+        return pr.ObjectData(self.ns, secrets, cms)
+
+    async def _get_obj(self, path: str, decode: Any) -> Mapping[str, bytes] | None:
+        try:
+            obj = await self.k.api.get(path)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        result: Mapping[str, bytes] = decode(obj)
+        return result
+
+    async def _prepare_volumes(self) -> bool:
+        """Materialise every volume; keep retrying (ContainerCreating + FailedMount) until it works."""
+        while not self.stopping:
+            try:
+                data = await self._fetch_data()
+                layouts = [
+                    pr.volume_layout(v, self.pod, data, self.k.allocatable(self.node))
+                    for v in self.pod["spec"].get("volumes") or []
+                ]
+                break
+            except pr.MountError as e:
+                if str(e) != self.mount_message:
+                    self.mount_message = str(e)
+                    await self.k.event(self.pod, "Warning", "FailedMount", str(e))
+                await asyncio.sleep(1.0)
+        else:
+            return False
+        await asyncio.to_thread(self._write_volumes, layouts)
+        return True
+
+    def _write_volumes(self, layouts: Sequence[pr.VolumeLayout]) -> None:
+        for sub in ("volumes", "term", "specs", "staging"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        for lay in layouts:
+            if lay.kind == "hostPath":
+                self.volume_dirs[lay.name] = lay.host_path or "/"
+                continue
+            vdir = self.dir / "volumes" / lay.name
+            vdir.mkdir(parents=True, exist_ok=True)
+            for f in lay.files:
+                target = vdir / f.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(f.content)
+                target.chmod(f.mode)
+            self.volume_dirs[lay.name] = str(vdir)
+            if lay.read_only:
+                self.ro_volumes.add(lay.name)
+
+    # -------------------------------------------------------------------------------- containers
+
+    async def _run_until_done(self, spec: dict[str, Any], run: pr.ContainerRun, *, init: bool) -> bool:
+        """Run one container, restarting it per restartPolicy; True when it ended successfully."""
+        backoff = RESTART_BACKOFF_START
+        while not self.stopping:
+            code = await self._run_once(spec, run, init=init)
+            if code is None:  # could not start (config error): retry after a pause
+                await asyncio.sleep(1.0)
+                continue
+            await self.report()
+            restart = (self.restart_policy == "Always" and not init) or (
+                self.restart_policy != "Never" and code != 0
+            )
+            if not restart or self.stopping:
+                return code == 0
+            run.last_state = run.state_dict()
+            run.state, run.reason = "waiting", "CrashLoopBackOff"
+            run.message = (
+                f"back-off {int(backoff)}s restarting failed container={run.name} "
+                f"pod={self.name}_{self.ns}({self.uid})"
+            )
+            await self.report()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+            run.restart_count += 1
+        return False
+
+    async def _run_once(self, spec: dict[str, Any], run: pr.ContainerRun, *, init: bool) -> int | None:
+        """Start the container and wait for it. None when it could not be configured yet."""
+        try:
+            data = await self._fetch_data()
+            env = pr.resolve_env(spec, self.pod, data, self.k.allocatable(self.node))
+            argv = pr.container_argv(spec, env)
+            term_file = self.dir / "term" / run.name
+            mounts = pr.mount_plan(spec, self.volume_dirs, self.ro_volumes, env, str(term_file))
+        except pr.ConfigError as e:
+            if run.reason != "CreateContainerConfigError" or run.message != str(e):
+                run.state, run.reason, run.message = "waiting", "CreateContainerConfigError", str(e)
+                await self.k.event(self.pod, "Warning", "Failed", f"Error: {e}")
+                await self.report()
+            return None
+        proc_env = {"PATH": self.k.path, "HOSTNAME": self.name, "HOME": "/root", **env}
+        spec_file = self.dir / "specs" / f"{run.name}.json"
+        start_error = self.dir / "specs" / f"{run.name}.start-error"
+        await asyncio.to_thread(self._prepare_files, run, mounts, term_file, start_error)
+        spec_file.write_text(
+            json.dumps(
+                {
+                    "mounts": [m.__dict__ for m in mounts],
+                    "argv": argv,
+                    "env": proc_env,
+                    "cwd": spec.get("workingDir") or None,
+                    "staging": str(self.dir / "staging" / run.name),
+                    "start_error_file": str(start_error),
+                }
+            )
+        )
+        log_path = self.log_dir / f"{run.name}.log"
+        started = now()
+        with open(log_path, "ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "--",
+                self.k.python,
+                "-I",
+                NSINIT,
+                str(spec_file),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=proc_env,
+            )
+        self.procs[run.name] = proc
+        run.state, run.reason, run.message = "running", "", ""
+        run.started_at, run.finished_at = started, None
+        run.container_id = f"stagefleet://{uuid.uuid4().hex}"
+        await self.report()
+        rc = await proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # like a container: nothing outlives the main process
+        self.procs.pop(run.name, None)
+        code = rc if rc >= 0 else 128 - rc
+        run.state, run.exit_code, run.finished_at = "terminated", code, now()
+        if start_error.exists():
+            run.reason, run.message = "StartError", start_error.read_text()[: pr.MAX_TERMINATION_MESSAGE]
+            run.exit_code = 128
+            return 128
+        run.reason = pr.terminated_reason(code)
+        file_bytes = await asyncio.to_thread(_read_head, term_file, pr.MAX_TERMINATION_MESSAGE)
+        run.message = pr.termination_message(
+            file_bytes, lambda: _read_tail(log_path, 64 * 1024), code, spec.get("terminationMessagePolicy")
+        )
+        return code
+
+    def _prepare_files(
+        self, run: pr.ContainerRun, mounts: Sequence[pr.Mount], term_file: Path, start_error: Path
+    ) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{run.name}.log"
+        if run.restart_count == 0 and not run.last_state:
+            log_path.unlink(missing_ok=True)  # a new pod that reuses a name starts with an empty log
+        elif log_path.exists():
+            log_path.replace(self.log_dir / f"{run.name}.previous.log")
+        term_file.write_bytes(b"")
+        term_file.chmod(0o666)
+        start_error.unlink(missing_ok=True)
+        for m in mounts:  # subPath sources Kubernetes creates as directories
+            if not m.is_file and not os.path.exists(m.source):
+                os.makedirs(m.source, exist_ok=True)
+
+    async def _kill_all(self, grace: float) -> None:
+        """SIGTERM every running container's process group, SIGKILL what is left after `grace`."""
+        procs = list(self.procs.values())
+        if not procs:
+            return
+        sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+        if grace > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+        await asyncio.gather(*(p.wait() for p in procs))
+
+    # -------------------------------------------------------------------------------- events from the API
+
+    def update(self, pod: dict[str, Any]) -> None:
+        """A newer version of the pod arrived."""
+        self.pod = pod
+        if pod["metadata"].get("deletionTimestamp") and not getattr(self, "_deleting", False):
+            self._deleting = True
+            asyncio.create_task(self._graceful_delete())
+
+    async def _graceful_delete(self) -> None:
+        self.stopping = True
+        grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
+        grace_s = float(grace if grace is not None else self._grace())
+        if self.procs:
+            await self.k.event(self.pod, "Normal", "Killing", "Stopping container " + ", ".join(self.procs))
+        await self._kill_all(grace_s)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        self.finished.set()
+        with contextlib.suppress(ApiError):
+            await self.report()
+        with contextlib.suppress(ApiError):
+            await self.k.api.delete(
+                f"/api/v1/namespaces/{self.ns}/pods/{self.name}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": self.uid},
+                },
+            )
+
+    async def gone(self) -> None:
+        """The pod object is gone: kill at once, drop local state."""
+        self.stopping = True
+        await self._kill_all(0)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        await asyncio.to_thread(shutil.rmtree, self.dir, True)
+
+    async def lose(self) -> None:
+        """Node loss: processes die with the node; the pod fails as Kubernetes marks it."""
+        self.stopping = True
+        await self._kill_all(0)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        for run in self.init + self.main:
+            if run.state != "terminated":
+                run.last_state = {}
+                run.state, run.exit_code, run.reason = "terminated", 137, "ContainerStatusUnknown"
+                run.message = "The container could not be located when the pod was terminated"
+                run.finished_at = now()
+                run.started_at = run.started_at or None
+        self.phase_override = (
+            "Failed",
+            "NodeLost",
+            f"Node {self.node} which was running pod {self.name} is unresponsive",
+        )
+        self.extra_conditions = [
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "DeletionByTaintManager",
+                "message": "Taint manager: deleting due to NoExecute taint",
+                "lastProbeTime": None,
+                "lastTransitionTime": now(),
+            }
+        ]
+        await self.report(force=True)
+
+    # -------------------------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        """The full pod status for the current runtime state (pure given the fields)."""
+        when = now()
+        if self.phase_override is not None:
+            phase = self.phase_override[0]
+        else:
+            phase = pr.pod_phase(self.restart_policy, self.init, self.main, self.init_done)
+        previous = (self.pod.get("status") or {}).get("conditions") or []
+        conds = pr.pod_conditions(phase, self.init, self.main, self.init_done, previous, when)
+        conds += self.extra_conditions
+        for c in self.main + self.init:
+            if c.state == "terminated" and not c.started_at:
+                c.started_at = c.finished_at
+        status: dict[str, Any] = {
+            "phase": phase,
+            "conditions": conds,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": self.start_time,
+            "containerStatuses": [c.status_dict() for c in self.main],
+        }
+        if self.init:
+            status["initContainerStatuses"] = [c.status_dict(init=True) for c in self.init]
+        if self.phase_override is not None:
+            status["reason"], status["message"] = self.phase_override[1], self.phase_override[2]
+        return status
+
+    async def report(self, force: bool = False) -> None:
+        """Send the current status (merge patch on pods/status). After a node loss only `force` sends."""
+        if self.k.is_lost(self.node) and not force:
+            return
+        async with self.lock:
+            body = {"status": self.status()}
+            try:
+                updated = await self.k.api.merge_patch(
+                    f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status", body
+                )
+            except ApiError as e:
+                if e.status in (404, 409):
+                    return
+                raise
+            if isinstance(updated, dict) and updated.get("metadata", {}).get("uid") == self.uid:
+                self.pod = {**self.pod, "status": updated.get("status", {})}
+
+
+def _read_head(path: Path, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
+def _read_tail(path: Path, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(size - limit, 0))
+            return f.read()
+    except OSError:
+        return b""
+
+
+class Kubelet:
+    """The asyncio kubelet: node registration, pod watch, scheduling, pod runners."""
+
+    def __init__(
+        self,
+        api: KubeAPI,
+        *,
+        nodes: Sequence[NodeConfig],
+        root_dir: Path,
+        logs_dir: Path,
+        path: str | None = None,
+        python: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.api = api
+        self.nodes = {n.name: n for n in nodes}
+        self.root_dir = Path(root_dir)
+        self.logs_dir = Path(logs_dir)
+        self.path = path or default_path()
+        self.python = python or sys.executable
+        self.verbose = verbose
+        self.pods: dict[str, dict[str, Any]] = {}  # uid -> latest manifest (all namespaces)
+        self.runners: dict[str, PodRunner] = {}
+        self.node_objs: dict[str, dict[str, Any]] = {}
+        self.lost: set[str] = set()
+        self.assumed: dict[str, str] = {}  # uid -> node, bound by us but not yet seen in the watch
+        self.unschedulable_msg: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            print(f"kubelet: {message}", file=sys.stderr, flush=True)
+
+    def is_lost(self, node: str) -> bool:
+        return node in self.lost
+
+    def allocatable(self, node: str) -> dict[str, str]:
+        cfg = self.nodes.get(node)
+        return {"cpu": cfg.cpu, "memory": cfg.memory, "ephemeral-storage": "100Gi"} if cfg else {}
+
+    async def event(
+        self, pod: Mapping[str, Any], etype: str, reason: str, message: str, source: str = "kubelet"
+    ) -> None:
+        """Best-effort core/v1 Event about a pod (what `kubectl describe` shows)."""
+        meta = pod["metadata"]
+        ns = meta.get("namespace", "default")
+        when = now()
+        ev = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": meta["name"] + ".", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "namespace": ns,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": etype,
+            "count": 1,
+            "firstTimestamp": when,
+            "lastTimestamp": when,
+            "source": {"component": source, "host": (pod.get("spec") or {}).get("nodeName") or ""},
+            "reportingComponent": source,
+            "reportingInstance": (pod.get("spec") or {}).get("nodeName") or "",
+        }
+        with contextlib.suppress(Exception):
+            await self.api.request("POST", f"/api/v1/namespaces/{ns}/events", body=ev, attempts=2)
+
+    # -------------------------------------------------------------------------------- nodes
+
+    async def register_nodes(self) -> None:
+        for cfg in self.nodes.values():
+            manifest = node_manifest(cfg)
+            try:
+                obj = await self.api.create("/api/v1/nodes", manifest)
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+                obj = await self.api.merge_patch(
+                    f"/api/v1/nodes/{cfg.name}",
+                    {
+                        "metadata": {"labels": manifest["metadata"]["labels"]},
+                        "spec": {"taints": manifest["spec"].get("taints"), "unschedulable": None},
+                    },
+                )
+            self.node_objs[cfg.name] = obj
+            await self._post_node_status(cfg.name, ready=True)
+
+    async def _post_node_status(self, name: str, *, ready: bool) -> None:
+        prev = ((self.node_objs.get(name) or {}).get("status") or {}).get("conditions") or []
+        obj = await self.api.merge_patch(
+            f"/api/v1/nodes/{name}/status",
+            {"status": node_status(self.nodes[name], ready=ready, when=now(), previous=prev)},
+        )
+        if isinstance(obj, dict):
+            self.node_objs[name] = obj
+
+    async def lose_node(self, name: str) -> None:
+        """Simulate a node dying: its processes are killed, its pods fail (NodeLost), it goes NotReady."""
+        if name not in self.nodes:
+            raise KeyError(name)
+        self.lost.add(name)
+        node = self.node_objs.get(name) or {}
+        taints = [
+            t
+            for t in (node.get("spec") or {}).get("taints") or []
+            if t.get("key") != "node.kubernetes.io/unreachable"
+        ]
+        taints += [
+            {**t, "timeAdded": now()} if t["effect"] == "NoExecute" else dict(t) for t in UNREACHABLE_TAINTS
+        ]
+        obj = await self.api.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": taints}})
+        if isinstance(obj, dict):
+            self.node_objs[name] = obj
+        await self._post_node_status(name, ready=False)
+        runners = [r for r in self.runners.values() if r.node == name]
+        await asyncio.gather(*(r.lose() for r in runners))
+        self._wake.set()
+
+    async def recover_node(self, name: str) -> None:
+        """Bring a lost node back (Ready, taints removed); its failed pods stay failed."""
+        self.lost.discard(name)
+        node = self.node_objs.get(name) or {}
+        taints = [
+            t
+            for t in (node.get("spec") or {}).get("taints") or []
+            if t.get("key") != "node.kubernetes.io/unreachable"
+        ]
+        obj = await self.api.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}})
+        if isinstance(obj, dict):
+            self.node_objs[name] = obj
+        await self._post_node_status(name, ready=True)
+        self._wake.set()
+
+    # -------------------------------------------------------------------------------- watches
+
+    async def run(self) -> None:
+        """Register nodes, then list+watch pods and nodes and schedule, until cancelled."""
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        await self.register_nodes()
+        pods_synced = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._informer("/api/v1/pods", self._on_pod, pods_synced)),
+            asyncio.create_task(self._informer("/api/v1/nodes", self._on_node, asyncio.Event())),
+            asyncio.create_task(self._scheduler()),
+        ]
+        await pods_synced.wait()
+        self.ready.set()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for t in self._tasks:
+                t.cancel()
+
+    async def _informer(self, path: str, handler: Any, synced: asyncio.Event) -> None:
+        """List then watch forever; re-list on 410 Gone or any broken stream."""
+        while True:
+            try:
+                listing = await self.api.get(path)
+                seen = set()
+                for item in listing.get("items") or []:
+                    seen.add(item["metadata"]["uid"])
+                    await handler("ADDED", item)
+                await handler("SYNC", {"uids": seen})
+                synced.set()
+                rv = listing["metadata"].get("resourceVersion", "")
+                while True:
+                    async for ev in self.api.watch(path, rv):
+                        etype, obj = ev.get("type"), ev.get("object") or {}
+                        if etype == "ERROR":
+                            if obj.get("code") == 410:
+                                raise _Relist()
+                            continue
+                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                        if etype != "BOOKMARK":
+                            await handler(etype, obj)
+            except asyncio.CancelledError:
+                raise
+            except _Relist:
+                continue
+            except ApiError as e:
+                if e.status != 410:
+                    self.log(f"{path}: {e}")
+                    await asyncio.sleep(0.5)
+            except Exception as e:  # noqa: BLE001 - connection drops, injected faults: re-list
+                self.log(f"{path}: {e!r}")
+                await asyncio.sleep(0.2)
+
+    async def _on_node(self, etype: str, obj: dict[str, Any]) -> None:
+        if etype == "SYNC":
+            return
+        name = obj["metadata"]["name"]
+        if name in self.nodes:
+            if etype == "DELETED":
+                self.node_objs.pop(name, None)
+            else:
+                self.node_objs[name] = obj
+            self._wake.set()
+
+    async def _on_pod(self, etype: str, pod: dict[str, Any]) -> None:
+        if etype == "SYNC":
+            for uid in set(self.pods) - pod["uids"]:
+                await self._pod_deleted(self.pods[uid])
+            return
+        uid = pod["metadata"]["uid"]
+        if etype == "DELETED":
+            await self._pod_deleted(pod)
+            return
+        self.pods[uid] = pod
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:
+            self.assumed.pop(uid, None)
+        if node in self.nodes:
+            runner = self.runners.get(uid)
+            phase = (pod.get("status") or {}).get("phase")
+            if runner is not None:
+                runner.update(pod)
+            elif node in self.lost or phase in TERMINAL:
+                if pod["metadata"].get("deletionTimestamp"):
+                    await self._finalize_delete(pod)
+            elif pod["metadata"].get("deletionTimestamp"):
+                await self._finalize_delete(pod)
+            else:
+                runner = PodRunner(self, pod)
+                self.runners[uid] = runner
+                runner.start()
+        self._wake.set()
+
+    async def _finalize_delete(self, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        with contextlib.suppress(ApiError):
+            await self.api.delete(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
+            )
+
+    async def _pod_deleted(self, pod: Mapping[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        self.pods.pop(uid, None)
+        self.assumed.pop(uid, None)
+        self.unschedulable_msg.pop(uid, None)
+        runner = self.runners.pop(uid, None)
+        if runner is not None:
+            await runner.gone()
+            same_name = any(r.ns == runner.ns and r.name == runner.name for r in self.runners.values())
+            if not same_name:
+                await asyncio.to_thread(shutil.rmtree, runner.log_dir, True)
+        self._wake.set()
+
+    # -------------------------------------------------------------------------------- scheduling
+
+    def _node_views(self) -> list[pr.NodeView]:
+        views = []
+        for name, cfg in sorted(self.nodes.items()):
+            obj = self.node_objs.get(name)
+            if obj is None:
+                continue
+            view = pr.NodeView.from_manifest(obj)
+            views.append(pr.NodeView(name, view.labels, view.taints, view.unschedulable, cfg.pods))
+        return views
+
+    def _load(self) -> dict[str, int]:
+        load: dict[str, int] = {}
+        for uid, pod in self.pods.items():
+            node = (pod.get("spec") or {}).get("nodeName") or self.assumed.get(uid)
+            if node and (pod.get("status") or {}).get("phase") not in TERMINAL:
+                runner = self.runners.get(uid)
+                if runner is not None and runner.finished.is_set():
+                    continue
+                load[node] = load.get(node, 0) + 1
+        return load
+
+    async def _scheduler(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 2.0)
+            self._wake.clear()
+            try:
+                await self._schedule_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                self.log(f"scheduler: {e!r}")
+
+    async def _schedule_pending(self) -> None:
+        pending = [
+            p
+            for uid, p in self.pods.items()
+            if not (p.get("spec") or {}).get("nodeName")
+            and uid not in self.assumed
+            and not p["metadata"].get("deletionTimestamp")
+            and (p.get("spec") or {}).get("schedulerName", "default-scheduler") == "default-scheduler"
+            and (p.get("status") or {}).get("phase", "Pending") == "Pending"
+        ]
+        pending.sort(
+            key=lambda p: (
+                -int((p.get("spec") or {}).get("priority") or 0),
+                p["metadata"].get("creationTimestamp", ""),
+                p["metadata"]["name"],
+            )
+        )
+        nodes = self._node_views()
+        for pod in pending:
+            load = self._load()
+            node, message = pr.schedule(pod, nodes, load)
+            uid = pod["metadata"]["uid"]
+            if node is None:
+                if self.unschedulable_msg.get(uid) != message:
+                    self.unschedulable_msg[uid] = message
+                    await self._mark_unschedulable(pod, message)
+                continue
+            self.assumed[uid] = node
+            try:
+                await self._bind(pod, node)
+            except ApiError as e:
+                self.assumed.pop(uid, None)
+                self.log(f"bind {pod['metadata']['name']}: {e}")
+                continue
+            self.unschedulable_msg.pop(uid, None)
+            await self.event(
+                pod,
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {pod['metadata']['namespace']}/{pod['metadata']['name']} to {node}",
+                source="default-scheduler",
+            )
+
+    async def _bind(self, pod: Mapping[str, Any], node: str) -> None:
+        meta = pod["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": ns, "uid": meta["uid"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        try:
+            await self.api.create(f"/api/v1/namespaces/{ns}/pods/{name}/binding", binding)
+        except ApiError as e:
+            if e.status not in (404, 405):
+                raise
+            # No pods/binding on this server: set spec.nodeName (allowed once while empty); a vanished
+            # pod makes this 404 as well.
+            await self.api.merge_patch(f"/api/v1/namespaces/{ns}/pods/{name}", {"spec": {"nodeName": node}})
+        now_ = now()
+        with contextlib.suppress(ApiError):
+            await self.api.merge_patch(
+                f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                {
+                    "status": {
+                        "conditions": [
+                            {
+                                "type": "PodScheduled",
+                                "status": "True",
+                                "lastProbeTime": None,
+                                "lastTransitionTime": now_,
+                            }
+                        ]
+                    }
+                },
+            )
+
+    async def _mark_unschedulable(self, pod: Mapping[str, Any], message: str) -> None:
+        meta = pod["metadata"]
+        cond = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastProbeTime": None,
+            "lastTransitionTime": now(),
+        }
+        with contextlib.suppress(ApiError):
+            await self.api.merge_patch(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                {"status": {"phase": "Pending", "conditions": [cond]}},
+            )
+        await self.event(pod, "Warning", "FailedScheduling", message, source="default-scheduler")
+
+    # -------------------------------------------------------------------------------- shutdown
+
+    async def shutdown(self) -> None:
+        """Kill every pod process (no API updates: the cluster is going away)."""
+        for t in self._tasks:
+            t.cancel()
+        for r in list(self.runners.values()):
+            r.stopping = True
+        await asyncio.gather(*(r._kill_all(0) for r in self.runners.values()), return_exceptions=True)
+        for r in list(self.runners.values()):
+            if r.task is not None:
+                r.task.cancel()
+        await asyncio.gather(
+            *(r.task for r in self.runners.values() if r.task is not None), return_exceptions=True
+        )
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.api.close()
+
+
+class _Relist(Exception):
+    pass
+
+
+class KubeletThread:
+    """A Kubelet on its own event loop in a daemon thread, with blocking controls for tests and the CLI."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        *,
+        nodes: Sequence[NodeConfig],
+        root_dir: Path,
+        logs_dir: Path,
+        path: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self._args = (kubeconfig, nodes, root_dir, logs_dir, path, verbose)
+        self.loop = asyncio.new_event_loop()
+        self.kubelet: Kubelet | None = None
+        self._thread: threading.Thread | None = None
+        self._main: asyncio.Future[None] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        kubeconfig, nodes, root_dir, logs_dir, path, verbose = self._args
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.kubelet = Kubelet(
+                KubeAPI(ClusterAccess.from_kubeconfig(kubeconfig)),
+                nodes=nodes,
+                root_dir=root_dir,
+                logs_dir=logs_dir,
+                path=path,
+                verbose=verbose,
+            )
+            self._main = self.loop.create_task(self.kubelet.run())
+            started.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                self.loop.run_until_complete(self._main)
+
+        self._thread = threading.Thread(target=run, name="stagefleet-kubelet", daemon=True)
+        self._thread.start()
+        started.wait()
+        assert self.kubelet is not None
+        ready = asyncio.run_coroutine_threadsafe(self.kubelet.ready.wait(), self.loop)
+        try:
+            ready.result(timeout)
+        except BaseException:
+            if self._main is not None and self._main.done() and self._main.exception() is not None:
+                raise RuntimeError(f"kubelet failed to start: {self._main.exception()!r}") from None
+            raise
+
+    def call(self, coro: Any, timeout: float | None = 60.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def lose_node(self, name: str) -> None:
+        """Blocking `Kubelet.lose_node`."""
+        assert self.kubelet is not None
+        self.call(self.kubelet.lose_node(name))
+
+    def recover_node(self, name: str) -> None:
+        """Blocking `Kubelet.recover_node`."""
+        assert self.kubelet is not None
+        self.call(self.kubelet.recover_node(name))
+
+    def stop(self) -> None:
+        """Kill all pod processes and stop the loop."""
+        if self.kubelet is None or self._thread is None:
+            return
+        if self.loop.is_running():
+            with contextlib.suppress(Exception):
+                self.call(self.kubelet.shutdown(), timeout=30)
+            if self._main is not None:
+                self.loop.call_soon_threadsafe(self._main.cancel)
+        self._thread.join(30)
+        if not self.loop.is_closed() and not self.loop.is_running():
+            self.loop.close()
+        self._thread = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a kubelet against any API server: `python -m stagefleet.devcluster.kubelet --kubeconfig F`."""
+    parser = argparse.ArgumentParser(description="stagefleet dev-cluster local kubelet (a development tool)")
+    parser.add_argument("--kubeconfig", required=True, type=Path)
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--pods-per-node", type=int, default=8)
+    parser.add_argument("--node-label", action="append", default=[], metavar="K=V")
+    parser.add_argument("--root-dir", type=Path, required=True)
+    parser.add_argument("--logs-dir", type=Path, required=True)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    labels = dict(kv.split("=", 1) for kv in args.node_label)
+    kubelet = Kubelet(
+        KubeAPI(ClusterAccess.from_kubeconfig(args.kubeconfig)),
+        nodes=node_configs(args.nodes, args.pods_per_node, labels),
+        root_dir=args.root_dir,
+        logs_dir=args.logs_dir,
+        verbose=args.verbose,
+    )
+
+    async def run() -> None:
+        try:
+            await kubelet.run()
+        finally:
+            await kubelet.shutdown()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""In-namespace init of a dev-cluster container: bind-mount volumes, chdir, exec the command.
+
+The kubelet runs ``unshare -m --propagation private -- python -I nsinit.py SPEC.json``; by the time this
+runs, we are in a private mount namespace, so every mount made here vanishes with the container's last
+process and never shows on the host. Stdlib only and run by path, so startup stays fast. The process
+execs the container command (same pid), which keeps signals and the exit status exact.
+
+Mount targets that do not exist yet:
+* under a volume mounted earlier in this container: created inside that volume (as Kubernetes does);
+* under an existing host directory other than ``/`` (e.g. ``/dev/termination-log``): the directory is
+  mirrored into a private tmpfs (each entry bind-mounted back) and the tmpfs is moved over it, so the new
+  entry exists only in this namespace and the host directory is untouched;
+* directly under ``/`` (e.g. ``/workspace``): the missing directory is created on the host, because
+  mirroring ``/`` itself would need a chroot. It is left behind empty; nothing existing is ever replaced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import sys
+from typing import Any
+
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_staging = itertools.count()
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = [s.encode() if s is not None else None for s in (source, target, fstype, data)]
+    if _libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} -> {target}: {os.strerror(err)}")
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _mirror(directory: str, staging: str) -> None:
+    """Replace `directory` (in this namespace only) by a tmpfs with the same entries bind-mounted in."""
+    os.makedirs(staging, exist_ok=True)
+    _mount("stagefleet-mirror", staging, "tmpfs", 0, "mode=%o" % (os.stat(directory).st_mode & 0o7777))
+    for entry in os.scandir(directory):
+        dst = os.path.join(staging, entry.name)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), dst)
+        elif entry.is_dir(follow_symlinks=False):
+            os.mkdir(dst)
+            _mount(entry.path, dst, None, MS_BIND | MS_REC)
+        else:
+            with open(dst, "w"):
+                pass
+            _mount(entry.path, dst, None, MS_BIND)
+    _mount(staging, directory, None, MS_MOVE)
+
+
+def ensure_target(target: str, is_file: bool, mounted: list[str], staging_root: str) -> None:
+    """Make `target` exist as a file or directory inside this namespace (see module docstring)."""
+    if os.path.lexists(target):
+        return
+    ancestor = os.path.dirname(target)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if ancestor != "/" and not _under(ancestor, mounted):
+        _mirror(ancestor, os.path.join(staging_root, f"m{next(_staging)}"))
+    parent = os.path.dirname(target) if is_file else target
+    try:
+        os.makedirs(parent, exist_ok=True)
+        if is_file:
+            with open(target, "a"):
+                pass
+    except OSError:
+        if ancestor == "/" or not _under(ancestor, mounted):
+            raise
+        _mirror(ancestor, os.path.join(staging_root, f"m{next(_staging)}"))
+        os.makedirs(parent, exist_ok=True)
+        if is_file:
+            with open(target, "a"):
+                pass
+
+
+def apply(spec: dict[str, Any]) -> None:
+    """Do the mounts and the chdir a spec asks for (everything but the exec)."""
+    mounted: list[str] = []
+    staging_root = spec["staging"]
+    for m in spec["mounts"]:
+        source, target = m["source"], m["target"]
+        is_file = bool(m.get("is_file")) or (os.path.exists(source) and not os.path.isdir(source))
+        ensure_target(target, is_file, mounted, staging_root)
+        _mount(source, target, None, MS_BIND | MS_REC)
+        if m.get("read_only"):
+            _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        mounted.append(target)
+    cwd = spec.get("cwd")
+    if cwd:
+        if not os.path.isdir(cwd):
+            ensure_target(cwd, False, mounted, staging_root)
+        os.chdir(cwd)
+
+
+def main(argv: list[str]) -> int:
+    with open(argv[1]) as f:
+        spec = json.load(f)
+    try:
+        apply(spec)
+    except OSError as e:
+        _start_error(spec, f"error mounting volumes: {e}")
+        return 128
+    args: list[str] = spec["argv"]
+    env: dict[str, str] = spec["env"]
+    try:
+        if "/" in args[0]:
+            os.execve(args[0], args, env)
+        else:
+            os.execvpe(args[0], args, env)
+    except OSError as e:
+        why = "executable file not found in $PATH" if isinstance(e, FileNotFoundError) else e.strerror
+        _start_error(spec, f'exec: "{args[0]}": {why}')
+    return 128
+
+
+def _start_error(spec: dict[str, Any], message: str) -> None:
+    sys.stderr.write(message + "\n")
+    with open(spec["start_error_file"], "w") as f:
+        f.write(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
