@@ -1,0 +1,65 @@
+"""Session fixtures shared by every test that needs the real builder: a registry and a base image.
+
+`registry` runs Debian's docker-registry on a free loopback port for the whole session; `base_image` is
+the offline busybox image pushed to it; `buildah_env(path)` gives the environment of a fresh buildah
+storage root (a fresh "pod") and removes the root again at the end of the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stagefleet import buildenv
+from stagefleet.localregistry import LocalRegistry, ensure_base_image
+
+BUILDER_TOOLS = ("buildah", "runc", "docker-registry", "skopeo")
+
+BuildahEnv = Callable[[Path], dict[str, str]]
+
+
+def _require_builder() -> None:
+    missing = [t for t in BUILDER_TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"builder tools missing: {', '.join(missing)} (scripts/setup.sh installs them)")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """A running docker-registry: `.host` is "127.0.0.1:PORT", `.url` its http URL."""
+    _require_builder()
+    reg = LocalRegistry(tmp_path_factory.mktemp("registry"))
+    reg.start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def base_image(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The busybox base image in the session registry, e.g. "127.0.0.1:PORT/base/busybox:1"."""
+    root = tmp_path_factory.mktemp("base-root")
+    env = buildenv.prepare(root, insecure_registries=[registry.host])
+    try:
+        yield ensure_base_image(registry.host, env)
+    finally:
+        buildenv.cleanup(root, env)
+
+
+@pytest.fixture
+def buildah_env(registry: LocalRegistry) -> Iterator[BuildahEnv]:
+    """Factory: `buildah_env(path)` → env for a fresh storage root at `path` (cleaned up afterwards)."""
+    made: list[tuple[Path, dict[str, str]]] = []
+
+    def make(root: Path) -> dict[str, str]:
+        env = buildenv.prepare(root, insecure_registries=[registry.host])
+        made.append((root, env))
+        return env
+
+    yield make
+    for root, env in made:
+        buildenv.cleanup(root, env)

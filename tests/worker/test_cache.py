@@ -1,0 +1,73 @@
+"""Layer cache in the registry (`--cache-from/--cache-to`) and `RUN --mount=type=cache` on one worker."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from stagefleet.localregistry import LocalRegistry
+
+from .helpers import image_files, run_worker, write_context
+
+pytestmark = pytest.mark.builder
+
+
+def test_second_run_on_fresh_storage_takes_every_step_from_registry_cache(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    h = registry.host
+    salt = secrets.token_hex(4)  # keeps this test's steps out of other tests' cache
+    ctx = write_context(tmp_path / "ctx", f"""FROM {base_image} AS app
+ENV SALT={salt}
+RUN echo one > /one
+RUN echo two > /two && sleep 1
+COPY hello.txt /hello.txt
+RUN cat /one /two /hello.txt > /all
+""", {"hello.txt": "hello\n"})
+    args = ["--context", str(ctx), "--target", "app", "--cache-repo", f"{h}/cache/{salt}",
+            "--push", f"{h}/cached/{salt}:1"]
+    cold = run_worker(args, registry_host=h, tmp=tmp_path / "pod1")
+    assert cold.code == 0, cold.stderr + cold.stdout
+    assert cold.result["cachedSteps"] == 0 and cold.result["steps"] == 5
+    assert not any("Using cache" in line for line in cold.lines)
+
+    warm = run_worker(args, registry_host=h, tmp=tmp_path / "pod2")  # a different, fresh storage root
+    assert warm.code == 0, warm.stderr + warm.stdout
+    hits = [line for line in warm.lines if line.startswith("[app] --> Using cache ")]
+    assert len(hits) == 5
+    assert warm.result["cachedSteps"] == warm.result["steps"] == 5
+    assert warm.result["stages"][0]["cachedSteps"] == 5
+    steps = [i for i, line in enumerate(warm.lines) if "STEP" in line and " RUN " in line]
+    assert len(steps) == 3
+    for i in steps:  # each RUN step is answered by a cache hit before the next step starts
+        following = warm.lines[i + 1:]
+        nxt = next((j for j, line in enumerate(following) if " STEP " in line or " COMMIT" in line),
+                   len(following))
+        assert any("--> Using cache" in line for line in following[:nxt]), warm.lines[i]
+    assert image_files(h, f"cached/{salt}", warm.result["digest"])["/all"] == b"one\ntwo\nhello\n"
+
+
+def test_cache_mount_persists_between_builds_on_one_worker(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    h = registry.host
+    ctx = write_context(tmp_path / "ctx", f"""FROM {base_image} AS app
+ARG ROUND
+RUN --mount=type=cache,id=sfcache,target=/cache echo "round $ROUND" >> /cache/log && cp /cache/log /seen
+""")
+    root = tmp_path / "worker-root"  # one worker's storage root (and so its TMPDIR) for both builds
+    repo = f"cachemount/{secrets.token_hex(4)}"
+    digests = []
+    for n in (1, 2):
+        r = run_worker(["--context", str(ctx), "--target", "app", "--build-arg", f"ROUND={n}",
+                        "--storage-root", str(root), "--push", f"{h}/{repo}:{n}"],
+                       registry_host=h, tmp=tmp_path / f"tmp{n}")
+        assert r.code == 0, r.stderr + r.stdout
+        digests.append(r.result["digest"])
+    assert image_files(h, repo, digests[0])["/seen"] == b"round 1\n"
+    assert image_files(h, repo, digests[1])["/seen"] == b"round 1\nround 2\n"
+    # and a fresh root does not see it
+    r = run_worker(["--context", str(ctx), "--target", "app", "--build-arg", "ROUND=3",
+                    "--push", f"{h}/{repo}:3"], registry_host=h, tmp=tmp_path / "tmp3")
+    assert r.code == 0, r.stderr
+    assert image_files(h, repo, r.result["digest"])["/seen"] == b"round 3\n"
