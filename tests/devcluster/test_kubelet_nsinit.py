@@ -1,0 +1,93 @@
+"""The in-namespace container init (`nsinit.py`) run for real under `unshare -m --propagation private`.
+
+Needs root (bind mounts); every mount lives in the child's private namespace and vanishes with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagefleet.devcluster import kubelet
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+
+
+def run_init(tmp_path: Path, mounts: list[dict[str, Any]], script: str, cwd: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    spec = {"mounts": mounts, "argv": ["sh", "-c", script], "env": {"PATH": "/usr/bin:/bin", "X": "y"},
+            "cwd": cwd, "staging": str(tmp_path / "staging"), "start_error_file": str(tmp_path / "start-error")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "--", sys.executable, "-I",
+                           kubelet.NSINIT, str(tmp_path / "spec.json")],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_mounts_are_private_readonly_and_leave_the_host_untouched(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "password").write_text("hunter2")
+    term = tmp_path / "term"
+    term.write_text("")
+    tag = uuid.uuid4().hex[:8]
+    secret_dir = f"/etc/sf-test-{tag}/creds"  # /etc exists, the rest does not: mirrored, not created
+    script = (f"cat {secret_dir}/password; echo; "
+              f"touch {secret_dir}/new 2>/dev/null && echo WRITABLE || echo read-only; "
+              "echo done > /dev/termination-log; echo $X; pwd")
+    res = run_init(tmp_path, [
+        {"source": str(vol), "target": secret_dir, "read_only": True},
+        {"source": str(term), "target": "/dev/termination-log", "read_only": False, "is_file": True},
+    ], script, cwd=str(tmp_path / "wd"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n") == ["hunter2", "read-only", "y", str(tmp_path / "wd"), ""]
+    assert term.read_text() == "done\n"
+    assert not os.path.exists(f"/etc/sf-test-{tag}")
+    assert not os.path.exists("/dev/termination-log")
+    assert not (vol / "new").exists()
+
+
+def test_missing_top_level_directory_is_created_on_the_host(tmp_path: Path) -> None:
+    target = f"/sf-test-{uuid.uuid4().hex[:8]}"
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    try:
+        res = run_init(tmp_path, [{"source": str(vol), "target": target + "/work", "read_only": False}],
+                       f"echo hi > {target}/work/out")
+        assert res.returncode == 0, res.stderr
+        assert (vol / "out").read_text() == "hi\n"
+        assert os.listdir(target + "/work") == []  # on the host: an empty mount point only
+    finally:
+        os.rmdir(target + "/work")
+        os.rmdir(target)
+
+
+def test_nested_mount_creates_its_mount_point_inside_the_outer_volume(tmp_path: Path) -> None:
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    outer.mkdir()
+    inner.mkdir()
+    (inner / "f").write_text("inner")
+    res = run_init(tmp_path, [{"source": str(outer), "target": str(tmp_path / "mnt")},
+                              {"source": str(inner), "target": str(tmp_path / "mnt" / "sub")}],
+                   f"cat {tmp_path}/mnt/sub/f")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "inner"
+    assert (outer / "sub").is_dir()
+
+
+def test_exit_status_and_exec_failure(tmp_path: Path) -> None:
+    assert run_init(tmp_path, [], "exit 7").returncode == 7
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    spec["argv"] = ["no-such-command-xyz"]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "--", sys.executable, "-I",
+                          kubelet.NSINIT, str(tmp_path / "spec.json")], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 128
+    assert (tmp_path / "start-error").read_text() == 'exec: "no-such-command-xyz": executable file not found in $PATH'
