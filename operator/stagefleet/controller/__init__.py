@@ -1,0 +1,6 @@
+"""The stagefleet operator: ImageBuild resources → worker pods, one per plan group.
+
+Pure core: `spec` (typed view of the resource), `podspec` (group → pod manifest), `status` (observed pods →
+stage states, next groups, conditions). Shells: `source` (git/inline Dockerfile), `kube` (the only module
+doing Kubernetes API I/O), `reconciler` (ties them together), `handlers` (kopf registrations), `metrics`.
+"""

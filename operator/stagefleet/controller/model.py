@@ -1,0 +1,135 @@
+"""The plan as the operator keeps it: recorded in ``status.plan`` so a restarted operator (or a later
+reconcile) continues from status without re-fetching the source, and decoupled from ``stagefleet.plan``'s
+classes so that status written by one operator version is read by the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stagefleet.plan import Plan
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One worker pod's share of the build: a chain of stages built with ``--target stages[-1]``."""
+
+    id: str
+    stages: tuple[str, ...]
+    after: tuple[str, ...]
+    consumes: tuple[tuple[str, str], ...]  # (upstream stage, producing group id)
+    secrets: tuple[str, ...]
+    ssh: tuple[str, ...]
+    wave: int = 0
+    critical: bool = False
+    weight: int = 0
+
+    @property
+    def target(self) -> str:
+        return self.stages[-1]
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "stages": list(self.stages),
+            "after": list(self.after),
+            "consumes": [{"stage": s, "group": g} for s, g in self.consumes],
+            "secrets": list(self.secrets),
+            "ssh": list(self.ssh),
+            "wave": self.wave,
+            "critical": self.critical,
+            "weight": self.weight,
+        }
+
+    @classmethod
+    def from_status(cls, d: Mapping[str, Any]) -> GroupPlan:
+        return cls(
+            id=str(d["id"]),
+            stages=tuple(d["stages"]),
+            after=tuple(d.get("after") or ()),
+            consumes=tuple((str(c["stage"]), str(c["group"])) for c in d.get("consumes") or ()),
+            secrets=tuple(d.get("secrets") or ()),
+            ssh=tuple(d.get("ssh") or ()),
+            wave=int(d.get("wave", 0)),
+            critical=bool(d.get("critical", False)),
+            weight=int(d.get("weight", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class PlanView:
+    target: str
+    groups: tuple[GroupPlan, ...]
+    critical_path: tuple[str, ...]
+    final_group: str
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Every stage built, in group order."""
+        return tuple(s for g in self.groups for s in g.stages)
+
+    def group(self, gid: str) -> GroupPlan:
+        for g in self.groups:
+            if g.id == gid:
+                return g
+        raise KeyError(gid)
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "groups": [g.to_status() for g in self.groups],
+            "waves": 1 + max((g.wave for g in self.groups), default=-1),
+            "criticalPath": list(self.critical_path),
+            "finalGroup": self.final_group,
+            "skipped": list(self.skipped),
+        }
+
+    @classmethod
+    def from_status(cls, d: Mapping[str, Any]) -> PlanView:
+        return cls(
+            target=str(d["target"]),
+            groups=tuple(GroupPlan.from_status(g) for g in d["groups"]),
+            critical_path=tuple(d.get("criticalPath") or ()),
+            final_group=str(d["finalGroup"]),
+            skipped=tuple(d.get("skipped") or ()),
+        )
+
+
+def plan_view(plan: Plan) -> PlanView:
+    """Convert a ``stagefleet.plan.Plan`` (the planner's output) to the operator's view."""
+    groups: Sequence[Any] = plan.groups
+    return PlanView(
+        target=plan.graph.target,
+        groups=tuple(
+            GroupPlan(
+                id=g.id,
+                stages=tuple(g.stages),
+                after=tuple(g.after),
+                consumes=tuple((str(a), str(b)) for a, b in g.consumes),
+                secrets=tuple(g.secrets),
+                ssh=tuple(g.ssh),
+                wave=int(g.wave),
+                critical=bool(g.critical),
+                weight=int(g.weight),
+            )
+            for g in groups
+        ),
+        critical_path=tuple(plan.critical_path),
+        final_group=plan.final_group,
+        skipped=tuple(plan.graph.skipped),
+    )
+
+
+def plan_dockerfile(
+    text: str, *, target: str | None, build_args: Mapping[str, str], filename: str = "Dockerfile"
+) -> PlanView:
+    """Dockerfile text → the operator's plan; raises ``stagefleet.stages.DockerfileError``."""
+    from stagefleet.plan import make_plan
+    from stagefleet.stages import parse_stage_graph
+
+    graph = parse_stage_graph(text, filename=filename, target=target, build_args=build_args)
+    return plan_view(make_plan(graph))

@@ -1,0 +1,301 @@
+"""Pure: one plan group of one ImageBuild generation → the worker pod that builds it.
+
+Names are deterministic (ImageBuild, generation, group, attempt), so creating the same pod twice — after an
+operator restart, a lost status write, a duplicate event — is an AlreadyExists, never a second build. The
+pod gets only the Secrets its own stages use; the values reach the worker as files, never as env or args.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stagefleet.controller.model import GroupPlan, PlanView
+from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, ImageBuildSpec
+
+GROUP = "stagefleet.io"
+API_VERSION = f"{GROUP}/v1alpha1"
+KIND = "ImageBuild"
+
+LABEL_IMAGEBUILD = f"{GROUP}/imagebuild"
+LABEL_UID = f"{GROUP}/imagebuild-uid"
+LABEL_GROUP = f"{GROUP}/group"
+LABEL_GENERATION = f"{GROUP}/generation"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+ANNOTATION_STAGES = f"{GROUP}/stages"
+ANNOTATION_TARGET = f"{GROUP}/target"
+
+WORKER_CONTAINER = "worker"
+STORAGE_MOUNT = "/var/lib/stagefleet"
+SECRETS_MOUNT = "/run/stagefleet"
+TERMINATION_LOG = "/dev/termination-log"
+DOCKERFILE_KEY = "Dockerfile"
+
+_MAX_NAME = 63
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Operator-wide settings for worker pods (flags of `stagefleet operator`)."""
+
+    command: tuple[str, ...] = ("stagefleet-worker",)
+    builder_image: str = DEFAULT_BUILDER_IMAGE
+    insecure_registries: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    security_context: Mapping[str, Any] | None = None
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildRef:
+    """The ImageBuild a pod belongs to (metadata only)."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """Where the worker gets the Dockerfile: a pinned git commit or an inline-Dockerfile ConfigMap."""
+
+    git_url: str | None = None
+    git_revision: str | None = None  # a commit
+    configmap: str | None = None
+
+
+def _short_hash(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def dns_label(text: str) -> str:
+    """Lowercase, [a-z0-9-], no leading/trailing '-' (for names built from arbitrary parts)."""
+    out = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return out or "x"
+
+
+def _fit(prefix: str, suffix: str, limit: int = _MAX_NAME) -> str:
+    """``prefix-suffix`` within ``limit`` chars; a too-long prefix is cut and made unique with a hash."""
+    name = f"{prefix}-{suffix}"
+    if len(name) <= limit:
+        return name
+    h = _short_hash(prefix)
+    keep = max(1, limit - len(suffix) - len(h) - 2)
+    return f"{prefix[:keep].rstrip('-')}-{h}-{suffix}"
+
+
+def pod_name(build: BuildRef, group_id: str, attempt: int) -> str:
+    """``<imagebuild>-<generation>-<group>-a<attempt>``, ≤ 63 chars and DNS-safe (hashed when long)."""
+    return _fit(dns_label(build.name), f"{build.generation}-{dns_label(group_id)}-a{attempt}")
+
+
+def configmap_name(build: BuildRef) -> str:
+    """The ConfigMap holding an inline Dockerfile for one generation."""
+    return _fit(dns_label(build.name), f"{build.generation}-dockerfile")
+
+
+def label_value(text: str) -> str:
+    """A label value (≤ 63 chars): the text itself when it fits, else a cut plus a hash."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")
+    if len(value) <= _MAX_NAME:
+        return value
+    return f"{value[: _MAX_NAME - 7].rstrip('-_.')}-{_short_hash(text)}"
+
+
+def stage_result_ref(spec: ImageBuildSpec, build: BuildRef, group_id: str) -> str:
+    """Where a non-final group pushes its target stage; unique per build, generation and group."""
+    tag = f"{dns_label(build.name)[:60]}-{build.uid[:8]}-{build.generation}-{dns_label(group_id)}"
+    return f"{spec.stages_repository}:{tag}"
+
+
+def push_refs(spec: ImageBuildSpec, plan: PlanView, build: BuildRef, group: GroupPlan) -> tuple[str, ...]:
+    if group.id == plan.final_group:
+        return spec.output.refs
+    return (stage_result_ref(spec, build, group.id),)
+
+
+def owner_reference(build: BuildRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": build.name,
+        "uid": build.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pod_labels(build: BuildRef, group_id: str | None = None, attempt: int | None = None) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": "stagefleet-worker",
+        "app.kubernetes.io/managed-by": "stagefleet",
+        LABEL_IMAGEBUILD: label_value(build.name),
+        LABEL_UID: build.uid,
+        LABEL_GENERATION: str(build.generation),
+    }
+    if group_id is not None:
+        labels[LABEL_GROUP] = label_value(group_id)
+    if attempt is not None:
+        labels[LABEL_ATTEMPT] = str(attempt)
+    return labels
+
+
+def dockerfile_configmap(build: BuildRef, dockerfile: str) -> dict[str, Any]:
+    """The ConfigMap an inline Dockerfile reaches the worker through (a file, not an env var or arg)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(build),
+            "namespace": build.namespace,
+            "labels": pod_labels(build),
+            "ownerReferences": [owner_reference(build)],
+        },
+        "data": {DOCKERFILE_KEY: dockerfile},
+    }
+
+
+def _secret_volume(name: str, secret: str, key: str, path: str, mode: int = 0o400) -> dict[str, Any]:
+    return {
+        "name": name,
+        "secret": {"secretName": secret, "items": [{"key": key, "path": path}], "defaultMode": mode},
+    }
+
+
+def worker_pod(
+    *,
+    build: BuildRef,
+    spec: ImageBuildSpec,
+    plan: PlanView,
+    group: GroupPlan,
+    attempt: int,
+    source: ResolvedSource,
+    upstream: Mapping[str, tuple[str, str]],
+    config: WorkerConfig,
+    deadline_seconds: int,
+) -> dict[str, Any]:
+    """The pod manifest for ``group`` (attempt ``attempt``); ``upstream`` maps stage → (image ref, digest)."""
+    volumes: list[dict[str, Any]] = [{"name": "storage", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "storage", "mountPath": STORAGE_MOUNT}]
+    args: list[str] = []
+
+    if source.git_url:
+        args += ["--git-url", source.git_url, "--git-revision", source.git_revision or "HEAD"]
+        git = spec.source.git
+        if git and git.secret:
+            volumes.append(_secret_volume("git-ssh", git.secret.name, git.secret.key, "key"))
+            mounts.append({"name": "git-ssh", "mountPath": f"{SECRETS_MOUNT}/git", "readOnly": True})
+            args += ["--git-ssh-key", f"{SECRETS_MOUNT}/git/key"]
+        if spec.source.context_dir:
+            args += ["--context-dir", spec.source.context_dir]
+        args += ["--dockerfile", spec.dockerfile]
+    else:
+        volumes.append(
+            {"name": "dockerfile", "configMap": {"name": source.configmap or configmap_name(build)}}
+        )
+        mounts.append({"name": "dockerfile", "mountPath": f"{SECRETS_MOUNT}/dockerfile", "readOnly": True})
+        args += ["--inline-dockerfile", f"{SECRETS_MOUNT}/dockerfile/{DOCKERFILE_KEY}"]
+
+    args += ["--target", group.target]
+    for stage in group.stages:
+        args += ["--stage", stage]
+    for stage, _gid in group.consumes:
+        ref, digest = upstream[stage]
+        args += ["--upstream", f"{stage}={ref}@{digest}"]
+
+    by_id = {s.id: s for s in spec.secrets}
+    for n, sid in enumerate(group.secrets):
+        if sid not in by_id:
+            continue  # undeclared: the Dockerfile's own `required` decides (worker exit 12 if required)
+        sref = by_id[sid].secret
+        vol = f"secret-{n}"
+        volumes.append(_secret_volume(vol, sref.name, sref.key, "value"))
+        mounts.append({"name": vol, "mountPath": f"{SECRETS_MOUNT}/secrets/{n}", "readOnly": True})
+        args += ["--secret", f"id={sid},src={SECRETS_MOUNT}/secrets/{n}/value"]
+    ssh_by_id = {s.id: s for s in spec.ssh}
+    for n, sid in enumerate(group.ssh):
+        if sid not in ssh_by_id:
+            continue
+        kref = ssh_by_id[sid].secret
+        vol = f"ssh-{n}"
+        volumes.append(_secret_volume(vol, kref.name, kref.key, "key"))
+        mounts.append({"name": vol, "mountPath": f"{SECRETS_MOUNT}/ssh/{n}", "readOnly": True})
+        args += ["--ssh", f"{sid}={SECRETS_MOUNT}/ssh/{n}/key"]
+
+    for k in sorted(spec.build_args):
+        args += ["--build-arg", f"{k}={spec.build_args[k]}"]
+
+    cache_repo = spec.cache_repository
+    if cache_repo is None:
+        args.append("--no-cache")
+    elif spec.cache.mode == "max" or group.id == plan.final_group:
+        args += ["--cache-repo", cache_repo]
+
+    for ref in push_refs(spec, plan, build, group):
+        args += ["--push", ref]
+    if spec.output.push_secret:
+        volumes.append(
+            _secret_volume("push-auth", spec.output.push_secret, ".dockerconfigjson", "config.json")
+        )
+        mounts.append({"name": "push-auth", "mountPath": f"{SECRETS_MOUNT}/push", "readOnly": True})
+        args += ["--registry-auth", f"{SECRETS_MOUNT}/push/config.json"]
+    for reg in config.insecure_registries:
+        args += ["--insecure-registry", reg]
+    args += ["--storage-root", f"{STORAGE_MOUNT}/storage", "--result-file", TERMINATION_LOG]
+    args += list(config.extra_args)
+
+    container: dict[str, Any] = {
+        "name": WORKER_CONTAINER,
+        "image": spec.builder_image or config.builder_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(config.command),
+        "args": args,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = spec.resources_for(group.stages).to_k8s()
+    if resources:
+        container["resources"] = resources
+    if config.security_context:
+        container["securityContext"] = dict(config.security_context)
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": max(1, int(deadline_seconds)),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 10,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+
+    labels = {**config.pod_labels, **pod_labels(build, group.id, attempt)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(build, group.id, attempt),
+            "namespace": build.namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_STAGES: ",".join(group.stages), ANNOTATION_TARGET: group.target},
+            "ownerReferences": [owner_reference(build)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def secret_names_in_pod(pod: Mapping[str, Any]) -> list[str]:
+    """The Secrets a pod manifest mounts (for tests and audits)."""
+    vols: Sequence[Mapping[str, Any]] = pod.get("spec", {}).get("volumes", [])
+    return sorted({v["secret"]["secretName"] for v in vols if "secret" in v})

@@ -1,0 +1,759 @@
+"""Pure: what the ImageBuild's status should be and what to do next.
+
+Input: the spec, the recorded plan and status, the worker pods that exist, the Secrets that are missing and
+the time. Output (`Decision`): the new status, pods to create and delete, events. No I/O, so every
+transition — a pod vanishing, an operator restart between a pod create and the status write, a retry after
+backoff — is a unit test. State lives only in status and pods; calling `decide` twice on the same input
+gives the same answer, which is what makes the operator restart-safe.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stagefleet.controller.model import GroupPlan, PlanView
+from stagefleet.controller.podspec import (
+    LABEL_ATTEMPT,
+    LABEL_GENERATION,
+    LABEL_GROUP,
+    WORKER_CONTAINER,
+    BuildRef,
+    pod_name,
+)
+from stagefleet.controller.spec import ImageBuildSpec
+
+# Phases of the ImageBuild.
+PENDING, PLANNING, BUILDING = "Pending", "Planning", "Building"
+SUCCEEDED, FAILED, CANCELLED = "Succeeded", "Failed", "Cancelled"
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+# Phases of a stage (all stages of a group share their group's phase).
+S_WAITING, S_PENDING, S_RUNNING, S_RETRYING = "Waiting", "Pending", "Running", "Retrying"
+S_SUCCEEDED, S_FAILED, S_CANCELLED = "Succeeded", "Failed", "Cancelled"
+S_ACTIVE = (S_PENDING, S_RUNNING)
+S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
+
+BUILD_ERROR_CODES = {11: "Dockerfile error", 12: "secret or ssh key missing", 13: "build step failed"}
+RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
+
+
+def fmt_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: Any) -> datetime | None:
+    if not isinstance(s, str) or not s:
+        return None
+    try:
+        return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    seconds: float | None
+    cached_steps: int | None
+    steps: int | None
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """The worker's result JSON (docs/contracts.md)."""
+
+    ok: bool
+    image: str | None
+    digest: str | None
+    cached_steps: int | None
+    steps: int | None
+    stages: tuple[StageResult, ...]
+    error_kind: str | None
+    error_message: str | None
+    error_stage: str | None
+    error_line: int | None
+
+
+def parse_result(text: str | None) -> WorkerResult | None:
+    """The last line of a termination message / log that parses as a worker result, else None."""
+    if not text:
+        return None
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(d, dict) or "ok" not in d:
+            continue
+        err_raw = d.get("error")
+        err: dict[str, Any] = err_raw if isinstance(err_raw, dict) else {}
+        stages = tuple(
+            StageResult(
+                str(s.get("name")), _num(s.get("seconds")), _int(s.get("cachedSteps")), _int(s.get("steps"))
+            )
+            for s in d.get("stages") or ()
+            if isinstance(s, dict)
+        )
+        return WorkerResult(
+            ok=bool(d.get("ok")),
+            image=_str(d.get("image")),
+            digest=_str(d.get("digest")),
+            cached_steps=_int(d.get("cachedSteps")),
+            steps=_int(d.get("steps")),
+            stages=stages,
+            error_kind=_str(err.get("kind")),
+            error_message=_str(err.get("message")),
+            error_stage=_str(err.get("stage")),
+            error_line=_int(err.get("line")),
+        )
+    return None
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    """What the operator needs to know about one worker pod."""
+
+    name: str
+    group: str
+    generation: int
+    attempt: int
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    deleting: bool = False
+    node: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    result: WorkerResult | None = None
+
+    @property
+    def terminated(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
+    """Read a worker pod (as the API returns it); None when it lacks stagefleet's labels."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        group = str(labels[LABEL_GROUP])
+        generation = int(labels[LABEL_GENERATION])
+        attempt = int(labels[LABEL_ATTEMPT])
+    except (KeyError, ValueError):
+        return None
+    st = pod.get("status") or {}
+    phase = str(st.get("phase") or "Pending")
+    reason = _str(st.get("reason"))
+    message = _str(st.get("message"))
+    started = _str(st.get("startTime"))
+    finished: str | None = None
+    exit_code: int | None = None
+    term_message: str | None = None
+    for cs in st.get("containerStatuses") or ():
+        if cs.get("name") != WORKER_CONTAINER:
+            continue
+        state = cs.get("state") or {}
+        if "running" in state:
+            started = _str((state["running"] or {}).get("startedAt")) or started
+        if "terminated" in state:
+            t = state["terminated"] or {}
+            started = _str(t.get("startedAt")) or started
+            finished = _str(t.get("finishedAt"))
+            exit_code = _int(t.get("exitCode"))
+            term_message = _str(t.get("message"))
+            reason = reason or _str(t.get("reason"))
+        if "waiting" in state:
+            w = state["waiting"] or {}
+            if w.get("reason") in (
+                "ErrImagePull",
+                "ImagePullBackOff",
+                "InvalidImageName",
+                "CreateContainerConfigError",
+                "CreateContainerError",
+            ):
+                reason, message = _str(w.get("reason")), _str(w.get("message")) or message
+    return PodObservation(
+        name=str(meta.get("name")),
+        group=group,
+        generation=generation,
+        attempt=attempt,
+        phase=phase,
+        deleting=bool(meta.get("deletionTimestamp")),
+        node=_str((pod.get("spec") or {}).get("nodeName")),
+        started=started,
+        finished=finished,
+        exit_code=exit_code,
+        reason=reason,
+        message=term_message or message,
+        result=parse_result(term_message),
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StartPod:
+    group: GroupPlan
+    attempt: int
+    upstream: Mapping[str, tuple[str, str]]  # stage → (image ref, digest)
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    create: list[StartPod] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+@dataclass
+class GroupState:
+    """A group's runtime state, stored on each of its stages' status entries."""
+
+    phase: str = S_WAITING
+    attempts: int = 0
+    pod: str | None = None
+    node: str | None = None
+    start: str | None = None
+    completion: str | None = None
+    retry_at: str | None = None
+    digest: str | None = None
+    image: str | None = None
+    message: str | None = None
+    cached_steps: int | None = None
+    steps: int | None = None
+    stage_results: dict[str, StageResult] = field(default_factory=dict)
+    failure: dict[str, Any] | None = None
+
+    @classmethod
+    def from_entry(cls, e: Mapping[str, Any]) -> GroupState:
+        return cls(
+            phase=str(e.get("phase") or S_WAITING),
+            attempts=int(e.get("attempts") or 0),
+            pod=_str(e.get("pod")),
+            node=_str(e.get("node")),
+            start=_str(e.get("startTime")),
+            completion=_str(e.get("completionTime")),
+            retry_at=_str(e.get("retryAt")),
+            digest=_str(e.get("digest")),
+            image=_str(e.get("image")),
+            message=_str(e.get("message")),
+            cached_steps=_int(e.get("groupCachedSteps")),
+            steps=_int(e.get("groupSteps")),
+        )
+
+
+def backoff_seconds(attempt: int, base: float) -> float:
+    """Delay before attempt ``attempt + 1``: base, 2·base, 4·base … capped at 5 minutes."""
+    return float(min(base * (2 ** max(0, attempt - 1)), 300.0))
+
+
+def _stage_entries(
+    plan: PlanView, states: Mapping[str, GroupState], old: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for g in plan.groups:
+        gs = states[g.id]
+        for name in g.stages:
+            e: dict[str, Any] = {"name": name, "group": g.id, "phase": gs.phase, "attempts": gs.attempts}
+            optional: dict[str, Any] = {
+                "pod": gs.pod,
+                "node": gs.node,
+                "startTime": gs.start,
+                "completionTime": gs.completion,
+                "retryAt": gs.retry_at if gs.phase == S_RETRYING else None,
+                "message": gs.message,
+                "groupCachedSteps": gs.cached_steps,
+                "groupSteps": gs.steps,
+            }
+            if gs.phase == S_SUCCEEDED and name == g.target:
+                optional["digest"] = gs.digest
+                optional["image"] = gs.image
+            r = gs.stage_results.get(name)
+            prev = old.get(name, {})
+            if r is not None:
+                optional["durationSeconds"] = round(r.seconds, 3) if r.seconds is not None else None
+                optional["cachedSteps"] = r.cached_steps
+                optional["steps"] = r.steps
+            elif gs.phase == S_SUCCEEDED:
+                for k in ("durationSeconds", "cachedSteps", "steps"):
+                    optional[k] = prev.get(k)
+            e.update({k: v for k, v in optional.items() if v is not None})
+            out.append(e)
+    return out
+
+
+def _condition(
+    ctype: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    old: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    value = "True" if status else "False"
+    prev = next((c for c in old if c.get("type") == ctype), None)
+    when = prev.get("lastTransitionTime") if prev and prev.get("status") == value else None
+    return {
+        "type": ctype,
+        "status": value,
+        "reason": reason,
+        "message": message[:1024],
+        "observedGeneration": generation,
+        "lastTransitionTime": when or fmt_time(now),
+    }
+
+
+def conditions(
+    phase: str,
+    reason: str,
+    message: str,
+    generation: int,
+    old: Sequence[Mapping[str, Any]],
+    now: datetime,
+    *,
+    stalled: bool = False,
+) -> list[dict[str, Any]]:
+    """kstatus: Ready only on success; Reconciling while work goes on; Stalled on errors needing a fix."""
+    ready = phase == SUCCEEDED
+    is_stalled = stalled or phase in (FAILED, CANCELLED)
+    reconciling = phase not in TERMINAL and not is_stalled
+    return [
+        _condition("Ready", ready, reason, message, generation, old, now),
+        _condition(
+            "Reconciling",
+            reconciling,
+            reason if reconciling else phase,
+            message if reconciling else "",
+            generation,
+            old,
+            now,
+        ),
+        _condition(
+            "Stalled",
+            is_stalled,
+            reason if is_stalled else "NotStalled",
+            message if is_stalled else "",
+            generation,
+            old,
+            now,
+        ),
+    ]
+
+
+def _summary(status: dict[str, Any], stages: Sequence[Mapping[str, Any]]) -> None:
+    done = sum(1 for s in stages if s.get("phase") == S_SUCCEEDED)
+    status["stagesDone"] = done
+    status["stagesTotal"] = len(stages)
+    status["progress"] = f"{done}/{len(stages)}"
+
+
+def terminal_status(
+    *, generation: int, phase: str, reason: str, message: str, old: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """Status for a build that ends before any pod ran: invalid spec, Dockerfile error, unreachable source."""
+    status: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": generation,
+        "message": message,
+        "startTime": old.get("startTime") if old.get("observedGeneration") == generation else None,
+        "completionTime": fmt_time(now),
+        "stages": [],
+        "conditions": conditions(phase, reason, message, generation, old.get("conditions") or (), now),
+        "failure": {"reason": reason, "message": message},
+    }
+    status["startTime"] = status["startTime"] or fmt_time(now)
+    _summary(status, [])
+    return status
+
+
+def progress_status(
+    *,
+    generation: int,
+    phase: str,
+    reason: str,
+    message: str,
+    old: Mapping[str, Any],
+    now: datetime,
+    stalled: bool = False,
+) -> dict[str, Any]:
+    """Status while resolving the source and planning (no plan yet)."""
+    status: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": generation,
+        "message": message,
+        "startTime": (old.get("startTime") if old.get("observedGeneration") == generation else None)
+        or fmt_time(now),
+        "stages": [],
+        "conditions": conditions(
+            phase, reason, message, generation, old.get("conditions") or (), now, stalled=stalled
+        ),
+    }
+    _summary(status, [])
+    return status
+
+
+def planned_status(
+    *, generation: int, plan: PlanView, source: Mapping[str, Any], old: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The first status of a generation once it has a plan: every stage Waiting."""
+    states = {g.id: GroupState() for g in plan.groups}
+    stages = _stage_entries(plan, states, {})
+    n = len(plan.groups)
+    waves = 1 + max((g.wave for g in plan.groups), default=-1)
+    message = f"planned {len(stages)} stages in {n} group{'s' * (n != 1)}, {waves} wave{'s' * (waves != 1)}"
+    status: dict[str, Any] = {
+        "phase": BUILDING,
+        "observedGeneration": generation,
+        "message": message,
+        "startTime": (old.get("startTime") if old.get("observedGeneration") == generation else None)
+        or fmt_time(now),
+        "source": dict(source),
+        "plan": plan.to_status(),
+        "stages": stages,
+        "conditions": conditions(BUILDING, "Building", message, generation, old.get("conditions") or (), now),
+    }
+    _summary(status, stages)
+    return status
+
+
+def _classify_failure(pod: PodObservation) -> tuple[bool, str]:
+    """(is_build_error, message) for a Failed pod."""
+    r = pod.result
+    code = pod.exit_code
+    if code in BUILD_ERROR_CODES:
+        if r and r.error_message:
+            where = f"stage {r.error_stage}" if r.error_stage else "build"
+            line = f" (Dockerfile line {r.error_line})" if r.error_line else ""
+            return True, f"{where}{line}: {r.error_message}"
+        return True, f"{BUILD_ERROR_CODES[code or 0]} (worker exit code {code})"
+    detail = (r.error_message if r and r.error_message else None) or pod.message or pod.reason or "failed"
+    what = f"worker exit code {code}" if code is not None else (pod.reason or "pod failed")
+    return False, f"{what}: {detail}" if detail not in what else what
+
+
+def decide(
+    *,
+    build: BuildRef,
+    spec: ImageBuildSpec,
+    plan: PlanView,
+    status: Mapping[str, Any],
+    pods: Sequence[PodObservation],
+    missing_secrets: Mapping[str, str],
+    now: datetime,
+    backoff_base: float = 5.0,
+) -> Decision:
+    """One reconcile step of a planned build (status.plan of this generation exists)."""
+    generation = build.generation
+    old_conditions: Sequence[Mapping[str, Any]] = status.get("conditions") or ()
+    delete = sorted(p.name for p in pods if p.generation != generation and not p.deleting)
+    current = [p for p in pods if p.generation == generation]
+    old_entries = {str(e.get("name")): e for e in status.get("stages") or () if isinstance(e, Mapping)}
+    phase = str(status.get("phase") or BUILDING)
+    events: list[Event] = []
+
+    if phase in TERMINAL:
+        # Nothing more to build; only make sure no pod of ours still runs (e.g. after a restart).
+        delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
+        return Decision(status=dict(status), delete=delete)
+
+    states: dict[str, GroupState] = {}
+    for g in plan.groups:
+        first = old_entries.get(g.stages[0])
+        states[g.id] = GroupState.from_entry(first) if first else GroupState()
+        if first:
+            states[g.id].stage_results = {
+                n: StageResult(
+                    n,
+                    _num(old_entries[n].get("durationSeconds")),
+                    _int(old_entries[n].get("cachedSteps")),
+                    _int(old_entries[n].get("steps")),
+                )
+                for n in g.stages
+                if n in old_entries and "durationSeconds" in old_entries[n]
+            }
+    by_group: dict[str, list[PodObservation]] = {}
+    for p in current:
+        by_group.setdefault(p.group, []).append(p)
+
+    start_time = parse_time(status.get("startTime")) or now
+    deadline = start_time + timedelta(seconds=spec.timeout_seconds)
+    build_failure: tuple[str, str, dict[str, Any]] | None = None  # (group, message, failure detail)
+
+    for g in plan.groups:
+        gs = states[g.id]
+        gpods = sorted(by_group.get(g.id, ()), key=lambda p: p.attempt)
+        latest = gpods[-1] if gpods else None
+        before = gs.phase
+        if gs.phase in S_DONE:
+            if gs.phase == S_FAILED and gs.failure is None:
+                gs.failure = {"group": g.id, "message": gs.message or ""}
+            continue
+        if latest is not None and latest.attempt >= gs.attempts:
+            # Adopt the newest pod: it may have been created just before a restart lost the status write.
+            gs.attempts = latest.attempt
+            gs.pod, gs.node = latest.name, latest.node or gs.node
+            gs.start = latest.started or gs.start
+            if not latest.terminated:
+                gs.phase = S_RUNNING if latest.phase == "Running" else S_PENDING
+                gs.retry_at = None
+                gs.message = None
+                if latest.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                    gs.message = f"pod {latest.name}: {latest.reason}: {latest.message or ''}".strip()
+            elif latest.phase == "Succeeded" and latest.result and latest.result.ok and latest.result.digest:
+                r = latest.result
+                gs.phase, gs.digest, gs.image = S_SUCCEEDED, r.digest, r.image
+                gs.completion = latest.finished or fmt_time(now)
+                gs.cached_steps, gs.steps = r.cached_steps, r.steps
+                gs.stage_results = {s.name: s for s in r.stages}
+                gs.message = None
+            else:
+                if latest.phase == "Succeeded":
+                    is_build, msg = (
+                        False,
+                        "worker exited without a result (no digest in its termination message)",
+                    )
+                else:
+                    is_build, msg = _classify_failure(latest)
+                gs.completion = latest.finished or fmt_time(now)
+                failed_at = parse_time(latest.finished) or now
+                _fail_or_retry(g, gs, latest, is_build, msg, failed_at, spec, backoff_base)
+        elif gs.phase in S_ACTIVE and gs.attempts > 0:
+            # Its pod is gone (deleted, evicted and removed, node lost): an infrastructure failure.
+            msg = f"pod {gs.pod or '?'} disappeared (deleted or its node was lost)"
+            _fail_or_retry(g, gs, None, False, msg, now, spec, backoff_base)
+        if gs.phase == S_FAILED and build_failure is None:
+            build_failure = (g.id, gs.message or "failed", gs.failure or {})
+        if gs.phase != before:
+            events.extend(_group_events(g, gs, before))
+
+    stalled_msg = ""
+    if missing_secrets:
+        names = ", ".join(f'Secret "{n}" ({p})' for n, p in sorted(missing_secrets.items()))
+        stalled_msg = f"waiting for {names}: not found in the namespace"
+
+    create: list[StartPod] = []
+    if build_failure is None and now < deadline:
+        active = sum(1 for s in states.values() if s.phase in S_ACTIVE)
+        slots = spec.max_parallel_pods - active
+        ready: list[GroupPlan] = []
+        for g in plan.groups:
+            gs = states[g.id]
+            upstream_ok = all(states[a].phase == S_SUCCEEDED for a in g.after)
+            if (
+                gs.phase == S_WAITING
+                and upstream_ok
+                or gs.phase == S_RETRYING
+                and (parse_time(gs.retry_at) or now) <= now
+            ):
+                ready.append(g)
+        ready.sort(key=lambda g: (not g.critical, g.wave, g.id))
+        if not missing_secrets:
+            for g in ready[: max(0, slots)]:
+                gs = states[g.id]
+                upstream = {
+                    stage: (states[pg].image or "", states[pg].digest or "") for stage, pg in g.consumes
+                }
+                gs.attempts += 1
+                before = gs.phase
+                gs.phase, gs.retry_at, gs.message = S_PENDING, None, None
+                gs.start, gs.completion, gs.node = None, None, None
+                create.append(StartPod(g, gs.attempts, upstream))
+                gs.pod = pod_name(build, g.id, gs.attempts)
+                events.append(
+                    Event(
+                        "Normal",
+                        "GroupStarted",
+                        f"group {g.id} ({', '.join(g.stages)}): attempt {gs.attempts}"
+                        + (" (retry)" if before == S_RETRYING else ""),
+                    )
+                )
+
+    # The build's phase.
+    final = states[plan.final_group]
+    message: str
+    reason: str
+    new_phase = BUILDING
+    if build_failure is not None:
+        gid, msg, detail = build_failure
+        new_phase, reason = FAILED, "BuildFailed"
+        message = f"group {gid} ({', '.join(plan.group(gid).stages)}) failed: {msg}"
+        for other in plan.groups:
+            gs = states[other.id]
+            if gs.phase in (S_ACTIVE + (S_WAITING, S_RETRYING)):
+                gs.phase, gs.message = S_CANCELLED, f"cancelled: group {gid} failed"
+        events.append(Event("Warning", "BuildFailed", message))
+    elif now >= deadline and final.phase != S_SUCCEEDED:
+        new_phase, reason = CANCELLED, "Timeout"
+        message = f"timed out after {_fmt_duration(spec.timeout_seconds)} (spec.timeout)"
+        for g in plan.groups:
+            gs = states[g.id]
+            if gs.phase not in S_DONE:
+                gs.phase, gs.message = S_CANCELLED, "cancelled: build timed out"
+        events.append(Event("Warning", "BuildCancelled", message))
+    elif final.phase == S_SUCCEEDED:
+        new_phase, reason = SUCCEEDED, "Succeeded"
+        message = f"built {spec.output.image}@{final.digest}"
+        events.append(Event("Normal", "BuildSucceeded", message))
+    else:
+        running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE]
+        retrying = [g.id for g in plan.groups if states[g.id].phase == S_RETRYING]
+        reason = "Building"
+        parts = []
+        if running:
+            parts.append(f"running {', '.join(running)}")
+        if retrying:
+            parts.append(f"retrying {', '.join(retrying)}")
+        message = "; ".join(parts) or "waiting to start groups"
+        if stalled_msg:
+            reason, message = "SecretNotFound", stalled_msg
+            if not any(states[g.id].attempts for g in plan.groups):
+                new_phase = PENDING
+
+    if new_phase in (FAILED, CANCELLED):
+        delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
+        create = []
+
+    stages = _stage_entries(plan, states, old_entries)
+    new_status: dict[str, Any] = {
+        k: v for k, v in status.items() if k in ("source", "plan", "startTime", "observedGeneration")
+    }
+    new_status.update(
+        {
+            "phase": new_phase,
+            "observedGeneration": generation,
+            "message": message,
+            "stages": stages,
+            "startTime": status.get("startTime") or fmt_time(now),
+            "conditions": conditions(
+                new_phase,
+                reason,
+                message,
+                generation,
+                old_conditions,
+                now,
+                stalled=bool(stalled_msg) and new_phase not in TERMINAL,
+            ),
+        }
+    )
+    if new_phase in TERMINAL:
+        new_status["completionTime"] = fmt_time(now)
+    if new_phase == SUCCEEDED:
+        new_status["image"] = {
+            "name": spec.output.image,
+            "digest": final.digest,
+            "tags": list(spec.output.refs),
+        }
+    if build_failure is not None:
+        gid, msg, detail = build_failure
+        new_status["failure"] = {"group": gid, **detail, "message": msg}
+    _summary(new_status, stages)
+
+    if stalled_msg and not str(status.get("message") or "").startswith("waiting for"):
+        events.append(Event("Warning", "SecretNotFound", stalled_msg))
+
+    requeue: float | None = None
+    if new_phase not in TERMINAL:
+        waits = [(parse_time(s.retry_at) or now) - now for s in states.values() if s.phase == S_RETRYING]
+        waits.append(deadline - now)
+        requeue = max(0.5, min(w.total_seconds() for w in waits))
+        if stalled_msg:
+            requeue = min(requeue, 5.0)
+    return Decision(
+        status=new_status, create=create, delete=sorted(set(delete)), events=events, requeue_after=requeue
+    )
+
+
+def _fmt_duration(seconds: int) -> str:
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+def _fail_or_retry(
+    g: GroupPlan,
+    gs: GroupState,
+    pod: PodObservation | None,
+    is_build: bool,
+    msg: str,
+    failed_at: datetime,
+    spec: ImageBuildSpec,
+    backoff_base: float,
+) -> None:
+    allowed = 1 + spec.retries
+    if pod is not None and pod.exit_code in RETRY_ONCE_CODES:
+        allowed = min(allowed, 2)
+    if is_build or gs.attempts >= allowed:
+        gs.phase = S_FAILED
+        attempts = f" after {gs.attempts} attempts" if not is_build and gs.attempts > 1 else ""
+        gs.message = f"{msg}{attempts}"
+        r = pod.result if pod else None
+        gs.failure = {
+            "group": g.id,
+            "kind": (r.error_kind if r and r.error_kind else ("build" if is_build else "infrastructure")),
+            "stage": (r.error_stage if r and r.error_stage else g.target),
+            "attempts": gs.attempts,
+        }
+        if r and r.error_line:
+            gs.failure["line"] = r.error_line
+        if pod and pod.exit_code is not None:
+            gs.failure["exitCode"] = pod.exit_code
+        return
+    gs.phase = S_RETRYING
+    gs.retry_at = fmt_time(failed_at + timedelta(seconds=backoff_seconds(gs.attempts, backoff_base)))
+    gs.message = f"attempt {gs.attempts} failed: {msg}; retrying at {gs.retry_at}"
+
+
+def _group_events(g: GroupPlan, gs: GroupState, before: str) -> list[Event]:
+    stages = ", ".join(g.stages)
+    if gs.phase == S_RUNNING and before != S_RUNNING:
+        return [
+            Event(
+                "Normal",
+                "GroupRunning",
+                f"group {g.id} ({stages}) running in pod {gs.pod}" + (f" on {gs.node}" if gs.node else ""),
+            )
+        ]
+    if gs.phase == S_SUCCEEDED:
+        cached = f", {gs.cached_steps}/{gs.steps} steps cached" if gs.steps is not None else ""
+        return [Event("Normal", "StageSucceeded", f"{stages} built {gs.digest}{cached}")]
+    if gs.phase == S_RETRYING:
+        return [Event("Warning", "GroupRetrying", f"group {g.id} ({stages}) {gs.message}")]
+    if gs.phase == S_FAILED:
+        return [Event("Warning", "StageFailed", f"group {g.id} ({stages}) failed: {gs.message}")]
+    return []
+
+
+def group_states(status: Mapping[str, Any]) -> dict[str, str]:
+    """group id → phase, from a recorded status (for metrics and CLI)."""
+    out: dict[str, str] = {}
+    for e in status.get("stages") or ():
+        out.setdefault(str(e.get("group")), str(e.get("phase")))
+    return out

@@ -1,0 +1,117 @@
+"""Shared builders for the controller's pure unit tests: a seed-like plan and fake worker pods."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stagefleet.controller.model import GroupPlan, PlanView
+from stagefleet.controller.podspec import BuildRef, pod_labels, pod_name
+from stagefleet.controller.spec import ImageBuildSpec, parse_spec
+
+BUILD = BuildRef(name="seed", namespace="ns", uid="0123456789abcdef-uid", generation=1)
+
+SEED_PLAN = PlanView(
+    target="final",
+    groups=(
+        GroupPlan("g1", ("build1",), (), (), ("token",), (), wave=0, critical=True, weight=3),
+        GroupPlan("g2", ("build2",), (), (), (), (), wave=0, critical=False, weight=3),
+        GroupPlan(
+            "g3",
+            ("final",),
+            ("g1", "g2"),
+            (("build1", "g1"), ("build2", "g2")),
+            (),
+            (),
+            wave=1,
+            critical=True,
+            weight=4,
+        ),
+    ),
+    critical_path=("build1", "final"),
+    final_group="g3",
+)
+
+
+def make_spec(**overrides: Any) -> ImageBuildSpec:
+    raw: dict[str, Any] = {
+        "source": {"inline": {"dockerfile": "FROM x AS build1\nFROM x AS build2\nFROM x AS final\n"}},
+        "target": "final",
+        "output": {"image": "127.0.0.1:5000/t/app:latest"},
+        "secrets": [
+            {"id": "token", "secretRef": {"name": "build-token", "key": "value"}},
+            {"id": "unused", "secretRef": {"name": "other-secret", "key": "v"}},
+        ],
+        "retries": 2,
+        "timeout": "10m",
+    }
+    raw.update(overrides)
+    return parse_spec(raw)
+
+
+def result_json(
+    group: str,
+    target: str,
+    digest: str,
+    *,
+    ok: bool = True,
+    error: dict[str, Any] | None = None,
+    cached: int = 0,
+) -> str:
+    return json.dumps(
+        {
+            "ok": ok,
+            "group": group,
+            "target": target,
+            "image": f"127.0.0.1:5000/t/app/stages:{group}",
+            "digest": digest if ok else None,
+            "cachedSteps": cached,
+            "steps": 2,
+            "stages": [{"name": target, "seconds": 1.5, "cachedSteps": cached, "steps": 2}],
+            "error": error,
+        }
+    )
+
+
+def pod(
+    group: str,
+    attempt: int = 1,
+    *,
+    phase: str = "Running",
+    exit_code: int | None = None,
+    message: str | None = None,
+    generation: int = 1,
+    deleting: bool = False,
+    node: str = "node-1",
+    finished: str = "2026-01-01T00:01:00Z",
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """A worker pod as the API would return it."""
+    build = BuildRef(BUILD.name, BUILD.namespace, BUILD.uid, generation)
+    state: dict[str, Any]
+    if phase in ("Succeeded", "Failed"):
+        state = {
+            "terminated": {
+                "exitCode": exit_code if exit_code is not None else (0 if phase == "Succeeded" else 1),
+                "startedAt": "2026-01-01T00:00:10Z",
+                "finishedAt": finished,
+                **({"message": message} if message else {}),
+                **({"reason": reason} if reason else {}),
+            }
+        }
+    elif phase == "Running":
+        state = {"running": {"startedAt": "2026-01-01T00:00:10Z"}}
+    else:
+        state = {"waiting": {"reason": reason or "ContainerCreating"}}
+    meta: dict[str, Any] = {
+        "name": pod_name(build, group, attempt),
+        "namespace": "ns",
+        "labels": pod_labels(build, group, attempt),
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:30Z"
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "containerStatuses": [{"name": "worker", "state": state}]},
+    }

@@ -1,0 +1,364 @@
+"""status.py: observed pods → stage states, next groups, phase and kstatus conditions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stagefleet import health
+from stagefleet.controller.status import (
+    Decision,
+    PodObservation,
+    decide,
+    observe_pod,
+    parse_result,
+    planned_status,
+    terminal_status,
+)
+
+from .helpers import BUILD, SEED_PLAN, make_spec, pod, result_json
+
+NOW = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+SPEC = make_spec()
+
+
+def start() -> dict[str, Any]:
+    return planned_status(generation=1, plan=SEED_PLAN, source={"inline": True}, old={}, now=NOW)
+
+
+def run(
+    status: dict[str, Any],
+    pods: list[dict[str, Any]],
+    *,
+    now: datetime = NOW,
+    spec: Any = SPEC,
+    missing: dict[str, str] | None = None,
+) -> Decision:
+    obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
+    return decide(
+        build=BUILD,
+        spec=spec,
+        plan=SEED_PLAN,
+        status=status,
+        pods=obs,
+        missing_secrets=missing or {},
+        now=now,
+        backoff_base=10,
+    )
+
+
+def obj(status: dict[str, Any], generation: int = 1) -> dict[str, Any]:
+    return {"kind": "ImageBuild", "metadata": {"generation": generation}, "status": status}
+
+
+def phases(status: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s["phase"] for s in status["stages"]}
+
+
+def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def test_planned_status_is_building_and_reconciling() -> None:
+    s = start()
+    assert s["phase"] == "Building" and s["progress"] == "0/3" and s["stagesTotal"] == 3
+    assert phases(s) == {"build1": "Waiting", "build2": "Waiting", "final": "Waiting"}
+    assert s["plan"]["criticalPath"] == ["build1", "final"] and s["plan"]["waves"] == 2
+    assert health.convention_problems(obj(s)) == []
+    assert health.kstatus(obj(s)).status == "InProgress"
+
+
+def test_independent_groups_start_together_and_final_waits() -> None:
+    d = run(start(), [])
+    assert [(c.group.id, c.attempt) for c in d.create] == [("g1", 1), ("g2", 1)]
+    assert phases(d.status) == {"build1": "Pending", "build2": "Pending", "final": "Waiting"}
+    assert d.status["stages"][0]["pod"] == "seed-1-g1-a1"
+    assert [e.reason for e in d.events] == ["GroupStarted", "GroupStarted"]
+    # Same input again (e.g. a duplicate event) with the pods now existing: nothing new.
+    d2 = run(d.status, [pod("g1"), pod("g2")])
+    assert d2.create == [] and phases(d2.status)["build1"] == "Running"
+    assert {e.reason for e in d2.events} == {"GroupRunning"}
+
+
+def test_lost_status_write_adopts_existing_pods() -> None:
+    """The operator created the pods, then died before recording them: adopt, never duplicate."""
+    d = run(start(), [pod("g1", phase="Pending"), pod("g2")])
+    assert d.create == []
+    assert phases(d.status)["build1"] == "Pending" and phases(d.status)["build2"] == "Running"
+    assert d.status["stages"][1]["attempts"] == 1
+
+
+def test_final_starts_with_upstream_digests_then_succeeds() -> None:
+    s = run(start(), []).status
+    done = [
+        pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1, cached=1)),
+        pod("g2", phase="Succeeded", message=result_json("g2", "build2", D2)),
+    ]
+    d = run(s, done)
+    assert [c.group.id for c in d.create] == ["g3"]
+    assert dict(d.create[0].upstream) == {
+        "build1": ("127.0.0.1:5000/t/app/stages:g1", D1),
+        "build2": ("127.0.0.1:5000/t/app/stages:g2", D2),
+    }
+    st1 = d.status["stages"][0]
+    assert st1["digest"] == D1 and st1["cachedSteps"] == 1 and st1["durationSeconds"] == 1.5
+    assert d.status["progress"] == "2/3"
+    final = done + [pod("g3", phase="Succeeded", message=result_json("g3", "final", D3))]
+    d3 = run(d.status, final)
+    s3 = d3.status
+    assert s3["phase"] == "Succeeded" and s3["progress"] == "3/3"
+    assert s3["image"] == {
+        "name": "127.0.0.1:5000/t/app:latest",
+        "digest": D3,
+        "tags": ["127.0.0.1:5000/t/app:latest"],
+    }
+    assert cond(s3, "Ready")["status"] == "True" and cond(s3, "Reconciling")["status"] == "False"
+    assert health.convention_problems(obj(s3)) == [] and health.kstatus(obj(s3)).status == "Current"
+    assert "BuildSucceeded" in [e.reason for e in d3.events]
+    assert d3.requeue_after is None
+    # Terminal: nothing more happens, and stage results survive the pods' disappearance.
+    d4 = run(s3, [])
+    assert d4.create == [] and d4.status == s3
+
+
+def test_max_parallel_pods_prefers_the_critical_path() -> None:
+    d = run(start(), [], spec=make_spec(maxParallelPods=1))
+    assert [c.group.id for c in d.create] == ["g1"]
+    d2 = run(d.status, [pod("g1")], spec=make_spec(maxParallelPods=1))
+    assert d2.create == []
+    assert phases(d2.status)["build2"] == "Waiting"
+
+
+def test_build_error_fails_with_stage_line_and_stops_the_rest() -> None:
+    s = run(start(), []).status
+    err = {"kind": "build-step", "message": "RUN exit status 1: false", "stage": "build1", "line": 4}
+    d = run(
+        s,
+        [
+            pod(
+                "g1",
+                phase="Failed",
+                exit_code=13,
+                message=result_json("g1", "build1", "", ok=False, error=err),
+            ),
+            pod("g2"),
+        ],
+    )
+    st = d.status
+    assert st["phase"] == "Failed"
+    assert "stage build1 (Dockerfile line 4): RUN exit status 1: false" in st["message"]
+    assert (
+        st["failure"]["stage"] == "build1" and st["failure"]["line"] == 4 and st["failure"]["exitCode"] == 13
+    )
+    assert phases(st) == {"build1": "Failed", "build2": "Cancelled", "final": "Cancelled"}
+    assert d.delete == ["seed-1-g2-a1"] and d.create == []
+    assert cond(st, "Stalled")["status"] == "True" and cond(st, "Ready")["status"] == "False"
+    assert health.convention_problems(obj(st)) == [] and health.kstatus(obj(st)).status == "Failed"
+    assert {"StageFailed", "BuildFailed"} <= {e.reason for e in d.events}
+
+
+def test_infra_failure_retries_after_backoff() -> None:
+    s = run(start(), []).status
+    failed = [
+        pod(
+            "g1",
+            phase="Failed",
+            exit_code=14,
+            finished="2026-01-01T00:01:00Z",
+            message=result_json("g1", "build1", "", ok=False, error={"kind": "push", "message": "503"}),
+        ),
+        pod("g2"),
+    ]
+    d = run(s, failed)
+    assert phases(d.status)["build1"] == "Retrying"
+    assert d.status["stages"][0]["retryAt"] == "2026-01-01T00:01:10Z"
+    assert d.create == [] and d.requeue_after == 10.0
+    assert "GroupRetrying" in [e.reason for e in d.events]
+    d2 = run(d.status, failed, now=NOW + timedelta(seconds=5))
+    assert d2.create == []
+    d3 = run(d2.status, failed, now=NOW + timedelta(seconds=10))
+    assert [(c.group.id, c.attempt) for c in d3.create] == [("g1", 2)]
+    assert d3.status["stages"][0]["pod"] == "seed-1-g1-a2"
+
+
+def test_retries_exhausted_fails_with_attempts() -> None:
+    s = start()
+    pods: list[dict[str, Any]] = []
+    now = NOW
+    for attempt in (1, 2, 3):
+        d = run(s, pods, now=now)
+        assert [c.attempt for c in d.create if c.group.id == "g1"] == [attempt]
+        pods = [p for p in pods if p["metadata"]["labels"]["stagefleet.io/group"] != "g2"]
+        pods += [
+            pod("g1", attempt, phase="Failed", exit_code=1, finished=now.strftime("%Y-%m-%dT%H:%M:%SZ")),
+            pod("g2"),
+        ]
+        s = run(d.status, pods, now=now).status
+        now += timedelta(minutes=2)
+    assert s["phase"] == "Failed"
+    assert "after 3 attempts" in s["message"] and s["failure"]["attempts"] == 3
+
+
+def test_vanished_pod_is_an_infrastructure_failure() -> None:
+    s = run(start(), [pod("g1"), pod("g2")]).status
+    d = run(s, [pod("g2")])
+    assert phases(d.status)["build1"] == "Retrying"
+    assert "disappeared" in d.status["stages"][0]["message"]
+
+
+def test_missing_secret_stalls_then_resumes() -> None:
+    missing = {"build-token": "spec.secrets[0].secretRef"}
+    d = run(start(), [], missing=missing)
+    st = d.status
+    assert d.create == [] and st["phase"] == "Pending"
+    assert 'Secret "build-token" (spec.secrets[0].secretRef)' in st["message"]
+    assert cond(st, "Stalled")["status"] == "True" and cond(st, "Stalled")["reason"] == "SecretNotFound"
+    assert health.convention_problems(obj(st)) == []
+    assert [e.reason for e in d.events] == ["SecretNotFound"]
+    again = run(st, [], missing=missing)
+    assert again.events == [] and again.requeue_after is not None and again.requeue_after <= 5
+    d2 = run(st, [])
+    assert len(d2.create) == 2 and d2.status["phase"] == "Building"
+    assert cond(d2.status, "Stalled")["status"] == "False"
+
+
+def test_timeout_cancels_and_stops_pods() -> None:
+    s = run(start(), []).status
+    d = run(s, [pod("g1"), pod("g2")], now=NOW + timedelta(minutes=11))
+    assert d.status["phase"] == "Cancelled" and "timed out after 10m" in d.status["message"]
+    assert d.delete == ["seed-1-g1-a1", "seed-1-g2-a1"]
+    assert health.convention_problems(obj(d.status)) == []
+
+
+def test_old_generation_pods_are_deleted() -> None:
+    d = run(start(), [pod("g1", generation=0), pod("g2", generation=0, deleting=True)])
+    assert d.delete == ["seed-0-g1-a1"]
+    assert len(d.create) == 2
+
+
+def test_terminal_status_for_errors_before_planning() -> None:
+    s = terminal_status(
+        generation=2,
+        phase="Failed",
+        reason="DockerfileError",
+        message="Dockerfile:3: unknown instruction FORM",
+        old={},
+        now=NOW,
+    )
+    assert s["phase"] == "Failed" and cond(s, "Stalled")["reason"] == "DockerfileError"
+    assert health.convention_problems(obj(s, generation=2)) == []
+
+
+def test_parse_result_takes_last_json_line() -> None:
+    text = "noise\n" + result_json("g1", "build1", D1) + "\n"
+    r = parse_result(text)
+    assert r is not None and r.ok and r.digest == D1 and r.stages[0].name == "build1"
+    assert parse_result("not json") is None and parse_result(None) is None
+    assert parse_result(json.dumps([1])) is None
+
+
+def test_image_pull_error_is_reported_on_the_stage() -> None:
+    s = run(start(), []).status
+    d = run(s, [pod("g1", phase="Pending", reason="ImagePullBackOff"), pod("g2")])
+    assert "ImagePullBackOff" in d.status["stages"][0]["message"]
+
+
+# --- a whole build under random pod outcomes -------------------------------------------------------------
+
+OUTCOMES = st.sampled_from(["run", "ok", "infra", "build", "vanish", "stay"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["g1", "g2", "g3"]), OUTCOMES), max_size=40),
+    st.integers(0, 3),
+    st.integers(1, 3),
+)
+def test_random_histories_keep_invariants(steps: list[tuple[str, str]], retries: int, parallel: int) -> None:
+    """Whatever pods do, the operator never runs two pods of a group at once, never reuses a pod name,
+    never exceeds retries, never starts a group before its upstream succeeded, and always terminates."""
+    spec = make_spec(retries=retries, maxParallelPods=parallel)
+    status = start()
+    pods: dict[str, dict[str, Any]] = {}
+    created: set[str] = set()
+    now = NOW
+    digests = {"g1": D1, "g2": D2, "g3": D3}
+    targets = {"g1": "build1", "g2": "build2", "g3": "final"}
+
+    def step() -> Decision:
+        d = run(status, list(pods.values()), now=now, spec=spec)
+        done = {s["group"] for s in d.status["stages"] if s["phase"] == "Succeeded"}
+        for c in d.create:
+            assert set(c.group.after) <= done
+            name = f"seed-1-{c.group.id}-a{c.attempt}"
+            assert name not in created
+            assert c.attempt <= 1 + retries
+            live = [
+                p
+                for p in pods.values()
+                if p["metadata"]["labels"]["stagefleet.io/group"] == c.group.id
+                and p["status"]["phase"] in ("Pending", "Running")
+            ]
+            assert not live
+            created.add(name)
+            pods[name] = pod(c.group.id, c.attempt, phase="Pending")
+        for name in d.delete:
+            pods.pop(name, None)
+        active = [p for p in pods.values() if p["status"]["phase"] in ("Pending", "Running")]
+        assert len(active) <= parallel or d.status["phase"] in ("Failed", "Cancelled")
+        assert health.convention_problems(obj(d.status)) == []
+        return d
+
+    for gid, outcome in steps:
+        d = step()
+        status = d.status
+        now += timedelta(seconds=30)
+        live = sorted(
+            (p for p in pods.values() if p["metadata"]["labels"]["stagefleet.io/group"] == gid),
+            key=lambda p: int(p["metadata"]["labels"]["stagefleet.io/attempt"]),
+        )
+        if not live or live[-1]["status"]["phase"] not in ("Pending", "Running"):
+            continue
+        p = live[-1]
+        name = p["metadata"]["name"]
+        attempt = int(p["metadata"]["labels"]["stagefleet.io/attempt"])
+        if outcome == "run":
+            pods[name] = pod(gid, attempt, phase="Running")
+        elif outcome == "ok":
+            pods[name] = pod(
+                gid, attempt, phase="Succeeded", message=result_json(gid, targets[gid], digests[gid])
+            )
+        elif outcome == "infra":
+            pods[name] = pod(gid, attempt, phase="Failed", exit_code=14)
+        elif outcome == "build":
+            pods[name] = pod(gid, attempt, phase="Failed", exit_code=13)
+        elif outcome == "vanish":
+            del pods[name]
+    # Let everything still running succeed; the build must end.
+    for _ in range(30):
+        d = step()
+        status = d.status
+        if status["phase"] in ("Succeeded", "Failed", "Cancelled"):
+            break
+        now += timedelta(minutes=1)
+        for name, p in list(pods.items()):
+            if p["status"]["phase"] in ("Pending", "Running"):
+                gid = p["metadata"]["labels"]["stagefleet.io/group"]
+                attempt = int(p["metadata"]["labels"]["stagefleet.io/attempt"])
+                pods[name] = pod(
+                    gid, attempt, phase="Succeeded", message=result_json(gid, targets[gid], digests[gid])
+                )
+    assert status["phase"] in ("Succeeded", "Failed", "Cancelled")
+    if status["phase"] == "Succeeded":
+        assert status["image"]["digest"] == D3
+
+
+def test_observe_ignores_foreign_pods() -> None:
+    assert observe_pod({"metadata": {"name": "x", "labels": {}}}) is None
+    o = observe_pod(pod("g1", phase="Failed", exit_code=137, reason="OOMKilled"))
+    assert isinstance(o, PodObservation) and o.exit_code == 137 and o.terminated
