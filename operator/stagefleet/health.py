@@ -84,7 +84,7 @@ def _kind(obj: Mapping[str, Any]) -> str:
 
 
 def kstatus(obj: Mapping[str, Any]) -> Result:
-    """kstatus' generic computation (cli-utils ``checkGenericProperties``), for a type without specific rules."""
+    """kstatus' generic rules (cli-utils ``checkGenericProperties``); ImageBuild has no specific ones."""
     meta = _mapping(obj.get("metadata"))
     if meta.get("deletionTimestamp"):
         return Result("Terminating", "Resource scheduled for deletion")

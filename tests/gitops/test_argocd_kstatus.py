@@ -153,7 +153,8 @@ def test_lua_reports_stall_message(argo_lua: ArgoLua) -> None:
 def test_lua_healthy_message_names_digest(argo_lua: ArgoLua) -> None:
     obj = next(c["object"] for c in CASES if c["name"] == "succeeded")
     msg = argo_lua(obj).message
-    assert msg == "Built registry.example.com/seed:latest@sha256:" + "5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270"
+    digest = "sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270"
+    assert msg == f"Built registry.example.com/seed:latest@{digest}"
 
 
 def test_lua_sandbox_rejects_unsafe_library(argo_lua: ArgoLua) -> None:
@@ -170,7 +171,8 @@ def test_chart_and_docs_carry_the_same_lua() -> None:
     lua = LUA_PATH.read_text()
     chart_copy = REPO / "charts" / "stagefleet" / "files" / "argocd-health.lua"
     assert chart_copy.read_bytes() == LUA_PATH.read_bytes(), (
-        "charts/stagefleet/files/argocd-health.lua differs: cp gitops/argocd-health.lua charts/stagefleet/files/"
+        "charts/stagefleet/files/argocd-health.lua differs: "
+        "cp gitops/argocd-health.lua charts/stagefleet/files/"
     )
     docs = (REPO / "docs" / "gitops.md").read_text()
     assert lua.strip() in docs, "docs/gitops.md must include gitops/argocd-health.lua verbatim"
