@@ -1,0 +1,5 @@
+ARG REGISTRY=docker.io
+ARG BASE=${REGISTRY}/library/alpine
+ARG TAG=3.19
+FROM ${BASE}:${TAG} AS final
+RUN echo $TAG

@@ -1,0 +1,3 @@
+FROM alpine AS a
+FROM alpine
+ADD --from=a /x /x

@@ -1,0 +1,2 @@
+FROM alpine AS loop
+COPY --from=loop / /

@@ -1,0 +1,4 @@
+ARG SRC=build
+FROM alpine AS build
+FROM alpine
+COPY --from=$SRC / /

@@ -1,0 +1,3 @@
+FROM alpine AS a
+FROM alpine
+COPY --form=a /x /x

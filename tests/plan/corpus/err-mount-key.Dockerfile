@@ -1,0 +1,2 @@
+FROM alpine
+RUN --mount=type=cache,traget=/x true

@@ -1,0 +1,2 @@
+FROM alpine
+RUN --mount=type=bind,target=/x,required=true true

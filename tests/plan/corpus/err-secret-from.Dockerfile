@@ -1,0 +1,3 @@
+FROM alpine AS build
+FROM alpine
+RUN --mount=type=secret,id=x,from=build true

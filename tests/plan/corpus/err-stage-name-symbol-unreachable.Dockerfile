@@ -1,0 +1,2 @@
+FROM alpine AS my@stage
+FROM alpine AS final

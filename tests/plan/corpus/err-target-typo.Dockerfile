@@ -1,0 +1,2 @@
+FROM golang AS build
+FROM alpine AS final

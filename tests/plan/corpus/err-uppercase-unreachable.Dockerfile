@@ -1,0 +1,2 @@
+FROM MyImage AS unused
+FROM alpine AS final
