@@ -215,7 +215,7 @@ def worker_argv(settings: BuildSettings, group: GroupLike, *, final_group: str,
         argv += ["--dockerfile", str(rel)]
     except ValueError:
         argv += ["--inline-dockerfile", str(settings.dockerfile)]
-    argv += ["--target", group.stages[-1]]
+    argv += ["--group", group.id, "--target", group.stages[-1]]
     for s in group.stages:
         argv += ["--stage", s]
     for stage_name, producer in group.consumes:
@@ -731,7 +731,17 @@ async def _run_group(settings: BuildSettings, plan: PlanLike, group: GroupLike, 
             await asyncio.shield(_stop_process(proc))
         raise
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        await asyncio.to_thread(_cleanup_root, root, storage)
+
+
+def _cleanup_root(root: Path, storage: Path) -> None:
+    """Remove a group's storage root the way a pod's emptyDir goes: containers, mounts, then files."""
+    from stagefleet import buildenv
+
+    if storage.exists():
+        env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(buildenv.BuildPaths(storage).storage_conf))
+        buildenv.cleanup(storage, env)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Event], None],

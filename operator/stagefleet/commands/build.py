@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +42,22 @@ def register(subparsers: Any) -> None:
                    help="auto (live on a terminal, else plain), plain, or json (one event per line)")
     p.add_argument("--keep-registry", action="store_true",
                    help="leave the throwaway registry running after the build (prints how to stop it)")
-    p.add_argument("--worker", default="stagefleet-worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
+
+
+def worker_command(explicit: str | None = None) -> tuple[str, ...]:
+    """The worker to run: an explicit one, the one on PATH, the one next to this Python (a venv that is
+    not activated), or this Python running the worker module."""
+    if explicit:
+        return (explicit,)
+    found = shutil.which("stagefleet-worker")
+    if found:
+        return (found,)
+    beside = Path(sys.executable).parent / "stagefleet-worker"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return (str(beside),)
+    return (sys.executable, "-c", "import sys; from stagefleet.worker.main import main; sys.exit(main())")
 
 
 def _expand(value: str, registry: str) -> str:
@@ -82,7 +95,7 @@ def push_base_image(registry: str) -> str:
         try:
             return localregistry.ensure_base_image(registry, env)
         finally:
-            subprocess.run(["buildah", "rmi", "--all", "--force"], env=env, capture_output=True, check=False)
+            buildenv.cleanup(root, env)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -150,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
             context=context, dockerfile=dockerfile, registry=registry, build_id=build_id, tags=tags,
             target=graph.target, build_args=build_args, secrets=secrets, ssh=ssh, cache_repo=cache_repo,
             insecure=tuple(local.insecure_hosts([registry, *tags, cache_repo, *bases])),
-            parallel=args.parallel, worker=(args.worker,))
+            parallel=args.parallel, worker=worker_command(args.worker))
         mask = local.Masker.from_files([*secrets.values(), *ssh.values()])
 
         start = time.time()

@@ -1,0 +1,206 @@
+"""`stagefleet build` end to end: real worker processes, real buildah, the real session registry.
+
+The seed example's two independent stages must run at the same time: their run windows (from the json
+progress events) overlap, and the final group starts only after both finished. Never a wall-clock
+threshold — only the order of events.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stagefleet.localregistry import LocalRegistry
+
+pytestmark = pytest.mark.builder
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = REPO / "examples" / "seed"
+RUN_TIMEOUT = 300  # a hung build fails the test instead of hanging the suite; not an assertion
+
+
+def stagefleet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stagefleet.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT)
+
+
+def json_events(stdout: str) -> list[dict[str, Any]]:
+    """Every stdout line of `--progress json` is one JSON object."""
+    events = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert all(isinstance(e, dict) and "event" in e and "time" in e for e in events)
+    return events
+
+
+def windows(events: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Stage name (a group's target) → (group-started time, group-finished time)."""
+    start = {e["group"]: e["time"] for e in events if e["event"] == "group-started"}
+    target = {e["group"]: e["stages"][-1] for e in events if e["event"] == "group-started"}
+    return {target[e["group"]]: (start[e["group"]], e["time"])
+            for e in events if e["event"] == "group-finished"}
+
+
+def registry_json(url: str, accept: str | None = None) -> Any:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def image_files(registry: LocalRegistry, repo: str, reference: str) -> dict[str, bytes]:
+    """Regular files of an image in the registry: path → content, later layers winning."""
+    manifest = registry_json(f"{registry.url}/v2/{repo}/manifests/{reference}",
+                             "application/vnd.oci.image.manifest.v1+json,"
+                             "application/vnd.docker.distribution.manifest.v2+json")
+    files: dict[str, bytes] = {}
+    for layer in manifest["layers"]:
+        with urllib.request.urlopen(f"{registry.url}/v2/{repo}/blobs/{layer['digest']}", timeout=30) as resp:
+            blob = resp.read()
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
+            for member in tar.getmembers():
+                f = tar.extractfile(member) if member.isfile() else None
+                if f is not None:
+                    files[member.name.lstrip("./")] = f.read()
+    return files
+
+
+@pytest.fixture
+def seed_context(tmp_path: Path) -> Path:
+    ctx = tmp_path / "seed"
+    shutil.copytree(SEED, ctx)
+    return ctx
+
+
+def test_seed_builds_with_parallel_groups_json_progress(registry: LocalRegistry, base_image: str,
+                                                        seed_context: Path) -> None:
+    repo = f"e2e/seed-{uuid.uuid4().hex[:8]}"
+    tag = f"{registry.host}/{repo}:latest"
+    proc = stagefleet("build", str(seed_context), "--registry", registry.host, "--tag", tag,
+                      "--build-arg", f"BASE={base_image}", "--build-arg", "SLEEP=2", "--parallel", "2",
+                      "--progress", "json", cwd=seed_context)
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
+    events = json_events(proc.stdout)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "build-started" and kinds[-1] == "build-finished"
+    assert {"group-started", "log", "group-finished"} <= set(kinds)
+
+    w = windows(events)
+    assert set(w) == {"build1", "build2", "final"}
+    (s1, e1), (s2, e2), (sf, _) = w["build1"], w["build2"], w["final"]
+    assert max(s1, s2) < min(e1, e2), f"build1 {w['build1']} and build2 {w['build2']} did not overlap"
+    assert sf >= max(e1, e2), "final started before both of its upstream groups finished"
+
+    # log lines are attributed to the stage that produced them
+    logs = [e for e in events if e["event"] == "log"]
+    assert any(e["stage"] == "build1" and "RUN sleep" in e["line"] for e in logs)
+    assert any(e["stage"] == "build2" and "RUN sleep" in e["line"] for e in logs)
+
+    done = events[-1]
+    assert done["ok"] is True and done["image"] == tag
+    digest = done["digest"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    assert done["criticalPath"][-1] == "final"
+    assert done["speedup"] > 0 and {s["name"] for s in done["stages"]} == {"build1", "build2", "final"}
+
+    # the registry serves that digest under the tag, and the image holds both stages' files
+    inspect = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{tag}"],
+                             capture_output=True, text=True, timeout=60)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["Digest"] == digest
+    files = image_files(registry, repo, digest)
+    assert files["out/one.txt"] == b"built by build1\n"
+    assert files["out/two.txt"] == b"built by build2\n"
+
+
+def test_seed_plain_progress_and_summary(registry: LocalRegistry, base_image: str,
+                                         seed_context: Path) -> None:
+    proc = stagefleet("build", str(seed_context), "--registry", registry.host,
+                      "--build-arg", f"BASE={base_image}", "--build-arg", "SLEEP=1", "--progress", "plain",
+                      cwd=seed_context)
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    blank = lines.index("")  # progress, a blank line, then the summary
+    progress, summary = lines[:blank], lines[blank + 1:]
+    line_re = re.compile(r"^ *\d+\.\d\d \[(build|build1|build2|final)\] .*")
+    bad = [ln for ln in progress if not line_re.match(ln)]
+    assert not bad, f"progress lines without timestamp and stage prefix: {bad[:5]}"
+    assert any(re.match(r"^ *\d+\.\d\d \[build1\] ==> group g\d+ started", ln) for ln in progress)
+    assert any(re.match(r"^ *\d+\.\d\d \[build2\] .*RUN sleep", ln) for ln in progress)
+    assert summary[0].split() == ["STAGE", "GROUP", "STATUS", "DURATION", "CACHED", "DIGEST"]
+    rows = {ln.split()[0]: ln.split() for ln in summary[1:4]}
+    assert set(rows) == {"build1", "build2", "final"}
+    assert all("done" in r for r in rows.values())
+    assert any(ln.startswith("critical path (*): ") and ln.rstrip().endswith("s)") and "final" in ln
+               for ln in summary)
+    assert any("parallel speed-up" in ln and ln.startswith("wall time") for ln in summary)
+    image = [ln for ln in summary if ln.startswith("image: ")]
+    assert len(image) == 1
+    expected = rf"image: {re.escape(registry.host)}/stagefleet/local:[0-9a-z-]+@sha256:[0-9a-f]{{64}}"
+    assert re.fullmatch(expected, image[0])
+
+
+FAILING = """\
+ARG BASE
+FROM ${BASE} AS slow
+RUN sleep 60 && echo never > /never.txt
+
+FROM ${BASE} AS broken
+RUN echo about to fail && exit 3
+
+FROM ${BASE} AS final
+COPY --from=slow /never.txt /never.txt
+COPY --from=broken /etc/passwd /x
+"""
+
+
+def test_failing_run_exits_nonzero_names_the_stage_and_stops_the_others(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(FAILING)
+    proc = stagefleet("build", str(tmp_path), "--registry", registry.host,
+                      "--build-arg", f"BASE={base_image}", "--parallel", "2", "--progress", "json",
+                      cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "stage broken" in proc.stderr, proc.stderr
+    events = json_events(proc.stdout)
+    finished = {e["stage"]: e for e in events if e["event"] == "group-finished"}
+    assert finished["broken"]["ok"] is False and "broken" in finished["broken"]["message"]
+    # the sibling was stopped (it would sleep for a minute), and final never started
+    assert finished["slow"]["cancelled"] is True
+    assert "final" not in {e["stages"][-1] for e in events if e["event"] == "group-started"}
+    assert events[-1]["event"] == "build-finished" and events[-1]["ok"] is False
+    assert "stage broken" in events[-1]["message"]
+
+
+SECRET_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE} AS uses-secret
+RUN --mount=type=secret,id=token cat /run/secrets/token && test -s /run/secrets/token && echo > /ok
+
+FROM ${BASE} AS final
+COPY --from=uses-secret /ok /ok
+"""
+
+
+@pytest.mark.parametrize("progress", ["plain", "json"])
+def test_secret_value_never_printed(registry: LocalRegistry, base_image: str, tmp_path: Path,
+                                    progress: str) -> None:
+    canary = f"canary-{uuid.uuid4().hex}"
+    secret = tmp_path / "token.txt"
+    secret.write_text(canary + "\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(SECRET_DOCKERFILE)
+    proc = stagefleet("build", str(ctx), "--registry", registry.host, "--build-arg", f"BASE={base_image}",
+                      "--secret", f"id=token,src={secret}", "--progress", progress, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
+    assert "cat /run/secrets/token" in proc.stdout  # the step ran and its output was shown ...
+    assert canary not in proc.stdout and canary not in proc.stderr  # ... without the secret's value
