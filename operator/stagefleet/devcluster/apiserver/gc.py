@@ -1,0 +1,137 @@
+"""Garbage collector and deletion finishers: ownerReferences (background, foreground, orphan), namespace
+termination and CRD instance cleanup, run after every write like kube-controller-manager would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from typing import Any
+
+from .api import NS_TYPE, Core, DeleteOptions
+from .errors import ApiError
+from .resources import CRD_KEY
+from .storage import Obj, TypeKey
+
+log = logging.getLogger(__name__)
+
+
+class GarbageCollector:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._wake = asyncio.Event()
+        core.on_event(lambda _ev: self._wake.set())
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0)
+            try:
+                self.run_once()
+            except Exception:  # keep collecting: one bad object must not stop the emulator's GC
+                log.exception("garbage collection pass failed")
+
+    def run_once(self) -> None:
+        uids = {o["metadata"].get("uid") for _, o in self.core.store.iter_all()}
+        for tkey, obj in list(self.core.store.iter_all()):
+            meta = obj["metadata"]
+            refs = meta.get("ownerReferences") or []
+            if refs:
+                alive = [r for r in refs if r.get("uid") in uids]
+                if not alive and not meta.get("deletionTimestamp"):
+                    self._delete(tkey, obj, "Background")
+                    continue
+                if alive and len(alive) < len(refs):
+                    self._set_meta(tkey, obj, ownerReferences=alive)
+            if meta.get("deletionTimestamp"):
+                self._finish(tkey, obj)
+
+    def _finish(self, tkey: TypeKey, obj: Obj) -> None:
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        uid = meta.get("uid")
+        if "orphan" in finalizers:
+            for dkey, dep in self._dependents(uid):
+                refs = [r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+                self._set_meta(dkey, dep, ownerReferences=refs or None)
+            finalizers.remove("orphan")
+            self._set_meta(tkey, obj, finalizers=finalizers or None)
+            return
+        if "foregroundDeletion" in finalizers:
+            deps = list(self._dependents(uid))
+            for dkey, dep in deps:
+                if not dep["metadata"].get("deletionTimestamp"):
+                    self._delete(dkey, dep, "Foreground")
+            if not deps:
+                finalizers.remove("foregroundDeletion")
+                self._set_meta(tkey, obj, finalizers=finalizers or None)
+            return
+        if tkey == NS_TYPE:
+            self._finish_namespace(obj)
+        elif tkey == CRD_KEY:
+            self._finish_crd(obj)
+
+    def _finish_namespace(self, ns: Obj) -> None:
+        name = ns["metadata"]["name"]
+        left = False
+        for tkey in self.core.store.type_keys():
+            rt = self.core.type_for_key(tkey)
+            if rt is None or not rt.namespaced:
+                continue
+            for obj in self.core.store.list(tkey, name):
+                left = True
+                if not obj["metadata"].get("deletionTimestamp"):
+                    self._delete(tkey, obj, "Background")
+        if not left and not ns["metadata"].get("finalizers"):
+            rt = self.core.type_for_key(NS_TYPE)
+            if rt is not None:
+                self.core.finalize_removal(rt, ns)
+
+    def _finish_crd(self, crd: Obj) -> None:
+        spec = crd.get("spec") or {}
+        tkey = (spec.get("group", ""), (spec.get("names") or {}).get("plural", ""))
+        instances = self.core.store.list(tkey)
+        for obj in instances:
+            if not obj["metadata"].get("deletionTimestamp"):
+                self._delete(tkey, obj, "Background")
+        if not instances and not crd["metadata"].get("finalizers"):
+            rt = self.core.type_for_key(CRD_KEY)
+            if rt is not None:
+                self.core.finalize_removal(rt, crd)
+
+    def _dependents(self, uid: Any) -> list[tuple[TypeKey, Obj]]:
+        return [
+            (k, o)
+            for k, o in self.core.store.iter_all()
+            if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _delete(self, tkey: TypeKey, obj: Obj, propagation: str) -> None:
+        rt = self.core.type_for_key(tkey)
+        if rt is None:
+            return
+        meta = obj["metadata"]
+        with contextlib.suppress(ApiError):
+            self.core.delete(
+                rt,
+                meta.get("namespace", ""),
+                meta["name"],
+                DeleteOptions(propagation=propagation, uid=meta.get("uid")),
+            )
+
+    def _set_meta(self, tkey: TypeKey, obj: Obj, **fields: Any) -> None:
+        rt = self.core.type_for_key(tkey)
+        if rt is None:
+            return
+        new = copy.deepcopy(obj)
+        for k, v in fields.items():
+            if v is None:
+                new["metadata"].pop(k, None)
+            else:
+                new["metadata"][k] = v
+        if rt.has_status:
+            new.pop("status", None)
+        with contextlib.suppress(ApiError):
+            self.core.update(rt, new["metadata"].get("namespace", ""), new["metadata"]["name"], new)
