@@ -206,4 +206,4 @@ def _print_summary(summary: local.Summary, *, rich: bool) -> None:
     console = Console()
     console.print(table)
     for line in local.summary_footer(summary):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
