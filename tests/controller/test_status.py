@@ -106,7 +106,7 @@ def test_final_starts_with_upstream_digests_then_succeeds() -> None:
         "build2": ("127.0.0.1:5000/t/app/stages:g2", D2),
     }
     st1 = d.status["stages"][0]
-    assert st1["digest"] == D1 and st1["cachedSteps"] == 1 and st1["durationSeconds"] == 1.5
+    assert st1["digest"] == D1 and st1["cachedSteps"] == 1 and st1["duration"] == 1.5
     assert d.status["progress"] == "2/3"
     final = done + [pod("g3", phase="Succeeded", message=result_json("g3", "final", D3))]
     d3 = run(d.status, final)

@@ -298,11 +298,11 @@ def _stage_entries(
             r = gs.stage_results.get(name)
             prev = old.get(name, {})
             if r is not None:
-                optional["durationSeconds"] = round(r.seconds, 3) if r.seconds is not None else None
+                optional["duration"] = round(r.seconds, 3) if r.seconds is not None else None
                 optional["cachedSteps"] = r.cached_steps
                 optional["steps"] = r.steps
             elif gs.phase == S_SUCCEEDED:
-                for k in ("durationSeconds", "cachedSteps", "steps"):
+                for k in ("duration", "cachedSteps", "steps"):
                     optional[k] = prev.get(k)
             e.update({k: v for k, v in optional.items() if v is not None})
             out.append(e)
@@ -492,12 +492,12 @@ def decide(
             states[g.id].stage_results = {
                 n: StageResult(
                     n,
-                    _num(old_entries[n].get("durationSeconds")),
+                    _num(old_entries[n].get("duration")),
                     _int(old_entries[n].get("cachedSteps")),
                     _int(old_entries[n].get("steps")),
                 )
                 for n in g.stages
-                if n in old_entries and "durationSeconds" in old_entries[n]
+                if n in old_entries and "duration" in old_entries[n]
             }
     by_group: dict[str, list[PodObservation]] = {}
     for p in current:

@@ -1,0 +1,243 @@
+"""The only module that talks to the Kubernetes API (besides kopf's own watching).
+
+Synchronous (the official client), called from worker threads. Transient errors (429, 5xx, dropped
+connections) are retried with exponential backoff; AlreadyExists on create and NotFound on delete are
+success, because every write the operator makes is idempotent by design; a 409 Conflict on the status
+write surfaces as `Conflict` so the reconciler re-reads and recomputes instead of overwriting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets as _random
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from stagefleet.controller.podspec import API_VERSION, GROUP, KIND, LABEL_UID
+
+log = logging.getLogger("stagefleet.kube")
+
+PLURAL = "imagebuilds"
+VERSION = API_VERSION.split("/")[1]
+TRANSIENT = {429, 500, 502, 503, 504}
+
+
+class Conflict(Exception):
+    """The object changed since it was read: re-read, recompute, re-apply."""
+
+
+def _transient(e: BaseException) -> bool:
+    if isinstance(e, ApiException):
+        return e.status in TRANSIENT or e.status == 0
+    return isinstance(e, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+_retry = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(8),
+    wait=wait_exponential(multiplier=0.1, max=5),
+    reraise=True,
+)
+
+
+def _json(resp: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(resp.data or b"{}"))
+
+
+class Kube:
+    """Typed wrappers for exactly the calls the operator makes."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        # Untyped on purpose: we pass and receive plain JSON dicts (_preload_content=False), not models.
+        self.core: Any = client.CoreV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig (``KUBECONFIG`` or ``~/.kube``)."""
+        try:
+            if kubeconfig:
+                config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            else:
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        return cls(client.ApiClient())
+
+    # --- ImageBuilds -------------------------------------------------------------------------------------
+
+    @_retry
+    def get_imagebuild(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                )
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    @_retry
+    def _patch_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status == 409:
+                raise Conflict(f"imagebuild {namespace}/{name} changed") from e
+            if e.status == 404:
+                return  # deleted meanwhile: nothing to report on
+            raise
+
+    def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        """Replace the status as a JSON merge patch guarded by the resourceVersion that was read.
+
+        Keys that disappear are sent as null (a merge patch otherwise keeps them). Returns False when the
+        status is unchanged (no write at all, so idle reconciles cost reads only).
+        """
+        old = ib.get("status") or {}
+        if dict(old) == dict(new):
+            return False
+        patch: dict[str, Any] = {k: None for k in old if k not in new}
+        patch.update(new)
+        meta = ib.get("metadata") or {}
+        body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch}
+        self._patch_status(meta["namespace"], meta["name"], body)
+        return True
+
+    # --- Worker pods and their inputs --------------------------------------------------------------------
+
+    @_retry
+    def list_worker_pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        resp = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{LABEL_UID}={uid}", _preload_content=False
+        )
+        return list(_json(resp).get("items") or [])
+
+    @_retry
+    def create(self, manifest: Mapping[str, Any]) -> bool:
+        """Create a Pod or ConfigMap; False when it already exists (its deterministic name says: ours)."""
+        ns = manifest["metadata"]["namespace"]
+        try:
+            if manifest["kind"] == "Pod":
+                self.core.create_namespaced_pod(ns, manifest, _preload_content=False)
+            elif manifest["kind"] == "ConfigMap":
+                self.core.create_namespaced_config_map(ns, manifest, _preload_content=False)
+            else:
+                raise ValueError(f"unexpected kind {manifest['kind']}")
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    @_retry
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+        try:
+            self.core.delete_namespaced_pod(
+                name,
+                namespace,
+                grace_period_seconds=grace_seconds,
+                propagation_policy="Background",
+                _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    @_retry
+    def delete_configmaps(self, namespace: str, uid: str) -> None:
+        try:
+            self.core.delete_collection_namespaced_config_map(
+                namespace, label_selector=f"{LABEL_UID}={uid}", _preload_content=False
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    @_retry
+    def secret_exists(self, namespace: str, name: str) -> bool:
+        """Existence only; the value is never read here (it reaches workers as a volume)."""
+        try:
+            self.core.read_namespaced_secret(name, namespace, _preload_content=False).release_conn()
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    @_retry
+    def read_secret_value(self, namespace: str, name: str, key: str) -> bytes | None:
+        """A git deploy key, needed by the operator itself to pin the revision. Never logged."""
+        import base64
+
+        try:
+            data = (
+                _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False)).get("data")
+                or {}
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        value = data.get(key)
+        return base64.b64decode(value) if isinstance(value, str) else None
+
+    # --- Events ------------------------------------------------------------------------------------------
+
+    def event(self, ib: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the ImageBuild; best effort (a lost event must not fail a reconcile)."""
+        meta = ib.get("metadata") or {}
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name')}.{_random.token_hex(8)}",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "stagefleet-operator"},
+            "reportingComponent": "stagefleet-operator",
+        }
+        try:
+            self._create_event(str(meta.get("namespace")), body)
+        except Exception as e:  # noqa: BLE001 (events are advisory)
+            log.warning(
+                "event %s on %s/%s not recorded: %s", reason, meta.get("namespace"), meta.get("name"), e
+            )
+
+    @_retry
+    def _create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self.core.create_namespaced_event(namespace, body, _preload_content=False)

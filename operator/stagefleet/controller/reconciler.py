@@ -1,0 +1,406 @@
+"""One reconcile pass of one ImageBuild: read → decide (pure) → apply. The shell around the pure core.
+
+Every pass starts from the API (the ImageBuild and its pods), never from memory, so a restarted operator
+or a missed event changes nothing. Pods are created before the status that records them is written: if
+the operator dies in between, the next pass adopts the pods it finds (deterministic names) instead of
+starting them again. Passes for one ImageBuild never overlap (one lock per build); events arriving during
+a pass make it run once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from stagefleet.controller import status as st
+from stagefleet.controller.kube import Conflict, Kube
+from stagefleet.controller.metrics import Metrics
+from stagefleet.controller.model import PlanView, plan_dockerfile
+from stagefleet.controller.podspec import (
+    BuildRef,
+    ResolvedSource,
+    WorkerConfig,
+    configmap_name,
+    dockerfile_configmap,
+    worker_pod,
+)
+from stagefleet.controller.source import SourceError, resolve
+from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
+
+log = logging.getLogger("stagefleet.operator")
+
+SAFETY_POLL_SECONDS = 15.0  # even with no event, look at an unfinished build this often
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    backoff_base: float = 5.0
+    source_timeout: float = 120.0
+    source_attempts: int = 3
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def used_secrets(spec: ImageBuildSpec, plan: PlanView) -> dict[str, str]:
+    """Secret name → field path, for the Secrets this plan's pods will mount."""
+    ids = {s for g in plan.groups for s in g.secrets}
+    ssh_ids = {s for g in plan.groups for s in g.ssh}
+    out: dict[str, str] = {}
+    if spec.output.push_secret:
+        out.setdefault(spec.output.push_secret, "spec.output.pushSecretRef")
+    if spec.source.git and spec.source.git.secret:
+        out.setdefault(spec.source.git.secret.name, "spec.source.git.secretRef")
+    for s in spec.secrets:
+        if s.id in ids:
+            out.setdefault(s.secret.name, s.path)
+    for s in spec.ssh:
+        if s.id in ssh_ids:
+            out.setdefault(s.secret.name, s.path)
+    return out
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics, *, threads: int = 8) -> None:
+        self.kube = kube
+        self.config = config
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reconcile")
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._dirty: dict[tuple[str, str], bool] = {}
+        self._due: dict[tuple[str, str], float] = {}
+
+    # --- scheduling (async, in kopf's loop) --------------------------------------------------------------
+
+    async def trigger(self, namespace: str, name: str) -> None:
+        """Reconcile now; if a pass for this build is running, make it run once more afterwards."""
+        key = (namespace, name)
+        self._dirty[key] = True
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            return
+        async with lock:
+            loop = asyncio.get_running_loop()
+            while self._dirty.get(key):
+                self._dirty[key] = False
+                requeue = await loop.run_in_executor(self._pool, self.reconcile_safely, namespace, name)
+                if requeue is None:
+                    self._due[key] = math.inf  # only events wake it (e.g. a spec change)
+                else:
+                    self._due[key] = time.monotonic() + requeue
+
+    def due(self, namespace: str, name: str) -> bool:
+        """For the periodic timer: has the requeue time of this build passed?"""
+        when = self._due.get((namespace, name))
+        return when is None or time.monotonic() >= when
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self._locks.pop(key, None)
+        self._dirty.pop(key, None)
+        self._due.pop(key, None)
+        self.metrics.forget(f"{namespace}/{name}")
+
+    # --- one pass (sync, in a worker thread) -------------------------------------------------------------
+
+    def reconcile_safely(self, namespace: str, name: str) -> float | None:
+        started = time.monotonic()
+        try:
+            for _ in range(5):
+                try:
+                    result = self.reconcile(namespace, name)
+                    self.metrics.reconciles.labels(result="ok").inc()
+                    return result
+                except Conflict:
+                    log.info("status of %s/%s changed meanwhile; re-reading", namespace, name)
+            return 1.0
+        except Exception:
+            self.metrics.reconciles.labels(result="error").inc()
+            log.exception("reconcile of %s/%s failed; retrying soon", namespace, name)
+            return 5.0
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        """One pass; returns when to look again (None: only on the next event)."""
+        ib = self.kube.get_imagebuild(namespace, name)
+        if ib is None:
+            self.metrics.forget(f"{namespace}/{name}")
+            return None
+        meta = ib["metadata"]
+        if meta.get("deletionTimestamp"):
+            self.cleanup(namespace, str(meta["uid"]))
+            return None
+        build = BuildRef(name, namespace, str(meta["uid"]), int(meta.get("generation") or 1))
+        status: dict[str, Any] = dict(ib.get("status") or {})
+        now = _now()
+        current_gen = status.get("observedGeneration") == build.generation
+        if current_gen and status.get("phase") in st.TERMINAL and "plan" not in status:
+            return None  # ended before planning (bad spec, source, Dockerfile): nothing runs
+
+        try:
+            spec = parse_spec(ib.get("spec"))
+        except SpecError as e:
+            self._supersede(build, status)
+            self._finish_early(ib, build, status, "InvalidSpec", str(e), now)
+            return None
+
+        if not current_gen or "plan" not in status:
+            status = self._plan(ib, build, spec, status, now)
+            if status.get("phase") in st.TERMINAL:
+                return None
+            ib = self.kube.get_imagebuild(namespace, name) or ib  # fresh resourceVersion for the next write
+
+        plan = PlanView.from_status(status["plan"])
+        return self._step(ib, build, spec, plan, status, now)
+
+    def _plan(
+        self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        """A new generation: stop the old one's pods, resolve the source, plan, record the plan."""
+        superseded = self._supersede(build, status)
+        if superseded:
+            self._event(
+                ib,
+                "Normal",
+                "Superseded",
+                f"spec changed (generation {build.generation}): stopped {superseded} pod(s) of the old build",
+            )
+        planning = st.progress_status(
+            generation=build.generation,
+            phase=st.PLANNING,
+            reason="Planning",
+            message="resolving the source and planning",
+            old=status,
+            now=now,
+        )
+        self._write(ib, status, planning)
+        ib = self.kube.get_imagebuild(build.namespace, build.name) or ib
+        ssh_key: bytes | None = None
+        git = spec.source.git
+        if git and git.secret:
+            ssh_key = self.kube.read_secret_value(build.namespace, git.secret.name, git.secret.key)
+            if ssh_key is None:
+                msg = (
+                    f'waiting for Secret "{git.secret.name}" key "{git.secret.key}" '
+                    "(spec.source.git.secretRef): not found in the namespace"
+                )
+                stalled = st.progress_status(
+                    generation=build.generation,
+                    phase=st.PENDING,
+                    reason="SecretNotFound",
+                    message=msg,
+                    old=planning,
+                    now=now,
+                    stalled=True,
+                )
+                if self._write(ib, planning, stalled):
+                    self._event(ib, "Warning", "SecretNotFound", msg)
+                return stalled
+        error: str | None = None
+        for attempt in range(1, self.config.source_attempts + 1):
+            try:
+                resolved = resolve(spec, ssh_key=ssh_key, timeout=self.config.source_timeout)
+                break
+            except SourceError as e:
+                error = str(e)
+                log.warning(
+                    "source of %s/%s not resolved (attempt %d): %s",
+                    build.namespace,
+                    build.name,
+                    attempt,
+                    error,
+                )
+                time.sleep(min(2.0 * attempt, 5.0) if attempt < self.config.source_attempts else 0)
+        else:
+            return self._finish_early(
+                ib, build, planning, "SourceUnavailable", error or "source unavailable", now
+            )
+        from stagefleet.stages import DockerfileError
+
+        try:
+            plan = plan_dockerfile(
+                resolved.dockerfile,
+                target=spec.target,
+                build_args=spec.build_args,
+                filename=resolved.filename,
+            )
+        except DockerfileError as e:
+            return self._finish_early(ib, build, planning, "DockerfileError", str(e), now)
+        new = st.planned_status(
+            generation=build.generation, plan=plan, source=resolved.status, old=planning, now=now
+        )
+        self._write(ib, planning, new)
+        self._event(
+            ib, "Normal", "Planned", f"{new['message']}; critical path {' → '.join(plan.critical_path)}"
+        )
+        return new
+
+    def _finish_early(
+        self,
+        ib: dict[str, Any],
+        build: BuildRef,
+        status: dict[str, Any],
+        reason: str,
+        message: str,
+        now: datetime,
+    ) -> dict[str, Any]:
+        new = st.terminal_status(
+            generation=build.generation, phase=st.FAILED, reason=reason, message=message, old=status, now=now
+        )
+        if (
+            status.get("observedGeneration") == build.generation
+            and status.get("phase") == st.FAILED
+            and status.get("message") == message
+        ):
+            return status
+        self._write(ib, status, new)
+        self._event(ib, "Warning", reason, message)
+        return new
+
+    def _supersede(self, build: BuildRef, status: Mapping[str, Any]) -> int:
+        """Delete pods of other generations; returns how many were still running."""
+        stopped = 0
+        for pod in self.kube.list_worker_pods(build.namespace, build.uid):
+            obs = st.observe_pod(pod)
+            if obs is None or obs.generation == build.generation or obs.deleting:
+                continue
+            stopped += 0 if obs.terminated else 1
+            self.kube.delete_pod(build.namespace, obs.name)
+        return stopped
+
+    def _step(
+        self,
+        ib: dict[str, Any],
+        build: BuildRef,
+        spec: ImageBuildSpec,
+        plan: PlanView,
+        status: dict[str, Any],
+        now: datetime,
+    ) -> float | None:
+        pods = [
+            o
+            for o in (st.observe_pod(p) for p in self.kube.list_worker_pods(build.namespace, build.uid))
+            if o
+        ]
+        missing: dict[str, str] = {}
+        if status.get("phase") not in st.TERMINAL:
+            missing = {
+                n: p
+                for n, p in used_secrets(spec, plan).items()
+                if not self.kube.secret_exists(build.namespace, n)
+            }
+        d = st.decide(
+            build=build,
+            spec=spec,
+            plan=plan,
+            status=status,
+            pods=pods,
+            missing_secrets=missing,
+            now=now,
+            backoff_base=self.config.backoff_base,
+        )
+        if d.create:
+            self._start(build, spec, plan, status, d, now)
+        for name in d.delete:
+            self.kube.delete_pod(build.namespace, name)
+        self._write(ib, status, d.status)
+        for ev in d.events:
+            self._event(ib, ev.type, ev.reason, ev.message)
+        return None if d.requeue_after is None else min(d.requeue_after, SAFETY_POLL_SECONDS)
+
+    def _start(
+        self,
+        build: BuildRef,
+        spec: ImageBuildSpec,
+        plan: PlanView,
+        status: Mapping[str, Any],
+        d: st.Decision,
+        now: datetime,
+    ) -> None:
+        source_status = status.get("source") or {}
+        git = source_status.get("git") or {}
+        if spec.source.inline is not None:
+            self.kube.create(dockerfile_configmap(build, spec.source.inline))
+            source = ResolvedSource(configmap=configmap_name(build))
+        else:
+            assert spec.source.git is not None
+            source = ResolvedSource(
+                git_url=spec.source.git.url, git_revision=str(git.get("commit") or "HEAD")
+            )
+        started = st.parse_time(status.get("startTime")) or now
+        remaining = int(spec.timeout_seconds - (now - started).total_seconds())
+        for start in d.create:
+            pod = worker_pod(
+                build=build,
+                spec=spec,
+                plan=plan,
+                group=start.group,
+                attempt=start.attempt,
+                source=source,
+                upstream=start.upstream,
+                config=self.config.worker,
+                deadline_seconds=max(remaining, 1),
+            )
+            if self.kube.create(pod):
+                self.metrics.pods_created.inc()
+                if start.attempt > 1:
+                    self.metrics.retries.inc()
+                log.info(
+                    "started pod %s for %s/%s group %s (%s)",
+                    pod["metadata"]["name"],
+                    build.namespace,
+                    build.name,
+                    start.group.id,
+                    ", ".join(start.group.stages),
+                )
+
+    def _write(self, ib: dict[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        base = dict(ib)
+        base["status"] = dict(old)
+        written = self.kube.write_status(base, new)
+        if written:
+            meta = ib["metadata"]
+            self.metrics.record(f"{meta['namespace']}/{meta['name']}", old, new)
+            if new.get("phase") != old.get("phase"):
+                log.info(
+                    "%s/%s: %s → %s: %s",
+                    meta["namespace"],
+                    meta["name"],
+                    old.get("phase"),
+                    new.get("phase"),
+                    new.get("message"),
+                )
+        return written
+
+    def _event(self, ib: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.kube.event(ib, type_, reason, message)
+
+    def cleanup(self, namespace: str, uid: str) -> None:
+        """Remove every pod and ConfigMap of a deleted ImageBuild (owner references do it too, eventually)."""
+        for pod in self.kube.list_worker_pods(namespace, uid):
+            meta = pod.get("metadata") or {}
+            if not meta.get("deletionTimestamp"):
+                self.kube.delete_pod(namespace, str(meta.get("name")))
+        self.kube.delete_configmaps(namespace, uid)
+
+    def delete_orphan(self, pod: Mapping[str, Any]) -> bool:
+        """A worker pod whose ImageBuild is gone (deleted while the operator was down): delete it."""
+        meta = pod.get("metadata") or {}
+        owner = next((o for o in meta.get("ownerReferences") or () if o.get("kind") == "ImageBuild"), None)
+        if owner is None or meta.get("deletionTimestamp"):
+            return False
+        ib = self.kube.get_imagebuild(str(meta.get("namespace")), str(owner.get("name")))
+        if ib is not None and ib["metadata"].get("uid") == owner.get("uid"):
+            return False
+        self.kube.delete_pod(str(meta.get("namespace")), str(meta.get("name")))
+        return True
