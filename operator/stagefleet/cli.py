@@ -16,6 +16,7 @@ from typing import cast
 # (subcommand, module, one-line help). Each owner adds its line here.
 COMMANDS: list[tuple[str, str, str]] = [
     ("plan", "stagefleet.commands.plan", "show the stage graph and build plan of a Dockerfile"),
+    ("operator", "stagefleet.commands.operator", "run the ImageBuild operator (kopf) against a cluster"),
     ("build", "stagefleet.commands.build", "build an image locally, one worker process per plan group"),
     ("status", "stagefleet.commands.status", "show an ImageBuild's stages as a table"),
     ("logs", "stagefleet.commands.logs", "print an ImageBuild's stage pods' logs, stage-prefixed"),
