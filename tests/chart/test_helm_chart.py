@@ -318,6 +318,13 @@ def test_worker_security_context_is_passed_and_documented_as_privileged_level() 
     found = restricted_violations(worker_pod)
     assert "pod seccompProfile Unconfined" in found and "pod appArmorProfile Unconfined" in found
     assert not any("privileged" in v or "hostPath" in v for v in found)
+    # The contexts are valid Kubernetes 1.34 objects as the operator will paste them into a worker Pod.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "w"},
+           "spec": {"securityContext": pod_sc, "restartPolicy": "Never",
+                    "containers": [{"name": "worker", "image": env["STAGEFLEET_BUILDER_IMAGE"],
+                                    "securityContext": sc,
+                                    "resources": json.loads(env["STAGEFLEET_WORKER_RESOURCES"])}]}}
+    assert k8s_validate(pod) == "1.34"
     assert env["STAGEFLEET_BUILDER_IMAGE"] == "ghcr.io/stagefleet/builder:0.1.0"
     assert env["STAGEFLEET_WORKER_STORAGE_DRIVER"] == "vfs"
     assert env["STAGEFLEET_WORKER_FUSE_RESOURCE"] == ""
