@@ -518,7 +518,7 @@ def _add_mount(st: _Stage, spec: str, line: int, escape: str, *, onbuild: bool) 
     if mount.from_ and mount.type != "secret":
         refs.append(_Ref(value=mount.from_, line=line, kind="mount", mount_target=mount.target))
     if mount.type == "secret":
-        secrets.append(_secret_use(mount, line))
+        secrets.append(_secret_use(mount))
     elif mount.type == "ssh":
         if mount.source:
             raise _Error(line, "ssh does not support source")
@@ -527,13 +527,9 @@ def _add_mount(st: _Stage, spec: str, line: int, escape: str, *, onbuild: bool) 
         caches.append(mount.id or posixpath.normpath(mount.target or "/"))
 
 
-def _secret_use(mount: _Mount, line: int) -> SecretUse:
+def _secret_use(mount: _Mount) -> SecretUse:
     """BuildKit's dispatchSecret: id from id=/source=, else the target's basename."""
-    secret_id = mount.source or mount.id
-    if not secret_id:
-        if not mount.target:
-            raise _Error(line, "one of source, target required")
-        secret_id = posixpath.basename(mount.target)
+    secret_id = mount.source or mount.id or posixpath.basename(mount.target)
     target = mount.target or "/run/secrets/" + posixpath.basename(secret_id)
     return SecretUse(id=secret_id, target=target, required=mount.required)
 
@@ -962,6 +958,8 @@ class _Lexer:
         if not name:
             raise ShellError(f"bad substitution: {self.word}")
         ch = self.next()
+        if ch == "":
+            raise ShellError(f"syntax error: missing '}}' in {self.word}")
         if ch == "}":
             return self.env.get(name, "")
         colon = ch == ":"
