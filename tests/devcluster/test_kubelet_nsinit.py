@@ -20,14 +20,35 @@ from stagefleet.devcluster import kubelet
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
 
 
-def run_init(tmp_path: Path, mounts: list[dict[str, Any]], script: str, cwd: str | None = None
-             ) -> subprocess.CompletedProcess[str]:
-    spec = {"mounts": mounts, "argv": ["sh", "-c", script], "env": {"PATH": "/usr/bin:/bin", "X": "y"},
-            "cwd": cwd, "staging": str(tmp_path / "staging"), "start_error_file": str(tmp_path / "start-error")}
+def run_init(
+    tmp_path: Path, mounts: list[dict[str, Any]], script: str, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    spec = {
+        "mounts": mounts,
+        "argv": ["sh", "-c", script],
+        "env": {"PATH": "/usr/bin:/bin", "X": "y"},
+        "cwd": cwd,
+        "staging": str(tmp_path / "staging"),
+        "start_error_file": str(tmp_path / "start-error"),
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "--", sys.executable, "-I",
-                           kubelet.NSINIT, str(tmp_path / "spec.json")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            sys.executable,
+            "-I",
+            kubelet.NSINIT,
+            str(tmp_path / "spec.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_mounts_are_private_readonly_and_leave_the_host_untouched(tmp_path: Path) -> None:
@@ -38,13 +59,20 @@ def test_mounts_are_private_readonly_and_leave_the_host_untouched(tmp_path: Path
     term.write_text("")
     tag = uuid.uuid4().hex[:8]
     secret_dir = f"/etc/sf-test-{tag}/creds"  # /etc exists, the rest does not: mirrored, not created
-    script = (f"cat {secret_dir}/password; echo; "
-              f"touch {secret_dir}/new 2>/dev/null && echo WRITABLE || echo read-only; "
-              "echo done > /dev/termination-log; echo $X; pwd")
-    res = run_init(tmp_path, [
-        {"source": str(vol), "target": secret_dir, "read_only": True},
-        {"source": str(term), "target": "/dev/termination-log", "read_only": False, "is_file": True},
-    ], script, cwd=str(tmp_path / "wd"))
+    script = (
+        f"cat {secret_dir}/password; echo; "
+        f"touch {secret_dir}/new 2>/dev/null && echo WRITABLE || echo read-only; "
+        "echo done > /dev/termination-log; echo $X; pwd"
+    )
+    res = run_init(
+        tmp_path,
+        [
+            {"source": str(vol), "target": secret_dir, "read_only": True},
+            {"source": str(term), "target": "/dev/termination-log", "read_only": False, "is_file": True},
+        ],
+        script,
+        cwd=str(tmp_path / "wd"),
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n") == ["hunter2", "read-only", "y", str(tmp_path / "wd"), ""]
     assert term.read_text() == "done\n"
@@ -58,8 +86,11 @@ def test_missing_top_level_directory_is_created_on_the_host(tmp_path: Path) -> N
     vol = tmp_path / "vol"
     vol.mkdir()
     try:
-        res = run_init(tmp_path, [{"source": str(vol), "target": target + "/work", "read_only": False}],
-                       f"echo hi > {target}/work/out")
+        res = run_init(
+            tmp_path,
+            [{"source": str(vol), "target": target + "/work", "read_only": False}],
+            f"echo hi > {target}/work/out",
+        )
         assert res.returncode == 0, res.stderr
         assert (vol / "out").read_text() == "hi\n"
         assert os.listdir(target + "/work") == []  # on the host: an empty mount point only
@@ -73,9 +104,14 @@ def test_nested_mount_creates_its_mount_point_inside_the_outer_volume(tmp_path: 
     outer.mkdir()
     inner.mkdir()
     (inner / "f").write_text("inner")
-    res = run_init(tmp_path, [{"source": str(outer), "target": str(tmp_path / "mnt")},
-                              {"source": str(inner), "target": str(tmp_path / "mnt" / "sub")}],
-                   f"cat {tmp_path}/mnt/sub/f")
+    res = run_init(
+        tmp_path,
+        [
+            {"source": str(outer), "target": str(tmp_path / "mnt")},
+            {"source": str(inner), "target": str(tmp_path / "mnt" / "sub")},
+        ],
+        f"cat {tmp_path}/mnt/sub/f",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout == "inner"
     assert (outer / "sub").is_dir()
@@ -86,8 +122,24 @@ def test_exit_status_and_exec_failure(tmp_path: Path) -> None:
     spec = json.loads((tmp_path / "spec.json").read_text())
     spec["argv"] = ["no-such-command-xyz"]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    res = subprocess.run(["unshare", "-m", "--propagation", "private", "--", sys.executable, "-I",
-                          kubelet.NSINIT, str(tmp_path / "spec.json")], capture_output=True, text=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            sys.executable,
+            "-I",
+            kubelet.NSINIT,
+            str(tmp_path / "spec.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 128
-    assert (tmp_path / "start-error").read_text() == 'exec: "no-such-command-xyz": executable file not found in $PATH'
+    assert (
+        tmp_path / "start-error"
+    ).read_text() == 'exec: "no-such-command-xyz": executable file not found in $PATH'

@@ -12,8 +12,13 @@ from stagefleet.devcluster import podruntime as pr
 
 def pod(**spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "x", "tier": "b"},
-                     "annotations": {"note": 'say "hi"'}},
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "u-1",
+            "labels": {"app": "x", "tier": "b"},
+            "annotations": {"note": 'say "hi"'},
+        },
         "spec": {"nodeName": "devnode-1", "serviceAccountName": "default", "containers": [{"name": "c"}]},
         "status": {"podIP": "127.0.0.1", "hostIP": "127.0.0.1"},
     }
@@ -21,7 +26,10 @@ def pod(**spec: Any) -> dict[str, Any]:
     return base
 
 
-NODES = [pr.NodeView("devnode-1", {"zone": "a"}, max_pods=2), pr.NodeView("devnode-2", {"zone": "b"}, max_pods=2)]
+NODES = [
+    pr.NodeView("devnode-1", {"zone": "a"}, max_pods=2),
+    pr.NodeView("devnode-2", {"zone": "b"}, max_pods=2),
+]
 
 
 # ------------------------------------------------------------------------------------------ scheduling
@@ -40,11 +48,25 @@ def test_schedule_honours_node_selector() -> None:
 
 
 def test_schedule_honours_required_node_affinity() -> None:
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b", "c"]}]}]}}}
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b", "c"]}]}
+                ]
+            }
+        }
+    }
     assert pr.schedule(pod(affinity=affinity), NODES, {})[0] == "devnode-2"
-    not_in = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}]}}}
+    not_in = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}
+                ]
+            }
+        }
+    }
     assert pr.schedule(pod(affinity=not_in), NODES, {})[0] == "devnode-2"
 
 
@@ -68,12 +90,17 @@ def test_schedule_taints_and_tolerations() -> None:
 
 
 def test_schedule_mixed_reasons_are_counted_and_sorted() -> None:
-    nodes = [pr.NodeView("a", {"zone": "a"}, unschedulable=True), pr.NodeView("b", {"zone": "b"}, max_pods=1),
-             pr.NodeView("c", {"zone": "c"})]
+    nodes = [
+        pr.NodeView("a", {"zone": "a"}, unschedulable=True),
+        pr.NodeView("b", {"zone": "b"}, max_pods=1),
+        pr.NodeView("c", {"zone": "c"}),
+    ]
     node, msg = pr.schedule(pod(nodeSelector={"zone": "b"}), nodes, {"b": 1})
     assert node is None
-    assert msg.startswith("0/3 nodes are available: 1 Too many pods, 1 node(s) didn't match Pod's node "
-                          "affinity/selector, 1 node(s) were unschedulable.")
+    assert msg.startswith(
+        "0/3 nodes are available: 1 Too many pods, 1 node(s) didn't match Pod's node "
+        "affinity/selector, 1 node(s) were unschedulable."
+    )
 
 
 # ------------------------------------------------------------------------------------------ env
@@ -88,8 +115,11 @@ def test_expand_follows_kubernetes_rules() -> None:
 
 
 def test_resolve_env_all_sources() -> None:
-    data = pr.ObjectData("ns", secrets={"s": {"password": b"hunter2", "USER": b"bob"}},
-                         configmaps={"cm": {"mode": b"fast", "bad key": b"x"}})
+    data = pr.ObjectData(
+        "ns",
+        secrets={"s": {"password": b"hunter2", "USER": b"bob"}},
+        configmaps={"cm": {"mode": b"fast", "bad key": b"x"}},
+    )
     container = {
         "name": "c",
         "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}, {"secretRef": {"name": "s"}}],
@@ -105,29 +135,49 @@ def test_resolve_env_all_sources() -> None:
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
             {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
             {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
-            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory", "divisor": "1Mi"}}},
+            {
+                "name": "MEM",
+                "valueFrom": {"resourceFieldRef": {"resource": "requests.memory", "divisor": "1Mi"}},
+            },
         ],
         "resources": {"requests": {"memory": "64Mi"}},
     }
     env = pr.resolve_env(container, pod(), data, {"cpu": "2", "memory": "8Gi"})
     assert env == {
-        "CM_mode": "fast", "password": "hunter2", "USER": "bob", "PLAIN": "v-bob", "PW": "hunter2",
-        "MODE": "fast", "POD": "p", "NS": "ns", "UID": "u-1", "NODE": "devnode-1", "IP": "127.0.0.1",
-        "APP": "x", "CPU": "2", "MEM": "64",
+        "CM_mode": "fast",
+        "password": "hunter2",
+        "USER": "bob",
+        "PLAIN": "v-bob",
+        "PW": "hunter2",
+        "MODE": "fast",
+        "POD": "p",
+        "NS": "ns",
+        "UID": "u-1",
+        "NODE": "devnode-1",
+        "IP": "127.0.0.1",
+        "APP": "x",
+        "CPU": "2",
+        "MEM": "64",
     }
 
 
 def test_resolve_env_missing_sources_are_config_errors() -> None:
     data = pr.ObjectData("ns", secrets={"s": {"a": b"1"}})
     with pytest.raises(pr.ConfigError, match='secret "missing" not found'):
-        pr.resolve_env({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "missing", "key": "a"}}}]},
-                       pod(), data)
+        pr.resolve_env(
+            {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "missing", "key": "a"}}}]},
+            pod(),
+            data,
+        )
     with pytest.raises(pr.ConfigError, match="couldn't find key b in Secret ns/s"):
-        pr.resolve_env({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "b"}}}]},
-                       pod(), data)
+        pr.resolve_env(
+            {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "b"}}}]}, pod(), data
+        )
     with pytest.raises(pr.ConfigError, match='configmap "cm" not found'):
         pr.resolve_env({"envFrom": [{"configMapRef": {"name": "cm"}}]}, pod(), data)
-    assert pr.resolve_env({"envFrom": [{"configMapRef": {"name": "cm", "optional": True}}]}, pod(), data) == {}
+    assert (
+        pr.resolve_env({"envFrom": [{"configMapRef": {"name": "cm", "optional": True}}]}, pod(), data) == {}
+    )
 
 
 def test_container_argv_expands_and_requires_a_command() -> None:
@@ -147,8 +197,14 @@ def test_downward_labels_format() -> None:
 
 def test_secret_volume_items_and_modes() -> None:
     data = pr.ObjectData("ns", secrets={"s": {"a": b"A", "b": b"B"}})
-    vol = {"name": "v", "secret": {"secretName": "s", "defaultMode": 0o400,
-                                   "items": [{"key": "a", "path": "dir/a.txt"}, {"key": "b", "path": "b", "mode": 0o600}]}}
+    vol = {
+        "name": "v",
+        "secret": {
+            "secretName": "s",
+            "defaultMode": 0o400,
+            "items": [{"key": "a", "path": "dir/a.txt"}, {"key": "b", "path": "b", "mode": 0o600}],
+        },
+    }
     lay = pr.volume_layout(vol, pod(), data)
     assert lay.read_only and lay.kind == "files"
     assert lay.files == (pr.FileEntry("dir/a.txt", b"A", 0o400), pr.FileEntry("b", b"B", 0o600))
@@ -164,26 +220,58 @@ def test_volume_missing_sources() -> None:
     assert optional.files == ()
     data = pr.ObjectData("ns", configmaps={"cm": {"a": b"1"}})
     with pytest.raises(pr.MountError, match="non-existent config key: zz"):
-        pr.volume_layout({"name": "v", "configMap": {"name": "cm", "items": [{"key": "zz", "path": "z"}]}},
-                         pod(), data)
+        pr.volume_layout(
+            {"name": "v", "configMap": {"name": "cm", "items": [{"key": "zz", "path": "z"}]}}, pod(), data
+        )
     with pytest.raises(pr.MountError, match="must be relative"):
-        pr.volume_layout({"name": "v", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../a"}]}},
-                         pod(), data)
+        pr.volume_layout(
+            {"name": "v", "configMap": {"name": "cm", "items": [{"key": "a", "path": "../a"}]}}, pod(), data
+        )
 
 
 def test_downward_and_projected_volumes() -> None:
     data = pr.ObjectData("ns", secrets={"s": {"k": b"S"}}, configmaps={"cm": {"k": b"C"}})
-    dw = pr.volume_layout({"name": "d", "downwardAPI": {"items": [
-        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
-        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}, pod(), data)
-    assert dw.files == (pr.FileEntry("labels", b'app="x"\ntier="b"', 0o644), pr.FileEntry("name", b"p", 0o644))
-    pj = pr.volume_layout({"name": "p", "projected": {"defaultMode": 0o440, "sources": [
-        {"secret": {"name": "s", "items": [{"key": "k", "path": "sec"}]}},
-        {"configMap": {"name": "cm"}},
-        {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}},
-        pod(), data)
-    assert pj.files == (pr.FileEntry("sec", b"S", 0o440), pr.FileEntry("k", b"C", 0o440),
-                        pr.FileEntry("ns", b"ns", 0o440))
+    dw = pr.volume_layout(
+        {
+            "name": "d",
+            "downwardAPI": {
+                "items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                ]
+            },
+        },
+        pod(),
+        data,
+    )
+    assert dw.files == (
+        pr.FileEntry("labels", b'app="x"\ntier="b"', 0o644),
+        pr.FileEntry("name", b"p", 0o644),
+    )
+    pj = pr.volume_layout(
+        {
+            "name": "p",
+            "projected": {
+                "defaultMode": 0o440,
+                "sources": [
+                    {"secret": {"name": "s", "items": [{"key": "k", "path": "sec"}]}},
+                    {"configMap": {"name": "cm"}},
+                    {
+                        "downwardAPI": {
+                            "items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                        }
+                    },
+                ],
+            },
+        },
+        pod(),
+        data,
+    )
+    assert pj.files == (
+        pr.FileEntry("sec", b"S", 0o440),
+        pr.FileEntry("k", b"C", 0o440),
+        pr.FileEntry("ns", b"ns", 0o440),
+    )
     assert pr.volume_layout({"name": "e", "emptyDir": {}}, pod(), data).kind == "emptyDir"
 
 
@@ -195,14 +283,23 @@ def test_secret_and_configmap_decoding() -> None:
 
 
 def test_mount_plan_orders_parents_first_and_resolves_subpaths() -> None:
-    c = {"name": "c", "volumeMounts": [
-        {"name": "work", "mountPath": "/workspace/cache", "subPathExpr": "$(POD)/cache"},
-        {"name": "work", "mountPath": "/workspace/"},
-        {"name": "sec", "mountPath": "/etc/creds/token", "subPath": "token"},
-        {"name": "work", "mountPath": "/data", "readOnly": True},
-    ], "terminationMessagePath": "/tmp/term"}
-    plan = pr.mount_plan(c, {"work": "/pods/u/volumes/work", "sec": "/pods/u/volumes/sec"}, {"sec"},
-                         {"POD": "p"}, "/pods/u/term/c")
+    c = {
+        "name": "c",
+        "volumeMounts": [
+            {"name": "work", "mountPath": "/workspace/cache", "subPathExpr": "$(POD)/cache"},
+            {"name": "work", "mountPath": "/workspace/"},
+            {"name": "sec", "mountPath": "/etc/creds/token", "subPath": "token"},
+            {"name": "work", "mountPath": "/data", "readOnly": True},
+        ],
+        "terminationMessagePath": "/tmp/term",
+    }
+    plan = pr.mount_plan(
+        c,
+        {"work": "/pods/u/volumes/work", "sec": "/pods/u/volumes/sec"},
+        {"sec"},
+        {"POD": "p"},
+        "/pods/u/term/c",
+    )
     assert plan == [
         pr.Mount("/pods/u/volumes/work", "/workspace", False),
         pr.Mount("/pods/u/volumes/work", "/data", True),
@@ -241,12 +338,18 @@ def test_pod_conditions_keep_transition_times() -> None:
     assert by_type["Ready"]["status"] == "True" and by_type["Initialized"]["status"] == "True"
     done = pr.pod_conditions("Succeeded", [], [run("c", "terminated")], True, first, "T2")
     by_type = {c["type"]: c for c in done}
-    assert by_type["Ready"] == {"type": "Ready", "status": "False", "reason": "PodCompleted",
-                                "lastProbeTime": None, "lastTransitionTime": "T2"}
+    assert by_type["Ready"] == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "PodCompleted",
+        "lastProbeTime": None,
+        "lastTransitionTime": "T2",
+    }
     assert by_type["Initialized"]["lastTransitionTime"] == "T1"
     assert by_type["PodScheduled"]["lastTransitionTime"] == "T1"
-    waiting = pr.pod_conditions("Pending", [run("i1", "terminated"), run("i2", "running")],
-                                [run("c", "waiting")], False, [], "T")
+    waiting = pr.pod_conditions(
+        "Pending", [run("i1", "terminated"), run("i2", "running")], [run("c", "waiting")], False, [], "T"
+    )
     by_type = {c["type"]: c for c in waiting}
     assert by_type["Initialized"]["message"] == "containers with incomplete status: [i2]"
     assert by_type["ContainersReady"]["message"] == "containers with unready status: [c]"
@@ -255,9 +358,21 @@ def test_pod_conditions_keep_transition_times() -> None:
 def test_container_status_shapes() -> None:
     t = run("c", "terminated", 3, reason="Error", message="boom", started_at="S", finished_at="F")
     assert t.status_dict() == {
-        "name": "c", "image": "img", "imageID": "img", "ready": False, "restartCount": 0, "started": False,
-        "state": {"terminated": {"exitCode": 3, "reason": "Error", "message": "boom", "startedAt": "S",
-                                 "finishedAt": "F"}},
+        "name": "c",
+        "image": "img",
+        "imageID": "img",
+        "ready": False,
+        "restartCount": 0,
+        "started": False,
+        "state": {
+            "terminated": {
+                "exitCode": 3,
+                "reason": "Error",
+                "message": "boom",
+                "startedAt": "S",
+                "finishedAt": "F",
+            }
+        },
         "lastState": {},
     }
     assert run("i", "terminated", 0).status_dict(init=True)["ready"] is True

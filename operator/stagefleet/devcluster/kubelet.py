@@ -455,7 +455,7 @@ class PodRunner:
         self.pod = pod
         if pod["metadata"].get("deletionTimestamp") and not getattr(self, "_deleting", False):
             self._deleting = True
-            asyncio.create_task(self._graceful_delete())
+            self.k.spawn(self._graceful_delete())
 
     async def _graceful_delete(self) -> None:
         self.stopping = True
@@ -557,7 +557,7 @@ class PodRunner:
 
     async def report(self, force: bool = False) -> None:
         """Send the current status (merge patch on pods/status). After a node loss only `force` sends."""
-        if self.k.is_lost(self.node) and not force:
+        if (self.k.is_lost(self.node) and not force) or self.k.shutting_down:
             return
         async with self.lock:
             body = {"status": self.status()}
@@ -622,6 +622,14 @@ class Kubelet:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+        self.shutting_down = False
+        self.background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        """Run a fire-and-forget coroutine that shutdown() still cancels."""
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -986,6 +994,7 @@ class Kubelet:
 
     async def shutdown(self) -> None:
         """Kill every pod process (no API updates: the cluster is going away)."""
+        self.shutting_down = True
         for t in self._tasks:
             t.cancel()
         for r in list(self.runners.values()):
@@ -997,7 +1006,9 @@ class Kubelet:
         await asyncio.gather(
             *(r.task for r in self.runners.values() if r.task is not None), return_exceptions=True
         )
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for t in list(self.background):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self.background, return_exceptions=True)
         await self.api.close()
 
 
@@ -1026,11 +1037,11 @@ class KubeletThread:
 
     def start(self, timeout: float = 60.0) -> None:
         kubeconfig, nodes, root_dir, logs_dir, path, verbose = self._args
-        started = threading.Event()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="stagefleet-kubelet", daemon=True)
+        self._thread.start()
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.kubelet = Kubelet(
+        async def create() -> Kubelet:
+            kubelet = Kubelet(
                 KubeAPI(ClusterAccess.from_kubeconfig(kubeconfig)),
                 nodes=nodes,
                 root_dir=root_dir,
@@ -1038,22 +1049,21 @@ class KubeletThread:
                 path=path,
                 verbose=verbose,
             )
-            self._main = self.loop.create_task(self.kubelet.run())
-            started.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                self.loop.run_until_complete(self._main)
+            self._main = asyncio.ensure_future(kubelet.run())
+            return kubelet
 
-        self._thread = threading.Thread(target=run, name="stagefleet-kubelet", daemon=True)
-        self._thread.start()
-        started.wait()
-        assert self.kubelet is not None
-        ready = asyncio.run_coroutine_threadsafe(self.kubelet.ready.wait(), self.loop)
-        try:
-            ready.result(timeout)
-        except BaseException:
-            if self._main is not None and self._main.done() and self._main.exception() is not None:
-                raise RuntimeError(f"kubelet failed to start: {self._main.exception()!r}") from None
-            raise
+        self.kubelet = self.call(create())
+        assert self.kubelet is not None and self._main is not None
+        main = self._main
+
+        async def wait_ready() -> None:
+            ready = asyncio.ensure_future(self.kubelet.ready.wait())  # type: ignore[union-attr]
+            await asyncio.wait([ready, main], return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                ready.cancel()
+                raise RuntimeError(f"kubelet failed to start: {main.exception()!r}")
+
+        self.call(wait_ready(), timeout)
 
     def call(self, coro: Any, timeout: float | None = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -1069,16 +1079,23 @@ class KubeletThread:
         self.call(self.kubelet.recover_node(name))
 
     def stop(self) -> None:
-        """Kill all pod processes and stop the loop."""
-        if self.kubelet is None or self._thread is None:
+        """Kill all pod processes, stop the kubelet, then the loop and its thread."""
+        if self._thread is None:
             return
-        if self.loop.is_running():
+        if self.kubelet is not None:
+            kubelet, main = self.kubelet, self._main
+
+            async def shutdown() -> None:
+                if main is not None:
+                    main.cancel()
+                    await asyncio.gather(main, return_exceptions=True)
+                await kubelet.shutdown()
+
             with contextlib.suppress(Exception):
-                self.call(self.kubelet.shutdown(), timeout=30)
-            if self._main is not None:
-                self.loop.call_soon_threadsafe(self._main.cancel)
+                self.call(shutdown(), timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
-        if not self.loop.is_closed() and not self.loop.is_running():
+        if not self._thread.is_alive():
             self.loop.close()
         self._thread = None
 
