@@ -1,0 +1,173 @@
+"""A tiny kopf operator reconciles a custom resource: create, update, status patch, pod ownership, deletion.
+
+Written against the public API only, so it passes against a real cluster too (STAGEFLEET_TEST_KUBECONFIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kopf
+import pytest
+
+CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "gizmos.kopftest.stagefleet.dev"},
+    "spec": {
+        "group": "kopftest.stagefleet.dev",
+        "scope": "Namespaced",
+        "names": {"plural": "gizmos", "singular": "gizmo", "kind": "Gizmo"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def make_registry(namespace: str, server: str, token: str | None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=server, token=token or None, default_namespace=namespace)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = True
+        settings.watching.server_timeout = 10
+        settings.persistence.finalizer = "kopftest.stagefleet.dev/finalizer"
+
+    @kopf.on.create("kopftest.stagefleet.dev", "v1", "gizmos", id="created", registry=registry)
+    def created(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, logger: Any, **_: Any) -> dict[str, Any]:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{body['metadata']['name']}-worker"},
+            "spec": {"containers": [{"name": "main", "image": "busybox:1", "command": ["true"]}]},
+        }
+        kopf.adopt(pod, owner=body)
+        import kubernetes
+
+        kubernetes.client.CoreV1Api().create_namespaced_pod(namespace, pod)
+        patch.status["phase"] = "Running"
+        patch.status["observedSize"] = spec.get("size")
+        return {"pod": pod["metadata"]["name"]}
+
+    @kopf.on.update("kopftest.stagefleet.dev", "v1", "gizmos", field="spec.size", registry=registry)
+    def resized(new: Any, patch: kopf.Patch, **_: Any) -> None:
+        patch.status["observedSize"] = new
+
+    @kopf.on.delete("kopftest.stagefleet.dev", "v1", "gizmos", registry=registry)
+    def deleted(**_: Any) -> None:
+        pass
+
+    return registry
+
+
+@pytest.fixture
+def operator(kube: Any) -> Iterator[None]:
+    """Run the test operator in a thread with its own loop, in the test namespace; stopped afterwards."""
+    import kubernetes
+
+    kube.kubectl("apply", "-f", "-", input=json.dumps(CRD))
+    kube.kubectl("wait", "--for=condition=Established", "crd/gizmos.kopftest.stagefleet.dev", "--timeout=30s")
+    kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig))
+    config = kubernetes.client.Configuration.get_default_copy()
+    token = (config.api_key.get("authorization") or "").removeprefix("Bearer ").strip()
+    registry = make_registry(kube.namespace, config.host, token)
+    loop = asyncio.new_event_loop()
+    stop: asyncio.Future[Any] = loop.create_future()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(
+            kopf.operator(
+                registry=registry,
+                standalone=True,
+                namespaces=[kube.namespace],
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(60)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None))
+        thread.join(60)
+        kube.kubectl("delete", "crd", "gizmos.kopftest.stagefleet.dev", "--wait=false", check=False)
+
+
+def get_json(kube: Any, *args: str) -> Any:
+    proc = kube.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def test_kopf_reconciles_create_update_status_ownership_and_delete(
+    kube: Any, operator: None, wait_until: Callable[..., Any]
+) -> None:
+    kube.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "kopftest.stagefleet.dev/v1",
+                "kind": "Gizmo",
+                "metadata": {"name": "g1"},
+                "spec": {"size": 1},
+            }
+        ),
+    )
+    gizmo = wait_until(
+        lambda: (
+            (g := get_json(kube, "gizmo", "g1")) and (g.get("status") or {}).get("phase") == "Running" and g
+        ),
+        "status.phase=Running written by the create handler",
+    )
+    assert gizmo["status"]["observedSize"] == 1
+    assert gizmo["status"]["created"] == {"pod": "g1-worker"}
+    assert "kopftest.stagefleet.dev/finalizer" in gizmo["metadata"]["finalizers"]
+
+    pod = get_json(kube, "pod", "g1-worker")
+    assert pod is not None
+    refs = pod["metadata"]["ownerReferences"]
+    assert [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs] == [
+        ("Gizmo", "g1", gizmo["metadata"]["uid"], True)
+    ]
+
+    kube.kubectl("patch", "gizmo", "g1", "--type=merge", "-p", '{"spec":{"size":5}}')
+    gizmo = wait_until(
+        lambda: (g := get_json(kube, "gizmo", "g1")) and g["status"].get("observedSize") == 5 and g,
+        "status.observedSize=5 written by the update handler",
+    )
+    assert gizmo["metadata"]["generation"] == 2
+
+    kube.kubectl("delete", "gizmo", "g1", "--wait=false")
+    wait_until(
+        lambda: get_json(kube, "gizmo", "g1") is None, "the gizmo to go once kopf removed its finalizer"
+    )
+    wait_until(lambda: get_json(kube, "pod", "g1-worker") is None, "the owned pod to be garbage-collected")
