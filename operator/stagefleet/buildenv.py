@@ -7,6 +7,7 @@ between builds unless a caller deliberately reuses the root.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Longest TMPDIR used as is; buildah's socket names below it need ~50 more bytes of the 108.
+SHORT_PATH = 48
 #: Variables that would make buildah read the host's configuration instead of ours.
 _HOST_CONFIG_VARS = ("CONTAINERS_CONF", "BUILDAH_LAYERS", "BUILDAH_FORMAT", "REGISTRY_AUTH_FILE")
 
@@ -41,6 +44,13 @@ class BuildPaths:
     def tmpdir(self) -> Path:
         """TMPDIR; buildah keeps `RUN --mount=type=cache` data in `$TMPDIR/buildah-cache`."""
         return self.root / "tmp"
+
+    @property
+    def short_tmpdir(self) -> Path:
+        """A short symlink to `tmpdir`, stable for this root: buildah binds unix sockets (the
+        `RUN --mount=type=ssh` proxy) below TMPDIR, and socket paths are limited to 108 bytes."""
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        return Path("/tmp") / f"sf-tmp-{digest}"
 
     @property
     def storage_conf(self) -> Path:
@@ -94,6 +104,17 @@ def insecure_from_env(env: Mapping[str, str]) -> list[str]:
     return [h.strip() for h in raw.split(",") if h.strip()]
 
 
+def _short_tmpdir(paths: BuildPaths) -> Path:
+    """TMPDIR itself when its path is short, else the short symlink to it."""
+    if len(str(paths.tmpdir)) <= SHORT_PATH:
+        return paths.tmpdir
+    link = paths.short_tmpdir
+    if not (link.is_symlink() and link.resolve() == paths.tmpdir.resolve()):
+        link.unlink(missing_ok=True)
+        link.symlink_to(paths.tmpdir)
+    return link
+
+
 def prepare(
     root: Path,
     *,
@@ -114,7 +135,7 @@ def prepare(
         BUILDAH_ISOLATION="chroot",
         CONTAINERS_STORAGE_CONF=str(paths.storage_conf),
         CONTAINERS_REGISTRIES_CONF=str(paths.registries_conf),
-        TMPDIR=str(paths.tmpdir),
+        TMPDIR=str(_short_tmpdir(paths)),
     )
     if auth_file is not None:
         data = load_auth(auth_file.read_text())
@@ -144,4 +165,7 @@ def cleanup(root: Path, env: Mapping[str, str]) -> None:
         subprocess.run(["buildah", "rm", "--all"], env=dict(env), capture_output=True, check=False)
     for point in mounts_under(root, Path("/proc/mounts").read_text()):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    link = BuildPaths(root).short_tmpdir
+    if link.is_symlink():
+        link.unlink()
     shutil.rmtree(root, ignore_errors=True)

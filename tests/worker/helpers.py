@@ -55,7 +55,8 @@ def http_bytes(url: str) -> bytes:
         return data
 
 
-MANIFEST_TYPES = "application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json,"
+                  "application/vnd.docker.distribution.manifest.v2+json")
 
 
 def manifest(registry_host: str, repo: str, ref: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,13 +50,15 @@ RUN cat /one /two /hello.txt > /all
 
 
 def test_cache_mount_persists_between_builds_on_one_worker(
-        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+        registry: LocalRegistry, base_image: str, tmp_path: Path,
+        buildah_env: Callable[[Path], dict[str, str]]) -> None:
     h = registry.host
     ctx = write_context(tmp_path / "ctx", f"""FROM {base_image} AS app
 ARG ROUND
 RUN --mount=type=cache,id=sfcache,target=/cache echo "round $ROUND" >> /cache/log && cp /cache/log /seen
 """)
     root = tmp_path / "worker-root"  # one worker's storage root (and so its TMPDIR) for both builds
+    buildah_env(root)  # removed again (with its short TMPDIR link) when the test ends
     repo = f"cachemount/{secrets.token_hex(4)}"
     digests = []
     for n in (1, 2):

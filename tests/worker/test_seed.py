@@ -33,7 +33,8 @@ def test_seed_example_as_three_worker_pods(registry: LocalRegistry, base_image: 
 
     d1, d2 = runs["build1"].result["digest"], runs["build2"].result["digest"]
     final = run_worker([*common, "--target", "final", "--stage", "final", "--group", "g3",
-                        "--upstream", f"build1={h}/seed/stages@{d1}", "--upstream", f"build2={h}/seed/stages@{d2}",
+                        "--upstream", f"build1={h}/seed/stages@{d1}",
+                        "--upstream", f"build2={h}/seed/stages@{d2}",
                         "--push", f"{h}/seed/app:1", "--push", f"{h}/seed/app:latest"],
                        registry_host=h, tmp=tmp_path / "pod-final")
     assert final.code == 0, final.stderr + final.stdout

@@ -15,7 +15,7 @@ def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: 
     Upstream stages are replaced by their pushed images with `--build-context`, so the Dockerfile is
     never rewritten; `--layers` with the cache repository lets a fresh pod reuse any earlier pod's steps.
     """
-    argv = ["buildah", "build", "--layers", "--target", spec.target, "--file", str(dockerfile),
+    argv = ["buildah", "build", "--layers", "--force-rm", "--target", spec.target, "--file", str(dockerfile),
             "--iidfile", str(iidfile), "--jobs", str(spec.jobs)]
     if spec.platform:
         argv += ["--platform", spec.platform]

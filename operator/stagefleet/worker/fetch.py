@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,16 +111,24 @@ def fetch_context(spec: StepSpec, workdir: Path) -> Context:
 
 
 class SshAgent:
-    """An ssh-agent of our own holding the given keys; `stop()` kills it by PID."""
+    """An ssh-agent of our own holding the given keys; `stop()` kills it by PID.
 
-    def __init__(self, workdir: Path) -> None:
-        self.socket = workdir / "agent.sock"
+    Its socket lives in a short private directory under /tmp: unix socket paths are limited to 108 bytes,
+    which a deep TMPDIR easily exceeds.
+    """
+
+    def __init__(self) -> None:
+        short = "/tmp" if os.path.isdir("/tmp") else None
+        self.workdir = Path(tempfile.mkdtemp(prefix="sf-agent-", dir=short))
+        self.socket = self.workdir / "agent.sock"
         self.pid: int | None = None
-        self.workdir = workdir
 
     def start(self) -> SshAgent:
-        out = subprocess.run(["ssh-agent", "-s", "-a", str(self.socket)], capture_output=True, text=True,
-                             check=True).stdout
+        r = subprocess.run(["ssh-agent", "-s", "-a", str(self.socket)], capture_output=True, text=True)
+        if r.returncode:
+            self.stop()
+            raise RuntimeError(f"ssh-agent failed: {r.stderr.strip()}")
+        out = r.stdout
         for stmt in out.split(";"):
             key, _, val = stmt.strip().partition("=")
             if key == "SSH_AGENT_PID":
@@ -141,4 +151,4 @@ class SshAgent:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
             self.pid = None
-        self.socket.unlink(missing_ok=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)

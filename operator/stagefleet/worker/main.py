@@ -25,9 +25,10 @@ from stagefleet.worker.spec import StepSpec, UsageError, parse_args
 
 
 class WorkerFailure(Exception):
-    def __init__(self, failure: Failure) -> None:
+    def __init__(self, failure: Failure, stages: Sequence[StageResult] = ()) -> None:
         super().__init__(failure.message)
         self.failure = failure
+        self.stages = stages
 
 
 def _fail(code: int, message: str, stage: str | None = None, line: int | None = None) -> WorkerFailure:
@@ -96,10 +97,9 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             raise _fail(exitcodes.DOCKERFILE, str(e), None, e.line) from None
         sockets: dict[str, str] = {}
         for key in spec.ssh:
-            agent_dir = workdir / f"ssh-{key.id}"
-            agent_dir.mkdir()
-            agent = SshAgent(agent_dir).start()
+            agent = SshAgent()
             stack.callback(agent.stop)
+            agent.start()
             try:
                 agent.add(key.keyfile, key.id)
             except ValueError as e:
@@ -113,7 +113,7 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
         rc = run_build(argv, env, tracker, scrub, out)
         stages = stage_results(spec, tracker)
         if rc != 0:
-            raise WorkerFailure(tracker.failure(rc))
+            raise WorkerFailure(tracker.failure(rc), stages)
         image_id = iidfile.read_text().strip()
         try:
             digest = push_all(image_id, spec.push, workdir, env, lambda m: log(scrub(m)))
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f = wf.failure
             code = f.code
             log(scrub(f"{f.kind} error: {f.message}"))
-            result = Result(ok=False, group=spec.group, target=spec.target,
+            result = Result(ok=False, group=spec.group, target=spec.target, stages=wf.stages,
                             error=ErrorInfo(f.kind, f.message, f.stage, f.line))
         except Exception as e:  # noqa: BLE001 - reported as exit code 1 (infrastructure, retried)
             code = exitcodes.UNEXPECTED

@@ -15,7 +15,7 @@ from stagefleet.worker.dockerinfo import DockerfileInfo
 STEP_RE = re.compile(r"^(?:\[(?P<idx>\d+)/\d+\] )?STEP \d+/\d+: (?P<text>.*)$")
 COMMIT_RE = re.compile(r"^(?:\[(?P<idx>\d+)/\d+\] )?COMMIT\b")
 CACHE_HIT_RE = re.compile(r"^--> Using cache [0-9a-f]+")
-ERROR_AT_STEP_RE = re.compile(r'^Error: building at STEP "(?P<step>.*)": (?P<msg>.*)$')
+ERROR_AT_STEP_RE = re.compile(r'^Error: building at STEP "(?P<step>.*?)": (?P<msg>.*)$')
 REDACTED = "***"
 MIN_SECRET_LEN = 4  # shorter values would turn ordinary output into asterisks
 TAIL_LINES = 10
@@ -135,7 +135,7 @@ class OutputTracker:
 
 _PULL_WORDS = ("initializing source", "manifest unknown", "pinging container registry", "reading manifest",
                "connection refused", "no such host", "i/o timeout", "unauthorized", "denied",
-               "trying to pull", "pulling image", "name unknown")
+               "trying to pull", "pulling image", "name unknown", "no stage or image found")
 
 
 def classify(t: OutputTracker, returncode: int) -> Failure:
@@ -145,6 +145,9 @@ def classify(t: OutputTracker, returncode: int) -> Failure:
     m = ERROR_AT_STEP_RE.match(error)
     if m:
         step, msg = m["step"], m["msg"]
+        for st in t.stats.values():  # the step text itself may contain '": '
+            if st.step and error.startswith(f'Error: building at STEP "{st.step}": '):
+                step, msg = st.step, error[len(f'Error: building at STEP "{st.step}": '):]
         stage = next((s.name for s in t.stats.values() if s.step == step), t.current)
         line = t.info.find_line(step, stage)
         where = f"{t.info.filename}:{line}" if line else t.info.filename
@@ -153,6 +156,8 @@ def classify(t: OutputTracker, returncode: int) -> Failure:
             return Failure(exitcodes.DOCKERFILE, f"{where}: {short}", stage, line)
         if "secret required but no secret" in msg or "could not parse secrets" in msg:
             return Failure(exitcodes.SECRET, f"{where}: {_after_colon(msg)}", stage, line)
+        if "resolving mountpoints" in msg:  # the step never ran: a mount could not be set up
+            return Failure(exitcodes.UNEXPECTED, f"{where}: mounts for {step!r} failed: {msg}", stage, line)
         pulling = any(w in msg.lower() for w in _PULL_WORDS)
         if step.upper().startswith("FROM ") or (" --from=" in step and pulling):
             return Failure(exitcodes.PULL, f"{where}: pulling for {step!r} failed: {msg}", stage, line)
@@ -161,8 +166,12 @@ def classify(t: OutputTracker, returncode: int) -> Failure:
         tail = "".join(f"\n  {o}" for o in out)
         return Failure(exitcodes.BUILD_STEP, f"{where}: step {step!r} failed: {msg}"
                        + (f"\nlast output:{tail}" if tail else ""), stage, line)
+    current = t.stats.get(t.current)
+    line = t.info.find_line(current.step, t.current) if current and current.step else None
+    where = f"{t.info.filename}:{line}: " if line else ""
     if "creating build container" in low or any(w in low for w in _PULL_WORDS):
-        return Failure(exitcodes.PULL, f"pulling a base image failed: {_strip_error(error)}", t.current)
+        return Failure(exitcodes.PULL, f"{where}pulling an image failed: {_strip_error(error)}",
+                       t.current, line)
     if "could not parse secrets" in low or "secret" in low and "no such file" in low:
         return Failure(exitcodes.SECRET, _strip_error(error), t.current)
     if ("target" in low and "not found" in low) or "dockerfile" in low or "parse error" in low:
