@@ -9,6 +9,7 @@ operator must know the graph *before* any builder runs.
 from __future__ import annotations
 
 import csv
+import functools
 import platform as _platform
 import posixpath
 import re
@@ -447,7 +448,7 @@ def _stage_arg(
         if key in build_args:
             st.args[key] = build_args[key]
         elif default is not None:
-            st.args[key] = _expand(default, _stage_vars(st), escape, cmd.start_line)
+            st.args[key] = _expand_in_stage(default, st, escape, cmd.start_line)
         elif key in global_env:
             st.args[key] = global_env[key]
 
@@ -455,7 +456,14 @@ def _stage_arg(
 def _stage_env(st: _Stage, cmd: dockerfile.Command, escape: str) -> None:
     values = list(cmd.value)
     for i in range(0, len(values) - 1, 2):
-        st.env[values[i]] = _expand(values[i + 1], _stage_vars(st), escape, cmd.start_line)
+        st.env[values[i]] = _expand_in_stage(values[i + 1], st, escape, cmd.start_line)
+
+
+def _expand_in_stage(word: str, st: _Stage, escape: str, line: int) -> str:
+    """Expand with the stage's ARG/ENV values; most words need no expansion at all."""
+    if not _needs_expansion(word, escape):
+        return word
+    return _expand(word, _stage_vars(st), escape, line)
 
 
 def _stage_vars(st: _Stage) -> dict[str, str]:
@@ -509,7 +517,7 @@ class _Mount:
 
 
 def _add_mount(st: _Stage, spec: str, line: int, escape: str, *, onbuild: bool) -> None:
-    mount = _parse_mount(spec, line, lambda w: _expand(w, _stage_vars(st), escape, line))
+    mount = _parse_mount(spec, line, lambda w: _expand_in_stage(w, st, escape, line))
     refs, secrets, ssh, caches = (
         (st.onbuild_refs, st.onbuild_secrets, st.onbuild_ssh, st.onbuild_cache_ids)
         if onbuild
@@ -744,6 +752,7 @@ def _reachable(stages: Sequence[_Stage], target: _Stage) -> set[int]:
 
 def _check_forward_refs(stages: Sequence[_Stage], reachable: set[int]) -> None:
     """BuildKit dispatches stages in file order: a built stage can only use earlier ones."""
+    named = {s.name: s for s in stages if s.named}
     for st in stages:
         if st.index not in reachable:
             continue
@@ -751,11 +760,13 @@ def _check_forward_refs(stages: Sequence[_Stage], reachable: set[int]) -> None:
         if st.base_stage is not None:
             refs += stages[st.base_stage].onbuild_refs
         for ref in refs:
-            _check_forward_ref(st, ref, stages)
+            _check_forward_ref(st, ref, stages, named)
 
 
-def _check_forward_ref(st: _Stage, ref: _Ref, stages: Sequence[_Stage]) -> None:
-    other = _ref_stage(ref, stages)
+def _check_forward_ref(
+    st: _Stage, ref: _Ref, stages: Sequence[_Stage], named: Mapping[str, _Stage]
+) -> None:
+    other = _ref_stage(ref, stages, named)
     if other is None or other.index < st.index:
         return
     if ref.kind == "copy":
@@ -770,11 +781,10 @@ def _check_forward_ref(st: _Stage, ref: _Ref, stages: Sequence[_Stage]) -> None:
     )
 
 
-def _ref_stage(ref: _Ref, stages: Sequence[_Stage]) -> _Stage | None:
+def _ref_stage(ref: _Ref, stages: Sequence[_Stage], named: Mapping[str, _Stage]) -> _Stage | None:
     if ref.kind == "copy" and _is_go_int(ref.value):
         return stages[int(ref.value)]
-    lowered = ref.value.lower()
-    return next((s for s in stages if s.named and s.name == lowered), None)
+    return named.get(ref.value.lower())
 
 
 def _freeze(stages: Sequence[_Stage], target: _Stage, reachable: set[int], filename: str) -> StageGraph:
@@ -821,6 +831,7 @@ _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}
 _REFERENCE = re.compile(rf"^({_NAME})(?::{_TAG})?(?:@{_DIGEST})?$")
 
 
+@functools.lru_cache(maxsize=4096)
 def validate_image_reference(name: str) -> str | None:
     """Why `name` is not a valid image reference (docker's messages), or None if it is."""
     if name == "scratch":
@@ -985,6 +996,12 @@ class _Lexer:
         return value or ""
 
 
+def _needs_expansion(word: str, escape: str) -> bool:
+    return "$" in word or "'" in word or '"' in word or escape in word
+
+
 def expand_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
     """Expand one word the way BuildKit expands FROM/ARG values (quotes removed, escapes applied)."""
+    if not _needs_expansion(word, escape):
+        return word
     return _Lexer(word, env, escape).run()
