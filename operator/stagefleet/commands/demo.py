@@ -156,9 +156,11 @@ def registry_with_base(workdir: Path) -> Iterator[tuple[str, str]]:
         reg.stop()
 
 
-def operator_argv(registry: str) -> list[str]:
+def operator_argv(kubeconfig: Path, registry: str, metrics_port: int) -> list[str]:
     """`stagefleet operator` as a child process: worker pods may push to the plain-HTTP registry."""
-    return [sys.executable, "-m", "stagefleet.cli", "operator", "--insecure-registry", registry]
+    return [sys.executable, "-m", "stagefleet.cli", "operator", "--kubeconfig", str(kubeconfig),
+            "--insecure-registry", registry, "--metrics-address", "127.0.0.1",
+            "--metrics-port", str(metrics_port), "--log-format", "text"]
 
 
 @contextlib.contextmanager
@@ -167,10 +169,13 @@ def operator_process(kubeconfig: Path, registry: str, log: Path) -> Iterator[sub
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), STAGEFLEET_INSECURE_REGISTRIES=registry)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    from stagefleet.localregistry import free_port
+
+    port = free_port()
     with open(log, "ab") as out:
-        proc = subprocess.Popen(operator_argv(registry), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    say(f"operator   pid {proc.pid} (log {log})")
+        proc = subprocess.Popen(operator_argv(kubeconfig, registry, port), env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    say(f"operator   pid {proc.pid} (log {log}, metrics http://127.0.0.1:{port}/metrics)")
     try:
         yield proc
     finally:

@@ -1,0 +1,163 @@
+"""`stagefleet status` and `stagefleet logs` against an API server (the emulator; no kubelet needed).
+
+The test plays the operator and the kubelet: it writes an ImageBuild with a status, stage pods with the
+labels the operator sets, and the pods' log files where the kubelet would write them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "default"
+D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    logs_dir: Path
+    api: Any
+
+
+def without_cel(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+    if isinstance(node, list):
+        return [without_cel(v) for v in node]
+    return node
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    from kubernetes import client, config
+
+    from stagefleet.devcluster.apiserver import APIServer, write_kubeconfig
+
+    logs_dir = tmp_path / "pod-logs"
+    logs_dir.mkdir()
+    server = APIServer(logs_dir=logs_dir)
+    url = server.start_in_thread()
+    try:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        # CEL rules are the CRD tests' business; here they would only couple these tests to the emulator's CEL
+        crd = without_cel(yaml.safe_load((REPO / "crds" / "imagebuild.yaml").read_text()))
+        client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
+        yield Cluster(kubeconfig, logs_dir, api)
+    finally:
+        server.stop_in_thread()
+
+
+def stage(name: str, group: str, phase: str, pod: str | None, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "group": group, "phase": phase, "pod": pod, **kw}
+
+
+def make_build(c: Cluster, phase: str) -> None:
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(c.api)
+    body = yaml.safe_load((REPO / "examples" / "seed" / "imagebuild.yaml").read_text())
+    custom.create_namespaced_custom_object("stagefleet.io", "v1alpha1", NS, "imagebuilds", body)
+    status = {
+        "phase": phase,
+        "stages": [
+            stage("build1", "g1", "Succeeded", "seed-g1", node="node-1", duration=3.2, digest=D1,
+                  cachedSteps=0, attempts=1, startTime="2026-11-27T22:00:00Z",
+                  completionTime="2026-11-27T22:00:03Z"),
+            stage("build2", "g2", "Succeeded", "seed-g2", node="node-2", duration=3.4, digest=D2,
+                  cachedSteps=1, attempts=2, startTime="2026-11-27T22:00:00Z",
+                  completionTime="2026-11-27T22:00:04Z"),
+            stage("final", "g3", "Succeeded", "seed-g3", node="node-1", duration=1.0, digest=D3,
+                  cachedSteps=0, attempts=1, startTime="2026-11-27T22:00:04Z",
+                  completionTime="2026-11-27T22:00:05Z"),
+        ],
+        "image": {"name": "127.0.0.1:5000/stagefleet/seed:latest", "digest": D3},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "built"}],
+    }
+    custom.patch_namespaced_custom_object_status("stagefleet.io", "v1alpha1", NS, "imagebuilds", "seed",
+                                                 {"status": status})
+
+
+def make_pod(c: Cluster, name: str, group: str, lines: list[str], mtime: float) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(c.api)
+    labels = {"stagefleet.io/imagebuild": "seed", "stagefleet.io/group": group}
+    container = {"name": "worker", "image": "x", "command": ["true"]}
+    core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod",
+                                    "metadata": {"name": name, "labels": labels},
+                                    "spec": {"restartPolicy": "Never", "containers": [container]}})
+    terminated = {"name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                  "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    core.patch_namespaced_pod_status(name, NS, {"status": {"phase": "Succeeded",
+                                                           "containerStatuses": [terminated]}})
+    log = c.logs_dir / NS / name / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(f"{ln}\n" for ln in lines))
+    os.utime(log, (mtime, mtime))
+
+
+def stagefleet(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stagefleet.cli", *args, "--kubeconfig", str(c.kubeconfig)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_status_table(cluster: Cluster) -> None:
+    make_build(cluster, "Succeeded")
+    proc = stagefleet(cluster, "status", "seed")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("imagebuild default/seed: Succeeded  stages 3/3  image 127.0.0.1:5000/")
+    assert lines[0].endswith(D3)
+    assert lines[1].split()[:3] == ["STAGE", "GROUP", "PHASE"]
+    assert lines[2].split() == ["build1", "g1", "Succeeded", "seed-g1", "node-1", "3.2s", "0", "1",
+                                "sha256:111111111111"]
+    assert lines[3].split()[6:8] == ["1", "2"]  # cached steps, attempts of build2
+    assert lines[-1] == "Ready=True (Succeeded): built"
+
+
+def test_status_of_a_missing_imagebuild(cluster: Cluster) -> None:
+    proc = stagefleet(cluster, "status", "nope")
+    assert proc.returncode == 1
+    assert 'imagebuild "nope" not found' in proc.stderr
+
+
+def test_logs_interleaved_with_stage_prefixes_and_stage_filter(cluster: Cluster) -> None:
+    make_build(cluster, "Succeeded")
+    # build1's log was written before build2's, final's last
+    make_pod(cluster, "seed-g1", "g1", ["[build1] STEP 1/2: FROM base", "[build1] one"], 1_800_000_000)
+    make_pod(cluster, "seed-g2", "g2", ["[build2] STEP 1/2: FROM base", "[build2] two"], 1_800_000_001)
+    make_pod(cluster, "seed-g3", "g3", ["[final] COPY --from=build1", "[final] COPY --from=build2"],
+             1_800_000_002)
+    proc = stagefleet(cluster, "logs", "seed")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "build1 | STEP 1/2: FROM base", "build1 | one",
+        "build2 | STEP 1/2: FROM base", "build2 | two",
+        "final  | COPY --from=build1", "final  | COPY --from=build2",
+    ]
+    only = stagefleet(cluster, "logs", "seed", "--stage", "build2")
+    assert only.returncode == 0, only.stderr
+    assert only.stdout.splitlines() == ["build2 | STEP 1/2: FROM base", "build2 | two"]
+    bad = stagefleet(cluster, "logs", "seed", "--stage", "nope")
+    assert bad.returncode == 1 and "no stage 'nope'" in bad.stderr
+
+
+def test_logs_follow_ends_when_the_build_is_over(cluster: Cluster) -> None:
+    make_build(cluster, "Succeeded")
+    make_pod(cluster, "seed-g1", "g1", ["[build1] one"], 1_800_000_000)
+    make_pod(cluster, "seed-g2", "g2", ["[build2] two"], 1_800_000_001)
+    proc = stagefleet(cluster, "logs", "seed", "-f")
+    assert proc.returncode == 0, proc.stderr
+    # followed streams arrive in any order; each line keeps its stage prefix
+    assert sorted(proc.stdout.splitlines()) == ["build1 | one", "build2 | two"]
