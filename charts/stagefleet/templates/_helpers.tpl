@@ -59,49 +59,41 @@ The rules the operator needs inside every namespace it watches. Used verbatim by
 thing. Every rule says why it exists; nothing uses a wildcard.
 */}}
 {{- define "stagefleet.namespacedRules" -}}
-# The custom resource itself: kopf lists and watches ImageBuilds, and patches them to keep its
-# per-object state (the kopf.zalando.org/* annotations) and to add/remove its finalizer. kopf only
-# ever patches (merge patches), so neither update nor create/delete is granted.
+# The custom resource itself: kopf lists and watches ImageBuilds and patches them to keep its per-object
+# state (stagefleet.io/* annotations); the reconciler re-reads one with get. kopf only ever patches, so
+# neither update nor create/delete is granted.
 - apiGroups: ["stagefleet.io"]
   resources: ["imagebuilds"]
   verbs: ["get", "list", "watch", "patch"]
-# status is a subresource: writing phase, conditions, stages[] and the image digest needs its own grant.
+# status is a subresource: writing phase, conditions, stages[] and the image digest (merge patches only).
 - apiGroups: ["stagefleet.io"]
   resources: ["imagebuilds/status"]
-  verbs: ["get", "patch"]
-# Setting metadata.finalizers (so that deleting an ImageBuild stops its pods first) and owner references with
-# blockOwnerDeletion on worker pods require update on the finalizers subresource when the
-# OwnerReferencesPermissionEnforcement admission plugin is enabled.
+  verbs: ["patch"]
+# Worker pods carry an owner reference to their ImageBuild with blockOwnerDeletion: true (deleting the
+# ImageBuild garbage-collects its pods). Setting blockOwnerDeletion requires update on the owner's
+# finalizers subresource wherever the OwnerReferencesPermissionEnforcement admission plugin is enabled.
 - apiGroups: ["stagefleet.io"]
   resources: ["imagebuilds/finalizers"]
   verbs: ["update"]
-# Worker pods: one per plan group. create/delete to run and stop them, get/list/watch to follow them,
-# patch to label/annotate them (attempt counters, result bookkeeping). No update, no exec, no attach.
+# Worker pods, one per plan group: create to run them, delete to stop them (failure, timeout, superseded
+# spec), list/watch to follow them (a kopf event handler and the reconciler's label-selected listing).
+# Pods are never patched, read one by one, exec'ed into or attached to; their logs are not read.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["create", "delete", "get", "list", "watch", "patch"]
-# The operator reads a failed worker's log tail for the status message when the pod's termination message
-# is empty (a worker killed before writing its result). Read-only, pods in watched namespaces only.
-- apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
-# Secrets are only read, never written: the operator checks that every Secret an ImageBuild references
-# (build secrets, ssh keys, git and push credentials) exists before creating pods, and watches them so a
-# build blocked on a missing Secret (Stalled) resumes when it appears. Pods mount them by name.
+  verbs: ["create", "delete", "list", "watch"]
+# Secrets are only read: get checks that every Secret an ImageBuild references exists (a missing one makes
+# the build Stalled until it appears) and reads a git deploy key to pin the revision with git ls-remote.
+# Build secrets reach workers as volumes by name. No list/watch: the operator never enumerates Secrets.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
-# Inline Dockerfiles (spec.source.inline) reach the workers as a ConfigMap volume the operator creates and
-# deletes with the build; get to adopt an existing one after an operator restart.
+  verbs: ["get"]
+# Inline Dockerfiles (spec.source.inline) reach the workers as a ConfigMap volume the operator creates, and
+# deletes with the build (deletecollection by the build's uid label).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "get", "delete"]
-# Kubernetes Events on every build/stage transition (kopf posts core/v1 events; patch aggregates repeats).
+  verbs: ["create", "deletecollection"]
+# Kubernetes Events on every build and stage transition (core/v1 Events; kopf's own posting is off).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-# The same through the events.k8s.io API, which the Kubernetes Python client's EventsV1Api writes.
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
