@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger("stagefleet").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        # kopf logs every handler call at INFO; our reconciler logs the transitions that matter.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     insecure = [
         *args.insecure_registry,

@@ -200,7 +200,7 @@ def worker_pod(
         mounts.append({"name": "dockerfile", "mountPath": f"{SECRETS_MOUNT}/dockerfile", "readOnly": True})
         args += ["--inline-dockerfile", f"{SECRETS_MOUNT}/dockerfile/{DOCKERFILE_KEY}"]
 
-    args += ["--target", group.target]
+    args += ["--group", group.id, "--target", group.target]
     for stage in group.stages:
         args += ["--stage", stage]
     for stage, _gid in group.consumes:
