@@ -65,14 +65,22 @@ class BuildPaths:
         return self.root / "auth.json"
 
 
-def storage_conf(graphroot: Path, runroot: Path, driver: str = "overlay") -> str:
-    """containers-storage.conf(5) text: our own graph/run roots so builds do not share images."""
-    return (
+def storage_conf(graphroot: Path, runroot: Path, driver: str = "overlay",
+                 mount_program: str | None = None) -> str:
+    """containers-storage.conf(5) text: our own graph/run roots so builds do not share images.
+
+    `mount_program` (e.g. /usr/bin/fuse-overlayfs) is for rootless pods whose kernel cannot mount
+    overlay in a user namespace.
+    """
+    text = (
         "[storage]\n"
-        f'driver = "{driver}"\n'
+        f"driver = {json.dumps(driver)}\n"
         f"graphroot = {json.dumps(str(graphroot))}\n"
         f"runroot = {json.dumps(str(runroot))}\n"
     )
+    if mount_program and driver == "overlay":
+        text += f"\n[storage.options.overlay]\nmount_program = {json.dumps(mount_program)}\n"
+    return text
 
 
 def registries_conf(insecure: Iterable[str]) -> str:
@@ -121,15 +129,21 @@ def prepare(
     insecure_registries: Iterable[str] = (),
     auth_file: Path | None = None,
     base_env: Mapping[str, str] | None = None,
-    driver: str = "overlay",
+    driver: str | None = None,
 ) -> dict[str, str]:
-    """Create the build root's files and return the environment for buildah/skopeo to run in it."""
+    """Create the build root's files and return the environment for buildah/skopeo to run in it.
+
+    The storage driver is `driver`, else STAGEFLEET_STORAGE_DRIVER, else overlay; a rootless builder
+    image sets STAGEFLEET_STORAGE_MOUNT_PROGRAM=/usr/bin/fuse-overlayfs (or the driver to vfs).
+    """
     paths = BuildPaths(root)
     for d in (paths.graphroot, paths.runroot, paths.tmpdir):
         d.mkdir(parents=True, exist_ok=True)
-    paths.storage_conf.write_text(storage_conf(paths.graphroot, paths.runroot, driver))
-    paths.registries_conf.write_text(registries_conf(insecure_registries))
     source = os.environ if base_env is None else base_env
+    driver = driver or source.get("STAGEFLEET_STORAGE_DRIVER") or "overlay"
+    paths.storage_conf.write_text(storage_conf(paths.graphroot, paths.runroot, driver,
+                                               source.get("STAGEFLEET_STORAGE_MOUNT_PROGRAM")))
+    paths.registries_conf.write_text(registries_conf(insecure_registries))
     env = {k: v for k, v in source.items() if k not in _HOST_CONFIG_VARS}
     env.update(
         BUILDAH_ISOLATION="chroot",
