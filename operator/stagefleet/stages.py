@@ -9,6 +9,7 @@ operator must know the graph *before* any builder runs.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import functools
 import platform as _platform
 import posixpath
@@ -448,7 +449,7 @@ def _stage_arg(
         if key in build_args:
             st.args[key] = build_args[key]
         elif default is not None:
-            st.args[key] = _expand_in_stage(default, st, escape, cmd.start_line)
+            st.args[key] = _expand_lenient(default, st, escape)
         elif key in global_env:
             st.args[key] = global_env[key]
 
@@ -456,7 +457,7 @@ def _stage_arg(
 def _stage_env(st: _Stage, cmd: dockerfile.Command, escape: str) -> None:
     values = list(cmd.value)
     for i in range(0, len(values) - 1, 2):
-        st.env[values[i]] = _expand_in_stage(values[i + 1], st, escape, cmd.start_line)
+        st.env[values[i]] = _expand_lenient(values[i + 1], st, escape)
 
 
 def _expand_in_stage(word: str, st: _Stage, escape: str, line: int) -> str:
@@ -464,6 +465,14 @@ def _expand_in_stage(word: str, st: _Stage, escape: str, line: int) -> str:
     if not _needs_expansion(word, escape):
         return word
     return _expand(word, _stage_vars(st), escape, line)
+
+
+def _expand_lenient(word: str, st: _Stage, escape: str) -> str:
+    """ARG/ENV values are only needed for mount ids; what we cannot expand, BuildKit judges later."""
+    try:
+        return _expand_in_stage(word, st, escape, 0)
+    except _Error:
+        return word
 
 
 def _stage_vars(st: _Stage) -> dict[str, str]:
@@ -728,7 +737,8 @@ def _check_image_refs(stages: Sequence[_Stage]) -> None:
     for st in stages:
         if st.base is not None:
             _check_ref(st.base, st.first_line)
-        for ref in st.refs:
+        inherited = stages[st.base_stage].onbuild_refs if st.base_stage is not None else []
+        for ref in [*st.refs, *inherited]:
             if ref.value in st.images:
                 _check_ref(ref.value, ref.line)
 
@@ -913,11 +923,12 @@ class _Lexer:
         self.pos += 1 if ch else 0
         return ch
 
-    def run(self, stop: str = "") -> str:
+    def run(self, stops: str = "") -> str:
+        """Expand up to the end of the word or the first unquoted character in `stops`."""
         out: list[str] = []
         while True:
             ch = self.peek()
-            if ch == "" or (stop and ch == stop):
+            if ch == "" or ch in stops:
                 return "".join(out)
             self.next()
             if ch == self.escape:
@@ -973,15 +984,39 @@ class _Lexer:
             raise ShellError(f"syntax error: missing '}}' in {self.word}")
         if ch == "}":
             return self.env.get(name, "")
+        if ch in ("#", "%", "/"):
+            return self.pattern_op(name, ch)
         colon = ch == ":"
         if colon:
             ch = self.next()
         if ch not in ("-", "+", "?"):
             raise ShellError(f"unsupported modifier ({ch}) in substitution: {self.word}")
-        word = self.run(stop="}")
+        word = self.run(stops="}")
+        self.close()
+        return self.modify(name, ch, colon, word)
+
+    def close(self) -> None:
         if self.next() != "}":
             raise ShellError(f"syntax error: missing '}}' in {self.word}")
-        return self.modify(name, ch, colon, word)
+
+    def pattern_op(self, name: str, op: str) -> str:
+        """${V#glob} ${V##glob} ${V%glob} ${V%%glob} ${V/glob/repl} ${V//glob/repl} (dockerfile 1.7)."""
+        greedy = self.peek() == op
+        if greedy:
+            self.next()
+        pattern = self.run(stops="/}" if op == "/" else "}")
+        replacement = ""
+        if op == "/" and self.peek() == "/":
+            self.next()
+            replacement = self.run(stops="}")
+        self.close()
+        value = self.env.get(name, "")
+        glob = re.compile(fnmatch.translate(pattern))
+        if op == "#":
+            return _strip_prefix(value, glob, longest=greedy)
+        if op == "%":
+            return _strip_suffix(value, glob, longest=greedy)
+        return _replace(value, glob, replacement, every=greedy)
 
     def modify(self, name: str, op: str, colon: bool, word: str) -> str:
         value = self.env.get(name)
@@ -994,6 +1029,34 @@ class _Lexer:
             default = "is not allowed to be empty" if colon else "is not allowed to be unset"
             raise ShellError(f"{name}: {word or default}")
         return value or ""
+
+
+def _strip_prefix(value: str, glob: re.Pattern[str], *, longest: bool) -> str:
+    ends = range(len(value), -1, -1) if longest else range(len(value) + 1)
+    return next((value[i:] for i in ends if glob.match(value[:i])), value)
+
+
+def _strip_suffix(value: str, glob: re.Pattern[str], *, longest: bool) -> str:
+    starts = range(len(value) + 1) if longest else range(len(value), -1, -1)
+    return next((value[:i] for i in starts if glob.match(value[i:])), value)
+
+
+def _replace(value: str, glob: re.Pattern[str], replacement: str, *, every: bool) -> str:
+    """Replace the longest match at the leftmost position (once, or everywhere)."""
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        end = next((j for j in range(len(value), i, -1) if glob.match(value[i:j])), None)
+        if end is None:
+            out.append(value[i])
+            i += 1
+            continue
+        out.append(replacement)
+        i = end
+        if not every:
+            out.append(value[i:])
+            return "".join(out)
+    return "".join(out)
 
 
 def _needs_expansion(word: str, escape: str) -> bool:

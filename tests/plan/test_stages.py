@@ -62,6 +62,23 @@ def test_expand_word(word: str, expected: str) -> None:
     assert expand_word(word, ENV) == expected
 
 
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("${V%.*}", "1.22"),
+        ("${V%%.*}", "1"),
+        ("${V#*.}", "22.3"),
+        ("${V##*.}", "3"),
+        ("${P/\\//-}", "a-b/c"),
+        ("${P//\\//-}", "a-b-c"),
+        ("${P//b}", "a//c"),
+        ("${V/x/y}", "1.22.3"),
+    ],
+)
+def test_expand_word_pattern_modifiers(word: str, expected: str) -> None:
+    assert expand_word(word, {"V": "1.22.3", "P": "a/b/c"}) == expected
+
+
 def test_expand_word_backtick_escape() -> None:
     assert expand_word("`$SET\\", ENV, "`") == "$SET\\"
 
@@ -74,7 +91,7 @@ def test_expand_word_backtick_escape() -> None:
         ("${UNSET?}", "UNSET: is not allowed to be unset"),
         ("${SET", "missing '}'"),
         ("'open", "matching single-quote"),
-        ("${SET%x}", "unsupported modifier"),
+        ("${SET^x}", "unsupported modifier"),
     ],
 )
 def test_expand_word_errors(word: str, message: str) -> None:
@@ -219,6 +236,11 @@ def test_secret_id_expands_stage_args() -> None:
     text = "FROM alpine AS a\nARG SID=npm\nRUN --mount=type=secret,id=$SID true\n"
     assert [s.id for s in stage(text, "a").secrets] == ["npm"]
     assert [s.id for s in stage(text, "a", build_args={"SID": "pip"}).secrets] == ["pip"]
+
+
+def test_unexpandable_env_value_is_not_an_error() -> None:
+    text = "FROM alpine AS a\nENV X=${Y:?later} Z='open\nRUN --mount=type=cache,id=$X,target=/c true\n"
+    assert stage(text, "a").cache_ids == ("${Y:?later}",)
 
 
 def test_ssh_and_cache_ids() -> None:

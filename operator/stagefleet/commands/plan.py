@@ -147,7 +147,11 @@ def imagebuild_input(doc: Mapping[str, Any], filename: str) -> PlanInput:
         raise InputError(f"{filename}: spec must be a mapping")
     text = _dig(spec, "source", "inline", "dockerfile")
     if not isinstance(text, str) or not text.strip():
-        raise InputError(f"{filename}: spec.source.inline.dockerfile is required to plan an ImageBuild")
+        hint = ""
+        if _dig(spec, "source", "git") is not None:
+            path = spec.get("dockerfile") or "Dockerfile"
+            hint = f" (it builds from git: plan the checkout's {path} with -f instead)"
+        raise InputError(f"{filename}: spec.source.inline.dockerfile is required to plan an ImageBuild{hint}")
     target = spec.get("target")
     if target is not None and not isinstance(target, str):
         raise InputError(f"{filename}: spec.target must be a string")
