@@ -189,6 +189,7 @@ class PodRunner:
         self.phase_override: tuple[str, str, str] | None = None  # (phase, reason, message)
         self.extra_conditions: list[dict[str, Any]] = []
         self.stopping = False  # deletion, deadline or node loss: no (re)starts any more
+        self.stop_event = asyncio.Event()
         self.finished = asyncio.Event()
         self.lock = asyncio.Lock()
         self.volume_dirs: dict[str, str] = {}
@@ -239,7 +240,7 @@ class PodRunner:
         await asyncio.sleep(max(remaining, 0))
         if self.finished.is_set() or self.stopping:
             return
-        self.stopping = True
+        self.stop()
         self.phase_override = (
             "Failed",
             "DeadlineExceeded",
@@ -247,6 +248,16 @@ class PodRunner:
         )
         await self._kill_all(self._grace())
         await self.report()
+
+    def stop(self) -> None:
+        """No more (re)starts; wakes every pause."""
+        self.stopping = True
+        self.stop_event.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep that ends early when the pod is being stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), seconds)
 
     def _grace(self) -> float:
         g = self.pod["spec"].get("terminationGracePeriodSeconds")
@@ -292,7 +303,7 @@ class PodRunner:
                 if str(e) != self.mount_message:
                     self.mount_message = str(e)
                     await self.k.event(self.pod, "Warning", "FailedMount", str(e))
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
         else:
             return False
         await asyncio.to_thread(self._write_volumes, layouts)
@@ -324,7 +335,7 @@ class PodRunner:
         while not self.stopping:
             code = await self._run_once(spec, run, init=init)
             if code is None:  # could not start (config error): retry after a pause
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
                 continue
             await self.report()
             restart = (self.restart_policy == "Always" and not init) or (
@@ -339,7 +350,7 @@ class PodRunner:
                 f"pod={self.name}_{self.ns}({self.uid})"
             )
             await self.report()
-            await asyncio.sleep(backoff)
+            await self._pause(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
             run.restart_count += 1
         return False
@@ -360,52 +371,62 @@ class PodRunner:
             return None
         proc_env = {"PATH": self.k.path, "HOSTNAME": self.name, "HOME": "/root", **env}
         spec_file = self.dir / "specs" / f"{run.name}.json"
-        start_error = self.dir / "specs" / f"{run.name}.start-error"
-        await asyncio.to_thread(self._prepare_files, run, mounts, term_file, start_error)
-        spec_file.write_text(
-            json.dumps(
-                {
-                    "mounts": [m.__dict__ for m in mounts],
-                    "argv": argv,
-                    "env": proc_env,
-                    "cwd": spec.get("workingDir") or None,
-                    "staging": str(self.dir / "staging" / run.name),
-                    "start_error_file": str(start_error),
-                }
+        await asyncio.to_thread(self._prepare_files, run, mounts, term_file)
+        status_r, status_w = os.pipe()  # closed by nsinit's exec: EOF means the command runs
+        try:
+            spec_file.write_text(
+                json.dumps(
+                    {
+                        "mounts": [m.__dict__ for m in mounts],
+                        "argv": argv,
+                        "env": proc_env,
+                        "cwd": spec.get("workingDir") or None,
+                        "staging": str(self.dir / "staging" / run.name),
+                        "status_fd": status_w,
+                    }
+                )
             )
-        )
-        log_path = self.log_dir / f"{run.name}.log"
-        started = now()
-        with open(log_path, "ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "--",
-                self.k.python,
-                "-I",
-                NSINIT,
-                str(spec_file),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                env=proc_env,
-            )
+            log_path = self.log_dir / f"{run.name}.log"
+            started = now()
+            with open(log_path, "ab") as log:
+                proc = await asyncio.create_subprocess_exec(
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "--",
+                    self.k.python,
+                    "-I",
+                    NSINIT,
+                    str(spec_file),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    env=proc_env,
+                    pass_fds=(status_w,),
+                )
+        finally:
+            os.close(status_w)
         self.procs[run.name] = proc
-        run.state, run.reason, run.message = "running", "", ""
-        run.started_at, run.finished_at = started, None
-        run.container_id = f"stagefleet://{uuid.uuid4().hex}"
-        await self.report()
+        start_error = await _read_to_eof(status_r)
+        if not start_error:
+            run.state, run.reason, run.message = "running", "", ""
+            run.started_at, run.finished_at = started, None
+            run.container_id = f"stagefleet://{uuid.uuid4().hex}"
+            await self.report()
         rc = await proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # like a container: nothing outlives the main process
         self.procs.pop(run.name, None)
         code = rc if rc >= 0 else 128 - rc
         run.state, run.exit_code, run.finished_at = "terminated", code, now()
-        if start_error.exists():
-            run.reason, run.message = "StartError", start_error.read_text()[: pr.MAX_TERMINATION_MESSAGE]
+        if start_error:
+            run.started_at = run.started_at if run.container_id else None
+            run.reason, run.message = (
+                "StartError",
+                start_error.decode(errors="replace")[: pr.MAX_TERMINATION_MESSAGE],
+            )
             run.exit_code = 128
             return 128
         run.reason = pr.terminated_reason(code)
@@ -415,9 +436,7 @@ class PodRunner:
         )
         return code
 
-    def _prepare_files(
-        self, run: pr.ContainerRun, mounts: Sequence[pr.Mount], term_file: Path, start_error: Path
-    ) -> None:
+    def _prepare_files(self, run: pr.ContainerRun, mounts: Sequence[pr.Mount], term_file: Path) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{run.name}.log"
         if run.restart_count == 0 and not run.last_state:
@@ -426,7 +445,6 @@ class PodRunner:
             log_path.replace(self.log_dir / f"{run.name}.previous.log")
         term_file.write_bytes(b"")
         term_file.chmod(0o666)
-        start_error.unlink(missing_ok=True)
         for m in mounts:  # subPath sources Kubernetes creates as directories
             if not m.is_file and not os.path.exists(m.source):
                 os.makedirs(m.source, exist_ok=True)
@@ -458,14 +476,14 @@ class PodRunner:
             self.k.spawn(self._graceful_delete())
 
     async def _graceful_delete(self) -> None:
-        self.stopping = True
+        """SIGTERM, SIGKILL after the grace period, record the final status, then remove the pod."""
+        self.stop()
         grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
         grace_s = float(grace if grace is not None else self._grace())
         if self.procs:
             await self.k.event(self.pod, "Normal", "Killing", "Stopping container " + ", ".join(self.procs))
         await self._kill_all(grace_s)
-        if self.task is not None:
-            self.task.cancel()
+        if self.task is not None:  # it records the containers' exit and reports, then ends (stopping)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
         self.finished.set()
@@ -484,7 +502,7 @@ class PodRunner:
 
     async def gone(self) -> None:
         """The pod object is gone: kill at once, drop local state."""
-        self.stopping = True
+        self.stop()
         await self._kill_all(0)
         if self.task is not None:
             self.task.cancel()
@@ -494,7 +512,7 @@ class PodRunner:
 
     async def lose(self) -> None:
         """Node loss: processes die with the node; the pod fails as Kubernetes marks it."""
-        self.stopping = True
+        self.stop()
         await self._kill_all(0)
         if self.task is not None:
             self.task.cancel()
@@ -571,6 +589,19 @@ class PodRunner:
                 raise
             if isinstance(updated, dict) and updated.get("metadata", {}).get("uid") == self.uid:
                 self.pod = {**self.pod, "status": updated.get("status", {})}
+
+
+async def _read_to_eof(fd: int) -> bytes:
+    """Everything written to a pipe until its last writer closes it (without blocking the loop)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
 
 
 def _read_head(path: Path, limit: int) -> bytes:
@@ -998,7 +1029,7 @@ class Kubelet:
         for t in self._tasks:
             t.cancel()
         for r in list(self.runners.values()):
-            r.stopping = True
+            r.stop()
         await asyncio.gather(*(r._kill_all(0) for r in self.runners.values()), return_exceptions=True)
         for r in list(self.runners.values()):
             if r.task is not None:

@@ -109,6 +109,9 @@ def apply(spec: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         spec = json.load(f)
+    status_fd = spec.get("status_fd")
+    if status_fd is not None:
+        os.set_inheritable(status_fd, False)  # closed by a successful exec: the kubelet sees EOF = started
     try:
         apply(spec)
     except OSError as e:
@@ -128,9 +131,13 @@ def main(argv: list[str]) -> int:
 
 
 def _start_error(spec: dict[str, Any], message: str) -> None:
+    """Report why the container could not start: on the status pipe and/or in a file."""
     sys.stderr.write(message + "\n")
-    with open(spec["start_error_file"], "w") as f:
-        f.write(message)
+    if spec.get("status_fd") is not None:
+        os.write(spec["status_fd"], message.encode())
+    if spec.get("start_error_file"):
+        with open(spec["start_error_file"], "w") as f:
+            f.write(message)
 
 
 if __name__ == "__main__":

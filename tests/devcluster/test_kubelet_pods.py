@@ -1,0 +1,403 @@
+"""Evidence: pods run by the local kubelet report exactly what Kubernetes reports.
+
+Written against the public API through the real kubectl, so with STAGEFLEET_TEST_KUBECONFIG set they
+run against a real cluster too (the images are real busybox images there; here the commands run from the
+host). Tests of dev-cluster internals (node loss, capacity of simulated nodes) skip on a real cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from typing import Any
+
+from conftest import KUBECTL, ClusterKube, wait_until
+
+IMAGE = "busybox:1.36"
+
+
+def pod_manifest(name: str, script: str, **spec: Any) -> dict[str, Any]:
+    container = {"name": "main", "image": IMAGE, "command": ["sh", "-c", script]}
+    container.update(spec.pop("container", {}))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "evidence"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 5,
+            "containers": [container],
+            **spec,
+        },
+    }
+
+
+def finished(k: ClusterKube, name: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        pod = k.pod(name)
+        return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    result: dict[str, Any] = wait_until(done, f"pod {name} to finish", timeout=60)
+    return result
+
+
+def terminated(pod: dict[str, Any], container: str = "main", init: bool = False) -> dict[str, Any]:
+    key = "initContainerStatuses" if init else "containerStatuses"
+    status = next(s for s in pod["status"][key] if s["name"] == container)
+    return dict(status["state"]["terminated"])
+
+
+def conditions(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in pod["status"].get("conditions") or []}
+
+
+def test_secret_volume_env_configmap_items_downward_api_and_termination_message(cluster: ClusterKube) -> None:
+    k = cluster
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds"},
+            "stringData": {"password": "hunter2", "token": "t0k3n"},
+        }
+    )
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "settings"},
+            "data": {"mode": "fast", "app.conf": "level=3\n", "unused": "x"},
+        }
+    )
+    script = (
+        '{ echo "pw-file=$(cat /etc/creds/password)"; '
+        'echo "pw-mode=$(stat -L -c %a /etc/creds/password)"; '
+        "echo \"conf=$(cat /etc/app/sub/app.conf)\"; ls /etc/app/sub | tr '\\n' ' '; echo; "
+        'echo "ro=$(touch /etc/creds/x 2>/dev/null && echo no || echo yes)"; '
+        'echo "labels=$(cat /etc/podinfo/labels)"; echo "podname=$(cat /etc/podinfo/name)"; '
+        'echo "env=$PW $MODE $POD_NAME $POD_NS $NODE $mode"; '
+        'echo "arg=$0"; } > /dev/termination-log'
+    )
+    k.apply(
+        pod_manifest(
+            "evidence",
+            script,
+            container={
+                "args": ["$(POD_NAME)-$(MODE)"],
+                "env": [
+                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                ],
+                "envFrom": [{"configMapRef": {"name": "settings"}}],
+                "volumeMounts": [
+                    {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+                    {"name": "app", "mountPath": "/etc/app"},
+                    {"name": "podinfo", "mountPath": "/etc/podinfo"},
+                ],
+            },
+            volumes=[
+                {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+                {
+                    "name": "app",
+                    "configMap": {"name": "settings", "items": [{"key": "app.conf", "path": "sub/app.conf"}]},
+                },
+                {
+                    "name": "podinfo",
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                        ]
+                    },
+                },
+            ],
+        )
+    )
+    pod = finished(k, "evidence")
+    node = pod["spec"]["nodeName"]
+    assert pod["status"]["phase"] == "Succeeded"
+    t = terminated(pod)
+    assert (t["exitCode"], t["reason"]) == (0, "Completed")
+    assert t["message"] == (
+        'pw-file=hunter2\npw-mode=400\nconf=level=3\napp.conf \nro=yes\nlabels=app="evidence"\n'
+        f"podname=evidence\nenv=hunter2 fast evidence {k.namespace} {node} fast\narg=evidence-fast\n"
+    )
+    assert t["startedAt"] <= t["finishedAt"]
+    cs = pod["status"]["containerStatuses"][0]
+    assert (cs["ready"], cs["restartCount"], cs["image"].endswith(IMAGE)) == (False, 0, True)
+    conds = conditions(pod)
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "PodCompleted"
+    assert conds["PodScheduled"]["status"] == "True" and conds["Initialized"]["status"] == "True"
+    assert pod["status"]["startTime"] and pod["status"]["hostIP"] and pod["status"]["podIP"]
+
+
+def test_init_containers_run_in_order_before_the_main_container(cluster: ClusterKube) -> None:
+    k = cluster
+    shared = [{"name": "work", "mountPath": "/work"}]
+    manifest = pod_manifest(
+        "ordered",
+        "cat /work/order > /dev/termination-log; echo main >> /dev/termination-log",
+        container={"volumeMounts": shared},
+        volumes=[{"name": "work", "emptyDir": {}}],
+    )
+    manifest["spec"]["initContainers"] = [
+        {
+            "name": f"init{i}",
+            "image": IMAGE,
+            "command": ["sh", "-c", f"sleep 0.{3 - i}; echo init{i} >> /work/order"],
+            "volumeMounts": shared,
+        }
+        for i in (1, 2)
+    ]
+    k.apply(manifest)
+    pod = finished(k, "ordered")
+    assert pod["status"]["phase"] == "Succeeded"
+    assert terminated(pod)["message"] == "init1\ninit2\nmain\n"
+    for name in ("init1", "init2"):
+        assert terminated(pod, name, init=True)["reason"] == "Completed"
+    first, second = (terminated(pod, n, init=True) for n in ("init1", "init2"))
+    assert first["finishedAt"] <= second["startedAt"]
+
+
+def test_failing_container_fails_the_pod_with_its_exit_code(cluster: ClusterKube) -> None:
+    k = cluster
+    k.apply(
+        pod_manifest(
+            "fails",
+            "echo first line; echo 'it broke' >&2; exit 3",
+            container={"terminationMessagePolicy": "FallbackToLogsOnError"},
+        )
+    )
+    pod = finished(k, "fails")
+    assert pod["status"]["phase"] == "Failed"
+    t = terminated(pod)
+    assert (t["exitCode"], t["reason"], t["message"]) == (3, "Error", "first line\nit broke\n")
+    assert conditions(pod)["Ready"]["reason"] == "PodCompleted"
+
+
+def test_failed_init_container_fails_the_pod_and_main_never_starts(cluster: ClusterKube) -> None:
+    k = cluster
+    manifest = pod_manifest("init-fails", "echo should-not-run")
+    manifest["spec"]["initContainers"] = [
+        {"name": "setup", "image": IMAGE, "command": ["sh", "-c", "exit 4"]}
+    ]
+    k.apply(manifest)
+    pod = finished(k, "init-fails")
+    assert pod["status"]["phase"] == "Failed"
+    assert terminated(pod, "setup", init=True)["exitCode"] == 4
+    assert "waiting" in pod["status"]["containerStatuses"][0]["state"]
+    assert conditions(pod)["Initialized"]["status"] == "False"
+
+
+def test_restart_policy_on_failure_restarts_until_success(cluster: ClusterKube) -> None:
+    k = cluster
+    script = "if [ -f /work/tried ]; then exit 0; fi; touch /work/tried; exit 1"
+    k.apply(
+        pod_manifest(
+            "retry",
+            script,
+            restartPolicy="OnFailure",
+            container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+            volumes=[{"name": "work", "emptyDir": {}}],
+        )
+    )
+    pod = finished(k, "retry")
+    cs = pod["status"]["containerStatuses"][0]
+    assert pod["status"]["phase"] == "Succeeded"
+    assert cs["restartCount"] == 1
+    assert cs["lastState"]["terminated"]["exitCode"] == 1
+    assert cs["state"]["terminated"]["exitCode"] == 0
+
+
+def test_active_deadline_seconds_fails_the_pod_with_deadline_exceeded(cluster: ClusterKube) -> None:
+    k = cluster
+    k.apply(pod_manifest("deadline", "sleep 600", activeDeadlineSeconds=1))
+    pod = finished(k, "deadline")
+    assert pod["status"]["phase"] == "Failed"
+    assert pod["status"]["reason"] == "DeadlineExceeded"
+    assert pod["status"]["message"] == "Pod was active on the node longer than the specified deadline"
+
+
+def test_missing_secret_is_a_config_error_until_it_exists(cluster: ClusterKube) -> None:
+    k = cluster
+    k.apply(
+        pod_manifest(
+            "later",
+            "echo -n $PW > /dev/termination-log",
+            container={"env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "late", "key": "pw"}}}]},
+        )
+    )
+
+    def waiting_reason() -> str | None:
+        statuses = k.pod("later")["status"].get("containerStatuses") or []
+        return statuses[0]["state"].get("waiting", {}).get("reason") if statuses else None
+
+    wait_until(lambda: waiting_reason() == "CreateContainerConfigError", "CreateContainerConfigError")
+    k.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late"}, "stringData": {"pw": "now"}})
+    pod = finished(k, "later")
+    assert terminated(pod)["message"] == "now"
+
+
+def watch_events(k: ClusterKube, name: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(KUBECTL), "-n", k.namespace, "get", "pod", name, "-w", "-o", "json", "--output-watch-events"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=k.env(),
+    )
+
+
+def read_until_deleted(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    """Watch events (kubectl -w -o json) up to and including DELETED."""
+    assert proc.stdout is not None
+    decoder = json.JSONDecoder()
+    buf, events = "", []
+    try:
+        for line in proc.stdout:
+            buf += line
+            try:
+                ev, _ = decoder.raw_decode(buf.strip())
+            except ValueError:
+                continue
+            buf = ""
+            events.append(ev)
+            if ev["type"] == "DELETED":
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    return events
+
+
+def test_graceful_delete_sends_sigterm_then_removes_the_pod(cluster: ClusterKube) -> None:
+    k = cluster
+    script = (
+        "trap 'echo got SIGTERM > /dev/termination-log; exit 0' TERM; echo ready; "
+        "while true; do sleep 0.1; done"
+    )
+    k.apply(pod_manifest("graceful", script, terminationGracePeriodSeconds=30))
+    wait_until(lambda: "ready" in k.kubectl("logs", "graceful", check=False).stdout, "the container to start")
+    watch = watch_events(k, "graceful")
+    k.kubectl("delete", "pod", "graceful", "--wait=false")
+    events = read_until_deleted(watch)
+    assert events[-1]["type"] == "DELETED"
+    last = events[-1]["object"]
+    assert last["metadata"]["deletionTimestamp"]
+    t = terminated(last)
+    assert (t["exitCode"], t["message"]) == (0, "got SIGTERM\n")
+    assert k.kubectl("get", "pod", "graceful", check=False).returncode != 0
+
+
+def test_graceful_delete_kills_after_the_grace_period(cluster: ClusterKube) -> None:
+    k = cluster
+    k.apply(pod_manifest("stubborn", "trap '' TERM; echo ready; while true; do sleep 0.1; done"))
+    wait_until(lambda: "ready" in k.kubectl("logs", "stubborn", check=False).stdout, "the container to start")
+    watch = watch_events(k, "stubborn")
+    k.kubectl("delete", "pod", "stubborn", "--grace-period=1", "--wait=false")
+    events = read_until_deleted(watch)
+    t = terminated(events[-1]["object"])
+    assert t["exitCode"] == 137
+
+
+def test_logs_through_kubectl(cluster: ClusterKube) -> None:
+    k = cluster
+    manifest = pod_manifest("chatty", "echo out-line; echo err-line >&2; echo second")
+    manifest["spec"]["initContainers"] = [
+        {"name": "prep", "image": IMAGE, "command": ["sh", "-c", "echo prepping"]}
+    ]
+    manifest["spec"]["containers"].append(
+        {"name": "side", "image": IMAGE, "command": ["sh", "-c", "echo from side"]}
+    )
+    k.apply(manifest)
+    finished(k, "chatty")
+    assert k.kubectl("logs", "chatty", "-c", "main").stdout == "out-line\nerr-line\nsecond\n"
+    assert k.kubectl("logs", "chatty", "-c", "side").stdout == "from side\n"
+    assert k.kubectl("logs", "chatty", "-c", "prep").stdout == "prepping\n"
+    assert k.kubectl("logs", "chatty", "-c", "main", "--tail=1").stdout == "second\n"
+
+
+def test_node_selector_is_honoured_and_unschedulable_pods_stay_pending(cluster: ClusterKube) -> None:
+    k = cluster
+    k.require_devcluster()  # labels nodes: not something to do to a real cluster
+    k.kubectl("label", "node", "devnode-2", "disk=ssd")
+    k.apply(pod_manifest("picky", "true", nodeSelector={"disk": "ssd"}))
+    assert finished(k, "picky")["spec"]["nodeName"] == "devnode-2"
+
+    k.apply(pod_manifest("nowhere", "true", nodeSelector={"disk": "tape"}))
+
+    def unschedulable() -> dict[str, Any] | None:
+        return conditions(k.pod("nowhere")).get("PodScheduled")
+
+    cond = wait_until(unschedulable, "PodScheduled condition")
+    assert (cond["status"], cond["reason"]) == ("False", "Unschedulable")
+    assert cond["message"].startswith(
+        "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector"
+    )
+    pod = k.pod("nowhere")
+    assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+    k.kubectl("label", "node", "devnode-1", "disk=tape")
+    assert finished(k, "nowhere")["spec"]["nodeName"] == "devnode-1"
+
+
+def test_unschedulable_on_a_real_cluster_too(cluster: ClusterKube) -> None:
+    k = cluster
+    k.apply(pod_manifest("never", "true", nodeSelector={"stagefleet.io/no-such-label": uuid.uuid4().hex[:8]}))
+    cond = wait_until(lambda: conditions(k.pod("never")).get("PodScheduled"), "PodScheduled condition")
+    assert (cond["status"], cond["reason"]) == ("False", "Unschedulable")
+    assert "didn't match Pod's node affinity/selector" in cond["message"]
+
+
+def test_pods_per_node_capacity(make_cluster: Any) -> None:
+    k: ClusterKube = make_cluster(nodes=1, pods_per_node=1)
+    k.require_devcluster()
+    k.apply(pod_manifest("first", "trap 'exit 0' TERM; while [ ! -f /tmp/never ]; do sleep 0.1; done"))
+    wait_until(lambda: k.pod("first")["status"].get("phase") == "Running", "first pod running")
+    k.apply(pod_manifest("second", "true"))
+    cond = wait_until(lambda: conditions(k.pod("second")).get("PodScheduled"), "PodScheduled condition")
+    assert cond["status"] == "False" and "1 Too many pods" in cond["message"]
+    k.kubectl("delete", "pod", "first", "--wait=false")
+    assert finished(k, "second")["status"]["phase"] == "Succeeded"
+
+
+def _processes_with(token: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_node_loss_fails_its_pods_and_kills_their_processes(cluster: ClusterKube) -> None:
+    k = cluster
+    dev = k.require_devcluster()
+    token = f"marker-{uuid.uuid4().hex}"
+    manifest = pod_manifest(
+        "doomed", "while true; do sleep 0.1; done", nodeSelector={"kubernetes.io/hostname": "devnode-1"}
+    )
+    manifest["spec"]["containers"][0]["command"].append(token)  # becomes $0: visible in the cmdline
+    k.apply(manifest)
+    wait_until(lambda: k.pod("doomed")["status"].get("phase") == "Running", "pod running")
+    assert _processes_with(token)
+    dev.lose_node("devnode-1")
+    pod = k.pod("doomed")
+    assert pod["status"]["phase"] == "Failed"
+    assert pod["status"]["reason"] == "NodeLost"
+    assert pod["status"]["message"] == "Node devnode-1 which was running pod doomed is unresponsive"
+    assert not _processes_with(token)
+    node = k.get("node", "devnode-1")
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "Unknown"
+    assert any(t["key"] == "node.kubernetes.io/unreachable" for t in node["spec"]["taints"])
+    # New pods avoid the lost node.
+    k.apply(pod_manifest("survivor", "true"))
+    assert finished(k, "survivor")["spec"]["nodeName"] == "devnode-2"
