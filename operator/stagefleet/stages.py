@@ -126,6 +126,7 @@ class _Stage:
     base_stage: int | None = None
     platform: str | None = None
     deps: dict[int, int] = field(default_factory=dict)  # stage index → line of the first reference
+    ref_deps: dict[int, int] = field(default_factory=dict)  # the same, from COPY/RUN/ONBUILD only
     images: set[str] = field(default_factory=set)
 
 
@@ -691,10 +692,12 @@ def _resolve_ref(st: _Stage, ref: _Ref, stages: Sequence[_Stage], named: Mapping
         if index < 0 or index >= len(stages):
             raise _Error(ref.line, f"invalid stage index {index}")
         st.deps.setdefault(index, ref.line)
+        st.ref_deps.setdefault(index, ref.line)
         return
     other = named.get(ref.value.lower())
     if other is not None:
         st.deps.setdefault(other.index, ref.line)
+        st.ref_deps.setdefault(other.index, ref.line)
     else:
         st.images.add(ref.value)
 
@@ -705,7 +708,8 @@ def _is_go_int(value: str) -> bool:
 
 
 def _check_cycles(stages: Sequence[_Stage]) -> None:
-    """Depth-first search in file order; report the stage where the cycle closes, and its line."""
+    """Depth-first search in file order over COPY/RUN/ONBUILD edges (as BuildKit: FROM edges always
+    point back, and a loop closed through FROM is a forward reference, caught for built stages)."""
     state: dict[int, int] = {}  # 1 = on the current path, 2 = done
     for st in stages:
         if st.index not in state:
@@ -715,7 +719,7 @@ def _check_cycles(stages: Sequence[_Stage]) -> None:
 def _visit(start: int, stages: Sequence[_Stage], state: dict[int, int]) -> None:
     """Iterative DFS, so that 1,000-stage chains do not hit the recursion limit."""
     state[start] = 1
-    stack: list[tuple[int, list[int]]] = [(start, sorted(stages[start].deps))]
+    stack: list[tuple[int, list[int]]] = [(start, sorted(stages[start].ref_deps))]
     while stack:
         node, pending = stack[-1]
         if not pending:
@@ -725,11 +729,11 @@ def _visit(start: int, stages: Sequence[_Stage], state: dict[int, int]) -> None:
         dep = pending.pop(0)
         if state.get(dep) == 1:
             st = stages[dep]
-            line = stages[node].deps[dep]
+            line = stages[node].ref_deps[dep]
             raise _Error(line, f"circular dependency detected on stage: {st.name}")
         if dep not in state:
             state[dep] = 1
-            stack.append((dep, sorted(stages[dep].deps)))
+            stack.append((dep, sorted(stages[dep].ref_deps)))
 
 
 def _check_image_refs(stages: Sequence[_Stage]) -> None:

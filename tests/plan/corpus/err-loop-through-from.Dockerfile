@@ -1,0 +1,3 @@
+FROM alpine AS a
+COPY --from=b /x /x
+FROM a AS b

@@ -1,0 +1,4 @@
+FROM alpine AS a
+COPY --from=b /x /x
+FROM a AS b
+FROM busybox AS final
