@@ -123,7 +123,8 @@ def columns_and_cells(rt: ResourceType) -> tuple[list[dict[str, Any]], Any]:
         def node(o: Mapping[str, Any]) -> list[Any]:
             conds = (o.get("status") or {}).get("conditions") or []
             ready = next((c.get("status") for c in conds if c.get("type") == "Ready"), None)
-            state = {"True": "Ready", "False": "NotReady"}.get(str(ready), "Unknown")
+            # kubectl: Ready=True → Ready; False or Unknown → NotReady; no condition → Unknown
+            state = "Unknown" if ready is None else ("Ready" if ready == "True" else "NotReady")
             if (o.get("spec") or {}).get("unschedulable"):
                 state += ",SchedulingDisabled"
             version = ((o.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
