@@ -657,14 +657,15 @@ def _resolve_bases(stages: list[_Stage], global_env: Mapping[str, str], escape: 
 
 
 def _find_target(stages: Sequence[_Stage], target: str | None) -> _Stage:
+    """By name, case-insensitively. Unlike BuildKit, `stage-<index>` also names an unnamed stage:
+    plans show unnamed stages that way, and a group ending in one is built with that --target."""
     if not target:
         return stages[-1]
-    named = {st.name: st for st in stages if st.named}
-    found = named.get(target.lower())
+    by_name = {st.name: st for st in stages}
+    found = by_name.get(target.lower())
     if found is None:
-        hint = suggest(target, list(named), case_sensitive=False)
-        line = None
-        raise _Error(line, f'target stage "{target}" could not be found' + _did_you_mean(hint))
+        hint = suggest(target, [st.name for st in stages if st.named], case_sensitive=False)
+        raise _Error(None, f'target stage "{target}" could not be found' + _did_you_mean(hint))
     return found
 
 

@@ -307,8 +307,10 @@ def test_target_suggestion_keeps_the_users_case() -> None:
     assert error("FROM a AS build\n", target="BIULD").endswith('(did you mean BUILD?)')
 
 
-def test_unnamed_stage_cannot_be_a_target() -> None:
-    assert "could not be found" in error("FROM alpine\nFROM alpine AS b\n", target="stage-0")
+def test_unnamed_stage_can_be_a_target_by_its_plan_name() -> None:
+    g = graph("FROM alpine\nFROM alpine AS b\n", target="stage-0")
+    assert (g.target, g.skipped) == ("stage-0", ("b",))
+    assert "could not be found" in error("FROM alpine AS a\nFROM alpine AS b\n", target="stage-0")
 
 
 def test_built_and_skipped_partition_all_stages_in_file_order() -> None:
