@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -175,7 +176,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             progress = local.PlainProgress(sys.stdout, start)
         try:
-            result = asyncio.run(local.run_plan(plan, settings, progress.handle, mask))
+            result = asyncio.run(_run_stoppable(local.run_plan(plan, settings, progress.handle, mask)))
+        except asyncio.CancelledError:
+            print("error: build stopped by a signal; workers stopped", file=sys.stderr)
+            return 143
         finally:
             progress.close()
         if mode != "json":
@@ -188,6 +192,20 @@ def _run(args: argparse.Namespace) -> int:
             return result.exit_code or 1
         return 0
     return 0  # pragma: no cover - the with block always returns
+
+
+async def _run_stoppable(coro: Coroutine[Any, Any, local.BuildResult]) -> local.BuildResult:
+    """Run the build so that SIGTERM/SIGHUP (like Ctrl-C) stop the workers instead of orphaning them."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await coro
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
 
 
 def _print_summary(summary: local.Summary, *, rich: bool) -> None:
