@@ -1,0 +1,424 @@
+"""The real kubectl (v1.34) against the emulator: everything here also holds against a real API server."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+WIDGET_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.kubectltest.stagefleet.dev
+spec:
+  group: kubectltest.stagefleet.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wdg]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: What the widget should look like.
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1, maximum: 10, description: Number of parts.}
+              color: {type: string, enum: [red, blue], default: red}
+          status:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+"""
+
+
+def apply(kube: Any, manifest: str | dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+    return kube.kubectl("apply", "-f", "-", *args, input=text)
+
+
+def get(kube: Any, *args: str) -> Any:
+    proc = kube.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+@pytest.fixture
+def widgets(kube: Any) -> Any:
+    apply(kube, WIDGET_CRD)
+    kube.kubectl(
+        "wait", "--for=condition=Established", "crd/widgets.kubectltest.stagefleet.dev", "--timeout=30s"
+    )
+    yield kube
+    kube.kubectl("delete", "crd", "widgets.kubectltest.stagefleet.dev", "--wait=false", check=False)
+
+
+def cm(name: str, data: dict[str, str], **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, **meta}, "data": data}
+
+
+def test_client_side_apply_creates_then_updates_and_prunes_keys(kube: Any) -> None:
+    assert "created" in apply(kube, cm("c1", {"a": "1", "b": "2"}, labels={"app": "x"})).stdout
+    assert "configured" in apply(kube, cm("c1", {"a": "3"}, labels={"app": "x"})).stdout
+    got = get(kube, "configmap", "c1")
+    assert got["data"] == {"a": "3"}
+    assert "unchanged" in apply(kube, cm("c1", {"a": "3"}, labels={"app": "x"})).stdout
+
+
+def test_get_yaml_shows_server_populated_metadata(kube: Any) -> None:
+    apply(kube, cm("c2", {"k": "v"}))
+    out = yaml.safe_load(kube.kubectl("get", "cm", "c2", "-o", "yaml").stdout)
+    meta = out["metadata"]
+    assert out["kind"] == "ConfigMap" and out["apiVersion"] == "v1"
+    assert meta["namespace"] == kube.namespace
+    assert meta["uid"] and meta["creationTimestamp"] and int(meta["resourceVersion"]) > 0
+
+
+def test_pod_strategic_merge_apply_keeps_containers_merged_by_name(kube: Any) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p1", "labels": {"tier": "web"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox:1",
+                    "command": ["sleep", "1"],
+                    "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                }
+            ]
+        },
+    }
+    apply(kube, pod)
+    kube.kubectl("patch", "pod", "p1", "-p", '{"spec":{"containers":[{"name":"main","image":"busybox:2"}]}}')
+    got = get(kube, "pod", "p1")
+    main = got["spec"]["containers"][0]
+    assert main["image"] == "busybox:2"
+    assert main["command"] == ["sleep", "1"]
+    assert [e["name"] for e in main["env"]] == ["A", "B"]
+    assert got["status"]["phase"] == "Pending"
+    assert got["spec"]["restartPolicy"] == "Always"
+    assert main["terminationMessagePath"] == "/dev/termination-log"
+
+
+def test_patch_merge_and_json(kube: Any) -> None:
+    apply(kube, cm("c3", {"a": "1", "b": "2"}))
+    kube.kubectl("patch", "cm", "c3", "--type=merge", "-p", '{"data":{"a":null,"c":"3"}}')
+    assert get(kube, "cm", "c3")["data"] == {"b": "2", "c": "3"}
+    kube.kubectl(
+        "patch",
+        "cm",
+        "c3",
+        "--type=json",
+        "-p",
+        '[{"op":"add","path":"/data/d","value":"4"},{"op":"remove","path":"/data/b"}]',
+    )
+    assert get(kube, "cm", "c3")["data"] == {"c": "3", "d": "4"}
+    failed = kube.kubectl(
+        "patch",
+        "cm",
+        "c3",
+        "--type=json",
+        "-p",
+        '[{"op":"test","path":"/data/c","value":"nope"}]',
+        check=False,
+    )
+    assert failed.returncode != 0
+
+
+def test_label_and_field_selectors(kube: Any) -> None:
+    apply(kube, cm("red", {}, labels={"color": "red", "size": "s"}))
+    apply(kube, cm("blue", {}, labels={"color": "blue"}))
+    apply(kube, cm("plain", {}))
+
+    def names(*args: str) -> list[str]:
+        return sorted(
+            i["metadata"]["name"]
+            for i in get(kube, "cm", *args)["items"]
+            if i["metadata"]["name"] in ("red", "blue", "plain")
+        )
+
+    assert names("-l", "color=red") == ["red"]
+    assert names("-l", "color!=red") == ["blue", "plain"]
+    assert names("-l", "color in (red,blue)") == ["blue", "red"]
+    assert names("-l", "color notin (red)") == ["blue", "plain"]
+    assert names("-l", "!color") == ["plain"]
+    assert names("-l", "color,size") == ["red"]
+    assert names("--field-selector", "metadata.name=blue") == ["blue"]
+    assert names("--field-selector", "metadata.name!=blue") == ["plain", "red"]
+
+
+def test_custom_resource_defaulting_validation_status_and_generation(widgets: Any) -> None:
+    kube = widgets
+    apply(
+        kube,
+        {
+            "apiVersion": "kubectltest.stagefleet.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1"},
+            "spec": {"size": 2},
+        },
+    )
+    w = get(kube, "widget", "w1")
+    assert w["spec"] == {"size": 2, "color": "red"}
+    assert w["metadata"]["generation"] == 1
+
+    bad = kube.kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(
+            {
+                "apiVersion": "kubectltest.stagefleet.dev/v1",
+                "kind": "Widget",
+                "metadata": {"name": "w2"},
+                "spec": {"size": 11, "color": "green"},
+            }
+        ),
+    )
+    assert bad.returncode != 0
+    assert 'spec.color: Unsupported value: "green"' in bad.stderr
+    assert "spec.size: Invalid value: 11" in bad.stderr
+
+    missing = kube.kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(
+            {
+                "apiVersion": "kubectltest.stagefleet.dev/v1",
+                "kind": "Widget",
+                "metadata": {"name": "w3"},
+                "spec": {},
+            }
+        ),
+    )
+    assert "spec.size: Required value" in missing.stderr
+
+    unknown = kube.kubectl(
+        "apply",
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(
+            {
+                "apiVersion": "kubectltest.stagefleet.dev/v1",
+                "kind": "Widget",
+                "metadata": {"name": "w4"},
+                "spec": {"size": 1, "shape": "round"},
+            }
+        ),
+    )
+    assert unknown.returncode != 0 and 'unknown field "spec.shape"' in unknown.stderr
+
+    kube.kubectl(
+        "patch",
+        "widget",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"conditions":[{"type":"Ready","status":"True"}]}}',
+    )
+    kube.kubectl(
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        '{"status":{"ignored":true},"metadata":{"labels":{"l":"1"}}}',
+    )
+    w = get(kube, "widget", "w1")
+    assert w["status"] == {"conditions": [{"type": "Ready", "status": "True"}]}
+    assert w["metadata"]["generation"] == 1  # status and metadata changes do not bump it
+    kube.kubectl("patch", "widget", "w1", "--type=merge", "-p", '{"spec":{"size":3}}')
+    assert get(kube, "widget", "w1")["metadata"]["generation"] == 2
+
+    table = kube.kubectl("get", "wdg").stdout.splitlines()
+    assert table[0].split()[:2] == ["NAME", "SIZE"]
+    assert table[1].split()[:2] == ["w1", "3"]
+
+
+def test_wait_for_condition_and_jsonpath(widgets: Any) -> None:
+    kube = widgets
+    apply(
+        kube,
+        {
+            "apiVersion": "kubectltest.stagefleet.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w"},
+            "spec": {"size": 1},
+        },
+    )
+    waiter = subprocess.Popen(
+        [
+            str(_kubectl_path()),
+            "-n",
+            kube.namespace,
+            "wait",
+            "--for=condition=Ready",
+            "widget/w",
+            "--timeout=60s",
+        ],
+        env=kube.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        kube.kubectl(
+            "patch",
+            "widget",
+            "w",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"conditions":[{"type":"Ready","status":"True"}]}}',
+        )
+        out, err = waiter.communicate(timeout=90)
+    finally:
+        waiter.kill()
+        waiter.wait()
+    assert waiter.returncode == 0, err
+    assert "condition met" in out
+    jp = kube.kubectl("wait", "--for=jsonpath={.spec.size}=1", "widget/w", "--timeout=30s")
+    assert "condition met" in jp.stdout
+
+
+def _kubectl_path() -> Any:
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2] / ".tools" / "bin" / "kubectl"
+
+
+def test_server_side_apply_owns_and_removes_fields(kube: Any) -> None:
+    out = apply(kube, cm("ssa", {"a": "1", "b": "2"}), "--server-side", "--field-manager=tester")
+    assert "serverside-applied" in out.stdout
+    apply(kube, cm("ssa", {"a": "1"}), "--server-side", "--field-manager=tester")
+    got = get(kube, "cm", "ssa", "--show-managed-fields")
+    assert got["data"] == {"a": "1"}
+    managers = [m["manager"] for m in got["metadata"]["managedFields"] if m["operation"] == "Apply"]
+    assert "tester" in managers
+
+
+def test_dry_run_server_does_not_persist(kube: Any) -> None:
+    out = apply(kube, cm("dry", {"a": "1"}), "--dry-run=server")
+    assert "server dry run" in out.stdout
+    assert get(kube, "cm", "dry") is None
+
+
+def test_replace_with_stale_resource_version_conflicts(kube: Any) -> None:
+    apply(kube, cm("occ", {"a": "1"}))
+    stale = get(kube, "cm", "occ")
+    kube.kubectl("patch", "cm", "occ", "--type=merge", "-p", '{"data":{"a":"2"}}')
+    stale["data"]["a"] = "3"
+    proc = kube.kubectl("replace", "-f", "-", input=json.dumps(stale), check=False)
+    assert proc.returncode != 0
+    assert "the object has been modified" in proc.stderr
+    assert get(kube, "cm", "occ")["data"] == {"a": "2"}
+
+
+@pytest.mark.parametrize("cascade", ["background", "foreground", "orphan"])
+def test_delete_cascades_like_the_garbage_collector(
+    kube: Any, cascade: str, wait_until: Callable[..., Any]
+) -> None:
+    apply(kube, cm("owner", {}))
+    owner = get(kube, "cm", "owner")
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+        "blockOwnerDeletion": True,
+    }
+    apply(kube, cm("dependent", {}, ownerReferences=[ref]))
+    kube.kubectl("delete", "cm", "owner", f"--cascade={cascade}")
+    assert get(kube, "cm", "owner") is None
+    if cascade == "orphan":
+        dep = get(kube, "cm", "dependent")
+        assert dep is not None and not dep["metadata"].get("ownerReferences")
+    elif cascade == "foreground":
+        assert get(kube, "cm", "dependent") is None  # gone before the owner was
+    else:
+        wait_until(lambda: get(kube, "cm", "dependent") is None, "the dependent to be collected")
+
+
+def test_finalizers_hold_deletion_until_removed(kube: Any) -> None:
+    apply(kube, cm("fin", {}, finalizers=["stagefleet.dev/test"]))
+    kube.kubectl("delete", "cm", "fin", "--wait=false")
+    held = get(kube, "cm", "fin")
+    assert held["metadata"]["deletionTimestamp"]
+    kube.kubectl("patch", "cm", "fin", "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    assert get(kube, "cm", "fin") is None
+
+
+def test_get_watch_streams_changes(kube: Any) -> None:
+    apply(kube, cm("w0", {}))
+    proc = subprocess.Popen(
+        [
+            str(_kubectl_path()),
+            "-n",
+            kube.namespace,
+            "get",
+            "cm",
+            "-w",
+            "--output-watch-events",
+        ],
+        env=kube.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(" ".join(line.split()[:2])) for line in proc.stdout or []], daemon=True
+    )
+    reader.start()
+    seen: list[str] = []
+
+    def until(expected: str) -> None:
+        while expected not in seen:
+            seen.append(lines.get(timeout=60))
+
+    try:
+        until("ADDED w0")
+        apply(kube, cm("w1", {}))
+        until("ADDED w1")
+        kube.kubectl("patch", "cm", "w1", "--type=merge", "-p", '{"data":{"x":"y"}}')
+        until("MODIFIED w1")
+        kube.kubectl("delete", "cm", "w1")
+        until("DELETED w1")
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.join(10)
+
+
+def test_explain_uses_the_crd_schema(widgets: Any) -> None:
+    out = widgets.kubectl("explain", "widget.spec").stdout
+    assert "What the widget should look like." in out
+    assert "size" in out and "-required-" in out
+    assert "Number of parts." in widgets.kubectl("explain", "widgets.spec.size").stdout
+
+
+def test_not_found_and_already_exists_are_reported(kube: Any) -> None:
+    missing = kube.kubectl("get", "cm", "nope", check=False)
+    assert missing.returncode != 0 and 'configmaps "nope" not found' in missing.stderr
+    apply(kube, cm("dup", {}))
+    dup = kube.kubectl("create", "-f", "-", "-o", "name", input=json.dumps(cm("dup", {})), check=False)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
