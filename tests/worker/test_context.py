@@ -41,3 +41,12 @@ def test_inline_dockerfile_without_context(registry: LocalRegistry, base_image: 
                    registry_host=h, tmp=tmp_path / "pod")
     assert r.code == 0, r.stderr + r.stdout
     assert image_files(h, "inline/x", r.result["digest"])["/inline.txt"] == b"inline\n"
+    # with a context: the Dockerfile comes from the file, the files from the context
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "data.txt").write_text("from the context\n")
+    inline.write_text(f"FROM {base_image} AS only\nCOPY data.txt /data.txt\n")
+    r = run_worker(["--context", str(ctx), "--inline-dockerfile", str(inline), "--target", "only",
+                    "--push", f"{h}/inline/x:2"], registry_host=h, tmp=tmp_path / "pod2")
+    assert r.code == 0, r.stderr + r.stdout
+    assert image_files(h, "inline/x", r.result["digest"])["/data.txt"] == b"from the context\n"

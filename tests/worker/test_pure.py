@@ -54,8 +54,10 @@ def test_parse_args_full() -> None:
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--target", "t", "--push", "r/x:1"], "exactly one of"),
-    (["--context", "/c", "--inline-dockerfile", "/f", "--target", "t", "--push", "r/x:1"], "exactly one of"),
+    (["--target", "t", "--push", "r/x:1"], "one of"),
+    (["--context", "/c", "--git-url", "file:///r", "--git-revision", "a", "--target", "t", "--push", "r"],
+     "only one of"),
+    (["--inline-dockerfile", "/f", "--context-dir", "a", "--target", "t", "--push", "r"], "needs --context"),
     (["--git-url", "file:///r", "--target", "t", "--push", "r/x:1"], "--git-revision"),
     (["--context", "/c", "--git-revision", "abc", "--target", "t", "--push", "r/x:1"], "need --git-url"),
     (["--context", "/c", "--target", "t"], "--push"),

@@ -85,12 +85,8 @@ def clone(url: str, revision: str, dest: Path, *, ssh_key: Path | None, known_ho
 
 def fetch_context(spec: StepSpec, workdir: Path) -> Context:
     """Materialise the context for `spec` below `workdir`; raises `FetchError`."""
-    if spec.inline_dockerfile is not None:
-        if not spec.inline_dockerfile.is_file():
-            raise FetchError(f"inline Dockerfile {spec.inline_dockerfile} not found")
-        empty = workdir / "context"
-        empty.mkdir(parents=True, exist_ok=True)
-        return Context(empty, spec.inline_dockerfile)
+    if spec.inline_dockerfile is not None and not spec.inline_dockerfile.is_file():
+        raise FetchError(f"inline Dockerfile {spec.inline_dockerfile} not found")
     if spec.git_url is not None:
         base = workdir / "git"
         clone(spec.git_url, spec.git_revision or "HEAD", base, ssh_key=spec.git_ssh_key,
@@ -99,12 +95,13 @@ def fetch_context(spec: StepSpec, workdir: Path) -> Context:
         base = spec.context
         if not base.is_dir():
             raise FetchError(f"context directory {base} not found")
-    else:  # parse_args guarantees one source
-        raise FetchError("no build context given")
+    else:  # an inline Dockerfile alone builds from an empty context
+        base = workdir / "context"
+        base.mkdir(parents=True, exist_ok=True)
     directory = base / spec.context_dir if spec.context_dir else base
     if not directory.is_dir():
         raise FetchError(f"context sub-directory {spec.context_dir!r} not found")
-    dockerfile = directory / spec.dockerfile
+    dockerfile = spec.inline_dockerfile or directory / spec.dockerfile
     if not dockerfile.is_file():
         raise FetchError(f"{spec.dockerfile} not found in the context")
     return Context(directory, dockerfile)

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--git-known-hosts", type=Path, help="known_hosts for ssh (default: accept-new)")
     src.add_argument("--context-dir", help="sub-directory of the context to build from")
     src.add_argument("--dockerfile", default="Dockerfile", help="path relative to the context")
-    src.add_argument("--inline-dockerfile", type=Path, help="Dockerfile text from a file; empty context")
+    src.add_argument("--inline-dockerfile", type=Path,
+                     help="Dockerfile from this file (instead of --dockerfile); alone: an empty context")
     p.add_argument("--target", required=True, help="the group's last stage")
     p.add_argument("--stage", action="append", default=[], help="the group's stages (repeat)")
     p.add_argument("--group", default=os.environ.get("STAGEFLEET_GROUP"), help="plan group id, e.g. g1")
@@ -172,15 +173,16 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
     """Validate the command line into a `StepSpec`; raises `UsageError`."""
     env = os.environ if env is None else env
     a = build_parser().parse_args(list(argv))
-    sources = [x for x in (a.context, a.git_url, a.inline_dockerfile) if x is not None]
-    if len(sources) != 1:
-        raise UsageError("give exactly one of --context, --git-url, --inline-dockerfile")
+    if a.context is not None and a.git_url is not None:
+        raise UsageError("give only one of --context, --git-url")
+    if a.context is None and a.git_url is None and a.inline_dockerfile is None:
+        raise UsageError("give one of --context, --git-url, --inline-dockerfile")
     if a.git_url is not None and not a.git_revision:
         raise UsageError("--git-url needs --git-revision (a pinned commit)")
     if a.git_url is None and (a.git_revision or a.git_ssh_key or a.git_known_hosts):
         raise UsageError("--git-revision/--git-ssh-key/--git-known-hosts need --git-url")
-    if a.inline_dockerfile is not None and a.context_dir:
-        raise UsageError("--context-dir makes no sense with --inline-dockerfile")
+    if a.inline_dockerfile is not None and a.context is None and a.git_url is None and a.context_dir:
+        raise UsageError("--context-dir needs --context or --git-url")
     for rel in (a.context_dir, a.dockerfile):
         if rel and (Path(rel).is_absolute() or ".." in Path(rel).parts):
             raise UsageError(f"{rel!r}: must be a relative path inside the context")
