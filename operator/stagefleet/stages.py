@@ -632,7 +632,10 @@ def _check_secret_mount(mount: _Mount, line: int) -> None:
 
 
 def _resolve_bases(stages: list[_Stage], global_env: Mapping[str, str], escape: str) -> None:
-    """Expand FROM and --platform; FROM names a stage only if that name was defined earlier."""
+    """Expand FROM and --platform; FROM names a stage only if a stage AS that name came earlier.
+
+    Stage names are our graph's ids, so a repeated name (BuildKit lets the last one win) is an error.
+    """
     by_name: dict[str, _Stage] = {}
     for st in stages:
         base = _expand(st.raw_base, global_env, escape, st.first_line)
@@ -643,7 +646,7 @@ def _resolve_bases(stages: list[_Stage], global_env: Mapping[str, str], escape: 
             if st.platform == "":
                 raise _Error(st.first_line, f"empty platform value from expression {st.raw_platform}")
         earlier = by_name.get(base)
-        if earlier is not None:
+        if earlier is not None and earlier.named:
             st.base_stage = earlier.index
             st.deps.setdefault(earlier.index, st.first_line)
         else:

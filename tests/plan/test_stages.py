@@ -146,6 +146,11 @@ def test_from_refers_to_an_earlier_stage_only() -> None:
     assert (c.base, c.base_stage, c.depends_on) == (None, "tools", ("tools",))
 
 
+def test_from_does_not_match_the_plan_name_of_an_unnamed_stage() -> None:
+    s = stage("FROM alpine\nFROM stage-0 AS b\n", "b")
+    assert (s.base, s.depends_on) == ("stage-0", ())
+
+
 def test_from_match_is_exact_after_expansion() -> None:
     text = "ARG S=build\nFROM alpine AS build\nFROM ${S} AS next\n"
     assert stage(text, "next").base_stage == "build"
