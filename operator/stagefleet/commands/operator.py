@@ -71,6 +71,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        # Before importing kubernetes: its default kubeconfig path is read from the env at import time;
+        # kopf's login and our client then read the same file.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
 
     from stagefleet.controller import handlers  # noqa: F401  (registers the kopf handlers)
@@ -80,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
     from stagefleet.controller.reconciler import OperatorConfig, Reconciler
     from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login and our client read the same file
     kopf.configure(
         verbose=args.verbose,
         debug=False,

@@ -1,0 +1,272 @@
+"""End-to-end fixtures: a cluster (the dev cluster, or STAGEFLEET_TEST_KUBECONFIG), a namespace per test, the
+real kubectl, and `stagefleet operator` as a child process that a test can kill and start again.
+
+The registry and base image come from tests/conftest.py. Waits poll the API with generous deadlines: a
+deadline only bounds a hang, no test asserts on how long anything took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stagefleet.localregistry import LocalRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+CRD = ROOT / "crds" / "imagebuild.yaml"
+SEED = ROOT / "examples" / "seed" / "imagebuild.yaml"
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    home: Path
+    dev: Any = None  # the DevCluster when we started one
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """STAGEFLEET_TEST_KUBECONFIG's cluster (CRD applied), else a DevCluster started for the session."""
+    if not KUBECTL.exists():
+        pytest.skip("the real kubectl is missing (scripts/setup.sh installs it)")
+    home = tmp_path_factory.mktemp("kube-home")
+    external = os.environ.get("STAGEFLEET_TEST_KUBECONFIG")
+    if external:
+        c = Cluster(Path(external), home)
+        if not os.environ.get("STAGEFLEET_TEST_SKIP_CRD"):  # e.g. installed by helm, or no CRD rights
+            Kubectl(c, "default").run("apply", "-f", str(CRD))
+        yield c
+        return
+    try:
+        from stagefleet.devcluster.cluster import DevCluster
+    except ImportError as e:  # pragma: no cover - only while the dev cluster is being written
+        pytest.skip(f"dev cluster unavailable: {e}")
+    dev = DevCluster(tmp_path_factory.mktemp("devcluster"), nodes=2, pods_per_node=8)
+    dev.start()
+    try:
+        yield Cluster(dev.kubeconfig, home, dev)
+    finally:
+        dev.stop()
+
+
+@dataclass
+class Kubectl:
+    """The real kubectl against the test cluster, in one namespace."""
+
+    cluster: Cluster
+    namespace: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "HOME": str(self.cluster.home),
+            "KUBECACHEDIR": str(self.cluster.home / "kube-cache"),
+        }
+
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(KUBECTL), "-n", self.namespace, *args],
+            input=input,
+            text=True,
+            capture_output=True,
+            env=self.env(),
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.run("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+    def ib(self, name: str) -> dict[str, Any]:
+        return dict(self.json("get", "imagebuild", name))
+
+    def pods(self, name: str) -> list[dict[str, Any]]:
+        items = self.json("get", "pods", "-l", f"stagefleet.io/imagebuild={name}")["items"]
+        return sorted(items, key=lambda p: p["metadata"]["name"])
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.json("get", "events")["items"])
+
+
+@dataclass
+class Operator:
+    """`stagefleet operator` for one namespace, as a process the test controls."""
+
+    cluster: Cluster
+    namespace: str
+    registry: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    extra: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        self.starts += 1
+        out = self.log.open("ab")
+        out.write(f"--- operator start #{self.starts} ---\n".encode())
+        out.flush()
+        argv = [
+            sys.executable,
+            "-m",
+            "stagefleet.cli",
+            "operator",
+            "--kubeconfig",
+            str(self.cluster.kubeconfig),
+            "--namespace",
+            self.namespace,
+            "--metrics-port",
+            "0",
+            "--insecure-registry",
+            self.registry,
+            "--retry-backoff",
+            "1",
+            *self.extra,
+        ]
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        out.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye — what a crashed or evicted operator looks like."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 60) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    ns = f"{base}-{uuid.uuid4().hex[:5]}"
+    k = Kubectl(cluster, "default")
+    k.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    yield ns
+    k.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kubectl(cluster: Cluster, namespace: str) -> Kubectl:
+    return Kubectl(cluster, namespace)
+
+
+@pytest.fixture
+def operator(cluster: Cluster, namespace: str, registry: LocalRegistry, tmp_path: Path) -> Iterator[Operator]:
+    op = Operator(cluster, namespace, registry.host, tmp_path / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    print(f"--- operator log ({op.log}) ---\n{op.tail(200)}")
+
+
+def seed_manifest(
+    name: str, base_image: str, registry: str, *, sleep: int = 3, **spec: Any
+) -> dict[str, Any]:
+    """The seed example with its base image and output pointed at the test registry."""
+    doc = yaml.safe_load(SEED.read_text())
+    doc["metadata"] = {"name": name}
+    doc["spec"]["buildArgs"] = {"BASE": base_image, "SLEEP": str(sleep)}
+    doc["spec"]["output"] = {"image": f"{registry}/e2e/{name}:latest"}
+    doc["spec"].update(spec)
+    return dict(doc)
+
+
+def inline_manifest(name: str, dockerfile: str, registry: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "stagefleet.io/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"inline": {"dockerfile": dockerfile}},
+            "output": {"image": f"{registry}/e2e/{name}:latest"},
+            "timeout": "10m",
+            **spec,
+        },
+    }
+
+
+def wait_for(
+    kubectl: Kubectl,
+    operator: Operator,
+    name: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 300,
+) -> dict[str, Any]:
+    """Poll the ImageBuild until ``predicate``; a deadline only to turn a hang into a readable failure."""
+    deadline = time.monotonic() + timeout
+    obj: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if not operator.alive():
+            raise AssertionError(f"the operator exited\n--- operator log ---\n{operator.tail()}")
+        proc = kubectl.run("get", "imagebuild", name, "-o", "json", check=False)
+        if proc.returncode == 0:
+            obj = json.loads(proc.stdout)
+            if predicate(obj):
+                return obj
+        time.sleep(0.5)
+    raise AssertionError(
+        f"ImageBuild {name} never reached: {what}\nstatus: "
+        f"{json.dumps(obj.get('status'), indent=1)[:4000]}\n--- operator log ---\n{operator.tail()}"
+    )
+
+
+def wait_terminal(kubectl: Kubectl, operator: Operator, name: str, timeout: float = 300) -> dict[str, Any]:
+    return wait_for(
+        kubectl,
+        operator,
+        name,
+        lambda o: (
+            (o.get("status") or {}).get("phase") in TERMINAL
+            and (o.get("status") or {}).get("observedGeneration") == o["metadata"].get("generation")
+        ),
+        "a terminal phase",
+        timeout,
+    )
+
+
+def stage(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in obj["status"]["stages"] if s["name"] == name)
+
+
+def pod_window(pod: dict[str, Any]) -> tuple[str, str]:
+    """(startedAt, finishedAt) of the worker container (RFC 3339, comparable as strings)."""
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    return term["startedAt"], term["finishedAt"]

