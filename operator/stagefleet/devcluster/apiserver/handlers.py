@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, errors, logs
+from . import discovery, errors, logs, protobuf
 from .api import Core, DeleteOptions, WriteOptions
 from .errors import ApiError
 from .faults import REASONS, Faults
@@ -73,7 +73,9 @@ def error_response(e: ApiError) -> web.Response:
     return respond(e.status(), e.code, headers)
 
 
-def _body(raw: bytes) -> Any:
+def _body(raw: bytes, content_type: str = "") -> Any:
+    if content_type.startswith("application/vnd.kubernetes.protobuf"):
+        return protobuf.decode(raw)
     if not raw.strip():
         return {}
     try:
@@ -208,10 +210,12 @@ class Handlers:
             if m == "GET":
                 return self._list(request, rt, t.namespace)
             if m == "POST":
-                body = _body(await request.read())
+                body = _body(await request.read(), request.content_type)
                 return respond(core.create(rt, t.namespace, body, _write_opts(q)), 201)
             if m == "DELETE":
-                return self._delete_collection(request, rt, t.namespace, _body(await request.read()))
+                return self._delete_collection(
+                    request, rt, t.namespace, _body(await request.read(), request.content_type)
+                )
             raise errors.method_not_allowed()
         if t.sub and t.sub not in rt.subresources:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -221,9 +225,9 @@ class Handlers:
                 request, self.logs_dir, pod, q, lambda: core.store.get(rt.key, t.namespace, t.name)
             )
         if t.sub == "binding" and m == "POST":
-            return respond(self._bind(rt, t, _body(await request.read())), 201)
+            return respond(self._bind(rt, t, _body(await request.read(), request.content_type)), 201)
         if t.sub == "eviction" and m == "POST":
-            body = _body(await request.read())
+            body = _body(await request.read(), request.content_type)
             core.delete(rt, t.namespace, t.name, _delete_opts(q, body.get("deleteOptions") or {}))
             return respond(
                 {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, 201
@@ -241,7 +245,7 @@ class Handlers:
                 )
             return respond(obj)
         if m == "PUT":
-            body = _body(await request.read())
+            body = _body(await request.read(), request.content_type)
             return respond(
                 core.update(
                     rt,
@@ -263,7 +267,9 @@ class Handlers:
                     raise
                 raise
         if m == "DELETE" and sub is None:
-            obj = core.delete(rt, t.namespace, t.name, _delete_opts(q, _body(await request.read())))
+            obj = core.delete(
+                rt, t.namespace, t.name, _delete_opts(q, _body(await request.read(), request.content_type))
+            )
             return respond(obj)
         raise errors.method_not_allowed()
 
