@@ -66,5 +66,6 @@ def test_demo_on_the_dev_cluster_reaches_succeeded_and_tears_down() -> None:
     assert re.search(rf"^image +{re.escape(registry.group(1))}/stagefleet/seed:demo@sha256:[0-9a-f]{{64}}"
                      r"  \(served by the registry\)$", out, re.M)
     assert re.search(r"^speed-up +\d+\.\d\dx: stages took", out, re.M)
+    assert re.search(r"^parallel +build1 and build2 ran side by side for \d+\.\ds$", out, re.M)
     assert port_closed(registry.group(1))
     assert pid_gone(int(operator.group(1)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,31 @@ def test_seed_manifest_points_at_the_demo_registry() -> None:
     assert out["spec"]["output"]["image"] == "127.0.0.1:1/s:demo"
     assert out["spec"]["source"] == doc["spec"]["source"] and out["metadata"] == doc["metadata"]
     assert doc["spec"]["output"]["image"] != "127.0.0.1:1/s:demo"  # the input is not modified
+
+
+def test_registry_serves_checks_the_manifest_by_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    class Resp:
+        status = 200
+
+        def __enter__(self) -> Resp:
+            return self
+
+        def __exit__(self, *a: object) -> None:
+            return None
+
+    def fake_urlopen(req: urllib.request.Request, timeout: float) -> Resp:
+        seen.append((req.full_url, req.get_header("Accept")))
+        return Resp()
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    assert demo.registry_serves("127.0.0.1:5000/stagefleet/seed:demo", "sha256:ab")
+    assert seen[0][0] == "http://127.0.0.1:5000/v2/stagefleet/seed/manifests/sha256:ab"
+    assert seen[0][1] is not None and "application/vnd.oci.image.manifest.v1+json" in seen[0][1]
+
+
+def test_overlaps_lists_stages_that_ran_side_by_side() -> None:
+    status = {"stages": [st("build1", "00", "04"), st("build2", "01", "05"), st("final", "05", "07"),
+                         st("running", "06", None, phase="Running")]}
+    assert demo.overlaps(status) == [("build1", "build2", 3.0)]
