@@ -1,0 +1,125 @@
+"""The kubernetes Python client: list + watch from a resourceVersion, selectors, 410 Gone, pagination."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from stagefleet.devcluster.apiserver import APIServer, write_kubeconfig
+
+
+def client_for(kubeconfig: Path) -> kubernetes.client.ApiClient:
+    return kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+
+
+@pytest.fixture
+def core(kube: Any) -> Iterator[kubernetes.client.CoreV1Api]:
+    api = client_for(kube.kubeconfig)
+    try:
+        yield kubernetes.client.CoreV1Api(api)
+    finally:
+        api.close()
+
+
+def cm(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels or {}}, "data": {"k": name}}
+
+
+def test_watch_from_list_resource_version_sees_only_later_changes(core: Any, kube: Any) -> None:
+    ns = kube.namespace
+    core.create_namespaced_config_map(ns, cm("before"))
+    listed = core.list_namespaced_config_map(ns)
+    assert [i.metadata.name for i in listed.items] == ["before"]
+    core.create_namespaced_config_map(ns, cm("after", {"pick": "yes"}))
+    core.create_namespaced_config_map(ns, cm("other"))
+    core.delete_namespaced_config_map("after", ns)
+
+    events = []
+    w = kubernetes.watch.Watch()
+    for ev in w.stream(
+        core.list_namespaced_config_map,
+        ns,
+        resource_version=listed.metadata.resource_version,
+        label_selector="pick=yes",
+        timeout_seconds=5,
+    ):
+        events.append((ev["type"], ev["object"].metadata.name))
+        if len(events) == 2:
+            w.stop()
+    assert events == [("ADDED", "after"), ("DELETED", "after")]
+
+
+def test_resource_versions_increase_and_conflict_on_stale_update(core: Any, kube: Any) -> None:
+    ns = kube.namespace
+    first = core.create_namespaced_config_map(ns, cm("occ"))
+    second = core.patch_namespaced_config_map("occ", ns, {"data": {"k": "2"}})
+    assert int(second.metadata.resource_version) > int(first.metadata.resource_version)
+    first.data = {"k": "stale"}
+    with pytest.raises(ApiException) as err:
+        core.replace_namespaced_config_map("occ", ns, first)
+    assert err.value.status == 409
+
+
+def test_generate_name_and_already_exists(core: Any, kube: Any) -> None:
+    ns = kube.namespace
+    made = core.create_namespaced_config_map(ns, {"metadata": {"generateName": "gen-"}})
+    assert made.metadata.name.startswith("gen-") and len(made.metadata.name) > len("gen-")
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_config_map(ns, {"metadata": {"name": made.metadata.name}})
+    assert err.value.status == 409 and "AlreadyExists" in err.value.body
+
+
+def test_chunked_list(core: Any, kube: Any) -> None:
+    ns = kube.namespace
+    for i in range(5):
+        core.create_namespaced_config_map(ns, cm(f"c{i}"))
+    names, token = [], None
+    while True:
+        page = core.list_namespaced_config_map(ns, limit=2, _continue=token)
+        names += [i.metadata.name for i in page.items if i.metadata.name.startswith("c")]
+        token = page.metadata._continue
+        if not token:
+            break
+    assert sorted(names) == [f"c{i}" for i in range(5)]
+
+
+# -- emulator-specific: a tiny event history makes old resourceVersions expire -----------------------------
+
+
+@pytest.fixture
+def small_history(tmp_path: Path) -> Iterator[kubernetes.client.CoreV1Api]:
+    server = APIServer(logs_dir=tmp_path, history_size=3)
+    url = server.start_in_thread()
+    api = client_for(write_kubeconfig(tmp_path / "kubeconfig", url))
+    try:
+        yield kubernetes.client.CoreV1Api(api)
+    finally:
+        api.close()
+        server.stop_in_thread()
+
+
+def test_watch_from_expired_resource_version_is_410_gone(small_history: Any) -> None:
+    core = small_history
+    old_rv = core.list_namespaced_config_map("default").metadata.resource_version
+    for i in range(6):
+        core.create_namespaced_config_map("default", cm(f"x{i}"))
+    with pytest.raises(ApiException) as err:
+        for _ in kubernetes.watch.Watch().stream(
+            core.list_namespaced_config_map, "default", resource_version=old_rv, timeout_seconds=5
+        ):
+            pass
+    assert err.value.status == 410
+    # relisting gives a fresh resourceVersion that can be watched again
+    fresh = core.list_namespaced_config_map("default").metadata.resource_version
+    w = kubernetes.watch.Watch()
+    core.create_namespaced_config_map("default", cm("y"))
+    seen = []
+    for ev in w.stream(core.list_namespaced_config_map, "default", resource_version=fresh, timeout_seconds=5):
+        seen.append(ev["object"].metadata.name)
+        w.stop()
+    assert seen == ["y"]
