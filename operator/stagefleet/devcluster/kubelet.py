@@ -302,7 +302,7 @@ class PodRunner:
             except pr.MountError as e:
                 if str(e) != self.mount_message:
                     self.mount_message = str(e)
-                    await self.k.event(self.pod, "Warning", "FailedMount", str(e))
+                    self.k.event(self.pod, "Warning", "FailedMount", str(e))
                 await self._pause(1.0)
         else:
             return False
@@ -350,6 +350,12 @@ class PodRunner:
                 f"pod={self.name}_{self.ns}({self.uid})"
             )
             await self.report()
+            self.k.event(
+                self.pod,
+                "Warning",
+                "BackOff",
+                f"Back-off restarting failed container {run.name} in pod {self.name}_{self.ns}({self.uid})",
+            )
             await self._pause(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
             run.restart_count += 1
@@ -366,7 +372,7 @@ class PodRunner:
         except pr.ConfigError as e:
             if run.reason != "CreateContainerConfigError" or run.message != str(e):
                 run.state, run.reason, run.message = "waiting", "CreateContainerConfigError", str(e)
-                await self.k.event(self.pod, "Warning", "Failed", f"Error: {e}")
+                self.k.event(self.pod, "Warning", "Failed", f"Error: {e}")
                 await self.report()
             return None
         proc_env = {"PATH": self.k.path, "HOSTNAME": self.name, "HOME": "/root", **env}
@@ -415,6 +421,7 @@ class PodRunner:
             run.started_at, run.finished_at = started, None
             run.container_id = f"stagefleet://{uuid.uuid4().hex}"
             await self.report()
+            self.k.event(self.pod, "Normal", "Started", f"Started container {run.name}")
         rc = await proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # like a container: nothing outlives the main process
@@ -481,7 +488,7 @@ class PodRunner:
         grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
         grace_s = float(grace if grace is not None else self._grace())
         if self.procs:
-            await self.k.event(self.pod, "Normal", "Killing", "Stopping container " + ", ".join(self.procs))
+            self.k.event(self.pod, "Normal", "Killing", "Stopping container " + ", ".join(self.procs))
         await self._kill_all(grace_s)
         if self.task is not None:  # it records the containers' exit and reports, then ends (stopping)
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -673,7 +680,7 @@ class Kubelet:
         cfg = self.nodes.get(node)
         return {"cpu": cfg.cpu, "memory": cfg.memory, "ephemeral-storage": "100Gi"} if cfg else {}
 
-    async def event(
+    def event(
         self, pod: Mapping[str, Any], etype: str, reason: str, message: str, source: str = "kubelet"
     ) -> None:
         """Best-effort core/v1 Event about a pod (what `kubectl describe` shows)."""
@@ -701,8 +708,12 @@ class Kubelet:
             "reportingComponent": source,
             "reportingInstance": (pod.get("spec") or {}).get("nodeName") or "",
         }
-        with contextlib.suppress(Exception):
-            await self.api.request("POST", f"/api/v1/namespaces/{ns}/events", body=ev, attempts=2)
+
+        async def post() -> None:
+            with contextlib.suppress(Exception):
+                await self.api.request("POST", f"/api/v1/namespaces/{ns}/events", body=ev, attempts=2)
+
+        self.spawn(post())
 
     # -------------------------------------------------------------------------------- nodes
 
@@ -961,7 +972,7 @@ class Kubelet:
                 self.log(f"bind {pod['metadata']['name']}: {e}")
                 continue
             self.unschedulable_msg.pop(uid, None)
-            await self.event(
+            self.event(
                 pod,
                 "Normal",
                 "Scheduled",
@@ -1019,7 +1030,7 @@ class Kubelet:
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
                 {"status": {"phase": "Pending", "conditions": [cond]}},
             )
-        await self.event(pod, "Warning", "FailedScheduling", message, source="default-scheduler")
+        self.event(pod, "Warning", "FailedScheduling", message, source="default-scheduler")
 
     # -------------------------------------------------------------------------------- shutdown
 
