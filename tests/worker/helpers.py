@@ -41,6 +41,18 @@ def run_worker(args: Sequence[str], *, registry_host: str, tmp: Path,
     return WorkerRun(proc.returncode, proc.stdout, proc.stderr, json.loads(last))
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def http_json(url: str, accept: str | None = None) -> Any:
     req = urllib.request.Request(url)
     if accept:

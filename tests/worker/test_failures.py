@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ import pytest
 from stagefleet.localregistry import LocalRegistry, free_port
 from stagefleet.worker import exitcodes
 
-from .helpers import WorkerRun, run_worker, write_context
+from .helpers import WORKER, WorkerRun, processes_mentioning, run_worker, write_context
 
 pytestmark = pytest.mark.builder
 
@@ -76,6 +80,11 @@ def test_missing_secret_file_and_missing_required_secret(
     r = run_worker(["--context", str(ctx), "--target", "app", "--ssh", f"default={tmp_path}/nokey",
                     *_push(registry)], registry_host=registry.host, tmp=tmp_path / "pod3")
     _check(r, exitcodes.SECRET, "secret", "nokey")
+    bad_auth = tmp_path / "dockerconfigjson"
+    bad_auth.write_text("{not json")
+    r = run_worker(["--context", str(ctx), "--target", "app", "--registry-auth", str(bad_auth),
+                    *_push(registry)], registry_host=registry.host, tmp=tmp_path / "pod4")
+    _check(r, exitcodes.SECRET, "secret", "registry auth")
 
 
 def test_failing_step_reports_stage_line_and_last_output(
@@ -120,3 +129,32 @@ def test_pull_failures(registry: LocalRegistry, base_image: str, tmp_path: Path)
                     *_push(registry)],
                    registry_host=h, tmp=tmp_path / "pod2")
     _check(r, exitcodes.PULL, "pull", "failures/upstream")
+
+
+def test_sigterm_stops_buildah_and_cleans_up(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    pod = tmp_path / "pod"
+    pod.mkdir()
+    naptime = f"{secrets.randbelow(9000) + 1000}.25"  # a unique `sleep` to look for afterwards
+    ctx = write_context(tmp_path / "ctx", f"FROM {base_image} AS app\nRUN echo started; sleep {naptime}\n")
+    env = {**os.environ, "TMPDIR": str(pod), "STAGEFLEET_INSECURE_REGISTRIES": registry.host}
+    proc = subprocess.Popen([*WORKER, "--context", str(ctx), "--target", "app", *_push(registry)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # wait (without a timer) until the RUN step is running
+            if line.strip() == "[app] started":
+                break
+        assert processes_mentioning(f"sleep{chr(0)}{naptime}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30  # buildah's own children may take a moment to go
+    while processes_mentioning(str(pod)) or processes_mentioning(f"sleep{chr(0)}{naptime}"):
+        assert time.monotonic() < deadline, "processes of the stopped worker are still running"
+        time.sleep(0.2)
+    assert not list(pod.glob("stagefleet-worker-*"))
+    assert str(pod) not in Path("/proc/mounts").read_text()

@@ -14,7 +14,7 @@ from stagefleet.localregistry import LocalRegistry
 
 from .conftest import KeyPair, Sshd
 from .gitrepo import make_repo
-from .helpers import image_files, run_worker, write_context
+from .helpers import image_files, processes_mentioning, run_worker, write_context
 
 pytestmark = pytest.mark.builder
 
@@ -31,17 +31,6 @@ def _bundle_ssh_add(dest: Path) -> None:
         lib = parts[2] if "=>" in parts and len(parts) > 3 else parts[0]
         if lib.startswith("/"):
             shutil.copy(lib, dest / Path(lib).name)
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
 
 
 def test_ssh_mount_reaches_agent_holding_the_key(
@@ -62,7 +51,7 @@ RUN --mount=type=ssh,id=deploy /sshtools/ld-linux-x86-64.so.2 --library-path /ss
     assert ssh_key.fingerprint in agent_view
     assert ssh_key.fingerprint in r.stdout
     assert "PRIVATE KEY" not in r.stdout
-    assert _processes_mentioning(str(pod)) == []  # the agent was killed
+    assert processes_mentioning(str(pod)) == []  # the agent was killed
 
 
 def test_private_repository_cloned_over_ssh_with_key_file(

@@ -6,6 +6,7 @@ progress notes go to stderr. Everything printed passes through the secret scrubb
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,9 +57,22 @@ def run_build(argv: list[str], env: dict[str, str], tracker: OutputTracker, scru
     with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            out(tracker.feed(scrub(raw.decode("utf-8", errors="replace").rstrip("\r\n"))))
+        try:
+            for raw in proc.stdout:
+                out(tracker.feed(scrub(raw.decode("utf-8", errors="replace").rstrip("\r\n"))))
+        except BaseException:  # SIGTERM/^C: stop buildah before our cleanup removes its storage
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     return proc.returncode
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM (pod deletion, local mode's cancel) unwinds like ^C so agents and roots are cleaned up."""
+    raise SystemExit(128 + signum)
 
 
 def stage_results(spec: StepSpec, tracker: OutputTracker) -> list[StageResult]:
@@ -151,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         emit(Result(ok=False, group=None, target="", error=ErrorInfo("usage", str(e))), None, Scrubber())
         return exitcodes.USAGE
     scrub = Scrubber()
+    signal.signal(signal.SIGTERM, _terminate)
     with tempfile.TemporaryDirectory(prefix="stagefleet-worker-") as tmp:
         try:
             scrub = Scrubber(secret_material(spec))
