@@ -124,3 +124,11 @@ def test_colours_are_stable_and_prefixes_aligned() -> None:
     assert list(c) == ["build1", "build2", "final"] and len(set(c.values())) == 3
     assert logs.stage_colors(["build1"])["build1"] == c["build1"]
     assert logs.prefix("final", 6) == "final  |"
+
+
+def test_result_json_lines_become_one_line_outcomes() -> None:
+    ok = '{"ok": true, "group": "g1", "image": "r/x:1", "digest": "sha256:ab", "cachedSteps": 1, "steps": 2}'
+    bad = '{"ok": false, "error": {"kind": "build-step", "message": "RUN failed"}}'
+    assert logs.display(ok) == "==> pushed r/x:1@sha256:ab (1/2 steps cached)"
+    assert logs.display(bad) == "==> FAILED (build-step): RUN failed"
+    assert logs.display("STEP 1/2") == "STEP 1/2"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagefleet.commands.status import TERMINAL_PHASES, add_kube_args, get_imagebuild, kube_client
-from stagefleet.local import StageTracker
+from stagefleet.local import StageTracker, looks_like_result
 
 IMAGEBUILD_LABEL = "stagefleet.io/imagebuild"
 GROUP_LABEL = "stagefleet.io/group"
@@ -124,6 +124,20 @@ def split_timestamp(line: str) -> tuple[_dt.datetime | None, str]:
     return ts, rest
 
 
+def display(text: str) -> str:
+    """A worker's result JSON line shown as a one-line outcome; any other line as it is."""
+    if not looks_like_result(text):
+        return text
+    import json
+
+    r = json.loads(text)
+    if r.get("ok"):
+        cached = f"{r.get('cachedSteps', 0)}/{r.get('steps', 0)} steps cached"
+        return f"==> pushed {r.get('image')}@{r.get('digest')} ({cached})"
+    err = r.get("error") or {}
+    return f"==> FAILED ({err.get('kind', 'error')}): {err.get('message', '')}"
+
+
 @dataclass(frozen=True)
 class LogLine:
     time: _dt.datetime | None
@@ -138,7 +152,7 @@ def attribute(pod: StagePod, raw_lines: Iterable[str], *, timestamps: bool) -> l
     for raw in raw_lines:
         ts, text = split_timestamp(raw) if timestamps else (None, raw)
         stage, shown = tracker.feed(text.rstrip("\r"))
-        out.append(LogLine(ts, stage, shown))
+        out.append(LogLine(ts, stage, display(shown)))
     return out
 
 
@@ -260,7 +274,7 @@ def _follow(core: Any, custom_get: Any, namespace: str, name: str, stage: str | 
         try:
             for raw in stream_log(core, namespace, sp, stop):
                 st, text = tracker.feed(raw.rstrip("\r"))
-                lines.put(LogLine(None, st, text))
+                lines.put(LogLine(None, st, display(text)))
         except Exception as e:  # one pod's stream failing must not end the others
             lines.put(LogLine(None, sp.stages[-1], f"(log stream of pod {sp.pod} ended: {e})"))
 
