@@ -388,9 +388,12 @@ def _parse_flags(
     cmd: dockerfile.Command, instruction: str, flags: Sequence[str] | None = None
 ) -> dict[str, list[str]]:
     """BuildKit's BFlags: `--name[=value]`, names case-sensitive, unknown ones are errors."""
+    raws = cmd.flags if flags is None else flags
+    if not raws:
+        return {}
     allowed = _FLAGS.get(instruction, frozenset())
     out: dict[str, list[str]] = {}
-    for raw in cmd.flags if flags is None else flags:
+    for raw in raws:
         name, _, value = raw[2:].partition("=")
         if not raw.startswith("--") or name not in allowed:
             raise _Error(cmd.start_line, f"unknown flag: {name or raw}")
