@@ -346,6 +346,12 @@ def test_pod_conditions_keep_transition_times() -> None:
         "lastTransitionTime": "T2",
     }
     assert by_type["Initialized"]["lastTransitionTime"] == "T1"
+    assert by_type["Initialized"]["reason"] == "PodCompleted"
+    failed = {
+        c["type"]: c for c in pr.pod_conditions("Failed", [], [run("c", "terminated", 1)], True, [], "T")
+    }
+    assert failed["ContainersReady"]["reason"] == failed["Ready"]["reason"] == "PodFailed"
+    assert "reason" not in failed["Initialized"]
     assert by_type["PodScheduled"]["lastTransitionTime"] == "T1"
     waiting = pr.pod_conditions(
         "Pending", [run("i1", "terminated"), run("i2", "running")], [run("c", "waiting")], False, [], "T"

@@ -177,7 +177,7 @@ def test_failing_container_fails_the_pod_with_its_exit_code(cluster: ClusterKube
     assert pod["status"]["phase"] == "Failed"
     t = terminated(pod)
     assert (t["exitCode"], t["reason"], t["message"]) == (3, "Error", "first line\nit broke\n")
-    assert conditions(pod)["Ready"]["reason"] == "PodCompleted"
+    assert conditions(pod)["Ready"]["reason"] == "PodFailed"
 
 
 def test_failed_init_container_fails_the_pod_and_main_never_starts(cluster: ClusterKube) -> None:

@@ -159,7 +159,7 @@ def schedule(pod: Obj, nodes: Sequence[NodeView], load: Mapping[str, int]) -> tu
     n = len(nodes)
     if not nodes:
         return None, "no nodes available to schedule pods"
-    detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    detail = ", ".join(sorted(f"{count} {reason}" for reason, count in reasons.items()))  # as FitError does
     return None, (
         f"0/{n} nodes are available: {detail}. preemption: 0/{n} nodes are available: "
         f"{n} Preemption is not helpful for scheduling."
@@ -738,24 +738,20 @@ def pod_conditions(
     """PodReadyToStartContainers, Initialized, Ready, ContainersReady, PodScheduled, as the kubelet sets."""
     prev = {c.get("type", ""): c for c in previous}
     terminal = phase in ("Succeeded", "Failed")
+    # As the kubelet's GeneratePodInitializedCondition / GenerateContainersReadyCondition / ...Ready...
     if init_done:
         init_c = _condition(
-            "Initialized", True, "PodCompleted" if terminal and init else None, None, prev, now
+            "Initialized", True, "PodCompleted" if phase == "Succeeded" else None, None, prev, now
         )
     else:
         pending = [c.name for c in init if not (c.state == "terminated" and c.exit_code == 0)]
-        init_c = _condition(
-            "Initialized",
-            False,
-            "ContainersNotInitialized",
-            f"containers with incomplete status: [{' '.join(pending)}]",
-            prev,
-            now,
-        )
+        msg = f"containers with incomplete status: [{' '.join(pending)}]"
+        init_c = _condition("Initialized", False, "ContainersNotInitialized", msg, prev, now)
     not_ready = [c.name for c in main if c.state != "running"]
     if terminal:
-        ready = _condition("Ready", False, "PodCompleted", None, prev, now)
-        cready = _condition("ContainersReady", False, "PodCompleted", None, prev, now)
+        reason = "PodCompleted" if phase == "Succeeded" else "PodFailed"
+        ready = _condition("Ready", False, reason, None, prev, now)
+        cready = _condition("ContainersReady", False, reason, None, prev, now)
     elif not_ready:
         msg = f"containers with unready status: [{' '.join(not_ready)}]"
         ready = _condition("Ready", False, "ContainersNotReady", msg, prev, now)
