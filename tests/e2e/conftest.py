@@ -270,3 +270,12 @@ def pod_window(pod: dict[str, Any]) -> tuple[str, str]:
     """(startedAt, finishedAt) of the worker container (RFC 3339, comparable as strings)."""
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     return term["startedAt"], term["finishedAt"]
+
+
+def wait_until(predicate: Callable[[], bool], what: str, operator: Operator, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"never happened: {what}\n--- operator log ---\n{operator.tail()}")

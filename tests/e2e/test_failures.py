@@ -1,0 +1,127 @@
+"""Bad inputs end as a precise status (Failed, Stalled=True, the problem named); the operator lives on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stagefleet import health
+from stagefleet.localregistry import LocalRegistry, free_port
+
+from .conftest import Kubectl, Operator, inline_manifest, seed_manifest, wait_terminal, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.builder]
+
+
+def _expect_failed(kubectl: Kubectl, operator: Operator, name: str, *needles: str) -> dict[str, Any]:
+    obj = wait_terminal(kubectl, operator, name)
+    status = obj["status"]
+    assert status["phase"] == "Failed", status
+    for needle in needles:
+        assert needle in status["message"], (needle, status["message"])
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and needles[0] in stalled["message"]
+    assert health.convention_problems(obj) == []
+    assert health.kstatus(obj).status == "Failed"
+    assert operator.alive()
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "target", "needles"),
+    [
+        ("FROM {base} AS a\nFORM x\n", None, ("Dockerfile:2: unknown instruction: FORM",)),
+        ("FROM {base} AS a\nRUN true\n", "nope", ('target stage "nope" could not be found',)),
+        (
+            "FROM {base} AS a\nCOPY --from=b /x /x\nFROM {base} AS b\nCOPY --from=a /y /y\n",
+            None,
+            ("circular dependency",),
+        ),
+    ],
+    ids=["invalid-dockerfile", "unknown-target", "cycle"],
+)
+def test_dockerfile_errors_fail_before_any_pod(
+    kubectl: Kubectl,
+    operator: Operator,
+    registry: LocalRegistry,
+    base_image: str,
+    dockerfile: str,
+    target: str | None,
+    needles: tuple[str, ...],
+) -> None:
+    spec: dict[str, Any] = {"target": target} if target else {}
+    kubectl.apply(inline_manifest("bad", dockerfile.format(base=base_image), registry.host, **spec))
+    obj = _expect_failed(kubectl, operator, "bad", *needles)
+    assert obj["status"]["failure"]["reason"] == "DockerfileError"
+    assert kubectl.pods("bad") == []
+
+
+def test_failing_step_names_stage_and_line(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """A build error is not retried; the stage still running is stopped and marked Cancelled."""
+    dockerfile = (
+        f"FROM {base_image} AS slow\nRUN sleep 60 && echo ok > /ok\n"
+        f"FROM {base_image} AS broken\nRUN echo about to fail && exit 3\n"
+        f"FROM {base_image}\nCOPY --from=slow /ok /ok\nCOPY --from=broken /etc/hostname /x\n"
+    )
+    kubectl.apply(inline_manifest("step", dockerfile, registry.host, retries=2))
+    obj = _expect_failed(kubectl, operator, "step", "broken")
+    failure = obj["status"]["failure"]
+    assert failure["stage"] == "broken" and failure["line"] == 4 and failure["exitCode"] == 13
+    stages = {s["name"]: s for s in obj["status"]["stages"]}
+    assert (
+        stages["broken"]["phase"] == "Failed" and stages["broken"]["attempts"] == 1
+    )  # a build error: no retry
+    assert stages["slow"]["phase"] == "Cancelled" and stages["stage-2"]["phase"] == "Cancelled"
+    assert "exit 3" in stages["broken"]["message"] or "exit status 3" in stages["broken"]["message"]
+    # The slow stage's pod is stopped, the final group never got one.
+    wait_until(
+        lambda: all(
+            p["metadata"]["labels"]["stagefleet.io/group"] != stages["slow"]["group"]
+            or p["status"].get("phase") in ("Succeeded", "Failed")
+            for p in kubectl.pods("step")
+        ),
+        "the slow stage's pod to stop",
+        operator,
+    )
+    assert stages["stage-2"]["group"] not in {
+        p["metadata"]["labels"]["stagefleet.io/group"] for p in kubectl.pods("step")
+    }
+
+
+def test_unreachable_git_repository(kubectl: Kubectl, operator: Operator, registry: LocalRegistry) -> None:
+    kubectl.apply(
+        {
+            "apiVersion": "stagefleet.io/v1alpha1",
+            "kind": "ImageBuild",
+            "metadata": {"name": "nogit"},
+            "spec": {
+                "source": {"git": {"url": "file:///nonexistent/stagefleet/repo.git", "revision": "main"}},
+                "output": {"image": f"{registry.host}/e2e/nogit:latest"},
+            },
+        }
+    )
+    obj = _expect_failed(
+        kubectl, operator, "nogit", "git ls-remote failed", "/nonexistent/stagefleet/repo.git"
+    )
+    assert obj["status"]["failure"]["reason"] == "SourceUnavailable"
+
+
+def test_registry_down_retries_then_fails(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    operator.stop()
+    operator.extra = ["--insecure-registry", dead]
+    operator.start()
+    manifest = seed_manifest("noreg", base_image, registry.host, sleep=0, retries=1)
+    manifest["spec"]["output"] = {"image": f"{dead}/e2e/noreg:latest"}
+    kubectl.apply(manifest)
+    obj = _expect_failed(kubectl, operator, "noreg", "after 2 attempts")
+    stages = {s["name"]: s for s in obj["status"]["stages"]}
+    failed = [s for s in stages.values() if s["phase"] == "Failed"]
+    assert failed and all(s["attempts"] == 2 for s in failed)
+    assert obj["status"]["failure"]["kind"] != "build"
+    assert dead.split(":")[1] in obj["status"]["message"] or "push" in obj["status"]["message"].lower()
