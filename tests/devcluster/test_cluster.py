@@ -108,6 +108,7 @@ def test_devcluster_nodes_crds_and_clean_stop(tmp_path: Path) -> None:
         server = c.server
     assert not processes_with(token)
     assert not server_answers(server)
+    assert not (tmp_path / "c" / "kubelet" / "pods").exists()  # volumes (secret data) are removed
 
 
 def test_lose_node_via_devcluster_marks_the_node_not_ready(tmp_path: Path) -> None:

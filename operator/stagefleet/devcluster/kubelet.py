@@ -785,7 +785,8 @@ class Kubelet:
 
     async def run(self) -> None:
         """Register nodes, then list+watch pods and nodes and schedule, until cancelled."""
-        self.root_dir.mkdir(parents=True, exist_ok=True)
+        (self.root_dir / "pods").mkdir(parents=True, exist_ok=True)
+        (self.root_dir / "pods").chmod(0o700)  # secret volumes live below
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         await self.register_nodes()
         pods_synced = asyncio.Event()
@@ -1052,6 +1053,8 @@ class Kubelet:
             t.cancel()
         await asyncio.gather(*self._tasks, *self.background, return_exceptions=True)
         await self.api.close()
+        # Volumes hold secret data: do not leave them behind (the processes using them are dead).
+        await asyncio.to_thread(shutil.rmtree, self.root_dir / "pods", True)
 
 
 class _Relist(Exception):
