@@ -27,12 +27,12 @@ COMMANDS: list[tuple[str, str, str]] = [
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """Build the parser; only the selected subcommand's module is imported."""
-    parser = argparse.ArgumentParser(prog="stagefleet", description=__doc__.splitlines()[0] if __doc__ else None)
+    description = __doc__.splitlines()[0] if __doc__ else None
+    parser = argparse.ArgumentParser(prog="stagefleet", description=description)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
         if selected == name:
-            register = getattr(importlib.import_module(module), "register")
-            register(sub)
+            importlib.import_module(module).register(sub)
         else:
             sub.add_parser(name, help=help_text)
     return parser
