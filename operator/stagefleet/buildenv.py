@@ -136,6 +136,7 @@ def prepare(
     The storage driver is `driver`, else STAGEFLEET_STORAGE_DRIVER, else overlay; a rootless builder
     image sets STAGEFLEET_STORAGE_MOUNT_PROGRAM=/usr/bin/fuse-overlayfs (or the driver to vfs).
     """
+    auth = load_auth(auth_file.read_text()) if auth_file is not None else None  # fail before creating
     paths = BuildPaths(root)
     for d in (paths.graphroot, paths.runroot, paths.tmpdir):
         d.mkdir(parents=True, exist_ok=True)
@@ -151,11 +152,10 @@ def prepare(
         CONTAINERS_REGISTRIES_CONF=str(paths.registries_conf),
         TMPDIR=str(_short_tmpdir(paths)),
     )
-    if auth_file is not None:
-        data = load_auth(auth_file.read_text())
+    if auth is not None:
         fd = os.open(paths.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
+            json.dump(auth, f)
         env["REGISTRY_AUTH_FILE"] = str(paths.auth_file)
     return env
 
@@ -175,8 +175,10 @@ def cleanup(root: Path, env: Mapping[str, str]) -> None:
     """
     if not root.exists():
         return
-    if BuildPaths(root).storage_conf.exists():
-        subprocess.run(["buildah", "rm", "--all"], env=dict(env), capture_output=True, check=False)
+    conf = BuildPaths(root).storage_conf
+    if conf.exists():  # never let `rm --all` reach any storage but this root's
+        subprocess.run(["buildah", "rm", "--all"], env={**env, "CONTAINERS_STORAGE_CONF": str(conf)},
+                       capture_output=True, check=False)
     for point in mounts_under(root, Path("/proc/mounts").read_text()):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     link = BuildPaths(root).short_tmpdir

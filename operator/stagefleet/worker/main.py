@@ -6,6 +6,7 @@ progress notes go to stderr. Everything printed passes through the secret scrubb
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -91,13 +92,14 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
     """The whole job; raises `WorkerFailure` with the exit code for anything that goes wrong."""
     root = spec.storage_root or workdir / "root"
     with ExitStack() as stack:
+        env = dict(os.environ)  # until prepare() has run: enough for cleanup's `buildah rm`
+        if spec.storage_root is None:
+            stack.callback(lambda: buildenv.cleanup(root, env))
         try:
             env = buildenv.prepare(root, insecure_registries=spec.insecure_registries,
                                    auth_file=spec.registry_auth)
         except (OSError, buildenv.AuthFileError) as e:
             raise _fail(exitcodes.SECRET, f"registry auth: {e}") from None
-        if spec.storage_root is None:
-            stack.callback(buildenv.cleanup, root, env)
         try:
             ctx = fetch_context(spec, workdir)
         except FetchError as e:
