@@ -120,10 +120,14 @@ def _run(args: argparse.Namespace) -> int:
     dockerfile = Path(args.dockerfile) if args.dockerfile else context / "Dockerfile"
     try:
         text = dockerfile.read_text()
+    except OSError as e:
+        print(f"error: cannot read the Dockerfile {dockerfile}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
         build_args = dict(local.parse_kv(a, "--build-arg") for a in args.build_arg)
         secrets = dict(local.parse_secret(s) for s in args.secret)
         ssh = dict(local.parse_kv(s, "--ssh") for s in args.ssh)
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for sid, src in [*secrets.items(), *ssh.items()]:

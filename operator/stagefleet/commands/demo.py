@@ -293,7 +293,7 @@ def run_cluster_demo(args: argparse.Namespace, workdir: Path) -> int:
         say(f"$ kubectl apply -f {SEED_MANIFEST.relative_to(REPO)}   (BASE and output pointed at {registry})")
         applied = subprocess.run(
             [kubectl, "--kubeconfig", str(cluster.kubeconfig), "apply", "-f", str(manifest)],
-            capture_output=True, text=True)
+            capture_output=True, text=True, env=dict(os.environ, KUBECACHEDIR=str(workdir / "kube-cache")))
         sys.stdout.write(applied.stdout)
         if applied.returncode != 0:
             say(f"error: kubectl apply failed: {applied.stderr.strip()}")
