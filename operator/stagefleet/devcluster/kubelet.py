@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from stagefleet.devcluster import podruntime as pr
 from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
 
@@ -36,6 +38,7 @@ NSINIT = str(Path(__file__).with_name("nsinit.py"))
 KUBELET_VERSION = "v1.34.0-stagefleet-dev"
 RESTART_BACKOFF_START = 1.0  # Kubernetes starts at 10 s; short here so tests of OnFailure stay quick
 RESTART_BACKOFF_MAX = 30.0
+TRANSIENT = (ApiError, aiohttp.ClientError, TimeoutError, OSError)  # retried, never fatal to a pod
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -196,6 +199,8 @@ class PodRunner:
         self.ro_volumes: set[str] = set()
         self.task: asyncio.Task[None] | None = None
         self.mount_message = ""
+        self.report_failed = False
+        self.retrying = False
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -304,6 +309,9 @@ class PodRunner:
                     self.mount_message = str(e)
                     self.k.event(self.pod, "Warning", "FailedMount", str(e))
                 await self._pause(1.0)
+            except TRANSIENT as e:
+                self.k.log(f"pod {self.ns}/{self.name}: reading volume sources: {e}")
+                await self._pause(1.0)
         else:
             return False
         await asyncio.to_thread(self._write_volumes, layouts)
@@ -374,6 +382,9 @@ class PodRunner:
                 run.state, run.reason, run.message = "waiting", "CreateContainerConfigError", str(e)
                 self.k.event(self.pod, "Warning", "Failed", f"Error: {e}")
                 await self.report()
+            return None
+        except TRANSIENT as e:
+            self.k.log(f"pod {self.ns}/{self.name}: reading env sources: {e}")
             return None
         proc_env = {"PATH": self.k.path, "HOSTNAME": self.name, "HOME": "/root", **env}
         spec_file = self.dir / "specs" / f"{run.name}.json"
@@ -581,7 +592,11 @@ class PodRunner:
         return status
 
     async def report(self, force: bool = False) -> None:
-        """Send the current status (merge patch on pods/status). After a node loss only `force` sends."""
+        """Send the current status (merge patch on pods/status). After a node loss only `force` sends.
+
+        Never raises: when the API keeps failing (faults, overload) a background retry sends the then
+        current status later, so a finished pod's final status is not lost.
+        """
         if (self.k.is_lost(self.node) and not force) or self.k.shutting_down:
             return
         async with self.lock:
@@ -591,11 +606,33 @@ class PodRunner:
                     f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status", body
                 )
             except ApiError as e:
-                if e.status in (404, 409):
-                    return
-                raise
+                if e.status not in (404, 409):
+                    self._schedule_retry(e, force)
+                return
+            except TRANSIENT as e:
+                self._schedule_retry(e, force)
+                return
+            self.report_failed = False
             if isinstance(updated, dict) and updated.get("metadata", {}).get("uid") == self.uid:
                 self.pod = {**self.pod, "status": updated.get("status", {})}
+
+    def _schedule_retry(self, error: BaseException, force: bool) -> None:
+        self.k.log(f"pod {self.ns}/{self.name}: status update failed, will retry: {error}")
+        self.report_failed = True
+        if self.retrying:
+            return
+        self.retrying = True
+
+        async def retry() -> None:
+            try:
+                while self.report_failed and not self.k.shutting_down:
+                    await asyncio.sleep(1.0)
+                    self.report_failed = False
+                    await self.report(force)  # sets report_failed again if it fails
+            finally:
+                self.retrying = False
+
+        self.k.spawn(retry())
 
 
 async def _read_to_eof(fd: int) -> bytes:
