@@ -12,7 +12,7 @@ from typing import Any
 from .api import NS_TYPE, Core, DeleteOptions
 from .errors import ApiError
 from .resources import CRD_KEY
-from .storage import Obj, TypeKey
+from .storage import Event, Obj, TypeKey
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,13 @@ class GarbageCollector:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._wake = asyncio.Event()
-        core.on_event(lambda _ev: self._wake.set())
+        core.on_event(self._maybe_wake)
+
+    def _maybe_wake(self, ev: Event) -> None:
+        """Only deletions and owned objects can give the collector work: skip the scan otherwise."""
+        meta = ev.obj.get("metadata") or {}
+        if ev.type == "DELETED" or meta.get("deletionTimestamp") or meta.get("ownerReferences"):
+            self._wake.set()
 
     async def run(self) -> None:
         while True:
@@ -34,12 +40,22 @@ class GarbageCollector:
                 log.exception("garbage collection pass failed")
 
     def run_once(self) -> None:
-        uids = {o["metadata"].get("uid") for _, o in self.core.store.iter_all()}
-        for tkey, obj in list(self.core.store.iter_all()):
+        store = self.core.store
+        todo = [
+            (tkey, o)
+            for tkey, o in store.iter_all(copies=False)
+            if o["metadata"].get("ownerReferences") or o["metadata"].get("deletionTimestamp")
+        ]
+        for tkey, stored in todo:
+            # earlier steps of this pass may have changed or removed it: act on the current state
+            current = store.get(tkey, stored["metadata"].get("namespace", ""), stored["metadata"]["name"])
+            if current is None or current["metadata"].get("uid") != stored["metadata"].get("uid"):
+                continue
+            obj = current
             meta = obj["metadata"]
             refs = meta.get("ownerReferences") or []
             if refs:
-                alive = [r for r in refs if r.get("uid") in uids]
+                alive = [r for r in refs if store.has_uid(r.get("uid", ""))]
                 if not alive and not meta.get("deletionTimestamp"):
                     self._delete(tkey, obj, "Background")
                     continue
@@ -103,8 +119,8 @@ class GarbageCollector:
 
     def _dependents(self, uid: Any) -> list[tuple[TypeKey, Obj]]:
         return [
-            (k, o)
-            for k, o in self.core.store.iter_all()
+            (k, copy.deepcopy(o))
+            for k, o in self.core.store.iter_all(copies=False)
             if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
         ]
 

@@ -68,10 +68,14 @@ class Store:
     def type_keys(self) -> builtins.list[TypeKey]:
         return list(self._objects)
 
-    def iter_all(self) -> Iterator[tuple[TypeKey, Obj]]:
+    def iter_all(self, *, copies: bool = True) -> Iterator[tuple[TypeKey, Obj]]:
+        """Every object; `copies=False` yields the stored dicts for read-only scans (do not mutate)."""
         for tkey, objs in list(self._objects.items()):
             for obj in list(objs.values()):
-                yield tkey, copy.deepcopy(obj)
+                yield tkey, (copy.deepcopy(obj) if copies else obj)
+
+    def has_uid(self, uid: str) -> bool:
+        return uid in self._uids
 
     # -- writes --------------------------------------------------------------------------------------------
     def next_rv(self) -> int:
