@@ -262,3 +262,28 @@ def test_multi_stage_group_without_per_stage_times_has_no_guess() -> None:
     s = local.summarize(plan, {"g1": o}, 2.0)
     assert [r.seconds for r in s.rows] == [None, None]
     assert [r.digest for r in s.rows] == [None, "sha256:1"]  # the group's result is its last stage
+
+
+def test_rich_progress_shows_each_stage_state() -> None:
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    p = local.RichProgress(seed_plan(), 100.0, console=console)
+    try:
+        p.handle(local.Event(local.GROUP_STARTED, 100.0, "g1", "build1", {"stages": ["build1"]}))
+        p.handle(local.Event(local.LOG, 101.0, "g1", "build1", {"line": "STEP 2/2: RUN sleep 2"}))
+        p.handle(local.Event(local.GROUP_STARTED, 100.0, "g2", "build2", {"stages": ["build2"]}))
+        p.handle(local.Event(local.GROUP_FINISHED, 102.0, "g2", "build2",
+                             {"ok": False, "message": "build-step: exit 3"}))
+        render = Console(file=io.StringIO(), width=120, record=True)
+        render.print(p._render())
+        text = render.export_text()
+    finally:
+        p.close()
+    lines = {ln.split()[1]: ln for ln in text.splitlines() if ln.strip()}
+    assert "STEP 2/2: RUN sleep 2" in lines["build1"] and "g1" in lines["build1"]
+    assert lines["build2"].lstrip().startswith("✖") and "build-step: exit 3" in lines["build2"]
+    assert lines["build2"].split()[3] == "2.0s"
+    assert lines["final"].lstrip().startswith("·")
