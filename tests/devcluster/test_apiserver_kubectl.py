@@ -422,3 +422,24 @@ def test_not_found_and_already_exists_are_reported(kube: Any) -> None:
     apply(kube, cm("dup", {}))
     dup = kube.kubectl("create", "-f", "-", "-o", "name", input=json.dumps(cm("dup", {})), check=False)
     assert dup.returncode != 0 and "already exists" in dup.stderr
+
+
+def test_server_side_apply_conflicts_between_managers_unless_forced(kube: Any) -> None:
+    apply(kube, cm("shared", {"a": "1"}), "--server-side", "--field-manager=alice")
+    clash = kube.kubectl(
+        "apply",
+        "-f",
+        "-",
+        "--server-side",
+        "--field-manager=bob",
+        input=json.dumps(cm("shared", {"a": "2"})),
+        check=False,
+    )
+    assert clash.returncode != 0
+    assert 'conflict with "alice"' in clash.stderr and ".data.a" in clash.stderr
+    assert get(kube, "cm", "shared")["data"] == {"a": "1"}
+    apply(
+        kube, cm("shared", {"a": "1", "b": "x"}), "--server-side", "--field-manager=bob"
+    )  # same value: shared
+    apply(kube, cm("shared", {"a": "2"}), "--server-side", "--field-manager=bob", "--force-conflicts")
+    assert get(kube, "cm", "shared")["data"] == {"a": "2"}

@@ -213,8 +213,10 @@ class Core:
     def _apply(
         self, rt: ResourceType, ns: str, name: str, raw: bytes, subresource: str | None, opts: WriteOptions
     ) -> Obj:
-        """Server-side apply: merge the applied config, drop fields this manager no longer applies."""
-        if not opts.field_manager:
+        """Server-side apply: merge the applied config, drop fields this manager no longer applies, and
+        refuse (409) to change a value another apply manager owns unless forced."""
+        manager = opts.field_manager
+        if not manager:
             raise errors.bad_request("PATCH, field manager required for apply requests")
         try:
             applied = yaml.safe_load(raw.decode())
@@ -223,47 +225,76 @@ class Core:
         if not isinstance(applied, dict) or not applied.get("apiVersion") or not applied.get("kind"):
             raise errors.bad_request("apply patch must be an object with apiVersion and kind")
         applied.setdefault("metadata", {})["name"] = name
+        now_fields = patching.field_set(applied)
         try:
             current = self.get(rt, ns, name)
         except ApiError as e:
             if e.code != 404 or subresource:
                 raise
-            created = self.create(rt, ns, applied, WriteOptions(opts.dry_run, None, opts.field_validation))
+            body = copy.deepcopy(applied)
+            self._record_manager(body, manager, "Apply", applied, None)
+            created = self.create(rt, ns, body, WriteOptions(opts.dry_run, None, opts.field_validation))
             if not opts.dry_run:
-                self.applied[(created["metadata"]["uid"], opts.field_manager, "")] = patching.field_set(
-                    applied
-                )
-                return self._manage(rt, created, applied, opts.field_manager, None)
+                self.applied[(created["metadata"]["uid"], manager, "")] = now_fields
             return created
         uid = current["metadata"]["uid"]
-        akey = (uid, opts.field_manager, subresource or "")
-        now_fields = patching.field_set(applied)
+        sub = subresource or ""
+        akey = (uid, manager, sub)
+        self._apply_conflicts(rt, current, applied, now_fields, akey, opts.force)
         stale = {p for p in self.applied.get(akey, set()) - now_fields if p[0] not in ("apiVersion", "kind")}
         merged = patching.remove_paths(copy.deepcopy(current), stale)
         merged = patching.strategic_merge(merged, {k: v for k, v in applied.items() if k != "metadata"})
-        ameta = {
-            k: v
-            for k, v in applied["metadata"].items()
-            if k in ("labels", "annotations", "finalizers", "ownerReferences")
-        }
+        keep = ("labels", "annotations", "finalizers", "ownerReferences")
+        ameta = {k: v for k, v in applied["metadata"].items() if k in keep}
         merged["metadata"] = patching.strategic_merge(merged["metadata"], ameta)
         merged["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        self._record_manager(merged, manager, "Apply", applied, subresource)
         wrote = self._write(rt, current, merged, subresource, opts)
-        if not opts.dry_run and self.store.get(rt.key, wrote["metadata"].get("namespace", ""), name):
+        if not opts.dry_run:
             self.applied[akey] = now_fields
-            return self._manage(rt, wrote, applied, opts.field_manager, subresource)
         return wrote
 
-    def _manage(self, rt: ResourceType, obj: Obj, applied: Obj, manager: str, sub: str | None) -> Obj:
-        """Record the apply manager in managedFields (a metadata-only write, as the apiserver's is atomic)."""
-        stored = self.store.get(rt.key, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-        if stored is None:
-            return obj
-        before = copy.deepcopy(stored["metadata"].get("managedFields"))
-        self._record_manager(stored, manager, "Apply", applied, sub)
-        if stored["metadata"].get("managedFields") == before:
-            return self._present(rt, stored)
-        return self._present(rt, self.store.put(rt.key, stored))
+    def _apply_conflicts(
+        self,
+        rt: ResourceType,
+        current: Obj,
+        applied: Obj,
+        fields: set[tuple[str, ...]],
+        akey: tuple[str, str, str],
+        force: bool,
+    ) -> None:
+        conflicts: list[tuple[str, str]] = []
+        for (uid, other, sub), owned in self.applied.items():
+            if uid != akey[0] or sub != akey[2] or other == akey[1]:
+                continue
+            clash = set()
+            for path in fields & owned:
+                found, value = patching.value_at(applied, path)
+                if not found or isinstance(value, (dict, list)):
+                    continue
+                here, now = patching.value_at(current, path)
+                if here and now != value:
+                    clash.add(path)
+            if clash and force:
+                self.applied[(uid, other, sub)] = owned - clash
+            conflicts += [(other, "." + ".".join(p)) for p in sorted(clash)]
+        if conflicts and not force:
+            n = len(conflicts)
+            text = "; ".join(f'conflict with "{m}": {f}' for m, f in conflicts)
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Apply failed with {n} conflict{'s' if n > 1 else ''}: {text}",
+                {
+                    "name": current["metadata"]["name"],
+                    "group": rt.group,
+                    "kind": rt.plural,
+                    "causes": [
+                        {"reason": "FieldManagerConflict", "message": f'conflict with "{m}"', "field": f}
+                        for m, f in conflicts
+                    ],
+                },
+            )
 
     def _record_manager(
         self, obj: Obj, manager: str, operation: str, applied: Obj | None, sub: str | None

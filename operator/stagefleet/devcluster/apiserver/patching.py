@@ -214,6 +214,22 @@ def field_set(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
     return paths
 
 
+def value_at(obj: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    """The value at a field_set path (list items addressed as "[key]"), and whether it exists."""
+    cur = obj
+    for i, part in enumerate(path):
+        if part.startswith("[") and isinstance(cur, list):
+            key = MERGE_KEYS.get(path[i - 1], "name")
+            cur = next((c for c in cur if isinstance(c, dict) and str(c.get(key)) == part[1:-1]), None)
+            if cur is None:
+                return False, None
+        elif isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            return False, None
+    return True, cur
+
+
 def remove_paths(obj: Any, paths: set[tuple[str, ...]]) -> Any:
     """Drop fields a manager applied before but no longer applies (deepest first)."""
     for path in sorted(paths, key=len, reverse=True):
