@@ -794,11 +794,12 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
                 for t in tasks.values():
                     t.cancel()
                 for gid, t in list(tasks.items()):
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
-                    g = by_id[gid]
-                    outcomes[gid] = GroupOutcome(gid, tuple(g.stages), started_at[gid], time.time(), None,
-                                                 error="stopped: another group failed", cancelled=True)
+                    try:
+                        outcomes[gid] = await t  # it finished just before it could be stopped
+                    except asyncio.CancelledError:
+                        g = by_id[gid]
+                        outcomes[gid] = GroupOutcome(gid, tuple(g.stages), started_at[gid], time.time(), None,
+                                                     error="stopped: another group failed", cancelled=True)
                     _emit_finished(emit, outcomes[gid])
                 tasks.clear()
     finally:
