@@ -785,7 +785,9 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
                 if outcome.ok:
                     succeeded.add(gid)
                     if gid != plan.final_group and outcome.digest:
-                        upstream[gid] = f"{stage_ref_repo}@{outcome.digest}"
+                        pushed = (outcome.result or {}).get("image")
+                        repo = repository_of(pushed) if isinstance(pushed, str) and pushed else stage_ref_repo
+                        upstream[gid] = f"{repo}@{outcome.digest}"
                 else:
                     failed.add(gid)
                     first_failure = first_failure or gid
