@@ -143,3 +143,49 @@ def test_exit_status_and_exec_failure(tmp_path: Path) -> None:
     assert (
         tmp_path / "start-error"
     ).read_text() == 'exec: "no-such-command-xyz": executable file not found in $PATH'
+
+
+def test_worker_pod_layout_under_existing_system_dirs(tmp_path: Path) -> None:
+    """The operator's worker pod layout: several mounts below /run and /var/lib, none left on the host."""
+    tag = uuid.uuid4().hex[:8]
+    vols = {}
+    for name in ("storage", "dockerfile", "secret0", "secret1"):
+        vols[name] = tmp_path / name
+        vols[name].mkdir()
+        (vols[name] / "f").write_text(name)
+    run_dir, lib_dir = f"/run/sf-{tag}", f"/var/lib/sf-{tag}"
+    mounts = [
+        {"source": str(vols["storage"]), "target": lib_dir},
+        {"source": str(vols["dockerfile"]), "target": f"{run_dir}/dockerfile", "read_only": True},
+        {"source": str(vols["secret0"]), "target": f"{run_dir}/secrets/0", "read_only": True},
+        {"source": str(vols["secret1"]), "target": f"{run_dir}/secrets/1", "read_only": True},
+    ]
+    script = (
+        f"cat {lib_dir}/f {run_dir}/dockerfile/f {run_dir}/secrets/0/f {run_dir}/secrets/1/f; echo; ls /run | wc -l"
+    )
+    res = run_init(tmp_path, mounts, script)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.split("\n")
+    assert "".join(lines[:-2]) == "storagedockerfilesecret0secret1"
+    assert int(lines[-2]) == len(os.listdir("/run")) + 1  # the host's /run entries, plus ours
+    assert not os.path.exists(run_dir) and not os.path.exists(lib_dir)
+
+
+def test_mount_point_inside_a_read_only_volume_does_not_write_into_it(tmp_path: Path) -> None:
+    ro, inner = tmp_path / "ro", tmp_path / "inner"
+    ro.mkdir()
+    inner.mkdir()
+    (ro / "keep").write_text("k")
+    (inner / "f").write_text("inner")
+    target = tmp_path / "mnt"
+    res = run_init(
+        tmp_path,
+        [
+            {"source": str(ro), "target": str(target), "read_only": True},
+            {"source": str(inner), "target": str(target / "sub")},
+        ],
+        f"cat {target}/keep {target}/sub/f",
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "kinner"
+    assert sorted(os.listdir(ro)) == ["keep"]

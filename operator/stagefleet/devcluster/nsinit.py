@@ -6,7 +6,8 @@ process and never shows on the host. Stdlib only and run by path, so startup sta
 execs the container command (same pid), which keeps signals and the exit status exact.
 
 Mount targets that do not exist yet:
-* under a volume mounted earlier in this container: created inside that volume (as Kubernetes does);
+* under a volume mounted earlier in this container: created inside that volume (as Kubernetes does),
+  or, if the volume is read-only, the volume is mirrored (next point) instead of written to;
 * under an existing host directory other than ``/`` (e.g. ``/dev/termination-log``): the directory is
   mirrored into a private tmpfs (each entry bind-mounted back) and the tmpfs is moved over it, so the new
   entry exists only in this namespace and the host directory is untouched;
@@ -62,47 +63,72 @@ def _mirror(directory: str, staging: str) -> None:
     _mount(staging, directory, None, MS_MOVE)
 
 
-def ensure_target(target: str, is_file: bool, mounted: list[str], staging_root: str) -> None:
-    """Make `target` exist as a file or directory inside this namespace (see module docstring)."""
+def _create(target: str, is_file: bool, ancestor: str, private: set[str] | None) -> None:
+    """mkdir -p (and touch) below `ancestor`; record what we made in `private` when given."""
+    parent = os.path.dirname(target) if is_file else target
+    missing = []
+    d = parent
+    while d != ancestor and not os.path.exists(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    for d in reversed(missing):
+        os.mkdir(d)
+        if private is not None:
+            private.add(d)
+    if is_file:
+        with open(target, "a"):
+            pass
+
+
+def ensure_target(
+    target: str, is_file: bool, mounted: list[str], private: set[str], staging_root: str
+) -> None:
+    """Make `target` exist as a file or directory inside this namespace (see module docstring).
+
+    `mounted` are the mount targets so far (volumes: creating inside them is fine), `private` the
+    directories that exist only in this namespace (mirror roots and what we created inside them).
+    """
     if os.path.lexists(target):
         return
     ancestor = os.path.dirname(target)
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
-    if ancestor != "/" and not _under(ancestor, mounted):
+    direct = ancestor in private or _under(ancestor, mounted)
+    if not direct and ancestor != "/":
         _mirror(ancestor, os.path.join(staging_root, f"m{next(_staging)}"))
-    parent = os.path.dirname(target) if is_file else target
+        private.add(ancestor)
+    if ancestor == "/" and not direct:
+        _create(target, is_file, ancestor, None)  # documented: top-level directories go on the host
+        return
     try:
-        os.makedirs(parent, exist_ok=True)
-        if is_file:
-            with open(target, "a"):
-                pass
+        _create(target, is_file, ancestor, private)
     except OSError:
-        if ancestor == "/" or not _under(ancestor, mounted):
+        if not direct or ancestor in private:
             raise
+        # A read-only volume: mirror it rather than write into it.
         _mirror(ancestor, os.path.join(staging_root, f"m{next(_staging)}"))
-        os.makedirs(parent, exist_ok=True)
-        if is_file:
-            with open(target, "a"):
-                pass
+        private.add(ancestor)
+        _create(target, is_file, ancestor, private)
 
 
 def apply(spec: dict[str, Any]) -> None:
     """Do the mounts and the chdir a spec asks for (everything but the exec)."""
     mounted: list[str] = []
+    private: set[str] = set()
     staging_root = spec["staging"]
     for m in spec["mounts"]:
         source, target = m["source"], m["target"]
         is_file = bool(m.get("is_file")) or (os.path.exists(source) and not os.path.isdir(source))
-        ensure_target(target, is_file, mounted, staging_root)
+        ensure_target(target, is_file, mounted, private, staging_root)
         _mount(source, target, None, MS_BIND | MS_REC)
         if m.get("read_only"):
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         mounted.append(target)
+        private.difference_update({p for p in private if _under(p, [target])})  # now covered by a volume
     cwd = spec.get("cwd")
     if cwd:
         if not os.path.isdir(cwd):
-            ensure_target(cwd, False, mounted, staging_root)
+            ensure_target(cwd, False, mounted, private, staging_root)
         os.chdir(cwd)
 
 
