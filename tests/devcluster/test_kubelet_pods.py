@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -401,3 +402,28 @@ def test_node_loss_fails_its_pods_and_kills_their_processes(cluster: ClusterKube
     # New pods avoid the lost node.
     k.apply(pod_manifest("survivor", "true"))
     assert finished(k, "survivor")["spec"]["nodeName"] == "devnode-2"
+
+
+def test_project_venv_comes_first_on_the_pod_path(cluster: ClusterKube) -> None:
+    """`stagefleet-worker` (the operator's worker command) resolves without an image."""
+    k = cluster
+    k.require_devcluster()
+    k.apply(
+        pod_manifest("worker-help", "stagefleet-worker --help > /dev/null && command -v stagefleet-worker")
+    )
+    pod = finished(k, "worker-help")
+    assert pod["status"]["phase"] == "Succeeded", k.kubectl("logs", "worker-help").stdout
+    assert k.kubectl("logs", "worker-help").stdout.strip() == os.path.join(
+        os.path.dirname(sys.executable), "stagefleet-worker"
+    )
+
+
+def test_recovered_node_takes_new_pods_again(make_cluster: Any) -> None:
+    k: ClusterKube = make_cluster(nodes=1)
+    dev = k.require_devcluster()
+    dev.lose_node("devnode-1")
+    k.apply(pod_manifest("waits", "true"))
+    cond = wait_until(lambda: conditions(k.pod("waits")).get("PodScheduled"), "PodScheduled condition")
+    assert "untolerated taint {node.kubernetes.io/unreachable: }" in cond["message"]
+    dev.recover_node("devnode-1")
+    assert finished(k, "waits")["status"]["phase"] == "Succeeded"

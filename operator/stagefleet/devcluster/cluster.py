@@ -103,6 +103,11 @@ class DevCluster:
         assert self.kubelet is not None, "cluster not started"
         self.kubelet.lose_node(name)
 
+    def recover_node(self, name: str) -> None:
+        """Undo `lose_node` for new pods (the node is Ready again; its failed pods stay failed)."""
+        assert self.kubelet is not None, "cluster not started"
+        self.kubelet.recover_node(name)
+
     # ----------------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
