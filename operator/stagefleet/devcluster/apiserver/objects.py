@@ -129,7 +129,8 @@ def apply_defaults(rt: ResourceType, obj: dict[str, Any]) -> None:
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj["status"] = {"phase": "Active"}
     elif rt.group == "" and rt.plural == "secrets":
-        obj.setdefault("type", "Opaque")
+        if not obj.get("type"):
+            obj["type"] = "Opaque"
         string_data = obj.pop("stringData", None) or {}
         if string_data:
             data = obj.setdefault("data", {})

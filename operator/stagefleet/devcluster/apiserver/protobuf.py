@@ -78,6 +78,20 @@ KINDS: dict[str, Spec] = {
         3: ("imagePullSecrets", ("list", {1: ("name", "str")})),
         4: ("automountServiceAccountToken", "bool"),
     },
+    "Eviction": {1: ("metadata", OBJECT_META), 2: ("deleteOptions", "deleteoptions")},
+    "Binding": {
+        1: ("metadata", OBJECT_META),
+        2: (
+            "target",
+            {
+                1: ("kind", "str"),
+                2: ("namespace", "str"),
+                3: ("name", "str"),
+                4: ("uid", "str"),
+                5: ("apiVersion", "str"),
+            },
+        ),
+    },
     "DeleteOptions": {
         1: ("gracePeriodSeconds", "int"),
         2: ("preconditions", {1: ("uid", "str"), 2: ("resourceVersion", "str")}),
@@ -165,6 +179,8 @@ def decode_message(raw: bytes, spec: Spec) -> dict[str, Any]:
         elif kind in ("map", "bmap"):
             k, v = _map_entry(value if isinstance(value, bytes) else b"")
             out.setdefault(name, {})[k] = v.decode() if kind == "map" else base64.b64encode(v).decode()
+        elif kind == "deleteoptions":
+            out[name] = decode_message(value if isinstance(value, bytes) else b"", KINDS["DeleteOptions"])
         elif kind == "fieldsv1":
             inner = (
                 [v for n, v in fields(value) if n == 1 and isinstance(v, bytes)]
@@ -198,6 +214,8 @@ def decode(body: bytes) -> dict[str, Any]:
             f"{', '.join(sorted(KINDS))}; send {kind or 'this object'} as application/json",
         )
     obj = decode_message(raw, spec)
+    if isinstance(obj.get("metadata"), dict):  # Go encodes unset strings as "": drop them like JSON would
+        obj["metadata"] = {k: v for k, v in obj["metadata"].items() if v != ""}
     if kind != "DeleteOptions":
         obj = {"apiVersion": type_meta.get("apiVersion", "v1"), "kind": kind, **obj}
     return obj

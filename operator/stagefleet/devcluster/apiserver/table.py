@@ -100,6 +100,38 @@ def _col(name: str, typ: str = "string", priority: int = 0) -> dict[str, Any]:
     return {"name": name, "type": typ, "format": "", "priority": priority, "description": name}
 
 
+def _ready_replicas(o: Mapping[str, Any]) -> list[Any]:
+    spec, status = o.get("spec") or {}, o.get("status") or {}
+    return [
+        f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
+        status.get("updatedReplicas", 0),
+        status.get("availableReplicas", 0),
+    ]
+
+
+_SIMPLE: dict[tuple[str, str], tuple[list[str], Any]] = {
+    ("", "configmaps"): (["Data"], lambda o: [len(o.get("data") or {}) + len(o.get("binaryData") or {})]),
+    ("", "secrets"): (["Type", "Data"], lambda o: [o.get("type", "Opaque"), len(o.get("data") or {})]),
+    ("", "serviceaccounts"): (["Secrets"], lambda o: [len(o.get("secrets") or [])]),
+    ("", "services"): (
+        ["Type", "Cluster-IP"],
+        lambda o: [
+            (o.get("spec") or {}).get("type", "ClusterIP"),
+            (o.get("spec") or {}).get("clusterIP", "<none>"),
+        ],
+    ),
+    ("apps", "deployments"): (["Ready", "Up-to-date", "Available"], _ready_replicas),
+    ("coordination.k8s.io", "leases"): (
+        ["Holder"],
+        lambda o: [(o.get("spec") or {}).get("holderIdentity", "")],
+    ),
+    ("apiextensions.k8s.io", "customresourcedefinitions"): (
+        ["Created At"],
+        lambda o: [o["metadata"].get("creationTimestamp", "")],
+    ),
+}
+
+
 def columns_and_cells(rt: ResourceType) -> tuple[list[dict[str, Any]], Any]:
     if rt.key == ("", "pods"):
         cols = [
@@ -137,6 +169,26 @@ def columns_and_cells(rt: ResourceType) -> tuple[list[dict[str, Any]], Any]:
             ]
 
         return [_NAME, _col("Status"), _col("Roles"), _AGE, _col("Version")], node
+    simple = _SIMPLE.get(rt.key)
+    if simple is not None:
+        names, fn = simple
+        cols = [_NAME] + [_col(n) for n in names] + [_AGE]
+        return cols, lambda o: [o["metadata"]["name"], *fn(o), age(o["metadata"].get("creationTimestamp"))]
+    if rt.key == ("", "events") or rt.key == ("events.k8s.io", "events"):
+
+        def event(o: Mapping[str, Any]) -> list[Any]:
+            io = o.get("involvedObject") or o.get("regarding") or {}
+            last = o.get("lastTimestamp") or o.get("eventTime") or o["metadata"].get("creationTimestamp")
+            return [
+                age(last),
+                o.get("type", ""),
+                o.get("reason", ""),
+                f"{str(io.get('kind', '')).lower()}/{io.get('name', '')}",
+                o.get("message") or o.get("note", ""),
+            ]
+
+        cols = [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message")]
+        return cols, event
     if rt.is_custom and rt.printer_columns:
         pcs = list(rt.printer_columns)
         cols = [_NAME] + [
