@@ -396,3 +396,45 @@ def test_crd_deletion_removes_instances_and_the_served_type(core: Core) -> None:
     with pytest.raises(ApiError) as err:
         core.rt("unit.stagefleet.dev", "v1", "things")
     assert err.value.code == 404
+
+
+def test_builtin_validation_catches_what_a_real_apiserver_rejects() -> None:
+    c = Core()
+    pods, cms = c.rt("", "v1", "pods"), c.rt("", "v1", "configmaps")
+
+    def causes(rt: Any, body: dict[str, Any]) -> dict[str, str]:
+        with pytest.raises(ApiError) as err:
+            c.create(rt, "default", body)
+        assert err.value.code == 422 and err.value.details is not None
+        return {x["field"]: x["message"] for x in err.value.details["causes"]}
+
+    assert "metadata.labels" in causes(cms, {"metadata": {"name": "c", "labels": {"a": "has space"}}})
+    assert "data[bad/key]" in causes(cms, {"metadata": {"name": "c"}, "data": {"bad/key": "v"}})
+    bad = pod("p")
+    bad["spec"]["containers"][0].pop("image")
+    bad["spec"]["containers"][0]["volumeMounts"] = [{"name": "missing", "mountPath": "/x"}]
+    found = causes(pods, bad)
+    assert found["spec.containers[0].image"] == "Required value"
+    assert found["spec.containers[0].volumeMounts[0].name"] == 'Not found: "missing"'
+
+    c.create(pods, "default", pod("p"))
+    c.patch(
+        pods,
+        "default",
+        "p",
+        "application/strategic-merge-patch+json",
+        b'{"spec":{"containers":[{"name":"c","image":"busybox:2"}]}}',
+    )
+    with pytest.raises(ApiError) as err:
+        c.patch(
+            pods,
+            "default",
+            "p",
+            "application/strategic-merge-patch+json",
+            b'{"spec":{"containers":[{"name":"c","command":["sh"]}]}}',
+        )
+    assert err.value.code == 422 and "pod updates may not change fields" in err.value.message
+    bound = c.patch(pods, "default", "p", "application/merge-patch+json", b'{"spec":{"nodeName":"n1"}}')
+    assert bound["spec"]["nodeName"] == "n1"
+    with pytest.raises(ApiError):
+        c.patch(pods, "default", "p", "application/merge-patch+json", b'{"spec":{"nodeName":"n2"}}')

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import errors, objects, patching, schema
+from . import errors, objects, patching, schema, validation
 from .errors import ApiError
 from .resources import CRD_KEY, Registry, ResourceType, types_from_crd
 from .selectors import Predicate
@@ -377,21 +377,6 @@ class Core:
                         )
                     ],
                 )
-        if rt.plural == "pods" and not rt.group:
-            old_node = (current.get("spec") or {}).get("nodeName")
-            new_node = (result.get("spec") or {}).get("nodeName")
-            if old_node and new_node != old_node:
-                raise errors.invalid(
-                    rt,
-                    name,
-                    [
-                        errors.cause(
-                            "spec.nodeName",
-                            "Forbidden: pod updates may not change fields other than ...",
-                            "FieldValueForbidden",
-                        )
-                    ],
-                )
         if rt.plural == "secrets" and not rt.group:
             objects.secret_string_data(result)
         result["apiVersion"] = rt.api_version
@@ -419,6 +404,9 @@ class Core:
         return self._present(rt, stored)
 
     def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, opts: WriteOptions) -> None:
+        causes = validation.metadata(obj) if rt.is_custom else validation.validate(rt, obj, old)
+        if causes:
+            raise errors.invalid(rt, obj["metadata"].get("name", ""), causes)
         if rt.is_custom:
             self.warnings.extend(schema.admit_custom(rt, obj, old, opts.field_validation))
         elif rt.key == CRD_KEY:
