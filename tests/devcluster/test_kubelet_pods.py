@@ -427,3 +427,14 @@ def test_recovered_node_takes_new_pods_again(make_cluster: Any) -> None:
     assert "untolerated taint {node.kubernetes.io/unreachable: }" in cond["message"]
     dev.recover_node("devnode-1")
     assert finished(k, "waits")["status"]["phase"] == "Succeeded"
+
+
+def test_termination_message_is_capped_at_4096_bytes_and_path_is_configurable(cluster: ClusterKube) -> None:
+    k = cluster
+    script = "head -c 5000 /dev/zero | tr '\\0' x > /tmp/stagefleet-result/msg"
+    k.apply(
+        pod_manifest("capped", script, container={"terminationMessagePath": "/tmp/stagefleet-result/msg"})
+    )
+    t = terminated(finished(k, "capped"))
+    assert t["message"] == "x" * 4096
+    assert not os.path.exists("/tmp/stagefleet-result/msg") or k.cluster is None
