@@ -160,9 +160,8 @@ def test_worker_pod_layout_under_existing_system_dirs(tmp_path: Path) -> None:
         {"source": str(vols["secret0"]), "target": f"{run_dir}/secrets/0", "read_only": True},
         {"source": str(vols["secret1"]), "target": f"{run_dir}/secrets/1", "read_only": True},
     ]
-    script = (
-        f"cat {lib_dir}/f {run_dir}/dockerfile/f {run_dir}/secrets/0/f {run_dir}/secrets/1/f; echo; ls /run | wc -l"
-    )
+    files = f"{lib_dir}/f {run_dir}/dockerfile/f {run_dir}/secrets/0/f {run_dir}/secrets/1/f"
+    script = f"cat {files}; echo; ls /run | wc -l"
     res = run_init(tmp_path, mounts, script)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.split("\n")
