@@ -177,6 +177,8 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ClusterKube]]:
         if real:
             kubeconfig = Path(real)
         else:
+            if os.geteuid() != 0:
+                pytest.skip("the dev cluster's kubelet needs root (private mount namespaces)")
             cluster = DevCluster(tmp_path / f"cluster{len(made)}", **kwargs)
             cluster.start()
             kubeconfig = cluster.kubeconfig

@@ -17,7 +17,10 @@ import pytest
 from conftest import KUBECTL, wait_until
 from stagefleet.devcluster.cluster import DevCluster
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pods run in private mount namespaces (root)")
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(os.geteuid() != 0, reason="pods run in private mount namespaces (root)"),
+]
 
 
 def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:

@@ -14,7 +14,11 @@ import sys
 import uuid
 from typing import Any
 
+import pytest
+
 from conftest import KUBECTL, ClusterKube, wait_until
+
+pytestmark = pytest.mark.cluster
 
 IMAGE = "busybox:1.36"
 
