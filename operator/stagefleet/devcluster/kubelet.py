@@ -1035,23 +1035,7 @@ class Kubelet:
             # No pods/binding on this server: set spec.nodeName (allowed once while empty); a vanished
             # pod makes this 404 as well.
             await self.api.merge_patch(f"/api/v1/namespaces/{ns}/pods/{name}", {"spec": {"nodeName": node}})
-        now_ = now()
-        with contextlib.suppress(ApiError):
-            await self.api.merge_patch(
-                f"/api/v1/namespaces/{ns}/pods/{name}/status",
-                {
-                    "status": {
-                        "conditions": [
-                            {
-                                "type": "PodScheduled",
-                                "status": "True",
-                                "lastProbeTime": None,
-                                "lastTransitionTime": now_,
-                            }
-                        ]
-                    }
-                },
-            )
+        # PodScheduled=True comes with the runner's first status report (it replaces the conditions).
 
     async def _mark_unschedulable(self, pod: Mapping[str, Any], message: str) -> None:
         meta = pod["metadata"]
