@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -185,3 +186,47 @@ def test_help_says_it_is_a_development_tool() -> None:
         check=True,
     ).stdout
     assert "development" in out and "not for production" in out.lower()
+
+
+def test_cli_up_in_the_foreground_stops_on_ctrl_c(tmp_path: Path) -> None:
+    workdir = tmp_path / "wd"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stagefleet.cli",
+            "dev-cluster",
+            "up",
+            "--workdir",
+            str(workdir),
+            "--nodes",
+            "1",
+            "--no-crds",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        state = wait_until(
+            lambda: (
+                json.loads((workdir / "state.json").read_text())
+                if (workdir / "state.json").exists()
+                else None
+            ),
+            "the cluster to come up",
+            timeout=60,
+        )
+        assert kubectl(Path(state["kubeconfig"]), "get", "nodes", "-o", "name").split() == ["node/devnode-1"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "kubectl get nodes" in out and "Ctrl-C" in out
+    assert not (workdir / "state.json").exists()
+    assert not server_answers(state["server"])
+
+
+def test_cli_rejects_a_bad_node_label(tmp_path: Path) -> None:
+    res = run_cli("up", "--workdir", str(tmp_path), "--node-label", "novalue", env=dict(os.environ))
+    assert res.returncode == 2 and "K=V" in res.stderr
