@@ -442,3 +442,35 @@ def test_termination_message_is_capped_at_4096_bytes_and_path_is_configurable(cl
     t = terminated(finished(k, "capped"))
     assert t["message"] == "x" * 4096
     assert not os.path.exists("/tmp/stagefleet-result/msg") or k.cluster is None
+
+
+def test_unknown_command_is_a_start_error(cluster: ClusterKube) -> None:
+    k = cluster
+    manifest = pod_manifest("nocmd", "unused")
+    manifest["spec"]["containers"][0]["command"] = ["no-such-command-stagefleet"]
+    k.apply(manifest)
+    pod = finished(k, "nocmd")
+    t = terminated(pod)
+    assert pod["status"]["phase"] == "Failed"
+    assert (t["exitCode"], t["reason"]) == (128, "StartError")
+    assert 'exec: "no-such-command-stagefleet": executable file not found in $PATH' in t["message"]
+
+
+def test_pod_path_env_and_working_dir(cluster: ClusterKube) -> None:
+    k = cluster
+    manifest = pod_manifest(
+        "cwd",
+        "pwd > /dev/termination-log; echo $PATH >> /dev/termination-log",
+        container={
+            "workingDir": "/tmp/stagefleet-wd/sub",
+            "env": [{"name": "PATH", "value": "/bin:/usr/bin"}],
+        },
+    )
+    manifest["spec"]["containers"][0]["command"] = [
+        "/bin/sh",
+        "-c",
+        manifest["spec"]["containers"][0]["command"][2],
+    ]
+    k.apply(manifest)
+    t = terminated(finished(k, "cwd"))
+    assert t["message"] == "/tmp/stagefleet-wd/sub\n/bin:/usr/bin\n"

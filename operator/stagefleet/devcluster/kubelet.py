@@ -407,7 +407,7 @@ class PodRunner:
             started = now()
             with open(log_path, "ab") as log:
                 proc = await asyncio.create_subprocess_exec(
-                    "unshare",
+                    self.k.unshare,
                     "-m",
                     "--propagation",
                     "private",
@@ -423,6 +423,9 @@ class PodRunner:
                     env=proc_env,
                     pass_fds=(status_w,),
                 )
+        except BaseException:
+            os.close(status_r)
+            raise
         finally:
             os.close(status_w)
         self.procs[run.name] = proc
@@ -687,6 +690,8 @@ class Kubelet:
         self.logs_dir = Path(logs_dir)
         self.path = path or default_path()
         self.python = python or sys.executable
+        # Absolute, because the pod's own PATH is what the process is started with.
+        self.unshare = shutil.which("unshare") or "/usr/bin/unshare"
         self.verbose = verbose
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> latest manifest (all namespaces)
         self.runners: dict[str, PodRunner] = {}
