@@ -474,3 +474,53 @@ def test_pod_path_env_and_working_dir(cluster: ClusterKube) -> None:
     k.apply(manifest)
     t = terminated(finished(k, "cwd"))
     assert t["message"] == "/tmp/stagefleet-wd/sub\n/bin:/usr/bin\n"
+
+
+def test_projected_volume_and_subpath_file_mount(cluster: ClusterKube) -> None:
+    k = cluster
+    k.apply(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "p-sec"}, "stringData": {"token": "T"}}
+    )
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "p-cm"},
+            "data": {"app.conf": "conf-body", "other": "o"},
+        }
+    )
+    script = (
+        "{ cat /etc/stagefleet-test.conf; echo; ls /projected | sort | tr '\\n' ' '; echo; "
+        "cat /projected/token /projected/ns; } > /dev/termination-log"
+    )
+    k.apply(
+        pod_manifest(
+            "projected",
+            script,
+            container={
+                "volumeMounts": [
+                    {"name": "proj", "mountPath": "/projected"},
+                    {"name": "cm", "mountPath": "/etc/stagefleet-test.conf", "subPath": "app.conf"},
+                ]
+            },
+            volumes=[
+                {"name": "cm", "configMap": {"name": "p-cm"}},
+                {
+                    "name": "proj",
+                    "projected": {
+                        "sources": [
+                            {"secret": {"name": "p-sec", "items": [{"key": "token", "path": "token"}]}},
+                            {"configMap": {"name": "p-cm", "items": [{"key": "other", "path": "other"}]}},
+                            {
+                                "downwardAPI": {
+                                    "items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                                }
+                            },
+                        ]
+                    },
+                },
+            ],
+        )
+    )
+    t = terminated(finished(k, "projected"))
+    assert t["message"] == f"conf-body\nns other token \nT{k.namespace}"
