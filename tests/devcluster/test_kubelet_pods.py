@@ -524,3 +524,32 @@ def test_projected_volume_and_subpath_file_mount(cluster: ClusterKube) -> None:
     )
     t = terminated(finished(k, "projected"))
     assert t["message"] == f"conf-body\nns other token \nT{k.namespace}"
+
+
+def test_taints_keep_pods_away_unless_tolerated(make_cluster: Any) -> None:
+    from stagefleet.devcluster.kubelet import NodeConfig
+
+    taint = {"key": "dedicated", "value": "builds", "effect": "NoSchedule"}
+    k: ClusterKube = make_cluster(
+        node_specs=[
+            NodeConfig("devnode-1", {"role": "builds"}, taints=(taint,)),
+            NodeConfig("devnode-2", {"role": "general"}),
+        ]
+    )
+    k.require_devcluster()
+    k.apply(pod_manifest("plain", "true"))
+    assert finished(k, "plain")["spec"]["nodeName"] == "devnode-2"
+    k.apply(pod_manifest("intolerant", "true", nodeSelector={"role": "builds"}))
+    cond = wait_until(lambda: conditions(k.pod("intolerant")).get("PodScheduled"), "PodScheduled condition")
+    assert "1 node(s) had untolerated taint {dedicated: builds}" in cond["message"]
+    k.apply(
+        pod_manifest(
+            "tolerant",
+            "true",
+            nodeSelector={"role": "builds"},
+            tolerations=[
+                {"key": "dedicated", "operator": "Equal", "value": "builds", "effect": "NoSchedule"}
+            ],
+        )
+    )
+    assert finished(k, "tolerant")["spec"]["nodeName"] == "devnode-1"

@@ -10,7 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +28,7 @@ class DevCluster:
 
     `workdir/kubeconfig` is written on start; pod logs go to `workdir/logs`, pod volumes to
     `workdir/kubelet`. `faults` is the emulator's live `Faults` object (error rate, watch drops, latency).
+    `node_specs` replaces the uniform `nodes`/`pods_per_node`/`node_labels` nodes (e.g. tainted ones).
     """
 
     def __init__(
@@ -39,7 +40,7 @@ class DevCluster:
         node_labels: Mapping[str, str] | None = None,
         install_crds: bool = True,
         crds_dir: Path | None = None,
-        node_configs_: list[NodeConfig] | None = None,
+        node_specs: Sequence[NodeConfig] | None = None,
         verbose: bool = False,
     ) -> None:
         from stagefleet.devcluster.apiserver import Faults
@@ -48,7 +49,7 @@ class DevCluster:
         self.kubeconfig = self.workdir / "kubeconfig"
         self.logs_dir = self.workdir / "logs"
         self.server = ""
-        self.nodes = node_configs_ or node_configs(nodes, pods_per_node, node_labels)
+        self.nodes = list(node_specs) if node_specs else node_configs(nodes, pods_per_node, node_labels)
         self.install_crds = install_crds
         self.crds_dir = crds_dir or REPO_CRDS
         self.faults = Faults()
