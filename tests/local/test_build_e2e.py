@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -222,3 +223,21 @@ def test_second_build_takes_its_steps_from_the_cache_repo(registry: LocalRegistr
     # with buildah 1.28 — no assertion on them.)
     assert cold_stages["final"]["cachedSteps"] == 0
     assert warm_stages["final"]["cachedSteps"] == warm_stages["final"]["steps"] > 0, warm_stages
+
+
+def test_without_registry_a_throwaway_one_is_started_announced_and_stopped(tmp_path: Path) -> None:
+    missing = [t for t in ("buildah", "docker-registry") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"builder tools missing: {missing} (scripts/setup.sh installs them)")
+    (tmp_path / "Dockerfile").write_text("ARG BASE\nFROM ${BASE} AS only\nRUN echo hi > /hi\n")
+    proc = stagefleet("build", str(tmp_path), "--build-arg", "BASE={registry}/base/busybox:1",
+                      "--progress", "plain", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
+    where = re.search(r"^throwaway registry at (127\.0\.0\.1:(\d+)) .*base image (\S+)$", proc.stdout, re.M)
+    assert where, proc.stdout[:1000]
+    host = where.group(1)
+    assert where.group(3) == f"{host}/base/busybox:1"
+    image = rf"^image: {re.escape(host)}/stagefleet/local:\S+@sha256:[0-9a-f]{{64}}$"
+    assert re.search(image, proc.stdout, re.M)
+    with socket.socket() as s:  # gone with the build
+        assert s.connect_ex(("127.0.0.1", int(where.group(2)))) != 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,3 +143,14 @@ def test_sigterm_stops_the_workers(tmp_path: Path, fake: Path, monkeypatch: pyte
     pid = json.loads((fake / "g1.json").read_text())["pid"]
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_auto_progress_without_a_terminal_is_plain(tmp_path: Path, fake: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM 127.0.0.1:9/b AS one\nRUN x\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stagefleet.cli", "build", str(tmp_path), "--registry", "127.0.0.1:9",
+         "--worker", str(FAKE_WORKER)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    progress = proc.stdout.split("\n\n")[0].splitlines()
+    assert progress and all(re.match(r"^ *\d+\.\d\d \[(build|one)\] ", ln) for ln in progress), progress
+    assert "\x1b[" not in proc.stdout  # no terminal control sequences
