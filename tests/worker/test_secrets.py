@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import secrets
 import zlib
 from pathlib import Path
@@ -51,7 +52,6 @@ RUN echo done > /done
     assert r.code == 0, r.stderr + r.stdout
 
     # readable during RUN: the image holds the hash of what RUN read, and the echo was scrubbed
-    import hashlib
     files = image_files(h, repo, r.result["digest"])
     assert files["/secret.sha256"].decode().strip() == hashlib.sha256((canary + "\n").encode()).hexdigest()
     assert "***" in r.stdout
