@@ -88,7 +88,28 @@ def make_build(c: Cluster, phase: str) -> None:
                                                  {"status": status})
 
 
-def make_pod(c: Cluster, name: str, group: str, lines: list[str], mtime: float) -> None:
+def set_pod_state(c: Cluster, name: str, *, running: bool) -> None:
+    """What the kubelet reports: a running container, or one that terminated (the log is complete)."""
+    from kubernetes import client
+
+    state = {"running": {"startedAt": "2026-11-27T22:00:00Z"}} if running else {
+        "terminated": {"exitCode": 0, "reason": "Completed"}}
+    cs = {"name": "worker", "image": "x", "imageID": "", "ready": running, "restartCount": 0, "state": state}
+    client.CoreV1Api(c.api).patch_namespaced_pod_status(name, NS, {"status": {
+        "phase": "Running" if running else "Succeeded", "containerStatuses": [cs]}})
+
+
+def append_log(c: Cluster, name: str, lines: list[str], mtime: float | None = None) -> None:
+    log = c.logs_dir / NS / name / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write("".join(f"{ln}\n" for ln in lines))
+    if mtime is not None:
+        os.utime(log, (mtime, mtime))
+
+
+def make_pod(c: Cluster, name: str, group: str, lines: list[str], mtime: float | None, *,
+             running: bool = False) -> None:
     from kubernetes import client
 
     core = client.CoreV1Api(c.api)
@@ -97,14 +118,8 @@ def make_pod(c: Cluster, name: str, group: str, lines: list[str], mtime: float) 
     core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod",
                                     "metadata": {"name": name, "labels": labels},
                                     "spec": {"restartPolicy": "Never", "containers": [container]}})
-    terminated = {"name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-                  "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
-    core.patch_namespaced_pod_status(name, NS, {"status": {"phase": "Succeeded",
-                                                           "containerStatuses": [terminated]}})
-    log = c.logs_dir / NS / name / "worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("".join(f"{ln}\n" for ln in lines))
-    os.utime(log, (mtime, mtime))
+    set_pod_state(c, name, running=running)
+    append_log(c, name, lines, mtime)
 
 
 def stagefleet(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -161,3 +176,32 @@ def test_logs_follow_ends_when_the_build_is_over(cluster: Cluster) -> None:
     assert proc.returncode == 0, proc.stderr
     # followed streams arrive in any order; each line keeps its stage prefix
     assert sorted(proc.stdout.splitlines()) == ["build1 | one", "build2 | two"]
+
+
+def test_logs_follow_picks_up_pods_as_they_start_and_streams_new_lines(cluster: Cluster) -> None:
+    from kubernetes import client
+
+    make_build(cluster, "Building")
+    make_pod(cluster, "seed-g1", "g1", ["[build1] first"], None, running=True)
+    proc = subprocess.Popen([sys.executable, "-m", "stagefleet.cli", "logs", "seed", "-f",
+                             "--kubeconfig", str(cluster.kubeconfig)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "build1 | first\n"
+        # a line written while following, and a pod that starts later
+        append_log(cluster, "seed-g1", ["[build1] second"])
+        assert proc.stdout.readline() == "build1 | second\n"
+        make_pod(cluster, "seed-g3", "g3", ["[final] third"], None, running=True)
+        assert proc.stdout.readline() == "final  | third\n"
+        # the build ends: the streams end, and so does `logs -f`
+        set_pod_state(cluster, "seed-g1", running=False)
+        set_pod_state(cluster, "seed-g3", running=False)
+        client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object_status(
+            "stagefleet.io", "v1alpha1", NS, "imagebuilds", "seed", {"status": {"phase": "Succeeded"}})
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        assert proc.stdout.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
