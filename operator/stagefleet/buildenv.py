@@ -7,6 +7,8 @@ between builds unless a caller deliberately reuses the root.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -104,6 +106,27 @@ def load_auth(text: str) -> dict[str, object]:
     if not isinstance(data["auths"], dict):
         raise AuthFileError('registry auth file: "auths" must be an object')
     return data
+
+
+def auth_secrets(data: Mapping[str, object]) -> list[str]:
+    """The secret strings in a loaded auth file (auth, its decoded password, tokens), for scrubbing."""
+    found: list[str] = []
+    auths = data.get("auths")
+    for entry in auths.values() if isinstance(auths, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        for key in ("auth", "password", "identitytoken", "registrytoken"):
+            value = entry.get(key)
+            if isinstance(value, str) and value:
+                found.append(value)
+        auth = entry.get("auth")
+        if isinstance(auth, str):
+            try:
+                user_pass = base64.b64decode(auth, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            found += [user_pass, user_pass.partition(":")[2]]
+    return [f for f in found if f]
 
 
 def insecure_from_env(env: Mapping[str, str]) -> list[str]:

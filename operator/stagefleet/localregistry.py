@@ -36,9 +36,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def registry_config(rootdirectory: Path, addr: str) -> str:
-    """docker-registry (distribution 2.8) configuration: filesystem storage, plain HTTP, deletes on."""
-    return (
+def registry_config(rootdirectory: Path, addr: str, htpasswd: Path | None = None) -> str:
+    """docker-registry (distribution 2.8) configuration: filesystem storage, plain HTTP, deletes on;
+    with `htpasswd` (bcrypt entries) every request needs basic auth."""
+    text = (
         "version: 0.1\n"
         "log:\n  level: warn\n"
         "storage:\n"
@@ -46,6 +47,9 @@ def registry_config(rootdirectory: Path, addr: str) -> str:
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: {addr}\n"
     )
+    if htpasswd is not None:
+        text += f"auth:\n  htpasswd:\n    realm: stagefleet\n    path: {htpasswd}\n"
+    return text
 
 
 def http_status(url: str, method: str = "GET", timeout: float = 2.0) -> int | None:
@@ -64,11 +68,12 @@ class LocalRegistry:
     """`docker-registry serve` on 127.0.0.1:PORT with its data under `workdir`; a context manager."""
 
     def __init__(self, workdir: Path | None = None, *, port: int | None = None,
-                 binary: str = "docker-registry") -> None:
+                 binary: str = "docker-registry", htpasswd: Path | None = None) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="stagefleet-registry-")) if workdir is None else workdir
         self.port = port or free_port()
         self.binary = binary
+        self.htpasswd = htpasswd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,7 +99,7 @@ class LocalRegistry:
             raise RegistryError(f"{self.binary} not found (apt-get install docker-registry)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.yml"
-        config.write_text(registry_config(self.data_dir, self.host))
+        config.write_text(registry_config(self.data_dir, self.host, self.htpasswd))
         log = open(self.workdir / "registry.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             self.proc = subprocess.Popen([self.binary, "serve", str(config)], stdout=log, stderr=log,
@@ -102,7 +107,8 @@ class LocalRegistry:
         finally:
             log.close()
         deadline = time.monotonic() + timeout
-        while http_status(self.url + "/v2/") != 200:
+        ready = {200, 401} if self.htpasswd else {200}  # with auth, /v2/ answers 401 when up
+        while http_status(self.url + "/v2/") not in ready:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 tail = (self.workdir / "registry.log").read_text(errors="replace")[-2000:]

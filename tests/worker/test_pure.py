@@ -253,6 +253,13 @@ def test_buildenv_files_and_env(tmp_path: Path) -> None:
     assert not root.exists() and not Path(env["TMPDIR"]).is_symlink()
 
 
+def test_auth_secrets_for_scrubbing() -> None:
+    auth = base64.b64encode(b"robot:s3cr3t-pass").decode()
+    data = buildenv.load_auth(json.dumps({"auths": {"r:1": {"auth": auth},
+                                                    "q:2": {"identitytoken": "tok-123"}}}))
+    assert set(buildenv.auth_secrets(data)) == {auth, "robot:s3cr3t-pass", "s3cr3t-pass", "tok-123"}
+
+
 def test_auth_file_validation() -> None:
     assert buildenv.load_auth('{"r:1": {"auth": "x"}}') == {"auths": {"r:1": {"auth": "x"}}}
     for bad in ("not json", "[]", '{"auths": []}'):

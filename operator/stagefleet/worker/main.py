@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from stagefleet import buildenv
 from stagefleet.worker import exitcodes
@@ -49,6 +50,14 @@ def secret_material(spec: StepSpec) -> list[bytes]:
             found.append(path.read_bytes())
         except OSError as e:
             raise _fail(exitcodes.SECRET, f"{what}: cannot read {path}: {e.strerror}") from None
+    if spec.registry_auth is not None:
+        try:
+            auth = buildenv.load_auth(spec.registry_auth.read_text())
+        except (OSError, buildenv.AuthFileError) as e:
+            raise _fail(exitcodes.SECRET, f"registry auth: {e}") from None
+        found += [s.encode() for s in buildenv.auth_secrets(auth)]
+    if spec.git_url and urlsplit(spec.git_url).password:  # https://user:token@host/repo
+        found.append(str(urlsplit(spec.git_url).password).encode())
     return found
 
 
