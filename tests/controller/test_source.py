@@ -1,0 +1,80 @@
+"""source.py against real local git repositories (file://): pinning and Dockerfile-only fetch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stagefleet.controller.source import SourceError, redact, resolve
+from stagefleet.controller.spec import ImageBuildSpec, parse_spec
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git missing")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = tmp_path / "repo"
+    (r / "svc").mkdir(parents=True)
+    (r / "svc" / "Dockerfile").write_text("FROM busybox AS one\n")
+    (r / "big.bin").write_bytes(b"x" * 100_000)
+    _git(r, "init", "-q", "-b", "main")
+    _git(r, "add", ".")
+    _git(r, "commit", "-qm", "one")
+    _git(r, "tag", "v1")
+    (r / "svc" / "Dockerfile").write_text("FROM busybox AS two\n")
+    _git(r, "commit", "-qam", "two")
+    return r
+
+
+def _spec(
+    url: str, revision: str = "HEAD", context: str = "svc", dockerfile: str = "Dockerfile"
+) -> ImageBuildSpec:
+    return parse_spec(
+        {
+            "source": {"git": {"url": url, "revision": revision}, "contextDir": context},
+            "dockerfile": dockerfile,
+            "output": {"image": "r.example/a/b"},
+        }
+    )
+
+
+@pytest.mark.parametrize(("revision", "text"), [("HEAD", "two"), ("main", "two"), ("v1", "one")])
+def test_revision_is_pinned_and_only_the_dockerfile_is_read(repo: Path, revision: str, text: str) -> None:
+    r = resolve(_spec(f"file://{repo}", revision))
+    expected = _git(repo, "rev-parse", f"{revision}^{{commit}}")
+    assert r.git_commit == expected and r.status["git"]["commit"] == expected
+    assert r.dockerfile == f"FROM busybox AS {text}\n" and r.filename == "svc/Dockerfile"
+
+
+def test_a_commit_is_used_as_is(repo: Path) -> None:
+    first = _git(repo, "rev-parse", "v1^{commit}")
+    r = resolve(_spec(f"file://{repo}", first))
+    assert r.git_commit == first and "AS one" in r.dockerfile
+
+
+def test_errors_are_precise(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="revision 'nope' not found"):
+        resolve(_spec(f"file://{repo}", "nope"))
+    with pytest.raises(SourceError, match="svc/Missing.Dockerfile not found"):
+        resolve(_spec(f"file://{repo}", dockerfile="Missing.Dockerfile"))
+    with pytest.raises(SourceError, match="git ls-remote failed"):
+        resolve(_spec(f"file://{tmp_path}/absent"))
+
+
+def test_credentials_never_reach_messages() -> None:
+    assert redact("fatal: https://user:s3cret@host/x.git failed") == "fatal: https://***@host/x.git failed"
+    with pytest.raises(SourceError) as e:
+        resolve(_spec("https://user:s3cret@127.0.0.1:1/x.git"))
+    assert "s3cret" not in str(e.value)
