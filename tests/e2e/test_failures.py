@@ -125,3 +125,19 @@ def test_registry_down_retries_then_fails(
     assert failed and all(s["attempts"] == 2 for s in failed)
     assert obj["status"]["failure"]["kind"] != "build"
     assert dead.split(":")[1] in obj["status"]["message"] or "push" in obj["status"]["message"].lower()
+
+
+def test_timeout_cancels_and_stops_pods(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    kubectl.apply(seed_manifest("slow", base_image, registry.host, sleep=120, timeout="10s"))
+    obj = wait_terminal(kubectl, operator, "slow")
+    status = obj["status"]
+    assert status["phase"] == "Cancelled" and "timed out after 10s (spec.timeout)" in status["message"]
+    assert {s["phase"] for s in status["stages"]} == {"Cancelled"}
+    assert health.convention_problems(obj) == [] and health.kstatus(obj).status == "Failed"
+    wait_until(
+        lambda: all(p["status"].get("phase") in ("Succeeded", "Failed") for p in kubectl.pods("slow")),
+        "the pods to stop",
+        operator,
+    )
