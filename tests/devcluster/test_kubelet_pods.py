@@ -490,8 +490,8 @@ def test_projected_volume_and_subpath_file_mount(cluster: ClusterKube) -> None:
         }
     )
     script = (
-        "{ cat /etc/stagefleet-test.conf; echo; ls /projected | sort | tr '\\n' ' '; echo; "
-        "cat /projected/token /projected/ns; } > /dev/termination-log"
+        "{ cat /etc/stagefleet-test.conf; echo; ls /opt/stagefleet-projected | sort | tr '\\n' ' '; echo; "
+        "cat /opt/stagefleet-projected/token /opt/stagefleet-projected/ns; } > /dev/termination-log"
     )
     k.apply(
         pod_manifest(
@@ -499,7 +499,7 @@ def test_projected_volume_and_subpath_file_mount(cluster: ClusterKube) -> None:
             script,
             container={
                 "volumeMounts": [
-                    {"name": "proj", "mountPath": "/projected"},
+                    {"name": "proj", "mountPath": "/opt/stagefleet-projected"},
                     {"name": "cm", "mountPath": "/etc/stagefleet-test.conf", "subPath": "app.conf"},
                 ]
             },
