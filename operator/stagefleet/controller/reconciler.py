@@ -158,6 +158,8 @@ class Reconciler:
             status = self._plan(ib, build, spec, status, now)
             if status.get("phase") in st.TERMINAL:
                 return None
+            if "plan" not in status:
+                return 5.0  # waiting for a Secret the planning itself needs
             ib = self.kube.get_imagebuild(namespace, name) or ib  # fresh resourceVersion for the next write
 
         plan = PlanView.from_status(status["plan"])
@@ -175,16 +177,7 @@ class Reconciler:
                 "Superseded",
                 f"spec changed (generation {build.generation}): stopped {superseded} pod(s) of the old build",
             )
-        planning = st.progress_status(
-            generation=build.generation,
-            phase=st.PLANNING,
-            reason="Planning",
-            message="resolving the source and planning",
-            old=status,
-            now=now,
-        )
-        self._write(ib, status, planning)
-        ib = self.kube.get_imagebuild(build.namespace, build.name) or ib
+        # The deploy key first: while it is missing the build waits (Stalled), writing status only once.
         ssh_key: bytes | None = None
         git = spec.source.git
         if git and git.secret:
@@ -199,13 +192,23 @@ class Reconciler:
                     phase=st.PENDING,
                     reason="SecretNotFound",
                     message=msg,
-                    old=planning,
+                    old=status,
                     now=now,
                     stalled=True,
                 )
-                if self._write(ib, planning, stalled):
+                if self._write(ib, status, stalled):
                     self._event(ib, "Warning", "SecretNotFound", msg)
                 return stalled
+        planning = st.progress_status(
+            generation=build.generation,
+            phase=st.PLANNING,
+            reason="Planning",
+            message="resolving the source and planning",
+            old=status,
+            now=now,
+        )
+        self._write(ib, status, planning)
+        ib = self.kube.get_imagebuild(build.namespace, build.name) or ib
         error: str | None = None
         for attempt in range(1, self.config.source_attempts + 1):
             try:
