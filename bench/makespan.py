@@ -252,7 +252,8 @@ class Stagefleet:
         self.dev.start()
         config.load_kube_config(config_file=str(self.dev.kubeconfig))  # type: ignore[no-untyped-call]
         self.api = client.ApiClient()
-        client.CoreV1Api(self.api).create_namespace({"metadata": {"name": NAMESPACE}})
+        core: Any = client.CoreV1Api(self.api)
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
         wrapper = shlex.join([sys.executable, str(Path(__file__).resolve()), "--trace-worker",
                               str(self.tracedir), "--", "stagefleet-worker"])
         argv = [sys.executable, "-m", "stagefleet.cli", "operator", "--kubeconfig", str(self.dev.kubeconfig),
@@ -299,7 +300,7 @@ class Stagefleet:
         from kubernetes import client
 
         assert self.op is not None and self.op.poll() is None, "operator not running"
-        custom = client.CustomObjectsApi(self.api)
+        custom: Any = client.CustomObjectsApi(self.api)
         name = f"mk-{uuid.uuid4().hex[:8]}"
         for f in self.tracedir.iterdir():
             f.unlink()
@@ -313,7 +314,8 @@ class Stagefleet:
         t0 = time.monotonic()
         custom.create_namespaced_custom_object("stagefleet.io", "v1alpha1", NAMESPACE, "imagebuilds", body)
         while True:
-            obj = custom.get_namespaced_custom_object("stagefleet.io", "v1alpha1", NAMESPACE, "imagebuilds", name)
+            obj: dict[str, Any] = custom.get_namespaced_custom_object(
+                "stagefleet.io", "v1alpha1", NAMESPACE, "imagebuilds", name)
             phase = (obj.get("status") or {}).get("phase")
             if phase in ("Succeeded", "Failed", "Cancelled"):
                 break
@@ -344,7 +346,8 @@ def stagefleet(work: Path, registry: str) -> Iterator[Stagefleet]:
 
 
 def fmt(xs: Sequence[float]) -> str:
-    return f"{statistics.median(xs):6.2f} s" + (f" (min {min(xs):.2f}, max {max(xs):.2f})" if len(xs) > 1 else "")
+    spread = f" (min {min(xs):.2f}, max {max(xs):.2f})" if len(xs) > 1 else ""
+    return f"{statistics.median(xs):6.2f} s{spread}"
 
 
 def main() -> int:
