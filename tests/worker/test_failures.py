@@ -60,7 +60,7 @@ def test_dockerfile_error_names_file_and_line(
     r = run_worker(["--context", str(ctx), "--target", "app", *_push(registry)], registry_host=registry.host,
                    tmp=tmp_path / "pod")
     _check(r, exitcodes.DOCKERFILE, "dockerfile", "Dockerfile:3:")
-    assert r.result["error"]["line"] == 3
+    assert r.result["error"]["line"] == 3 and r.result["error"]["stage"] == "app"
     ctx = write_context(tmp_path / "ctx2", f"FROM {base_image} AS app\nRUN echo hi\n")
     r = run_worker(["--context", str(ctx), "--target", "nosuchstage", *_push(registry)],
                    registry_host=registry.host, tmp=tmp_path / "pod2")

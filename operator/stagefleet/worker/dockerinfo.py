@@ -40,6 +40,11 @@ class DockerfileInfo:
         """Name of the 0-based stage `index`, if it exists."""
         return self.stages[index] if 0 <= index < len(self.stages) else None
 
+    def stage_at(self, line: int | None) -> str | None:
+        """The stage whose instructions include `line`."""
+        before = [i for i in self.instructions if line is not None and i.line <= line and i.stage]
+        return before[-1].stage if before else None
+
     def find_line(self, step: str, stage: str | None = None) -> int | None:
         """The line of the instruction buildah printed as `step` (preferring the given stage)."""
         want = _norm(step)
@@ -95,3 +100,5 @@ def precheck(text: str, *, filename: str, target: str, build_args: Mapping[str, 
         stages.parse_stage_graph(text, filename=filename, target=target, build_args=dict(build_args))
     except stages.DockerfileError as e:
         raise DockerfileSyntaxError(e.filename, e.line, e.message) from None
+    except Exception:  # noqa: BLE001 - a pre-check only: buildah stays the authority on what builds
+        return

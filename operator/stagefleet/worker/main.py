@@ -104,10 +104,10 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
         env = dict(os.environ)  # until prepare() has run: enough for cleanup's `buildah rm`
         if spec.storage_root is None:
             stack.callback(lambda: buildenv.cleanup(root, env))
-        try:
+        try:  # the auth file was validated by secret_material(); an OSError here is infrastructure
             env = buildenv.prepare(root, insecure_registries=spec.insecure_registries,
                                    auth_file=spec.registry_auth)
-        except (OSError, buildenv.AuthFileError) as e:
+        except buildenv.AuthFileError as e:
             raise _fail(exitcodes.SECRET, f"registry auth: {e}") from None
         try:
             ctx = fetch_context(spec, workdir)
@@ -117,9 +117,12 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
         text = ctx.dockerfile.read_text(errors="replace")
         try:
             info: DockerfileInfo = analyse(text, filename)
-            precheck(text, filename=filename, target=spec.target, build_args=dict(spec.build_args))
         except DockerfileSyntaxError as e:
             raise _fail(exitcodes.DOCKERFILE, str(e), None, e.line) from None
+        try:
+            precheck(text, filename=filename, target=spec.target, build_args=dict(spec.build_args))
+        except DockerfileSyntaxError as e:
+            raise _fail(exitcodes.DOCKERFILE, str(e), info.stage_at(e.line), e.line) from None
         sockets: dict[str, str] = {}
         for key in spec.ssh:
             agent = SshAgent()
