@@ -33,8 +33,10 @@ def _push(registry: LocalRegistry) -> list[str]:
 
 
 def test_usage_error(registry: LocalRegistry, tmp_path: Path) -> None:
-    r = run_worker(["--context", str(tmp_path), "--target", "x"], registry_host=registry.host, tmp=tmp_path)
+    r = run_worker(["--context", str(tmp_path), "--target", "x", "--result-file", str(tmp_path / "res")],
+                   registry_host=registry.host, tmp=tmp_path)
     _check(r, exitcodes.USAGE, "usage", "--push")
+    assert (tmp_path / "res").read_text().strip() == r.stdout.strip()  # the operator still learns why
     r = run_worker(["--context", str(tmp_path), "--target", "x", "--push", "r/x:1", "--upstream", "a=r/x:1"],
                    registry_host=registry.host, tmp=tmp_path)
     _check(r, exitcodes.USAGE, "usage", "sha256")

@@ -24,7 +24,7 @@ from stagefleet.worker.fetch import FetchError, SshAgent, fetch_context
 from stagefleet.worker.output import Failure, OutputTracker, Scrubber
 from stagefleet.worker.push import PushError, push_all
 from stagefleet.worker.result import ErrorInfo, Result, StageResult, render
-from stagefleet.worker.spec import StepSpec, UsageError, parse_args
+from stagefleet.worker.spec import StepSpec, UsageError, default_result_file, parse_args
 
 
 class WorkerFailure(Exception):
@@ -163,6 +163,16 @@ def emit(result: Result, spec_result_file: Path | None, scrub: Scrubber) -> None
             print(f"stagefleet-worker: cannot write {spec_result_file}: {e}", file=sys.stderr)
 
 
+def _peek(args: Sequence[str], flag: str) -> str | None:
+    """A flag's value from a command line that did not parse (so a usage error still gets reported)."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
@@ -176,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = parse_args(args)
     except UsageError as e:
         log(f"usage error: {e}")
-        emit(Result(ok=False, group=None, target="", error=ErrorInfo("usage", str(e))), None, Scrubber())
+        result_file = _peek(args, "--result-file")
+        emit(Result(ok=False, group=_peek(args, "--group"), target=_peek(args, "--target") or "",
+                    error=ErrorInfo("usage", str(e))),
+             Path(result_file) if result_file else default_result_file(), Scrubber())
         return exitcodes.USAGE
     scrub = Scrubber()
     signal.signal(signal.SIGTERM, _terminate)
