@@ -117,3 +117,26 @@ def test_delete_mid_build_removes_the_pods(
         == ""
     )
     assert operator.alive()
+
+
+def test_api_errors_and_dropped_watches_lose_nothing(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str, cluster: Any
+) -> None:
+    """The API answers 429/500/503 to a share of requests and drops watches: the build still completes,
+    with one pod per group and every stage result recorded."""
+    if cluster.dev is None:
+        pytest.skip("fault injection needs the dev cluster's API emulator")
+    kubectl.apply(seed_manifest("flaky", base_image, registry.host, sleep=3))
+    cluster.dev.faults.update({"error_rate": 0.15, "watch_drop_seconds": 3.0, "seed": 7})
+    try:
+        obj = wait_terminal(kubectl, operator, "flaky")
+    finally:
+        cluster.dev.faults.update({"error_rate": 0.0, "watch_drop_seconds": None})
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    assert all(stage(obj, n)["digest"].startswith("sha256:") for n in ("build1", "build2", "final"))
+    assert sorted(p["metadata"]["name"] for p in kubectl.pods("flaky")) == [
+        "flaky-1-g1-a1",
+        "flaky-1-g2-a1",
+        "flaky-1-g3-a1",
+    ]
+    assert operator.alive()
