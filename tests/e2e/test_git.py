@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
+import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from stagefleet.controller.podspec import secret_names_in_pod
 from stagefleet.localregistry import LocalRegistry, free_port
 
-from .conftest import Kubectl, Operator, wait_terminal
+from .conftest import Kubectl, Operator, wait_for, wait_terminal
 from .oci import image_files
 
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
@@ -107,3 +117,112 @@ def test_unnamed_final_stage(
     )
     obj = wait_terminal(kubectl, operator, "unnamed")
     assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str]]:
+    """A bare repository served by a throwaway sshd on a loopback port: (ssh URL, private key, commit)."""
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd_bin).exists():
+        pytest.skip("openssh-server not installed")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    work, bare = tmp_path / "work", tmp_path / "private.git"
+    (work / "app").mkdir(parents=True)
+    (work / "app" / "Dockerfile").write_text(DOCKERFILE)
+    (work / "app" / "hello.txt").write_text("hello over ssh\n")
+    _git(work, "init", "-q", "-b", "main")
+    _git(work, "add", ".")
+    _git(work, "commit", "-qm", "private")
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
+    )
+    privsep = Path("/run/sshd")
+    made = not privsep.exists()
+    privsep.mkdir(mode=0o755, parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=(d / "sshd.log").open("wb"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not _listening(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (d / "sshd.log").read_text()
+            time.sleep(0.05)
+        yield (
+            f"ssh://{getpass.getuser()}@127.0.0.1:{port}{bare}",
+            d / "client",
+            _git(work, "rev-parse", "HEAD"),
+        )
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        if made:
+            shutil.rmtree(privsep, ignore_errors=True)
+
+
+def test_private_git_over_ssh_with_a_deploy_key_secret(
+    kubectl: Kubectl,
+    operator: Operator,
+    registry: LocalRegistry,
+    base_image: str,
+    sshd_repo: tuple[str, Path, str],
+) -> None:
+    url, key, commit = sshd_repo
+    kubectl.apply(
+        {
+            "apiVersion": "stagefleet.io/v1alpha1",
+            "kind": "ImageBuild",
+            "metadata": {"name": "private"},
+            "spec": {
+                "source": {
+                    "git": {"url": url, "revision": "main", "secretRef": {"name": "deploy-key"}},
+                    "contextDir": "app",
+                },
+                "buildArgs": {"BASE": base_image},
+                "output": {"image": f"{registry.host}/e2e/private:1"},
+            },
+        }
+    )
+    # Without the deploy key the operator cannot even pin the revision: Stalled, naming the Secret.
+    obj = wait_for(
+        kubectl,
+        operator,
+        "private",
+        lambda o: "deploy-key" in (o.get("status") or {}).get("message", ""),
+        "a message naming the missing Secret",
+    )
+    assert obj["status"]["phase"] == "Pending"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "deploy-key"},
+            "type": "kubernetes.io/ssh-auth",
+            "data": {"ssh-privatekey": base64.b64encode(key.read_bytes()).decode()},
+        }
+    )
+    obj = wait_terminal(kubectl, operator, "private")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    assert obj["status"]["source"]["git"]["commit"] == commit
+    files = image_files(registry.host, "e2e/private", obj["status"]["image"]["digest"])
+    assert files["/hello.txt"] == b"hello over ssh\n"
+    for pod in kubectl.pods("private"):
+        assert secret_names_in_pod(pod) == ["deploy-key"]
+    private_key = key.read_text().strip().splitlines()[1]
+    assert private_key not in operator.log.read_text(errors="replace")
+    assert private_key not in json.dumps(kubectl.ib("private"))
