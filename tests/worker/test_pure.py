@@ -280,3 +280,14 @@ def test_registry_config_and_rootfs(tmp_path: Path) -> None:
     make_rootfs(tmp_path / "rootfs")
     assert (tmp_path / "rootfs/bin/sh").readlink() == Path("busybox")
     assert (tmp_path / "rootfs/etc/passwd").read_text().startswith("root:x:0:0:")
+
+
+def test_unnamed_stages_reach_buildah_by_index() -> None:
+    info = analyse("FROM x\nRUN a\nFROM x AS named\nFROM x\nCOPY --from=0 /a /a\n")
+    assert info.stages == ("stage-0", "named", "stage-2")
+    assert info.buildah_names() == {"stage-0": "0", "stage-2": "2"}
+    spec = StepSpec(target="stage-2", push=("r",), upstreams=(Upstream("stage-0", f"r/s@{DIGEST}"),))
+    argv = build_argv(spec, context_dir=Path("/c"), dockerfile=Path("/c/D"), iidfile=Path("/i"),
+                      ssh_sockets={}, stage_names=info.buildah_names())
+    assert argv[argv.index("--target") + 1] == "2"
+    assert f"0=docker-image://r/s@{DIGEST}" in argv

@@ -53,3 +53,23 @@ def test_seed_example_as_three_worker_pods(registry: LocalRegistry, base_image: 
     for pod in tmp_path.iterdir():
         assert not list(pod.glob("stagefleet-worker-*")), pod
     assert str(tmp_path) not in Path("/proc/mounts").read_text()
+
+
+def test_unnamed_stages_as_target_and_upstream(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    """The plan calls unnamed stages `stage-<index>`; the worker builds and consumes them by that name."""
+    h = registry.host
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image}\nRUN echo zero > /zero\n"
+                                    f"FROM {base_image}\nCOPY --from=0 /zero /copied\n")
+    first = run_worker(["--context", str(ctx), "--target", "stage-0", "--group", "g1",
+                        "--push", f"{h}/unnamed/stages:g1"], registry_host=h, tmp=tmp_path / "pod1")
+    assert first.code == 0, first.stderr + first.stdout
+    assert first.result["stages"][0]["name"] == "stage-0"
+    final = run_worker(["--context", str(ctx), "--target", "stage-1", "--group", "g2",
+                        "--upstream", f"stage-0={h}/unnamed/stages@{first.result['digest']}",
+                        "--push", f"{h}/unnamed/app:1"], registry_host=h, tmp=tmp_path / "pod2")
+    assert final.code == 0, final.stderr + final.stdout
+    assert not any("RUN echo zero" in line for line in final.lines)  # stage 0 came from the registry
+    assert image_files(h, "unnamed/app", final.result["digest"])["/copied"] == b"zero\n"

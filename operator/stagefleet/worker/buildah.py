@@ -9,20 +9,23 @@ from stagefleet.worker.spec import StepSpec
 
 
 def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: Path,
-               ssh_sockets: Mapping[str, str]) -> list[str]:
+               ssh_sockets: Mapping[str, str], stage_names: Mapping[str, str] | None = None) -> list[str]:
     """`buildah build` for the group's target.
 
     Upstream stages are replaced by their pushed images with `--build-context`, so the Dockerfile is
     never rewritten; `--layers` with the cache repository lets a fresh pod reuse any earlier pod's steps.
+    `stage_names` maps plan stage names to buildah's where they differ (unnamed stages: their index).
     """
-    argv = ["buildah", "build", "--layers", "--force-rm", "--target", spec.target, "--file", str(dockerfile),
+    names = stage_names or {}
+    target = names.get(spec.target, spec.target)
+    argv = ["buildah", "build", "--layers", "--force-rm", "--target", target, "--file", str(dockerfile),
             "--iidfile", str(iidfile), "--jobs", str(spec.jobs)]
     if spec.platform:
         argv += ["--platform", spec.platform]
     for key, value in spec.build_args:
         argv += ["--build-arg", f"{key}={value}"]
     for up in spec.upstreams:
-        argv += ["--build-context", f"{up.stage}=docker-image://{up.ref}"]
+        argv += ["--build-context", f"{names.get(up.stage, up.stage)}=docker-image://{up.ref}"]
     for secret in spec.secrets:
         argv += ["--secret", f"id={secret.id},src={secret.src}"]
     for sid, sock in sorted(ssh_sockets.items()):

@@ -35,10 +35,20 @@ class DockerfileInfo:
     filename: str
     stages: tuple[str, ...]  # by index, "stage-<i>" for unnamed ones
     instructions: tuple[Instruction, ...]
+    named: tuple[bool, ...] = ()  # per stage: has an AS name
 
     def stage_name(self, index: int) -> str | None:
         """Name of the 0-based stage `index`, if it exists."""
         return self.stages[index] if 0 <= index < len(self.stages) else None
+
+    def buildah_names(self) -> dict[str, str]:
+        """Plan names of unnamed stages ("stage-2") → what buildah calls them (their index, "2").
+
+        The plan names unnamed stages `stage-<index>`; buildah's --target and --build-context know
+        them only by index.
+        """
+        return {name: str(i) for i, (name, named) in enumerate(zip(self.stages, self.named, strict=True))
+                if not named}
 
     def stage_at(self, line: int | None) -> str | None:
         """The stage whose instructions include `line`."""
@@ -70,15 +80,17 @@ def analyse(text: str, filename: str = "Dockerfile") -> DockerfileInfo:
     except dockerfile.GoParseError as e:
         raise DockerfileSyntaxError(filename, _line_of(str(e)), str(e)) from None
     stages: list[str] = []
+    named_flags: list[bool] = []
     instructions: list[Instruction] = []
     for cmd in commands:
         if cmd.cmd.upper() == "FROM":
             vals = [v for v in cmd.value]
             named = len(vals) >= 3 and vals[-2].upper() == "AS"
             stages.append(vals[-1] if named else f"stage-{len(stages)}")
+            named_flags.append(named)
         current = stages[-1] if stages else ""
         instructions.append(Instruction(cmd.start_line, current, _norm(cmd.original)))
-    return DockerfileInfo(filename, tuple(stages), tuple(instructions))
+    return DockerfileInfo(filename, tuple(stages), tuple(instructions), tuple(named_flags))
 
 
 def _line_of(message: str) -> int | None:

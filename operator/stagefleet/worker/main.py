@@ -135,7 +135,7 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             sockets[key.id] = str(agent.socket)
         iidfile = workdir / "iid"
         argv = build_argv(spec, context_dir=ctx.directory, dockerfile=ctx.dockerfile, iidfile=iidfile,
-                          ssh_sockets=sockets)
+                          ssh_sockets=sockets, stage_names=info.buildah_names())
         tracker = OutputTracker(info, spec.target)
         log(f"building target {spec.target} (jobs={spec.jobs}) in {root}")
         rc = run_build(argv, env, tracker, scrub, out)
