@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -257,26 +258,38 @@ def watch_events(k: ClusterKube, name: str) -> subprocess.Popen[str]:
     )
 
 
-def read_until_deleted(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
-    """Watch events (kubectl -w -o json) up to and including DELETED."""
+def watch_events_iter(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
+    """Decoded watch events (kubectl -w -o json --output-watch-events) as they arrive."""
     assert proc.stdout is not None
     decoder = json.JSONDecoder()
-    buf, events = "", []
+    buf = ""
+    for line in proc.stdout:
+        buf += line
+        try:
+            ev, _ = decoder.raw_decode(buf.strip())
+        except ValueError:
+            continue
+        buf = ""
+        yield ev
+
+
+def delete_and_watch(k: ClusterKube, name: str, *delete_args: str) -> list[dict[str, Any]]:
+    """Delete the pod while watching it; the events from the deletion up to and including DELETED."""
+    proc = watch_events(k, name)
     try:
-        for line in proc.stdout:
-            buf += line
-            try:
-                ev, _ = decoder.raw_decode(buf.strip())
-            except ValueError:
-                continue
-            buf = ""
-            events.append(ev)
+        events = watch_events_iter(proc)
+        first = next(events)  # the watch is established (initial ADDED) before we delete
+        assert first["type"] == "ADDED"
+        k.kubectl("delete", "pod", name, "--wait=false", *delete_args)
+        seen = []
+        for ev in events:
+            seen.append(ev)
             if ev["type"] == "DELETED":
                 break
+        return seen
     finally:
         proc.kill()
         proc.wait()
-    return events
 
 
 def test_graceful_delete_sends_sigterm_then_removes_the_pod(cluster: ClusterKube) -> None:
@@ -287,9 +300,7 @@ def test_graceful_delete_sends_sigterm_then_removes_the_pod(cluster: ClusterKube
     )
     k.apply(pod_manifest("graceful", script, terminationGracePeriodSeconds=30))
     wait_until(lambda: "ready" in k.kubectl("logs", "graceful", check=False).stdout, "the container to start")
-    watch = watch_events(k, "graceful")
-    k.kubectl("delete", "pod", "graceful", "--wait=false")
-    events = read_until_deleted(watch)
+    events = delete_and_watch(k, "graceful")
     assert events[-1]["type"] == "DELETED"
     last = events[-1]["object"]
     assert last["metadata"]["deletionTimestamp"]
@@ -302,9 +313,7 @@ def test_graceful_delete_kills_after_the_grace_period(cluster: ClusterKube) -> N
     k = cluster
     k.apply(pod_manifest("stubborn", "trap '' TERM; echo ready; while true; do sleep 0.1; done"))
     wait_until(lambda: "ready" in k.kubectl("logs", "stubborn", check=False).stdout, "the container to start")
-    watch = watch_events(k, "stubborn")
-    k.kubectl("delete", "pod", "stubborn", "--grace-period=1", "--wait=false")
-    events = read_until_deleted(watch)
+    events = delete_and_watch(k, "stubborn", "--grace-period=1")
     t = terminated(events[-1]["object"])
     assert t["exitCode"] == 137
 
