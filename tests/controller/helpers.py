@@ -85,6 +85,7 @@ def pod(
     node: str = "node-1",
     finished: str = "2026-01-01T00:01:00Z",
     reason: str | None = None,
+    created: str = "2026-01-01T00:00:05Z",
 ) -> dict[str, Any]:
     """A worker pod as the API would return it."""
     build = BuildRef(BUILD.name, BUILD.namespace, BUILD.uid, generation)
@@ -107,6 +108,7 @@ def pod(
         "name": pod_name(build, group, attempt),
         "namespace": "ns",
         "labels": pod_labels(build, group, attempt),
+        "creationTimestamp": created,
     }
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:30Z"

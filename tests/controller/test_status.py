@@ -17,6 +17,8 @@ from stagefleet.controller.status import (
     observe_pod,
     parse_result,
     planned_status,
+    secret_needs,
+    secret_problems,
     terminal_status,
 )
 
@@ -212,11 +214,14 @@ def test_vanished_pod_is_an_infrastructure_failure() -> None:
 
 
 def test_missing_secret_stalls_then_resumes() -> None:
-    missing = {"build-token": "spec.secrets[0].secretRef"}
+    missing = secret_problems(secret_needs(SPEC, SEED_PLAN), {"build-token": None})
     d = run(start(), [], missing=missing)
     st = d.status
     assert d.create == [] and st["phase"] == "Pending"
-    assert 'Secret "build-token" (spec.secrets[0].secretRef)' in st["message"]
+    assert (
+        st["message"]
+        == 'waiting for Secret "build-token" (spec.secrets[0].secretRef): not found in the namespace'
+    )
     assert cond(st, "Stalled")["status"] == "True" and cond(st, "Stalled")["reason"] == "SecretNotFound"
     assert health.convention_problems(obj(st)) == []
     assert [e.reason for e in d.events] == ["SecretNotFound"]
@@ -262,10 +267,25 @@ def test_parse_result_takes_last_json_line() -> None:
     assert parse_result(json.dumps([1])) is None
 
 
-def test_image_pull_error_is_reported_on_the_stage() -> None:
+def test_image_pull_error_is_reported_then_retried_then_failed() -> None:
     s = run(start(), []).status
-    d = run(s, [pod("g1", phase="Pending", reason="ImagePullBackOff"), pod("g2")])
-    assert "ImagePullBackOff" in d.status["stages"][0]["message"]
+    pulling = pod("g1", phase="Pending", reason="ImagePullBackOff", created="2026-01-01T00:00:30Z")
+    d = run(s, [pulling, pod("g2")])
+    assert "ImagePullBackOff" in d.status["stages"][0]["message"] and d.delete == []
+    # Still pulling two minutes later: an infrastructure failure; the pod is removed and retried.
+    later = NOW + timedelta(minutes=2)
+    d2 = run(d.status, [pulling, pod("g2")], now=later)
+    assert phases(d2.status)["build1"] == "Retrying" and d2.delete == ["seed-1-g1-a1"]
+    being_deleted = pod("g1", phase="Pending", reason="ImagePullBackOff", deleting=True)
+    d3 = run(d2.status, [being_deleted, pod("g2")], now=later)
+    assert phases(d3.status)["build1"] == "Retrying" and d3.create == []
+
+
+def test_invalid_builder_image_fails_at_once() -> None:
+    s = run(start(), []).status
+    d = run(s, [pod("g1", phase="Pending", reason="InvalidImageName"), pod("g2")])
+    assert d.status["phase"] == "Failed" and "InvalidImageName" in d.status["message"]
+    assert "seed-1-g1-a1" in d.delete and "seed-1-g2-a1" in d.delete
 
 
 # --- a whole build under random pod outcomes -------------------------------------------------------------
@@ -362,3 +382,15 @@ def test_observe_ignores_foreign_pods() -> None:
     assert observe_pod({"metadata": {"name": "x", "labels": {}}}) is None
     o = observe_pod(pod("g1", phase="Failed", exit_code=137, reason="OOMKilled"))
     assert isinstance(o, PodObservation) and o.exit_code == 137 and o.terminated
+
+
+def test_secret_needs_only_what_the_plan_mounts_and_missing_keys_are_named() -> None:
+    spec = make_spec(output={"image": "r.example/a/b", "pushSecretRef": {"name": "push"}})
+    needs = secret_needs(spec, SEED_PLAN)
+    assert [(n.name, n.key) for n in needs] == [("push", ".dockerconfigjson"), ("build-token", "value")]
+    assert secret_problems(needs, {"push": {".dockerconfigjson"}, "build-token": {"value"}}) == {}
+    problems = secret_problems(needs, {"push": {"config.json"}, "build-token": None})
+    assert problems == {
+        "push": 'Secret "push" has no key ".dockerconfigjson" (spec.output.pushSecretRef.key)',
+        "build-token": 'Secret "build-token" (spec.secrets[0].secretRef): not found in the namespace',
+    }

@@ -174,15 +174,16 @@ class Kube:
                 raise
 
     @_retry
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        """Existence only; the value is never read here (it reaches workers as a volume)."""
+    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The key names of a Secret (None: no such Secret). Values are dropped unread."""
         try:
-            self.core.read_namespaced_secret(name, namespace, _preload_content=False).release_conn()
-            return True
+            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
         except ApiException as e:
             if e.status == 404:
-                return False
+                return None
             raise
+        data = _json(resp)
+        return set(data.get("data") or {}) | set(data.get("stringData") or {})
 
     @_retry
     def read_secret_value(self, namespace: str, name: str, key: str) -> bytes | None:

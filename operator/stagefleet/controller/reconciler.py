@@ -51,24 +51,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def used_secrets(spec: ImageBuildSpec, plan: PlanView) -> dict[str, str]:
-    """Secret name → field path, for the Secrets this plan's pods will mount."""
-    ids = {s for g in plan.groups for s in g.secrets}
-    ssh_ids = {s for g in plan.groups for s in g.ssh}
-    out: dict[str, str] = {}
-    if spec.output.push_secret:
-        out.setdefault(spec.output.push_secret, "spec.output.pushSecretRef")
-    if spec.source.git and spec.source.git.secret:
-        out.setdefault(spec.source.git.secret.name, "spec.source.git.secretRef")
-    for s in spec.secrets:
-        if s.id in ids:
-            out.setdefault(s.secret.name, s.path)
-    for s in spec.ssh:
-        if s.id in ssh_ids:
-            out.setdefault(s.secret.name, s.path)
-    return out
-
-
 class Reconciler:
     def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics, *, threads: int = 8) -> None:
         self.kube = kube
@@ -297,11 +279,9 @@ class Reconciler:
         ]
         missing: dict[str, str] = {}
         if status.get("phase") not in st.TERMINAL:
-            missing = {
-                n: p
-                for n, p in used_secrets(spec, plan).items()
-                if not self.kube.secret_exists(build.namespace, n)
-            }
+            needs = st.secret_needs(spec, plan)
+            keys = {n.name: self.kube.secret_keys(build.namespace, n.name) for n in needs}
+            missing = st.secret_problems(needs, keys)
         d = st.decide(
             build=build,
             spec=spec,

@@ -39,6 +39,14 @@ S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
 
 BUILD_ERROR_CODES = {11: "Dockerfile error", 12: "secret or ssh key missing", 13: "build step failed"}
 RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
+# Waiting reasons the kubelet never gets out of by itself.
+STUCK_REASONS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
 
 
 def fmt_time(t: datetime) -> str:
@@ -145,6 +153,7 @@ class PodObservation:
     reason: str | None = None
     message: str | None = None
     result: WorkerResult | None = None
+    created: str | None = None
 
     @property
     def terminated(self) -> bool:
@@ -184,13 +193,7 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
             reason = reason or _str(t.get("reason"))
         if "waiting" in state:
             w = state["waiting"] or {}
-            if w.get("reason") in (
-                "ErrImagePull",
-                "ImagePullBackOff",
-                "InvalidImageName",
-                "CreateContainerConfigError",
-                "CreateContainerError",
-            ):
+            if w.get("reason") in STUCK_REASONS:
                 reason, message = _str(w.get("reason")), _str(w.get("message")) or message
     return PodObservation(
         name=str(meta.get("name")),
@@ -206,6 +209,7 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
         reason=reason,
         message=term_message or message,
         result=parse_result(term_message),
+        created=_str(meta.get("creationTimestamp")),
     )
 
 
@@ -267,6 +271,44 @@ class GroupState:
             cached_steps=_int(e.get("groupCachedSteps")),
             steps=_int(e.get("groupSteps")),
         )
+
+
+@dataclass(frozen=True)
+class SecretNeed:
+    """A Secret key the build's pods will mount, and the spec field that asks for it."""
+
+    name: str
+    key: str
+    path: str
+
+
+def secret_needs(spec: ImageBuildSpec, plan: PlanView) -> list[SecretNeed]:
+    """Only what this plan's pods mount: a declared build secret no stage uses is not required."""
+    ids = {s for g in plan.groups for s in g.secrets}
+    ssh_ids = {s for g in plan.groups for s in g.ssh}
+    needs: list[SecretNeed] = []
+    if spec.output.push_secret:
+        needs.append(SecretNeed(spec.output.push_secret, ".dockerconfigjson", "spec.output.pushSecretRef"))
+    if spec.source.git and spec.source.git.secret:
+        ref = spec.source.git.secret
+        needs.append(SecretNeed(ref.name, ref.key, "spec.source.git.secretRef"))
+    needs += [SecretNeed(s.secret.name, s.secret.key, s.path) for s in spec.secrets if s.id in ids]
+    needs += [SecretNeed(s.secret.name, s.secret.key, s.path) for s in spec.ssh if s.id in ssh_ids]
+    return needs
+
+
+def secret_problems(needs: Sequence[SecretNeed], keys: Mapping[str, set[str] | None]) -> dict[str, str]:
+    """Problem text per Secret name: missing Secret, or a key it lacks (the kubelet would fail the mount)."""
+    problems: dict[str, list[str]] = {}
+    for n in needs:
+        have = keys.get(n.name)
+        if have is None:
+            problems.setdefault(n.name, []).append(
+                f'Secret "{n.name}" ({n.path}): not found in the namespace'
+            )
+        elif n.key not in have:
+            problems.setdefault(n.name, []).append(f'Secret "{n.name}" has no key "{n.key}" ({n.path}.key)')
+    return {name: "; ".join(dict.fromkeys(texts)) for name, texts in problems.items()}
 
 
 def backoff_seconds(attempt: int, base: float) -> float:
@@ -469,6 +511,7 @@ def decide(
     missing_secrets: Mapping[str, str],
     now: datetime,
     backoff_base: float = 5.0,
+    stuck_grace: float = 120.0,
 ) -> Decision:
     """One reconcile step of a planned build (status.plan of this generation exists)."""
     generation = build.generation
@@ -521,11 +564,27 @@ def decide(
             gs.attempts = latest.attempt
             gs.pod, gs.node = latest.name, latest.node or gs.node
             gs.start = latest.started or gs.start
-            if not latest.terminated:
+            stuck_since = parse_time(latest.created) or now
+            if not latest.terminated and latest.deleting and gs.phase in (S_RETRYING, S_FAILED):
+                pass  # already judged (e.g. stuck pulling) and being removed: keep the verdict
+            elif (
+                not latest.terminated
+                and latest.reason in STUCK_REASONS
+                and (
+                    latest.reason == "InvalidImageName" or (now - stuck_since).total_seconds() >= stuck_grace
+                )
+            ):
+                # The kubelet would wait forever (image pull back-off, unusable config): give up on this pod.
+                msg = f"pod {latest.name}: {latest.reason}: {latest.message or 'container never started'}"
+                delete.append(latest.name)
+                _fail_or_retry(
+                    g, gs, latest, latest.reason == "InvalidImageName", msg, now, spec, backoff_base
+                )
+            elif not latest.terminated:
                 gs.phase = S_RUNNING if latest.phase == "Running" else S_PENDING
                 gs.retry_at = None
                 gs.message = None
-                if latest.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                if latest.reason in STUCK_REASONS:
                     gs.message = f"pod {latest.name}: {latest.reason}: {latest.message or ''}".strip()
             elif latest.phase == "Succeeded" and latest.result and latest.result.ok and latest.result.digest:
                 r = latest.result
@@ -556,8 +615,7 @@ def decide(
 
     stalled_msg = ""
     if missing_secrets:
-        names = ", ".join(f'Secret "{n}" ({p})' for n, p in sorted(missing_secrets.items()))
-        stalled_msg = f"waiting for {names}: not found in the namespace"
+        stalled_msg = "waiting for " + "; ".join(missing_secrets[k] for k in sorted(missing_secrets))
 
     create: list[StartPod] = []
     if build_failure is None and now < deadline:
