@@ -96,9 +96,6 @@ def test_git_source_pinned_and_built(
     assert "stagefleet_stage_duration_seconds_count 3.0" in metrics
 
 
-@pytest.mark.xfail(
-    strict=True, reason="worker passes --target stage-N to buildah for unnamed stages (issue 3)"
-)
 def test_unnamed_final_stage(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:
