@@ -60,3 +60,17 @@ def test_seed_builds_in_parallel_pods(
 
     reasons = [e["reason"] for e in kubectl.events() if e["involvedObject"].get("kind") == "ImageBuild"]
     assert {"Planned", "GroupStarted", "StageSucceeded", "BuildSucceeded"} <= set(reasons)
+
+
+def test_max_parallel_pods_queues_groups(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """With maxParallelPods: 1 the independent groups run one after the other (critical path first)."""
+    kubectl.apply(seed_manifest("queued", base_image, registry.host, sleep=2, maxParallelPods=1))
+    obj = wait_terminal(kubectl, operator, "queued")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    pods = {p["metadata"]["labels"]["stagefleet.io/group"]: p for p in kubectl.pods("queued")}
+    critical = next(g["id"] for g in obj["status"]["plan"]["groups"] if g["wave"] == 0 and g["critical"])
+    other = next(g["id"] for g in obj["status"]["plan"]["groups"] if g["wave"] == 0 and not g["critical"])
+    (s1, e1), (s2, e2) = pod_window(pods[critical]), pod_window(pods[other])
+    assert e1 <= s2, f"{critical} {s1}..{e1} and {other} {s2}..{e2} overlapped"
