@@ -100,6 +100,78 @@ def resource_list(reg: Registry, group_name: str, version: str) -> dict[str, Any
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
 
+AGGREGATED_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+def wants_aggregated(accept: str) -> bool:
+    """kubectl/client-go ask for aggregated discovery first; plain clients (kopf) do not."""
+    return any(
+        "as=APIGroupDiscoveryList" in part and "v=v2" in part.replace("v=v2beta1", "")
+        for part in accept.split(",")
+    )
+
+
+def _aggregated_resource(rt: ResourceType) -> dict[str, Any]:
+    main = _resource(rt)[0]
+    entry: dict[str, Any] = {
+        "resource": rt.plural,
+        "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+        "scope": "Namespaced" if rt.namespaced else "Cluster",
+        "singularResource": rt.singular_name,
+        "verbs": main["verbs"],
+    }
+    if rt.short_names:
+        entry["shortNames"] = list(rt.short_names)
+    if rt.categories:
+        entry["categories"] = list(rt.categories)
+    subs = []
+    for sub in rt.subresources:
+        g, v, kind, verbs = _SUB_KINDS.get(sub, (None, None, None, ["get", "patch", "update"]))
+        subs.append(
+            {
+                "subresource": sub,
+                "verbs": verbs,
+                "responseKind": {
+                    "group": rt.group if g is None else g,
+                    "version": rt.version if v is None else v,
+                    "kind": kind or rt.kind,
+                },
+            }
+        )
+    if subs:
+        entry["subresources"] = subs
+    return entry
+
+
+def aggregated(reg: Registry, legacy: bool) -> dict[str, Any]:
+    """apidiscovery.k8s.io/v2 APIGroupDiscoveryList for /api (legacy) or /apis."""
+    groups: dict[str, list[str]] = {}
+    for g, v in reg.group_versions():
+        if (g == "") == legacy:
+            groups.setdefault(g, []).append(v)
+    items = []
+    for g, versions in groups.items():
+        items.append(
+            {
+                "metadata": {"name": g, "creationTimestamp": None},
+                "versions": [
+                    {
+                        "version": v,
+                        "resources": [_aggregated_resource(rt) for rt in reg.in_group_version(g, v)],
+                        "freshness": "Current",
+                    }
+                    for v in versions
+                ],
+            }
+        )
+    return {
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    }
+
+
 # -- OpenAPI -----------------------------------------------------------------------------------------------
 
 

@@ -157,6 +157,9 @@ class Handlers:
             return web.Response(text="ok")
         if path == "/version":
             return respond(discovery.VERSION)
+        if path in ("/api", "/apis") and discovery.wants_aggregated(request.headers.get("Accept", "")):
+            listing = discovery.aggregated(reg, legacy=path == "/api")
+            return web.Response(text=json.dumps(listing), headers={"Content-Type": discovery.AGGREGATED_V2})
         if path == "/api":
             return respond(discovery.api_versions(host))
         if path == "/apis":
