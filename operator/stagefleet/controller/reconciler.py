@@ -47,6 +47,11 @@ class OperatorConfig:
     source_attempts: int = 3
 
 
+def _fields(namespace: str, name: str) -> dict[str, str]:
+    """Structured fields of a JSON log line about one ImageBuild."""
+    return {"imagebuild": name, "namespace": namespace}
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -107,7 +112,9 @@ class Reconciler:
             return 1.0
         except Exception:
             self.metrics.reconciles.labels(result="error").inc()
-            log.exception("reconcile of %s/%s failed; retrying soon", namespace, name)
+            log.exception(
+                "reconcile of %s/%s failed; retrying soon", namespace, name, extra=_fields(namespace, name)
+            )
             return 5.0
         finally:
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
@@ -204,6 +211,7 @@ class Reconciler:
                     build.name,
                     attempt,
                     error,
+                    extra=_fields(build.namespace, build.name),
                 )
                 time.sleep(min(2.0 * attempt, 5.0) if attempt < self.config.source_attempts else 0)
         else:
@@ -345,6 +353,12 @@ class Reconciler:
                     build.name,
                     start.group.id,
                     ", ".join(start.group.stages),
+                    extra={
+                        **_fields(build.namespace, build.name),
+                        "group": start.group.id,
+                        "attempt": start.attempt,
+                        "pod": pod["metadata"]["name"],
+                    },
                 )
 
     def _write(self, ib: dict[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -362,6 +376,11 @@ class Reconciler:
                     old.get("phase"),
                     new.get("phase"),
                     new.get("message"),
+                    extra={
+                        **_fields(meta["namespace"], meta["name"]),
+                        "phase": new.get("phase"),
+                        "generation": new.get("observedGeneration"),
+                    },
                 )
         return written
 
