@@ -240,6 +240,14 @@ def test_timeout_cancels_and_stops_pods() -> None:
     assert health.convention_problems(obj(d.status)) == []
 
 
+def test_pod_deadline_exceeded_is_the_build_timeout_not_a_retry() -> None:
+    s = run(start(), []).status
+    d = run(
+        s, [pod("g1", phase="Failed", reason="DeadlineExceeded"), pod("g2")], now=NOW + timedelta(minutes=9)
+    )
+    assert d.status["phase"] == "Cancelled" and d.create == [] and d.delete == ["seed-1-g2-a1"]
+
+
 def test_old_generation_pods_are_deleted() -> None:
     d = run(start(), [pod("g1", generation=0), pod("g2", generation=0, deleting=True)])
     assert d.delete == ["seed-0-g1-a1"]

@@ -548,6 +548,8 @@ def decide(
 
     start_time = parse_time(status.get("startTime")) or now
     deadline = start_time + timedelta(seconds=spec.timeout_seconds)
+    if any(p.terminated and p.reason == "DeadlineExceeded" for p in current):
+        deadline = min(deadline, now)  # a pod's activeDeadlineSeconds is the build's remaining timeout
     build_failure: tuple[str, str, dict[str, Any]] | None = None  # (group, message, failure detail)
 
     for g in plan.groups:
