@@ -443,3 +443,26 @@ def test_server_side_apply_conflicts_between_managers_unless_forced(kube: Any) -
     )  # same value: shared
     apply(kube, cm("shared", {"a": "2"}), "--server-side", "--field-manager=bob", "--force-conflicts")
     assert get(kube, "cm", "shared")["data"] == {"a": "2"}
+
+
+def test_scale_subresource(kube: Any) -> None:
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "busybox:1"}]},
+            },
+        },
+    }
+    apply(kube, deploy)
+    kube.kubectl("scale", "deployment", "web", "--replicas=3")
+    got = get(kube, "deployment", "web")
+    assert got["spec"]["replicas"] == 3
+    assert got["metadata"]["generation"] == 2
+    stale = kube.kubectl("scale", "deployment", "web", "--replicas=4", "--resource-version=1", check=False)
+    assert stale.returncode != 0 and get(kube, "deployment", "web")["spec"]["replicas"] == 3

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, errors, logs, protobuf
+from . import discovery, errors, logs, protobuf, scale
 from .api import Core, DeleteOptions, WriteOptions
 from .errors import ApiError
 from .faults import REASONS, Faults
@@ -236,6 +236,13 @@ class Handlers:
                 {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, 201
             )
         sub = t.sub or None
+        if sub == "scale":
+            if m == "GET":
+                return respond(scale.to_scale(rt, core.get(rt, t.namespace, t.name)))
+            if m in ("PUT", "PATCH"):
+                ctype = request.headers.get("Content-Type", "application/json")
+                raw = await request.read()
+                return respond(scale.write(core, rt, t.namespace, t.name, m, ctype, raw, _write_opts(q)))
         if sub not in (None, "status", "finalize"):
             raise errors.method_not_allowed()
         if m == "GET":

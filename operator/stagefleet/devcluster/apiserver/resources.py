@@ -24,6 +24,8 @@ class ResourceType:
     schema: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
     printer_columns: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, hash=False)
     validations_from: str | None = None
+    # scale subresource paths: spec replicas, status replicas, label selector (CRDs declare them)
+    scale_paths: tuple[str, str, str] = (".spec.replicas", ".status.replicas", ".status.selector")
 
     @property
     def api_version(self) -> str:
@@ -125,6 +127,11 @@ def types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
                 schema=(ver.get("schema") or {}).get("openAPIV3Schema"),
                 printer_columns=tuple(ver.get("additionalPrinterColumns") or ()),
                 validations_from=crd["metadata"]["name"],
+                scale_paths=(
+                    (subs.get("scale") or {}).get("specReplicasPath", ".spec.replicas"),
+                    (subs.get("scale") or {}).get("statusReplicasPath", ".status.replicas"),
+                    (subs.get("scale") or {}).get("labelSelectorPath", ".status.selector"),
+                ),
             )
         )
     return out
