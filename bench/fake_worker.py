@@ -3,7 +3,8 @@
     stagefleet operator --worker-command "python bench/fake_worker.py --sleep 0.5 --"
 
 Options before `--`: `--sleep S`, `--record DIR` (one JSON file per invocation: argv, result, times),
-`--fail GROUP:EXITCODE` (that group reports ok=false and exits with the code; repeatable).
+`--fail GROUP:EXITCODE` (that group reports ok=false and exits with the code; repeatable),
+`--slow GROUP:SECONDS` (that group sleeps this long instead).
 Takes the real worker's arguments (`--group`, `--target`, `--stage`, `--push`, `--result-file`, the rest
 ignored), sleeps, and writes a result JSON shaped like the real worker's (docs/contracts.md) with a
 synthetic digest (sha256 of the push reference and a random nonce) to the result file (the pod's
@@ -24,12 +25,16 @@ def main(argv: list[str]) -> int:
     sleep = 0.5
     record: str | None = None
     fail: dict[str, int] = {}
-    while argv and argv[0] in ("--sleep", "--record", "--fail"):
+    slow: dict[str, float] = {}
+    while argv and argv[0] in ("--sleep", "--record", "--fail", "--slow"):
         flag, value, argv = argv[0], argv[1], argv[2:]
         if flag == "--sleep":
             sleep = float(value)
         elif flag == "--record":
             record = value
+        elif flag == "--slow":
+            group, secs = value.split(":")
+            slow[group] = float(secs)
         else:
             group, code = value.split(":")
             fail[group] = int(code)
@@ -44,6 +49,7 @@ def main(argv: list[str]) -> int:
         else:
             i += 1
     started = time.time()
+    sleep = slow.get((opts.get("group") or ["?"])[0], sleep)
     time.sleep(sleep)
     stages = opts.get("stage") or opts.get("target") or ["?"]
     push = (opts.get("push") or ["bench.invalid/simulated:latest"])[0]

@@ -1,0 +1,408 @@
+"""Reliability-suite fixtures: a dev cluster whose emulator records every pod it creates, an operator per
+test (real worker, or the SIMULATED worker `bench/fake_worker.py` that records each invocation), a fast
+in-process API client for polling, and a session-wide secrets canary that `test_zz_canary.py` looks for
+everywhere at the end.
+
+Everything here waits with generous deadlines that only turn a hang into a readable failure; no test
+asserts on how long anything took. The e2e helpers (`Kubectl`, `Operator`, manifests) are imported from
+`tests/e2e/conftest.py`, whose owner keeps them stable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.conftest import KUBECTL, Cluster, Kubectl, Operator
+from stagefleet.localregistry import LocalRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_WORKER = ROOT / "bench" / "fake_worker.py"
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+GROUP, VERSION, PLURAL = "stagefleet.io", "v1alpha1", "imagebuilds"
+
+# base → (left, right) → final: 4 plan groups in 3 waves (g1; g2, g3; g4).
+DIAMOND = """FROM busybox:1.36 AS base
+RUN echo base > /base
+FROM base AS left
+RUN echo left > /left
+FROM base AS right
+RUN echo right > /right
+FROM busybox:1.36 AS final
+COPY --from=left /left /l
+COPY --from=right /right /r
+"""
+
+
+@dataclass
+class PodLedger:
+    """Every pod the emulator created (201 to a POST), in order: (namespace, name)."""
+
+    created: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def names(self, namespace: str) -> Counter[str]:
+        with self.lock:
+            return Counter(n for ns, n in self.created if ns == namespace)
+
+
+@dataclass
+class RCluster:
+    cluster: Cluster
+    dev: Any
+    ledger: PodLedger
+    logs_dir: Path
+
+
+def _install_ledger(ledger: PodLedger) -> Callable[[], None]:
+    """Wrap the emulator's request handler (for the next emulator started) to log pod creations."""
+    from stagefleet.devcluster.apiserver import server
+
+    srv: Any = server
+    original = srv.Handlers
+
+    class Recording(original):  # type: ignore[misc, valid-type]
+        async def handle(self, request: Any) -> Any:
+            resp = await super().handle(request)
+            parts = [p for p in request.path.split("/") if p]
+            if (
+                request.method == "POST"
+                and getattr(resp, "status", 0) == 201
+                and len(parts) == 5
+                and parts[:3] == ["api", "v1", "namespaces"]
+                and parts[4] == "pods"
+            ):
+                try:
+                    name = json.loads(resp.body)["metadata"]["name"]
+                except (ValueError, KeyError, TypeError):
+                    name = "?"
+                with ledger.lock:
+                    ledger.created.append((parts[3], name))
+            return resp
+
+    srv.Handlers = Recording
+
+    def undo() -> None:
+        srv.Handlers = original
+
+    return undo
+
+
+@pytest.fixture(scope="session")
+def rcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RCluster]:
+    if not KUBECTL.exists():
+        pytest.skip("the real kubectl is missing (scripts/setup.sh installs it)")
+    if os.environ.get("STAGEFLEET_TEST_KUBECONFIG"):
+        pytest.skip("the reliability suite needs the dev cluster (node loss, fault injection, pod ledger)")
+    from stagefleet.devcluster.cluster import DevCluster
+
+    ledger = PodLedger()
+    dev = DevCluster(tmp_path_factory.mktemp("rel-devcluster"), nodes=2, pods_per_node=8)
+    undo = _install_ledger(ledger)
+    try:
+        dev.start()
+    finally:
+        undo()
+    try:
+        yield RCluster(
+            Cluster(dev.kubeconfig, tmp_path_factory.mktemp("rel-kube-home"), dev), dev, ledger, dev.logs_dir
+        )
+    finally:
+        dev.stop()
+
+
+# ---------------------------------------------------------------------------------- session evidence
+
+
+@dataclass
+class Evidence:
+    """Where the canary must never show up: collected by every test, checked by test_zz_canary."""
+
+    canary: str
+    operator_logs: list[Path] = field(default_factory=list)
+    registries: list[Path] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def evidence() -> Evidence:
+    return Evidence(canary=f"sfcanary-{uuid.uuid4().hex}")
+
+
+# ------------------------------------------------------------------------------------ per-test pieces
+
+
+@pytest.fixture
+def ns(rcluster: RCluster, evidence: Evidence, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace holding Secret `canary` (key `value`). It stays until the session ends:
+    test_zz_canary reads its events and statuses."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    Kubectl(rcluster.cluster, "default").apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    Kubectl(rcluster.cluster, name).apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "canary"},
+            "stringData": {"value": evidence.canary},
+        }
+    )
+    evidence.namespaces.append(name)
+    return name
+
+
+@pytest.fixture
+def kubectl(rcluster: RCluster, ns: str) -> Kubectl:
+    return Kubectl(rcluster.cluster, ns)
+
+
+class Api:
+    """The official client against the test cluster: fast polling (no kubectl process per poll), tolerant
+    of injected API errors."""
+
+    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
+        self.api = client.ApiClient(cfg)
+        self.api.user_agent = "stagefleet-reliability-tests"
+        self.core: Any = client.CoreV1Api(self.api)
+        self.custom: Any = client.CustomObjectsApi(self.api)
+        self.namespace = namespace
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        for attempt in range(30):
+            try:
+                return fn()
+            except ApiException as e:
+                if e.status not in (429, 500, 503, 504, 0) or attempt == 29:
+                    raise
+            except OSError:
+                if attempt == 29:
+                    raise
+            time.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    def ib(self, name: str) -> dict[str, Any]:
+        return dict(
+            self._retry(
+                lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+            )
+        )
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        self._retry(
+            lambda: self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, manifest
+            )
+        )
+
+    def pods(self) -> list[dict[str, Any]]:
+        resp = self._retry(lambda: self.core.list_namespaced_pod(self.namespace, _preload_content=False))
+        return sorted(json.loads(resp.data)["items"], key=lambda p: p["metadata"]["name"])
+
+    def events(self) -> list[dict[str, Any]]:
+        resp = self._retry(lambda: self.core.list_namespaced_event(self.namespace, _preload_content=False))
+        return list(json.loads(resp.data)["items"])
+
+    def close(self) -> None:
+        self.api.close()
+
+
+@pytest.fixture
+def api(rcluster: RCluster, ns: str) -> Iterator[Api]:
+    a = Api(rcluster.cluster.kubeconfig, ns)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    d = tmp_path / "records"
+    d.mkdir()
+    return d
+
+
+OperatorFactory = Callable[..., Operator]
+
+
+@pytest.fixture
+def make_operator(
+    rcluster: RCluster, ns: str, evidence: Evidence, tmp_path: Path, records: Path
+) -> Iterator[OperatorFactory]:
+    """`make_operator(fake=True, registry=..., sleep=1, slow={"g3": 2.5}, fail={"g2": 14})`, started."""
+    made: list[Operator] = []
+
+    def make(
+        *,
+        fake: bool = True,
+        registry: str = "127.0.0.1:9",
+        sleep: float = 1.0,
+        slow: dict[str, float] | None = None,
+        fail: dict[str, int] | None = None,
+    ) -> Operator:
+        log = tmp_path / f"operator-{len(made)}.log"
+        extra: list[str] = []
+        if fake:
+            cmd = [sys.executable, str(FAKE_WORKER), "--sleep", str(sleep), "--record", str(records)]
+            for g, s in (slow or {}).items():
+                cmd += ["--slow", f"{g}:{s}"]
+            for g, c in (fail or {}).items():
+                cmd += ["--fail", f"{g}:{c}"]
+            extra = ["--worker-command", shlex.join([*cmd, "--"])]
+        op = Operator(rcluster.cluster, ns, registry, log, extra=extra)
+        op.start()
+        made.append(op)
+        evidence.operator_logs.append(log)
+        return op
+
+    yield make
+    for op in made:
+        op.stop()
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def fake_manifest(name: str, dockerfile: str = DIAMOND, **spec: Any) -> dict[str, Any]:
+    """An inline ImageBuild for the simulated worker (nothing is pulled or pushed), using the canary
+    Secret when the Dockerfile mounts secret `tok`."""
+    s: dict[str, Any] = {
+        "source": {"inline": {"dockerfile": dockerfile}},
+        "output": {"image": f"127.0.0.1:9/rel/{name}:latest"},
+        "timeout": "10m",
+        "retries": 2,
+    }
+    if "id=tok" in dockerfile:
+        s["secrets"] = [{"id": "tok", "secretRef": {"name": "canary", "key": "value"}}]
+    s.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ImageBuild", "metadata": {"name": name}, "spec": s}
+
+
+def poll(
+    predicate: Callable[[], Any],
+    what: str,
+    operator: Operator | None = None,
+    timeout: float = 180,
+    interval: float = 0.05,
+) -> Any:
+    """Call ``predicate`` until it returns something truthy (returned)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if (
+            operator is not None
+            and operator.proc is not None
+            and operator.proc.poll() is not None
+            and operator.proc.returncode != -9
+        ):
+            raise AssertionError(f"the operator exited ({operator.proc.returncode})\n{operator.tail()}")
+        time.sleep(interval)
+    raise AssertionError(
+        f"never happened: {what}" + (f"\n--- operator log ---\n{operator.tail()}" if operator else "")
+    )
+
+
+def terminal(api: Api, name: str, operator: Operator, timeout: float = 240) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        o = api.ib(name)
+        st = o.get("status") or {}
+        ok = st.get("phase") in TERMINAL and st.get("observedGeneration") == o["metadata"].get("generation")
+        return o if ok else None
+
+    obj: dict[str, Any] = poll(done, f"{name} terminal", operator, timeout=timeout, interval=0.2)
+    return obj
+
+
+def read_records(records: Path, build: str | None = None) -> list[dict[str, Any]]:
+    """Runs of the simulated worker (optionally only those of ImageBuild ``build``, by its push refs)."""
+    out = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
+    if build is not None:
+        out = [r for r in out if any(f"/rel/{build}:" in a or f"/rel/{build}/" in a for a in r["argv"])]
+    return out
+
+
+def pod_labels(pod: dict[str, Any]) -> tuple[str, str, str]:
+    lab = pod["metadata"]["labels"]
+    return lab["stagefleet.io/generation"], lab["stagefleet.io/group"], lab["stagefleet.io/attempt"]
+
+
+def upstream_args(pod: dict[str, Any]) -> dict[str, str]:
+    """--upstream NAME=REF@DIGEST arguments of a worker pod: stage → digest."""
+    args = list(pod["spec"]["containers"][0].get("args") or [])
+    out = {}
+    for i, a in enumerate(args[:-1]):
+        if a == "--upstream":
+            stage, ref = args[i + 1].split("=", 1)
+            out[stage] = ref.rsplit("@", 1)[1]
+    return out
+
+
+def assert_clean_success(obj: dict[str, Any], api: Api, ledger: PodLedger, records: Path | None) -> None:
+    """The invariants every disturbed-but-recovered build must satisfy.
+
+    * Succeeded, every stage Succeeded with one attempt;
+    * every pod the emulator ever created for this namespace was created once, one pod per group;
+    * (simulated worker) each group's worker ran exactly once, i.e. its result was pushed once and never
+      lost: the status digests, the final image digest and the digests the downstream pods were given are
+      exactly the ones the workers reported.
+    """
+    st = obj["status"]
+    build = obj["metadata"]["name"]
+    assert st["phase"] == "Succeeded", st.get("message")
+    groups = {g["id"]: g for g in st["plan"]["groups"]}
+    created = Counter({n: c for n, c in ledger.names(api.namespace).items() if n.startswith(f"{build}-")})
+    assert created and all(n == 1 for n in created.values()), f"a pod was created twice: {created}"
+    pods = [p for p in api.pods() if p["metadata"]["labels"].get("stagefleet.io/imagebuild") == build]
+    assert sorted(p["metadata"]["name"] for p in pods) == sorted(created), (sorted(created), pods)
+    per_group = Counter(pod_labels(p)[1] for p in pods)
+    assert per_group == {g: 1 for g in groups}, per_group
+    for s in st["stages"]:
+        assert s["phase"] == "Succeeded" and s["attempts"] == 1, s
+    if records is None:
+        return
+    recs = read_records(records, build)
+    runs = Counter(r["result"]["group"] for r in recs)
+    assert runs == {g: 1 for g in groups}, f"worker runs per group (a rerun pushes twice): {runs}"
+    digest = {r["result"]["group"]: r["result"]["digest"] for r in recs}
+    by_stage = {s["name"]: s for s in st["stages"]}
+    for gid, g in groups.items():
+        assert by_stage[g["stages"][-1]].get("digest") == digest[gid], (gid, by_stage[g["stages"][-1]])
+    assert st["image"]["digest"] == digest[st["plan"]["finalGroup"]]
+    for p in pods:
+        g = groups[pod_labels(p)[1]]
+        expected = {c["stage"]: digest[c["group"]] for c in g.get("consumes") or ()}
+        assert upstream_args(p) == expected, (p["metadata"]["name"], upstream_args(p), expected)
+
+
+def operator_crashes(log: Path) -> list[str]:
+    """Lines of an operator log that show a handler or reconcile pass dying on an exception."""
+    bad = ("Traceback", "failed with an exception", "reconcile of ")
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if any(b in line for b in bad):
+            out.append(line[:300])
+    return out
+
+
+def has_registry(reg: LocalRegistry) -> bool:
+    return reg.proc is not None and reg.proc.poll() is None
