@@ -49,6 +49,7 @@ class Kube:
     kubeconfig: Path
     namespace: str
     home: Path
+    emulator: APIServer | None = None  # None on a real cluster: emulator-only tests skip themselves
 
     def env(self) -> dict[str, str]:
         return {
@@ -99,7 +100,7 @@ def kube(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Kube]:
         server = APIServer(logs_dir=tmp_path / "pod-logs")
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.start_in_thread())
     namespace = f"t-{uuid.uuid4().hex[:8]}"
-    k = Kube(kubeconfig, namespace, home)
+    k = Kube(kubeconfig, namespace, home, server)
     try:
         k.kubectl(
             "apply",

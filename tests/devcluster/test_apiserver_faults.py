@@ -52,6 +52,7 @@ def test_watch_drop_closes_streams(apiserver: Any) -> None:
     with urllib.request.urlopen(url, timeout=30) as resp:
         body = resp.read()  # returns because the server ends the stream, not because of the client timeout
     assert body == b""
+    assert apiserver.server.faults.watches_dropped == 1
 
 
 def test_faults_object_defaults() -> None:

@@ -56,7 +56,7 @@ def make_registry(namespace: str, server: str, token: str | None) -> kopf.Operat
         settings.watching.server_timeout = 10
         settings.persistence.finalizer = "kopftest.stagefleet.dev/finalizer"
 
-    @kopf.on.create("kopftest.stagefleet.dev", "v1", "gizmos", id="created", registry=registry)
+    @kopf.on.create("kopftest.stagefleet.dev", "v1", "gizmos", id="created", backoff=0.5, registry=registry)
     def created(body: kopf.Body, spec: kopf.Spec, patch: kopf.Patch, logger: Any, **_: Any) -> dict[str, Any]:
         pod = {
             "apiVersion": "v1",
@@ -72,11 +72,13 @@ def make_registry(namespace: str, server: str, token: str | None) -> kopf.Operat
         patch.status["observedSize"] = spec.get("size")
         return {"pod": pod["metadata"]["name"]}
 
-    @kopf.on.update("kopftest.stagefleet.dev", "v1", "gizmos", field="spec.size", registry=registry)
+    @kopf.on.update(
+        "kopftest.stagefleet.dev", "v1", "gizmos", field="spec.size", backoff=0.5, registry=registry
+    )
     def resized(new: Any, patch: kopf.Patch, **_: Any) -> None:
         patch.status["observedSize"] = new
 
-    @kopf.on.delete("kopftest.stagefleet.dev", "v1", "gizmos", registry=registry)
+    @kopf.on.delete("kopftest.stagefleet.dev", "v1", "gizmos", backoff=0.5, registry=registry)
     def deleted(**_: Any) -> None:
         pass
 
@@ -171,3 +173,39 @@ def test_kopf_reconciles_create_update_status_ownership_and_delete(
         lambda: get_json(kube, "gizmo", "g1") is None, "the gizmo to go once kopf removed its finalizer"
     )
     wait_until(lambda: get_json(kube, "pod", "g1-worker") is None, "the owned pod to be garbage-collected")
+
+
+def test_kopf_converges_through_injected_faults(
+    kube: Any, operator: None, wait_until: Callable[..., Any]
+) -> None:
+    """Emulator-only: 20% of requests fail with 429/500/503 and watches drop every second."""
+    if kube.emulator is None:
+        pytest.skip("fault injection needs the emulator")
+    kube.emulator.faults.update({"error_rate": 0.2, "watch_drop_seconds": 1.0, "seed": 3})
+    try:
+        for name in ("f1", "f2", "f3"):
+            body = {
+                "apiVersion": "kopftest.stagefleet.dev/v1",
+                "kind": "Gizmo",
+                "metadata": {"name": name},
+                "spec": {"size": 2},
+            }
+            wait_until(
+                lambda b=body: (
+                    kube.kubectl("apply", "-f", "-", input=json.dumps(b), check=False).returncode == 0
+                ),
+                f"{name} to be applied despite faults",
+            )
+        for name in ("f1", "f2", "f3"):
+            wait_until(
+                lambda n=name: (
+                    (g := get_json(kube, "gizmo", n)) and (g.get("status") or {}).get("phase") == "Running"
+                ),
+                f"{name} reconciled",
+                timeout=120,
+            )
+    finally:
+        kube.emulator.faults.update({"error_rate": 0.0, "watch_drop_seconds": None})
+    for name in ("f1", "f2", "f3"):
+        assert get_json(kube, "pod", f"{name}-worker") is not None
+    assert kube.emulator.faults.injected > 0 and kube.emulator.faults.watches_dropped > 0

@@ -15,6 +15,8 @@ class Faults:
     watch_drop_seconds: float | None = None
     latency_seconds: float = 0.0
     seed: int | None = None
+    injected: int = 0  # counters, for tests to check that faults really happened
+    watches_dropped: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -24,6 +26,7 @@ class Faults:
     def pick_error(self) -> int | None:
         """An HTTP code to fail this request with, or None."""
         if self.error_rate > 0 and self.codes and self._rng.random() < self.error_rate:
+            self.injected += 1
             return self._rng.choice(list(self.codes))
         return None
 
@@ -46,6 +49,8 @@ class Faults:
             "watch_drop_seconds": self.watch_drop_seconds,
             "latency_seconds": self.latency_seconds,
             "seed": self.seed,
+            "injected": self.injected,
+            "watches_dropped": self.watches_dropped,
         }
 
 

@@ -372,8 +372,10 @@ class Handlers:
         bookmarks = q.get("allowWatchBookmarks") == "true"
         include = q.get("includeObject", "Metadata")
         timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else DEFAULT_WATCH_SECONDS
-        if self.faults.watch_drop_seconds:
-            timeout = min(timeout, self.faults.watch_drop_seconds)
+        drop_after = self.faults.watch_drop_seconds
+        dropping = drop_after is not None and 0 < drop_after < timeout
+        if drop_after is not None and dropping:
+            timeout = float(drop_after)
         deadline = time.monotonic() + timeout
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
@@ -405,6 +407,8 @@ class Handlers:
             while True:
                 now = time.monotonic()
                 if now >= deadline:
+                    if dropping:
+                        self.faults.watches_dropped += 1
                     break
                 wait = min(deadline, next_bookmark) - now
                 try:
