@@ -466,3 +466,19 @@ def test_scale_subresource(kube: Any) -> None:
     assert got["metadata"]["generation"] == 2
     stale = kube.kubectl("scale", "deployment", "web", "--replicas=4", "--resource-version=1", check=False)
     assert stale.returncode != 0 and get(kube, "deployment", "web")["spec"]["replicas"] == 3
+
+
+def test_kubectl_create_generators_and_namespace_deletion(kube: Any) -> None:
+    """`kubectl create cm/secret/ns/sa` send protobuf bodies; deleting a namespace removes its contents."""
+    ns = f"{kube.namespace}-x"
+    kube.kubectl("create", "namespace", ns)
+    kube.kubectl("-n", ns, "create", "configmap", "cfg", "--from-literal=k=v")
+    kube.kubectl("-n", ns, "create", "secret", "generic", "sec", "--from-literal=p=s3cret")
+    kube.kubectl("-n", ns, "create", "serviceaccount", "robot")
+    assert get(kube, "-n", ns, "configmap", "cfg")["data"] == {"k": "v"}
+    secret = get(kube, "-n", ns, "secret", "sec")
+    assert secret["type"] == "Opaque" and secret["data"] == {"p": "czNjcmV0"}
+    assert get(kube, "-n", ns, "serviceaccount", "robot")["metadata"]["name"] == "robot"
+    kube.kubectl("delete", "namespace", ns, "--timeout=60s")
+    assert get(kube, "namespace", ns) is None
+    assert kube.kubectl("-n", ns, "get", "configmap", "cfg", check=False).returncode != 0

@@ -123,3 +123,34 @@ def test_watch_from_expired_resource_version_is_410_gone(small_history: Any) -> 
         seen.append(ev["object"].metadata.name)
         w.stop()
     assert seen == ["y"]
+
+
+def test_watch_list_initial_events_end_with_a_bookmark(apiserver: Any) -> None:
+    """Emulator: sendInitialEvents=true streams the current state, then a bookmark marking its end."""
+    import json
+    import urllib.request
+
+    for name in ("a", "b"):
+        req = urllib.request.Request(
+            f"{apiserver.url}/api/v1/namespaces/default/configmaps",
+            method="POST",
+            data=json.dumps(cm(name)).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=30).close()
+    url = (
+        f"{apiserver.url}/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true"
+        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5"
+    )
+    events = []
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        for line in resp:
+            ev = json.loads(line)
+            events.append(ev)
+            if ev["type"] == "BOOKMARK":
+                break
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events[:2]] == [
+        ("ADDED", "a"),
+        ("ADDED", "b"),
+    ]
+    assert events[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
