@@ -385,8 +385,6 @@ class Core:
             meta["generation"] = int(cmeta.get("generation", 1)) + 1
         self._admit(rt, result, current, opts)
         meta["resourceVersion"] = cmeta["resourceVersion"]
-        if opts.field_manager and subresource != "status" and not opts.dry_run:
-            pass  # Update managers are not tracked: kubectl/kopf do not rely on them.
         if _same(current, result):
             return current
         if opts.dry_run:

@@ -270,12 +270,9 @@ class Handlers:
             raw = await request.read()
             ctype = request.headers.get("Content-Type", "application/json")
             opts = _write_opts(q)
-            try:
-                return respond(core.patch(rt, t.namespace, t.name, ctype, raw, subresource=sub, opts=opts))
-            except ApiError as e:
-                if e.code == 404 and ctype.startswith("application/apply-patch") and sub is None:
-                    raise
-                raise
+            existed = core.store.get(rt.key, t.namespace if rt.namespaced else "", t.name) is not None
+            obj = core.patch(rt, t.namespace, t.name, ctype, raw, subresource=sub, opts=opts)
+            return respond(obj, 200 if existed else 201)  # server-side apply may create
         if m == "DELETE" and sub is None:
             obj = core.delete(
                 rt, t.namespace, t.name, _delete_opts(q, _body(await request.read(), request.content_type))

@@ -71,6 +71,7 @@ async def serve_log(
     timestamps = params.get("timestamps") == "true"
     limit = int(params["limitBytes"]) if params.get("limitBytes") else None
     data = path.read_bytes()
+    offset = len(data)
     if params.get("tailLines"):
         data = _tail(data, int(params["tailLines"]))
     if timestamps:
@@ -93,7 +94,6 @@ async def serve_log(
             sent += len(chunk)
         return limit is None or sent < limit
 
-    offset = path.stat().st_size
     if not await send(data):
         return resp
     pending = b""
@@ -104,12 +104,11 @@ async def serve_log(
             new = f.read()
         offset += len(new)
         pending += new
-        if done and pending:
-            pending += b"" if pending.endswith(b"\n") else b""
-            lines, pending = [pending], b""
-        else:
-            *lines, pending = pending.split(b"\n") if pending else [b""]
-            lines = [ln + b"\n" for ln in lines]
+        if done:  # flush everything, a last line without newline included
+            lines, pending = pending.splitlines(keepends=True), b""
+        else:  # hold back a partial line until its newline arrives
+            *complete, pending = pending.split(b"\n")
+            lines = [ln + b"\n" for ln in complete]
         now = dt.datetime.now(dt.UTC)
         for line in lines:
             if line and not await send(_stamp(line, now) if timestamps else line):
