@@ -147,9 +147,8 @@ def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str]
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
         "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
     )
-    privsep = Path("/run/sshd")
-    made = not privsep.exists()
-    privsep.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # sshd's privilege-separation directory; left in place (another sshd on the host may be using it).
+    Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
         stdout=subprocess.DEVNULL,
@@ -168,8 +167,6 @@ def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str]
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
-        if made:
-            shutil.rmtree(privsep, ignore_errors=True)
 
 
 def test_private_git_over_ssh_with_a_deploy_key_secret(

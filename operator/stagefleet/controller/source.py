@@ -48,7 +48,12 @@ def _git(args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: flo
         raise SourceError(f"git {args[0]} timed out after {timeout:.0f}s") from e
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if ln.startswith("fatal:")), lines[-1] if lines else "")
+        # The first fatal: line says what failed; ssh's own complaint (host key, publickey) precedes a generic
+        # "Could not read from remote repository", so keep the line before it too.
+        first = next((i for i, ln in enumerate(lines) if ln.startswith("fatal:")), len(lines) - 1)
+        detail = "; ".join(ln.strip() for ln in lines[max(0, first - 1) : first + 1])[:600] if lines else ""
+        if first > 0 and "Could not read from remote" not in lines[first]:
+            detail = lines[first].strip()[:600]
         raise SourceError(redact(f"git {args[0]} failed: {detail or f'exit code {proc.returncode}'}"))
     return proc.stdout
 
