@@ -110,3 +110,49 @@ def test_second_build_takes_steps_from_the_registry_cache(
         s = stage(second, name)
         assert s["cachedSteps"] >= 1 and s["cachedSteps"] == s["steps"], s
     assert second["status"]["image"]["digest"] == first["status"]["image"]["digest"]
+
+
+def test_secret_without_the_key_stalls_naming_the_key(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    dockerfile = (
+        f"FROM {base_image} AS app\n"
+        "RUN --mount=type=secret,id=npm,required=true test -s /run/secrets/npm && echo ok > /ok\n"
+    )
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "tokens"},
+            "type": "Opaque",
+            "data": {"other": base64.b64encode(b"x").decode()},
+        }
+    )
+    kubectl.apply(
+        inline_manifest(
+            "keyed",
+            dockerfile,
+            registry.host,
+            secrets=[{"id": "npm", "secretRef": {"name": "tokens", "key": "npm"}}],
+        )
+    )
+    obj = wait_for(
+        kubectl,
+        operator,
+        "keyed",
+        lambda o: "has no key" in (o.get("status") or {}).get("message", ""),
+        "a message naming the missing key",
+    )
+    assert 'Secret "tokens" has no key "npm" (spec.secrets[0].secretRef.key)' in obj["status"]["message"]
+    assert kubectl.pods("keyed") == []
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "tokens"},
+            "type": "Opaque",
+            "data": {"other": base64.b64encode(b"x").decode(), "npm": base64.b64encode(b"t0k").decode()},
+        }
+    )
+    obj = wait_terminal(kubectl, operator, "keyed")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
