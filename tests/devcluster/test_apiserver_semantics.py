@@ -438,3 +438,25 @@ def test_builtin_validation_catches_what_a_real_apiserver_rejects() -> None:
     assert bound["spec"]["nodeName"] == "n1"
     with pytest.raises(ApiError):
         c.patch(pods, "default", "p", "application/merge-patch+json", b'{"spec":{"nodeName":"n2"}}')
+
+
+def test_decode_errors_and_cross_namespace_owners() -> None:
+    c = Core()
+    cms, secrets = c.rt("", "v1", "configmaps"), c.rt("", "v1", "secrets")
+    with pytest.raises(ApiError) as err:
+        c.create(cms, "default", {"metadata": {"name": "n"}, "data": {"count": 3}})
+    assert err.value.code == 400
+    with pytest.raises(ApiError) as err:
+        c.create(secrets, "default", {"metadata": {"name": "s"}, "data": {"k": "not base64!"}})
+    assert err.value.code == 400 and "base64" in err.value.message
+
+    gc = GarbageCollector.__new__(GarbageCollector)
+    gc.core = c
+    c.create(c.rt("", "v1", "namespaces"), "", {"metadata": {"name": "other"}})
+    owner = c.create(cms, "other", {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    c.create(cms, "default", {"metadata": {"name": "stray", "ownerReferences": [ref]}})
+    c.create(cms, "other", {"metadata": {"name": "proper", "ownerReferences": [ref]}})
+    gc.run_once()
+    assert c.store.get(cms.key, "default", "stray") is None  # owner not in its namespace: collected
+    assert c.store.get(cms.key, "other", "proper") is not None

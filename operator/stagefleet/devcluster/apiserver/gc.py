@@ -55,7 +55,8 @@ class GarbageCollector:
             meta = obj["metadata"]
             refs = meta.get("ownerReferences") or []
             if refs:
-                alive = [r for r in refs if store.has_uid(r.get("uid", ""))]
+                # as the real GC: a namespaced dependent's owner must live in its namespace (or the cluster)
+                alive = [r for r in refs if store.has_uid(r.get("uid", ""), meta.get("namespace", ""))]
                 if not alive and not meta.get("deletionTimestamp"):
                     self._delete(tkey, obj, "Background")
                     continue

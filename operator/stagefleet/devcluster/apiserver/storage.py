@@ -74,8 +74,10 @@ class Store:
             for obj in list(objs.values()):
                 yield tkey, (copy.deepcopy(obj) if copies else obj)
 
-    def has_uid(self, uid: str) -> bool:
-        return uid in self._uids
+    def has_uid(self, uid: str, namespace: str | None = None) -> bool:
+        """Whether an object with this uid exists (in `namespace` or cluster-scoped, when given)."""
+        where = self._uids.get(uid)
+        return where is not None and (namespace is None or where[1][0] in ("", namespace))
 
     # -- writes --------------------------------------------------------------------------------------------
     def next_rv(self) -> int:

@@ -3,11 +3,13 @@ data keys, pod spec cross-references, and pod spec immutability. Keeps emulator-
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import re
 from typing import Any
 
-from .errors import cause
+from .errors import ApiError, cause
 from .objects import default_pod_spec
 from .resources import ResourceType
 
@@ -172,7 +174,33 @@ def pod_update(old: dict[str, Any], new: dict[str, Any]) -> Causes:
     return []
 
 
+def decode_errors(rt: ResourceType, obj: dict[str, Any]) -> None:
+    """What the apiserver fails to decode (400, not 422): non-string data values, bad base64."""
+    fields = {
+        "configmaps": (("data", False), ("binaryData", True)),
+        "secrets": (("data", True), ("stringData", False)),
+    }
+    for field, is_b64 in fields.get(rt.plural, ()) if not rt.group else ():
+        for key, value in (obj.get(field) or {}).items():
+            where = f'{rt.kind} in version "v1" cannot be handled as a {rt.kind}'
+            if not isinstance(value, str):
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    f"{where}: json: cannot unmarshal {type(value).__name__} into "
+                    f"Go struct field {rt.kind}.{field} of type string",
+                )
+            if is_b64:
+                try:
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    raise ApiError(
+                        400, "BadRequest", f"{where}: illegal base64 data in {field}[{key}]"
+                    ) from None
+
+
 def validate(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
+    decode_errors(rt, obj)
     causes = metadata(obj)
     if rt.group:
         if rt.key in (
