@@ -29,6 +29,21 @@ VERSION = API_VERSION.split("/")[1]
 TRANSIENT = {429, 500, 502, 503, 504}
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The RFC 7386 merge patch turning ``old`` into ``new``: removed keys become null, nested objects are
+    diffed (a merge patch would otherwise keep their stale keys), lists and scalars are replaced."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        before = old.get(k)
+        if isinstance(v, Mapping) and isinstance(before, Mapping):
+            sub = merge_patch(before, v)
+            if sub:
+                patch[k] = sub
+        elif k not in old or before != v:
+            patch[k] = v
+    return patch
+
+
 class Conflict(Exception):
     """The object changed since it was read: re-read, recompute, re-apply."""
 
@@ -116,8 +131,7 @@ class Kube:
         old = ib.get("status") or {}
         if dict(old) == dict(new):
             return False
-        patch: dict[str, Any] = {k: None for k in old if k not in new}
-        patch.update(new)
+        patch = merge_patch(old, new)
         meta = ib.get("metadata") or {}
         body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch}
         self._patch_status(meta["namespace"], meta["name"], body)
