@@ -482,3 +482,32 @@ def test_kubectl_create_generators_and_namespace_deletion(kube: Any) -> None:
     kube.kubectl("delete", "namespace", ns, "--timeout=60s")
     assert get(kube, "namespace", ns) is None
     assert kube.kubectl("-n", ns, "get", "configmap", "cfg", check=False).returncode != 0
+
+
+def test_kubectl_logs_reads_what_the_kubelet_wrote(kube: Any) -> None:
+    if kube.emulator is None:
+        pytest.skip("writes the emulator's pod log files directly (a real cluster needs a running pod)")
+    apply(
+        kube,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "talker"},
+            "spec": {"containers": [{"name": "main", "image": "busybox:1"}]},
+        },
+    )
+    logfile = kube.emulator.logs_dir / kube.namespace / "talker" / "main.log"
+    logfile.parent.mkdir(parents=True)
+    logfile.write_text("line 1\nline 2\nline 3\n")
+    assert kube.kubectl("logs", "talker").stdout == "line 1\nline 2\nline 3\n"
+    assert kube.kubectl("logs", "talker", "--tail=1").stdout == "line 3\n"
+    kube.kubectl(
+        "patch",
+        "pod",
+        "talker",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"phase":"Succeeded"}}',
+    )
+    assert kube.kubectl("logs", "-f", "talker").stdout.endswith("line 3\n")  # follow ends: pod is done

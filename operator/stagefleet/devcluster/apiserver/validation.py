@@ -55,6 +55,24 @@ def metadata(obj: dict[str, Any]) -> Causes:
             causes.append(cause("metadata.labels", f'Invalid value: "{key}": {why}'))
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
             causes.append(cause("metadata.labels", f'Invalid value: "{value}": {_LABEL_MSG}'))
+    refs = meta.get("ownerReferences") or []
+    for i, ref in enumerate(refs):
+        for field in ("apiVersion", "kind", "name", "uid"):
+            if not ref.get(field):
+                causes.append(
+                    cause(
+                        f"metadata.ownerReferences[{i}].{field}",
+                        "Required value" if field != "uid" else 'Invalid value: "": uid must not be empty',
+                        "FieldValueRequired",
+                    )
+                )
+    if sum(1 for r in refs if r.get("controller")) > 1:
+        causes.append(
+            cause(
+                "metadata.ownerReferences",
+                "Invalid value: only one reference can have Controller set to true",
+            )
+        )
     for key in meta.get("annotations") or {}:
         why = _qualified_name(str(key))
         if why:
