@@ -109,7 +109,7 @@ def test_pod_strategic_merge_apply_keeps_containers_merged_by_name(kube: Any) ->
     assert main["image"] == "busybox:2"
     assert main["command"] == ["sleep", "1"]
     assert [e["name"] for e in main["env"]] == ["A", "B"]
-    assert got["status"]["phase"] == "Pending"
+    assert got["status"]["phase"] in ("Pending", "Running", "Succeeded")  # a real node may run it
     assert got["spec"]["restartPolicy"] == "Always"
     assert main["terminationMessagePath"] == "/dev/termination-log"
 
