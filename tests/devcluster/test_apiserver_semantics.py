@@ -460,3 +460,19 @@ def test_decode_errors_and_cross_namespace_owners() -> None:
     gc.run_once()
     assert c.store.get(cms.key, "default", "stray") is None  # owner not in its namespace: collected
     assert c.store.get(cms.key, "other", "proper") is not None
+
+
+def test_old_events_expire() -> None:
+    c = Core()
+    events = c.rt("", "v1", "events")
+    ref = {"kind": "Pod", "name": "p", "namespace": "default"}
+    c.create(
+        events,
+        "default",
+        {"metadata": {"name": "old"}, "involvedObject": ref, "lastTimestamp": "2020-01-01T00:00:00Z"},
+    )
+    c.create(events, "default", {"metadata": {"name": "new"}, "involvedObject": ref})
+    gc = GarbageCollector.__new__(GarbageCollector)
+    gc.core = c
+    gc.expire_events()
+    assert [e["metadata"]["name"] for e in c.store.list(events.key, "default")] == ["new"]

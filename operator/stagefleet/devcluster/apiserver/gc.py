@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import datetime as dt
 import logging
+import time
 from typing import Any
 
 from .api import NS_TYPE, Core, DeleteOptions
@@ -15,6 +17,16 @@ from .resources import CRD_KEY
 from .storage import Event, Obj, TypeKey
 
 log = logging.getLogger(__name__)
+SWEEP_SECONDS = 30.0
+EVENT_TTL_SECONDS = 3600.0
+
+
+def _epoch(stamp: Any) -> float:
+    """Seconds since the epoch of an RFC 3339 timestamp (inf when unreadable: never expire by mistake)."""
+    try:
+        return dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("inf")
 
 
 class GarbageCollector:
@@ -30,14 +42,29 @@ class GarbageCollector:
             self._wake.set()
 
     async def run(self) -> None:
+        last_sweep = time.monotonic()
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=SWEEP_SECONDS)
             self._wake.clear()
             await asyncio.sleep(0)
             try:
                 self.run_once()
+                if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    self.expire_events()
             except Exception:  # keep collecting: one bad object must not stop the emulator's GC
                 log.exception("garbage collection pass failed")
+
+    def expire_events(self, ttl_seconds: float = EVENT_TTL_SECONDS) -> None:
+        """Events live an hour, as with the apiserver's default --event-ttl, so long runs do not grow."""
+        cutoff = time.time() - ttl_seconds
+        for tkey in (("", "events"), ("events.k8s.io", "events")):
+            for ev in self.core.store.list(tkey):
+                meta = ev["metadata"]
+                stamp = ev.get("lastTimestamp") or ev.get("eventTime") or meta.get("creationTimestamp")
+                if _epoch(stamp) < cutoff:
+                    self.core.store.remove(tkey, meta.get("namespace", ""), meta["name"])
 
     def run_once(self) -> None:
         store = self.core.store

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .selectors import parse_field_selector, parse_label_selector
 from .storage import Event, Obj
 from .table import to_table, wants_table
 
+log = logging.getLogger("stagefleet.devcluster.apiserver")
 BOOKMARK_SECONDS = 5.0
 DEFAULT_WATCH_SECONDS = 1800.0
 
@@ -120,12 +122,22 @@ class Handlers:
 
     # -- entry ---------------------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        status = 500
         try:
-            return await self._handle(request)
+            resp = await self._handle(request)
+            status = resp.status
+            return resp
         except ApiError as e:
+            status = e.code
             return error_response(e)
+        except (ConnectionResetError, web.HTTPException):
+            raise
+        except Exception as e:  # an emulator bug: answer like the apiserver would, keep serving
+            log.exception("internal error on %s %s", request.method, request.path_qs)
+            return error_response(ApiError(500, "InternalError", f"emulator internal error: {e!r}"))
         finally:
             self.core.warnings.clear()
+            log.debug("%s %s -> %s", request.method, request.path_qs, status)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
