@@ -476,3 +476,9 @@ def test_old_events_expire() -> None:
     gc.core = c
     gc.expire_events()
     assert [e["metadata"]["name"] for e in c.store.list(events.key, "default")] == ["new"]
+
+
+def test_strategic_merge_keys_service_ports_by_port() -> None:
+    svc = {"spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    out = strategic_merge(svc, {"spec": {"ports": [{"port": 80, "targetPort": 9090}, {"port": 443}]}})
+    assert out["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 9090}, {"port": 443}]

@@ -31,6 +31,15 @@ MERGE_KEYS: dict[str, str] = {
     "containerStatuses": "name",
     "initContainerStatuses": "name",
 }
+
+
+def merge_key(field: str, items: list[Any]) -> str:
+    """The merge key of a list field; `ports` is keyed by containerPort in pods, by port in services."""
+    if field == "ports" and not any(isinstance(i, dict) and "containerPort" in i for i in items):
+        return "port"
+    return MERGE_KEYS.get(field, "name")
+
+
 # List fields merged as sets of primitives (patchStrategy:"merge" on []string).
 PRIMITIVE_MERGE = {"finalizers"}
 
@@ -159,7 +168,7 @@ def strategic_merge(target: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
         elif isinstance(value, list) and key in MERGE_KEYS and isinstance(result.get(key), list):
-            result[key] = _merge_list(result[key], value, MERGE_KEYS[key])
+            result[key] = _merge_list(result[key], value, merge_key(key, value + result[key]))
         elif isinstance(value, list) and key in PRIMITIVE_MERGE and isinstance(result.get(key), list):
             result[key] = result[key] + [v for v in value if v not in result[key]]
         elif isinstance(value, dict):
@@ -206,9 +215,10 @@ def field_set(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
             if isinstance(v, dict):
                 paths |= field_set(v, p)
             elif isinstance(v, list) and k in MERGE_KEYS:
+                mk = merge_key(k, v)
                 for item in v:
-                    if isinstance(item, dict) and MERGE_KEYS[k] in item:
-                        ip = p + (f"[{item[MERGE_KEYS[k]]}]",)
+                    if isinstance(item, dict) and mk in item:
+                        ip = p + (f"[{item[mk]}]",)
                         paths.add(ip)
                         paths |= field_set(item, ip)
     return paths
@@ -219,7 +229,7 @@ def value_at(obj: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
     cur = obj
     for i, part in enumerate(path):
         if part.startswith("[") and isinstance(cur, list):
-            key = MERGE_KEYS.get(path[i - 1], "name")
+            key = merge_key(path[i - 1], cur)
             cur = next((c for c in cur if isinstance(c, dict) and str(c.get(key)) == part[1:-1]), None)
             if cur is None:
                 return False, None
@@ -242,7 +252,7 @@ def _remove_path(obj: Any, path: tuple[str, ...]) -> None:
     for i, part in enumerate(path):
         last = i == len(path) - 1
         if part.startswith("[") and isinstance(cur, list):
-            key = MERGE_KEYS.get(path[i - 1], "name")
+            key = merge_key(path[i - 1], cur)
             idx = next(
                 (j for j, c in enumerate(cur) if isinstance(c, dict) and str(c.get(key)) == part[1:-1]), None
             )
@@ -277,13 +287,12 @@ def fields_v1(obj: Any) -> dict[str, Any]:
                 out[f"f:{k}"]["."] = {}
         elif isinstance(v, list) and k in MERGE_KEYS:
             items: dict[str, Any] = {}
+            mk = merge_key(k, v)
             for item in v:
-                if isinstance(item, dict) and MERGE_KEYS[k] in item:
+                if isinstance(item, dict) and mk in item:
                     sub = fields_v1(item)
                     sub["."] = {}
-                    items["k:" + json.dumps({MERGE_KEYS[k]: item[MERGE_KEYS[k]]}, separators=(",", ":"))] = (
-                        sub
-                    )
+                    items["k:" + json.dumps({mk: item[mk]}, separators=(",", ":"))] = sub
             out[f"f:{k}"] = items
         else:
             out[f"f:{k}"] = {}
