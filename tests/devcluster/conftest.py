@@ -52,11 +52,14 @@ class Kube:
     emulator: APIServer | None = None  # None on a real cluster: emulator-only tests skip themselves
 
     def env(self) -> dict[str, str]:
+        """Private caches for kubectl and helm; HOME stays (a real cluster's credential plugins use it)."""
         return {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "HOME": str(self.home),
             "KUBECACHEDIR": str(self.home / "kube-cache"),
+            "HELM_CACHE_HOME": str(self.home / "helm-cache"),
+            "HELM_CONFIG_HOME": str(self.home / "helm-config"),
+            "HELM_DATA_HOME": str(self.home / "helm-data"),
         }
 
     def kubectl(
