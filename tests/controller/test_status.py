@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagefleet import health
+from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.status import (
     Decision,
     PodObservation,
@@ -402,3 +403,42 @@ def test_secret_needs_only_what_the_plan_mounts_and_missing_keys_are_named() -> 
         "push": 'Secret "push" has no key ".dockerconfigjson" (spec.output.pushSecretRef.key)',
         "build-token": 'Secret "build-token" (spec.secrets[0].secretRef): not found in the namespace',
     }
+
+
+CHAIN_PLAN = PlanView(
+    target="app",
+    groups=(
+        GroupPlan("g1", ("base", "deps"), (), (), (), (), wave=0, critical=True),
+        GroupPlan("g2", ("app",), ("g1",), (("deps", "g1"),), (), (), wave=1, critical=True),
+    ),
+    critical_path=("base", "deps", "app"),
+    final_group="g2",
+)
+
+
+def test_multi_stage_group_keeps_its_target_digest_across_passes() -> None:
+    """After a restart the digest of a chain group must still come from its target stage's entry."""
+
+    def step(status: dict[str, Any], pods: list[dict[str, Any]]) -> Decision:
+        obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
+        return decide(
+            build=BUILD, spec=SPEC, plan=CHAIN_PLAN, status=status, pods=obs, missing_secrets={}, now=NOW
+        )
+
+    s = planned_status(generation=1, plan=CHAIN_PLAN, source={}, old={}, now=NOW)
+    s = step(s, []).status
+    ok = pod("g1", phase="Succeeded", message=result_json("g1", "deps", D1))
+    s = step(s, [ok]).status
+    assert {e["name"]: e.get("digest") for e in s["stages"]} == {"base": None, "deps": D1, "app": None}
+    # A later pass (e.g. a restarted operator) with g1's pod gone: g2 still gets deps' digest.
+    s2 = dict(s)
+    s2["stages"] = [dict(e, phase="Waiting") if e["group"] == "g2" else e for e in s["stages"]]
+    s2["stages"] = [
+        {k: v for k, v in e.items() if not (e["group"] == "g2" and k in ("pod", "attempts"))}
+        for e in s2["stages"]
+    ]
+    d = step(s2, [])
+    assert [(c.group.id, dict(c.upstream)) for c in d.create] == [
+        ("g2", {"deps": ("127.0.0.1:5000/t/app/stages:g1", D1)})
+    ]
+    assert {e["name"]: e.get("digest") for e in d.status["stages"]}["deps"] == D1

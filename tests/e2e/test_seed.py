@@ -7,7 +7,16 @@ import pytest
 from stagefleet import health
 from stagefleet.localregistry import LocalRegistry
 
-from .conftest import Kubectl, Operator, pod_window, seed_manifest, stage, wait_for, wait_terminal
+from .conftest import (
+    Kubectl,
+    Operator,
+    inline_manifest,
+    pod_window,
+    seed_manifest,
+    stage,
+    wait_for,
+    wait_terminal,
+)
 from .oci import image_files, manifest_digest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
@@ -74,3 +83,28 @@ def test_max_parallel_pods_queues_groups(
     other = next(g["id"] for g in obj["status"]["plan"]["groups"] if g["wave"] == 0 and not g["critical"])
     (s1, e1), (s2, e2) = pod_window(pods[critical]), pod_window(pods[other])
     assert e1 <= s2, f"{critical} {s1}..{e1} and {other} {s2}..{e2} overlapped"
+
+
+def test_a_chain_of_stages_runs_in_one_pod(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    dockerfile = (
+        f"FROM {base_image} AS base\nRUN echo base > /base\n"
+        "FROM base AS deps\nRUN echo deps > /deps\n"
+        f"FROM {base_image} AS tools\nRUN echo tools > /tools\n"
+        "FROM deps AS app\nCOPY --from=tools /tools /tools\n"
+    )
+    kubectl.apply(inline_manifest("chain", dockerfile, registry.host))
+    obj = wait_terminal(kubectl, operator, "chain")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    base, deps = stage(obj, "base"), stage(obj, "deps")
+    assert base["group"] == deps["group"] and base["pod"] == deps["pod"]
+    chain = next(g for g in obj["status"]["plan"]["groups"] if g["id"] == base["group"])
+    assert chain["stages"][:2] == ["base", "deps"]
+    for name in chain["stages"]:  # per-stage timings from one pod; only the group's target is pushed
+        s = stage(obj, name)
+        assert s["duration"] >= 0 and s["pod"] == base["pod"]
+        assert ("digest" in s) == (name == chain["stages"][-1])
+    assert len(kubectl.pods("chain")) == len(obj["status"]["plan"]["groups"]) < len(obj["status"]["stages"])
+    files = image_files(registry.host, "e2e/chain", obj["status"]["image"]["digest"])
+    assert {files["/base"], files["/deps"], files["/tools"]} == {b"base\n", b"deps\n", b"tools\n"}

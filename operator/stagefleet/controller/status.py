@@ -531,6 +531,10 @@ def decide(
     for g in plan.groups:
         first = old_entries.get(g.stages[0])
         states[g.id] = GroupState.from_entry(first) if first else GroupState()
+        target = old_entries.get(g.target) or {}
+        # Only the group's target stage carries the pushed image (and is what downstream groups consume).
+        states[g.id].digest = _str(target.get("digest"))
+        states[g.id].image = _str(target.get("image"))
         if first:
             states[g.id].stage_results = {
                 n: StageResult(
