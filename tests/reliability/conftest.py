@@ -257,6 +257,7 @@ def make_operator(
         sleep: float = 1.0,
         slow: dict[str, float] | None = None,
         fail: dict[str, int] | None = None,
+        more: list[str] | None = None,
     ) -> Operator:
         log = tmp_path / f"operator-{len(made)}.log"
         extra: list[str] = []
@@ -267,7 +268,7 @@ def make_operator(
             for g, c in (fail or {}).items():
                 cmd += ["--fail", f"{g}:{c}"]
             extra = ["--worker-command", shlex.join([*cmd, "--"])]
-        op = Operator(rcluster.cluster, ns, registry, log, extra=extra)
+        op = Operator(rcluster.cluster, ns, registry, log, extra=[*extra, *(more or [])])
         op.start()
         made.append(op)
         evidence.operator_logs.append(log)
