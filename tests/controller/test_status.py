@@ -299,39 +299,79 @@ def test_invalid_builder_image_fails_at_once() -> None:
 
 # --- a whole build under random pod outcomes -------------------------------------------------------------
 
-OUTCOMES = st.sampled_from(["run", "ok", "infra", "build", "vanish", "stay"])
+OUTCOMES = st.sampled_from(["run", "ok", "infra", "build", "vanish", "stay", "gc"])
+
+# Like the seed, but g1 is a chain of two stages (only its target, build1, is pushed and consumed).
+CHAIN3_PLAN = PlanView(
+    target="final",
+    groups=(
+        GroupPlan("g1", ("base", "build1"), (), (), ("token",), (), wave=0, critical=True),
+        GroupPlan("g2", ("build2",), (), (), (), (), wave=0),
+        GroupPlan(
+            "g3",
+            ("final",),
+            ("g1", "g2"),
+            (("build1", "g1"), ("build2", "g2")),
+            (),
+            (),
+            wave=1,
+            critical=True,
+        ),
+    ),
+    critical_path=("base", "build1", "final"),
+    final_group="g3",
+)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(["g1", "g2", "g3"]), OUTCOMES), max_size=40),
     st.integers(0, 3),
     st.integers(1, 3),
+    st.sampled_from([SEED_PLAN, CHAIN3_PLAN]),
 )
-def test_random_histories_keep_invariants(steps: list[tuple[str, str]], retries: int, parallel: int) -> None:
-    """Whatever pods do, the operator never runs two pods of a group at once, never reuses a pod name,
-    never exceeds retries, never starts a group before its upstream succeeded, and always terminates."""
+def test_random_histories_keep_invariants(
+    steps: list[tuple[str, str]], retries: int, parallel: int, plan: PlanView
+) -> None:
+    """Whatever pods do (including finished pods being garbage-collected), the operator never runs two pods
+    of a group at once, never reuses a pod name, never exceeds retries, never starts a group before its
+    upstream succeeded, always hands it real upstream digests, and always terminates."""
     spec = make_spec(retries=retries, maxParallelPods=parallel)
-    status = start()
+    status = planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
     pods: dict[str, dict[str, Any]] = {}
     created: set[str] = set()
     now = NOW
     digests = {"g1": D1, "g2": D2, "g3": D3}
-    targets = {"g1": "build1", "g2": "build2", "g3": "final"}
+    targets = {g.id: g.target for g in plan.groups}
+
+    def group_of(p: dict[str, Any]) -> str:
+        return str(p["metadata"]["labels"]["stagefleet.io/group"])
 
     def step() -> Decision:
-        d = run(status, list(pods.values()), now=now, spec=spec)
+        obs = [o for o in (observe_pod(p) for p in pods.values()) if o is not None]
+        d = decide(
+            build=BUILD,
+            spec=spec,
+            plan=plan,
+            status=status,
+            pods=obs,
+            missing_secrets={},
+            now=now,
+            backoff_base=10,
+        )
         done = {s["group"] for s in d.status["stages"] if s["phase"] == "Succeeded"}
         for c in d.create:
             assert set(c.group.after) <= done
+            assert {stage: digest for stage, (_, digest) in c.upstream.items()} == {
+                stage: digests[gid] for stage, gid in c.group.consumes
+            }
             name = f"seed-1-{c.group.id}-a{c.attempt}"
             assert name not in created
             assert c.attempt <= 1 + retries
             live = [
                 p
                 for p in pods.values()
-                if p["metadata"]["labels"]["stagefleet.io/group"] == c.group.id
-                and p["status"]["phase"] in ("Pending", "Running")
+                if group_of(p) == c.group.id and p["status"]["phase"] in ("Pending", "Running")
             ]
             assert not live
             created.add(name)
@@ -343,25 +383,33 @@ def test_random_histories_keep_invariants(steps: list[tuple[str, str]], retries:
         assert health.convention_problems(obj(d.status)) == []
         return d
 
+    def finish(name: str, gid: str, attempt: int) -> None:
+        pods[name] = pod(
+            gid, attempt, phase="Succeeded", message=result_json(gid, targets[gid], digests[gid])
+        )
+
     for gid, outcome in steps:
         d = step()
         status = d.status
         now += timedelta(seconds=30)
-        live = sorted(
-            (p for p in pods.values() if p["metadata"]["labels"]["stagefleet.io/group"] == gid),
+        mine = sorted(
+            (p for p in pods.values() if group_of(p) == gid),
             key=lambda p: int(p["metadata"]["labels"]["stagefleet.io/attempt"]),
         )
-        if not live or live[-1]["status"]["phase"] not in ("Pending", "Running"):
+        if outcome == "gc":
+            for p in mine:
+                if p["status"]["phase"] in ("Succeeded", "Failed"):
+                    del pods[p["metadata"]["name"]]
             continue
-        p = live[-1]
+        if not mine or mine[-1]["status"]["phase"] not in ("Pending", "Running"):
+            continue
+        p = mine[-1]
         name = p["metadata"]["name"]
         attempt = int(p["metadata"]["labels"]["stagefleet.io/attempt"])
         if outcome == "run":
             pods[name] = pod(gid, attempt, phase="Running")
         elif outcome == "ok":
-            pods[name] = pod(
-                gid, attempt, phase="Succeeded", message=result_json(gid, targets[gid], digests[gid])
-            )
+            finish(name, gid, attempt)
         elif outcome == "infra":
             pods[name] = pod(gid, attempt, phase="Failed", exit_code=14)
         elif outcome == "build":
@@ -377,11 +425,7 @@ def test_random_histories_keep_invariants(steps: list[tuple[str, str]], retries:
         now += timedelta(minutes=1)
         for name, p in list(pods.items()):
             if p["status"]["phase"] in ("Pending", "Running"):
-                gid = p["metadata"]["labels"]["stagefleet.io/group"]
-                attempt = int(p["metadata"]["labels"]["stagefleet.io/attempt"])
-                pods[name] = pod(
-                    gid, attempt, phase="Succeeded", message=result_json(gid, targets[gid], digests[gid])
-                )
+                finish(name, group_of(p), int(p["metadata"]["labels"]["stagefleet.io/attempt"]))
     assert status["phase"] in ("Succeeded", "Failed", "Cancelled")
     if status["phase"] == "Succeeded":
         assert status["image"]["digest"] == D3
