@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from .conftest import (
+    TERMINAL,
     Api,
     OperatorFactory,
     RCluster,
@@ -53,11 +54,20 @@ class Point:
     at: Callable[[State], bool]  # kill when this holds
     after: Callable[[State], bool] | None = None  # while down, wait for this before restarting
     double: bool = False  # kill again right after the restart
+    latency: float = 0.0  # API latency injected until the kill, to widen a window between two writes
 
 
 POINTS = [
     Point("right-after-apply", lambda s: True),
-    Point("plan-recorded", lambda s: "plan" in (s[0].get("status") or {}) and not s[1]),
+    # the plan is in the status (written together with the first pods) and no pod has started yet
+    Point(
+        "plan-recorded",
+        lambda s: (
+            "plan" in (s[0].get("status") or {})
+            and all((p.get("status") or {}).get("phase", "Pending") == "Pending" for p in s[1])
+        ),
+        latency=0.3,
+    ),
     Point("first-pod-created", lambda s: bool(s[1])),
     Point("first-pod-running", lambda s: _pod_phase(s[1], "g1") == "Running"),
     Point(
@@ -96,13 +106,29 @@ def test_operator_sigkill_at_build_point(
     def state() -> State:
         return api.ib(name), api.pods()
 
-    poll(lambda: point.at(state()), f"kill point {point.id}", op)
-    op.kill()
+    def reached() -> bool:
+        s = state()
+        if point.at(s):
+            return True
+        assert (s[0].get("status") or {}).get("phase") not in TERMINAL, f"ended before kill point {point.id}"
+        return False
+
+    rcluster.dev.faults.update({"latency_seconds": point.latency})
+    try:
+        poll(reached, f"kill point {point.id}", op)
+        op.kill()
+    finally:
+        rcluster.dev.faults.update({"latency_seconds": 0.0})
     if point.after is not None:
         poll(lambda: point.after(state()) if point.after else True, f"{point.id}: progress while down")
     op.start()
     if point.double:
-        poll(lambda: op.log.read_text(errors="replace").count("operator starting") >= 2 or True, "restart")
+        # the second process is up (its start-up line is logged) and is resuming the build: kill it there
+        poll(
+            lambda: op.log.read_text(errors="replace").count("stagefleet operator starting") >= 2,
+            "restart",
+            op,
+        )
         op.kill()
         op.start()
     obj = terminal(api, name, op)
