@@ -482,3 +482,42 @@ def test_strategic_merge_keys_service_ports_by_port() -> None:
     svc = {"spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
     out = strategic_merge(svc, {"spec": {"ports": [{"port": 80, "targetPort": 9090}, {"port": 443}]}})
     assert out["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 9090}, {"port": 443}]
+
+
+def test_list_type_map_and_set_keys_must_be_unique() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "secrets": {
+                        "type": "array",
+                        "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["id"],
+                        "items": {
+                            "type": "object",
+                            "properties": {"id": {"type": "string"}, "v": {"type": "string"}},
+                        },
+                    },
+                    "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+                },
+            }
+        },
+    }
+    c = Core()
+    c.create(c.rt("apiextensions.k8s.io", "v1", "customresourcedefinitions"), "", crd("lists", schema))
+    rt = c.rt("unit.stagefleet.dev", "v1", "lists")
+    body = {
+        "apiVersion": "unit.stagefleet.dev/v1",
+        "kind": "List",
+        "metadata": {"name": "l"},
+        "spec": {"secrets": [{"id": "a", "v": "1"}, {"id": "a", "v": "2"}], "tags": ["x", "x"]},
+    }
+    with pytest.raises(ApiError) as err:
+        c.create(rt, "default", body)
+    causes = {x["field"]: x["message"] for x in (err.value.details or {})["causes"]}
+    assert causes == {
+        "spec.secrets[1]": 'Duplicate value: map[string]interface {}{"id":"a"}',
+        "spec.tags[1]": 'Duplicate value: "x"',
+    }

@@ -179,10 +179,28 @@ class _Checker:
                     f"Too many: {len(value)}: must have at most {sch['maxItems']} items",
                     "FieldValueTooMany",
                 )
-            if sch.get("x-kubernetes-list-type") == "set" and len(
-                {json.dumps(v, sort_keys=True) for v in value}
-            ) < len(value):
-                self.fail(path, "Duplicate value", "FieldValueDuplicate")
+            self._unique_items(value, sch, path)
+
+    def _unique_items(self, value: list[Any], sch: Schema, path: str) -> None:
+        """list-type set: items unique; list-type map: the list-map-keys unique, as the apiserver checks."""
+        kind = sch.get("x-kubernetes-list-type")
+        keys = list(sch.get("x-kubernetes-list-map-keys") or [])
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            if kind == "set":
+                ident, shown = json.dumps(item, sort_keys=True), _show(item)
+            elif kind == "map" and keys and isinstance(item, dict):
+                picked = {k: item.get(k) for k in keys}
+                ident = json.dumps(picked, sort_keys=True)
+                shown = "map[string]interface {}{" + ", ".join(
+                    f'"{k}":{json.dumps(v)}' for k, v in picked.items()
+                )
+                shown += "}"
+            else:
+                continue
+            if ident in seen:
+                self.fail(f"{path}[{i}]", f"Duplicate value: {shown}", "FieldValueDuplicate")
+            seen.add(ident)
 
     def _cel(self, value: Any, sch: Schema, path: str, old: Any, has_old: bool) -> None:
         rules = sch.get("x-kubernetes-validations") or []
