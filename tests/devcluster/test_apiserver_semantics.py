@@ -521,3 +521,45 @@ def test_list_type_map_and_set_keys_must_be_unique() -> None:
         "spec.secrets[1]": 'Duplicate value: map[string]interface {}{"id":"a"}',
         "spec.tags[1]": 'Duplicate value: "x"',
     }
+
+
+def test_server_side_apply_of_custom_resource_lists_replaces_them() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "secrets": {
+                        "type": "array",
+                        "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["id"],
+                        "items": {"type": "object", "properties": {"id": {"type": "string"}}},
+                    },
+                    "keep": {"type": "string"},
+                },
+            }
+        },
+    }
+    c = Core()
+    c.create(c.rt("apiextensions.k8s.io", "v1", "customresourcedefinitions"), "", crd("lists", schema))
+    rt = c.rt("unit.stagefleet.dev", "v1", "lists")
+    opts = WriteOptions(field_manager="me")
+
+    def ssa(spec: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            "apiVersion": "unit.stagefleet.dev/v1",
+            "kind": "List",
+            "metadata": {"name": "l"},
+            "spec": spec,
+        }
+        return c.patch(
+            rt, "default", "l", "application/apply-patch+yaml", json.dumps(body).encode(), opts=opts
+        )
+
+    ssa({"secrets": [{"id": "a"}, {"id": "b"}], "keep": "x"})
+    assert ssa({"secrets": [{"id": "b"}, {"id": "c"}], "keep": "x"})["spec"]["secrets"] == [
+        {"id": "b"},
+        {"id": "c"},
+    ]
+    assert ssa({"secrets": [{"id": "c"}]})["spec"] == {"secrets": [{"id": "c"}]}  # keep no longer applied

@@ -225,7 +225,7 @@ class Core:
         if not isinstance(applied, dict) or not applied.get("apiVersion") or not applied.get("kind"):
             raise errors.bad_request("apply patch must be an object with apiVersion and kind")
         applied.setdefault("metadata", {})["name"] = name
-        now_fields = patching.field_set(applied)
+        now_fields = patching.field_set(applied, keyed=not rt.is_custom)
         try:
             current = self.get(rt, ns, name)
         except ApiError as e:
@@ -243,7 +243,11 @@ class Core:
         self._apply_conflicts(rt, current, applied, now_fields, akey, opts.force)
         stale = {p for p in self.applied.get(akey, set()) - now_fields if p[0] not in ("apiVersion", "kind")}
         merged = patching.remove_paths(copy.deepcopy(current), stale)
-        merged = patching.strategic_merge(merged, {k: v for k, v in applied.items() if k != "metadata"})
+        body = {k: v for k, v in applied.items() if k != "metadata"}
+        if rt.is_custom:
+            merged = patching.apply_merge(merged, body)
+        else:
+            merged = patching.strategic_merge(merged, body)
         keep = ("labels", "annotations", "finalizers", "ownerReferences")
         ameta = {k: v for k, v in applied["metadata"].items() if k in keep}
         merged["metadata"] = patching.strategic_merge(merged["metadata"], ameta)

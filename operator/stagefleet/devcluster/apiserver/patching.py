@@ -33,6 +33,16 @@ MERGE_KEYS: dict[str, str] = {
 }
 
 
+def apply_merge(target: Any, applied: Any) -> Any:
+    """Server-side apply merge for custom resources: maps merge recursively, lists and scalars replace."""
+    if not isinstance(applied, dict) or not isinstance(target, dict):
+        return copy.deepcopy(applied)
+    result = copy.deepcopy(target)
+    for key, value in applied.items():
+        result[key] = apply_merge(result.get(key), value)
+    return result
+
+
 def merge_key(field: str, items: list[Any]) -> str:
     """The merge key of a list field; `ports` is keyed by containerPort in pods, by port in services."""
     if field == "ports" and not any(isinstance(i, dict) and "containerPort" in i for i in items):
@@ -205,16 +215,17 @@ def _merge_list(current: list[Any], patch: list[Any], key: str) -> list[Any]:
 # -- server-side apply -------------------------------------------------------------------------------------
 
 
-def field_set(obj: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """Leaf and list-item paths an applied configuration sets (lists with a merge key are per item)."""
+def field_set(obj: Any, prefix: tuple[str, ...] = (), *, keyed: bool = True) -> set[tuple[str, ...]]:
+    """Leaf and list-item paths an applied configuration sets (lists with a merge key are per item unless
+    `keyed` is off: custom resources apply their lists atomically here)."""
     paths: set[tuple[str, ...]] = set()
     if isinstance(obj, dict):
         for k, v in obj.items():
             p = prefix + (k,)
             paths.add(p)
             if isinstance(v, dict):
-                paths |= field_set(v, p)
-            elif isinstance(v, list) and k in MERGE_KEYS:
+                paths |= field_set(v, p, keyed=keyed)
+            elif keyed and isinstance(v, list) and k in MERGE_KEYS:
                 mk = merge_key(k, v)
                 for item in v:
                     if isinstance(item, dict) and mk in item:
