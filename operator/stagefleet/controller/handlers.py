@@ -1,20 +1,21 @@
 """kopf registrations, nothing else: every handler hands the ImageBuild to the `Reconciler` (in ``memo``).
 
-* create/update/resume on ImageBuilds: reconcile (update fires on spec changes, i.e. a new generation).
-* delete on ImageBuilds (no finalizer, so deletion never waits for the operator): remove the pods.
-* events of worker pods (label-selected): reconcile their ImageBuild at once; delete orphans.
-* a timer on unfinished ImageBuilds: retries after backoff, the build timeout, missing Secrets that appear.
+* events of ImageBuilds: reconcile when one appears (also at start-up: resume) or gets a new generation;
+  remove its pods when it is deleted (no finalizer, so deletion never waits for the operator).
+* events of worker pods (label-selected): reconcile their ImageBuild when something it reads changed;
+  delete orphans.
+* a requeue loop (started with the operator): retries after backoff, the build timeout, missing Secrets.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
 
 from stagefleet.controller.podspec import GROUP, LABEL_UID
 from stagefleet.controller.reconciler import Reconciler
-from stagefleet.controller.status import TERMINAL
 
 VERSION = "v1alpha1"
 PLURAL = "imagebuilds"
@@ -26,37 +27,31 @@ def _reconciler(memo: Any) -> Reconciler:
     return r
 
 
-def _unfinished(body: Any, **_: Any) -> bool:
-    status = body.get("status") or {}
-    meta = body.get("metadata") or {}
-    return not (
-        status.get("phase") in TERMINAL and status.get("observedGeneration") == meta.get("generation")
-    )
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def imagebuild_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    await _reconciler(memo).trigger(namespace or "default", name)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-async def imagebuild_deleted(*, namespace: str | None, name: str, uid: str, memo: Any, **_: Any) -> None:
-    r = _reconciler(memo)
-    await _in_thread(r.cleanup, namespace or "default", uid)
-    r.forget(namespace or "default", name)
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def imagebuild_event(
-    *, type: str, namespace: str | None, name: str, uid: str, memo: Any, **_: Any
+    *, type: str | None, body: Any, namespace: str | None, name: str, uid: str, memo: Any, **_: Any
 ) -> None:
-    # kopf calls on.delete only while the object still exists; a plain DELETED event is handled here.
+    """Created, resumed (listed at start-up), spec changed, deleted.
+
+    A plain event handler rather than kopf's create/update/resume/delete handlers: those keep per-object
+    state in annotations (more patches per ImageBuild), while a new generation is already visible as
+    ``metadata.generation != status.observedGeneration`` (our own status writes change neither), and a
+    deletion as a DELETED event or a ``deletionTimestamp`` (when another finalizer holds the object).
+    """
+    r = _reconciler(memo)
+    ns = namespace or "default"
     if type == "DELETED":
-        r = _reconciler(memo)
-        await _in_thread(r.cleanup, namespace or "default", uid)
-        r.forget(namespace or "default", name)
+        await _in_thread(r.cleanup, ns, uid)
+        r.forget(ns, name)
+        return
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    if (
+        type in (None, "ADDED")
+        or meta.get("deletionTimestamp")
+        or (status.get("observedGeneration") != meta.get("generation"))
+    ):
+        await r.trigger(ns, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_UID: kopf.PRESENT})
@@ -70,17 +65,25 @@ async def worker_pod_event(*, type: str, body: Any, namespace: str | None, memo:
         return
     if type in (None, "ADDED") and await _in_thread(r.delete_orphan, body):
         return
-    await r.trigger(namespace or "default", str(owner.get("name")))
+    if r.pod_changed(body, deleted=type == "DELETED"):
+        await r.trigger(namespace or "default", str(owner.get("name")))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=1.0, sharp=False, when=_unfinished)
-async def imagebuild_tick(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    r = _reconciler(memo)
-    if r.due(namespace or "default", name):
-        await r.trigger(namespace or "default", name)
+@kopf.on.startup()
+async def start_requeue_loop(*, memo: Any, **_: Any) -> None:
+    """Retries after backoff, timeouts and Secrets being waited for are due at times the reconciler
+    computes; one loop triggers them. (A kopf timer would do it per object, but kopf guards timers with a
+    finalizer and annotations on every ImageBuild: three more writes per build, and deletion waiting for
+    the operator.)"""
+    memo.requeue_task = asyncio.create_task(_reconciler(memo).requeue_forever())
+
+
+@kopf.on.cleanup()
+async def stop_requeue_loop(*, memo: Any, **_: Any) -> None:
+    task = getattr(memo, "requeue_task", None)
+    if task is not None:
+        task.cancel()
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:
-    import asyncio
-
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

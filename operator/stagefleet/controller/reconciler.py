@@ -56,6 +56,17 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass
+class Planned:
+    """What planning a new generation produced: the planned status (None: the build stopped or waits),
+    the status the API server holds now, the ImageBuild as last read, and events to emit once written."""
+
+    status: dict[str, Any] | None
+    base: dict[str, Any]
+    ib: dict[str, Any]
+    events: list[st.Event] = field(default_factory=list)
+
+
 class Reconciler:
     def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics, *, threads: int = 8) -> None:
         self.kube = kube
@@ -65,6 +76,9 @@ class Reconciler:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._dirty: dict[tuple[str, str], bool] = {}
         self._due: dict[tuple[str, str], float] = {}
+        self._configmaps: set[tuple[str, int]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pod_states: dict[str, tuple[Any, ...]] = {}
 
     # --- scheduling (async, in kopf's loop) --------------------------------------------------------------
 
@@ -85,10 +99,32 @@ class Reconciler:
                 else:
                     self._due[key] = time.monotonic() + requeue
 
-    def due(self, namespace: str, name: str) -> bool:
-        """For the periodic timer: has the requeue time of this build passed?"""
-        when = self._due.get((namespace, name))
-        return when is None or time.monotonic() >= when
+    def pod_changed(self, pod: Mapping[str, Any], deleted: bool = False) -> bool:
+        """Whether a worker pod event can change a decision (phase, container state, deletion, node).
+
+        The kubelet writes pod status many times per pod; most writes change nothing the operator reads.
+        """
+        uid = str((pod.get("metadata") or {}).get("uid"))
+        if deleted:
+            self._pod_states.pop(uid, None)
+            return True
+        state = st.pod_signature(pod)
+        if self._pod_states.get(uid) == state:
+            return False
+        self._pod_states[uid] = state
+        return True
+
+    async def requeue_forever(self, interval: float = 0.5) -> None:
+        """Trigger every build whose requeue time has passed (backoff, timeout, waiting for a Secret)."""
+        while True:
+            now = time.monotonic()
+            for (namespace, name), when in list(self._due.items()):
+                if when <= now and not self._dirty.get((namespace, name)):
+                    self._due[(namespace, name)] = math.inf  # trigger() sets the next one
+                    task = asyncio.create_task(self.trigger(namespace, name))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(interval)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -143,21 +179,27 @@ class Reconciler:
             self._finish_early(ib, build, status, "InvalidSpec", str(e), now)
             return None
 
+        base = status  # what the API server holds: the base of the next status write
+        events: list[st.Event] = []
         if not current_gen or "plan" not in status:
-            status = self._plan(ib, build, spec, status, now)
-            if status.get("phase") in st.TERMINAL:
-                return None
-            if "plan" not in status:
+            planned = self._plan(ib, build, spec, status, now)
+            if planned.status is None:
+                if planned.base.get("phase") in st.TERMINAL:
+                    return None
                 return 5.0  # waiting for a Secret the planning itself needs
-            ib = self.kube.get_imagebuild(namespace, name) or ib  # fresh resourceVersion for the next write
+            ib, base, status, events = planned.ib, planned.base, planned.status, planned.events
 
         plan = PlanView.from_status(status["plan"])
-        return self._step(ib, build, spec, plan, status, now)
+        return self._step(ib, build, spec, plan, status, base, events, now)
 
     def _plan(
         self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
-    ) -> dict[str, Any]:
-        """A new generation: stop the old one's pods, resolve the source, plan, record the plan."""
+    ) -> Planned:
+        """A new generation: stop the old one's pods, resolve the source, plan.
+
+        The planned status is not written here: the same pass starts the first pods and writes once.
+        Only a git source, whose fetch takes a while, gets a visible Planning status first.
+        """
         superseded = self._supersede(build, status)
         if superseded:
             self._event(
@@ -187,17 +229,19 @@ class Reconciler:
                 )
                 if self._write(ib, status, stalled):
                     self._event(ib, "Warning", "SecretNotFound", msg)
-                return stalled
-        planning = st.progress_status(
-            generation=build.generation,
-            phase=st.PLANNING,
-            reason="Planning",
-            message="resolving the source and planning",
-            old=status,
-            now=now,
-        )
-        self._write(ib, status, planning)
-        ib = self.kube.get_imagebuild(build.namespace, build.name) or ib
+                return Planned(None, stalled, ib)
+        planning = status
+        if git is not None:
+            planning = st.progress_status(
+                generation=build.generation,
+                phase=st.PLANNING,
+                reason="Planning",
+                message="resolving the source and planning",
+                old=status,
+                now=now,
+            )
+            if self._write(ib, status, planning):
+                ib = self.kube.get_imagebuild(build.namespace, build.name) or ib
         error: str | None = None
         for attempt in range(1, self.config.source_attempts + 1):
             try:
@@ -215,9 +259,8 @@ class Reconciler:
                 )
                 time.sleep(min(2.0 * attempt, 5.0) if attempt < self.config.source_attempts else 0)
         else:
-            return self._finish_early(
-                ib, build, planning, "SourceUnavailable", error or "source unavailable", now
-            )
+            failed = self._finish_early(ib, build, planning, "SourceUnavailable", error or "unavailable", now)
+            return Planned(None, failed, ib)
         from stagefleet.stages import DockerfileError
 
         try:
@@ -228,15 +271,15 @@ class Reconciler:
                 filename=resolved.filename,
             )
         except DockerfileError as e:
-            return self._finish_early(ib, build, planning, "DockerfileError", str(e), now)
+            failed = self._finish_early(ib, build, planning, "DockerfileError", str(e), now)
+            return Planned(None, failed, ib)
         new = st.planned_status(
             generation=build.generation, plan=plan, source=resolved.status, old=planning, now=now
         )
-        self._write(ib, planning, new)
-        self._event(
-            ib, "Normal", "Planned", f"{new['message']}; critical path {' → '.join(plan.critical_path)}"
+        note = st.Event(
+            "Normal", "Planned", f"{new['message']}; critical path {' → '.join(plan.critical_path)}"
         )
-        return new
+        return Planned(new, planning, ib, [note])
 
     def _finish_early(
         self,
@@ -278,8 +321,11 @@ class Reconciler:
         spec: ImageBuildSpec,
         plan: PlanView,
         status: dict[str, Any],
+        base: dict[str, Any],
+        events: list[st.Event],
         now: datetime,
     ) -> float | None:
+        """Decide from ``status`` (maybe just planned, unwritten) and write the result over ``base``."""
         pods = [
             o
             for o in (st.observe_pod(p) for p in self.kube.list_worker_pods(build.namespace, build.uid))
@@ -304,8 +350,8 @@ class Reconciler:
             self._start(build, spec, plan, status, d, now)
         for name in d.delete:
             self.kube.delete_pod(build.namespace, name)
-        self._write(ib, status, d.status)
-        for ev in d.events:
+        self._write(ib, base, d.status)
+        for ev in [*events, *d.events]:
             self._event(ib, ev.type, ev.reason, ev.message)
         return None if d.requeue_after is None else min(d.requeue_after, SAFETY_POLL_SECONDS)
 
@@ -321,7 +367,10 @@ class Reconciler:
         source_status = status.get("source") or {}
         git = source_status.get("git") or {}
         if spec.source.inline is not None:
-            self.kube.create(dockerfile_configmap(build, spec.source.inline))
+            key = (build.uid, build.generation)
+            if key not in self._configmaps:  # after a restart: one AlreadyExists, then remembered
+                self.kube.create(dockerfile_configmap(build, spec.source.inline))
+                self._configmaps.add(key)
             source = ResolvedSource(configmap=configmap_name(build))
         else:
             assert spec.source.git is not None

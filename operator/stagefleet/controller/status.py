@@ -213,6 +213,14 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
     )
 
 
+def pod_signature(pod: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of a worker pod that `decide` reads; equal signatures mean an event changes nothing."""
+    o = observe_pod(pod)
+    if o is None:
+        return ()
+    return (o.phase, o.deleting, o.node, o.started, o.finished, o.exit_code, o.reason, o.message)
+
+
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal or Warning
@@ -797,14 +805,7 @@ def _fail_or_retry(
 
 def _group_events(g: GroupPlan, gs: GroupState, before: str) -> list[Event]:
     stages = ", ".join(g.stages)
-    if gs.phase == S_RUNNING and before != S_RUNNING:
-        return [
-            Event(
-                "Normal",
-                "GroupRunning",
-                f"group {g.id} ({stages}) running in pod {gs.pod}" + (f" on {gs.node}" if gs.node else ""),
-            )
-        ]
+    # Pending → Running has no event of ours: the kubelet's own Started event on the pod says it.
     if gs.phase == S_SUCCEEDED:
         cached = f", {gs.cached_steps}/{gs.steps} steps cached" if gs.steps is not None else ""
         return [Event("Normal", "StageSucceeded", f"{stages} built {gs.digest}{cached}")]
