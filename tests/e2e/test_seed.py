@@ -68,7 +68,7 @@ def test_seed_builds_in_parallel_pods(
     assert "Succeeded" in table and "3/3" in table and digest[:19] in table
 
     reasons = [e["reason"] for e in kubectl.events() if e["involvedObject"].get("kind") == "ImageBuild"]
-    assert {"Planned", "GroupStarted", "StageSucceeded", "BuildSucceeded"} <= set(reasons)
+    assert {"Planned", "StageSucceeded", "BuildSucceeded"} <= set(reasons)
 
 
 def test_max_parallel_pods_queues_groups(

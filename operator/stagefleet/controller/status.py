@@ -659,14 +659,16 @@ def decide(
                 gs.start, gs.completion, gs.node = None, None, None
                 create.append(StartPod(g, gs.attempts, upstream))
                 gs.pod = pod_name(build, g.id, gs.attempts)
-                events.append(
-                    Event(
-                        "Normal",
-                        "GroupStarted",
-                        f"group {g.id} ({', '.join(g.stages)}): attempt {gs.attempts}"
-                        + (" (retry)" if before == S_RETRYING else ""),
+                if gs.attempts > 1:
+                    # First starts have no event of ours (the pod's own Scheduled/Started events say it,
+                    # and status names the pod): one write less per group. Retries are worth one.
+                    events.append(
+                        Event(
+                            "Normal",
+                            "GroupStarted",
+                            f"group {g.id} ({', '.join(g.stages)}): attempt {gs.attempts} (retry)",
+                        )
                     )
-                )
 
     # The build's phase.
     final = states[plan.final_group]
