@@ -223,7 +223,7 @@ class Api:
         return list(json.loads(resp.data)["items"])
 
     def close(self) -> None:
-        self.api.close()
+        self.api.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

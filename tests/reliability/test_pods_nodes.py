@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from e2e.conftest import Kubectl
+
 from .conftest import (
     Api,
-    Kubectl,
     OperatorFactory,
     RCluster,
     fake_manifest,
