@@ -218,7 +218,8 @@ def pod_signature(pod: Mapping[str, Any]) -> tuple[Any, ...]:
     o = observe_pod(pod)
     if o is None:
         return ()
-    return (o.phase, o.deleting, o.node, o.started, o.finished, o.exit_code, o.reason, o.message)
+    # Not the node: binding alone changes no decision (the node is recorded with the next change).
+    return (o.phase, o.deleting, o.started, o.finished, o.exit_code, o.reason, o.message)
 
 
 @dataclass(frozen=True)
