@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import shlex
+import sys
 from typing import Any
 
 
@@ -43,8 +44,58 @@ def register(subparsers: Any) -> None:
         default="stagefleet-worker",
         help="command of the worker container, shell-split (default: stagefleet-worker)",
     )
+    # Worker defaults: each flag beats its environment variable (how the Helm chart passes them), which
+    # beats the built-in default; see stagefleet.controller.workerdefaults.
     p.add_argument(
-        "--builder-image", default=None, help="default image of worker pods when spec.builderImage is unset"
+        "--builder-image",
+        default=None,
+        help="default image of worker pods when spec.builderImage is unset (env STAGEFLEET_BUILDER_IMAGE)",
+    )
+    p.add_argument(
+        "--builder-image-pull-policy",
+        default=None,
+        choices=("Always", "IfNotPresent", "Never"),
+        help="imagePullPolicy of worker pods (env STAGEFLEET_BUILDER_IMAGE_PULL_POLICY; IfNotPresent)",
+    )
+    p.add_argument(
+        "--worker-resources",
+        default=None,
+        metavar="JSON",
+        help="default ResourceRequirements of worker pods when spec.resources sets none "
+        "(env STAGEFLEET_WORKER_RESOURCES)",
+    )
+    p.add_argument(
+        "--worker-pod-security-context",
+        default=None,
+        metavar="JSON",
+        help="PodSecurityContext of worker pods (env STAGEFLEET_WORKER_POD_SECURITY_CONTEXT)",
+    )
+    p.add_argument(
+        "--worker-security-context",
+        default=None,
+        metavar="JSON",
+        help="SecurityContext of the worker container (env STAGEFLEET_WORKER_SECURITY_CONTEXT)",
+    )
+    p.add_argument(
+        "--worker-storage-driver",
+        default=None,
+        choices=("vfs", "overlay"),
+        help="buildah storage driver in workers, as their STAGEFLEET_STORAGE_DRIVER "
+        "(env STAGEFLEET_WORKER_STORAGE_DRIVER; default: the worker's own)",
+    )
+    p.add_argument(
+        "--worker-fuse-resource",
+        default=None,
+        metavar="RESOURCE",
+        help="extended resource giving workers /dev/fuse, requested and limited at 1 "
+        "(env STAGEFLEET_WORKER_FUSE_RESOURCE; default: none)",
+    )
+    p.add_argument(
+        "--worker-active-deadline-seconds",
+        default=None,
+        metavar="SECONDS",
+        help="cap of each worker pod's activeDeadlineSeconds; 0: the ImageBuild's timeout only "
+        "(env STAGEFLEET_WORKER_ACTIVE_DEADLINE_SECONDS)",
     )
     p.add_argument(
         "--insecure-registry",
@@ -70,7 +121,28 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def worker_flags(args: argparse.Namespace) -> dict[str, str | None]:
+    """The worker-default flags of ``args``, keyed like workerdefaults.WorkerDefaults."""
+    return {
+        "builder_image": args.builder_image,
+        "image_pull_policy": args.builder_image_pull_policy,
+        "resources": args.worker_resources,
+        "pod_security_context": args.worker_pod_security_context,
+        "security_context": args.worker_security_context,
+        "storage_driver": args.worker_storage_driver,
+        "fuse_resource": args.worker_fuse_resource,
+        "active_deadline_seconds": args.worker_active_deadline_seconds,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    from stagefleet.controller.workerdefaults import WorkerDefaultsError, worker_defaults
+
+    try:
+        defaults = worker_defaults(os.environ, worker_flags(args))
+    except WorkerDefaultsError as e:
+        print(f"stagefleet operator: {e}", file=sys.stderr)
+        return 2
     if args.kubeconfig:
         # Before importing kubernetes: its default kubeconfig path is read from the env at import time;
         # kopf's login and our client then read the same file.
@@ -80,9 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from stagefleet.controller import handlers  # noqa: F401  (registers the kopf handlers)
     from stagefleet.controller.kube import Kube
     from stagefleet.controller.metrics import Metrics
-    from stagefleet.controller.podspec import WorkerConfig
     from stagefleet.controller.reconciler import OperatorConfig, Reconciler
-    from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE
 
     kopf.configure(
         verbose=args.verbose,
@@ -98,9 +168,8 @@ def run(args: argparse.Namespace) -> int:
         *args.insecure_registry,
         *(r for r in os.environ.get("STAGEFLEET_INSECURE_REGISTRIES", "").split(",") if r),
     ]
-    worker = WorkerConfig(
+    worker = defaults.worker_config(
         command=tuple(shlex.split(args.worker_command)),
-        builder_image=args.builder_image or DEFAULT_BUILDER_IMAGE,
         insecure_registries=tuple(dict.fromkeys(insecure)),
     )
     metrics = Metrics()
@@ -127,9 +196,12 @@ def run(args: argparse.Namespace) -> int:
     settings.batching.worker_limit = max(32, args.concurrency * 4)
 
     logging.getLogger("stagefleet.operator").info(
-        "stagefleet operator starting: %s, worker %s, metrics port %s",
+        "stagefleet operator starting: %s, worker %s (image %s, %s, storage driver %s), metrics port %s",
         "namespaces " + ",".join(args.namespace) if args.namespace else "all namespaces",
         " ".join(worker.command),
+        worker.builder_image,
+        worker.image_pull_policy,
+        worker.storage_driver or "worker default",
         args.metrics_port or "off",
     )
     kopf.run(

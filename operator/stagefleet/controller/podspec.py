@@ -7,6 +7,7 @@ pod gets only the Secrets its own stages use; the values reach the worker as fil
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagefleet.controller.model import GroupPlan, PlanView
-from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, ImageBuildSpec
+from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, ImageBuildSpec, Resources
 
 GROUP = "stagefleet.io"
 API_VERSION = f"{GROUP}/v1alpha1"
@@ -32,6 +33,7 @@ WORKER_CONTAINER = "worker"
 STORAGE_MOUNT = "/var/lib/stagefleet"
 SECRETS_MOUNT = "/run/stagefleet"
 TERMINATION_LOG = "/dev/termination-log"
+ENV_STORAGE_DRIVER = "STAGEFLEET_STORAGE_DRIVER"  # read by stagefleet.buildenv in the worker
 DOCKERFILE_KEY = "Dockerfile"
 
 _MAX_NAME = 63
@@ -39,7 +41,14 @@ _MAX_NAME = 63
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Operator-wide settings for worker pods (flags of `stagefleet operator`)."""
+    """Operator-wide settings for worker pods (flags / STAGEFLEET_WORKER_* env of `stagefleet operator`,
+    see workerdefaults.py).
+
+    ``resources`` apply when the ImageBuild sets none for the group (spec.resources replaces them whole, so
+    a spec request never meets a smaller default limit); ``fuse_resource`` is an extended resource requested
+    and limited at 1 on every worker; ``storage_driver`` reaches the worker as STAGEFLEET_STORAGE_DRIVER;
+    ``active_deadline_seconds`` > 0 caps each pod's activeDeadlineSeconds below the build's remaining time.
+    """
 
     command: tuple[str, ...] = ("stagefleet-worker",)
     builder_image: str = DEFAULT_BUILDER_IMAGE
@@ -47,6 +56,12 @@ class WorkerConfig:
     extra_args: tuple[str, ...] = ()
     security_context: Mapping[str, Any] | None = None
     pod_labels: Mapping[str, str] = field(default_factory=dict)
+    image_pull_policy: str = "IfNotPresent"
+    resources: Resources = field(default_factory=Resources)
+    pod_security_context: Mapping[str, Any] | None = None
+    storage_driver: str | None = None
+    fuse_resource: str | None = None
+    active_deadline_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,12 @@ def dockerfile_configmap(build: BuildRef, dockerfile: str) -> dict[str, Any]:
     }
 
 
+def json_copy(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON-like mapping (pod manifests never share nested dicts with the config)."""
+    out: dict[str, Any] = copy.deepcopy(dict(obj))
+    return out
+
+
 def _secret_volume(name: str, secret: str, key: str, path: str, mode: int = 0o400) -> dict[str, Any]:
     return {
         "name": name,
@@ -251,28 +272,38 @@ def worker_pod(
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
         "image": spec.builder_image or config.builder_image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": config.image_pull_policy,
         "command": list(config.command),
         "args": args,
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    resources = spec.resources_for(group.stages).to_k8s()
+    if config.storage_driver:
+        container["env"] = [{"name": ENV_STORAGE_DRIVER, "value": config.storage_driver}]
+    resources = spec.resources_for(group.stages).to_k8s() or config.resources.to_k8s()
+    if config.fuse_resource:
+        for section in ("requests", "limits"):
+            resources.setdefault(section, {}).setdefault(config.fuse_resource, "1")
     if resources:
         container["resources"] = resources
     if config.security_context:
-        container["securityContext"] = dict(config.security_context)
+        container["securityContext"] = json_copy(config.security_context)
 
+    deadline = max(1, int(deadline_seconds))
+    if config.active_deadline_seconds > 0:
+        deadline = min(deadline, config.active_deadline_seconds)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": max(1, int(deadline_seconds)),
+        "activeDeadlineSeconds": deadline,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
         "volumes": volumes,
     }
+    if config.pod_security_context:
+        pod_spec["securityContext"] = json_copy(config.pod_security_context)
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
