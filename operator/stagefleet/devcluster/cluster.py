@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from stagefleet.devcluster.deployments import DeploymentControllerThread
 from stagefleet.devcluster.kubelet import KubeletThread, NodeConfig, node_configs
 
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
@@ -29,6 +30,7 @@ class DevCluster:
     `workdir/kubeconfig` is written on start; pod logs go to `workdir/logs`, pod volumes to
     `workdir/kubelet`. `faults` is the emulator's live `Faults` object (error rate, watch drops, latency).
     `node_specs` replaces the uniform `nodes`/`pods_per_node`/`node_labels` nodes (e.g. tainted ones).
+    `deployments` runs the minimal Deployment/ReplicaSet controller (`deployments.py`) next to the kubelet.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class DevCluster:
         crds_dir: Path | None = None,
         node_specs: Sequence[NodeConfig] | None = None,
         verbose: bool = False,
+        deployments: bool = True,
     ) -> None:
         from stagefleet.devcluster.apiserver import Faults
 
@@ -56,6 +59,8 @@ class DevCluster:
         self.verbose = verbose
         self._apiserver: Any = None
         self.kubelet: KubeletThread | None = None
+        self.run_deployments = deployments
+        self.deployments: DeploymentControllerThread | None = None
 
     def start(self) -> None:
         """Start the emulator, write the kubeconfig, install the CRDs, start the kubelet (nodes Ready)."""
@@ -77,12 +82,20 @@ class DevCluster:
                 verbose=self.verbose,
             )
             self.kubelet.start()
+            if self.run_deployments:
+                # Deployments → ReplicaSets → pods (what `helm install` of an operator chart needs).
+                self.deployments = DeploymentControllerThread(self.kubeconfig)
+                self.deployments.start()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Kill every pod process, stop the kubelet, then the emulator. Safe to call twice."""
+        """Stop the Deployment controller, kill every pod process, stop the kubelet, then the emulator.
+        Safe to call twice."""
+        if self.deployments is not None:
+            self.deployments.stop()
+            self.deployments = None
         if self.kubelet is not None:
             self.kubelet.stop()
             self.kubelet = None
