@@ -116,11 +116,27 @@ def apply(spec: dict[str, Any]) -> None:
     mounted: list[str] = []
     private: set[str] = set()
     staging_root = spec["staging"]
+    # Resolve every source before the first mount: a volume mounted over a host directory (an emptyDir on
+    # /tmp, say) would otherwise hide later sources that live below it (the kubelet's own pod directory).
+    sources: list[tuple[str, bool, int | None]] = []
     for m in spec["mounts"]:
-        source, target = m["source"], m["target"]
+        source = m["source"]
         is_file = bool(m.get("is_file")) or (os.path.exists(source) and not os.path.isdir(source))
+        try:
+            fd: int | None = os.open(source, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            fd = None  # let the mount below report it
+        sources.append((source, is_file, fd))
+    for m, (source, is_file, fd) in zip(spec["mounts"], sources, strict=True):
+        target = m["target"]
         ensure_target(target, is_file, mounted, private, staging_root)
-        _mount(source, target, None, MS_BIND | MS_REC)
+        try:
+            _mount(source if fd is None else f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        except OSError as e:
+            raise OSError(e.errno, f"mount {source} -> {target}: {os.strerror(e.errno or 0)}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
         if m.get("read_only"):
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         mounted.append(target)
