@@ -186,7 +186,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ClusterKube]]:
             cluster = DevCluster(tmp_path / f"cluster{len(made)}", **kwargs)
             cluster.start()
             kubeconfig = cluster.kubeconfig
-        k = ClusterKube(kubeconfig, f"t-{uuid.uuid4().hex[:8]}", home, cluster)
+        k = ClusterKube(kubeconfig, f"t-{uuid.uuid4().hex[:8]}", home, cluster=cluster)
         made.append(k)
         k.kubectl(
             "apply",
