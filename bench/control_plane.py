@@ -71,6 +71,8 @@ class Counter:
     def client(ua: str) -> str:
         if ua.startswith("stagefleet-devkubelet"):
             return "kubelet"
+        if ua.startswith("stagefleet-dev"):
+            return "devcluster"  # the dev cluster's other controllers (Deployments)
         if ua.startswith(BENCH_UA):
             return "bench"
         if ua.startswith("kubectl"):
