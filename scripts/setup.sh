@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
-apt_pkgs=(buildah runc docker-registry busybox-static skopeo git openssh-server openssh-client util-linux)
+apt_pkgs=(buildah runc docker-registry busybox-static skopeo git openssh-server openssh-client util-linux graphviz)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 

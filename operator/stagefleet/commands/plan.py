@@ -1,6 +1,8 @@
 """`stagefleet plan`: show the stage graph and build plan of a Dockerfile (or an ImageBuild's).
 
 Invalid input exits 2 with one message on stderr and nothing on stdout, so scripts can trust stdout.
+`--output FILE` writes the rendering to FILE instead; a `.png` or `.svg` FILE is the dot rendering drawn by
+graphviz's `dot` (exit 2 when it is not installed).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +24,9 @@ from stagefleet.plan import Plan, make_plan, plan_to_json, render_dot, render_me
 from stagefleet.stages import DockerfileError, parse_stage_graph
 
 EXIT_INVALID = 2
+EXIT_RENDER = 1
+IMAGE_FORMATS = {".png": "png", ".svg": "svg"}
+NO_DOT = "graphviz's dot is not installed; use --format dot"
 IMAGEBUILD_API = "stagefleet.io/v1alpha1"
 
 
@@ -45,17 +52,51 @@ def register(subparsers: Any) -> None:
     p.add_argument("--build-arg", action="append", default=[], metavar="K=V", help="build argument")
     p.add_argument("--platform", help="target platform for TARGET* args (default: this host)")
     p.add_argument("--format", choices=("text", "json", "dot", "mermaid"), default="text")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE instead of stdout; *.png and *.svg are drawn by graphviz's dot")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    output: str | None = getattr(args, "output", None)
+    image = IMAGE_FORMATS.get(Path(output).suffix.lower()) if output else None
+    dot = shutil.which("dot") if image else None
     try:
+        if image and dot is None:
+            raise InputError(NO_DOT)
         plan = build_plan(args)
     except (DockerfileError, InputError) as e:
         print(str(e), file=sys.stderr)
         return EXIT_INVALID
-    print(render(plan, args.format))
+    if output is None:
+        print(render(plan, args.format))
+        return 0
+    if image and dot:
+        try:
+            data = draw(render_dot(plan), dot, image)
+        except RuntimeError as e:
+            print(str(e), file=sys.stderr)
+            return EXIT_RENDER
+    else:
+        data = (render(plan, args.format) + "\n").encode()
+    try:
+        Path(output).write_bytes(data)
+    except OSError as e:
+        print(f"{output}: cannot write: {e.strerror or e}", file=sys.stderr)
+        return EXIT_INVALID
     return 0
+
+
+def draw(dot_source: str, dot: str, fmt: str) -> bytes:
+    """The dot source drawn by graphviz (`dot -Tpng` / `dot -Tsvg`)."""
+    try:
+        proc = subprocess.run([dot, f"-T{fmt}"], input=dot_source.encode(), capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"graphviz's dot failed: {e}") from None
+    if proc.returncode != 0 or not proc.stdout:
+        detail = proc.stderr.decode(errors="replace").strip()
+        raise RuntimeError(f"graphviz's dot -T{fmt} failed (exit {proc.returncode}): {detail}")
+    return proc.stdout
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
