@@ -181,6 +181,10 @@ def test_classify_failing_step_with_quotes_in_it() -> None:
     (['STEP 1/2: FROM busybox AS build1', 'STEP 2/2: RUN --mount=type=secret,id=z,required=true cat z',
       'Error: building at STEP "RUN --mount=type=secret,id=z,required=true cat z": resolving mountpoints for '
       'container "c": secret required but no secret with id z found'], exitcodes.SECRET, "id z"),
+    (['STEP 1/2: FROM busybox AS build1', 'STEP 2/2: RUN true', '--> Pushing cache [r/cache]:abc',
+      'Error: failed pushing cache to "127.0.0.1:9/c:abc": pinging container registry 127.0.0.1:9: '
+      'Get "http://127.0.0.1:9/v2/": dial tcp 127.0.0.1:9: connect: connection refused'],
+     exitcodes.PUSH, "pushing the layer cache failed"),
     (['Error: something odd'], exitcodes.UNEXPECTED, "something odd"),
 ])
 def test_classify_failures(lines: list[str], code: int, fragment: str) -> None:

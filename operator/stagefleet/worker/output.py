@@ -169,6 +169,9 @@ def classify(t: OutputTracker, returncode: int) -> Failure:
     current = t.stats.get(t.current)
     line = t.info.find_line(current.step, t.current) if current and current.step else None
     where = f"{t.info.filename}:{line}: " if line else ""
+    if "pushing cache" in low:  # --cache-to: a registry write, so push (retried) rather than pull
+        return Failure(exitcodes.PUSH, f"{where}pushing the layer cache failed: {_strip_error(error)}",
+                       t.current, line)
     if "creating build container" in low or any(w in low for w in _PULL_WORDS):
         return Failure(exitcodes.PULL, f"{where}pulling an image failed: {_strip_error(error)}",
                        t.current, line)

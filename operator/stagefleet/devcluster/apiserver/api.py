@@ -79,7 +79,7 @@ class Core:
 
     def list(self, rt: ResourceType, ns: str | None, match: Predicate) -> tuple[list[Obj], str]:
         scope = (ns or None) if rt.namespaced else None
-        items = [self._present(rt, o) for o in self.store.list(rt.key, scope) if match(o)]
+        items = [self._present(rt, o) for o in self.store.list(rt.key, scope, where=match)]
         return items, str(self.store.rv)
 
     # -- create --------------------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ class GarbageCollector:
             if o["metadata"].get("ownerReferences") or o["metadata"].get("deletionTimestamp")
         ]
         for tkey, stored in todo:
+            if self._settled(stored):
+                continue  # the common case (owners alive, not deleting): no copy, no write
             # earlier steps of this pass may have changed or removed it: act on the current state
             current = store.get(tkey, stored["metadata"].get("namespace", ""), stored["metadata"]["name"])
             if current is None or current["metadata"].get("uid") != stored["metadata"].get("uid"):
@@ -91,6 +93,16 @@ class GarbageCollector:
                     self._set_meta(tkey, obj, ownerReferences=alive)
             if meta.get("deletionTimestamp"):
                 self._finish(tkey, obj)
+
+    def _settled(self, stored: Obj) -> bool:
+        """Nothing to do for it: not being deleted and every owner alive (read on the stored dict, since a
+        deep copy of every owned object after every write made large runs quadratic). A change made later
+        in this pass wakes the collector again, so a stale read only defers the action to the next pass."""
+        meta = stored["metadata"]
+        if meta.get("deletionTimestamp"):
+            return False
+        ns = meta.get("namespace", "")
+        return all(self.core.store.has_uid(r.get("uid", ""), ns) for r in meta.get("ownerReferences") or [])
 
     def _finish(self, tkey: TypeKey, obj: Obj) -> None:
         meta = obj["metadata"]

@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import copy
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +53,14 @@ class Store:
         obj = self._objects.get(tkey, {}).get((namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, tkey: TypeKey, namespace: str | None = None) -> list[Obj]:
+    def list(
+        self, tkey: TypeKey, namespace: str | None = None, where: Callable[[Obj], bool] | None = None
+    ) -> list[Obj]:
+        """Copies of the objects, in key order; `where` sees the stored dicts (read only) so that only the
+        matches are copied: copying a whole namespace for every selector list made big runs quadratic."""
         objs = self._objects.get(tkey, {})
         keys = sorted(k for k in objs if namespace is None or k[0] == namespace)
-        return [copy.deepcopy(objs[k]) for k in keys]
+        return [copy.deepcopy(objs[k]) for k in keys if where is None or where(objs[k])]
 
     def by_uid(self, uid: str) -> tuple[TypeKey, Obj] | None:
         where = self._uids.get(uid)
