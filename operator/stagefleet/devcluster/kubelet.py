@@ -35,6 +35,10 @@ from stagefleet.devcluster import podruntime as pr
 from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
 
 NSINIT = str(Path(__file__).with_name("nsinit.py"))
+# What stands in for the container image: the interpreter, the venv and the stagefleet sources. A volume
+# mounted over one of them (the chart's emptyDir on /tmp, with a checkout under /tmp) must not hide it, as a
+# volume never hides the image's own programs in a real pod; nsinit binds them back over such volumes.
+IMAGE_PATHS = sorted({sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[2])})
 KUBELET_VERSION = "v1.34.0-stagefleet-dev"
 RESTART_BACKOFF_START = 1.0  # Kubernetes starts at 10 s; short here so tests of OnFailure stay quick
 RESTART_BACKOFF_MAX = 30.0
@@ -399,6 +403,7 @@ class PodRunner:
                         "env": proc_env,
                         "cwd": spec.get("workingDir") or None,
                         "staging": str(self.dir / "staging" / run.name),
+                        "image_paths": IMAGE_PATHS,
                         "status_fd": status_w,
                     }
                 )

@@ -17,6 +17,7 @@ Mount targets that do not exist yet:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import json
@@ -127,6 +128,10 @@ def apply(spec: dict[str, Any]) -> None:
         except OSError:
             fd = None  # let the mount below report it
         sources.append((source, is_file, fd))
+    image: list[tuple[str, int]] = []
+    for path in spec.get("image_paths") or []:
+        with contextlib.suppress(OSError):
+            image.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
     for m, (source, is_file, fd) in zip(spec["mounts"], sources, strict=True):
         target = m["target"]
         ensure_target(target, is_file, mounted, private, staging_root)
@@ -141,6 +146,11 @@ def apply(spec: dict[str, Any]) -> None:
             _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         mounted.append(target)
         private.difference_update({p for p in private if _under(p, [target])})  # now covered by a volume
+    for path, fd in image:
+        if any(t != path and _under(path, [t]) for t in mounted):  # a volume hides the "image": rebind
+            ensure_target(path, False, mounted, private, staging_root)
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
     cwd = spec.get("cwd")
     if cwd:
         if not os.path.isdir(cwd):
