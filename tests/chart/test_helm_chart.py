@@ -7,9 +7,7 @@ these tests skip and say so.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
+from binaries import find_tool
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "stagefleet"
 RELEASE = "sf"
@@ -26,17 +26,7 @@ NAMESPACE = "stagefleet-system"
 K8S_VERSION = "1.34.0"
 
 
-def find_helm() -> str | None:
-    env = os.environ.get("STAGEFLEET_HELM")
-    if env:
-        return env if Path(env).is_file() and os.access(env, os.X_OK) else None
-    local = REPO / ".tools" / "bin" / "helm"
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which("helm")
-
-
-HELM = find_helm()
+HELM = find_tool("helm")
 needs_helm = pytest.mark.skipif(
     HELM is None,
     reason="helm not found: set STAGEFLEET_HELM or run scripts/setup.sh (installs .tools/bin/helm)",

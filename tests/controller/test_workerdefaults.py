@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from binaries import find_tool
 from stagefleet.commands import operator as operator_cmd
 from stagefleet.controller.podspec import ENV_STORAGE_DRIVER, WorkerConfig, worker_pod
 from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, Resources
@@ -222,17 +221,7 @@ def test_spec_overrides_image_and_resources_whole_but_fuse_stays() -> None:
 # the chart's env, rendered by the real helm, through the same function
 
 
-def find_helm() -> str | None:
-    env = os.environ.get("STAGEFLEET_HELM")
-    if env:
-        return env if Path(env).is_file() and os.access(env, os.X_OK) else None
-    local = REPO / ".tools" / "bin" / "helm"
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which("helm")
-
-
-HELM = find_helm()
+HELM = find_tool("helm")
 
 
 def chart_operator(*set_args: str) -> tuple[dict[str, str], list[str]]:

@@ -9,9 +9,7 @@ Python. The kustomize overlays are rendered with the real kubectl (`STAGEFLEET_K
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
+from binaries import find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -30,15 +30,7 @@ EXPECTED_DIRS = {"seed", "secrets", "cache-mounts", "private-git-ssh", "go-micro
 PARTIAL = {"examples/kustomize/overlays/production/imagebuild-patch.yaml"}
 
 
-def find_kubectl() -> str | None:
-    env = os.environ.get("STAGEFLEET_KUBECTL")
-    if env:
-        return env if Path(env).is_file() else None
-    local = REPO / ".tools" / "bin" / "kubectl"
-    return str(local) if local.is_file() else shutil.which("kubectl")
-
-
-KUBECTL = find_kubectl()
+KUBECTL = find_tool("kubectl")
 
 
 def yaml_files() -> list[Path]:
