@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stagefleet.cli import main
 from stagefleet.commands import plan as plan_cmd
+
+from .test_cli import run
 
 DOCKERFILE = (
     "FROM alpine AS build1\nRUN echo one\n"
@@ -25,12 +26,6 @@ SVG_NS = "{http://www.w3.org/2000/svg}"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["plan", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
