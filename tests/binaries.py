@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,3 +22,14 @@ def find_tool(name: str) -> str | None:
     if local.is_file() and os.access(local, os.X_OK):
         return str(local)
     return shutil.which(name)
+
+
+def run_tool(
+    argv: list[str], env: dict[str, str], *, input: str | None = None, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run kubectl/helm; with `check`, a non-zero exit fails the test with the tool's stderr."""
+    proc = subprocess.run(argv, input=input, text=True, capture_output=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        command = " ".join([Path(argv[0]).name, *argv[1:]])
+        raise AssertionError(f"{command} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

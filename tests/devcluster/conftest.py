@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from binaries import run_tool
 from stagefleet.devcluster.apiserver import APIServer, write_kubeconfig
 
 
@@ -65,29 +66,12 @@ class Kube:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(KUBECTL), "-n", self.namespace, *args],
-            input=input,
-            text=True,
-            capture_output=True,
-            env=self.env(),
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-        return proc
+        return run_tool([str(KUBECTL), "-n", self.namespace, *args], self.env(), input=input, check=check,
+                        timeout=timeout)
 
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(HELM), "--namespace", self.namespace, *args],
-            text=True,
-            capture_output=True,
-            env=self.env(),
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-        return proc
+        return run_tool([str(HELM), "--namespace", self.namespace, *args], self.env(), check=check,
+                        timeout=timeout)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from binaries import run_tool
 from stagefleet.localregistry import LocalRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,17 +82,8 @@ class Kubectl:
     def run(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(KUBECTL), "-n", self.namespace, *args],
-            input=input,
-            text=True,
-            capture_output=True,
-            env=self.env(),
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-        return proc
+        return run_tool([str(KUBECTL), "-n", self.namespace, *args], self.env(), input=input, check=check,
+                        timeout=timeout)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)
