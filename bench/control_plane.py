@@ -138,30 +138,7 @@ def parse_time(s: str | None) -> float | None:
     return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-def run_operator_without_kopf_worker_limit(argv: list[str]) -> int:
-    """EXPERIMENT (--kopf-worker-limit-none): `stagefleet operator` with kopf's batching.worker_limit
-    forced to None (unlimited), to measure what the operator's own limit costs."""
-    import runpy
-
-    if "--kubeconfig" in argv:  # as the operator does: before kopf (and the kubernetes client) load
-        os.environ["KUBECONFIG"] = argv[argv.index("--kubeconfig") + 1]
-    from kopf._cogs.configs import configuration
-
-    queueing: Any = configuration.QueueingSettings  # settings.batching
-    original = queueing.__setattr__
-
-    def setattr_(self: Any, key: str, value: Any) -> None:
-        original(self, key, None if key == "worker_limit" else value)
-
-    queueing.__setattr__ = setattr_
-    sys.argv = ["stagefleet", *argv]
-    runpy.run_module("stagefleet.cli", run_name="__main__")
-    return 0
-
-
 def main() -> int:
-    if sys.argv[1:2] == ["--run-operator-unlimited"]:
-        return run_operator_without_kopf_worker_limit(sys.argv[2:])
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--builds", type=int, default=300)
     p.add_argument("--nodes", type=int, default=5)
@@ -171,9 +148,6 @@ def main() -> int:
     p.add_argument("--operator-arg", action="append", default=[],
                    help="extra `stagefleet operator` argument (repeatable), "
                         "e.g. --operator-arg=--concurrency=16")
-    p.add_argument("--kopf-worker-limit-none", action="store_true",
-                   help="EXPERIMENT: run the operator with kopf's per-object worker limit removed (the "
-                        "operator sets max(32, 4 × --concurrency)); everything else unchanged")
     p.add_argument("--workdir")
     args = p.parse_args()
 
@@ -204,9 +178,7 @@ def main() -> int:
             core.create_namespace({"metadata": {"name": NAMESPACE}})
             worker = shlex.join([sys.executable, str(ROOT / "bench" / "fake_worker.py"), "--sleep",
                                  str(args.sleep), "--"])
-            launcher = ([str(Path(__file__).resolve()), "--run-operator-unlimited"]
-                        if args.kopf_worker_limit_none else ["-m", "stagefleet.cli"])
-            argv = [sys.executable, *launcher, "operator", "--kubeconfig", str(dev.kubeconfig),
+            argv = [sys.executable, "-m", "stagefleet.cli", "operator", "--kubeconfig", str(dev.kubeconfig),
                     "--namespace", NAMESPACE, "--metrics-port", "0", "--worker-command", worker,
                     "--log-format", "json", *args.operator_arg]
             env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
@@ -215,8 +187,6 @@ def main() -> int:
                                       start_new_session=True)
             time.sleep(3)  # the operator connects and starts its watches
             baseline = dict(counter.counts)
-            if args.kopf_worker_limit_none:
-                print("EXPERIMENT: operator with kopf's batching.worker_limit forced to None", flush=True)
             print(f"SIMULATED WORKER (bench/fake_worker.py, sleeps {args.sleep} s, builds nothing); "
                   f"{args.builds} ImageBuilds × {GROUPS_PER_BUILD} groups; {args.nodes} nodes × "
                   f"{args.pods_per_node} pods = {args.nodes * args.pods_per_node} pods in parallel; "
