@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import KUBECTL, wait_until
+from hostprocs import processes_with
 from stagefleet.devcluster.cluster import DevCluster
 
 pytestmark = [
@@ -35,19 +36,6 @@ def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
     )
     assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
     return proc.stdout
-
-
-def processes_with(token: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if token.encode() in f.read():
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
 
 
 def alive(pid: int) -> bool:

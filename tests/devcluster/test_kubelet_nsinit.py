@@ -20,6 +20,12 @@ from stagefleet.devcluster import kubelet
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
 
 
+def exec_nsinit(spec_file: Path) -> subprocess.CompletedProcess[str]:
+    """nsinit exactly as the kubelet starts it: in a private mount namespace, isolated Python."""
+    argv = ["unshare", "-m", "--propagation", "private", "--", sys.executable, "-I", kubelet.NSINIT]
+    return subprocess.run([*argv, str(spec_file)], capture_output=True, text=True, timeout=60, check=False)
+
+
 def run_init(
     tmp_path: Path, mounts: list[dict[str, Any]], script: str, cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -32,23 +38,7 @@ def run_init(
         "start_error_file": str(tmp_path / "start-error"),
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    return subprocess.run(
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "--",
-            sys.executable,
-            "-I",
-            kubelet.NSINIT,
-            str(tmp_path / "spec.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return exec_nsinit(tmp_path / "spec.json")
 
 
 def test_mounts_are_private_readonly_and_leave_the_host_untouched(tmp_path: Path) -> None:
@@ -122,23 +112,7 @@ def test_exit_status_and_exec_failure(tmp_path: Path) -> None:
     spec = json.loads((tmp_path / "spec.json").read_text())
     spec["argv"] = ["no-such-command-xyz"]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    res = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            "--",
-            sys.executable,
-            "-I",
-            kubelet.NSINIT,
-            str(tmp_path / "spec.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    res = exec_nsinit(tmp_path / "spec.json")
     assert res.returncode == 128
     assert (
         tmp_path / "start-error"

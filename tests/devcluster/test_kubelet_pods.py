@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import KUBECTL, ClusterKube, wait_until
+from hostprocs import processes_with
 
 pytestmark = pytest.mark.cluster
 
@@ -378,19 +379,6 @@ def test_pods_per_node_capacity(make_cluster: Any) -> None:
     assert finished(k, "second")["status"]["phase"] == "Succeeded"
 
 
-def _processes_with(token: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if token.encode() in f.read():
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
 def test_node_loss_fails_its_pods_and_kills_their_processes(cluster: ClusterKube) -> None:
     k = cluster
     dev = k.require_devcluster()
@@ -401,13 +389,13 @@ def test_node_loss_fails_its_pods_and_kills_their_processes(cluster: ClusterKube
     manifest["spec"]["containers"][0]["command"].append(token)  # becomes $0: visible in the cmdline
     k.apply(manifest)
     wait_until(lambda: k.pod("doomed")["status"].get("phase") == "Running", "pod running")
-    assert _processes_with(token)
+    assert processes_with(token)
     dev.lose_node("devnode-1")
     pod = k.pod("doomed")
     assert pod["status"]["phase"] == "Failed"
     assert pod["status"]["reason"] == "NodeLost"
     assert pod["status"]["message"] == "Node devnode-1 which was running pod doomed is unresponsive"
-    assert not _processes_with(token)
+    assert not processes_with(token)
     node = k.get("node", "devnode-1")
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "Unknown"

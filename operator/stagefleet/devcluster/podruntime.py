@@ -497,6 +497,10 @@ def _lookup_volume(data: ObjectData, kind: str, name: str, optional: bool) -> Ma
     return values
 
 
+# Volumes made of an object's keys: (volume field, object kind, field naming the object).
+_KEY_FILE_VOLUMES = (("secret", "Secret", "secretName"), ("configMap", "ConfigMap", "name"))
+
+
 def volume_layout(
     volume: Obj, pod: Obj, data: ObjectData, node_allocatable: Mapping[str, str] | None = None
 ) -> VolumeLayout:
@@ -509,20 +513,14 @@ def volume_layout(
             return VolumeLayout(name, "emptyDir")
         if "hostPath" in volume:
             return VolumeLayout(name, "hostPath", host_path=volume["hostPath"].get("path", ""))
-        if "secret" in volume:
-            v = volume["secret"]
-            mode = int(v.get("defaultMode", DEFAULT_SECRET_MODE))
-            opt = bool(v.get("optional"))
-            values = _lookup_volume(data, "Secret", v.get("secretName", ""), opt)
-            found = _key_files(values, v.get("items"), mode, "Secret", ns, v.get("secretName", ""), opt)
-            return VolumeLayout(name, "files", tuple(found), read_only=True)
-        if "configMap" in volume:
-            v = volume["configMap"]
-            mode = int(v.get("defaultMode", DEFAULT_SECRET_MODE))
-            opt = bool(v.get("optional"))
-            values = _lookup_volume(data, "ConfigMap", v.get("name", ""), opt)
-            found = _key_files(values, v.get("items"), mode, "ConfigMap", ns, v.get("name", ""), opt)
-            return VolumeLayout(name, "files", tuple(found), read_only=True)
+        for field_name, kind, name_key in _KEY_FILE_VOLUMES:
+            if field_name in volume:
+                v = volume[field_name]
+                mode = int(v.get("defaultMode", DEFAULT_SECRET_MODE))
+                opt = bool(v.get("optional"))
+                values = _lookup_volume(data, kind, v.get(name_key, ""), opt)
+                found = _key_files(values, v.get("items"), mode, kind, ns, v.get(name_key, ""), opt)
+                return VolumeLayout(name, "files", tuple(found), read_only=True)
         if "downwardAPI" in volume:
             v = volume["downwardAPI"]
             mode = int(v.get("defaultMode", DEFAULT_SECRET_MODE))
