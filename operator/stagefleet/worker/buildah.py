@@ -44,3 +44,20 @@ def push_argv(image_id: str, ref: str, digestfile: Path) -> list[str]:
     """`buildah push` of the built image to one reference; buildah's own retries are off (tenacity's
     backoff is ours), and the digest lands in `digestfile`."""
     return ["buildah", "push", "--retry", "0", "--digestfile", str(digestfile), image_id, f"docker://{ref}"]
+
+
+def pull_argv(ref: str, *, platform: str | None = None) -> list[str]:
+    """`buildah pull` of one image into this root's storage, printing only its image ID.
+
+    buildah 1.28 reads `--retry 0` as "the default, 3"; the 10 ms delay keeps those retries from
+    stretching a poll (the caller's loop is the real retry).
+    """
+    argv = ["buildah", "pull", "--quiet", "--retry", "0", "--retry-delay", "10ms"]
+    if platform:
+        argv += ["--platform", platform]
+    return [*argv, f"docker://{ref}"]
+
+
+def image_digest_argv(ref: str) -> list[str]:
+    """The registry manifest digest of a pulled image, as `buildah images` records it."""
+    return ["buildah", "images", "--digests", "--no-trunc", "--format", "{{.Digest}}", ref]

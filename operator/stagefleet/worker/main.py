@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +26,8 @@ from stagefleet.worker.output import Failure, OutputTracker, Scrubber
 from stagefleet.worker.push import PushError, push_all
 from stagefleet.worker.result import ErrorInfo, Result, StageResult, render
 from stagefleet.worker.spec import StepSpec, UsageError, default_result_file, parse_args
+from stagefleet.worker.upstream import external_images
+from stagefleet.worker.waiting import Prefetch, UpstreamError, wait_for_upstreams
 
 
 class WorkerFailure(Exception):
@@ -96,6 +99,27 @@ def stage_results(spec: StepSpec, tracker: OutputTracker) -> list[StageResult]:
     return results
 
 
+def await_upstreams(spec: StepSpec, text: str, env: dict[str, str], stack: ExitStack,
+                    log: Callable[[str], None]) -> StepSpec:
+    """`--upstream-wait`: pull the group's base images in the background while polling for the upstream
+    results, then consume each like an `--upstream` pinned to the digest found.
+
+    This is what lets the operator start the pod early: everything but the upstreams is ready when the
+    last upstream lands.
+    """
+    consumed = {u.stage for u in spec.upstreams} | {w.stage for w in spec.upstream_waits}
+    prefetch = Prefetch(external_images(text, target=spec.target, build_args=dict(spec.build_args),
+                                        consumed=consumed, platform=spec.platform), env, log)
+    stack.callback(prefetch.stop)
+    prefetch.start()
+    try:
+        found = wait_for_upstreams(spec.upstream_waits, env, log, timeout=spec.upstream_timeout)
+    except UpstreamError as e:
+        raise _fail(exitcodes.PULL, str(e)) from None
+    prefetch.finish()
+    return replace(spec, upstreams=(*spec.upstreams, *found))
+
+
 def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             log: Callable[[str], None], out: Callable[[str], None]) -> Result:
     """The whole job; raises `WorkerFailure` with the exit code for anything that goes wrong."""
@@ -133,6 +157,8 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             except ValueError as e:
                 raise _fail(exitcodes.SECRET, str(e)) from None
             sockets[key.id] = str(agent.socket)
+        if spec.upstream_waits:
+            spec = await_upstreams(spec, text, env, stack, lambda m: log(scrub(m)))
         iidfile = workdir / "iid"
         argv = build_argv(spec, context_dir=ctx.directory, dockerfile=ctx.dockerfile, iidfile=iidfile,
                           ssh_sockets=sockets, stage_names=info.buildah_names())
@@ -148,7 +174,8 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
         except PushError as e:
             raise _fail(exitcodes.PUSH, scrub(str(e))) from None
         return Result(ok=True, group=spec.group, target=spec.target, image=spec.push[0], digest=digest,
-                      cached_steps=tracker.cached, steps=tracker.steps, stages=stages)
+                      cached_steps=tracker.cached, steps=tracker.steps, stages=stages,
+                      upstreams={u.stage: u.ref.rpartition("@")[2] for u in spec.upstreams})
     raise AssertionError("unreachable")
 
 

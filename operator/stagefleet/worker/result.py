@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +37,11 @@ class Result:
     steps: int = 0
     stages: Sequence[StageResult] = field(default_factory=tuple)
     error: ErrorInfo | None = None
+    upstreams: Mapping[str, str] = field(default_factory=dict)  # consumed stage → digest it was built from
 
 
 def to_dict(r: Result) -> dict[str, Any]:
-    return {
+    d = {
         "ok": r.ok, "group": r.group, "target": r.target, "image": r.image, "digest": r.digest,
         "cachedSteps": r.cached_steps, "steps": r.steps,
         "stages": [{"name": s.name, "seconds": s.seconds, "cachedSteps": s.cached_steps, "steps": s.steps}
@@ -48,6 +49,9 @@ def to_dict(r: Result) -> dict[str, Any]:
         "error": None if r.error is None else {"kind": r.error.kind, "message": r.error.message,
                                                "stage": r.error.stage, "line": r.error.line},
     }
+    if r.upstreams:  # only when upstreams were consumed: the shape of other results is unchanged
+        d["upstreams"] = dict(r.upstreams)
+    return d
 
 
 def _dump(d: dict[str, Any]) -> str:
@@ -58,7 +62,7 @@ def render(r: Result, limit: int = MAX_BYTES) -> str:
     """One line of JSON, at most `limit` UTF-8 bytes.
 
     What gives way, in order: the error message's head (its tail names the failing output), then the
-    per-stage list; `ok`, the digest and the error kind always survive.
+    per-stage list, then the upstream digests; `ok`, the digest and the error kind always survive.
     """
     d = to_dict(r)
     text = _dump(d)
@@ -73,5 +77,8 @@ def render(r: Result, limit: int = MAX_BYTES) -> str:
             text = _dump(d)
     while len(text.encode()) > limit and d["stages"]:
         d["stages"].pop()
+        text = _dump(d)
+    if len(text.encode()) > limit and "upstreams" in d:
+        del d["upstreams"]
         text = _dump(d)
     return text

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from stagefleet.buildenv import insecure_from_env
+from stagefleet.stages import validate_image_reference
 
 _DIGEST_REF = re.compile(r"^(?P<name>[^=\s]+)=(?P<ref>[^@\s]+@sha256:[0-9a-f]{64})$")
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -27,6 +28,14 @@ class Upstream:
 
     stage: str
     ref: str  # REPO@sha256:HEX
+
+
+@dataclass(frozen=True)
+class UpstreamWait:
+    """A stage result another group is still building: wait until it appears at `ref`, then pin it."""
+
+    stage: str
+    ref: str  # REPO:TAG (no digest): where the upstream group pushes its result
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class StepSpec:
     dockerfile: str = "Dockerfile"
     inline_dockerfile: Path | None = None
     upstreams: tuple[Upstream, ...] = ()
+    upstream_waits: tuple[UpstreamWait, ...] = ()
+    upstream_timeout: float | None = None  # seconds; None: wait as long as the pod lives
     secrets: tuple[SecretFile, ...] = ()
     ssh: tuple[SshKey, ...] = ()
     build_args: tuple[tuple[str, str], ...] = ()
@@ -97,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", default=[], help="the group's stages (repeat)")
     p.add_argument("--group", default=os.environ.get("STAGEFLEET_GROUP"), help="plan group id, e.g. g1")
     p.add_argument("--upstream", action="append", default=[], help="NAME=REF@sha256:HEX")
+    p.add_argument("--upstream-wait", action="append", default=[], metavar="NAME=REF",
+                   help="an upstream stage still being built elsewhere: prepare and pre-pull base images, "
+                        "then wait until REF (a tag, no digest) exists, pin its digest and use it like "
+                        "--upstream (repeat)")
+    p.add_argument("--upstream-timeout", type=float, metavar="SECONDS",
+                   help="give up waiting for --upstream-wait refs after this long (exit 15; default: "
+                        "no limit)")
     p.add_argument("--secret", action="append", default=[], help="id=ID,src=FILE")
     p.add_argument("--ssh", action="append", default=[], help="ID=KEYFILE")
     p.add_argument("--build-arg", action="append", default=[], help="K=V")
@@ -140,6 +158,17 @@ def parse_upstream(value: str) -> Upstream:
     if not m:
         raise UsageError(f"--upstream {value!r}: expected NAME=REF@sha256:<64 hex>")
     return Upstream(m["name"], m["ref"])
+
+
+def parse_upstream_wait(value: str) -> UpstreamWait:
+    """`NAME=REF`, REF a registry reference by tag: the digest is what waiting finds out."""
+    name, sep, ref = value.partition("=")
+    if not sep or not name or not ref or "@" in ref or any(c.isspace() for c in value):
+        raise UsageError(f"--upstream-wait {value!r}: expected NAME=REF (a tag, without @digest)")
+    problem = validate_image_reference(ref)
+    if problem or "/" not in ref:
+        raise UsageError(f"--upstream-wait {value!r}: {problem or 'REF must name a registry repository'}")
+    return UpstreamWait(name, ref)
 
 
 def parse_build_arg(value: str, env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -196,6 +225,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
     for kind, ids in (("--secret", [s.id for s in secrets]), ("--ssh", [s.id for s in ssh])):
         if len(set(ids)) != len(ids):
             raise UsageError(f"{kind}: duplicate id")
+    upstreams = tuple(parse_upstream(u) for u in a.upstream)
+    waits = tuple(parse_upstream_wait(u) for u in a.upstream_wait)
+    consumed = [u.stage for u in upstreams] + [w.stage for w in waits]
+    if len(set(consumed)) != len(consumed):
+        raise UsageError("--upstream/--upstream-wait: a stage is given more than once")
+    if a.upstream_timeout is not None and not a.upstream_timeout > 0:
+        raise UsageError("--upstream-timeout must be a positive number of seconds")
     build_args = tuple(kv for kv in (parse_build_arg(b, env) for b in a.build_arg) if kv is not None)
     return StepSpec(
         target=a.target,
@@ -210,7 +246,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
         context_dir=a.context_dir,
         dockerfile=a.dockerfile,
         inline_dockerfile=a.inline_dockerfile,
-        upstreams=tuple(parse_upstream(u) for u in a.upstream),
+        upstreams=upstreams,
+        upstream_waits=waits,
+        upstream_timeout=a.upstream_timeout,
         secrets=secrets,
         ssh=ssh,
         build_args=build_args,

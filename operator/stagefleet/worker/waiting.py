@@ -1,0 +1,127 @@
+"""`--upstream-wait` with buildah: pre-pull base images, poll for the upstream results, pin their digests.
+
+The builder itself does the polling (`buildah pull`), so the registry credentials and insecure
+registries are exactly the build's, and a found result is already in local storage when the build
+asks for it by digest.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from stagefleet.worker import upstream
+from stagefleet.worker.buildah import image_digest_argv, pull_argv
+from stagefleet.worker.spec import Upstream, UpstreamWait
+from stagefleet.worker.upstream import Prefetchable, classify, parse_digest, pinned, pull_error
+
+#: Seconds between polls of a reference that is not there yet.
+POLL_INTERVAL = 0.3
+
+
+class UpstreamError(RuntimeError):
+    """Waiting for an upstream failed for good (exit code 15)."""
+
+
+class Prefetch:
+    """Background `buildah pull`s of the group's base images while the upstreams still build.
+
+    Never fatal: a failed pre-pull is only logged, and the build pulls (and reports) the image itself.
+    """
+
+    def __init__(self, images: Sequence[Prefetchable], env: Mapping[str, str],
+                 log: Callable[[str], None]) -> None:
+        self.images = list(images)
+        self.env = dict(env)
+        self.log = log
+        self.procs: list[tuple[Prefetchable, subprocess.Popen[str]]] = []
+
+    def start(self) -> None:
+        for image in self.images:
+            try:
+                proc = subprocess.Popen(pull_argv(image.ref, platform=image.platform), env=self.env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+            except OSError as e:
+                self.log(f"pre-pull of {image.ref} not started: {e}")
+                continue
+            self.procs.append((image, proc))
+        if self.procs:
+            self.log("pre-pulling " + ", ".join(image.ref for image, _ in self.procs))
+
+    def finish(self) -> None:
+        """Wait for the pulls (the build must not race them for the same layers) and log how they went."""
+        for image, proc in self.procs:
+            _, stderr = proc.communicate()
+            if proc.returncode == 0:
+                self.log(f"pre-pulled {image.ref}")
+            else:
+                self.log(f"pre-pull of {image.ref} failed, the build will pull it: "
+                         f"{pull_error(stderr, proc.returncode)}")
+        self.procs = []
+
+    def stop(self) -> None:
+        """Cleanup path (failure, SIGTERM): stop pulls before the storage root is removed under them."""
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.procs = []
+
+
+def poll_once(ref: str, env: Mapping[str, str]) -> tuple[str | None, str]:
+    """Pull `ref`: (its manifest digest, "") when it is there, else (None, buildah's reason)."""
+    r = subprocess.run(pull_argv(ref), env=dict(env), stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True)
+    if r.returncode:
+        return None, pull_error(r.stderr, r.returncode)
+    d = subprocess.run(image_digest_argv(ref), env=dict(env), stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True)
+    digest = parse_digest(d.stdout) if d.returncode == 0 else None
+    if digest is None:
+        raise UpstreamError(f"pulled {ref} but buildah reports no manifest digest for it: "
+                            f"{pull_error(d.stderr, d.returncode)}")
+    return digest, ""
+
+
+def wait_for_upstreams(waits: Sequence[UpstreamWait], env: Mapping[str, str], log: Callable[[str], None], *,
+                       timeout: float | None = None, interval: float = POLL_INTERVAL,
+                       poll: Callable[[str, Mapping[str, str]], tuple[str | None, str]] = poll_once,
+                       clock: Callable[[], float] = time.monotonic,
+                       sleep: Callable[[float], None] = time.sleep) -> list[Upstream]:
+    """Poll until every awaited reference exists; return them pinned to digest, in the order given.
+
+    Not found and unreachable registries mean "keep waiting"; permanent registry errors and
+    `timeout` raise `UpstreamError`.
+    """
+    start = clock()
+    pending = {w.stage: w.ref for w in waits}
+    found: dict[str, Upstream] = {}
+    told: set[str] = set()
+    while True:
+        for stage, ref in list(pending.items()):
+            digest, reason = poll(ref, env)
+            if digest is not None:
+                log(upstream.ready_line(stage, ref, digest, clock() - start))
+                found[stage] = Upstream(stage, pinned(ref, digest))
+                del pending[stage]
+                continue
+            outcome = classify(reason)
+            if outcome == "permanent":
+                raise UpstreamError(f"upstream stage {stage}: cannot pull {ref}: {reason}")
+            if stage not in told:
+                told.add(stage)
+                log(upstream.waiting_line(stage, ref))
+            if outcome == "transient" and f"{stage}:transient" not in told:
+                told.add(f"{stage}:transient")
+                log(f"upstream {stage}: registry not answering yet ({reason}); still waiting")
+        if not pending:
+            return [found[w.stage] for w in waits]
+        if timeout is not None and clock() - start >= timeout:
+            raise UpstreamError(upstream.timeout_message(pending, timeout))
+        sleep(interval)
