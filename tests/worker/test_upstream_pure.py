@@ -73,6 +73,14 @@ def test_classify_pull_errors(message: str, outcome: str) -> None:
     assert classify(message) == outcome
 
 
+def test_classify_ignores_the_reference_itself() -> None:
+    ref = "reg.io/denied/unauthorized-app:v1"
+    message = f"initializing source docker://{ref}: reading manifest v1 in reg.io/denied/unauthorized-app: "
+    assert classify(message + "manifest unknown", ref) == "missing"
+    assert classify(message + "connection reset by peer", ref) == "transient"
+    assert classify(message + "denied: requested access to the resource is denied", ref) == "permanent"
+
+
 def test_pull_error_takes_buildahs_error_line() -> None:
     stderr = ('time="x" level=warning msg="Failed, retrying in 10ms ... (1/3)"\n'
               "Error: initializing source docker://h/x:t: manifest unknown\n")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +114,12 @@ def test_waits_for_an_upstream_pushed_later(registry: LocalRegistry, base_image:
     assert f"pre-pulled {base_image}" in r.stderr
     assert not any("built by" in line for line in r.lines[:-1])
     assert all(line.startswith("[final] ") for line in r.lines[:-1])
+
+    # the build took the pinned images from local storage: each blob left the stages repo only once
+    # (buildah still re-reads the manifest by digest, which costs no transfer)
+    blob_gets = re.findall(r'"GET /v2/late/stages/blobs/(sha256:[0-9a-f]+) ',
+                           (registry.workdir / "registry.log").read_text(errors="replace"))
+    assert blob_gets and all(n == 1 for n in Counter(blob_gets).values()), Counter(blob_gets)
 
     digest = r.result["digest"]
     assert skopeo_inspect(f"{h}/late/app:1")["Digest"] == digest

@@ -20,7 +20,7 @@ DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 PERMANENT = ("unauthorized", "denied", "authentication required", "invalid reference", "name invalid",
              "repository name must", "server gave http response to https client", "x509:")
 #: The upstream has not pushed yet: the registry does not know the tag (or the repository) yet.
-MISSING = ("manifest unknown", "name unknown", "not found", "404")
+MISSING = ("manifest unknown", "name unknown", "not found")
 
 PullOutcome = Literal["missing", "transient", "permanent"]
 
@@ -33,13 +33,16 @@ class Prefetchable:
     platform: str | None = None
 
 
-def classify(message: str) -> PullOutcome:
+def classify(message: str, ref: str = "") -> PullOutcome:
     """What a failed pull of an awaited reference means.
 
     missing: not pushed yet, keep polling; transient: registry unreachable or overloaded, keep polling
     (the pod's deadline or --upstream-timeout bounds it); permanent: fail now with exit code 15.
+    The reference itself is blanked out first, so a repository called "denied-app" stays harmless.
     """
     low = message.lower()
+    for name in (ref, repository(ref)) if ref else ():
+        low = low.replace(name.lower(), "<ref>")
     if any(word in low for word in PERMANENT):
         return "permanent"
     if any(word in low for word in MISSING):

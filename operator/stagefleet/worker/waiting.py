@@ -111,7 +111,7 @@ def wait_for_upstreams(waits: Sequence[UpstreamWait], env: Mapping[str, str], lo
                 found[stage] = Upstream(stage, pinned(ref, digest))
                 del pending[stage]
                 continue
-            outcome = classify(reason)
+            outcome = classify(reason, ref)
             if outcome == "permanent":
                 raise UpstreamError(f"upstream stage {stage}: cannot pull {ref}: {reason}")
             if stage not in told:
