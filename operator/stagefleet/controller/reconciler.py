@@ -45,6 +45,9 @@ class OperatorConfig:
     backoff_base: float = 5.0
     source_timeout: float = 120.0
     source_attempts: int = 3
+    # A status change that only reports progress (st.urgent_change) waits up to this long, so that the
+    # transitions of sibling groups share one write; 0 writes every change at once.
+    status_coalesce: float = 1.0
 
 
 def _fields(namespace: str, name: str) -> dict[str, str]:
@@ -79,6 +82,7 @@ class Reconciler:
         self._configmaps: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pod_states: dict[str, tuple[Any, ...]] = {}
+        self._held: dict[tuple[str, str], float] = {}  # build → since when a progress write is held back
 
     # --- scheduling (async, in kopf's loop) --------------------------------------------------------------
 
@@ -114,7 +118,7 @@ class Reconciler:
         self._pod_states[uid] = state
         return True
 
-    async def requeue_forever(self, interval: float = 0.5) -> None:
+    async def requeue_forever(self, interval: float = 0.1) -> None:
         """Trigger every build whose requeue time has passed (backoff, timeout, waiting for a Secret)."""
         while True:
             now = time.monotonic()
@@ -131,6 +135,7 @@ class Reconciler:
         self._locks.pop(key, None)
         self._dirty.pop(key, None)
         self._due.pop(key, None)
+        self._held.pop(key, None)
         self.metrics.forget(f"{namespace}/{name}")
 
     # --- one pass (sync, in a worker thread) -------------------------------------------------------------
@@ -350,10 +355,42 @@ class Reconciler:
             self._start(build, spec, plan, status, d, now)
         for name in d.delete:
             self.kube.delete_pod(build.namespace, name)
+        requeue = None if d.requeue_after is None else min(d.requeue_after, SAFETY_POLL_SECONDS)
+        hold = self._hold(build, base, d)
+        if hold is not None:
+            # Only progress changed: write it with the next change, or when the window ends. Its events
+            # wait too: they follow from the status diff, so the pass that writes it emits them.
+            return hold if requeue is None else min(requeue, hold)
         self._write(ib, base, d.status)
         for ev in [*events, *d.events]:
             self._event(ib, ev.type, ev.reason, ev.message)
-        return None if d.requeue_after is None else min(d.requeue_after, SAFETY_POLL_SECONDS)
+        return requeue
+
+    def _hold(self, build: BuildRef, base: Mapping[str, Any], d: st.Decision) -> float | None:
+        """Seconds to hold back this pass's status write (None: write now).
+
+        Only a change that reports progress (`st.urgent_change`) in a pass that creates and deletes nothing
+        is held, for at most ``status_coalesce`` seconds after the first pass that held it. The time is
+        scheduling state only: a restarted operator starts a new window, and every pass recomputes the
+        status from the pods, so a held change is never lost.
+        """
+        key = (build.namespace, build.name)
+        window = self.config.status_coalesce
+        if (
+            window <= 0
+            or d.create
+            or d.delete
+            or dict(base) == d.status
+            or st.urgent_change(base, d.status) is not None
+        ):
+            self._held.pop(key, None)
+            return None
+        now = time.monotonic()
+        left = self._held.setdefault(key, now) + window - now
+        if left <= 0:
+            self._held.pop(key, None)
+            return None
+        return left
 
     def _start(
         self,
