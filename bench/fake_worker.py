@@ -4,11 +4,15 @@
 
 Options before `--`: `--sleep S`, `--record DIR` (one JSON file per invocation: argv, result, times),
 `--fail GROUP:EXITCODE` (that group reports ok=false and exits with the code; repeatable),
-`--slow GROUP:SECONDS` (that group sleeps this long instead).
-Takes the real worker's arguments (`--group`, `--target`, `--stage`, `--push`, `--result-file`, the rest
-ignored), sleeps, and writes a result JSON shaped like the real worker's (docs/contracts.md) with a
-synthetic digest (sha256 of the push reference and a random nonce) to the result file (the pod's
-termination-message path) and stdout. `"simulated": true` marks the result. Standard library only, so a
+`--slow GROUP:SECONDS` (that group sleeps this long instead), `--registry-dir DIR` (the simulated
+registry, see below; default $STAGEFLEET_FAKE_REGISTRY or <tmp>/stagefleet-fake-registry).
+Takes the real worker's arguments (`--group`, `--target`, `--stage`, `--push`, `--upstream-wait`,
+`--result-file`, the rest ignored). Like the real worker, a pod started early waits until every
+`--upstream-wait STAGE=REF` has been "pushed": here, until a marker file for REF exists in the simulated
+registry directory, which each successful fake worker writes for its `--push` references. Then it
+sleeps, and writes a result JSON shaped like the real worker's (docs/contracts.md) with a synthetic
+digest (sha256 of the push reference and a random nonce) to the result file (the pod's termination-message
+path) and stdout. `"simulated": true` marks the result. Standard library only, so a
 pod costs one short Python start-up.
 """
 
@@ -18,7 +22,13 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
+
+
+def _marker(registry: str, ref: str) -> str:
+    """The simulated registry's record that ``ref`` was pushed."""
+    return os.path.join(registry, hashlib.sha256(ref.encode()).hexdigest())
 
 
 def main(argv: list[str]) -> int:
@@ -26,9 +36,13 @@ def main(argv: list[str]) -> int:
     record: str | None = None
     fail: dict[str, int] = {}
     slow: dict[str, float] = {}
-    while argv and argv[0] in ("--sleep", "--record", "--fail", "--slow"):
+    registry = os.environ.get("STAGEFLEET_FAKE_REGISTRY") or os.path.join(
+        tempfile.gettempdir(), "stagefleet-fake-registry")
+    while argv and argv[0] in ("--sleep", "--record", "--fail", "--slow", "--registry-dir"):
         flag, value, argv = argv[0], argv[1], argv[2:]
-        if flag == "--sleep":
+        if flag == "--registry-dir":
+            registry = value
+        elif flag == "--sleep":
             sleep = float(value)
         elif flag == "--record":
             record = value
@@ -48,6 +62,14 @@ def main(argv: list[str]) -> int:
             i += 2
         else:
             i += 1
+    waits = dict(value.split("=", 1) for value in opts.get("upstream-wait") or ())
+    while not all(os.path.exists(_marker(registry, ref)) for ref in waits.values()):
+        time.sleep(0.05)
+    upstreams = {stage: ref.rsplit("@", 1)[1]
+                 for stage, ref in (value.split("=", 1) for value in opts.get("upstream") or ())}
+    for stage, ref in waits.items():
+        with open(_marker(registry, ref)) as f:
+            upstreams[stage] = f.read()
     started = time.time()
     sleep = slow.get((opts.get("group") or ["?"])[0], sleep)
     time.sleep(sleep)
@@ -62,11 +84,18 @@ def main(argv: list[str]) -> int:
                    for s in stages],
         "error": None,
     }
+    if upstreams:
+        result["upstreams"] = upstreams
     group = str(result["group"])
     if group in fail:
         result.update(ok=False, digest=None, image=None,
                       error={"kind": "push", "message": f"SIMULATED failure of group {group}"})
     line = json.dumps(result, separators=(",", ":"))
+    if group not in fail:
+        os.makedirs(registry, exist_ok=True)
+        for ref in opts.get("push") or ():
+            with open(_marker(registry, ref), "w") as f:
+                f.write(digest)
     if record:
         entry = {"argv": argv, "result": result, "start": started, "end": time.time(), "pid": os.getpid()}
         with open(os.path.join(record, f"{group}-{os.getpid()}-{os.urandom(4).hex()}.json"), "w") as f:

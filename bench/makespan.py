@@ -25,6 +25,9 @@ the chain of pods that ends last, from timestamps of a thin wrapper around each 
   react        upstream pod's worker exit (or the apply) → operator logs "started pod"
   podstart     "started pod" → worker process starts (API write, kubelet notices, binds, spawns)
   prepare      worker start → "building target" (interpreter start, storage root, Dockerfile fetch)
+  (a pod started early — operator default, see --operator-args — runs while its upstream builds: for it,
+  react, podstart and prepare count only what is left after the upstream's worker ended: noticing the
+  upstream's result tag in the registry and pulling it)
   stages       the stage durations of the group (buildah from its FROM to the stage's end); they
                include (pull) — base and upstream stage images pulled from the registry — and
                (cache-push) — layers pushed to the cache repository
@@ -217,12 +220,14 @@ def breakdown(run: Run) -> dict[str, float]:
     for gid in chain:
         t = by_group[gid]
         created = run.started.get(str(pods.get(gid)), t["start"])
+        # A pod started early (before its upstream ended) hides what it did meanwhile: only the part
+        # after the upstream's end counts.
         out["react"] += max(created - prev_end, 0.0)
-        out["podstart"] += t["start"] - max(created, prev_end)
+        out["podstart"] += max(t["start"] - max(created, prev_end), 0.0)
         lines: list[tuple[float, str]] = [(a, b) for a, b in t["lines"]]
         building = next((a for a, b in lines if "stagefleet-worker: building target" in b), t["start"])
         stage_secs = sum(float(s.get("duration") or 0.0) for s in status["stages"] if s["group"] == gid)
-        out["prepare"] += building - t["start"]
+        out["prepare"] += max(building - max(t["start"], prev_end), 0.0)
         out["stages"] += stage_secs
         out["(pull)"] += _spans(lines, "Trying to pull", "Storing signatures")
         out["(cache-push)"] += _spans(lines, "--> Pushing cache", "")
@@ -233,8 +238,9 @@ def breakdown(run: Run) -> dict[str, float]:
 
 
 class Stagefleet:
-    def __init__(self, work: Path, registry: str) -> None:
+    def __init__(self, work: Path, registry: str, operator_args: Sequence[str] = ()) -> None:
         self.work = work
+        self.operator_args = list(operator_args)
         self.registry = registry
         self.tracedir = work / "traces"
         self.tracedir.mkdir(parents=True)
@@ -258,7 +264,7 @@ class Stagefleet:
                               str(self.tracedir), "--", "stagefleet-worker"])
         argv = [sys.executable, "-m", "stagefleet.cli", "operator", "--kubeconfig", str(self.dev.kubeconfig),
                 "--namespace", NAMESPACE, "--metrics-port", "0", "--insecure-registry", self.registry,
-                "--worker-command", wrapper, "--log-format", "json"]
+                "--worker-command", wrapper, "--log-format", "json", *self.operator_args]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
         with self.oplog.open("ab") as out:
             self.op = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
@@ -333,8 +339,8 @@ class Stagefleet:
 
 
 @contextmanager
-def stagefleet(work: Path, registry: str) -> Iterator[Stagefleet]:
-    sf = Stagefleet(work, registry)
+def stagefleet(work: Path, registry: str, operator_args: Sequence[str] = ()) -> Iterator[Stagefleet]:
+    sf = Stagefleet(work, registry, operator_args)
     try:
         sf.start()
         yield sf
@@ -359,6 +365,8 @@ def main() -> int:
     p.add_argument("--reps-10", type=int, default=2, help="repetitions of seed10 (2)")
     p.add_argument("--reps-wide", type=int, default=2, help="repetitions of wide (2)")
     p.add_argument("--workdir", help="keep logs/traces here instead of a temp dir")
+    p.add_argument("--operator-args", default="",
+                   help='extra `stagefleet operator` flags, e.g. "--no-early-start" (default: none)')
     args = p.parse_args()
     reps = {"seed5": args.reps_5, "seed10": args.reps_10, "wide": args.reps_wide}
     shapes = [s for s in args.shapes.split(",") if s]
@@ -369,12 +377,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sf-makespan-") as tmpdir:
         work = Path(args.workdir) if args.workdir else Path(tmpdir)
         work.mkdir(parents=True, exist_ok=True)
-        with LocalRegistry(work / "registry") as reg, stagefleet(work / "sf", reg.host) as sf:
+        with LocalRegistry(work / "registry") as reg, stagefleet(
+                work / "sf", reg.host, shlex.split(args.operator_args)) as sf:
             base_root = work / "base-root"
             base_env = buildenv.prepare(base_root, insecure_registries=[reg.host])
             base = ensure_base_image(reg.host, base_env)
             buildenv.cleanup(base_root, base_env)
-            print(f"machine: {os.cpu_count()} CPUs; registry {reg.host}; operator log {sf.oplog}", flush=True)
+            print(f"machine: {os.cpu_count()} CPUs; registry {reg.host}; operator log {sf.oplog}; "
+                  f"operator args {args.operator_args or '(none)'}", flush=True)
             for shape in shapes:
                 dockerfile, stages, what = SHAPES[shape]
                 seq: list[float] = []

@@ -329,6 +329,9 @@ def test_worker_overrides_reach_the_operator() -> None:
     assert env["STAGEFLEET_WORKER_FUSE_RESOURCE"] == "github.com/fuse"
     assert "--insecure-registry=registry.builds.svc:5000" in container["args"]
     assert "--peering=default" in container["args"]
+    assert "--no-early-start" not in container["args"]  # the default: early start on
+    off = one(render("--set", "operator.earlyStart=false"), "Deployment")
+    assert "--no-early-start" in off["spec"]["template"]["spec"]["containers"][0]["args"]
     assert container["image"] == "ghcr.io/stagefleet/stagefleet@sha256:" + "a" * 64
 
 

@@ -95,6 +95,16 @@ def test_non_final_group_pushes_to_stages_repo_and_final_to_output() -> None:
     assert pairs(final, "--cache-repo") == ["127.0.0.1:5000/t/app/cache"]
 
 
+def test_an_early_pod_waits_for_the_tags_its_upstream_groups_push() -> None:
+    """The tag in --upstream-wait is exactly where the producing group's pod pushes (its --push)."""
+    early = args_of(build_pod("g3", upstream={"build1": ("r/s:g1", DIGEST_1)}))
+    assert pairs(early, "--upstream") == [f"build1=r/s:g1@{DIGEST_1}"]
+    (g2_push,) = pairs(args_of(build_pod("g2")), "--push")
+    assert pairs(early, "--upstream-wait") == [f"build2={g2_push}"]
+    none_done = args_of(build_pod("g3"))
+    assert pairs(none_done, "--upstream") == [] and len(pairs(none_done, "--upstream-wait")) == 2
+
+
 def test_only_the_groups_own_secrets_are_mounted() -> None:
     g1, g2 = build_pod("g1"), build_pod("g2")
     assert secret_names_in_pod(g1) == ["build-token"]

@@ -42,17 +42,20 @@ def run(
     now: datetime = NOW,
     spec: Any = SPEC,
     missing: dict[str, str] | None = None,
+    early: bool = False,
+    plan: PlanView = SEED_PLAN,
 ) -> Decision:
     obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
     return decide(
         build=BUILD,
         spec=spec,
-        plan=SEED_PLAN,
+        plan=plan,
         status=status,
         pods=obs,
         missing_secrets=missing or {},
         now=now,
         backoff_base=10,
+        early_start=early,
     )
 
 
@@ -299,6 +302,77 @@ def test_invalid_builder_image_fails_at_once() -> None:
     assert "seed-1-g1-a1" in d.delete and "seed-1-g2-a1" in d.delete
 
 
+# --- early start: the next wave's pods start while their upstreams build ---------------------------------
+
+# g1 → g2 → g3, each consuming the previous group's target: three waves.
+LINE_PLAN = PlanView(
+    target="c",
+    groups=(
+        GroupPlan("g1", ("a",), (), (), (), (), wave=0, critical=True),
+        GroupPlan("g2", ("b",), ("g1",), (("a", "g1"),), (), (), wave=1, critical=True),
+        GroupPlan("g3", ("c",), ("g2",), (("b", "g2"),), (), (), wave=2, critical=True),
+    ),
+    critical_path=("a", "b", "c"),
+    final_group="g3",
+)
+
+
+def test_early_start_creates_the_final_pod_with_the_first_wave_and_it_waits() -> None:
+    d = run(start(), [], early=True)
+    assert [(c.group.id, c.attempt) for c in d.create] == [("g1", 1), ("g2", 1), ("g3", 1)]
+    final = d.create[2]
+    assert dict(final.upstream) == {} and final.waits_for == ("build1", "build2")
+    assert phases(d.status) == {"build1": "Pending", "build2": "Pending", "final": "Pending"}
+    assert d.status["stages"][2]["message"] == "started early: waits for build1, build2"
+    assert d.status["message"] == "running g1, g2; g3 started early"
+    # Adopted on the next pass; g1 done: g3 keeps its pod (no second one) and now waits only for build2.
+    s = run(d.status, [pod("g1"), pod("g2"), pod("g3")], early=True).status
+    done = [pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1)), pod("g2"), pod("g3")]
+    d2 = run(s, done, early=True)
+    assert d2.create == [] and d2.delete == []
+    assert d2.status["stages"][2]["message"] == "started early: waits for build2"
+    both = [done[0], pod("g2", phase="Succeeded", message=result_json("g2", "build2", D2)), pod("g3")]
+    d3 = run(d2.status, both, early=True)
+    assert d3.create == [] and phases(d3.status)["final"] == "Running"
+    assert "message" not in d3.status["stages"][2] and d3.status["message"] == "running g3"
+
+
+def test_without_early_start_the_final_waits_for_digests() -> None:
+    d = run(start(), [], early=False)
+    assert [c.group.id for c in d.create] == ["g1", "g2"]
+
+
+def test_early_start_needs_a_free_slot_and_ready_groups_come_first() -> None:
+    d = run(start(), [], early=True, spec=make_spec(maxParallelPods=2))
+    assert [c.group.id for c in d.create] == ["g1", "g2"]
+    d2 = run(d.status, [pod("g1"), pod("g2")], early=True, spec=make_spec(maxParallelPods=2))
+    assert d2.create == []
+
+
+def test_early_start_looks_one_wave_ahead_only() -> None:
+    s0 = planned_status(generation=1, plan=LINE_PLAN, source={}, old={}, now=NOW)
+    d = run(s0, [], early=True, plan=LINE_PLAN)
+    assert [c.group.id for c in d.create] == ["g1", "g2"]  # g3 would wait behind a waiting pod
+    assert d.create[1].waits_for == ("a",)
+    s1 = run(d.status, [pod("g1"), pod("g2")], early=True, plan=LINE_PLAN).status
+    d2 = run(
+        s1,
+        [pod("g1", phase="Succeeded", message=result_json("g1", "a", D1)), pod("g2")],
+        early=True,
+        plan=LINE_PLAN,
+    )
+    # g2 now builds for real (its upstream succeeded): g3 may start and wait for b.
+    assert [(c.group.id, c.waits_for) for c in d2.create] == [("g3", ("b",))]
+
+
+def test_an_early_pod_whose_upstream_fails_is_stopped() -> None:
+    s = run(start(), [], early=True).status
+    failed = [pod("g1", phase="Failed", exit_code=13, message="step 2 failed"), pod("g2"), pod("g3")]
+    d = run(s, failed, early=True)
+    assert d.status["phase"] == "Failed"
+    assert d.delete == ["seed-1-g2-a1", "seed-1-g3-a1"] and d.create == []
+
+
 # --- a whole build under random pod outcomes -------------------------------------------------------------
 
 OUTCOMES = st.sampled_from(["run", "ok", "infra", "build", "vanish", "stay", "gc"])
@@ -331,13 +405,15 @@ CHAIN3_PLAN = PlanView(
     st.integers(0, 3),
     st.integers(1, 3),
     st.sampled_from([SEED_PLAN, CHAIN3_PLAN]),
+    st.booleans(),
 )
 def test_random_histories_keep_invariants(
-    steps: list[tuple[str, str]], retries: int, parallel: int, plan: PlanView
+    steps: list[tuple[str, str]], retries: int, parallel: int, plan: PlanView, early: bool
 ) -> None:
     """Whatever pods do (including finished pods being garbage-collected), the operator never runs two pods
     of a group at once, never reuses a pod name, never exceeds retries, never starts a group before its
-    upstream succeeded, always hands it real upstream digests, and always terminates."""
+    upstream succeeded (with early start: before every upstream is at least building), always hands it the
+    real digests of the upstreams that succeeded, and always terminates."""
     spec = make_spec(retries=retries, maxParallelPods=parallel)
     status = planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
     pods: dict[str, dict[str, Any]] = {}
@@ -360,12 +436,14 @@ def test_random_histories_keep_invariants(
             missing_secrets={},
             now=now,
             backoff_base=10,
+            early_start=early,
         )
         done = {s["group"] for s in d.status["stages"] if s["phase"] == "Succeeded"}
+        building = done | {s["group"] for s in d.status["stages"] if s["phase"] in ("Pending", "Running")}
         for c in d.create:
-            assert set(c.group.after) <= done
+            assert set(c.group.after) <= (building if early else done)
             assert {stage: digest for stage, (_, digest) in c.upstream.items()} == {
-                stage: digests[gid] for stage, gid in c.group.consumes
+                stage: digests[gid] for stage, gid in c.group.consumes if gid in done
             }
             name = f"seed-1-{c.group.id}-a{c.attempt}"
             assert name not in created

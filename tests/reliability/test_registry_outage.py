@@ -70,7 +70,12 @@ def _manifest(name: str, reg: LocalRegistry, **spec: Any) -> dict[str, Any]:
 
 def _steps_running(rcluster: RCluster, api: Api, name: str) -> bool:
     """Both first-wave pods are past their FROM (base pulled): their RUN step has started."""
-    pods = [p for p in api.pods() if p["metadata"]["name"].startswith(f"{name}-")]
+    pods = [
+        p
+        for p in api.pods()
+        if p["metadata"]["name"].startswith(f"{name}-")
+        and p["metadata"]["labels"].get("stagefleet.io/group") in ("g1", "g2")  # not the early final pod
+    ]
     if len(pods) < 2:
         return False
     for p in pods:

@@ -112,6 +112,13 @@ def register(subparsers: Any) -> None:
         help="seconds before the first retry of a failed group; doubles per attempt (5)",
     )
     p.add_argument(
+        "--early-start",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start a group's pod while its upstream groups still build; its worker waits for their "
+        "results in the registry, so pod and worker start overlap the upstream build (on)",
+    )
+    p.add_argument(
         "--peering",
         default=None,
         help="kopf peering object name for several operator replicas (default: standalone)",
@@ -178,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     kube = Kube.connect(args.kubeconfig or os.environ.get("KUBECONFIG"))
     reconciler = Reconciler(
         kube,
-        OperatorConfig(worker=worker, backoff_base=args.retry_backoff),
+        OperatorConfig(worker=worker, backoff_base=args.retry_backoff, early_start=args.early_start),
         metrics,
         threads=max(1, args.concurrency),
     )

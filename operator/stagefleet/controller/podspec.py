@@ -199,7 +199,8 @@ def worker_pod(
     config: WorkerConfig,
     deadline_seconds: int,
 ) -> dict[str, Any]:
-    """The pod manifest for ``group`` (attempt ``attempt``); ``upstream`` maps stage → (image ref, digest)."""
+    """The pod manifest for ``group`` (attempt ``attempt``); ``upstream`` maps stage → (image ref, digest)
+    for the consumed stages already built; the others are waited for by tag (the pod started early)."""
     volumes: list[dict[str, Any]] = [{"name": "storage", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "storage", "mountPath": STORAGE_MOUNT}]
     args: list[str] = []
@@ -224,9 +225,12 @@ def worker_pod(
     args += ["--group", group.id, "--target", group.target]
     for stage in group.stages:
         args += ["--stage", stage]
-    for stage, _gid in group.consumes:
-        ref, digest = upstream[stage]
-        args += ["--upstream", f"{stage}={ref}@{digest}"]
+    for stage, gid in group.consumes:
+        if stage in upstream:
+            ref, digest = upstream[stage]
+            args += ["--upstream", f"{stage}={ref}@{digest}"]
+        else:  # started early: the worker waits until the producing group has pushed its result tag
+            args += ["--upstream-wait", f"{stage}={stage_result_ref(spec, build, gid)}"]
 
     by_id = {s.id: s for s in spec.secrets}
     for n, sid in enumerate(group.secrets):

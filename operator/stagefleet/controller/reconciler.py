@@ -45,6 +45,7 @@ class OperatorConfig:
     backoff_base: float = 5.0
     source_timeout: float = 120.0
     source_attempts: int = 3
+    early_start: bool = True  # start the next wave's pods while their upstreams build (status.decide)
     # A status change that only reports progress (st.urgent_change) waits up to this long, so that the
     # transitions of sibling groups share one write; 0 writes every change at once.
     status_coalesce: float = 1.0
@@ -350,6 +351,7 @@ class Reconciler:
             missing_secrets=missing,
             now=now,
             backoff_base=self.config.backoff_base,
+            early_start=self.config.early_start,
         )
         if d.create:
             self._start(build, spec, plan, status, d, now)

@@ -231,9 +231,18 @@ class Event:
 
 @dataclass(frozen=True)
 class StartPod:
+    """A pod to create. ``upstream`` holds the consumed stages whose groups succeeded (stage → (image ref,
+    digest)); a consumed stage missing from it belongs to a group still running: the pod starts early and
+    its worker waits for that group's result tag (``--upstream-wait``)."""
+
     group: GroupPlan
     attempt: int
-    upstream: Mapping[str, tuple[str, str]]  # stage → (image ref, digest)
+    upstream: Mapping[str, tuple[str, str]]
+
+    @property
+    def waits_for(self) -> tuple[str, ...]:
+        """The consumed stages this pod's worker has to wait for."""
+        return tuple(stage for stage, _gid in self.group.consumes if stage not in self.upstream)
 
 
 @dataclass
@@ -521,8 +530,14 @@ def decide(
     now: datetime,
     backoff_base: float = 5.0,
     stuck_grace: float = 120.0,
+    early_start: bool = False,
 ) -> Decision:
-    """One reconcile step of a planned build (status.plan of this generation exists)."""
+    """One reconcile step of a planned build (status.plan of this generation exists).
+
+    ``early_start``: with slots to spare, also start the pods of the next wave while their upstream groups
+    still run (one wave ahead, first attempts only), so pod start, worker start and base-image pulls overlap
+    the upstream build instead of following it; their workers wait for the upstream results in the registry.
+    """
     generation = build.generation
     old_conditions: Sequence[Mapping[str, Any]] = status.get("conditions") or ()
     delete = sorted(p.name for p in pods if p.generation != generation and not p.deleting)
@@ -648,11 +663,18 @@ def decide(
             ):
                 ready.append(g)
         ready.sort(key=lambda g: (not g.critical, g.wave, g.id))
-        if not missing_secrets:
+        if missing_secrets:
+            ready = []
+        elif early_start:
+            ready = ready[: max(0, slots)]
+            ready += _early_groups(plan, states, set(g.id for g in ready))[: max(0, slots - len(ready))]
+        if ready:
             for g in ready[: max(0, slots)]:
                 gs = states[g.id]
                 upstream = {
-                    stage: (states[pg].image or "", states[pg].digest or "") for stage, pg in g.consumes
+                    stage: (states[pg].image or "", states[pg].digest or "")
+                    for stage, pg in g.consumes
+                    if states[pg].phase == S_SUCCEEDED
                 }
                 gs.attempts += 1
                 before = gs.phase
@@ -670,6 +692,14 @@ def decide(
                             f"group {g.id} ({', '.join(g.stages)}): attempt {gs.attempts} (retry)",
                         )
                     )
+
+    early: list[str] = []  # active groups whose workers wait for an upstream result
+    for g in plan.groups:
+        gs = states[g.id]
+        pending = [stage for stage, pg in g.consumes if states[pg].phase != S_SUCCEEDED]
+        if gs.phase in S_ACTIVE and pending:
+            gs.message = gs.message or f"started early: waits for {', '.join(pending)}"
+            early.append(g.id)
 
     # The build's phase.
     final = states[plan.final_group]
@@ -698,12 +728,14 @@ def decide(
         message = f"built {spec.output.image}@{final.digest}"
         events.append(Event("Normal", "BuildSucceeded", message))
     else:
-        running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE]
+        running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE and g.id not in early]
         retrying = [g.id for g in plan.groups if states[g.id].phase == S_RETRYING]
         reason = "Building"
         parts = []
         if running:
             parts.append(f"running {', '.join(running)}")
+        if early:
+            parts.append(f"{', '.join(early)} started early")
         if retrying:
             parts.append(f"retrying {', '.join(retrying)}")
         message = "; ".join(parts) or "waiting to start groups"
@@ -764,6 +796,32 @@ def decide(
     return Decision(
         status=new_status, create=create, delete=sorted(set(delete)), events=events, requeue_after=requeue
     )
+
+
+def _early_groups(plan: PlanView, states: Mapping[str, GroupState], starting: set[str]) -> list[GroupPlan]:
+    """Groups worth starting before their upstreams finish: never started, and every upstream group has
+    succeeded or is active (or starting in this pass) with all of *its* upstreams succeeded, so the
+    lookahead is exactly one wave and an idle pod never waits behind a chain of other waiting pods."""
+
+    def building(gid: str) -> bool:
+        phase = states[gid].phase
+        if phase == S_SUCCEEDED:
+            return True
+        if phase not in S_ACTIVE and gid not in starting:
+            return False
+        return all(states[a].phase == S_SUCCEEDED for a in plan.group(gid).after)
+
+    found = [
+        g
+        for g in plan.groups
+        if g.id not in starting
+        and states[g.id].phase == S_WAITING
+        and states[g.id].attempts == 0
+        and g.after
+        and not all(states[a].phase == S_SUCCEEDED for a in g.after)
+        and all(building(a) for a in g.after)
+    ]
+    return sorted(found, key=lambda g: (not g.critical, g.wave, g.id))
 
 
 def _fmt_duration(seconds: int) -> str:
