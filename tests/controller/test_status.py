@@ -365,6 +365,29 @@ def test_early_start_looks_one_wave_ahead_only() -> None:
     assert [(c.group.id, c.waits_for) for c in d2.create] == [("g3", ("b",))]
 
 
+def test_a_consumed_digest_other_than_the_recorded_one_is_reported() -> None:
+    s = run(start(), [], early=True).status
+    ups = [
+        pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1)),
+        pod("g2", phase="Succeeded", message=result_json("g2", "build2", D2)),
+    ]
+    s = run(s, [*ups, pod("g3")], early=True).status
+    other = "sha256:" + "9" * 64
+
+    def final_with(used: dict[str, str]) -> dict[str, Any]:
+        msg = json.dumps({**json.loads(result_json("g3", "final", D3)), "upstreams": used})
+        return pod("g3", phase="Succeeded", message=msg)
+
+    d = run(s, [*ups, final_with({"build1": D1, "build2": other})], early=True)
+    assert d.status["phase"] == "Succeeded"
+    warned = [e.message for e in d.events if e.reason == "UpstreamMismatch"]
+    assert warned == [
+        f"group g3 consumed build2@{other}, but group g2 recorded {D2} (it pushed again after a retry)"
+    ]
+    d2 = run(s, [*ups, final_with({"build1": D1, "build2": D2})], early=True)
+    assert [e for e in d2.events if e.reason == "UpstreamMismatch"] == []
+
+
 def test_an_early_pod_whose_upstream_fails_is_stopped() -> None:
     s = run(start(), [], early=True).status
     failed = [pod("g1", phase="Failed", exit_code=13, message="step 2 failed"), pod("g2"), pod("g3")]

@@ -84,6 +84,7 @@ class WorkerResult:
     error_message: str | None
     error_stage: str | None
     error_line: int | None
+    upstreams: Mapping[str, str] = field(default_factory=dict)  # stage → digest the worker consumed
 
 
 def parse_result(text: str | None) -> WorkerResult | None:
@@ -120,6 +121,11 @@ def parse_result(text: str | None) -> WorkerResult | None:
             error_message=_str(err.get("message")),
             error_stage=_str(err.get("stage")),
             error_line=_int(err.get("line")),
+            upstreams={
+                str(k): str(v) for k, v in (d.get("upstreams") or {}).items() if isinstance(v, str)
+            }
+            if isinstance(d.get("upstreams"), dict)
+            else {},
         )
     return None
 
@@ -623,6 +629,7 @@ def decide(
                 gs.cached_steps, gs.steps = r.cached_steps, r.steps
                 gs.stage_results = {s.name: s for s in r.stages}
                 gs.message = None
+                events.extend(_consumed_mismatches(g, r, states))
             else:
                 if latest.phase == "Succeeded":
                     is_build, msg = (
@@ -796,6 +803,24 @@ def decide(
     return Decision(
         status=new_status, create=create, delete=sorted(set(delete)), events=events, requeue_after=requeue
     )
+
+
+def _consumed_mismatches(g: GroupPlan, r: WorkerResult, states: Mapping[str, GroupState]) -> list[Event]:
+    """A worker that waited by tag may have consumed an earlier push of a group that was then retried and
+    pushed again (another digest): the image is still built from that stage, but say so."""
+    out = []
+    for stage, pg in g.consumes:
+        used, recorded = r.upstreams.get(stage), states[pg].digest
+        if used and recorded and used != recorded:
+            out.append(
+                Event(
+                    "Warning",
+                    "UpstreamMismatch",
+                    f"group {g.id} consumed {stage}@{used}, but group {pg} recorded {recorded} "
+                    "(it pushed again after a retry)",
+                )
+            )
+    return out
 
 
 def _early_groups(plan: PlanView, states: Mapping[str, GroupState], starting: set[str]) -> list[GroupPlan]:
