@@ -14,13 +14,14 @@ from stagefleet.worker.upstream import (
     Prefetchable,
     classify,
     external_images,
+    manifest_url,
     parse_digest,
     pinned,
     pull_error,
     repository,
     timeout_message,
 )
-from stagefleet.worker.waiting import UpstreamError, wait_for_upstreams
+from stagefleet.worker.waiting import UpstreamError, probing_poll, wait_for_upstreams
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 REF = "127.0.0.1:5000/team/app/stages:mybuild-1a2b3c4d-1-build1"
@@ -185,3 +186,39 @@ def test_result_reports_upstream_digests_only_when_there_are_some() -> None:
     many = {f"stage{i}": D2 for i in range(60)}
     text = render(Result(True, "g3", "t", digest=D1, upstreams=many))
     assert len(text.encode()) <= 4096 and json.loads(text)["digest"] == D1
+
+
+@pytest.mark.parametrize(("ref", "url"), [
+    (REF, "http://127.0.0.1:5000/v2/team/app/stages/manifests/mybuild-1a2b3c4d-1-build1"),
+    ("registry.example.com/a/b:t", "https://registry.example.com/v2/a/b/manifests/t"),
+    ("localhost/a:t", "https://localhost/v2/a/manifests/t"),
+    ("team/app:t", None),  # Docker Hub short name: no host, the builder polls
+    ("docker.io/team/app:t", None),
+    ("127.0.0.1:5000/a", None),  # no tag
+])
+def test_manifest_url_for_the_probe(ref: str, url: str | None) -> None:
+    assert manifest_url(ref, {"127.0.0.1:5000"}) == url
+
+
+def test_probing_poll_pulls_only_when_the_probe_finds_the_tag_or_cannot_tell() -> None:
+    now = [0.0]
+    answers: list[bool | None] = [False, False, True]
+    pulls: list[str] = []
+
+    def pull(ref: str, env: Mapping[str, str]) -> tuple[str | None, str]:
+        pulls.append(ref)
+        return (D1, "") if ref == REF else (None, "unauthorized")
+
+    poll = probing_poll({"127.0.0.1:5000"}, clock=lambda: now[0], head=lambda url: answers.pop(0), pull=pull)
+    assert poll(REF, {}) == (None, "manifest unknown (HTTP 404)")
+    assert poll(REF, {}) == (None, "manifest unknown (HTTP 404)") and pulls == []
+    assert poll(REF, {}) == (D1, "") and pulls == [REF]
+    # A registry that will not answer anonymously: the builder asks, but at most every PULL_INTERVAL.
+    answers[:] = [None, None, None]
+    hub = "team/app:t"
+    assert poll(hub, {}) == (None, "unauthorized") and pulls == [REF, hub]
+    now[0] += 0.1
+    assert poll(hub, {}) == (None, "unauthorized") and pulls == [REF, hub]
+    now[0] += 0.3
+    poll(hub, {})
+    assert pulls == [REF, hub, hub]

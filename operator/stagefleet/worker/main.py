@@ -27,7 +27,7 @@ from stagefleet.worker.push import PushError, push_all
 from stagefleet.worker.result import ErrorInfo, Result, StageResult, render
 from stagefleet.worker.spec import StepSpec, UsageError, default_result_file, parse_args
 from stagefleet.worker.upstream import external_images
-from stagefleet.worker.waiting import Prefetch, UpstreamError, wait_for_upstreams
+from stagefleet.worker.waiting import Prefetch, UpstreamError, probing_poll, wait_for_upstreams
 
 
 class WorkerFailure(Exception):
@@ -113,7 +113,8 @@ def await_upstreams(spec: StepSpec, text: str, env: dict[str, str], stack: ExitS
     stack.callback(prefetch.stop)
     prefetch.start()
     try:
-        found = wait_for_upstreams(spec.upstream_waits, env, log, timeout=spec.upstream_timeout)
+        found = wait_for_upstreams(spec.upstream_waits, env, log, timeout=spec.upstream_timeout,
+                                   poll=probing_poll(spec.insecure_registries))
     except UpstreamError as e:
         raise _fail(exitcodes.PULL, str(e)) from None
     prefetch.finish()

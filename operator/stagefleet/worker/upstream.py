@@ -73,6 +73,22 @@ def pinned(ref: str, digest: str) -> str:
     return f"{repository(ref)}@{digest}"
 
 
+def manifest_url(ref: str, insecure: Collection[str]) -> str | None:
+    """The registry API URL of a tagged reference's manifest, for a cheap existence probe.
+
+    None for references without an explicit registry host (Docker Hub's short names need its token
+    dance: the builder polls those). Plain HTTP only for the registries marked insecure.
+    """
+    name, _, tag = ref.partition("@")[0].rpartition(":")
+    if "/" in tag or not name or "/" not in name:
+        return None
+    host, _, path = name.partition("/")
+    if not ("." in host or ":" in host or host == "localhost") or host.endswith("docker.io"):
+        return None
+    scheme = "http" if host in insecure else "https"
+    return f"{scheme}://{host}/v2/{path}/manifests/{tag}"
+
+
 def parse_digest(output: str) -> str | None:
     """The first sha256 digest `buildah images --digests --format {{.Digest}}` printed."""
     for line in output.split():
