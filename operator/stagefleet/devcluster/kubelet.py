@@ -205,6 +205,8 @@ class PodRunner:
         self.mount_message = ""
         self.report_failed = False
         self.retrying = False
+        # The last status body the API accepted, and the status it answered with.
+        self.reported: tuple[dict[str, Any], Any] | None = None
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -609,6 +611,10 @@ class PodRunner:
             return
         async with self.lock:
             body = {"status": self.status()}
+            if not force and self.reported == (body, (self.pod.get("status") or {})):
+                # Unchanged since the last report, and nobody else changed the status in the API since
+                # (as the kubelet's status manager skips such a sync): no write.
+                return
             try:
                 updated = await self.k.api.merge_patch(
                     f"/api/v1/namespaces/{self.ns}/pods/{self.name}/status", body
@@ -621,8 +627,10 @@ class PodRunner:
                 self._schedule_retry(e, force)
                 return
             self.report_failed = False
+            self.reported = None
             if isinstance(updated, dict) and updated.get("metadata", {}).get("uid") == self.uid:
                 self.pod = {**self.pod, "status": updated.get("status", {})}
+                self.reported = (body, self.pod["status"])
 
     def _schedule_retry(self, error: BaseException, force: bool) -> None:
         self.k.log(f"pod {self.ns}/{self.name}: status update failed, will retry: {error}")
@@ -1003,20 +1011,26 @@ class Kubelet:
             )
         )
         nodes = self._node_views()
+        # The load once per round, counted up as pods are bound: recounting every pod for every pending
+        # pod made a round O(pods²) (seconds with ~1,000 pods pending). Capacity freed during the round
+        # wakes the next one.
+        load = self._load()
+        unschedulable: list[tuple[dict[str, Any], str]] = []
         for pod in pending:
-            load = self._load()
             node, message = pr.schedule(pod, nodes, load)
             uid = pod["metadata"]["uid"]
             if node is None:
                 if self.unschedulable_msg.get(uid) != message:
                     self.unschedulable_msg[uid] = message
-                    await self._mark_unschedulable(pod, message)
+                    unschedulable.append((pod, message))
                 continue
             self.assumed[uid] = node
+            load[node] = load.get(node, 0) + 1
             try:
                 await self._bind(pod, node)
             except ApiError as e:
                 self.assumed.pop(uid, None)
+                load[node] -= 1
                 self.log(f"bind {pod['metadata']['name']}: {e}")
                 continue
             self.unschedulable_msg.pop(uid, None)
@@ -1027,6 +1041,9 @@ class Kubelet:
                 f"Successfully assigned {pod['metadata']['namespace']}/{pod['metadata']['name']} to {node}",
                 source="default-scheduler",
             )
+        # After the binds (which must not wait behind hundreds of status writes), and concurrently; still
+        # within the round, so a later round's bind of the same pod comes after its Unschedulable mark.
+        await asyncio.gather(*(self._mark_unschedulable(p, m) for p, m in unschedulable))
 
     async def _bind(self, pod: Mapping[str, Any], node: str) -> None:
         meta = pod["metadata"]

@@ -29,6 +29,18 @@ def _epoch(stamp: Any) -> float:
         return float("inf")
 
 
+def gc_relevant(etype: str, obj: Obj, old: Obj | None) -> bool:
+    """Whether a write can give the collector work: a deletion (owners gone, foreground and namespace
+    deletions waiting for it), an object being deleted (finalizers), or an object created with or changing
+    owner references (an owner may be missing). Not the status writes of owned objects, most writes of a
+    busy cluster, which each cost a scan of every object. (The 30-s sweep runs regardless.)"""
+    meta = obj.get("metadata") or {}
+    if etype == "DELETED" or meta.get("deletionTimestamp"):
+        return True
+    refs = meta.get("ownerReferences")
+    return bool(refs) and (old is None or (old.get("metadata") or {}).get("ownerReferences") != refs)
+
+
 class GarbageCollector:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -36,9 +48,8 @@ class GarbageCollector:
         core.on_event(self._maybe_wake)
 
     def _maybe_wake(self, ev: Event) -> None:
-        """Only deletions and owned objects can give the collector work: skip the scan otherwise."""
-        meta = ev.obj.get("metadata") or {}
-        if ev.type == "DELETED" or meta.get("deletionTimestamp") or meta.get("ownerReferences"):
+        """Wake the collector only for a change that can give it work (`gc_relevant`)."""
+        if gc_relevant(ev.type, ev.obj, ev.old):
             self._wake.set()
 
     async def run(self) -> None:

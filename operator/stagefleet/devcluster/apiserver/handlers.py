@@ -21,7 +21,7 @@ from .api import Core, DeleteOptions, WriteOptions
 from .errors import ApiError
 from .faults import REASONS, Faults
 from .resources import ResourceType
-from .selectors import parse_field_selector, parse_label_selector
+from .selectors import label_equalities, parse_field_selector, parse_label_selector
 from .storage import Event, Obj
 from .table import to_table, wants_table
 
@@ -310,7 +310,9 @@ class Handlers:
         q = request.query
         labels = parse_label_selector(q.get("labelSelector"))
         fields = parse_field_selector(q.get("fieldSelector"))
-        items, rv = self.core.list(rt, ns, lambda o: labels(o) and fields(o))
+        items, rv = self.core.list(
+            rt, ns, lambda o: labels(o) and fields(o), label_equalities(q.get("labelSelector"))
+        )
         meta: dict[str, Any] = {"resourceVersion": rv}
         if q.get("continue"):
             try:

@@ -68,6 +68,25 @@ def parse_label_selector(text: str | None) -> Predicate:
     return pred
 
 
+def label_equalities(text: str | None) -> dict[str, str]:
+    """The `key=value` / `key==value` / `key in (value)` requirements of a label selector: every object
+    the selector matches carries these labels, so an index on them narrows a LIST (the full selector still
+    decides). Unparsable text gives {} (parse_label_selector reports it)."""
+    out: dict[str, str] = {}
+    for part in _split_top(text or ""):
+        m = _SET_RE.match(part)
+        if not m:
+            return {}
+        neg, key, setop, values, eqop, value = m.groups()
+        if eqop in ("=", "==") and not neg:
+            out[key] = value or ""
+        elif setop == "in" and not neg:
+            vals = {v.strip() for v in (values or "").split(",") if v.strip()}
+            if len(vals) == 1:
+                out[key] = vals.pop()
+    return out
+
+
 def field_value(obj: Mapping[str, Any], path: str) -> str:
     cur: Any = obj
     for part in path.split("."):

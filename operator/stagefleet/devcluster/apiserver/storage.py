@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import copy
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,8 @@ class Store:
         self.rv = 1
         self.compacted_rv = 1  # events at or below this rv may be missing from the history
         self.listeners: list[Any] = []  # callables(Event) run after every write (GC wake-up)
+        # (type, label key, label value) → keys of the objects carrying that label, for selector LISTs
+        self._labels: dict[tuple[TypeKey, str, str], set[ObjKey]] = {}
 
     # -- reads ---------------------------------------------------------------------------------------------
     def get(self, tkey: TypeKey, namespace: str, name: str) -> Obj | None:
@@ -54,13 +56,30 @@ class Store:
         return copy.deepcopy(obj) if obj is not None else None
 
     def list(
-        self, tkey: TypeKey, namespace: str | None = None, where: Callable[[Obj], bool] | None = None
+        self,
+        tkey: TypeKey,
+        namespace: str | None = None,
+        where: Callable[[Obj], bool] | None = None,
+        *,
+        copies: bool = True,
+        labels: Mapping[str, str] | None = None,
     ) -> list[Obj]:
         """Copies of the objects, in key order; `where` sees the stored dicts (read only) so that only the
-        matches are copied: copying a whole namespace for every selector list made big runs quadratic."""
+        matches are copied: copying a whole namespace for every selector list made big runs quadratic.
+        `copies=False` returns the stored dicts themselves, for callers that only read them. `labels`: labels
+        every match carries (a selector's equalities): only objects indexed with all of them are looked at,
+        so a selector LIST costs its matches, not the whole type (`where` still decides)."""
         objs = self._objects.get(tkey, {})
-        keys = sorted(k for k in objs if namespace is None or k[0] == namespace)
-        return [copy.deepcopy(objs[k]) for k in keys if where is None or where(objs[k])]
+        candidates: Iterable[ObjKey] = objs
+        if labels:
+            sets = sorted((self._labels.get((tkey, k, v), set()) for k, v in labels.items()), key=len)
+            candidates = set(sets[0]).intersection(*sets[1:])
+        keys = sorted(
+            k
+            for k in candidates
+            if (namespace is None or k[0] == namespace) and (where is None or where(objs[k]))
+        )
+        return [copy.deepcopy(objs[k]) for k in keys] if copies else [objs[k] for k in keys]
 
     def by_uid(self, uid: str) -> tuple[TypeKey, Obj] | None:
         where = self._uids.get(uid)
@@ -97,6 +116,7 @@ class Store:
         meta["resourceVersion"] = str(rv)
         stored = copy.deepcopy(obj)
         self._objects.setdefault(tkey, {})[okey] = stored
+        self._index(tkey, okey, old, stored)
         self._uids[meta["uid"]] = (tkey, okey)
         self._record(Event(rv, "MODIFIED" if old is not None else "ADDED", tkey, stored, old))
         return copy.deepcopy(stored)
@@ -106,11 +126,25 @@ class Store:
         if old is None:
             return None
         self._uids.pop(old["metadata"].get("uid", ""), None)
+        self._index(tkey, (namespace, name), old, None)
         rv = self.next_rv()
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = str(rv)
         self._record(Event(rv, "DELETED", tkey, gone, old))
         return copy.deepcopy(gone)
+
+    def _index(self, tkey: TypeKey, okey: ObjKey, old: Obj | None, new: Obj | None) -> None:
+        before = (old or {}).get("metadata", {}).get("labels") or {}
+        after = (new or {}).get("metadata", {}).get("labels") or {}
+        for k, v in before.items():
+            if after.get(k) != v:
+                keys = self._labels.get((tkey, k, str(v)))
+                if keys is not None:
+                    keys.discard(okey)
+                    if not keys:
+                        del self._labels[(tkey, k, str(v))]
+        for k, v in after.items():
+            self._labels.setdefault((tkey, k, str(v)), set()).add(okey)
 
     def drop_type(self, tkey: TypeKey) -> None:
         for ns, name in list(self._objects.get(tkey, {})):
