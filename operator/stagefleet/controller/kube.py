@@ -147,21 +147,22 @@ class Kube:
         return list(_json(resp).get("items") or [])
 
     @_retry
-    def create(self, manifest: Mapping[str, Any]) -> bool:
-        """Create a Pod or ConfigMap; False when it already exists (its deterministic name says: ours)."""
+    def create(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create a Pod or ConfigMap: the object as created, None when it already exists (its deterministic
+        name says: ours)."""
         ns = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Pod":
-                self.core.create_namespaced_pod(ns, manifest, _preload_content=False)
+                resp = self.core.create_namespaced_pod(ns, manifest, _preload_content=False)
             elif manifest["kind"] == "ConfigMap":
-                self.core.create_namespaced_config_map(ns, manifest, _preload_content=False)
+                resp = self.core.create_namespaced_config_map(ns, manifest, _preload_content=False)
             else:
                 raise ValueError(f"unexpected kind {manifest['kind']}")
         except ApiException as e:
             if e.status == 409:
-                return False
+                return None
             raise
-        return True
+        return _json(resp)
 
     @_retry
     def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
