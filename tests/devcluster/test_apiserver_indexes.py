@@ -7,7 +7,8 @@ import copy
 import random
 from typing import Any
 
-from stagefleet.devcluster.apiserver.gc import gc_relevant
+from stagefleet.devcluster.apiserver.api import Core
+from stagefleet.devcluster.apiserver.gc import GarbageCollector, gc_relevant
 from stagefleet.devcluster.apiserver.selectors import label_equalities, parse_label_selector
 from stagefleet.devcluster.apiserver.storage import Store
 
@@ -76,3 +77,44 @@ def test_gc_wakes_for_deletions_and_owner_changes_not_for_status_writes() -> Non
     moved = copy.deepcopy(running)
     moved["metadata"]["ownerReferences"] = [{"uid": "owner-2", "kind": "ImageBuild", "name": "c"}]
     assert gc_relevant("MODIFIED", moved, running)
+
+
+SPEC = {"containers": [{"name": "c", "image": "busybox"}]}
+
+
+def _pass(gc: GarbageCollector) -> None:
+    """What GarbageCollector.run does per wake-up: the objects written since, or everything."""
+    todo, everything = gc._todo, gc._everything
+    gc._todo, gc._everything = set(), False
+    gc.run_once(None if everything else todo)
+
+
+def test_gc_pass_after_writes_looks_at_the_written_objects_and_after_a_deletion_at_all() -> None:
+    c = Core()
+    gc = GarbageCollector(c)
+    cms, pods = c.rt("", "v1", "configmaps"), c.rt("", "v1", "pods")
+    _pass(gc)  # the first pass looks at everything
+    owner = c.create(cms, "default", {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    lost = {**ref, "name": "gone", "uid": "no-such-uid"}
+    c.create(pods, "default", {"metadata": {"name": "kept", "ownerReferences": [ref]}, "spec": SPEC})
+    c.create(pods, "default", {"metadata": {"name": "stray", "ownerReferences": [lost]}, "spec": SPEC})
+    assert not gc._everything and len(gc._todo) == 2  # the creations only (the owner has no owner)
+    _pass(gc)
+    assert c.store.get(pods.key, "default", "stray") is None  # created with a missing owner: collected
+    assert c.store.get(pods.key, "default", "kept") is not None
+    assert gc._everything  # collecting "stray" was a deletion: the next pass looks at everything
+    _pass(gc)
+    c.patch(
+        pods,
+        "default",
+        "kept",
+        "application/merge-patch+json",
+        b'{"status":{"phase":"Running"}}',
+        subresource="status",
+    )
+    assert not gc._todo and not gc._everything  # a status write gives the collector nothing to do
+    c.delete(cms, "default", "owner")
+    assert gc._everything
+    _pass(gc)
+    assert c.store.get(pods.key, "default", "kept") is None

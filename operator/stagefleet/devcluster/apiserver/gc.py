@@ -9,6 +9,7 @@ import copy
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from .api import NS_TYPE, Core, DeleteOptions
@@ -45,11 +46,20 @@ class GarbageCollector:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._wake = asyncio.Event()
+        # What the next pass looks at: the objects written since (a creation or an owner change concerns
+        # only the object itself), or everything after a deletion (any object's owner may be gone).
+        self._todo: set[tuple[TypeKey, str, str]] = set()
+        self._everything = True
         core.on_event(self._maybe_wake)
 
     def _maybe_wake(self, ev: Event) -> None:
         """Wake the collector only for a change that can give it work (`gc_relevant`)."""
         if gc_relevant(ev.type, ev.obj, ev.old):
+            if ev.type == "DELETED":
+                self._everything = True
+            else:
+                meta = ev.obj["metadata"]
+                self._todo.add((ev.tkey, meta.get("namespace", ""), meta["name"]))
             self._wake.set()
 
     async def run(self) -> None:
@@ -59,9 +69,12 @@ class GarbageCollector:
                 await asyncio.wait_for(self._wake.wait(), timeout=SWEEP_SECONDS)
             self._wake.clear()
             await asyncio.sleep(0)
+            sweep = time.monotonic() - last_sweep >= SWEEP_SECONDS
+            todo, everything = self._todo, self._everything or sweep
+            self._todo, self._everything = set(), False
             try:
-                self.run_once()
-                if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+                self.run_once(None if everything else todo)
+                if sweep:
                     last_sweep = time.monotonic()
                     self.expire_events()
             except Exception:  # keep collecting: one bad object must not stop the emulator's GC
@@ -77,11 +90,18 @@ class GarbageCollector:
                 if _epoch(stamp) < cutoff:
                     self.core.store.remove(tkey, meta.get("namespace", ""), meta["name"])
 
-    def run_once(self) -> None:
+    def run_once(self, only: set[tuple[TypeKey, str, str]] | None = None) -> None:
+        """One pass over every object, or over the `only` ones (type, namespace, name)."""
         store = self.core.store
+        if only is None:
+            candidates: Iterable[tuple[TypeKey, Obj]] = store.iter_all(copies=False)
+        else:
+            candidates = [
+                (tkey, o) for tkey, ns, name in sorted(only) if (o := store.peek(tkey, ns, name)) is not None
+            ]
         todo = [
             (tkey, o)
-            for tkey, o in store.iter_all(copies=False)
+            for tkey, o in candidates
             if o["metadata"].get("ownerReferences") or o["metadata"].get("deletionTimestamp")
         ]
         for tkey, stored in todo:

@@ -55,6 +55,10 @@ class Store:
         obj = self._objects.get(tkey, {}).get((namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
+    def peek(self, tkey: TypeKey, namespace: str, name: str) -> Obj | None:
+        """The stored object itself (read only, no copy)."""
+        return self._objects.get(tkey, {}).get((namespace, name))
+
     def list(
         self,
         tkey: TypeKey,
