@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import io
 import json
 import os
+import pstats
 import shlex
 import signal
 import statistics
@@ -119,6 +122,34 @@ class Counter:
         return undo
 
 
+def profile_loops(dev: Any) -> list[tuple[str, Any, cProfile.Profile]]:
+    """cProfile the emulator's and the kubelet's event-loop threads (deterministic: the sampler's
+    stacks are biased towards the points where threads release the GIL)."""
+    out = []
+    for name, loop in (("apiserver", dev._apiserver._loop), ("kubelet", dev.kubelet.loop)):
+        prof = cProfile.Profile()
+        loop.call_soon_threadsafe(prof.enable)
+        out.append((name, loop, prof))
+    return out
+
+
+def write_loop_profile(loop: Any, prof: cProfile.Profile, path: Path) -> None:
+    done = threading.Event()
+
+    def stop() -> None:
+        prof.disable()
+        done.set()
+
+    if loop.is_running():
+        loop.call_soon_threadsafe(stop)
+        done.wait(10)
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(60)
+    path.write_text(out.getvalue())
+
+
 def read_hwm(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MB, from /proc."""
     vals = {"VmRSS": 0.0, "VmHWM": 0.0}
@@ -149,7 +180,12 @@ def main() -> int:
                    help="extra `stagefleet operator` argument (repeatable), "
                         "e.g. --operator-arg=--concurrency=16")
     p.add_argument("--workdir")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile the emulator's and the kubelet's threads, sample the operator's stacks "
+                        "(bench/sampler.py): WORKDIR/profile-{apiserver,kubelet,operator}.txt")
     args = p.parse_args()
+    # A bench started in the background ignores SIGINT: let SIGTERM stop it cleanly (operator, pods).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from kubernetes import client, config
 
@@ -165,6 +201,7 @@ def main() -> int:
             dev.start()
         finally:
             undo()
+        loop_profiles = profile_loops(dev) if args.profile else []
         op: subprocess.Popen[bytes] | None = None
         oplog = work / "operator.log"
         try:
@@ -178,8 +215,11 @@ def main() -> int:
             core.create_namespace({"metadata": {"name": NAMESPACE}})
             worker = shlex.join([sys.executable, str(ROOT / "bench" / "fake_worker.py"), "--sleep",
                                  str(args.sleep), "--"])
-            argv = [sys.executable, "-m", "stagefleet.cli", "operator", "--kubeconfig", str(dev.kubeconfig),
-                    "--namespace", NAMESPACE, "--metrics-port", "0", "--worker-command", worker,
+            profiler = ([str(ROOT / "bench" / "sampler.py"), "--out", str(work / "profile-operator.txt")]
+                        if args.profile else [])
+            argv = [sys.executable, *profiler, "-m", "stagefleet.cli", "operator",
+                    "--kubeconfig", str(dev.kubeconfig), "--namespace", NAMESPACE, "--metrics-port", "0",
+                    "--worker-command", worker,
                     "--log-format", "json", *args.operator_arg]
             env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
             with oplog.open("ab") as out:
@@ -253,6 +293,8 @@ def main() -> int:
             report(args, counter, baseline, applied, done, t_first, t_last, t_end, rss_peak[0], failed,
                    pod_items)
         finally:
+            for name, loop, prof in loop_profiles:
+                write_loop_profile(loop, prof, work / f"profile-{name}.txt")
             if op is not None and op.poll() is None:
                 op.send_signal(signal.SIGTERM)
                 try:
@@ -320,6 +362,9 @@ def report(args: argparse.Namespace, counter: Counter, baseline: dict[tuple[str,
     top = sorted(((c, k) for k, c in counts.items() if k[0] == "operator" and k[1] in WRITES and c > 0),
                  reverse=True)
     print("    operator writes by kind: " + ", ".join(f"{m} {r} {c / groups:.2f}" for c, (_, m, r) in top))
+    topk = sorted(((c, k) for k, c in counts.items() if k[0] == "kubelet" and k[1] in WRITES and c > 0),
+                  reverse=True)
+    print("    kubelet writes by kind: " + ", ".join(f"{m} {r} {c / groups:.2f}" for c, (_, m, r) in topk))
     topr = sorted(((c, k) for k, c in counts.items() if k[0] == "operator" and k[1] not in WRITES and c > 0),
                   reverse=True)[:6]
     print("    operator reads by kind (per group): " + ", ".join(f"{m} {r} {c / groups:.2f}"
