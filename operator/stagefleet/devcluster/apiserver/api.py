@@ -586,10 +586,15 @@ def _waits_for_kubelet(rt: ResourceType, obj: Obj) -> bool:
 
 
 def _strip(obj: Obj) -> Obj:
-    o = copy.deepcopy(obj)
-    o.get("metadata", {}).pop("resourceVersion", None)
-    o.get("metadata", {}).pop("managedFields", None)
-    return o
+    """`obj` without metadata.resourceVersion and managedFields, for comparing (shallow: no deep copy of
+    the whole object per write; the nested values are shared, read only)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return obj
+    return {
+        **obj,
+        "metadata": {k: v for k, v in meta.items() if k not in ("resourceVersion", "managedFields")},
+    }
 
 
 def _same(a: Obj, b: Obj) -> bool:

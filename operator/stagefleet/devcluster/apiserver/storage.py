@@ -112,7 +112,8 @@ class Store:
         return self.rv
 
     def put(self, tkey: TypeKey, obj: Obj) -> Obj:
-        """Create or replace; stamps a new resourceVersion and records ADDED/MODIFIED."""
+        """Create or replace; stamps a new resourceVersion and records ADDED/MODIFIED. Stores a copy and
+        returns `obj` itself (stamped), which the caller owns: no second copy per write."""
         meta = obj["metadata"]
         okey = (meta.get("namespace", ""), meta["name"])
         old = self._objects.get(tkey, {}).get(okey)
@@ -123,7 +124,7 @@ class Store:
         self._index(tkey, okey, old, stored)
         self._uids[meta["uid"]] = (tkey, okey)
         self._record(Event(rv, "MODIFIED" if old is not None else "ADDED", tkey, stored, old))
-        return copy.deepcopy(stored)
+        return obj
 
     def remove(self, tkey: TypeKey, namespace: str, name: str) -> Obj | None:
         old = self._objects.get(tkey, {}).pop((namespace, name), None)
