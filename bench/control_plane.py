@@ -369,6 +369,12 @@ def report(args: argparse.Namespace, counter: Counter, baseline: dict[tuple[str,
                   reverse=True)[:6]
     print("    operator reads by kind (per group): " + ", ".join(f"{m} {r} {c / groups:.2f}"
                                                               for c, (_, m, r) in topr))
+    for who in ("kubelet", "devcluster", "bench"):
+        topc = sorted(((c, k) for k, c in counts.items() if k[0] == who and k[1] not in WRITES and c > 0),
+                      reverse=True)[:6]
+        if topc:
+            print(f"    {who} reads by kind (per group): "
+                  + ", ".join(f"{m} {r} {c / groups:.2f}" for c, (_, m, r) in topc))
     verdict = "MET" if rss <= 250 else "MISSED"
     print(f"  operator peak RSS (VmHWM): {rss:.0f} MB   target ≤ 250 MB → {verdict}", flush=True)
 
