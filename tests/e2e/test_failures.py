@@ -130,10 +130,10 @@ def test_registry_down_retries_then_fails(
 def test_timeout_cancels_and_stops_pods(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:
-    kubectl.apply(seed_manifest("slow", base_image, registry.host, sleep=120, timeout="10s"))
+    kubectl.apply(seed_manifest("slow", base_image, registry.host, sleep=120, timeout="5s"))
     obj = wait_terminal(kubectl, operator, "slow")
     status = obj["status"]
-    assert status["phase"] == "Cancelled" and "timed out after 10s (spec.timeout)" in status["message"]
+    assert status["phase"] == "Cancelled" and "timed out after 5s (spec.timeout)" in status["message"]
     assert {s["phase"] for s in status["stages"]} == {"Cancelled"}
     assert health.convention_problems(obj) == [] and health.kstatus(obj).status == "Failed"
     wait_until(

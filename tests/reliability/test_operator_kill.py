@@ -99,7 +99,7 @@ def test_operator_sigkill_at_build_point(
     point: Point, api: Api, make_operator: OperatorFactory, rcluster: RCluster, records: Path
 ) -> None:
     # right (g3) is slower than left (g2), so "one of wave 2 recorded" is a state that exists.
-    op = make_operator(sleep=1.0, slow={"g3": 2.5, "g4": 1.5})
+    op = make_operator(sleep=1.0, slow={"g3": 2.5, "g4": 1.0})
     name = "kill"
     api.create(fake_manifest(name, maxParallelPods=4))
 
