@@ -156,10 +156,14 @@ def prepare(
 ) -> dict[str, str]:
     """Create the build root's files and return the environment for buildah/skopeo to run in it.
 
+    The environment's STAGEFLEET_INSECURE_REGISTRIES lists the hosts registries.conf marks insecure, so
+    the worker's own registry requests (`worker.registry`) reach them the way buildah does.
+
     The storage driver is `driver`, else STAGEFLEET_STORAGE_DRIVER, else overlay; a rootless builder
     image sets STAGEFLEET_STORAGE_MOUNT_PROGRAM=/usr/bin/fuse-overlayfs (or the driver to vfs).
     """
     auth = load_auth(auth_file.read_text()) if auth_file is not None else None  # fail before creating
+    insecure = sorted(set(insecure_registries))
     paths = BuildPaths(root)
     for d in (paths.graphroot, paths.runroot, paths.tmpdir):
         d.mkdir(parents=True, exist_ok=True)
@@ -167,13 +171,14 @@ def prepare(
     driver = driver or source.get("STAGEFLEET_STORAGE_DRIVER") or "overlay"
     paths.storage_conf.write_text(storage_conf(paths.graphroot, paths.runroot, driver,
                                                source.get("STAGEFLEET_STORAGE_MOUNT_PROGRAM")))
-    paths.registries_conf.write_text(registries_conf(insecure_registries))
+    paths.registries_conf.write_text(registries_conf(insecure))
     env = {k: v for k, v in source.items() if k not in _HOST_CONFIG_VARS}
     env.update(
         BUILDAH_ISOLATION="chroot",
         CONTAINERS_STORAGE_CONF=str(paths.storage_conf),
         CONTAINERS_REGISTRIES_CONF=str(paths.registries_conf),
         TMPDIR=str(_short_tmpdir(paths)),
+        STAGEFLEET_INSECURE_REGISTRIES=",".join(insecure),  # what registries.conf says, for our own checks
     )
     if auth is not None:
         fd = os.open(paths.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -70,3 +70,21 @@ def test_push_with_registry_auth_file(base_image: str, auth_registry: LocalRegis
         message = r.result["error"]["message"]
         assert "unauthorized" in message or "authentication" in message, message
         assert "retrying in" not in r.stderr
+
+
+def test_warm_rebuild_on_a_basic_auth_registry_is_not_pushed_again(
+        base_image: str, auth_registry: LocalRegistry, registry: LocalRegistry, tmp_path: Path) -> None:
+    """The registry check before a push authenticates like buildah (basic auth from the auth file)."""
+    h = auth_registry.host
+    ctx = write_context(tmp_path / "ctx", f"FROM {base_image} AS app\nRUN echo cached > /c\n")
+    good = _dockerconfigjson(tmp_path / "good.json", h, PASSWORD)
+    args = ["--context", str(ctx), "--target", "app", "--cache-repo", f"{h}/private/cache",
+            "--push", f"{h}/private/app:2", "--insecure-registry", h, "--registry-auth", str(good)]
+    cold = run_worker(args, registry_host=registry.host, tmp=tmp_path / "p1")
+    assert cold.code == 0, cold.stderr + cold.stdout
+    warm = run_worker(args, registry_host=registry.host, tmp=tmp_path / "p2")
+    assert warm.code == 0, warm.stderr + warm.stdout
+    assert warm.result["cachedSteps"] == warm.result["steps"] == 1
+    assert "already serves this image" in warm.stderr and "worker: pushed " not in warm.stderr
+    assert warm.result["digest"] == cold.result["digest"]
+    assert PASSWORD not in warm.stdout + warm.stderr

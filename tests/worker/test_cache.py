@@ -10,7 +10,7 @@ import pytest
 
 from stagefleet.localregistry import LocalRegistry
 
-from .helpers import image_files, run_worker, write_context
+from .helpers import image_files, run_worker, skopeo_inspect, write_context
 
 pytestmark = pytest.mark.builder
 
@@ -74,3 +74,48 @@ RUN --mount=type=cache,id=sfcache,target=/cache echo "round $ROUND" >> /cache/lo
                     "--push", f"{h}/{repo}:3"], registry_host=h, tmp=tmp_path / "tmp3")
     assert r.code == 0, r.stderr
     assert image_files(h, repo, r.result["digest"])["/seen"] == b"round 3\n"
+
+
+def test_warm_rebuild_reports_the_registry_digest_without_pushing_again(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    """Every step cached → the same image: tags that already serve it are not pushed to again, the
+    result still names the digest the registry serves under every --push reference; a tag that lacks
+    it (or holds another image) makes the worker push to all of them as before."""
+    h = registry.host
+    salt = secrets.token_hex(4)
+    ctx = write_context(tmp_path / "ctx", f"FROM {base_image} AS app\nENV SALT={salt}\n"
+                        "RUN echo warm > /w\nCOPY hello.txt /hello.txt\n", {"hello.txt": "hi\n"})
+    repo = f"skip/{salt}"
+    common = ["--context", str(ctx), "--target", "app", "--cache-repo", f"{h}/cache/{salt}"]
+    tags = ["--push", f"{h}/{repo}:1", "--push", f"{h}/{repo}:latest"]
+    cold = run_worker([*common, *tags], registry_host=h, tmp=tmp_path / "pod1")
+    assert cold.code == 0, cold.stderr + cold.stdout
+    assert cold.stderr.count("stagefleet-worker: pushed ") == 2
+    digest = cold.result["digest"]
+
+    warm = run_worker([*common, *tags], registry_host=h, tmp=tmp_path / "pod2")  # fresh storage root
+    assert warm.code == 0, warm.stderr + warm.stdout
+    assert warm.result["cachedSteps"] == warm.result["steps"] == 3
+    assert warm.result["digest"] == digest and warm.result["image"] == f"{h}/{repo}:1"
+    assert warm.stderr.count("already serves this image") == 2 and "worker: pushed " not in warm.stderr
+    for tag in ("1", "latest"):
+        assert skopeo_inspect(f"{h}/{repo}:{tag}")["Digest"] == digest
+    assert image_files(h, repo, digest)["/w"] == b"warm\n"
+
+    # a new tag next to one that has it: pushed to both, the same digest
+    other = f"{h}/{repo}:2"
+    mixed = run_worker([*common, "--push", f"{h}/{repo}:1", "--push", other], registry_host=h,
+                       tmp=tmp_path / "pod3")
+    assert mixed.code == 0, mixed.stderr + mixed.stdout
+    assert mixed.stderr.count("stagefleet-worker: pushed ") == 2 and "already serves" not in mixed.stderr
+    assert mixed.result["digest"] == digest == skopeo_inspect(other)["Digest"]
+
+    # a tag that serves a different image is overwritten with ours
+    ctx2 = write_context(tmp_path / "ctx2", f"FROM {base_image} AS app\nRUN echo other-{salt} > /o\n")
+    taken = run_worker(["--context", str(ctx2), "--target", "app", "--push", f"{h}/{repo}:taken"],
+                       registry_host=h, tmp=tmp_path / "pod4")
+    assert taken.code == 0 and taken.result["digest"] != digest, taken.stderr
+    again = run_worker([*common, "--push", f"{h}/{repo}:taken"], registry_host=h, tmp=tmp_path / "pod5")
+    assert again.code == 0, again.stderr + again.stdout
+    assert "already serves" not in again.stderr and again.result["digest"] == digest
+    assert skopeo_inspect(f"{h}/{repo}:taken")["Digest"] == digest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import tomllib
 from pathlib import Path
@@ -18,6 +19,12 @@ from stagefleet.worker.buildah import build_argv, push_argv
 from stagefleet.worker.dockerinfo import DockerfileSyntaxError, analyse
 from stagefleet.worker.output import OutputTracker, Scrubber, classify
 from stagefleet.worker.push import is_transient
+from stagefleet.worker.registry import (
+    Reference,
+    basic_credentials,
+    manifest_digest_if_config,
+    parse_reference,
+)
 from stagefleet.worker.result import MAX_BYTES, ErrorInfo, Result, StageResult, render
 from stagefleet.worker.spec import SecretFile, SshKey, StepSpec, Upstream, UsageError, parse_args
 
@@ -295,3 +302,36 @@ def test_unnamed_stages_reach_buildah_by_index() -> None:
                       ssh_sockets={}, stage_names=info.buildah_names())
     assert argv[argv.index("--target") + 1] == "2"
     assert f"0=docker-image://r/s@{DIGEST}" in argv
+
+
+def test_registry_reference_parsing() -> None:
+    assert parse_reference("127.0.0.1:5000/a/b:1") == Reference("127.0.0.1:5000", "a/b", "1")
+    assert parse_reference("reg.example.com/app") == Reference("reg.example.com", "app", "latest")
+    assert parse_reference("localhost/x/y:v1.2") == Reference("localhost", "x/y", "v1.2")
+    for left_to_buildah in ("busybox:1", "org/app:1", "docker.io/library/x:1", f"r:5/x@{DIGEST}",
+                            "r:5/Upper:1", "r:5/x:bad/tag", "r:5/"):
+        assert parse_reference(left_to_buildah) is None, left_to_buildah
+
+
+def test_registry_basic_credentials_from_dockerconfigjson() -> None:
+    auth = base64.b64encode(b"robot:pw").decode()
+    text = json.dumps({"auths": {"https://r:5/v2/": {"auth": auth},
+                                 "q:1": {"username": "u", "password": "p"}}})
+    assert basic_credentials(text, "r:5") == "robot:pw"
+    assert basic_credentials(text, "q:1") == "u:p"
+    assert basic_credentials(text, "other:1") is None and basic_credentials("not json", "r:5") is None
+
+
+def test_registry_answer_counts_only_for_our_config() -> None:
+    config = "sha256:" + "cd" * 32
+    body = json.dumps({"schemaVersion": 2, "config": {"digest": config}}).encode()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    oci = {"content-type": "application/vnd.oci.image.manifest.v1+json", "docker-content-digest": digest}
+    assert manifest_digest_if_config(200, oci, body, config) == digest
+    assert manifest_digest_if_config(200, oci, body, "sha256:" + "ef" * 32) is None  # another image
+    assert manifest_digest_if_config(404, oci, body, config) is None
+    assert manifest_digest_if_config(200, {**oci, "docker-content-digest": DIGEST}, body, config) is None
+    index = {"content-type": "application/vnd.oci.image.index.v1+json"}
+    assert manifest_digest_if_config(200, index, body, config) is None
+    assert manifest_digest_if_config(200, {**oci, "docker-content-digest": ""}, b"{", config) is None
+

@@ -1,0 +1,157 @@
+"""Asking a registry what it serves under a tag, so the worker can skip re-pushing an image already there.
+
+A rebuild whose every step came from the layer cache ends with exactly the image an earlier run pushed;
+`buildah push` would still start a process, set up storage and check every blob to find that out. One
+manifest GET per reference answers the same question. The answer counts only when the manifest's
+config is our image's config (the image ID is the config digest), so a stale or different image under
+the tag is never reported as ours; anything unexpected (token auth, TLS trouble, an index, an error)
+answers None and the caller pushes as before.
+
+`http.client` is imported only when a check runs: the worker's start-up stays as short as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from stagefleet.buildenv import insecure_from_env
+
+#: Single-image manifest types buildah pushes (an index under the tag is never our image).
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's own limit
+_REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    host: str
+    repository: str
+    tag: str
+
+
+def parse_reference(ref: str) -> Reference | None:
+    """`host[:port]/repo[:tag]` → its parts; None for digest references and for references that do not
+    name their registry (Docker Hub short names), which are left to buildah."""
+    if "@" in ref:
+        return None
+    host, sep, rest = ref.partition("/")
+    if not sep or not ("." in host or ":" in host or host == "localhost") or host == "docker.io":
+        return None
+    repo, _, tag = rest.rpartition(":") if ":" in rest.rsplit("/", 1)[-1] else (rest, "", "latest")
+    if not _REPO.fullmatch(repo) or not _TAG.fullmatch(tag):
+        return None
+    return Reference(host, repo, tag)
+
+
+def basic_credentials(auth_text: str, host: str) -> str | None:
+    """The `user:password` a dockerconfigjson holds for `host` (keys may carry a scheme or a path)."""
+    try:
+        auths = json.loads(auth_text).get("auths", {})
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    for key, entry in auths.items() if isinstance(auths, dict) else ():
+        if key.split("://", 1)[-1].split("/", 1)[0] != host or not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return f"{entry['username']}:{entry['password']}"
+        try:
+            return base64.b64decode(str(entry.get("auth", "")), validate=True).decode() or None
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return None
+
+
+def manifest_digest_if_config(status: int, headers: Mapping[str, str], body: bytes,
+                              config_digest: str) -> str | None:
+    """Pure: the digest of a manifest answer when it is a single image whose config is `config_digest`."""
+    if status != 200 or len(body) > MAX_MANIFEST_BYTES:
+        return None
+    if headers.get("content-type", "").split(";")[0].strip() not in MANIFEST_TYPES:
+        return None
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    if headers.get("docker-content-digest", digest) != digest:
+        return None
+    try:
+        config = json.loads(body).get("config", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return digest if isinstance(config, dict) and config.get("digest") == config_digest else None
+
+
+def served_digest(ref: str, config_digest: str, env: Mapping[str, str], timeout: float = 5.0) -> str | None:
+    """Digest of the manifest the registry serves under `ref` if that manifest is our image, else None.
+
+    Reaches the registry the way buildah does: hosts in STAGEFLEET_INSECURE_REGISTRIES over plain HTTP
+    (tried first) or unverified HTTPS, others over verified HTTPS; basic-auth credentials from
+    REGISTRY_AUTH_FILE. Registries that want a bearer token answer None (buildah pushes).
+    """
+    parsed = parse_reference(ref)
+    if parsed is None:
+        return None
+    import http.client  # here, not at the top: see the module docstring
+
+    insecure = parsed.host in insecure_from_env(env)
+    for scheme in ("http", "https") if insecure else ("https",):
+        try:
+            status, headers, body = _get_manifest(scheme, parsed, env, verify=not insecure, timeout=timeout)
+        except (OSError, http.client.HTTPException):  # refused, TLS, timeout: try the next scheme
+            continue
+        if status == 400 and scheme == "http":  # an HTTPS server spoken to in plain HTTP
+            continue
+        return manifest_digest_if_config(status, headers, body, config_digest)
+    return None
+
+
+def _get_manifest(scheme: str, ref: Reference, env: Mapping[str, str], *, verify: bool,
+                  timeout: float) -> tuple[int, dict[str, str], bytes]:
+    """GET the manifest, once more with basic auth when the registry asks for it and we have some."""
+    headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+    status, answer, body = _get(scheme, ref, headers, verify=verify, timeout=timeout)
+    if status == 401 and answer.get("www-authenticate", "").lower().startswith("basic"):
+        creds = _credentials(env, ref.host)
+        if creds is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+            status, answer, body = _get(scheme, ref, headers, verify=verify, timeout=timeout)
+    return status, answer, body
+
+
+def _get(scheme: str, ref: Reference, headers: Mapping[str, str], *, verify: bool,
+         timeout: float) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn: http.client.HTTPConnection
+    if scheme == "https":
+        import ssl
+
+        ctx = ssl.create_default_context()
+        if not verify:  # buildah's `insecure = true`
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(ref.host, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(ref.host, timeout=timeout)
+    try:
+        conn.request("GET", f"/v2/{ref.repository}/manifests/{ref.tag}", headers=dict(headers))
+        resp = conn.getresponse()
+        body = resp.read(MAX_MANIFEST_BYTES + 1)
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def _credentials(env: Mapping[str, str], host: str) -> str | None:
+    path = env.get("REGISTRY_AUTH_FILE")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return basic_credentials(f.read(), host)
+    except OSError:
+        return None
