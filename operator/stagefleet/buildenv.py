@@ -195,6 +195,17 @@ def mounts_under(root: Path, mounts_text: str) -> list[str]:
     return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
 
 
+def has_containers(graphroot: Path) -> bool:
+    """Whether containers-storage may hold working containers in `graphroot` (`<driver>-containers/
+    containers.json` is not an empty list). A successful build leaves none: its cleanup then spares
+    the `buildah rm --all` process; anything unreadable counts as "may"."""
+    try:
+        lists = [json.loads(p.read_text()) for p in graphroot.glob("*-containers/containers.json")]
+    except (OSError, ValueError):
+        return True
+    return any(lists) or any(not (d / "containers.json").exists() for d in graphroot.glob("*-containers"))
+
+
 def cleanup(root: Path, env: Mapping[str, str]) -> None:
     """Remove a build root: buildah containers first (that releases overlay mounts), then the files.
 
@@ -204,7 +215,7 @@ def cleanup(root: Path, env: Mapping[str, str]) -> None:
     if not root.exists():
         return
     conf = BuildPaths(root).storage_conf
-    if conf.exists():  # never let `rm --all` reach any storage but this root's
+    if conf.exists() and has_containers(BuildPaths(root).graphroot):  # `rm --all` only ever in this root
         subprocess.run(["buildah", "rm", "--all"], env={**env, "CONTAINERS_STORAGE_CONF": str(conf)},
                        capture_output=True, check=False)
     for point in mounts_under(root, Path("/proc/mounts").read_text()):

@@ -106,6 +106,7 @@ RUN echo never-reached
            "err-line-2")
     assert r.result["error"]["stage"] == "second" and r.result["error"]["line"] == 6
     assert "never-reached" not in r.stdout.replace("RUN echo never-reached", "")
+    assert not list((tmp_path / "pod").glob("stagefleet-worker-*"))  # the failed build's root is gone
 
 
 def test_push_failure_after_retries(registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:

@@ -335,3 +335,15 @@ def test_registry_answer_counts_only_for_our_config() -> None:
     assert manifest_digest_if_config(200, index, body, config) is None
     assert manifest_digest_if_config(200, {**oci, "docker-content-digest": ""}, b"{", config) is None
 
+
+def test_has_containers(tmp_path: Path) -> None:
+    graphroot = tmp_path / "storage"
+    assert not buildenv.has_containers(graphroot)  # nothing there yet
+    (graphroot / "overlay-containers").mkdir(parents=True)
+    assert buildenv.has_containers(graphroot)  # a containers dir without its list: cannot tell
+    (graphroot / "overlay-containers" / "containers.json").write_text("[]")
+    assert not buildenv.has_containers(graphroot)
+    (graphroot / "overlay-containers" / "containers.json").write_text('[{"id": "abc"}]')
+    assert buildenv.has_containers(graphroot)
+    (graphroot / "overlay-containers" / "containers.json").write_text("[")
+    assert buildenv.has_containers(graphroot)
