@@ -249,8 +249,9 @@ def test_buildenv_files_and_env(tmp_path: Path) -> None:
                            base_env={"PATH": "/bin", "REGISTRY_AUTH_FILE": "/host", "CONTAINERS_CONF": "/h"})
     try:
         storage = tomllib.loads(Path(env["CONTAINERS_STORAGE_CONF"]).read_text())["storage"]
-        assert storage == {"driver": "overlay", "graphroot": str(root / "storage"),
-                           "runroot": str(root / "run")}
+        runroot = buildenv.BuildPaths(root).shm_runroot  # /dev/shm is a tmpfs on every Linux host
+        assert storage == {"driver": "overlay", "graphroot": str(root / "storage"), "runroot": str(runroot)}
+        assert runroot.is_dir() and runroot.stat().st_mode & 0o777 == 0o700
         regs = tomllib.loads(Path(env["CONTAINERS_REGISTRIES_CONF"]).read_text())
         assert regs == {"unqualified-search-registries": [], "registry": [
             {"location": "q:1", "insecure": True}, {"location": "r:5000", "insecure": True}]}
@@ -261,7 +262,29 @@ def test_buildenv_files_and_env(tmp_path: Path) -> None:
         assert len(str(tmp)) < 50 and tmp.resolve() == (root / "tmp").resolve()
     finally:
         buildenv.cleanup(root, env)
-    assert not root.exists() and not Path(env["TMPDIR"]).is_symlink()
+    assert not root.exists() and not Path(env["TMPDIR"]).is_symlink() and not runroot.exists()
+
+
+def test_runroot_falls_back_below_the_root_unless_the_tmpfs_directory_is_ours(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    paths = buildenv.BuildPaths(root)
+    paths.shm_runroot.symlink_to(tmp_path)  # planted by someone else
+    try:
+        env = buildenv.prepare(root)
+        storage = tomllib.loads(Path(env["CONTAINERS_STORAGE_CONF"]).read_text())["storage"]
+        assert storage["runroot"] == str(root / "run") and (root / "run").is_dir()
+        buildenv.cleanup(root, env)
+        assert paths.shm_runroot.is_symlink() and tmp_path.is_dir()  # neither followed nor removed
+    finally:
+        paths.shm_runroot.unlink()
+
+
+def test_fstype_of_the_mount_a_path_lies_on() -> None:
+    text = "/dev/vda / ext4 rw 0 0\ntmpfs /dev/shm tmpfs rw 0 0\ntmpfs /dev/shmx tmpfs rw 0 0\n"
+    assert buildenv.fstype(Path("/dev/shm"), text) == "tmpfs"
+    assert buildenv.fstype(Path("/dev/shm/x"), text) == "tmpfs"
+    assert buildenv.fstype(Path("/dev/sh"), text) == "ext4"
+    assert buildenv.fstype(Path("/dev/shm"), "") is None
 
 
 def test_auth_secrets_for_scrubbing() -> None:
