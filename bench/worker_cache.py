@@ -6,8 +6,10 @@ Starts its own docker-registry, pushes the offline busybox base, then per round:
 with a new cache repository, and a warm run of the same Dockerfile in another fresh root that should
 take every step from that repository. Prints both medians and warm/cold (target: ≤ 25%).
 
-The warm build has a floor of roughly 1-2 s here (process start, base image pull, one cache lookup and
-layer pull per step, the push), so the ratio depends on how much work the cold steps do (--loop).
+The warm build has a floor of roughly 1 s here (process start, base image pull, one cache lookup and
+layer pull per step; the final push is skipped because the tag already serves the very image), so the
+ratio depends on how much work the cold steps do (--loop) and, a lot, on the machine's load: the warm
+run is a chain of short processes, registry requests and fsyncs.
 """
 
 from __future__ import annotations
