@@ -150,6 +150,15 @@ def write_loop_profile(loop: Any, prof: cProfile.Profile, path: Path) -> None:
     path.write_text(out.getvalue())
 
 
+def read_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_hwm(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MB, from /proc."""
     vals = {"VmRSS": 0.0, "VmHWM": 0.0}
@@ -254,6 +263,11 @@ def main() -> int:
                                                        body)
                 return time.time()
 
+            cpu: dict[str, float] = {}
+            start = os.times()
+            cpu_start = start.user + start.system
+            pods_start = start.children_user + start.children_system
+            op_start = read_cpu(op.pid)
             t_first = time.time()
             with ThreadPoolExecutor(16) as pool:
                 applied = dict(zip(names, pool.map(create, names), strict=True))
@@ -285,13 +299,20 @@ def main() -> int:
                 time.sleep(1.0)
             t_end = max(done.values()) if done else time.time()
             stop_sampling.set()
+            cpu["operator"] = read_cpu(op.pid) - op_start
             _, hwm = read_hwm(op.pid)
             rss_peak[0] = max(rss_peak[0], hwm)
             failed = sum(1 for o in items if (o.get("status") or {}).get("phase") == "Failed")
             pods = core.list_namespaced_pod(NAMESPACE, _preload_content=False)
             pod_items = json.loads(pods.data)["items"]
+            mine = os.times()
+            cpu["bench"] = mine.user + mine.system - cpu_start
+            cpu["pods"] = mine.children_user + mine.children_system - pods_start
             report(args, counter, baseline, applied, done, t_first, t_last, t_end, rss_peak[0], failed,
                    pod_items)
+            print(f"  CPU seconds during the run: this process (emulator, kubelet, bench) "
+                  f"{cpu['bench']:.0f}, operator {cpu['operator']:.0f}, pod processes (reaped) "
+                  f"{cpu['pods']:.0f}; load average at the end {os.getloadavg()[0]:.1f}", flush=True)
         finally:
             for name, loop, prof in loop_profiles:
                 write_loop_profile(loop, prof, work / f"profile-{name}.txt")
