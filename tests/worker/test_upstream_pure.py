@@ -194,7 +194,8 @@ def test_result_reports_upstream_digests_only_when_there_are_some() -> None:
     ("localhost/a:t", "https://localhost/v2/a/manifests/t"),
     ("team/app:t", None),  # Docker Hub short name: no host, the builder polls
     ("docker.io/team/app:t", None),
-    ("127.0.0.1:5000/a", None),  # no tag
+    ("127.0.0.1:5000/a", "http://127.0.0.1:5000/v2/a/manifests/latest"),
+    ("127.0.0.1:5000/A:t", None),  # not a valid repository name
 ])
 def test_manifest_url_for_the_probe(ref: str, url: str | None) -> None:
     assert manifest_url(ref, {"127.0.0.1:5000"}) == url

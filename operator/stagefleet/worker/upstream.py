@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stagefleet.stages import Stage, parse_stage_graph
+from stagefleet.worker.registry import parse_reference
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -79,14 +80,11 @@ def manifest_url(ref: str, insecure: Collection[str]) -> str | None:
     None for references without an explicit registry host (Docker Hub's short names need its token
     dance: the builder polls those). Plain HTTP only for the registries marked insecure.
     """
-    name, _, tag = ref.partition("@")[0].rpartition(":")
-    if "/" in tag or not name or "/" not in name:
+    parts = parse_reference(ref)
+    if parts is None:
         return None
-    host, _, path = name.partition("/")
-    if not ("." in host or ":" in host or host == "localhost") or host.endswith("docker.io"):
-        return None
-    scheme = "http" if host in insecure else "https"
-    return f"{scheme}://{host}/v2/{path}/manifests/{tag}"
+    scheme = "http" if parts.host in insecure else "https"
+    return f"{scheme}://{parts.host}/v2/{parts.repository}/manifests/{parts.tag}"
 
 
 def parse_digest(output: str) -> str | None:
