@@ -17,8 +17,27 @@ from stagefleet import buildenv
 from stagefleet.localregistry import LocalRegistry, ensure_base_image
 
 BUILDER_TOOLS = ("buildah", "runc", "docker-registry", "skopeo")
+TESTS = Path(__file__).resolve().parent
+RELIABILITY = TESTS / "reliability"
 
 BuildahEnv = Callable[[Path], dict[str, str]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/reliability runs first, as one unit: scripts/test runs pytest-xdist with `--dist loadgroup`,
+    which keeps an `xdist_group` in one worker in collection order (test_zz_canary must run after the rest
+    of the suite, in the same session, to see its evidence). First, because it is the longest unit: started
+    last it would run alone at the end. Without xdist only the order changes."""
+    group = pytest.mark.xdist_group("reliability")
+    first: list[pytest.Item] = []
+    rest: list[pytest.Item] = []
+    for item in items:
+        if RELIABILITY in Path(str(item.path)).parents:
+            item.add_marker(group)
+            first.append(item)
+        else:
+            rest.append(item)
+    items[:] = first + rest
 
 
 def _require_builder() -> None:
