@@ -317,12 +317,16 @@ LINE_PLAN = PlanView(
 )
 
 
-def test_early_start_creates_the_final_pod_with_the_first_wave_and_it_waits() -> None:
-    d = run(start(), [], early=True)
-    assert [(c.group.id, c.attempt) for c in d.create] == [("g1", 1), ("g2", 1), ("g3", 1)]
-    final = d.create[2]
+def test_early_start_creates_the_final_pod_once_its_upstreams_run_and_it_waits() -> None:
+    d0 = run(start(), [], early=True)
+    assert [c.group.id for c in d0.create] == ["g1", "g2"]  # created, not running yet: no waiter
+    half = run(d0.status, [pod("g1"), pod("g2", phase="Pending")], early=True)
+    assert half.create == []  # build2's pod is not even running: a waiter could block its scheduling
+    d = run(half.status, [pod("g1"), pod("g2")], early=True)
+    assert [(c.group.id, c.attempt) for c in d.create] == [("g3", 1)]
+    final = d.create[0]
     assert dict(final.upstream) == {} and final.waits_for == ("build1", "build2")
-    assert phases(d.status) == {"build1": "Pending", "build2": "Pending", "final": "Pending"}
+    assert phases(d.status) == {"build1": "Running", "build2": "Running", "final": "Pending"}
     assert d.status["stages"][2]["message"] == "started early: waits for build1, build2"
     assert d.status["message"] == "running g1, g2; g3 started early"
     # Adopted on the next pass; g1 done: g3 keeps its pod (no second one) and now waits only for build2.
@@ -335,6 +339,12 @@ def test_early_start_creates_the_final_pod_with_the_first_wave_and_it_waits() ->
     d3 = run(d2.status, both, early=True)
     assert d3.create == [] and phases(d3.status)["final"] == "Running"
     assert "message" not in d3.status["stages"][2] and d3.status["message"] == "running g3"
+
+
+def early_started() -> dict[str, Any]:
+    """The seed with g1 and g2 running and g3's pod started early."""
+    s = run(start(), [], early=True).status
+    return run(s, [pod("g1"), pod("g2")], early=True).status
 
 
 def test_without_early_start_the_final_waits_for_digests() -> None:
@@ -352,21 +362,35 @@ def test_early_start_needs_a_free_slot_and_ready_groups_come_first() -> None:
 def test_early_start_looks_one_wave_ahead_only() -> None:
     s0 = planned_status(generation=1, plan=LINE_PLAN, source={}, old={}, now=NOW)
     d = run(s0, [], early=True, plan=LINE_PLAN)
-    assert [c.group.id for c in d.create] == ["g1", "g2"]  # g3 would wait behind a waiting pod
-    assert d.create[1].waits_for == ("a",)
-    s1 = run(d.status, [pod("g1"), pod("g2")], early=True, plan=LINE_PLAN).status
-    d2 = run(
-        s1,
+    assert [c.group.id for c in d.create] == ["g1"]
+    d1 = run(d.status, [pod("g1")], early=True, plan=LINE_PLAN)
+    assert [(c.group.id, c.waits_for) for c in d1.create] == [("g2", ("a",))]
+    d2 = run(d1.status, [pod("g1"), pod("g2")], early=True, plan=LINE_PLAN)
+    assert d2.create == []  # g2 runs, but only to wait for a: g3 would wait behind a waiter
+    d3 = run(
+        d2.status,
         [pod("g1", phase="Succeeded", message=result_json("g1", "a", D1)), pod("g2")],
         early=True,
         plan=LINE_PLAN,
     )
     # g2 now builds for real (its upstream succeeded): g3 may start and wait for b.
-    assert [(c.group.id, c.waits_for) for c in d2.create] == [("g3", ("b",))]
+    assert [(c.group.id, c.waits_for) for c in d3.create] == [("g3", ("b",))]
+
+
+def test_an_early_group_retried_while_its_upstream_retries_waits_for_it() -> None:
+    s = run(early_started(), [pod("g1"), pod("g2"), pod("g3")], early=True).status
+    failed = [pod("g1", phase="Failed", exit_code=14), pod("g2"), pod("g3", phase="Failed", exit_code=15)]
+    d = run(s, failed, early=True)
+    assert phases(d.status)["build1"] == "Retrying" and phases(d.status)["final"] == "Retrying"
+    later = run(d.status, failed, early=True, now=NOW + timedelta(minutes=5))
+    assert [(c.group.id, c.attempt) for c in later.create] == [("g1", 2)]  # g3 waits: g1 is not running
+    again = [pod("g1", 2), *failed[1:]]
+    d2 = run(later.status, [*failed, again[0]], early=True, now=NOW + timedelta(minutes=5))
+    assert [(c.group.id, c.attempt, c.waits_for) for c in d2.create] == [("g3", 2, ("build1", "build2"))]
 
 
 def test_a_consumed_digest_other_than_the_recorded_one_is_reported() -> None:
-    s = run(start(), [], early=True).status
+    s = early_started()
     ups = [
         pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1)),
         pod("g2", phase="Succeeded", message=result_json("g2", "build2", D2)),
@@ -389,7 +413,7 @@ def test_a_consumed_digest_other_than_the_recorded_one_is_reported() -> None:
 
 
 def test_an_early_pod_whose_upstream_fails_is_stopped() -> None:
-    s = run(start(), [], early=True).status
+    s = early_started()
     failed = [pod("g1", phase="Failed", exit_code=13, message="step 2 failed"), pod("g2"), pod("g3")]
     d = run(s, failed, early=True)
     assert d.status["phase"] == "Failed"
@@ -462,7 +486,7 @@ def test_random_histories_keep_invariants(
             early_start=early,
         )
         done = {s["group"] for s in d.status["stages"] if s["phase"] == "Succeeded"}
-        building = done | {s["group"] for s in d.status["stages"] if s["phase"] in ("Pending", "Running")}
+        building = done | {s["group"] for s in d.status["stages"] if s["phase"] == "Running"}
         for c in d.create:
             assert set(c.group.after) <= (building if early else done)
             assert {stage: digest for stage, (_, digest) in c.upstream.items()} == {

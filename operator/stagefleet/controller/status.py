@@ -541,8 +541,8 @@ def decide(
     """One reconcile step of a planned build (status.plan of this generation exists).
 
     ``early_start``: with slots to spare, also start the pods of the next wave while their upstream groups
-    still run (one wave ahead, first attempts only), so pod start, worker start and base-image pulls overlap
-    the upstream build instead of following it; their workers wait for the upstream results in the registry.
+    run (one wave ahead, see `_early_groups`), so pod start, worker start and base-image pulls overlap the
+    upstream build instead of following it; their workers wait for the upstream results in the registry.
     """
     generation = build.generation
     old_conditions: Sequence[Mapping[str, Any]] = status.get("conditions") or ()
@@ -661,20 +661,14 @@ def decide(
         ready: list[GroupPlan] = []
         for g in plan.groups:
             gs = states[g.id]
-            upstream_ok = all(states[a].phase == S_SUCCEEDED for a in g.after)
-            if (
-                gs.phase == S_WAITING
-                and upstream_ok
-                or gs.phase == S_RETRYING
-                and (parse_time(gs.retry_at) or now) <= now
-            ):
+            if _due(gs, now) and all(states[a].phase == S_SUCCEEDED for a in g.after):
                 ready.append(g)
         ready.sort(key=lambda g: (not g.critical, g.wave, g.id))
         if missing_secrets:
             ready = []
         elif early_start:
             ready = ready[: max(0, slots)]
-            ready += _early_groups(plan, states, set(g.id for g in ready))[: max(0, slots - len(ready))]
+            ready += _early_groups(plan, states, now)[: max(0, slots - len(ready))]
         if ready:
             for g in ready[: max(0, slots)]:
                 gs = states[g.id]
@@ -823,26 +817,32 @@ def _consumed_mismatches(g: GroupPlan, r: WorkerResult, states: Mapping[str, Gro
     return out
 
 
-def _early_groups(plan: PlanView, states: Mapping[str, GroupState], starting: set[str]) -> list[GroupPlan]:
-    """Groups worth starting before their upstreams finish: never started, and every upstream group has
-    succeeded or is active (or starting in this pass) with all of *its* upstreams succeeded, so the
-    lookahead is exactly one wave and an idle pod never waits behind a chain of other waiting pods."""
+def _due(gs: GroupState, now: datetime) -> bool:
+    """Whether a group wants a pod now: never started, or its retry backoff has passed."""
+    if gs.phase == S_RETRYING:
+        return (parse_time(gs.retry_at) or now) <= now
+    return gs.phase == S_WAITING
+
+
+def _early_groups(plan: PlanView, states: Mapping[str, GroupState], now: datetime) -> list[GroupPlan]:
+    """Groups worth starting before their upstreams finish: due, and every upstream group has succeeded
+    or is *building*: its pod Running (not merely created) with all of its own upstreams succeeded.
+
+    Running, because a waiting pod holds a node's resources: were pods allowed to wait for upstreams that
+    are still unscheduled, a full cluster could fill with waiters and never schedule what they wait for.
+    Its own upstreams succeeded, so the lookahead is exactly one wave and no pod waits behind a waiter.
+    """
 
     def building(gid: str) -> bool:
         phase = states[gid].phase
         if phase == S_SUCCEEDED:
             return True
-        if phase not in S_ACTIVE and gid not in starting:
-            return False
-        return all(states[a].phase == S_SUCCEEDED for a in plan.group(gid).after)
+        return phase == S_RUNNING and all(states[a].phase == S_SUCCEEDED for a in plan.group(gid).after)
 
     found = [
         g
         for g in plan.groups
-        if g.id not in starting
-        and states[g.id].phase == S_WAITING
-        and states[g.id].attempts == 0
-        and g.after
+        if _due(states[g.id], now)
         and not all(states[a].phase == S_SUCCEEDED for a in g.after)
         and all(building(a) for a in g.after)
     ]
