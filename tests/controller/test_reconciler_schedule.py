@@ -1,8 +1,18 @@
-"""reconciler.safety_poll_seconds: the no-event safety passes stay bounded in total as builds grow."""
+"""reconciler scheduling: the no-event safety passes stay bounded in total as builds grow; early start pauses
+while the cluster is full."""
 
 from __future__ import annotations
 
-from stagefleet.controller.reconciler import SAFETY_POLL_SECONDS, safety_poll_seconds
+from typing import Any, cast
+
+from stagefleet.controller.metrics import Metrics
+from stagefleet.controller.reconciler import (
+    SAFETY_POLL_SECONDS,
+    OperatorConfig,
+    Reconciler,
+    safety_poll_seconds,
+)
+from stagefleet.controller.status import unschedulable
 
 
 def test_few_builds_are_looked_at_every_15_seconds() -> None:
@@ -14,3 +24,32 @@ def test_many_builds_share_five_safety_passes_a_second() -> None:
     assert safety_poll_seconds(300) == 60.0
     for n in (76, 300, 1000, 5000):
         assert n / safety_poll_seconds(n) <= 5.0 + 1e-9
+
+
+def _pending(uid: str, *, node: str | None = None, unschedulable: bool = True) -> dict[str, Any]:
+    cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/5 nodes"}
+    return {
+        "metadata": {"uid": uid, "name": uid, "namespace": "ns"},
+        "spec": {"nodeName": node} if node else {},
+        "status": {"phase": "Pending", "conditions": [cond] if unschedulable else []},
+    }
+
+
+def test_unschedulable_is_the_schedulers_word_not_a_fresh_pod() -> None:
+    assert unschedulable(_pending("a"))
+    assert not unschedulable(_pending("a", unschedulable=False))  # just created: not judged yet
+    assert not unschedulable(_pending("a", node="n1"))  # bound since
+    running = {**_pending("a"), "status": {"phase": "Running", "conditions": []}}
+    assert not unschedulable(running)
+
+
+def test_no_early_start_while_the_scheduler_cannot_place_worker_pods() -> None:
+    r = Reconciler(cast(Any, None), OperatorConfig(), Metrics())
+    assert r.early_start_now()
+    r.pod_changed(_pending("a"))
+    r.pod_changed(_pending("b"))
+    assert not r.early_start_now()
+    r.pod_changed(_pending("a", node="n1"))
+    r.pod_changed(_pending("b"), deleted=True)
+    assert r.early_start_now()
+    assert not Reconciler(cast(Any, None), OperatorConfig(early_start=False), Metrics()).early_start_now()

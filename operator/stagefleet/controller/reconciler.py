@@ -93,6 +93,9 @@ class Reconciler:
         self._pod_states: dict[str, tuple[Any, ...]] = {}
         self._created: set[str] = set()  # uids of the pods this process created (until they are deleted)
         self._held: dict[tuple[str, str], float] = {}  # build → since when a progress write is held back
+        # Worker pods the scheduler cannot place: while there are any, no pod starts early (it would only
+        # wait, holding room that real work needs).
+        self._unschedulable: set[str] = set()
 
     # --- scheduling (async, in kopf's loop) --------------------------------------------------------------
 
@@ -119,6 +122,10 @@ class Reconciler:
         The kubelet writes pod status many times per pod; most writes change nothing the operator reads.
         """
         uid = str((pod.get("metadata") or {}).get("uid"))
+        if not deleted and st.unschedulable(pod):
+            self._unschedulable.add(uid)
+        else:
+            self._unschedulable.discard(uid)
         if deleted:
             self._pod_states.pop(uid, None)
             self._created.discard(uid)
@@ -128,6 +135,10 @@ class Reconciler:
             return False
         self._pod_states[uid] = state
         return True
+
+    def early_start_now(self) -> bool:
+        """Early start is on and the scheduler has room: no worker pod is waiting for a node."""
+        return self.config.early_start and not self._unschedulable
 
     async def requeue_forever(self, interval: float = 0.1) -> None:
         """Trigger every build whose requeue time has passed (backoff, timeout, waiting for a Secret)."""
@@ -361,7 +372,7 @@ class Reconciler:
             missing_secrets=missing,
             now=now,
             backoff_base=self.config.backoff_base,
-            early_start=self.config.early_start,
+            early_start=self.early_start_now(),
         )
         if d.create:
             self._start(build, spec, plan, status, d, now)

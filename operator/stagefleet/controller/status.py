@@ -228,6 +228,19 @@ def pod_signature(pod: Mapping[str, Any]) -> tuple[Any, ...]:
     return (o.phase, o.deleting, o.started, o.finished, o.exit_code, o.reason, o.message)
 
 
+def unschedulable(pod: Mapping[str, Any]) -> bool:
+    """Whether the scheduler has said it cannot place this pod (PodScheduled False, Unschedulable): the
+    cluster is full, so starting pods that would only wait (early start) would take room from real work."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending") or (pod.get("spec") or {}).get("nodeName"):
+        return False
+    return any(
+        c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        for c in status.get("conditions") or ()
+        if isinstance(c, Mapping)
+    )
+
+
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal or Warning
