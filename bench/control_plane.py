@@ -222,8 +222,9 @@ def main() -> int:
             core: Any = client.CoreV1Api(api)
             custom: Any = client.CustomObjectsApi(api)
             core.create_namespace({"metadata": {"name": NAMESPACE}})
-            worker = shlex.join([sys.executable, str(ROOT / "bench" / "fake_worker.py"), "--sleep",
-                                 str(args.sleep), "--"])
+            # -I -S: no site-packages and no user environment; the simulated worker needs only os/sys/time
+            worker = shlex.join([sys.executable, "-I", "-S", str(ROOT / "bench" / "fake_worker.py"),
+                                 "--sleep", str(args.sleep), "--"])
             profiler = ([str(ROOT / "bench" / "sampler.py"), "--out", str(work / "profile-operator.txt")]
                         if args.profile else [])
             argv = [sys.executable, *profiler, "-m", "stagefleet.cli", "operator",

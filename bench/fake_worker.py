@@ -10,25 +10,42 @@ Takes the real worker's arguments (`--group`, `--target`, `--stage`, `--push`, `
 `--result-file`, the rest ignored). Like the real worker, a pod started early waits until every
 `--upstream-wait STAGE=REF` has been "pushed": here, until a marker file for REF exists in the simulated
 registry directory, which each successful fake worker writes for its `--push` references. Then it
-sleeps, and writes a result JSON shaped like the real worker's (docs/contracts.md) with a synthetic
-digest (sha256 of the push reference and a random nonce) to the result file (the pod's termination-message
+sleeps, and writes a result JSON shaped like the real worker's (docs/contracts.md) with a random
+synthetic digest to the result file (the pod's termination-message
 path) and stdout. `"simulated": true` marks the result. Standard library only, so a
 pod costs one short Python start-up.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
-import tempfile
 import time
+
+# Imports are kept to os/sys/time (json only with --record): a pod of the simulation should cost little more
+# than the interpreter's start, since on the dev cluster every pod's process shares the machine's CPUs
+# with the API server, the kubelet and the operator being measured.
 
 
 def _marker(registry: str, ref: str) -> str:
     """The simulated registry's record that ``ref`` was pushed."""
-    return os.path.join(registry, hashlib.sha256(ref.encode()).hexdigest())
+    return os.path.join(registry, ref.replace("%", "%25").replace("/", "%2F"))
+
+
+def _json(value: object) -> str:
+    """Compact JSON of the result's plain types (dict, list, str, int, float, bool, None)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        safe = (c if c not in '"\\' and ord(c) >= 0x20 else f"\\u{ord(c):04x}" for c in value)
+        return '"' + "".join(safe) + '"'
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_json(str(k))}:{_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_json(v) for v in value) + "]"
+    raise TypeError(type(value).__name__)
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +54,7 @@ def main(argv: list[str]) -> int:
     fail: dict[str, int] = {}
     slow: dict[str, float] = {}
     registry = os.environ.get("STAGEFLEET_FAKE_REGISTRY") or os.path.join(
-        tempfile.gettempdir(), "stagefleet-fake-registry")
+        os.environ.get("TMPDIR") or "/tmp", "stagefleet-fake-registry")
     while argv and argv[0] in ("--sleep", "--record", "--fail", "--slow", "--registry-dir"):
         flag, value, argv = argv[0], argv[1], argv[2:]
         if flag == "--registry-dir":
@@ -75,7 +92,7 @@ def main(argv: list[str]) -> int:
     time.sleep(sleep)
     stages = opts.get("stage") or opts.get("target") or ["?"]
     push = (opts.get("push") or ["bench.invalid/simulated:latest"])[0]
-    digest = "sha256:" + hashlib.sha256(f"{push}:{os.urandom(8).hex()}".encode()).hexdigest()
+    digest = "sha256:" + os.urandom(32).hex()
     result = {
         "ok": True, "simulated": True, "group": (opts.get("group") or ["?"])[0],
         "target": (opts.get("target") or stages)[-1], "image": push, "digest": digest,
@@ -90,7 +107,7 @@ def main(argv: list[str]) -> int:
     if group in fail:
         result.update(ok=False, digest=None, image=None,
                       error={"kind": "push", "message": f"SIMULATED failure of group {group}"})
-    line = json.dumps(result, separators=(",", ":"))
+    line = _json(result)
     if group not in fail:
         os.makedirs(registry, exist_ok=True)
         for ref in opts.get("push") or ():
@@ -99,7 +116,7 @@ def main(argv: list[str]) -> int:
     if record:
         entry = {"argv": argv, "result": result, "start": started, "end": time.time(), "pid": os.getpid()}
         with open(os.path.join(record, f"{group}-{os.getpid()}-{os.urandom(4).hex()}.json"), "w") as f:
-            json.dump(entry, f)
+            f.write(_json(entry))
     print(f"fake_worker: SIMULATED build of {', '.join(stages)} (slept {sleep} s, nothing built)")
     print(line, flush=True)
     for path in opts.get("result-file") or ():
