@@ -412,6 +412,19 @@ def test_a_consumed_digest_other_than_the_recorded_one_is_reported() -> None:
     assert [e for e in d2.events if e.reason == "UpstreamMismatch"] == []
 
 
+def test_the_build_succeeds_only_once_every_group_result_is_seen() -> None:
+    """An early final pod may finish before the operator sees its upstream's result (a late watch event)."""
+    s = early_started()
+    g1 = pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1))
+    g3 = pod("g3", phase="Succeeded", message=result_json("g3", "final", D3))
+    d = run(s, [g1, pod("g2"), g3], early=True)
+    assert d.status["phase"] == "Building" and phases(d.status)["final"] == "Succeeded"
+    assert "BuildSucceeded" not in [e.reason for e in d.events]
+    d2 = run(d.status, [g1, pod("g2", phase="Succeeded", message=result_json("g2", "build2", D2)), g3])
+    assert d2.status["phase"] == "Succeeded" and set(phases(d2.status).values()) == {"Succeeded"}
+    assert d2.status["image"]["digest"] == D3
+
+
 def test_an_early_pod_whose_upstream_fails_is_stopped() -> None:
     s = early_started()
     failed = [pod("g1", phase="Failed", exit_code=13, message="step 2 failed"), pod("g2"), pod("g3")]
@@ -556,6 +569,7 @@ def test_random_histories_keep_invariants(
     assert status["phase"] in ("Succeeded", "Failed", "Cancelled")
     if status["phase"] == "Succeeded":
         assert status["image"]["digest"] == D3
+        assert {s["phase"] for s in status["stages"]} == {"Succeeded"}, status["stages"]
 
 
 def test_pod_signature_ignores_what_decide_does_not_read() -> None:

@@ -737,7 +737,9 @@ def decide(
             if gs.phase not in S_DONE:
                 gs.phase, gs.message = S_CANCELLED, "cancelled: build timed out"
         events.append(Event("Warning", "BuildCancelled", message))
-    elif final.phase == S_SUCCEEDED:
+    elif final.phase == S_SUCCEEDED and all(states[g.id].phase == S_SUCCEEDED for g in plan.groups):
+        # All groups, not only the final one: a final pod started early can finish before the operator has
+        # seen its upstream pods' results (a delayed watch event); the build ends once status has them all.
         new_phase, reason = SUCCEEDED, "Succeeded"
         message = f"built {spec.output.image}@{final.digest}"
         events.append(Event("Normal", "BuildSucceeded", message))
