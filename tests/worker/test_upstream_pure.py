@@ -201,9 +201,9 @@ def test_manifest_url_for_the_probe(ref: str, url: str | None) -> None:
     assert manifest_url(ref, {"127.0.0.1:5000"}) == url
 
 
-def test_probing_poll_pulls_only_when_the_probe_finds_the_tag_or_cannot_tell() -> None:
+def test_probing_poll_pulls_only_when_the_probe_cannot_name_the_digest() -> None:
     now = [0.0]
-    answers: list[bool | None] = [False, False, True]
+    answers: list[tuple[bool | None, str | None]] = [(False, None), (False, None), (True, D2)]
     pulls: list[str] = []
 
     def pull(ref: str, env: Mapping[str, str]) -> tuple[str | None, str]:
@@ -213,9 +213,11 @@ def test_probing_poll_pulls_only_when_the_probe_finds_the_tag_or_cannot_tell() -
     poll = probing_poll({"127.0.0.1:5000"}, clock=lambda: now[0], head=lambda url: answers.pop(0), pull=pull)
     assert poll(REF, {}) == (None, "manifest unknown (HTTP 404)")
     assert poll(REF, {}) == (None, "manifest unknown (HTTP 404)") and pulls == []
+    assert poll(REF, {}) == (D2, "") and pulls == []  # the registry named the digest: nothing to pull
+    answers[:] = [(True, None)]  # there, but no digest header: the builder pulls and pins it
     assert poll(REF, {}) == (D1, "") and pulls == [REF]
     # A registry that will not answer anonymously: the builder asks, but at most every PULL_INTERVAL.
-    answers[:] = [None, None, None]
+    answers[:] = [(None, None)] * 3
     hub = "team/app:t"
     assert poll(hub, {}) == (None, "unauthorized") and pulls == [REF, hub]
     now[0] += 0.1

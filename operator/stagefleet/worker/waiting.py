@@ -16,7 +16,15 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from stagefleet.worker import upstream
 from stagefleet.worker.buildah import image_digest_argv, pull_argv
 from stagefleet.worker.spec import Upstream, UpstreamWait
-from stagefleet.worker.upstream import Prefetchable, classify, manifest_url, parse_digest, pinned, pull_error
+from stagefleet.worker.upstream import (
+    DIGEST,
+    Prefetchable,
+    classify,
+    manifest_url,
+    parse_digest,
+    pinned,
+    pull_error,
+)
 
 #: Seconds between polls of a reference that is not there yet: cheap HTTP probes.
 POLL_INTERVAL = 0.1
@@ -100,41 +108,49 @@ def poll_once(ref: str, env: Mapping[str, str]) -> tuple[str | None, str]:
     return digest, ""
 
 
-def probe(url: str, timeout: float = 2.0) -> bool | None:
-    """One anonymous HEAD of a manifest URL: True (there), False (404: not pushed yet), None (the
-    registry would not say: auth required, unreachable, anything else)."""
+def probe(url: str, timeout: float = 2.0) -> tuple[bool | None, str | None]:
+    """One anonymous HEAD of a manifest URL: (True, its digest if the registry names it) when there,
+    (False, None) on 404 (not pushed yet), (None, None) when the registry would not say (auth required,
+    unreachable, anything else)."""
     request = urllib.request.Request(url, method="HEAD", headers={"Accept": _ACCEPT})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            return bool(response.status == 200)
+            if response.status != 200:
+                return None, None
+            digest = str(response.headers.get("Docker-Content-Digest") or "")
+            return True, digest if DIGEST.match(digest) else None
     except urllib.error.HTTPError as e:
-        return False if e.code == 404 else None
+        return (False, None) if e.code == 404 else (None, None)
     except (OSError, ValueError):
-        return None
+        return None, None
 
 
 def probing_poll(insecure: Collection[str], *, clock: Callable[[], float] = time.monotonic,
-                 head: Callable[[str], bool | None] = probe,
+                 head: Callable[[str], tuple[bool | None, str | None]] = probe,
                  pull: Callable[[str, Mapping[str, str]], tuple[str | None, str]] = poll_once,
                  ) -> Callable[[str, Mapping[str, str]], tuple[str | None, str]]:
     """A poll for `wait_for_upstreams` that asks the registry with a cheap HTTP HEAD first.
 
-    Only when the probe finds the tag — or cannot tell (a registry that wants a token) — does the builder
-    pull it, and then at most every PULL_INTERVAL per reference: a waiting pod costs almost no CPU next
-    to the upstream build it waits for, yet notices the push within a tenth of a second.
+    When the probe finds the tag and the registry names its digest, that digest is the answer: the build
+    pulls the image by it (content-addressed, with the build's credentials). Only when the probe finds the
+    tag without a digest, or cannot tell (a registry that wants a token), does the builder pull it, and
+    then at most every PULL_INTERVAL per reference: a waiting pod costs almost no CPU next to the upstream
+    build it waits for, yet notices the push within a tenth of a second.
     """
     last_pull: dict[str, tuple[float, str]] = {}
 
     def poll(ref: str, env: Mapping[str, str]) -> tuple[str | None, str]:
         url = manifest_url(ref, insecure)
-        found = head(url) if url else None
+        found, digest = head(url) if url else (None, None)
         if found is False:
             return None, "manifest unknown (HTTP 404)"
+        if found and digest:
+            return digest, ""
         if found is None and ref in last_pull and clock() - last_pull[ref][0] < PULL_INTERVAL:
             return None, last_pull[ref][1]
-        digest, reason = pull(ref, env)
+        pulled, reason = pull(ref, env)
         last_pull[ref] = (clock(), reason)
-        return digest, reason
+        return pulled, reason
 
     return poll
 
