@@ -59,12 +59,13 @@ class Point:
 
 POINTS = [
     Point("right-after-apply", lambda s: True),
-    # the plan is in the status (written together with the first pods) and no pod has started yet
+    # the plan is in the status (written together with the first pods), no pod has finished yet (the
+    # pods may already run: the kubelet and the operator's plan write race, under CPU contention too)
     Point(
         "plan-recorded",
         lambda s: (
             "plan" in (s[0].get("status") or {})
-            and all((p.get("status") or {}).get("phase", "Pending") == "Pending" for p in s[1])
+            and not any((p.get("status") or {}).get("phase") in ("Succeeded", "Failed") for p in s[1])
         ),
         latency=0.3,
     ),
