@@ -148,7 +148,11 @@ def test_sigterm_stops_buildah_and_cleans_up(
         for line in proc.stdout:  # wait (without a timer) until the RUN step is running
             if line.strip() == "[app] started":
                 break
-        assert processes_mentioning(f"sleep{chr(0)}{naptime}")
+        # the shell prints "started" before it forks `sleep`: give the fork a moment (a functional timeout)
+        running = time.monotonic() + 30
+        while not processes_mentioning(f"sleep{chr(0)}{naptime}"):
+            assert time.monotonic() < running, "the RUN step's sleep never showed up"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     finally:

@@ -99,8 +99,8 @@ def test_build_argv_is_exact() -> None:
     no_cache = build_argv(StepSpec(target="t", push=("r",), cache_repo="r/c", no_cache=True),
                           context_dir=Path("/c"), dockerfile=Path("/c/D"), iidfile=Path("/i"), ssh_sockets={})
     assert "--no-cache" in no_cache and "--cache-from" not in no_cache and "--cache-to" in no_cache
-    assert push_argv("abc", "r/x:1", Path("/d")) == ["buildah", "push", "--retry", "0", "--digestfile", "/d",
-                                                     "abc", "docker://r/x:1"]
+    assert push_argv("abc", "r/x:1", Path("/d")) == [
+        "buildah", "push", "--retry", "0", "--retry-delay", "10ms", "--digestfile", "/d", "abc", "docker://r/x:1"]
 
 
 def test_dockerfile_info_stage_names_and_lines() -> None:

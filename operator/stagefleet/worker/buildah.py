@@ -41,9 +41,13 @@ def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: 
 
 
 def push_argv(image_id: str, ref: str, digestfile: Path) -> list[str]:
-    """`buildah push` of the built image to one reference; buildah's own retries are off (tenacity's
-    backoff is ours), and the digest lands in `digestfile`."""
-    return ["buildah", "push", "--retry", "0", "--digestfile", str(digestfile), image_id, f"docker://{ref}"]
+    """`buildah push` of the built image to one reference; the digest lands in `digestfile`.
+
+    Retrying is tenacity's backoff (push.py). buildah 1.28 retries three times whatever `--retry` says
+    (0 included), 2 s apart by default; a 10 ms delay makes its own retries cost nothing.
+    """
+    return ["buildah", "push", "--retry", "0", "--retry-delay", "10ms", "--digestfile", str(digestfile),
+            image_id, f"docker://{ref}"]
 
 
 def pull_argv(ref: str, *, platform: str | None = None) -> list[str]:
