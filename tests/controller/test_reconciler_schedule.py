@@ -26,10 +26,12 @@ def test_many_builds_share_five_safety_passes_a_second() -> None:
         assert n / safety_poll_seconds(n) <= 5.0 + 1e-9
 
 
-def _pending(uid: str, *, node: str | None = None, unschedulable: bool = True) -> dict[str, Any]:
+def _pending(
+    uid: str, *, node: str | None = None, unschedulable: bool = True, build: str = "b1"
+) -> dict[str, Any]:
     cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/5 nodes"}
     return {
-        "metadata": {"uid": uid, "name": uid, "namespace": "ns"},
+        "metadata": {"uid": uid, "name": uid, "labels": {"stagefleet.io/imagebuild-uid": build}},
         "spec": {"nodeName": node} if node else {},
         "status": {"phase": "Pending", "conditions": [cond] if unschedulable else []},
     }
@@ -53,3 +55,14 @@ def test_no_early_start_while_the_scheduler_cannot_place_worker_pods() -> None:
     r.pod_changed(_pending("b"), deleted=True)
     assert r.early_start_now()
     assert not Reconciler(cast(Any, None), OperatorConfig(early_start=False), Metrics()).early_start_now()
+
+
+def test_a_pass_forgets_unschedulable_pods_its_list_no_longer_has() -> None:
+    """A DELETED event lost with a watch must not keep early start off: the next pass lists the pods."""
+    r = Reconciler(cast(Any, None), OperatorConfig(), Metrics())
+    r.pod_changed(_pending("a", build="b1"))
+    r.pod_changed(_pending("x", build="b2"))
+    r._refresh_schedulable("b1", [])  # b1's pod is gone; b2's is not b1's to judge
+    assert not r.early_start_now()
+    r._refresh_schedulable("b2", [_pending("x", build="b2", node="n1")])  # listed, and bound since
+    assert r.early_start_now()

@@ -24,6 +24,7 @@ from stagefleet.controller.kube import Conflict, Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.model import PlanView, plan_dockerfile
 from stagefleet.controller.podspec import (
+    LABEL_UID,
     BuildRef,
     ResolvedSource,
     WorkerConfig,
@@ -95,7 +96,7 @@ class Reconciler:
         self._held: dict[tuple[str, str], float] = {}  # build → since when a progress write is held back
         # Worker pods the scheduler cannot place: while there are any, no pod starts early (it would only
         # wait, holding room that real work needs).
-        self._unschedulable: set[str] = set()
+        self._unschedulable: dict[str, str] = {}  # pod uid → its ImageBuild's uid
 
     # --- scheduling (async, in kopf's loop) --------------------------------------------------------------
 
@@ -122,10 +123,7 @@ class Reconciler:
         The kubelet writes pod status many times per pod; most writes change nothing the operator reads.
         """
         uid = str((pod.get("metadata") or {}).get("uid"))
-        if not deleted and st.unschedulable(pod):
-            self._unschedulable.add(uid)
-        else:
-            self._unschedulable.discard(uid)
+        self._note_schedulable(pod, deleted)
         if deleted:
             self._pod_states.pop(uid, None)
             self._created.discard(uid)
@@ -135,6 +133,24 @@ class Reconciler:
             return False
         self._pod_states[uid] = state
         return True
+
+    def _note_schedulable(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid"))
+        if not deleted and st.unschedulable(pod):
+            self._unschedulable[uid] = str((meta.get("labels") or {}).get(LABEL_UID))
+        else:
+            self._unschedulable.pop(uid, None)
+
+    def _refresh_schedulable(self, build_uid: str, listed: list[dict[str, Any]]) -> None:
+        """A pass's own pod list is the truth for its build: entries of pods gone from it (a DELETED event
+        lost with a watch) do not keep early start off."""
+        live = {str((p.get("metadata") or {}).get("uid")) for p in listed}
+        for uid, owner in list(self._unschedulable.items()):
+            if owner == build_uid and uid not in live:
+                self._unschedulable.pop(uid, None)
+        for p in listed:
+            self._note_schedulable(p)
 
     def early_start_now(self) -> bool:
         """Early start is on and the scheduler has room: no worker pod is waiting for a node."""
@@ -353,11 +369,9 @@ class Reconciler:
         now: datetime,
     ) -> float | None:
         """Decide from ``status`` (maybe just planned, unwritten) and write the result over ``base``."""
-        pods = [
-            o
-            for o in (st.observe_pod(p) for p in self.kube.list_worker_pods(build.namespace, build.uid))
-            if o
-        ]
+        listed = self.kube.list_worker_pods(build.namespace, build.uid)
+        self._refresh_schedulable(build.uid, listed)
+        pods = [o for o in (st.observe_pod(p) for p in listed) if o]
         missing: dict[str, str] = {}
         if status.get("phase") not in st.TERMINAL:
             needs = st.secret_needs(spec, plan)
