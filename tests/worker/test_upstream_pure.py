@@ -14,7 +14,6 @@ from stagefleet.worker.upstream import (
     Prefetchable,
     classify,
     external_images,
-    manifest_url,
     parse_digest,
     pinned,
     pull_error,
@@ -188,19 +187,6 @@ def test_result_reports_upstream_digests_only_when_there_are_some() -> None:
     assert len(text.encode()) <= 4096 and json.loads(text)["digest"] == D1
 
 
-@pytest.mark.parametrize(("ref", "url"), [
-    (REF, "http://127.0.0.1:5000/v2/team/app/stages/manifests/mybuild-1a2b3c4d-1-build1"),
-    ("registry.example.com/a/b:t", "https://registry.example.com/v2/a/b/manifests/t"),
-    ("localhost/a:t", "https://localhost/v2/a/manifests/t"),
-    ("team/app:t", None),  # Docker Hub short name: no host, the builder polls
-    ("docker.io/team/app:t", None),
-    ("127.0.0.1:5000/a", "http://127.0.0.1:5000/v2/a/manifests/latest"),
-    ("127.0.0.1:5000/A:t", None),  # not a valid repository name
-])
-def test_manifest_url_for_the_probe(ref: str, url: str | None) -> None:
-    assert manifest_url(ref, {"127.0.0.1:5000"}) == url
-
-
 def test_probing_poll_pulls_only_when_the_probe_cannot_name_the_digest() -> None:
     now = [0.0]
     answers: list[tuple[bool | None, str | None]] = [(False, None), (False, None), (True, D2)]
@@ -210,7 +196,7 @@ def test_probing_poll_pulls_only_when_the_probe_cannot_name_the_digest() -> None
         pulls.append(ref)
         return (D1, "") if ref == REF else (None, "unauthorized")
 
-    poll = probing_poll({"127.0.0.1:5000"}, clock=lambda: now[0], head=lambda url: answers.pop(0), pull=pull)
+    poll = probing_poll(clock=lambda: now[0], head=lambda ref, env: answers.pop(0), pull=pull)
     assert poll(REF, {}) == (None, "manifest unknown (HTTP 404)")
     assert poll(REF, {}) == (None, "manifest unknown (HTTP 404)") and pulls == []
     assert poll(REF, {}) == (D2, "") and pulls == []  # the registry named the digest: nothing to pull

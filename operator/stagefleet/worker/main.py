@@ -114,7 +114,7 @@ def await_upstreams(spec: StepSpec, text: str, env: dict[str, str], stack: ExitS
     prefetch.start()
     try:
         found = wait_for_upstreams(spec.upstream_waits, env, log, timeout=spec.upstream_timeout,
-                                   poll=probing_poll(spec.insecure_registries))
+                                   poll=probing_poll())
     except UpstreamError as e:
         raise _fail(exitcodes.PULL, str(e)) from None
     prefetch.finish()

@@ -7,6 +7,9 @@ config is our image's config (the image ID is the config digest), so a stale or 
 the tag is never reported as ours; anything unexpected (token auth, TLS trouble, an index, an error)
 answers None and the caller pushes as before.
 
+The same request tells a pod started early whether its upstream's result tag exists yet (`tag_state`,
+polled by `--upstream-wait`).
+
 `http.client` is imported only when a check runs: the worker's start-up stays as short as it was.
 """
 
@@ -89,10 +92,32 @@ def manifest_digest_if_config(status: int, headers: Mapping[str, str], body: byt
 def served_digest(ref: str, config_digest: str, env: Mapping[str, str], timeout: float = 5.0) -> str | None:
     """Digest of the manifest the registry serves under `ref` if that manifest is our image, else None.
 
-    Reaches the registry the way buildah does: hosts in STAGEFLEET_INSECURE_REGISTRIES over plain HTTP
-    (tried first) or unverified HTTPS, others over verified HTTPS; basic-auth credentials from
-    REGISTRY_AUTH_FILE. Registries that want a bearer token answer None (buildah pushes).
+    Registries that want a bearer token answer None (buildah pushes).
     """
+    answer = fetch_manifest(ref, env, timeout)
+    return None if answer is None else manifest_digest_if_config(*answer, config_digest)
+
+
+def tag_state(ref: str, env: Mapping[str, str], timeout: float = 2.0) -> tuple[bool | None, str | None]:
+    """Whether the registry serves `ref`'s tag: (True, its manifest digest, or None if the answer does not
+    prove one), (False, None) when it does not know the tag (404), (None, None) when it would not say
+    (a token wanted, unreachable, anything else). What `--upstream-wait` polls with."""
+    answer = fetch_manifest(ref, env, timeout)
+    if answer is None or answer[0] not in (200, 404):
+        return None, None
+    status, headers, body = answer
+    if status == 404:
+        return False, None
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    fits = len(body) <= MAX_MANIFEST_BYTES and headers.get("docker-content-digest", digest) == digest
+    return True, digest if fits else None
+
+
+def fetch_manifest(ref: str, env: Mapping[str, str],
+                   timeout: float) -> tuple[int, dict[str, str], bytes] | None:
+    """GET `ref`'s manifest the way buildah reaches the registry: hosts in STAGEFLEET_INSECURE_REGISTRIES
+    over plain HTTP (tried first) or unverified HTTPS, others over verified HTTPS; basic-auth credentials
+    from REGISTRY_AUTH_FILE. None when the reference names no registry host or no scheme got an answer."""
     parsed = parse_reference(ref)
     if parsed is None:
         return None
@@ -106,14 +131,14 @@ def served_digest(ref: str, config_digest: str, env: Mapping[str, str], timeout:
             continue
         if status == 400 and scheme == "http":  # an HTTPS server spoken to in plain HTTP
             continue
-        return manifest_digest_if_config(status, headers, body, config_digest)
+        return status, headers, body
     return None
 
 
 def _get_manifest(scheme: str, ref: Reference, env: Mapping[str, str], *, verify: bool,
                   timeout: float) -> tuple[int, dict[str, str], bytes]:
     """GET the manifest, once more with basic auth when the registry asks for it and we have some."""
-    headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+    headers = {"Accept": ", ".join(MANIFEST_TYPES), "User-Agent": "stagefleet-worker"}
     status, answer, body = _get(scheme, ref, headers, verify=verify, timeout=timeout)
     if status == 401 and answer.get("www-authenticate", "").lower().startswith("basic"):
         creds = _credentials(env, ref.host)

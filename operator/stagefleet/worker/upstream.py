@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from stagefleet.stages import Stage, parse_stage_graph
-from stagefleet.worker.registry import parse_reference
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -72,19 +71,6 @@ def pinned(ref: str, digest: str) -> str:
     if not DIGEST.match(digest):
         raise ValueError(f"not a sha256 digest: {digest!r}")
     return f"{repository(ref)}@{digest}"
-
-
-def manifest_url(ref: str, insecure: Collection[str]) -> str | None:
-    """The registry API URL of a tagged reference's manifest, for a cheap existence probe.
-
-    None for references without an explicit registry host (Docker Hub's short names need its token
-    dance: the builder polls those). Plain HTTP only for the registries marked insecure.
-    """
-    parts = parse_reference(ref)
-    if parts is None:
-        return None
-    scheme = "http" if parts.host in insecure else "https"
-    return f"{scheme}://{parts.host}/v2/{parts.repository}/manifests/{parts.tag}"
 
 
 def parse_digest(output: str) -> str | None:

@@ -1,42 +1,26 @@
 """`--upstream-wait` with buildah: pre-pull base images, poll for the upstream results, pin their digests.
 
-The builder itself does the polling (`buildah pull`), so the registry credentials and insecure
-registries are exactly the build's, and a found result is already in local storage when the build
-asks for it by digest.
+Polling is one manifest request per reference (`registry.tag_state`, which reaches insecure hosts and
+uses basic auth as buildah does); only a registry that will not answer it is polled with `buildah pull`,
+whose credentials and insecure registries are exactly the build's.
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from stagefleet.worker import upstream
 from stagefleet.worker.buildah import image_digest_argv, pull_argv
+from stagefleet.worker.registry import tag_state
 from stagefleet.worker.spec import Upstream, UpstreamWait
-from stagefleet.worker.upstream import (
-    DIGEST,
-    Prefetchable,
-    classify,
-    manifest_url,
-    parse_digest,
-    pinned,
-    pull_error,
-)
+from stagefleet.worker.upstream import Prefetchable, classify, parse_digest, pinned, pull_error
 
-#: Seconds between polls of a reference that is not there yet: cheap HTTP probes.
+#: Seconds between polls of a reference that is not there yet: cheap manifest requests.
 POLL_INTERVAL = 0.1
 #: At least this long between two `buildah pull`s of one reference (each is a process of its own).
 PULL_INTERVAL = 0.3
-#: Manifest types the probe accepts (what buildah pushes, and OCI indexes).
-_ACCEPT = ", ".join((
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-))
 
 
 class UpstreamError(RuntimeError):
@@ -108,40 +92,23 @@ def poll_once(ref: str, env: Mapping[str, str]) -> tuple[str | None, str]:
     return digest, ""
 
 
-def probe(url: str, timeout: float = 2.0) -> tuple[bool | None, str | None]:
-    """One anonymous HEAD of a manifest URL: (True, its digest if the registry names it) when there,
-    (False, None) on 404 (not pushed yet), (None, None) when the registry would not say (auth required,
-    unreachable, anything else)."""
-    request = urllib.request.Request(url, method="HEAD", headers={"Accept": _ACCEPT})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            if response.status != 200:
-                return None, None
-            digest = str(response.headers.get("Docker-Content-Digest") or "")
-            return True, digest if DIGEST.match(digest) else None
-    except urllib.error.HTTPError as e:
-        return (False, None) if e.code == 404 else (None, None)
-    except (OSError, ValueError):
-        return None, None
-
-
-def probing_poll(insecure: Collection[str], *, clock: Callable[[], float] = time.monotonic,
-                 head: Callable[[str], tuple[bool | None, str | None]] = probe,
+def probing_poll(*, clock: Callable[[], float] = time.monotonic,
+                 head: Callable[[str, Mapping[str, str]], tuple[bool | None, str | None]] = tag_state,
                  pull: Callable[[str, Mapping[str, str]], tuple[str | None, str]] = poll_once,
                  ) -> Callable[[str, Mapping[str, str]], tuple[str | None, str]]:
-    """A poll for `wait_for_upstreams` that asks the registry with a cheap HTTP HEAD first.
+    """A poll for `wait_for_upstreams` that asks the registry with one cheap manifest request first
+    (`registry.tag_state`, the same client as the push check: insecure hosts, basic auth).
 
-    When the probe finds the tag and the registry names its digest, that digest is the answer: the build
-    pulls the image by it (content-addressed, with the build's credentials). Only when the probe finds the
-    tag without a digest, or cannot tell (a registry that wants a token), does the builder pull it, and
-    then at most every PULL_INTERVAL per reference: a waiting pod costs almost no CPU next to the upstream
-    build it waits for, yet notices the push within a tenth of a second.
+    When it finds the tag and proves its digest, that digest is the answer: the build pulls the image by
+    it (content-addressed, with the build's credentials). Only when the answer proves no digest, or the
+    registry will not answer (one that wants a token), does the builder pull it, and then at most every
+    PULL_INTERVAL per reference: a waiting pod costs almost no CPU next to the upstream build it waits
+    for, yet notices the push within a tenth of a second.
     """
     last_pull: dict[str, tuple[float, str]] = {}
 
     def poll(ref: str, env: Mapping[str, str]) -> tuple[str | None, str]:
-        url = manifest_url(ref, insecure)
-        found, digest = head(url) if url else (None, None)
+        found, digest = head(ref, env)
         if found is False:
             return None, "manifest unknown (HTTP 404)"
         if found and digest:
