@@ -10,7 +10,7 @@ gives the same answer, which is what makes the operator restart-safe.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -674,7 +674,7 @@ def decide(
         ready: list[GroupPlan] = []
         for g in plan.groups:
             gs = states[g.id]
-            if _due(gs, now) and all(states[a].phase == S_SUCCEEDED for a in g.after):
+            if _due(gs, now) and _all_succeeded(states, g.after):
                 ready.append(g)
         ready.sort(key=lambda g: (not g.critical, g.wave, g.id))
         if missing_secrets:
@@ -737,7 +737,7 @@ def decide(
             if gs.phase not in S_DONE:
                 gs.phase, gs.message = S_CANCELLED, "cancelled: build timed out"
         events.append(Event("Warning", "BuildCancelled", message))
-    elif final.phase == S_SUCCEEDED and all(states[g.id].phase == S_SUCCEEDED for g in plan.groups):
+    elif _all_succeeded(states, states):
         # All groups, not only the final one: a final pod started early can finish before the operator has
         # seen its upstream pods' results (a delayed watch event); the build ends once status has them all.
         new_phase, reason = SUCCEEDED, "Succeeded"
@@ -832,6 +832,10 @@ def _consumed_mismatches(g: GroupPlan, r: WorkerResult, states: Mapping[str, Gro
     return out
 
 
+def _all_succeeded(states: Mapping[str, GroupState], groups: Iterable[str]) -> bool:
+    return all(states[gid].phase == S_SUCCEEDED for gid in groups)
+
+
 def _due(gs: GroupState, now: datetime) -> bool:
     """Whether a group wants a pod now: never started, or its retry backoff has passed."""
     if gs.phase == S_RETRYING:
@@ -852,13 +856,13 @@ def _early_groups(plan: PlanView, states: Mapping[str, GroupState], now: datetim
         phase = states[gid].phase
         if phase == S_SUCCEEDED:
             return True
-        return phase == S_RUNNING and all(states[a].phase == S_SUCCEEDED for a in plan.group(gid).after)
+        return phase == S_RUNNING and _all_succeeded(states, plan.group(gid).after)
 
     found = [
         g
         for g in plan.groups
         if _due(states[g.id], now)
-        and not all(states[a].phase == S_SUCCEEDED for a in g.after)
+        and not _all_succeeded(states, g.after)
         and all(building(a) for a in g.after)
     ]
     return sorted(found, key=lambda g: (not g.critical, g.wave, g.id))
