@@ -2,8 +2,9 @@
 
 It speaks only the public Kubernetes API (`kubeapi.KubeAPI`, from a kubeconfig), so it works against the
 emulator or any API server. Per pod: volumes are materialised under ``root_dir/pods/<uid>/``, each
-container runs as ``unshare -m --propagation private -- python -I nsinit.py SPEC`` (bind mounts in a
-private mount namespace, then exec of the command from the host PATH), its merged stdout/stderr goes to
+container is forked by a long-lived ``nsinit.py --zygote`` process (`zygote`; or runs as
+``unshare -m --propagation private -- python -I -S nsinit.py SPEC``): bind mounts in a private mount
+namespace, then exec of the command from the host PATH; its merged stdout/stderr goes to
 ``logs_dir/<ns>/<pod>/<container>.log``. Decisions (scheduling, env, volumes, status) are the pure
 functions of `podruntime`; this module does the processes and API I/O.
 
@@ -33,6 +34,7 @@ import aiohttp
 
 from stagefleet.devcluster import podruntime as pr
 from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
+from stagefleet.devcluster.zygote import Zygote, ZygoteError, ZygoteProcess
 
 NSINIT = str(Path(__file__).with_name("nsinit.py"))
 # What stands in for the container image: the interpreter, the venv and the stagefleet sources. A volume
@@ -189,7 +191,8 @@ class PodRunner:
         self.init = [pr.ContainerRun(c["name"], c.get("image", "")) for c in self.init_specs]
         self.main = [pr.ContainerRun(c["name"], c.get("image", "")) for c in self.main_specs]
         self.init_done = not self.init_specs
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.procs: dict[str, asyncio.subprocess.Process | ZygoteProcess] = {}
+        self._volume_data: pr.ObjectData | None = None
         self.dir = kubelet.root_dir / "pods" / self.uid
         self.log_dir = kubelet.logs_dir / self.ns / self.name
         self.start_time = (pod.get("status") or {}).get("startTime") or now()
@@ -320,6 +323,7 @@ class PodRunner:
                 await self._pause(1.0)
         else:
             return False
+        self._volume_data = data  # the first container start reuses it: one read of each source per pod
         await asyncio.to_thread(self._write_volumes, layouts)
         return True
 
@@ -378,7 +382,7 @@ class PodRunner:
     async def _run_once(self, spec: dict[str, Any], run: pr.ContainerRun, *, init: bool) -> int | None:
         """Start the container and wait for it. None when it could not be configured yet."""
         try:
-            data = await self._fetch_data()
+            data, self._volume_data = self._volume_data or await self._fetch_data(), None
             env = pr.resolve_env(spec, self.pod, data, self.k.allocatable(self.node))
             argv = pr.container_argv(spec, env)
             term_file = self.dir / "term" / run.name
@@ -413,24 +417,7 @@ class PodRunner:
             log_path = self.log_dir / f"{run.name}.log"
             started = now()
             with open(log_path, "ab") as log:
-                proc = await asyncio.create_subprocess_exec(
-                    self.k.unshare,
-                    "-m",
-                    "--propagation",
-                    "private",
-                    "--",
-                    self.k.python,
-                    "-I",
-                    "-S",  # nsinit needs the standard library only: no site, half the start-up CPU per pod
-                    NSINIT,
-                    str(spec_file),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                    env=proc_env,
-                    pass_fds=(status_w,),
-                )
+                proc = await self.k.start_container(spec_file, log.fileno(), status_w, proc_env)
         except BaseException:
             os.close(status_r)
             raise
@@ -697,9 +684,14 @@ class Kubelet:
         path: str | None = None,
         python: str | None = None,
         verbose: bool = False,
+        zygote: bool | None = None,
     ) -> None:
         self.api = api
         self.nodes = {n.name: n for n in nodes}
+        # Fork containers from a zygote (default) or exec `unshare` per container (STAGEFLEET_ZYGOTE=0).
+        self.use_zygote = os.environ.get("STAGEFLEET_ZYGOTE", "1") != "0" if zygote is None else zygote
+        self._zygote: Zygote | None = None
+        self._zygote_lock = asyncio.Lock()
         self.root_dir = Path(root_dir)
         self.logs_dir = Path(logs_dir)
         self.path = path or default_path()
@@ -770,6 +762,45 @@ class Kubelet:
                 await self.api.request("POST", f"/api/v1/namespaces/{ns}/events", body=ev, attempts=2)
 
         self.spawn(post())
+
+    # -------------------------------------------------------------------------------- containers
+
+    async def start_container(
+        self, spec_file: Path, log_fd: int, status_w: int, env: Mapping[str, str]
+    ) -> asyncio.subprocess.Process | ZygoteProcess:
+        """Start nsinit's spec in a private mount namespace: forked by the zygote, else via `unshare`."""
+        if self.use_zygote:
+            async with self._zygote_lock:
+                if self._zygote is None or not self._zygote.alive:
+                    if self._zygote is not None:
+                        self.use_zygote = False  # it died once: no respawn loop, use the slow path
+                    else:
+                        try:
+                            self._zygote = await Zygote.start(self.python, NSINIT)
+                        except OSError as e:
+                            self.log(f"cannot start the container zygote ({e}); using unshare")
+                            self.use_zygote = False
+            if self.use_zygote and self._zygote is not None:
+                with contextlib.suppress(ZygoteError):
+                    return await self._zygote.spawn(spec_file, log_fd, status_w)
+        return await asyncio.create_subprocess_exec(
+            self.unshare,
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            self.python,
+            "-I",
+            "-S",  # nsinit needs the standard library only: no site, half the start-up CPU per pod
+            NSINIT,
+            str(spec_file),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env),
+            pass_fds=(status_w,),
+        )
 
     # -------------------------------------------------------------------------------- nodes
 
@@ -1101,6 +1132,8 @@ class Kubelet:
         for t in list(self.background):
             t.cancel()
         await asyncio.gather(*self._tasks, *self.background, return_exceptions=True)
+        if self._zygote is not None:
+            await self._zygote.aclose()
         await self.api.close()
         # Volumes hold secret data: do not leave them behind (the processes using them are dead).
         await asyncio.to_thread(shutil.rmtree, self.root_dir / "pods", True)
