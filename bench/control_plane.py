@@ -179,6 +179,22 @@ def zygote_cpu() -> float:
     return total
 
 
+def describe_stuck(core: Any, unfinished: set[str]) -> None:
+    """What the API says about the pods of builds that did not end: (group, phase, container state) counts."""
+    pods = json.loads(core.list_namespaced_pod(NAMESPACE, _preload_content=False).data)["items"]
+    seen: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for p in pods:
+        build = (p["metadata"].get("labels") or {}).get("stagefleet.io/imagebuild") or ""
+        if build not in unfinished:
+            continue
+        statuses = (p.get("status") or {}).get("containerStatuses") or []
+        states = [next(iter(c.get("state") or {"?": 0})) for c in statuses]
+        group = p["metadata"]["name"].rsplit("-", 2)[-2]
+        seen[(group, (p.get("status") or {}).get("phase", "?"), ",".join(states) or "-")] += 1
+    print(f"  pods of the {len(unfinished)} unfinished builds (group, phase, container state): "
+          f"{dict(sorted(seen.items()))}", flush=True)
+
+
 def read_hwm(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MB, from /proc."""
     vals = {"VmRSS": 0.0, "VmHWM": 0.0}
@@ -303,6 +319,9 @@ def main() -> int:
                 if now - t_first > args.timeout:
                     print(f"TIMEOUT after {args.timeout:.0f} s: {len(done)}/{args.builds} done; phases "
                           f"{dict(phases)}", flush=True)
+                    describe_stuck(core, set(names) - set(done))
+                    os.kill(op.pid, signal.SIGUSR2)  # the operator's thread stacks, into its log
+                    time.sleep(1)
                     break
                 if op.poll() is not None:
                     print(f"OPERATOR EXITED ({op.returncode}); see {oplog}", flush=True)

@@ -7,9 +7,11 @@ restarted at any moment. Logs are JSON lines on stderr; metrics are served for P
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import shlex
+import signal
 import sys
 from typing import Any
 
@@ -154,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         # Before importing kubernetes: its default kubeconfig path is read from the env at import time;
         # kopf's login and our client then read the same file.
         os.environ["KUBECONFIG"] = args.kubeconfig
+    # `kill -USR2 <operator>` writes every thread's Python stack to stderr: what a stuck pass waits on.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     import kopf
 
     from stagefleet.controller import handlers  # noqa: F401  (registers the kopf handlers)

@@ -62,6 +62,20 @@ _retry = retry(
 )
 
 
+# (connect, read) seconds for every call: without one, a request whose answer never comes (a half-open
+# connection, a wedged proxy) blocks its reconcile thread forever, and with it every later pass of that build.
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
+class _TimeoutApiClient(client.ApiClient):
+    """The client's generated calls pass ``_request_timeout=None`` (wait forever) unless told otherwise."""
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        return super().call_api(*args, **kwargs)
+
+
 def _json(resp: Any) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads(resp.data or b"{}"))
 
@@ -85,7 +99,7 @@ class Kube:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient())
+        return cls(_TimeoutApiClient())
 
     # --- ImageBuilds -------------------------------------------------------------------------------------
 
