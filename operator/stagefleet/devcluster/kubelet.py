@@ -44,6 +44,7 @@ IMAGE_PATHS = sorted({sys.base_prefix, sys.prefix, str(Path(__file__).resolve().
 KUBELET_VERSION = "v1.34.0-stagefleet-dev"
 RESTART_BACKOFF_START = 1.0  # Kubernetes starts at 10 s; short here so tests of OnFailure stay quick
 RESTART_BACKOFF_MAX = 30.0
+FIRST_REPORT_DELAY = 0.5  # a pod's Pending/ContainerCreating status is written only if it lasts this long
 TRANSIENT = (ApiError, aiohttp.ClientError, TimeoutError, OSError)  # retried, never fatal to a pod
 TERMINAL = ("Succeeded", "Failed")
 
@@ -193,6 +194,7 @@ class PodRunner:
         self.init_done = not self.init_specs
         self.procs: dict[str, asyncio.subprocess.Process | ZygoteProcess] = {}
         self._volume_data: pr.ObjectData | None = None
+        self.reports_sent = 0
         self.dir = kubelet.root_dir / "pods" / self.uid
         self.log_dir = kubelet.logs_dir / self.ns / self.name
         self.start_time = (pod.get("status") or {}).get("startTime") or now()
@@ -218,8 +220,10 @@ class PodRunner:
 
     async def _main(self) -> None:
         deadline_task = None
+        # No status write for "ContainerCreating" when the container starts soon anyway: its Running report
+        # says it all (a real kubelet's status manager batches the same way). A slow start still shows.
+        first_report = asyncio.create_task(self._report_after(FIRST_REPORT_DELAY))
         try:
-            await self.report()
             ads = self.pod["spec"].get("activeDeadlineSeconds")
             if ads is not None:
                 deadline_task = asyncio.create_task(self._deadline(float(ads)))
@@ -229,7 +233,8 @@ class PodRunner:
                 if not await self._run_until_done(spec, run, init=True):
                     return
             self.init_done = True
-            await self.report()
+            if self.init_specs:  # Initialized turns True now (without init containers it always was)
+                await self.report()
             await asyncio.gather(
                 *(
                     self._run_until_done(s, r, init=False)
@@ -242,12 +247,18 @@ class PodRunner:
             self.k.log(f"pod {self.ns}/{self.name}: internal error: {e!r}")
             self.phase_override = ("Failed", "KubeletError", f"dev-cluster kubelet error: {e}")
         finally:
+            first_report.cancel()
             if deadline_task is not None:
                 deadline_task.cancel()
             await self._kill_all(0)
             self.finished.set()
             with contextlib.suppress(Exception):
                 await self.report()
+
+    async def _report_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if not self.reports_sent:
+            await self.report()
 
     async def _deadline(self, seconds: float) -> None:
         remaining = _parse_time(self.start_time) + seconds - dt.datetime.now(dt.UTC).timestamp()
@@ -615,6 +626,7 @@ class PodRunner:
                 self._schedule_retry(e, force)
                 return
             self.report_failed = False
+            self.reports_sent += 1
             self.reported = None
             if isinstance(updated, dict) and updated.get("metadata", {}).get("uid") == self.uid:
                 self.pod = {**self.pod, "status": updated.get("status", {})}
@@ -1035,6 +1047,8 @@ class Kubelet:
             and (p.get("spec") or {}).get("schedulerName", "default-scheduler") == "default-scheduler"
             and (p.get("status") or {}).get("phase", "Pending") == "Pending"
         ]
+        if not pending:
+            return
         pending.sort(
             key=lambda p: (
                 -int((p.get("spec") or {}).get("priority") or 0),
@@ -1048,10 +1062,18 @@ class Kubelet:
         # wakes the next one.
         load = self._load()
         unschedulable: list[tuple[dict[str, Any], str]] = []
+        # Within a round load only grows, so a pod that did not fit explains every later pod that places
+        # alike: with ~1,000 pods queued behind full nodes, one `schedule` per kind of pod, not per pod.
+        no_fit: dict[str, str] = {}
         for pod in pending:
-            node, message = pr.schedule(pod, nodes, load)
+            key = pr.placement_key(pod)
+            if key in no_fit:
+                node, message = None, no_fit[key]
+            else:
+                node, message = pr.schedule(pod, nodes, load)
             uid = pod["metadata"]["uid"]
             if node is None:
+                no_fit[key] = message
                 if self.unschedulable_msg.get(uid) != message:
                     self.unschedulable_msg[uid] = message
                     unschedulable.append((pod, message))

@@ -131,6 +131,14 @@ def node_selector_matches(pod: Obj, node: NodeView) -> bool:
     return False
 
 
+def placement_key(pod: Obj) -> str:
+    """Everything of a pod that `schedule` looks at: pods with equal keys place alike on the same nodes."""
+    spec = pod.get("spec") or {}
+    return json.dumps(
+        [spec.get("nodeSelector"), spec.get("affinity"), spec.get("tolerations")], sort_keys=True
+    )
+
+
 def schedule(pod: Obj, nodes: Sequence[NodeView], load: Mapping[str, int]) -> tuple[str | None, str]:
     """Pick a node for `pod` (least loaded feasible node, ties by name) or explain why none fits.
 
