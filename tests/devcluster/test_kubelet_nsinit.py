@@ -156,6 +156,9 @@ def test_nested_mount_creates_its_mount_point_inside_the_outer_volume(launch: La
 
 def test_exit_status_and_exec_failure(launch: Launch, tmp_path: Path) -> None:
     assert run_init(launch, tmp_path, [], "exit 7").returncode == 7
+    piped = run_init(launch, tmp_path, [], "yes | head -1")  # `yes` must die of SIGPIPE, not loop on EPIPE
+    assert piped.returncode == 0 and piped.stdout.startswith("y\n")
+    assert "Broken pipe" not in piped.stdout + piped.stderr  # what `yes` says when SIGPIPE is ignored
     spec = json.loads((tmp_path / "spec.json").read_text())
     spec["argv"] = ["no-such-command-xyz"]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -226,10 +229,14 @@ def _spec(tmp_path: Path, script: str) -> Path:
 
 def test_zygote_container_sees_only_its_stdio_and_status_pipe_closes_on_exec(tmp_path: Path) -> None:
     """No zygote fd leaks into a container; the status pipe is empty on a good start, a message on a bad."""
-    script = "echo $(ls /proc/self/fd); echo $(ps -o sid= -p $$) $$; readlink /proc/self/ns/mnt"
+    script = (
+        "echo $(ls /proc/self/fd); echo $(ps -o sid= -p $$) $$; readlink /proc/self/ns/mnt; "
+        "grep SigIgn /proc/self/status"
+    )
     spec_file = _spec(tmp_path, script)
     code, status = asyncio.run(_zygote_run(spec_file, tmp_path / "log"))
-    fds, session, mnt_ns, _ = (tmp_path / "log").read_text().split("\n")
+    fds, session, mnt_ns, ignored, _ = (tmp_path / "log").read_text().split("\n")
+    assert int(ignored.split()[1], 16) == 0  # no signal ignored (Python's SIGPIPE/SIGXFSZ reset)
     assert code == 0 and status == b""
     assert sorted(fds.split()) == ["0", "1", "2", "3"]  # stdio, plus the fd `ls` opened for /proc/self/fd
     sid, pid = session.split()

@@ -19,6 +19,7 @@ Mount targets that do not exist yet:
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]
 import contextlib
 import ctypes
 import itertools
@@ -182,6 +183,10 @@ def run(spec: dict[str, Any]) -> int:
         return 128
     args: list[str] = spec["argv"]
     env: dict[str, str] = spec["env"]
+    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: give the command
+    # the defaults a container starts with (`yes | head -1` must end). `_signal`: no enum import.
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
     try:
         if "/" in args[0]:
             os.execve(args[0], args, env)
