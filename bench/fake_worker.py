@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
             i += 1
     waits = dict(value.split("=", 1) for value in opts.get("upstream-wait") or ())
     while not all(os.path.exists(_marker(registry, ref)) for ref in waits.values()):
-        time.sleep(0.05)
+        time.sleep(0.1)  # the real worker's poll interval (worker/upstream.py)
     upstreams = {stage: ref.rsplit("@", 1)[1]
                  for stage, ref in (value.split("=", 1) for value in opts.get("upstream") or ())}
     for stage, ref in waits.items():
