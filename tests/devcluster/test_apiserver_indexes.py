@@ -3,6 +3,7 @@ filter, read-only LIST results. Each must give exactly the answers of the slow p
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import random
 from typing import Any
@@ -118,3 +119,27 @@ def test_gc_pass_after_writes_looks_at_the_written_objects_and_after_a_deletion_
     assert gc._everything
     _pass(gc)
     assert c.store.get(pods.key, "default", "kept") is None
+
+
+def test_gc_loop_ends_when_cancelled_as_a_write_wakes_it() -> None:
+    """The emulator's stop() cancels the collector and awaits it. With asyncio.wait_for (Python 3.11) a
+    cancel arriving as the wait ended was swallowed: the loop went on and stop() never returned."""
+
+    async def scenario() -> bool:
+        gc = GarbageCollector(Core())
+        task = asyncio.get_running_loop().create_task(gc.run())
+        await asyncio.sleep(0.05)  # the first pass is done; the loop waits for a wake-up
+        for _ in range(20):
+            gc._wake.set()  # a write woke it ...
+            task.cancel()  # ... in the same loop iteration as the stop
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 2)
+            except asyncio.CancelledError:
+                return True
+            except TimeoutError:
+                return False
+            task = asyncio.get_running_loop().create_task(gc.run())
+            await asyncio.sleep(0.01)
+        return True
+
+    assert asyncio.run(scenario())

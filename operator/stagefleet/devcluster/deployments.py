@@ -226,7 +226,8 @@ class DeploymentController:
             self.ready.set()
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+                    async with asyncio.timeout(RESYNC_SECONDS):  # not wait_for: see apiserver/gc.py
+                        await self._wake.wait()
                 self._wake.clear()
                 try:
                     await self.reconcile()

@@ -282,7 +282,8 @@ class PodRunner:
     async def _pause(self, seconds: float) -> None:
         """Sleep that ends early when the pod is being stopped."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_event.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: see apiserver/gc.py
+                await self.stop_event.wait()
 
     def _grace(self) -> float:
         g = self.pod["spec"].get("terminationGracePeriodSeconds")
@@ -1027,8 +1028,9 @@ class Kubelet:
 
     async def _scheduler(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 2.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):  # not wait_for: see apiserver/gc.py
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._schedule_pending()

@@ -65,8 +65,11 @@ class GarbageCollector:
     async def run(self) -> None:
         last_sweep = time.monotonic()
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the wait ends (a write
+            # woke us), so stop() awaited this task forever and the emulator's thread never ended.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=SWEEP_SECONDS)
+                async with asyncio.timeout(SWEEP_SECONDS):
+                    await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(0)
             sweep = time.monotonic() - last_sweep >= SWEEP_SECONDS

@@ -423,7 +423,8 @@ class Handlers:
                     break
                 wait = min(deadline, next_bookmark) - now
                 try:
-                    ev = await asyncio.wait_for(watcher.queue.get(), timeout=max(0.01, wait))
+                    async with asyncio.timeout(max(0.01, wait)):  # not wait_for: see gc.py
+                        ev = await watcher.queue.get()
                 except TimeoutError:
                     if bookmarks and time.monotonic() >= next_bookmark:
                         await send("BOOKMARK", self._bookmark(rt, str(store.rv)))
