@@ -263,12 +263,13 @@ def test_operator_pod_security_field_by_field() -> None:
     # A read-only root needs a writable /tmp, and only that.
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert spec["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
-    # Probes hit the metrics/health port by name.
-    port = container["ports"][0]
-    assert port["name"] == "metrics" and port["containerPort"] == 8080
+    # Probes hit the health port (/healthz, answered by the operator's event loop) by name, not /metrics.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    assert "--health-port=8081" in container["args"]
     for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["port"] == "metrics"
-        assert container[probe]["httpGet"]["path"] == "/metrics"
+        assert container[probe]["httpGet"]["port"] == "health"
+        assert container[probe]["httpGet"]["path"] == "/healthz"
 
 
 def test_restricted_checker_flags_violations() -> None:
@@ -344,7 +345,8 @@ def test_operator_args_all_namespaces() -> None:
     container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["stagefleet"]
     assert container["args"] == [
-        "operator", "--all-namespaces", "--metrics-port=8080", "--log-format=json", "--concurrency=8",
+        "operator", "--all-namespaces", "--metrics-port=8080", "--health-port=8081", "--log-format=json",
+        "--concurrency=8",
         "--builder-image=ghcr.io/stagefleet/builder:0.1.0"]
 
 
@@ -501,6 +503,7 @@ BAD_VALUES = [
     (["--set", "watchNamespace={a}"], "watchNamespace"),
     (["--set", "watchNamespaces={Not_A_Namespace}"], "/watchNamespaces/0"),
     (["--set", "operator.metricsPort=80"], "/operator/metricsPort"),
+    (["--set", "operator.healthPort=80"], "/operator/healthPort"),
     (["--set", "operator.peering=Not_A_Name"], "/operator/peering"),
     (["--set", "operator.concurrency=0"], "/operator/concurrency"),
     (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),

@@ -9,7 +9,8 @@ the venv) as a host process. What differs from a real cluster, and why the value
   kubeconfig. The copy lives outside /tmp: the chart mounts an emptyDir over /tmp in the operator pod
   (read-only root filesystem), which hides everything under the host's /tmp from that process.
 * `worker.insecureRegistries`: the test registry is plain HTTP on 127.0.0.1 (`--insecure-registry`).
-* `operator.metricsPort`: a free port — the pod's process shares the host network with everything else.
+* `operator.metricsPort`, `operator.healthPort`: free ports — the pod's process shares the host network
+  with everything else. The kubelet does not run probes, so the test calls the probes' URLs itself.
 * `operator.extraArgs: [--retry-backoff=1]`: as the other e2e tests; `--log-format=text` for readable logs.
 * `operator.extraEnv`: PATH with the venv's bin first, so the worker pods' `stagefleet-worker` and the
   operator resolve from this checkout even when the kubelet's PATH would not put it first.
@@ -28,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,6 +133,7 @@ def test_helm_install_runs_an_operator_that_builds_the_seed(
         "watchNamespaces": [namespace],
         "operator": {
             "metricsPort": free_port(),
+            "healthPort": free_port(),
             "logFormat": "text",
             "extraArgs": [f"--kubeconfig={kubeconfig}", "--retry-backoff=1"],
             "extraEnv": [{"name": "PATH", "value": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"}],
@@ -154,6 +158,12 @@ def test_helm_install_runs_an_operator_that_builds_the_seed(
         container = pod["spec"]["containers"][0]
         assert container["command"] == ["stagefleet"] and container["args"][0] == "operator"
         assert f"--namespace={namespace}" in container["args"]
+        # The kubelet here records probes without running them: call what the chart's probes would.
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for kind in ("livenessProbe", "readinessProbe"):
+            get = container[kind]["httpGet"]
+            url = f"http://127.0.0.1:{ports[get['port']]}{get['path']}"
+            poll(lambda u=url: _answers_200(u), f"the {kind} ({url}) answering", operator_logs, timeout=60)
         deploy = system.json("get", "deployment", release)
         poll(
             lambda: (system.json("get", "deployment", release).get("status") or {}).get("availableReplicas")
@@ -197,3 +207,11 @@ def test_helm_install_runs_an_operator_that_builds_the_seed(
     poll(lambda: not operator_pods(), "no operator pod after helm uninstall", operator_logs, timeout=120)
     assert system.run("get", "deployment", release, check=False).returncode != 0
     Kubectl(cluster, "default").run("delete", "namespace", system_ns, "--wait=false", check=False)
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, ConnectionError):
+        return False

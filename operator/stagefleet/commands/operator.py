@@ -40,7 +40,16 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--metrics-port", type=int, default=8080, help="Prometheus metrics port; 0 disables (8080)"
     )
-    p.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics server binds (0.0.0.0)")
+    p.add_argument(
+        "--metrics-address", default="0.0.0.0", help="address the metrics and health servers bind (0.0.0.0)"
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=0,
+        help="serve GET /healthz for liveness/readiness probes on this port (0: off, the default). It is "
+        "answered from the operator's event loop, so a wedged operator fails it (/metrics runs in a thread)",
+    )
     p.add_argument(
         "--worker-command",
         default="stagefleet-worker",
@@ -209,14 +218,21 @@ def run(args: argparse.Namespace) -> int:
     settings.batching.worker_limit = None
 
     logging.getLogger("stagefleet.operator").info(
-        "stagefleet operator starting: %s, worker %s (image %s, %s, storage driver %s), metrics port %s",
+        "stagefleet operator starting: %s, worker %s (image %s, %s, storage driver %s), metrics port %s, "
+        "health port %s",
         "namespaces " + ",".join(args.namespace) if args.namespace else "all namespaces",
         " ".join(worker.command),
         worker.builder_image,
         worker.image_pull_policy,
         worker.storage_driver or "worker default",
         args.metrics_port or "off",
+        args.health_port or "off",
     )
+    health = f"http://{args.metrics_address}:{args.health_port}/healthz" if args.health_port else None
+    # Probes come every few seconds: neither their access log nor kopf's "Activity ... succeeded" per probe
+    # run (kopf reruns probe handlers at most every 10 s and caches the answer) belongs in the log.
+    for name in ("aiohttp.access", "kopf.activities.probe"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     kopf.run(
         settings=settings,
         standalone=args.peering is None,
@@ -224,5 +240,6 @@ def run(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         memo=kopf.Memo(reconciler=reconciler),
+        liveness_endpoint=health,
     )
     return 0

@@ -5,6 +5,7 @@
 * events of worker pods (label-selected): reconcile their ImageBuild when something it reads changed;
   delete orphans.
 * a requeue loop (started with the operator): retries after backoff, the build timeout, missing Secrets.
+* a liveness probe (served only with ``--health-port``): the number of builds in flight.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ async def start_requeue_loop(*, memo: Any, **_: Any) -> None:
     finalizer and annotations on every ImageBuild: three more writes per build, and deletion waiting for
     the operator.)"""
     memo.requeue_task = asyncio.create_task(_reconciler(memo).requeue_forever())
+
+
+@kopf.on.probe(id="buildsInFlight")
+def builds_in_flight(*, memo: Any, **_: Any) -> int:
+    """Part of the /healthz answer (``--health-port``): ImageBuilds this operator has not seen end."""
+    return _reconciler(memo).metrics.in_flight()
 
 
 @kopf.on.cleanup()

@@ -51,6 +51,7 @@ class Metrics:
         )
         self._queue: dict[str, int] = {}
         self._running: dict[str, int] = {}
+        self._active: set[str] = set()  # ImageBuilds whose last written phase is not terminal
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
@@ -85,10 +86,19 @@ class Metrics:
             and all(phases.get(a) == S_SUCCEEDED for a in after_groups.get(gid, ()))
         )
         self._queue[key] = 0 if new.get("phase") in TERMINAL else queued
+        if new.get("phase") in TERMINAL:
+            self._active.discard(key)
+        else:
+            self._active.add(key)
         self._running[key] = sum(1 for ph in phases.values() if ph in S_ACTIVE)
         self._publish()
 
+    def in_flight(self) -> int:
+        """ImageBuilds not ended (as last written by this operator): what /healthz reports."""
+        return len(self._active)
+
     def forget(self, key: str) -> None:
+        self._active.discard(key)
         self._queue.pop(key, None)
         self._running.pop(key, None)
         self._publish()

@@ -168,6 +168,10 @@ class Reconciler:
                     task.add_done_callback(self._tasks.discard)
             await asyncio.sleep(interval)
 
+    def unfinished(self) -> int:
+        """Builds with a pass still due (not ended, not waiting for an event only)."""
+        return sum(1 for when in self._due.values() if when != math.inf)
+
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._locks.pop(key, None)
@@ -392,8 +396,7 @@ class Reconciler:
             self._start(build, spec, plan, status, d, now)
         for name in d.delete:
             self.kube.delete_pod(build.namespace, name)
-        unfinished = sum(1 for when in self._due.values() if when != math.inf)
-        safety = safety_poll_seconds(unfinished)
+        safety = safety_poll_seconds(self.unfinished())
         requeue = None if d.requeue_after is None else min(d.requeue_after, safety)
         hold = self._hold(build, base, d)
         if hold is not None:
