@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,45 @@ def test_watch_list_initial_events_end_with_a_bookmark(apiserver: Any) -> None:
         ("ADDED", "b"),
     ]
     assert events[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_watchers_of_a_type_get_the_same_line_encoded_once(apiserver: Any) -> None:
+    """Two watches of ConfigMaps (what the operator and the kubelet are for pods) receive byte-identical
+    event lines, and the emulator encoded each event once (cached on the stored event)."""
+    import json
+    import threading
+    import urllib.request
+
+    url = f"{apiserver.url}/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=10"
+    got: list[list[bytes]] = [[], []]
+
+    def watch(i: int, ready: threading.Event) -> None:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            ready.set()
+            for line in resp:
+                got[i].append(line)
+                if len(got[i]) == 2:
+                    return
+
+    readies = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=watch, args=(i, readies[i])) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for r in readies:
+        assert r.wait(30)
+    time.sleep(0.3)  # both watches subscribed (the response headers come first)
+    for name in ("w1", "w2"):
+        req = urllib.request.Request(
+            f"{apiserver.url}/api/v1/namespaces/default/configmaps",
+            method="POST",
+            data=json.dumps(cm(name)).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req, timeout=30).close()
+    for t in threads:
+        t.join(30)
+    assert got[0] == got[1] and len(got[0]) == 2
+    assert [json.loads(line)["object"]["metadata"]["name"] for line in got[0]] == ["w1", "w2"]
+    history = [e for e in apiserver.server.core.store._history if e.obj["metadata"]["name"] in ("w1", "w2")]
+    assert [list(e.lines) for e in history] == [[("ADDED", "v1", "ConfigMap")]] * 2
+    assert all(e.lines[("ADDED", "v1", "ConfigMap")] == line for e, line in zip(history, got[0], strict=True))

@@ -399,7 +399,7 @@ class Handlers:
                     rt, [obj], obj["metadata"].get("resourceVersion", ""), include, with_columns=first
                 )
                 first = False
-            await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+            await resp.write(_watch_line(kind, obj))
 
         if start is not None and store.too_old(start):
             await send(
@@ -433,8 +433,14 @@ class Handlers:
                 if ev is None:
                     break
                 kind = self._transition(ev, matches)
-                if kind:
+                if kind and table:
                     await send(kind, self.core._present(rt, dict(ev.obj)))
+                elif kind:
+                    key = (kind, rt.api_version, rt.kind)
+                    line = ev.lines.get(key)
+                    if line is None:
+                        line = ev.lines[key] = _watch_line(kind, self.core._present(rt, dict(ev.obj)))
+                    await resp.write(line)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -463,3 +469,8 @@ class Handlers:
         if initial_end:
             meta["annotations"] = {"k8s.io/initial-events-end": "true"}
         return {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": meta}
+
+
+def _watch_line(kind: str, obj: Mapping[str, Any]) -> bytes:
+    """One watch event as the API streams it: a JSON object per line."""
+    return json.dumps({"type": kind, "object": obj}).encode() + b"\n"

@@ -27,6 +27,9 @@ class Event:
     tkey: TypeKey
     obj: Obj
     old: Obj | None
+    # Watch lines already encoded, by (event type as a watcher sees it, apiVersion, kind): every watcher of
+    # the type (the operator's, the kubelet's) sends the same bytes, so the JSON is encoded once per event.
+    lines: dict[tuple[str, str, str], bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(eq=False)
