@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,17 @@ def core(kube: Any) -> Iterator[kubernetes.client.CoreV1Api]:
 
 def cm(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": labels or {}}, "data": {"k": name}}
+
+
+def post_cm(server: str, name: str) -> None:
+    """Create ConfigMap `name` in default with a plain HTTP POST (no client library in between)."""
+    req = urllib.request.Request(
+        f"{server}/api/v1/namespaces/default/configmaps",
+        method="POST",
+        data=json.dumps(cm(name)).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(req, timeout=30).close()
 
 
 def test_watch_from_list_resource_version_sees_only_later_changes(core: Any, kube: Any) -> None:
@@ -128,17 +141,8 @@ def test_watch_from_expired_resource_version_is_410_gone(small_history: Any) -> 
 
 def test_watch_list_initial_events_end_with_a_bookmark(apiserver: Any) -> None:
     """Emulator: sendInitialEvents=true streams the current state, then a bookmark marking its end."""
-    import json
-    import urllib.request
-
     for name in ("a", "b"):
-        req = urllib.request.Request(
-            f"{apiserver.url}/api/v1/namespaces/default/configmaps",
-            method="POST",
-            data=json.dumps(cm(name)).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        urllib.request.urlopen(req, timeout=30).close()
+        post_cm(apiserver.url, name)
     url = (
         f"{apiserver.url}/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true"
         "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5"
@@ -160,9 +164,7 @@ def test_watch_list_initial_events_end_with_a_bookmark(apiserver: Any) -> None:
 def test_watchers_of_a_type_get_the_same_line_encoded_once(apiserver: Any) -> None:
     """Two watches of ConfigMaps (what the operator and the kubelet are for pods) receive byte-identical
     event lines, and the emulator encoded each event once (cached on the stored event)."""
-    import json
     import threading
-    import urllib.request
 
     url = f"{apiserver.url}/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=10"
     got: list[list[bytes]] = [[], []]
@@ -183,13 +185,7 @@ def test_watchers_of_a_type_get_the_same_line_encoded_once(apiserver: Any) -> No
         assert r.wait(30)
     time.sleep(0.3)  # both watches subscribed (the response headers come first)
     for name in ("w1", "w2"):
-        req = urllib.request.Request(
-            f"{apiserver.url}/api/v1/namespaces/default/configmaps",
-            method="POST",
-            data=json.dumps(cm(name)).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        urllib.request.urlopen(req, timeout=30).close()
+        post_cm(apiserver.url, name)
     for t in threads:
         t.join(30)
     assert got[0] == got[1] and len(got[0]) == 2
