@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -296,3 +297,38 @@ def test_running_containers_outlive_a_lost_zygote(tmp_path: Path) -> None:
     code, alive, error = asyncio.run(scenario())
     assert code == LOST_EXIT and not alive
     assert "zygote is gone" in error
+
+
+def test_a_start_given_up_kills_the_container_and_keeps_no_exit_status(tmp_path: Path) -> None:
+    """A pod runner cancelled while its container starts: the container is killed and its exit is not
+    kept (a later container reusing the pid must not inherit it)."""
+
+    async def scenario() -> tuple[list[int], dict[int, int], set[int]]:
+        zygote = await Zygote.start(sys.executable, kubelet.NSINIT)
+        given_up: list[int] = []
+        abandon = zygote._abandon
+
+        def record(pid: int) -> None:
+            given_up.append(pid)
+            abandon(pid)
+
+        zygote._abandon = record  # type: ignore[method-assign]
+        try:
+            r, w = os.pipe()
+            with open(tmp_path / "log", "ab") as log:
+                task = asyncio.create_task(zygote.spawn(_spec(tmp_path, "exec sleep 30"), log.fileno(), w))
+                await asyncio.sleep(0)  # the request is sent; the answer has not been read yet
+                task.cancel()
+            os.close(w)
+            os.close(r)
+            deadline = time.monotonic() + 30
+            while not given_up or zygote._abandoned:
+                assert time.monotonic() < deadline, "the abandoned container's exit never came"
+                await asyncio.sleep(0.05)
+            return given_up, dict(zygote._early_exits), set(zygote._abandoned)
+        finally:
+            await zygote.aclose()
+
+    given_up, early, abandoned = asyncio.run(scenario())
+    assert len(given_up) == 1 and early == {} and abandoned == set()
+    assert not os.path.exists(f"/proc/{given_up[0]}")  # killed and reaped, not left sleeping

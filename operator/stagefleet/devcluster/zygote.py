@@ -66,6 +66,7 @@ class Zygote:
         self._starting: dict[int, asyncio.Future[int]] = {}
         self._running: dict[int, ZygoteProcess] = {}
         self._early_exits: dict[int, int] = {}
+        self._abandoned: set[int] = set()  # started for a caller that gave up: killed, exit status dropped
         self.alive = True
         self._reader = asyncio.create_task(self._read())
 
@@ -116,7 +117,14 @@ class Zygote:
             self._starting.pop(request_id, None)
             self._lost(f"sending a start request: {e}")
             raise ZygoteError(f"the zygote is gone: {e}") from None
-        pid = await started
+        try:
+            pid = await started
+        except asyncio.CancelledError:
+            # The pod runner was cancelled while its container was being started: nobody will wait for
+            # it, and its exit must not be kept for a later container that reuses the pid.
+            if started.done() and not started.cancelled() and started.exception() is None:
+                self._abandon(started.result())
+            raise
         proc = ZygoteProcess(pid)
         self._running[pid] = proc
         if pid in self._early_exits:
@@ -131,8 +139,13 @@ class Zygote:
                     future = self._starting.pop(int(first), None)
                     if future is not None and not future.done():
                         future.set_result(int(rest))
+                    else:  # its caller was cancelled before the answer came
+                        self._abandon(int(rest))
                 elif kind == "X":
                     code = os.waitstatus_to_exitcode(int(rest))
+                    if int(first) in self._abandoned:
+                        self._abandoned.discard(int(first))
+                        continue
                     proc = self._running.pop(int(first), None)
                     if proc is None:  # the reply to its start request is still being handled
                         self._early_exits[int(first)] = code
@@ -146,6 +159,15 @@ class Zygote:
             self._lost(f"reading its replies: {e}")
             return
         self._lost("it exited")
+
+    def _abandon(self, pid: int) -> None:
+        """Kill a container nobody waits for; drop its exit status (now or when it comes)."""
+        if self._early_exits.pop(pid, None) is not None:
+            return  # already reaped: the pid may belong to someone else by now
+        for kill in (os.killpg, os.kill):  # its group, and itself: the child may not have called setsid yet
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid, signal.SIGKILL)
+        self._abandoned.add(pid)
 
     def _lost(self, why: str) -> None:
         """The zygote is gone: fail pending starts, learn running containers' ends from pidfds."""
