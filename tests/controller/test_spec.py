@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stagefleet.controller.spec import SpecError, parse_duration, parse_spec, split_image
+from stagefleet.devcluster.apiserver.cel import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +80,10 @@ def test_minimal_git_spec_defaults() -> None:
         (lambda s: s.update(buildArgs={"1bad": "x"}), "spec.buildArgs.1bad"),
         (lambda s: s.update(tolerations=[{"operator": "Maybe"}]), "spec.tolerations[0].operator"),
         (lambda s: s["source"].update(contextDir="sub"), "spec.source.contextDir"),
+        (lambda s: s["source"].update(contextDir="/"), "spec.source.contextDir"),
         (lambda s: s.pop("output"), "spec.output.image"),
+        (lambda s: s.update(timeout=""), "spec.timeout"),
+        (lambda s: s.update(tolerations=[{"operator": "Exists", "value": "v"}]), "spec.tolerations[0]"),
     ],
 )
 def test_bad_specs_name_the_field(mutate: Any, path: str) -> None:
@@ -89,6 +93,81 @@ def test_bad_specs_name_the_field(mutate: Any, path: str) -> None:
         parse_spec(spec)
     assert e.value.path == path
     assert str(e.value).startswith(f"{path}: ")
+
+
+# The CRD's x-kubernetes-validations rules, each with a spec that breaks it and the field the operator names.
+# Kubernetes 1.24 drops these rules unless the CustomResourceValidationExpressions feature gate is on, so
+# the operator has to refuse the same specs itself, with the rule's words.
+CRD_SPEC_SCHEMA = yaml.safe_load((ROOT / "crds" / "imagebuild.yaml").read_text())["spec"]["versions"][0][
+    "schema"
+]["openAPIV3Schema"]["properties"]["spec"]
+CEL_CASES: dict[str, tuple[Any, str]] = {
+    "exactly one of spec.source.git and spec.source.inline must be set": (
+        lambda s: s["source"].update(git={"url": "https://example.com/r.git"}),
+        "spec.source",
+    ),
+    "spec.cache.repository: must not be set when spec.cache.disabled is true": (
+        lambda s: s.update(cache={"disabled": True, "repository": "r.io/c"}),
+        "spec.cache.repository",
+    ),
+    "spec.source.contextDir: needs spec.source.git (an inline Dockerfile has no build context)": (
+        lambda s: s["source"].update(contextDir="sub"),
+        "spec.source.contextDir",
+    ),
+    "a toleration with operator Exists must not have a value": (
+        lambda s: s.update(tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
+        "spec.tolerations[0]",
+    ),
+    "spec.timeout: must not be empty (e.g. 30m)": (lambda s: s.update(timeout=""), "spec.timeout"),
+}
+
+
+def crd_rule_messages(schema: dict[str, Any]) -> list[str]:
+    out = [r["message"] for r in schema.get("x-kubernetes-validations", [])]
+    for sub in (schema.get("properties") or {}).values():
+        out += crd_rule_messages(sub)
+    if "items" in schema:
+        out += crd_rule_messages(schema["items"])
+    return out
+
+
+def failing_rules(schema: dict[str, Any], value: Any, path: str = "spec") -> list[tuple[str, str]]:
+    """(path of the node the rule sits on, message) of every CRD rule the value breaks, as an API server
+    with CEL evaluates them (the dev cluster's evaluator)."""
+    out = [
+        (path, r["message"])
+        for r in schema.get("x-kubernetes-validations", [])
+        if evaluate(r["rule"], {"self": value}) is not True
+    ]
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value:
+                out += failing_rules(sub, value[key], f"{path}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            out += failing_rules(schema["items"], item, f"{path}[{i}]")
+    return out
+
+
+def test_every_crd_rule_has_a_case_and_is_portable() -> None:
+    assert sorted(crd_rule_messages(CRD_SPEC_SCHEMA)) == sorted(CEL_CASES)
+    assert failing_rules(CRD_SPEC_SCHEMA, seed_spec()) == []
+
+
+@pytest.mark.parametrize("message", sorted(CEL_CASES))
+def test_operator_refuses_what_each_crd_rule_refuses(message: str) -> None:
+    mutate, path = CEL_CASES[message]
+    spec = copy.deepcopy(seed_spec())
+    mutate(spec)
+    broken = failing_rules(CRD_SPEC_SCHEMA, spec)
+    assert [m for _, m in broken] == [message]
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec)
+    assert e.value.path == path
+    assert message in (str(e.value), e.value.message)
+    # a rule on a parent object (no fieldPath before 1.28) names the field at the start of its message
+    if broken[0][0] != path:
+        assert message == str(e.value) and message.startswith(f"{path}: ")
 
 
 def test_git_context_dir_must_stay_inside() -> None:

@@ -1,8 +1,10 @@
 """Typed view of an ImageBuild's spec.
 
 The CRD schema refuses most bad specs at apply time, but the operator must not trust that (an API server
-without CEL, an old CRD, a hand-edited object): every check is repeated here and a failure names the field
-path, so the status message points at what to fix. Defaults mirror the CRD's.
+without CEL — Kubernetes 1.24 drops the CRD's x-kubernetes-validations unless the
+CustomResourceValidationExpressions feature gate is on —, an old CRD, a hand-edited object): every check
+is repeated here, each CEL rule too (with the rule's message), and a failure names the field path, so the
+status message points at what to fix. Defaults mirror the CRD's.
 """
 
 from __future__ import annotations
@@ -316,12 +318,13 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         git = GitSource(url, g.text("revision", "HEAD") or "HEAD", secret)
     else:
         inline = src.obj("inline").req("dockerfile", max_len=262144)
-    context_dir = (src.text("contextDir", "") or "").strip("/")
+    raw_context_dir = src.text("contextDir", "") or ""
+    context_dir = raw_context_dir.strip("/")
     if any(part in ("..", ".") or part.startswith(".") for part in context_dir.split("/") if part):
         raise SpecError("spec.source.contextDir", f"{context_dir!r} must be a plain relative path")
-    if inline is not None and context_dir:
+    if inline is not None and raw_context_dir:
         raise SpecError(
-            "spec.source.contextDir", "needs spec.source.git: an inline Dockerfile has no context"
+            "spec.source.contextDir", "needs spec.source.git (an inline Dockerfile has no build context)"
         )
 
     out = r.obj("output")
@@ -368,7 +371,13 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
             raise SpecError(
                 tr.sub("effect"), f"must be NoSchedule, PreferNoSchedule or NoExecute, not {eff!r}"
             )
+        if op == "Exists" and tr.text("value", None):
+            raise SpecError(tr.path, "a toleration with operator Exists must not have a value")
         tolerations.append(dict(tr.data))
+
+    timeout = r.text("timeout", "1h")
+    if timeout == "":
+        raise SpecError("spec.timeout", "must not be empty (e.g. 30m)")
 
     return ImageBuildSpec(
         source=Source(git, inline, context_dir),
@@ -386,6 +395,6 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         service_account_name=r.text("serviceAccountName", None, pattern=_NAME_RE, max_len=253),
         builder_image=r.text("builderImage", None, max_len=512),
         max_parallel_pods=r.integer("maxParallelPods", DEFAULT_MAX_PARALLEL_PODS, 1, 256),
-        timeout_seconds=parse_duration(r.text("timeout", "1h") or "1h"),
+        timeout_seconds=parse_duration(timeout or "1h"),
         retries=r.integer("retries", DEFAULT_RETRIES, 0, 10),
     )
