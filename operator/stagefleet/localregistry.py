@@ -194,3 +194,24 @@ def ensure_base_image(registry_host: str, env: Mapping[str, str], *, repo: str =
             raise
     _run(["buildah", "push", ref, f"docker://{ref}"], env)
     return ref
+
+
+PAUSE_REPO = "base/pause"
+
+
+def ensure_pause_image(registry_host: str, env: Mapping[str, str]) -> str:
+    """A sandbox ("pause") image for containerd, pushed unless present: the busybox base image sleeping
+    forever. Real clusters use a tiny static binary; only its staying alive matters here."""
+    ref = f"{registry_host}/{PAUSE_REPO}:{BASE_TAG}"
+    if http_status(f"http://{registry_host}/v2/{PAUSE_REPO}/manifests/{BASE_TAG}", method="HEAD") == 200:
+        return ref
+    base = ensure_base_image(registry_host, env)
+    ctr = _run(["buildah", "from", base], env)
+    try:
+        _run(["buildah", "config", "--entrypoint", '["/bin/sleep", "2147483647"]', "--cmd", "", ctr], env)
+        _run(["buildah", "commit", "--rm", ctr, ref], env)
+    except BaseException:
+        subprocess.run(["buildah", "rm", ctr], env=dict(env), capture_output=True)
+        raise
+    _run(["buildah", "push", ref, f"docker://{ref}"], env)
+    return ref

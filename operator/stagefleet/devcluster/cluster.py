@@ -10,7 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -135,26 +135,31 @@ class DevCluster:
             return json.loads(resp.read() or b"null")
 
     def _install_crds(self) -> None:
-        """Create (or replace) every CRD in `crds_dir` and wait until each is Established."""
-        if not self.crds_dir.is_dir():
-            return
-        names = []
-        for path in sorted(self.crds_dir.glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if not doc or doc.get("kind") != "CustomResourceDefinition":
-                    continue
-                names.append(doc["metadata"]["name"])
-                try:
-                    self._request("POST", CRD_PATH, doc)
-                except urllib.error.HTTPError as e:
-                    if e.code != 409:
-                        raise RuntimeError(f"installing {path.name}: {e.code} {e.read().decode()}") from e
-        for name in names:
-            for _ in range(300):
-                crd = self._request("GET", f"{CRD_PATH}/{name}")
-                conds = (crd.get("status") or {}).get("conditions") or []
-                if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
-                    break
-                time.sleep(0.05)
-            else:
-                raise RuntimeError(f"CRD {name} never became Established")
+        install_crds(self._request, self.crds_dir)
+
+
+def install_crds(request: Callable[[str, str, Any], Any], crds_dir: Path) -> None:
+    """Create every CRD in `crds_dir` through `request(method, path, body)` (an existing one is kept) and
+    wait until each is Established. Shared by the dev cluster and the real tier."""
+    if not crds_dir.is_dir():
+        return
+    names = []
+    for path in sorted(crds_dir.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            names.append(doc["metadata"]["name"])
+            try:
+                request("POST", CRD_PATH, doc)
+            except urllib.error.HTTPError as e:
+                if e.code != 409:
+                    raise RuntimeError(f"installing {path.name}: {e.code} {e.read().decode()}") from e
+    for name in names:
+        for _ in range(600):
+            crd = request("GET", f"{CRD_PATH}/{name}", None)
+            conds = (crd.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"CRD {name} never became Established")
