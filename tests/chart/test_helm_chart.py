@@ -1,4 +1,4 @@
-"""The Helm chart through the real helm binary and the Kubernetes 1.34 JSON schemas.
+"""The Helm chart through the real helm binary and the Kubernetes 1.34 and 1.25 JSON schemas.
 
 helm is found through STAGEFLEET_HELM or <repo>/.tools/bin/helm (scripts/setup.sh installs it); without it
 these tests skip and say so.
@@ -24,6 +24,10 @@ CHART = REPO / "charts" / "stagefleet"
 RELEASE = "sf"
 NAMESPACE = "stagefleet-system"
 K8S_VERSION = "1.34.0"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion), and the oldest schemas that
+# kubernetes-validate ships: 1.25, whose CRD ValidationRule has the same two fields as 1.24's (rule, message).
+OLDEST_K8S = "1.24"
+OLDEST_SCHEMAS = "1.25.0"
 
 
 HELM = find_tool("helm")
@@ -111,10 +115,10 @@ def test_default_render_has_expected_objects() -> None:
 # Kubernetes schemas (kubernetes-validate ships them; no network)
 
 
-def k8s_validate(doc: Mapping[str, Any]) -> str:
+def k8s_validate(doc: Mapping[str, Any], version: str = K8S_VERSION) -> str:
     import kubernetes_validate
 
-    return str(kubernetes_validate.validate(dict(doc), K8S_VERSION, strict=True))
+    return str(kubernetes_validate.validate(dict(doc), version, strict=True))
 
 
 def check_service_monitor(doc: Mapping[str, Any]) -> None:
@@ -140,6 +144,63 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(scenario: str) -
         assert k8s_validate(doc) == "1.34", doc["kind"]
         validated.append(doc["kind"])
     assert "Deployment" in validated and "CustomResourceDefinition" in validated
+
+
+@needs_helm
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_rendered_manifests_validate_against_the_oldest_schemas(scenario: str) -> None:
+    """Nothing newer than the supported range: a 1.28 fieldPath in a CEL rule, say, fails here (strict)."""
+    docs = [d for d in render(*SCENARIOS[scenario], crds=True) if d["kind"] != "ServiceMonitor"]
+    assert [k8s_validate(d, OLDEST_SCHEMAS) for d in docs] == ["1.25"] * len(docs)
+
+
+def test_validator_rejects_a_crd_rule_field_the_oldest_server_lacks() -> None:
+    import kubernetes_validate
+
+    crd = yaml.safe_load((REPO / "crds" / "imagebuild.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["x-kubernetes-validations"][0]["fieldPath"] = ".cache.repository"
+    assert k8s_validate(crd) == "1.34"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        k8s_validate(crd, OLDEST_SCHEMAS)
+
+
+def crd_rules(schema: Mapping[str, Any], path: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+    out = [(path, r) for r in schema.get("x-kubernetes-validations", [])]
+    for key, sub in (schema.get("properties") or {}).items():
+        out += crd_rules(sub, f"{path}.{key}")
+    if "items" in schema:
+        out += crd_rules(schema["items"], f"{path}[]")
+    return out
+
+
+def test_crd_rules_are_portable_to_the_oldest_supported_server() -> None:
+    """Rules carry only rule and message (fieldPath, reason: 1.28; messageExpression: 1.27) and are not
+    transition rules (no oldSelf); a rule on an object names the field it is about in its message."""
+    crd = yaml.safe_load((REPO / "crds" / "imagebuild.yaml").read_text())
+    rules = crd_rules(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    assert len(rules) >= 5
+    for path, rule in rules:
+        assert set(rule) == {"rule", "message"}, (path, rule)
+        assert "oldSelf" not in rule["rule"], (path, rule)
+    for path, rule in rules:
+        if path == ".spec":
+            assert re.match(r"^spec(\.[A-Za-z]+)+: ", rule["message"]), rule["message"]
+
+
+def test_chart_supports_kubernetes_from_1_24() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST_K8S}.0-0"
+    for readme in (REPO / "README.md", CHART / "README.md"):
+        assert f"Supported Kubernetes: {OLDEST_K8S} and newer" in readme.read_text(), readme
+
+
+@needs_helm
+def test_helm_renders_for_the_oldest_supported_kubernetes_only() -> None:
+    ok = helm("template", RELEASE, str(CHART), "--kube-version", f"{OLDEST_K8S}.0")
+    assert ok.returncode == 0, ok.stderr
+    too_old = helm("template", RELEASE, str(CHART), "--kube-version", "1.23.17")
+    assert too_old.returncode != 0 and "requires kubeVersion" in too_old.stderr, too_old.stderr
 
 
 def test_validator_rejects_bad_manifests() -> None:
