@@ -1,12 +1,18 @@
-"""The CEL subset used by x-kubernetes-validations rules (emulator-internal evaluator)."""
+"""The CEL subset used by x-kubernetes-validations rules (emulator-internal evaluator), and the rules as
+the emulator admits CRDs and custom resources with them."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from stagefleet.devcluster.apiserver.api import Core, WriteOptions
 from stagefleet.devcluster.apiserver.cel import CELError, evaluate
+from stagefleet.devcluster.apiserver.errors import ApiError
 
 SELF = {"spec": {"replicas": 3, "name": "abc", "items": [1, 2, 3], "labels": {"a": "1"}, "mode": "Exists"}}
 
@@ -51,3 +57,106 @@ def test_expressions(expr: str, expected: Any) -> None:
 def test_errors_are_reported_not_guessed(expr: str) -> None:
     with pytest.raises(CELError):
         evaluate(expr, {"self": SELF})
+
+
+# -- the rules as the emulator admits them ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+
+
+def _crd_with_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "rules.unit.stagefleet.dev"},
+        "spec": {
+            "group": "unit.stagefleet.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "rules", "kind": "Rule"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-validations": [rule],
+                                    "properties": {"a": {"type": "integer"}},
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_a_crd_whose_rule_does_not_compile_is_refused_naming_the_rule() -> None:
+    core = Core()
+    with pytest.raises(ApiError) as err:
+        core.create(core.rt(*CRDS), "", _crd_with_rule({"rule": "self.a >", "message": "m"}))
+    assert err.value.code == 422 and err.value.details is not None
+    (c,) = err.value.details["causes"]
+    assert c["field"] == (
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule"
+    )
+    assert "compilation failed" in c["message"]
+    core.create(core.rt(*CRDS), "", _crd_with_rule({"rule": "self.a > 0", "message": "m"}))
+
+
+def _project_core() -> tuple[Core, Any]:
+    core = Core()
+    core.create(core.rt(*CRDS), "", yaml.safe_load((ROOT / "crds" / "imagebuild.yaml").read_text()))
+    return core, core.rt("stagefleet.io", "v1alpha1", "imagebuilds")
+
+
+@pytest.mark.parametrize(
+    ("spec_update", "cause"),
+    [
+        (
+            {"cache": {"disabled": True, "repository": "r.example/c"}},
+            (
+                "spec",
+                'Invalid value: "object": spec.cache.repository: must not be set when spec.cache.disabled '
+                "is true",
+            ),
+        ),
+        (
+            {"source": {"inline": {"dockerfile": "FROM x\n"}, "contextDir": "sub"}},
+            (
+                "spec",
+                'Invalid value: "object": spec.source.contextDir: needs spec.source.git (an inline '
+                "Dockerfile has no build context)",
+            ),
+        ),
+        (
+            {"timeout": ""},
+            ("spec.timeout", 'Invalid value: "string": spec.timeout: must not be empty (e.g. 30m)'),
+        ),
+    ],
+    ids=["cache", "context-dir", "timeout"],
+)
+def test_project_crd_rules_name_the_field_in_their_message(
+    spec_update: dict[str, Any], cause: tuple[str, str]
+) -> None:
+    """Without fieldPath (1.28+) a rule on spec is reported at spec: its message carries the field."""
+    core, rt = _project_core()
+    doc = {
+        "apiVersion": "stagefleet.io/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": "b"},
+        "spec": {"source": {"inline": {"dockerfile": "FROM x\n"}}, "output": {"image": "r.example/a/b:1"}},
+    }
+    core.create(rt, "default", copy.deepcopy(doc), WriteOptions(dry_run=True))
+    doc["spec"].update(spec_update)
+    with pytest.raises(ApiError) as err:
+        core.create(rt, "default", doc, WriteOptions(dry_run=True))
+    assert err.value.details is not None
+    causes = [(c["field"], c["message"]) for c in err.value.details["causes"]]
+    assert causes == [cause]

@@ -212,10 +212,12 @@ class _Checker:
             expr = rule.get("rule", "")
             if "oldSelf" in expr and not has_old and not rule.get("optionalOldSelf"):
                 continue
+            # the apiserver shows the schema's type as the value ("object", "string"), never the data
+            shown = json.dumps(sch.get("type") or "")
             try:
                 ok = cel.evaluate(expr, {"self": value, "oldSelf": old if has_old else None})
             except cel.CELError as e:
-                self.fail(path, f"Invalid value: {_show(value)}: rule compile/eval error: {e}")
+                self.fail(path, f"Invalid value: {shown}: rule compile/eval error: {e}")
                 continue
             if ok is True:
                 continue
@@ -232,7 +234,7 @@ class _Checker:
                 "FieldValueDuplicate": "FieldValueDuplicate",
             }.get(rule.get("reason", ""), "FieldValueInvalid")
             if reason == "FieldValueInvalid":
-                self.fail(field, f"Invalid value: {_show(value)}: {message}", reason)
+                self.fail(field, f"Invalid value: {shown}: {message}", reason)
             else:
                 self.fail(field, message, reason)
 
@@ -289,8 +291,33 @@ def admit_custom(
     return []
 
 
+def _rule_causes(sch: Schema, path: str) -> list[dict[str, str]]:
+    """x-kubernetes-validations rules that do not compile: the apiserver refuses the CRD, naming the rule."""
+    from . import cel
+
+    out: list[dict[str, str]] = []
+    for i, rule in enumerate(sch.get("x-kubernetes-validations") or []):
+        where = f"{path}.x-kubernetes-validations[{i}].rule"
+        expr = rule.get("rule") if isinstance(rule, Mapping) else None
+        if not expr:
+            out.append(cause(where, "Required value", "FieldValueRequired"))
+            continue
+        try:
+            cel.compile_expr(str(expr))
+        except cel.CELError as e:
+            out.append(cause(where, f"Invalid value: {_show(expr)}: compilation failed: {e}"))
+    for key, sub in (sch.get("properties") or {}).items():
+        if isinstance(sub, Mapping):
+            out += _rule_causes(sub, f"{path}.properties[{key}]")
+    for key in ("items", "additionalProperties"):
+        if isinstance(sch.get(key), Mapping):
+            out += _rule_causes(sch[key], f"{path}.{key}")
+    return out
+
+
 def admit_crd(rt: ResourceType, crd: dict[str, Any]) -> None:
-    """The checks on a CRD that catch real mistakes: name = plural.group, one storage version."""
+    """The checks on a CRD that catch real mistakes: name = plural.group, one storage version, CEL rules
+    that compile."""
     spec = crd.get("spec") or {}
     names = spec.get("names") or {}
     name = crd.get("metadata", {}).get("name", "")
@@ -313,6 +340,10 @@ def admit_crd(rt: ResourceType, crd: dict[str, Any]) -> None:
         causes.append(
             cause("spec.versions", "Invalid value: must have exactly one version marked as storage version")
         )
+    for i, version in enumerate(versions):
+        sch = ((version or {}).get("schema") or {}).get("openAPIV3Schema")
+        if isinstance(sch, Mapping):
+            causes += _rule_causes(sch, f"spec.versions[{i}].schema.openAPIV3Schema")
     if spec.get("scope") not in ("Namespaced", "Cluster"):
         causes.append(
             cause(
