@@ -289,3 +289,22 @@ def test_chart_overrides_reach_the_worker_pod() -> None:
     plain = container(pod_for(defaults_from_chart("--set", "worker.fuse.resourceName=example.com/fuse")
                                .worker_config()))
     assert not any("fuse" in k for sect in plain["resources"].values() for k in sect)
+
+
+def test_host_network_from_env_and_flag() -> None:
+    assert worker_defaults({}).host_network is False
+    assert worker_defaults({"STAGEFLEET_WORKER_HOST_NETWORK": "true"}).host_network is True
+    env = {"STAGEFLEET_WORKER_HOST_NETWORK": "true"}
+    assert worker_defaults(env, {"host_network": "false"}).host_network is False  # the flag wins
+    with pytest.raises(WorkerDefaultsError, match="STAGEFLEET_WORKER_HOST_NETWORK: expected true or false"):
+        worker_defaults({"STAGEFLEET_WORKER_HOST_NETWORK": "yes"})
+    pod = pod_for(worker_defaults({"STAGEFLEET_WORKER_HOST_NETWORK": "true"}).worker_config())
+    assert pod["spec"]["hostNetwork"] is True and pod["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert "hostNetwork" not in pod_for(worker_defaults({}).worker_config())["spec"]
+
+
+@pytest.mark.skipif(HELM is None, reason="helm not found: set STAGEFLEET_HELM or run scripts/setup.sh")
+def test_chart_host_network_reaches_the_worker_pod() -> None:
+    assert "hostNetwork" not in pod_for(defaults_from_chart().worker_config())["spec"]
+    pod = pod_for(defaults_from_chart("--set", "worker.hostNetwork=true").worker_config())
+    assert pod["spec"]["hostNetwork"] is True

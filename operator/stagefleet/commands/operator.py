@@ -109,6 +109,13 @@ def register(subparsers: Any) -> None:
         "(env STAGEFLEET_WORKER_ACTIVE_DEADLINE_SECONDS)",
     )
     p.add_argument(
+        "--worker-host-network",
+        default=None,
+        metavar="true|false",
+        help="run worker pods in the node's network namespace, e.g. to reach a registry only the node "
+        "reaches (env STAGEFLEET_WORKER_HOST_NETWORK; default false)",
+    )
+    p.add_argument(
         "--insecure-registry",
         action="append",
         default=[],
@@ -150,6 +157,7 @@ def worker_flags(args: argparse.Namespace) -> dict[str, str | None]:
         "storage_driver": args.worker_storage_driver,
         "fuse_resource": args.worker_fuse_resource,
         "active_deadline_seconds": args.worker_active_deadline_seconds,
+        "host_network": args.worker_host_network,
     }
 
 

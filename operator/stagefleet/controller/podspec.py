@@ -47,7 +47,8 @@ class WorkerConfig:
     ``resources`` apply when the ImageBuild sets none for the group (spec.resources replaces them whole, so
     a spec request never meets a smaller default limit); ``fuse_resource`` is an extended resource requested
     and limited at 1 on every worker; ``storage_driver`` reaches the worker as STAGEFLEET_STORAGE_DRIVER;
-    ``active_deadline_seconds`` > 0 caps each pod's activeDeadlineSeconds below the build's remaining time.
+    ``active_deadline_seconds`` > 0 caps each pod's activeDeadlineSeconds below the build's remaining time;
+    ``host_network`` runs workers in the node's network namespace.
     """
 
     command: tuple[str, ...] = ("stagefleet-worker",)
@@ -62,6 +63,7 @@ class WorkerConfig:
     storage_driver: str | None = None
     fuse_resource: str | None = None
     active_deadline_seconds: int = 0
+    host_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,9 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    if config.host_network:
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
     if config.pod_security_context:
         pod_spec["securityContext"] = json_copy(config.pod_security_context)
     if spec.node_selector:

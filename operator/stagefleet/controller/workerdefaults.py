@@ -27,6 +27,7 @@ ENV_SECURITY_CONTEXT = "STAGEFLEET_WORKER_SECURITY_CONTEXT"
 ENV_STORAGE_DRIVER = "STAGEFLEET_WORKER_STORAGE_DRIVER"
 ENV_FUSE_RESOURCE = "STAGEFLEET_WORKER_FUSE_RESOURCE"
 ENV_ACTIVE_DEADLINE = "STAGEFLEET_WORKER_ACTIVE_DEADLINE_SECONDS"
+ENV_HOST_NETWORK = "STAGEFLEET_WORKER_HOST_NETWORK"
 
 # field of WorkerDefaults -> the environment variable it is read from
 ENV_VARS: dict[str, str] = {
@@ -38,6 +39,7 @@ ENV_VARS: dict[str, str] = {
     "storage_driver": ENV_STORAGE_DRIVER,
     "fuse_resource": ENV_FUSE_RESOURCE,
     "active_deadline_seconds": ENV_ACTIVE_DEADLINE,
+    "host_network": ENV_HOST_NETWORK,
 }
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -56,7 +58,8 @@ class WorkerDefaults:
     ``resources`` apply when the ImageBuild sets none for the group; ``storage_driver`` reaches the worker
     container as ``STAGEFLEET_STORAGE_DRIVER`` (None: the worker's own default); ``fuse_resource`` is an
     extended resource requested and limited at 1 (None: no fuse); ``active_deadline_seconds`` caps each
-    pod's ``activeDeadlineSeconds`` (0: the ImageBuild's remaining timeout only).
+    pod's ``activeDeadlineSeconds`` (0: the ImageBuild's remaining timeout only); ``host_network`` puts
+    workers in the node's network namespace (registries only the node reaches, e.g. one on loopback).
     """
 
     builder_image: str = DEFAULT_BUILDER_IMAGE
@@ -67,6 +70,7 @@ class WorkerDefaults:
     storage_driver: str | None = None
     fuse_resource: str | None = None
     active_deadline_seconds: int = 0
+    host_network: bool = False
 
     def worker_config(
         self,
@@ -88,6 +92,7 @@ class WorkerDefaults:
             storage_driver=self.storage_driver,
             fuse_resource=self.fuse_resource,
             active_deadline_seconds=self.active_deadline_seconds,
+            host_network=self.host_network,
         )
 
 
@@ -152,7 +157,15 @@ FLAG_NAMES: dict[str, str] = {
     "storage_driver": "--worker-storage-driver",
     "fuse_resource": "--worker-fuse-resource",
     "active_deadline_seconds": "--worker-active-deadline-seconds",
+    "host_network": "--worker-host-network",
 }
+
+
+def _boolean(text: str, where: str) -> bool:
+    value = text.lower()
+    if value not in ("true", "false"):
+        raise WorkerDefaultsError(f"{where}: expected true or false, got {text!r}")
+    return value == "true"
 
 
 def worker_defaults(
@@ -193,4 +206,6 @@ def worker_defaults(
         out["fuse_resource"] = raw["fuse_resource"][0]
     if "active_deadline_seconds" in raw:
         out["active_deadline_seconds"] = _seconds(*raw["active_deadline_seconds"])
+    if "host_network" in raw:
+        out["host_network"] = _boolean(*raw["host_network"])
     return WorkerDefaults(**{**base.__dict__, **out})
