@@ -3,7 +3,9 @@
 Synchronous (the official client), called from worker threads. Transient errors (429, 5xx, dropped
 connections) are retried with exponential backoff; AlreadyExists on create and NotFound on delete are
 success, because every write the operator makes is idempotent by design; a 409 Conflict on the status
-write surfaces as `Conflict` so the reconciler re-reads and recomputes instead of overwriting.
+write surfaces as `Conflict` so the reconciler re-reads and recomputes instead of overwriting; a create the
+API server refuses (400, 403, 422: admission, quota, an invalid field) surfaces as `Refused`, with the API's
+reason and message, so that the reconciler records it instead of failing the pass.
 """
 
 from __future__ import annotations
@@ -48,6 +50,39 @@ class Conflict(Exception):
     """The object changed since it was read: re-read, recompute, re-apply."""
 
 
+REFUSED = {400, 403, 422}
+
+
+class Refused(Exception):
+    """The API server refused to create an object: 400, 403 or 422 (an invalid field, admission: a missing
+    ServiceAccount, Pod Security, a ResourceQuota, a webhook, or the operator's own RBAC). Sending the same
+    request again helps only once something in the cluster changes, so the caller records why and waits.
+
+    ``reason`` and ``message`` are the API's (its Status body), e.g. Forbidden and
+    ``pods "x" is forbidden: error looking up service account ns/sa: serviceaccount "sa" not found``.
+    """
+
+    def __init__(self, kind: str, name: str, code: int, reason: str, message: str) -> None:
+        super().__init__(f"{kind} {name} refused ({code} {reason}): {message}")
+        self.kind = kind
+        self.name = name
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+def _api_status(e: ApiException) -> tuple[str, str]:
+    """(reason, message) of a failed call: the API's Status body, else the HTTP reason phrase and body."""
+    raw = e.body.decode(errors="replace") if isinstance(e.body, bytes) else str(e.body or "")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("kind") == "Status":
+        return str(body.get("reason") or e.reason or ""), str(body.get("message") or raw)
+    return str(e.reason or ""), raw.strip()[:1024]
+
+
 def _transient(e: BaseException) -> bool:
     if isinstance(e, ApiException):
         return e.status in TRANSIENT or e.status == 0
@@ -56,6 +91,20 @@ def _transient(e: BaseException) -> bool:
 
 _retry = retry(
     retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(8),
+    wait=wait_exponential(multiplier=0.1, max=5),
+    reraise=True,
+)
+
+
+def _create_conflict(e: BaseException) -> bool:
+    """A 409 on create that is not AlreadyExists (a ResourceQuota's usage update lost a race, say): the
+    object was not created, and the next try usually succeeds."""
+    return isinstance(e, ApiException) and e.status == 409 and _api_status(e)[0] not in ("AlreadyExists", "")
+
+
+_retry_create = retry(
+    retry=retry_if_exception(lambda e: _transient(e) or _create_conflict(e)),
     stop=stop_after_attempt(8),
     wait=wait_exponential(multiplier=0.1, max=5),
     reraise=True,
@@ -160,10 +209,11 @@ class Kube:
         )
         return list(_json(resp).get("items") or [])
 
-    @_retry
+    @_retry_create
     def create(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create a Pod or ConfigMap: the object as created, None when it already exists (its deterministic
-        name says: ours)."""
+        name says: ours). Raises `Refused` when the API server refuses it (400, 403, 422); a 409 other than
+        AlreadyExists is retried like a transient error (the object does not exist)."""
         ns = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Pod":
@@ -173,8 +223,13 @@ class Kube:
             else:
                 raise ValueError(f"unexpected kind {manifest['kind']}")
         except ApiException as e:
-            if e.status == 409:
+            if e.status == 409 and not _create_conflict(e):
                 return None
+            if e.status in REFUSED:
+                reason, message = _api_status(e)
+                raise Refused(
+                    str(manifest["kind"]), str(manifest["metadata"]["name"]), int(e.status), reason, message
+                ) from e
             raise
         return _json(resp)
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stagefleet.controller import status as st
-from stagefleet.controller.kube import Conflict, Kube
+from stagefleet.controller.kube import Conflict, Kube, Refused
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.model import PlanView, plan_dockerfile
 from stagefleet.controller.podspec import (
@@ -381,19 +381,35 @@ class Reconciler:
             needs = st.secret_needs(spec, plan)
             keys = {n.name: self.kube.secret_keys(build.namespace, n.name) for n in needs}
             missing = st.secret_problems(needs, keys)
-        d = st.decide(
-            build=build,
-            spec=spec,
-            plan=plan,
-            status=status,
-            pods=pods,
-            missing_secrets=missing,
-            now=now,
-            backoff_base=self.config.backoff_base,
-            early_start=self.early_start_now(),
-        )
-        if d.create:
-            self._start(build, spec, plan, status, d, now)
+
+        def decide() -> st.Decision:
+            return st.decide(
+                build=build,
+                spec=spec,
+                plan=plan,
+                status=status,
+                pods=pods,
+                missing_secrets=missing,
+                now=now,
+                backoff_base=self.config.backoff_base,
+                early_start=self.early_start_now(),
+            )
+
+        d = decide()
+        # Pods the API refuses (admission, quota, an invalid field) are marked in the input status and
+        # decided again: those groups wait, the build is Stalled, and a freed slot may go to another group.
+        tried: set[str] = set()
+        started_events: list[st.Event] = []  # of retries created in a round before the last decide's
+        while todo := [sp for sp in d.create if sp.group.id not in tried]:
+            tried.update(sp.group.id for sp in todo)
+            created, rejected = self._start(build, spec, plan, status, todo, now)
+            if not rejected:
+                break
+            status = st.note_rejections(status, rejected, now, self.config.backoff_base)
+            pods = [*pods, *(o for o in (st.observe_pod(p) for _, p in created) if o)]
+            started_events += [e for e in (st.started_event(s) for s, _ in created) if e]
+            d = decide()
+        events = [*events, *started_events]
         for name in d.delete:
             self.kube.delete_pod(build.namespace, name)
         safety = safety_poll_seconds(self.unfinished())
@@ -440,15 +456,24 @@ class Reconciler:
         spec: ImageBuildSpec,
         plan: PlanView,
         status: Mapping[str, Any],
-        d: st.Decision,
+        starts: list[st.StartPod],
         now: datetime,
-    ) -> None:
+    ) -> tuple[list[tuple[st.StartPod, dict[str, Any]]], dict[str, str]]:
+        """Create the pods of ``starts``: (the pods created, each with its StartPod; group id → why the API
+        refused its pod, `st.rejection_text`). A pod that already exists is in neither."""
         source_status = status.get("source") or {}
         git = source_status.get("git") or {}
+        created_pods: list[tuple[st.StartPod, dict[str, Any]]] = []
+        rejected: dict[str, str] = {}
         if spec.source.inline is not None:
             key = (build.uid, build.generation)
             if key not in self._configmaps:  # after a restart: one AlreadyExists, then remembered
-                self.kube.create(dockerfile_configmap(build, spec.source.inline))
+                try:
+                    self.kube.create(dockerfile_configmap(build, spec.source.inline))
+                except Refused as e:
+                    self._log_refused(build, e, [s.group.id for s in starts])
+                    text = st.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
+                    return [], {s.group.id: text for s in starts}
                 self._configmaps.add(key)
             source = ResolvedSource(configmap=configmap_name(build))
         else:
@@ -458,7 +483,7 @@ class Reconciler:
             )
         started = st.parse_time(status.get("startTime")) or now
         remaining = int(spec.timeout_seconds - (now - started).total_seconds())
-        for start in d.create:
+        for start in starts:
             pod = worker_pod(
                 build=build,
                 spec=spec,
@@ -470,8 +495,14 @@ class Reconciler:
                 config=self.config.worker,
                 deadline_seconds=max(remaining, 1),
             )
-            created = self.kube.create(pod)
+            try:
+                created = self.kube.create(pod)
+            except Refused as e:
+                self._log_refused(build, e, [start.group.id])
+                rejected[start.group.id] = st.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
+                continue
             if created is not None:
+                created_pods.append((start, created))
                 # This pass decided with the pod as created: its ADDED event changes nothing (no pass),
                 # and it is no orphan (no ImageBuild GET to check).
                 self.pod_changed(created)
@@ -493,6 +524,21 @@ class Reconciler:
                         "pod": pod["metadata"]["name"],
                     },
                 )
+        return created_pods, rejected
+
+    def _log_refused(self, build: BuildRef, e: Refused, groups: list[str]) -> None:
+        log.warning(
+            "%s %s for %s/%s group %s refused by the API (%d %s): %s",
+            e.kind,
+            e.name,
+            build.namespace,
+            build.name,
+            ", ".join(groups),
+            e.code,
+            e.reason,
+            e.message,
+            extra={**_fields(build.namespace, build.name), "group": ", ".join(groups), "code": e.code},
+        )
 
     def _write(self, ib: dict[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
         base = dict(ib)

@@ -39,6 +39,10 @@ S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
 
 BUILD_ERROR_CODES = {11: "Dockerfile error", 12: "secret or ssh key missing", 13: "build step failed"}
 RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
+# A worker pod (or the ConfigMap its Dockerfile comes in) that the API server refused to create: the group
+# waits, the build is Stalled with this reason, and the create is tried again after a growing delay.
+REJECTED = "PodRejected"
+REJECTION_BACKOFF_CAP = 30.0
 # Waiting reasons the kubelet never gets out of by itself.
 STUCK_REASONS = (
     "ErrImagePull",
@@ -291,6 +295,7 @@ class GroupState:
     steps: int | None = None
     stage_results: dict[str, StageResult] = field(default_factory=dict)
     failure: dict[str, Any] | None = None
+    rejections: int = 0  # consecutive refused creates of its next pod (none was created; no attempt used)
 
     @classmethod
     def from_entry(cls, e: Mapping[str, Any]) -> GroupState:
@@ -307,6 +312,7 @@ class GroupState:
             message=_str(e.get("message")),
             cached_steps=_int(e.get("groupCachedSteps")),
             steps=_int(e.get("groupSteps")),
+            rejections=_int(e.get("rejections")) or 0,
         )
 
 
@@ -353,12 +359,51 @@ def backoff_seconds(attempt: int, base: float) -> float:
     return float(min(base * (2 ** max(0, attempt - 1)), 300.0))
 
 
+def rejection_backoff(rejections: int, base: float) -> float:
+    """Delay before creating a refused pod again: base, 2·base, 4·base … capped at 30 s (whatever refused
+    it — a missing ServiceAccount, a quota, a webhook — can be fixed at any time, and nothing runs)."""
+    return float(min(base * (2 ** max(0, rejections - 1)), REJECTION_BACKOFF_CAP))
+
+
+def rejection_text(kind: str, name: str, code: int, reason: str, message: str) -> str:
+    """A refused create as a stage message: the object, the HTTP code and reason, the API's own words."""
+    what = f"pod {name}" if kind == "Pod" else f"{kind} {name}"
+    return f"{what} refused by the API ({code} {reason}): {message}"
+
+
+def note_rejections(
+    status: Mapping[str, Any], rejected: Mapping[str, str], now: datetime, backoff_base: float
+) -> dict[str, Any]:
+    """``status`` (a pass's input to `decide`) with the groups whose pod creation the API refused marked.
+
+    ``rejected``: group id → `rejection_text`. Such a group stays as it was (Waiting, or Retrying after a
+    failed attempt): no pod exists, no attempt is used. Its entries get the refusal as message, the count
+    of consecutive refusals (``rejections``) and ``retryAt`` after `rejection_backoff`. `decide` on the
+    result keeps the group waiting until then and the build Stalled (reason PodRejected); a pod created
+    for it later clears the mark.
+    """
+    stages: list[Any] = []
+    for e in status.get("stages") or ():
+        if isinstance(e, Mapping) and str(e.get("group")) in rejected:
+            count = (_int(e.get("rejections")) or 0) + 1
+            retry_at = now + timedelta(seconds=rejection_backoff(count, backoff_base))
+            e = {
+                **e,
+                "message": rejected[str(e.get("group"))],
+                "rejections": count,
+                "retryAt": fmt_time(retry_at),
+            }
+        stages.append(e)
+    return {**status, "stages": stages}
+
+
 def _stage_entries(
     plan: PlanView, states: Mapping[str, GroupState], old: Mapping[str, Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for g in plan.groups:
         gs = states[g.id]
+        rejected = gs.rejections if gs.phase in (S_WAITING, S_RETRYING) else 0
         for name in g.stages:
             e: dict[str, Any] = {"name": name, "group": g.id, "phase": gs.phase, "attempts": gs.attempts}
             optional: dict[str, Any] = {
@@ -366,10 +411,11 @@ def _stage_entries(
                 "node": gs.node,
                 "startTime": gs.start,
                 "completionTime": gs.completion,
-                "retryAt": gs.retry_at if gs.phase == S_RETRYING else None,
+                "retryAt": gs.retry_at if gs.phase == S_RETRYING or rejected else None,
                 "message": gs.message,
                 "groupCachedSteps": gs.cached_steps,
                 "groupSteps": gs.steps,
+                "rejections": rejected or None,
             }
             if gs.phase == S_SUCCEEDED and name == g.target:
                 optional["digest"] = gs.digest
@@ -608,8 +654,11 @@ def decide(
             if gs.phase == S_FAILED and gs.failure is None:
                 gs.failure = {"group": g.id, "message": gs.message or ""}
             continue
-        if latest is not None and latest.attempt >= gs.attempts:
+        if gs.rejections and (latest is None or latest.attempt <= gs.attempts):
+            pass  # the API refused its next pod (note_rejections): it waits for retryAt, as recorded
+        elif latest is not None and latest.attempt >= gs.attempts:
             # Adopt the newest pod: it may have been created just before a restart lost the status write.
+            gs.rejections = 0
             gs.attempts = latest.attempt
             gs.pod, gs.node = latest.name, latest.node or gs.node
             gs.start = latest.started or gs.start
@@ -692,20 +741,13 @@ def decide(
                 }
                 gs.attempts += 1
                 before = gs.phase
-                gs.phase, gs.retry_at, gs.message = S_PENDING, None, None
+                gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
                 gs.start, gs.completion, gs.node = None, None, None
                 create.append(StartPod(g, gs.attempts, upstream))
                 gs.pod = pod_name(build, g.id, gs.attempts)
-                if gs.attempts > 1:
-                    # First starts have no event of ours (the pod's own Scheduled/Started events say it,
-                    # and status names the pod): one write less per group. Retries are worth one.
-                    events.append(
-                        Event(
-                            "Normal",
-                            "GroupStarted",
-                            f"group {g.id} ({', '.join(g.stages)}): attempt {gs.attempts} (retry)",
-                        )
-                    )
+                started = started_event(create[-1])
+                if started is not None:
+                    events.append(started)
 
     early: list[str] = []  # active groups whose workers wait for an upstream result
     for g in plan.groups:
@@ -714,6 +756,13 @@ def decide(
         if gs.phase in S_ACTIVE and pending:
             gs.message = gs.message or f"started early: waits for {', '.join(pending)}"
             early.append(g.id)
+
+    # Groups whose pod the API refused to create: they wait (note_rejections) and the build is Stalled.
+    rejected_msg = "; ".join(
+        f"group {g.id} ({', '.join(g.stages)}) not started: {states[g.id].message}"
+        for g in plan.groups
+        if states[g.id].rejections and states[g.id].phase in (S_WAITING, S_RETRYING)
+    )
 
     # The build's phase.
     final = states[plan.final_group]
@@ -732,6 +781,8 @@ def decide(
     elif now >= deadline and final.phase != S_SUCCEEDED:
         new_phase, reason = CANCELLED, "Timeout"
         message = f"timed out after {_fmt_duration(spec.timeout_seconds)} (spec.timeout)"
+        if rejected_msg:
+            message += f"; {rejected_msg}"
         for g in plan.groups:
             gs = states[g.id]
             if gs.phase not in S_DONE:
@@ -757,8 +808,17 @@ def decide(
         message = "; ".join(parts) or "waiting to start groups"
         if stalled_msg:
             reason, message = "SecretNotFound", stalled_msg
-            if not any(states[g.id].attempts for g in plan.groups):
-                new_phase = PENDING
+        elif rejected_msg:
+            reason, message = REJECTED, rejected_msg
+            prev_stalled = next((c for c in old_conditions if c.get("type") == "Stalled"), {})
+            if (prev_stalled.get("status"), prev_stalled.get("reason"), prev_stalled.get("message")) != (
+                "True",
+                REJECTED,
+                message[:1024],
+            ):
+                events.append(Event("Warning", REJECTED, message))  # once, and again only when it changes
+        if (stalled_msg or rejected_msg) and not any(states[g.id].attempts for g in plan.groups):
+            new_phase = PENDING
 
     if new_phase in (FAILED, CANCELLED):
         delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
@@ -782,7 +842,7 @@ def decide(
                 generation,
                 old_conditions,
                 now,
-                stalled=bool(stalled_msg) and new_phase not in TERMINAL,
+                stalled=bool(stalled_msg or rejected_msg) and new_phase not in TERMINAL,
             ),
         }
     )
@@ -804,13 +864,28 @@ def decide(
 
     requeue: float | None = None
     if new_phase not in TERMINAL:
-        waits = [(parse_time(s.retry_at) or now) - now for s in states.values() if s.phase == S_RETRYING]
+        waits = [
+            (parse_time(s.retry_at) or now) - now
+            for s in states.values()
+            if s.phase == S_RETRYING or (s.phase == S_WAITING and s.rejections)
+        ]
         waits.append(deadline - now)
         requeue = max(0.5, min(w.total_seconds() for w in waits))
         if stalled_msg:
             requeue = min(requeue, 5.0)
     return Decision(
         status=new_status, create=create, delete=sorted(set(delete)), events=events, requeue_after=requeue
+    )
+
+
+def started_event(start: StartPod) -> Event | None:
+    """The event for a pod `decide` starts: only retries have one (a first start is said by the pod's own
+    Scheduled/Started events, and status names the pod: one write less per group)."""
+    if start.attempt <= 1:
+        return None
+    g = start.group
+    return Event(
+        "Normal", "GroupStarted", f"group {g.id} ({', '.join(g.stages)}): attempt {start.attempt} (retry)"
     )
 
 
@@ -837,8 +912,9 @@ def _all_succeeded(states: Mapping[str, GroupState], groups: Iterable[str]) -> b
 
 
 def _due(gs: GroupState, now: datetime) -> bool:
-    """Whether a group wants a pod now: never started, or its retry backoff has passed."""
-    if gs.phase == S_RETRYING:
+    """Whether a group wants a pod now: never started, or its retry backoff (after a failed attempt or a
+    refused pod) has passed."""
+    if gs.phase == S_RETRYING or (gs.phase == S_WAITING and gs.rejections):
         return (parse_time(gs.retry_at) or now) <= now
     return gs.phase == S_WAITING
 
@@ -944,8 +1020,9 @@ def urgent_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     Such a change may be held back for a short window (the reconciler's ``status_coalesce``) so the
     transitions of sibling groups share one write; the next pass recomputes it from the pods, so nothing is
     lost by waiting. Everything else is written at once: the build's phase, plan, source, times, image or
-    failure; a condition's status or reason; a pod started (new attempt or pod name), a group failing,
-    retrying or cancelled; a stage message that appears or changes (a stuck image pull, say).
+    failure; a condition's status or reason; a pod started (new attempt or pod name) or refused by the API,
+    a group failing, retrying or cancelled; a stage message that appears or changes (a stuck image pull,
+    say).
     """
     for key in sorted(set(old) | set(new), key=lambda k: (k != "phase", k)):
         if key not in _PROGRESS_KEYS and old.get(key) != new.get(key):
@@ -964,6 +1041,8 @@ def urgent_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
         name = b.get("name")
         if (a.get("attempts"), a.get("pod")) != (b.get("attempts"), b.get("pod")):
             return f"stage {name}: pod started"
+        if a.get("rejections") != b.get("rejections") and b.get("rejections"):
+            return f"stage {name}: pod refused"  # (its retryAt must be recorded before it comes)
         pa, pb = a.get("phase"), b.get("phase")
         if pa != pb and (pa, pb) not in _PROGRESS_STEPS:
             return f"stage {name}: {pa} → {pb}"
