@@ -48,7 +48,7 @@ def test_unknown_fault_setting_is_rejected(apiserver: Any) -> None:
 
 def test_watch_drop_closes_streams(apiserver: Any) -> None:
     apiserver.server.faults.update({"watch_drop_seconds": 0.2})
-    url = f"{apiserver.url}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=0"
+    url = f"{apiserver.url}/api/v1/namespaces/default/secrets?watch=true&resourceVersion=0"  # none there
     with urllib.request.urlopen(url, timeout=30) as resp:
         body = resp.read()  # returns because the server ends the stream, not because of the client timeout
     assert body == b""

@@ -6,6 +6,7 @@ server's event loop, so no locking is needed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import errors, objects, patching, schema, validation
+from . import admission, errors, objects, patching, rootca, schema, validation
 from .errors import ApiError
 from .resources import CRD_KEY, Registry, ResourceType, types_from_crd
 from .selectors import Predicate
@@ -22,6 +23,9 @@ from .storage import Obj, Store
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 NS_TYPE = ("", "namespaces")
+CM_TYPE = ("", "configmaps")
+POD_TYPE = ("", "pods")
+SA_TYPE = ("", "serviceaccounts")
 
 
 @dataclass
@@ -123,6 +127,8 @@ class Core:
         if not objects.keeps_status_on_create(rt):
             obj.pop("status", None)
         objects.apply_defaults(rt, obj)
+        if rt.key == POD_TYPE:
+            self._admit_new_pod(obj)
         self._admit(rt, obj, None, opts)
         if opts.field_manager:
             self._record_manager(obj, opts.field_manager, "Update", None, None)
@@ -419,6 +425,13 @@ class Core:
         self._after_write(rt, stored, current)
         return self._present(rt, stored)
 
+    def _admit_new_pod(self, pod: Obj) -> None:
+        """Mutating admission of a pod create, in the apiserver's plugin order (see admission.py)."""
+        ns = pod["metadata"]["namespace"]
+        sa = self.store.peek(SA_TYPE, ns, admission.service_account_name(pod))
+        admission.service_account(pod, sa)
+        admission.default_toleration_seconds(pod)
+
     def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, opts: WriteOptions) -> None:
         causes = validation.metadata(obj) if rt.is_custom else validation.validate(rt, obj, old)
         if causes:
@@ -437,6 +450,18 @@ class Core:
             name = obj["metadata"]["name"]
             if self.store.get(sa_rt.key, name, "default") is None:
                 self.create(sa_rt, name, {"metadata": {"name": "default"}})
+            self._publish_root_ca(name)
+        elif rt.key == CM_TYPE and obj["metadata"]["name"] == rootca.NAME and rootca.needs_reset(obj):
+            # root-ca-cert-publisher: someone changed the bundle, write it back
+            with contextlib.suppress(ApiError):
+                self.update(rt, obj["metadata"]["namespace"], rootca.NAME, rootca.reset(obj))
+
+    def _publish_root_ca(self, ns: str) -> None:
+        """What kube-controller-manager's root-ca-cert-publisher does for a namespace without the ConfigMap
+        (new, or the ConfigMap was deleted); nothing in a terminating or missing namespace."""
+        if self.store.peek(CM_TYPE, ns, rootca.NAME) is None:
+            with contextlib.suppress(ApiError):
+                self.create(self.rt("", "v1", "configmaps"), ns, rootca.configmap())
 
     def _register_crd(self, crd: Obj) -> None:
         name = crd["metadata"]["name"]
@@ -487,6 +512,8 @@ class Core:
             self.store.put(CRD_KEY, crd)
 
     def _after_remove(self, rt: ResourceType, obj: Obj) -> None:
+        if rt.key == CM_TYPE and obj["metadata"]["name"] == rootca.NAME:
+            self._publish_root_ca(obj["metadata"].get("namespace", ""))
         if rt.key == CRD_KEY:
             name = obj["metadata"]["name"]
             spec = obj.get("spec") or {}
