@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 CRD = {
@@ -46,7 +47,7 @@ def test_crd_types_are_discoverable_plain_and_aggregated(kube: Any) -> None:
     assert "doodads" not in listing
 
 
-def test_emulator_discovery_documents(apiserver: Any) -> None:
+def test_emulator_discovery_documents(apiserver: Any, wait_until: Callable[..., Any]) -> None:
     url = apiserver.url
     req = urllib.request.Request(
         f"{url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
@@ -79,7 +80,12 @@ def test_emulator_discovery_documents(apiserver: Any) -> None:
     _, legacy = get(f"{url}/api", AGGREGATED)
     assert [i["metadata"]["name"] for i in legacy["items"]] == [""]
 
-    _, index = get(f"{url}/openapi/v3")
+    # OpenAPI: published a moment after the CRD is Established (test_apiserver_openapi.py)
+    def published() -> Any:
+        index = get(f"{url}/openapi/v3")[1]
+        return index if "apis/disco.stagefleet.dev/v1" in index["paths"] else None
+
+    index = wait_until(published, "the CRD's OpenAPI v3 document")
     _, doc = get(url + index["paths"]["apis/disco.stagefleet.dev/v1"]["serverRelativeURL"])
     patch = doc["paths"]["/apis/disco.stagefleet.dev/v1/doodads/{name}"]["patch"]
     assert patch["x-kubernetes-group-version-kind"]["kind"] == "Doodad"

@@ -6,6 +6,7 @@ import json
 import queue
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -409,11 +410,24 @@ def test_get_watch_streams_changes(kube: Any) -> None:
         reader.join(10)
 
 
+def explain(kube: Any, *args: str, timeout: float = 30.0) -> str:
+    """`kubectl explain`, retried: the API server publishes a new CRD's schema a moment after the CRD is
+    Established (asynchronously, ~1 s on a real server and on the emulator), so it fails until then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = kube.kubectl("explain", *args, check=False)
+        if proc.returncode == 0:
+            return str(proc.stdout)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"kubectl explain {' '.join(args)} kept failing: {proc.stderr}")
+        time.sleep(0.2)
+
+
 def test_explain_uses_the_crd_schema(widgets: Any) -> None:
-    out = widgets.kubectl("explain", "widget.spec").stdout
+    out = explain(widgets, "widget.spec")
     assert "What the widget should look like." in out
     assert "size" in out and "-required-" in out
-    assert "Number of parts." in widgets.kubectl("explain", "widgets.spec.size").stdout
+    assert "Number of parts." in explain(widgets, "widgets.spec.size")
 
 
 def test_not_found_and_already_exists_are_reported(kube: Any) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -124,12 +126,23 @@ def test_good_spec_is_accepted_with_defaults(kubectl: Kubectl) -> None:
     assert spec["dockerfile"] == "Dockerfile"
 
 
+def explain(kubectl: Kubectl, field: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`kubectl explain`, retried while it fails: the API server publishes a CRD's schema a moment after
+    the CRD is Established (~1 s, asynchronously), so right after the cluster came up it is not there yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = kubectl.run("explain", field, check=False)
+        if out.returncode == 0 or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
 def test_kubectl_explain_documents_the_spec(kubectl: Kubectl) -> None:
-    out = kubectl.run("explain", "imagebuild.spec.source", check=False)
+    out = explain(kubectl, "imagebuild.spec.source")
     if out.returncode != 0:
         pytest.skip(f"kubectl explain unsupported by this API server: {out.stderr.strip()[:200]}")
     text = " ".join(out.stdout.split())
     assert "exactly one of git and inline" in text
-    assert "Repository URL" in " ".join(
-        kubectl.run("explain", "imagebuild.spec.source.git.url").stdout.split()
-    )
+    git_url = explain(kubectl, "imagebuild.spec.source.git.url")
+    assert git_url.returncode == 0, git_url.stderr
+    assert "Repository URL" in " ".join(git_url.stdout.split())

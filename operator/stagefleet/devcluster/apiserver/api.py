@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from .resources import CRD_KEY, Registry, ResourceType, types_from_crd
 from .selectors import Predicate
 from .storage import Obj, Store
 
+OPENAPI_DELAY_SECONDS = 1.0
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 NS_TYPE = ("", "namespaces")
 CM_TYPE = ("", "configmaps")
@@ -46,11 +49,14 @@ class DeleteOptions:
 
 
 class Core:
-    def __init__(self, history_size: int = 2000) -> None:
+    def __init__(self, history_size: int = 2000, openapi_delay: float = OPENAPI_DELAY_SECONDS) -> None:
         self.registry = Registry()
         self.store = Store(history_size)
         self.applied: dict[tuple[str, str, str], set[tuple[str, ...]]] = {}
         self.warnings: list[str] = []
+        # CRD name -> monotonic time its schemas appear in /openapi/v2 and /openapi/v3
+        self.openapi_delay = openapi_delay
+        self._openapi_at: dict[str, float] = {}
         ns_rt = self.rt("", "v1", "namespaces")
         for name in SYSTEM_NAMESPACES:
             self.create(ns_rt, "", {"metadata": {"name": name}})
@@ -66,6 +72,15 @@ class Core:
                 {"group": group, "kind": plural},
             )
         return found
+
+    def openapi_published(self, rt: ResourceType) -> bool:
+        """Whether `rt`'s schema is in the OpenAPI documents yet: built-ins always; a CRD's types
+        `openapi_delay` seconds after it became Established (the real server's OpenAPI controller publishes
+        asynchronously, so `kubectl explain` right after `kubectl wait --for=condition=Established` fails
+        there too)."""
+        if rt.validations_from is None:
+            return True
+        return time.monotonic() >= self._openapi_at.get(rt.validations_from, math.inf)
 
     def rt_for(self, api_version: str, kind: str) -> ResourceType | None:
         group, _, version = api_version.rpartition("/")
@@ -510,6 +525,7 @@ class Core:
         if status != old_status:
             crd["status"] = status
             self.store.put(CRD_KEY, crd)
+        self._openapi_at.setdefault(name, time.monotonic() + self.openapi_delay)
 
     def _after_remove(self, rt: ResourceType, obj: Obj) -> None:
         if rt.key == CM_TYPE and obj["metadata"]["name"] == rootca.NAME:
@@ -518,6 +534,7 @@ class Core:
             name = obj["metadata"]["name"]
             spec = obj.get("spec") or {}
             self.registry.remove_crd(name)
+            self._openapi_at.pop(name, None)
             self.store.drop_type((spec.get("group", ""), (spec.get("names") or {}).get("plural", "")))
         uid = obj["metadata"].get("uid", "")
         for key in [k for k in self.applied if k[0] == uid]:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .resources import Registry, ResourceType
+
+Visible = Callable[[ResourceType], bool]
 
 VERSION = {
     "major": "1",
@@ -187,7 +190,7 @@ def schema_name(rt: ResourceType) -> str:
     return f"io.k8s.api.{rt.group.split('.')[0]}.{rt.version}.{rt.kind}"
 
 
-def _gv_doc(reg: Registry, group_name: str, version: str) -> dict[str, Any]:
+def _gv_doc(reg: Registry, group_name: str, version: str, visible: Visible) -> dict[str, Any] | None:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {
         OBJECT_META: {
@@ -199,7 +202,10 @@ def _gv_doc(reg: Registry, group_name: str, version: str) -> dict[str, Any]:
             },
         }
     }
-    for rt in reg.in_group_version(group_name, version):
+    types = [rt for rt in reg.in_group_version(group_name, version) if visible(rt)]
+    if not types:
+        return None
+    for rt in types:
         gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
         base = "/" + _gv_path(group_name, version) + ("/namespaces/{namespace}" if rt.namespaced else "")
         ref = {"$ref": f"#/components/schemas/{schema_name(rt)}"}
@@ -304,9 +310,15 @@ def _object_schema(rt: ResourceType) -> dict[str, Any]:
     }
 
 
-def openapi_v3_docs(reg: Registry) -> dict[str, dict[str, Any]]:
-    """Per group-version documents keyed by their path ("api/v1", "apis/g/v")."""
-    return {_gv_path(g, v): _gv_doc(reg, g, v) for g, v in reg.group_versions()}
+def _always(_rt: ResourceType) -> bool:
+    return True
+
+
+def openapi_v3_docs(reg: Registry, visible: Visible = _always) -> dict[str, dict[str, Any]]:
+    """Per group-version documents keyed by their path ("api/v1", "apis/g/v"), of the `visible` types
+    (the emulator publishes a new CRD's schemas a moment after it is Established, as a real server does)."""
+    docs = {_gv_path(g, v): _gv_doc(reg, g, v, visible) for g, v in reg.group_versions()}
+    return {path: doc for path, doc in docs.items() if doc is not None}
 
 
 def openapi_v3_index(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -337,10 +349,16 @@ def openapi_v2_protobuf() -> bytes:
     return _pb_field(1, b"2.0") + _pb_field(2, info)
 
 
-def openapi_v2_json() -> dict[str, Any]:
+def openapi_v2_json(reg: Registry, visible: Visible = _always) -> dict[str, Any]:
+    """Swagger 2.0 with a definition per served version of every published CRD (no built-in schemas)."""
+    definitions = {
+        schema_name(rt): _object_schema(rt)
+        for rt in reg.all()
+        if rt.is_custom and visible(rt)
+    }
     return {
         "swagger": "2.0",
         "info": {"title": "Kubernetes", "version": VERSION["gitVersion"]},
         "paths": {},
-        "definitions": {},
+        "definitions": definitions,
     }

@@ -182,11 +182,12 @@ class Handlers:
                     body=discovery.openapi_v2_protobuf(),
                     content_type="application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
                 )
-            return respond(discovery.openapi_v2_json())
+            return respond(discovery.openapi_v2_json(reg, self.core.openapi_published))
         if path == "/openapi/v3":
-            return respond(discovery.openapi_v3_index(discovery.openapi_v3_docs(reg)))
+            docs = discovery.openapi_v3_docs(reg, self.core.openapi_published)
+            return respond(discovery.openapi_v3_index(docs))
         if path.startswith("/openapi/v3/"):
-            doc = discovery.openapi_v3_docs(reg).get(path[len("/openapi/v3/") :])
+            doc = discovery.openapi_v3_docs(reg, self.core.openapi_published).get(path[len("/openapi/v3/") :])
             if doc is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return respond(doc)

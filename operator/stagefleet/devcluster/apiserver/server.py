@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from .api import Core
+from .api import OPENAPI_DELAY_SECONDS, Core
 from .faults import Faults
 from .gc import GarbageCollector
 from .handlers import Handlers
@@ -25,12 +25,14 @@ class APIServer:
         logs_dir: Path,
         faults: Faults | None = None,
         history_size: int = 2000,
+        openapi_delay: float = OPENAPI_DELAY_SECONDS,
     ) -> None:
         self.host = host
         self.port = port
         self.logs_dir = Path(logs_dir)
         self.faults = faults or Faults()
         self.history_size = history_size
+        self.openapi_delay = openapi_delay  # seconds from a CRD's Established to its OpenAPI schemas
         self.url = ""
         self.core: Core | None = None
         self._runner: web.AppRunner | None = None
@@ -40,7 +42,7 @@ class APIServer:
 
     async def start(self) -> str:
         """Bind and serve; returns the URL (http://host:port)."""
-        self.core = Core(self.history_size)
+        self.core = Core(self.history_size, self.openapi_delay)
         handlers = Handlers(self.core, self.logs_dir, self.faults)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", handlers.handle)
