@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
         "--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)"
     )
     p.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: in-cluster, then KUBECONFIG / ~/.kube/config)"
+        "--kubeconfig", help="kubeconfig file (default: KUBECONFIG, else in-cluster, else ~/.kube/config)"
     )
     p.add_argument(
         "--metrics-port", type=int, default=8080, help="Prometheus metrics port; 0 disables (8080)"

@@ -6,6 +6,7 @@
   delete orphans.
 * a requeue loop (started with the operator): retries after backoff, the build timeout, missing Secrets.
 * a liveness probe (served only with ``--health-port``): the number of builds in flight.
+* the login: the credentials our own client uses too (`stagefleet.controller.login`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from stagefleet.controller import login as credentials
 from stagefleet.controller.podspec import GROUP, LABEL_UID
 from stagefleet.controller.reconciler import Reconciler
 
@@ -68,6 +70,14 @@ async def worker_pod_event(*, type: str, body: Any, namespace: str | None, memo:
         return
     if r.pod_changed(body, deleted=type == "DELETED"):
         await r.trigger(namespace or "default", str(owner.get("name")))
+
+
+@kopf.on.login()
+def login(*, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """A client-certificate, token, exec-plugin or basic-auth kubeconfig, or the pod's service account: the
+    same source as the reconciler's client (kopf's own fallback would prefer in-cluster even when the
+    operator was given a kubeconfig)."""
+    return credentials.login(credentials.kubeconfig_from_env(), trust_env=settings.networking.trust_env)
 
 
 @kopf.on.startup()

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -140,15 +140,12 @@ class Kube:
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> Kube:
-        """In-cluster config when running in a pod, else the kubeconfig (``KUBECONFIG`` or ``~/.kube``)."""
-        try:
-            if kubeconfig:
-                config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-            else:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        return cls(_TimeoutApiClient())
+        """The named kubeconfig, else in-cluster (a pod's service account), else ``~/.kube/config``: the
+        source kopf's login uses too (`stagefleet.controller.login`)."""
+        from stagefleet.controller.login import load_configuration
+
+        configuration, _ = load_configuration(kubeconfig)
+        return cls(_TimeoutApiClient(configuration))
 
     # --- ImageBuilds -------------------------------------------------------------------------------------
 
