@@ -6,13 +6,19 @@ Written against the public API only, so it passes against a real cluster too (ST
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
+import yaml
+
+from stagefleet.controller.login import login as operator_login
 
 CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -43,12 +49,19 @@ CRD = {
 }
 
 
-def make_registry(namespace: str, server: str, token: str | None) -> kopf.OperatorRegistry:
+def fixture_login(kubeconfig: Path, namespace: str) -> kopf.ConnectionInfo:
+    """Everything the kubeconfig says (server, CA, client certificate and key, bearer token and its scheme,
+    insecure), as the operator itself logs in (kopf's login_via_client mapping, tests/controller/
+    test_login.py compares the two), in the test's namespace."""
+    return dataclasses.replace(operator_login(str(kubeconfig)), default_namespace=namespace)
+
+
+def make_registry(namespace: str, kubeconfig: Path) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=server, token=token or None, default_namespace=namespace)
+        return fixture_login(kubeconfig, namespace)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -92,10 +105,8 @@ def operator(kube: Any) -> Iterator[None]:
 
     kube.kubectl("apply", "-f", "-", input=json.dumps(CRD))
     kube.kubectl("wait", "--for=condition=Established", "crd/gizmos.kopftest.stagefleet.dev", "--timeout=30s")
-    kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig))
-    config = kubernetes.client.Configuration.get_default_copy()
-    token = (config.api_key.get("authorization") or "").removeprefix("Bearer ").strip()
-    registry = make_registry(kube.namespace, config.host, token)
+    kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig))  # the handlers' own client
+    registry = make_registry(kube.namespace, kube.kubeconfig)
     loop = asyncio.new_event_loop()
     stop: asyncio.Future[Any] = loop.create_future()
     ready = threading.Event()
@@ -209,3 +220,55 @@ def test_kopf_converges_through_injected_faults(
     for name in ("f1", "f2", "f3"):
         assert get_json(kube, "pod", f"{name}-worker") is not None
     assert kube.emulator.faults.injected > 0 and kube.emulator.faults.watches_dropped > 0
+
+
+# -- the fixture's login, unit-level ------------------------------------------------------------------------
+
+
+def test_fixture_login_from_the_emulator_kubeconfig(apiserver: Any) -> None:
+    info = fixture_login(apiserver.kubeconfig, "ns-a")
+    assert info.server == apiserver.url.rstrip("/")
+    assert info.default_namespace == "ns-a"
+    kc = yaml.safe_load(apiserver.kubeconfig.read_text())
+    user = kc["users"][0]["user"]
+    if user.get("token"):
+        assert (info.scheme, info.token) == ("Bearer", user["token"])
+    else:
+        assert info.token is None
+    if user.get("client-certificate-data"):
+        assert info.certificate_path and info.private_key_path
+
+
+def test_fixture_login_from_a_client_certificate_kubeconfig(tmp_path: Path) -> None:
+    """No token at all: the CA, certificate and key reach kopf (the old login passed the server only)."""
+    pem = {
+        "ca": "-----BEGIN CERTIFICATE-----\nY2E=\n-----END CERTIFICATE-----\n",
+        "cert": "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n",
+        "key": "-----BEGIN EC PRIVATE KEY-----\na2V5\n-----END EC PRIVATE KEY-----\n",
+    }
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in pem.items()}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "admin",
+                "clusters": [
+                    {"name": "real", "cluster": {"server": "https://127.0.0.1:6443",
+                                                  "certificate-authority-data": data["ca"]}}
+                ],
+                "users": [
+                    {"name": "admin", "user": {"client-certificate-data": data["cert"],
+                                               "client-key-data": data["key"]}}
+                ],
+                "contexts": [{"name": "admin", "context": {"cluster": "real", "user": "admin"}}],
+            }
+        )
+    )
+    info = fixture_login(kubeconfig, "ns-b")
+    assert info.server == "https://127.0.0.1:6443" and info.default_namespace == "ns-b"
+    assert info.ca_path and Path(info.ca_path).read_text() == pem["ca"]
+    assert info.certificate_path and Path(info.certificate_path).read_text() == pem["cert"]
+    assert info.private_key_path and Path(info.private_key_path).read_text() == pem["key"]
+    assert info.token is None and info.insecure is False
