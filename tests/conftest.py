@@ -7,37 +7,53 @@ storage root (a fresh "pod") and removes the root again at the end of the test.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from stagefleet import buildenv
-from stagefleet.localregistry import LocalRegistry, ensure_base_image
+from stagefleet.localregistry import LocalRegistry, ensure_base_image, ensure_pause_image
 
 BUILDER_TOOLS = ("buildah", "runc", "docker-registry", "skopeo")
 TESTS = Path(__file__).resolve().parent
 RELIABILITY = TESTS / "reliability"
 
 BuildahEnv = Callable[[Path], dict[str, str]]
+TIER_FIXTURES = ("cluster",)  # session fixtures parametrised over tests/tiers.py's TIERS
+
+
+def on_real_tier(item: pytest.Item) -> bool:
+    """The test runs on the real tier (a tier fixture of tests/tiers.py has the param "real")."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(params.get(name) == "real" for name in TIER_FIXTURES)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """tests/reliability runs first, as one unit: scripts/test runs pytest-xdist with `--dist loadgroup`,
     which keeps an `xdist_group` in one worker in collection order (test_zz_canary must run after the rest
     of the suite, in the same session, to see its evidence). First, because it is the longest unit: started
-    last it would run alone at the end. Without xdist only the order changes."""
-    group = pytest.mark.xdist_group("reliability")
+    last it would run alone at the end. Then the real tier's tests, as one unit too: one real cluster on the
+    machine at a time (its kubelets share the host's CPUs and log directories), started once. Without xdist
+    only the order changes."""
+    reliability = pytest.mark.xdist_group("reliability")
+    real = pytest.mark.xdist_group("real")
     first: list[pytest.Item] = []
+    second: list[pytest.Item] = []
     rest: list[pytest.Item] = []
     for item in items:
         if RELIABILITY in Path(str(item.path)).parents:
-            item.add_marker(group)
+            item.add_marker(reliability)
             first.append(item)
+        elif on_real_tier(item):
+            item.add_marker(real)
+            second.append(item)
         else:
             rest.append(item)
-    items[:] = first + rest
+    items[:] = first + second + rest
 
 
 def _require_builder() -> None:
@@ -67,6 +83,41 @@ def base_image(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory
         yield ensure_base_image(registry.host, env)
     finally:
         buildenv.cleanup(root, env)
+
+
+@pytest.fixture(scope="session")
+def pause_image(
+    registry: LocalRegistry, base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The real tier's sandbox image in the session registry (stagefleet.localregistry)."""
+    root = tmp_path_factory.mktemp("pause-root")
+    env = buildenv.prepare(root, insecure_registries=[registry.host])
+    try:
+        yield ensure_pause_image(registry.host, env)
+    finally:
+        buildenv.cleanup(root, env)
+
+
+@dataclass(frozen=True)
+class TierImages:
+    """Images the real tier's nodes run: the sandbox (pause) image and the worker's builder image."""
+
+    pause: str
+    builder: str
+
+
+@pytest.fixture(scope="session")
+def tier_images(registry: LocalRegistry, pause_image: str) -> TierImages:
+    """The real tier's images in the session registry; the builder image is built by stagefleet.images
+    (content-keyed cache: seconds after its first build on a machine), or STAGEFLEET_TEST_BUILDER_IMAGE."""
+    builder = os.environ.get("STAGEFLEET_TEST_BUILDER_IMAGE")
+    if not builder:
+        try:
+            from stagefleet.images import ensure_images
+        except ImportError as e:  # pragma: no cover - only while the images module is being written
+            pytest.skip(f"real tier: no builder image ({e})")
+        builder = ensure_images(registry.host).builder
+    return TierImages(pause=pause_image, builder=builder)
 
 
 @pytest.fixture

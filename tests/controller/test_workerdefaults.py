@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from stagefleet.controller.workerdefaults import (
     WorkerDefaultsError,
     worker_defaults,
 )
+from tiers import chart_operator
 
 from .helpers import BUILD, SEED_PLAN, make_spec
 from .test_podspec import INLINE
@@ -222,24 +222,6 @@ def test_spec_overrides_image_and_resources_whole_but_fuse_stays() -> None:
 
 
 HELM = find_tool("helm")
-
-
-def chart_operator(*set_args: str) -> tuple[dict[str, str], list[str]]:
-    """The operator container's literal env (downward-API entries left out) and args from `helm template`."""
-    assert HELM is not None
-    proc = subprocess.run(
-        [HELM, "template", "sf", str(CHART), "--namespace", "stagefleet-system", *set_args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
-    (c,) = deploy["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
-    return env, list(c["args"])
 
 
 def defaults_from_chart(*set_args: str) -> WorkerDefaults:

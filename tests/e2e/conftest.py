@@ -1,5 +1,7 @@
-"""End-to-end fixtures: a cluster (the dev cluster, or STAGEFLEET_TEST_KUBECONFIG), a namespace per test, the
-real kubectl, and `stagefleet operator` as a child process that a test can kill and start again.
+"""End-to-end fixtures: a cluster on each tier (tests/tiers.py: the dev cluster and the real one; or
+STAGEFLEET_TEST_KUBECONFIG's cluster in place of the dev one), a namespace per test, the real kubectl, and
+`stagefleet operator` as a child process that a test can kill and start again — on the real tier as the
+chart's ServiceAccount with the chart's worker settings.
 
 The registry and base image come from tests/conftest.py. Waits poll the API with generous deadlines: a
 deadline only bounds a hang, no test asserts on how long anything took.
@@ -24,6 +26,7 @@ import yaml
 
 from binaries import run_tool
 from stagefleet.localregistry import LocalRegistry
+from tiers import BUILD_NAMESPACE_LABELS, TIERS, ChartOperator, real_tier_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
@@ -37,14 +40,27 @@ class Cluster:
     kubeconfig: Path
     home: Path
     dev: Any = None  # the DevCluster when we started one
+    real: Any = None  # the RealCluster on the real tier
+    tier: str = "dev"
+    operator_identity: ChartOperator | None = None  # real tier: how the chart's operator authenticates
+
+    @property
+    def node_names(self) -> list[str]:
+        if self.real is not None:
+            return list(self.real.node_names)
+        return [n.name for n in self.dev.nodes] if self.dev is not None else []
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """STAGEFLEET_TEST_KUBECONFIG's cluster (CRD applied), else a DevCluster started for the session."""
+@pytest.fixture(scope="session", params=TIERS)
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Per tier: "dev" is STAGEFLEET_TEST_KUBECONFIG's cluster (CRD applied), else a DevCluster started for
+    the session; "real" is a RealCluster with the chart's identity installed (tests/tiers.py)."""
     if not KUBECTL.exists():
         pytest.skip("the real kubectl is missing (scripts/setup.sh installs it)")
     home = tmp_path_factory.mktemp("kube-home")
+    if request.param == "real":
+        yield from _real_cluster(request, tmp_path_factory, home)
+        return
     external = os.environ.get("STAGEFLEET_TEST_KUBECONFIG")
     if external:
         c = Cluster(Path(external), home)
@@ -62,6 +78,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(dev.kubeconfig, home, dev)
     finally:
         dev.stop()
+
+
+def _real_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, home: Path
+) -> Iterator[Cluster]:
+    why = real_tier_unavailable()
+    if why:
+        pytest.skip(f"real tier: {why}")
+    from stagefleet.realcluster import RealCluster
+    from tiers import chart_set_args, install_chart_identity, kube_env
+
+    registry: LocalRegistry = request.getfixturevalue("registry")
+    images = request.getfixturevalue("tier_images")
+    rc = RealCluster(tmp_path_factory.mktemp("realcluster"), pause_image=images.pause,
+                     registries=[registry.host], nodes=2)
+    rc.start()
+    try:
+        identity = install_chart_identity(
+            [str(KUBECTL)], kube_env(rc.kubeconfig, home), home,
+            chart_set_args(images.builder, registry.host), rc.server, (rc.pki / "ca.crt").read_bytes())
+        yield Cluster(rc.kubeconfig, home, real=rc, tier="real", operator_identity=identity)
+    finally:
+        rc.stop()
 
 
 @dataclass
@@ -120,13 +159,14 @@ class Operator:
         out = self.log.open("ab")
         out.write(f"--- operator start #{self.starts} ---\n".encode())
         out.flush()
+        identity = self.cluster.operator_identity
         argv = [
             sys.executable,
             "-m",
             "stagefleet.cli",
             "operator",
             "--kubeconfig",
-            str(self.cluster.kubeconfig),
+            str(identity.kubeconfig if identity else self.cluster.kubeconfig),
             "--namespace",
             self.namespace,
             "--metrics-port",
@@ -135,9 +175,12 @@ class Operator:
             self.registry,
             "--retry-backoff",
             "1",
+            *(identity.args if identity else ()),
             *self.extra,
         ]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        if identity:
+            env.update(identity.env)
         self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         out.close()
 
@@ -169,7 +212,8 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     ns = f"{base}-{uuid.uuid4().hex[:5]}"
     k = Kubectl(cluster, "default")
-    k.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    meta = {"name": ns, "labels": BUILD_NAMESPACE_LABELS}
+    k.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
     yield ns
     k.run("delete", "namespace", ns, "--wait=false", check=False)
 

@@ -39,7 +39,8 @@ BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube
 HOST_TOOLS = ("etcd", "containerd", "runc", "openssl", "nsenter", "ip")
 SHARED_UNPACK = Path(__file__).resolve().parents[4] / "shared" / "k8s" / "unpack"
 CGROUP_FS = Path("/sys/fs/cgroup")
-KUBELET_HOST_DIRS = (Path("/var/log/pods"), Path("/var/log/containers"), Path("/run/containerd/s"))
+POD_LOG_DIR = Path("/var/log/pods")  # hard-coded in the kubelet: "<namespace>_<pod>_<uid>" per pod
+CONTAINER_LOG_DIR = Path("/var/log/containers")  # symlinks into POD_LOG_DIR
 
 
 class RealClusterError(RuntimeError):
@@ -148,7 +149,7 @@ class RealCluster:
     node_names: list[str] = field(default_factory=list)
     _procs: list[_Proc] = field(default_factory=list)
     _nodes: list[RealNode] = field(default_factory=list)
-    _host_entries: dict[Path, set[str]] = field(default_factory=dict)
+    _pod_uids: set[str] = field(default_factory=set)
     started_seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -168,8 +169,6 @@ class RealCluster:
             self.assets, why = find_assets()
             if self.assets is None:
                 raise RealClusterError(why)
-        for d in KUBELET_HOST_DIRS:
-            self._host_entries[d] = set(os.listdir(d)) if d.is_dir() else set()
         try:
             self._start()
         except BaseException:
@@ -216,6 +215,7 @@ class RealCluster:
     def stop(self) -> None:
         """Stop every process, kill every pod, undo every mount, tidy the kubelet's host paths. Safe to call
         twice; never raises for a part that is already gone."""
+        self._remember_pods()
         for node in self._nodes:
             self._stop_node(node)
         for p in reversed(self._procs):
@@ -226,15 +226,19 @@ class RealCluster:
             _remove_cgroup_root(node.cgroup_root)
         self._nodes.clear()
         _unmount_under(self.workdir)
-        for d, before in self._host_entries.items():
-            if d.is_dir():
-                for entry in set(os.listdir(d)) - before:
-                    path = d / entry
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
-        self._host_entries.clear()
+        _remove_pod_logs(self._pod_uids)
+        self._pod_uids.clear()
+
+    def _remember_pods(self) -> None:
+        """The UIDs of every pod this cluster ran, while its API still answers: their log directories
+        (the kubelet's fixed host paths) are removed after stop, and no other cluster's."""
+        if not self.server or not any(p.alive() for p in self._procs if p.name == "kube-apiserver"):
+            return
+        try:
+            pods = self.request("GET", "/api/v1/pods")["items"]
+        except (urllib.error.URLError, OSError, KeyError, json.JSONDecodeError):
+            return
+        self._pod_uids |= {str(p["metadata"]["uid"]) for p in pods}
 
     def __enter__(self) -> RealCluster:
         self.start()
@@ -547,6 +551,18 @@ def _kill_matching(needle: str) -> None:
         if needle in cmdline and int(entry.name) != os.getpid():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _remove_pod_logs(uids: set[str]) -> None:
+    if not uids or not POD_LOG_DIR.is_dir():
+        return
+    for entry in POD_LOG_DIR.iterdir():
+        if entry.name.rsplit("_", 1)[-1] in uids:
+            shutil.rmtree(entry, ignore_errors=True)
+    if CONTAINER_LOG_DIR.is_dir():
+        for link in CONTAINER_LOG_DIR.iterdir():
+            if link.is_symlink() and not link.exists():  # its pod directory is gone
+                link.unlink(missing_ok=True)
 
 
 def mounts_under(directory: Path) -> list[str]:

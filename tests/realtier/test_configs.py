@@ -1,0 +1,96 @@
+"""Pure parts of the real tier (stagefleet.realcluster.configs), plus its CNI plugin run for real."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stagefleet.realcluster import configs
+
+PORTS = configs.Ports(etcd_client=1, etcd_peer=2, apiserver=3, controller_manager=4, scheduler=5)
+
+
+def test_kubeconfig_embeds_the_ca_and_client_certificate() -> None:
+    cfg = configs.kubeconfig("https://127.0.0.1:3", b"CA", "admin", b"CERT", b"KEY")
+    (cluster,) = cfg["clusters"]
+    assert cluster["cluster"] == {"server": "https://127.0.0.1:3",
+                                  "certificate-authority-data": base64.b64encode(b"CA").decode()}
+    (user,) = cfg["users"]
+    assert base64.b64decode(user["user"]["client-certificate-data"]) == b"CERT"
+    assert base64.b64decode(user["user"]["client-key-data"]) == b"KEY"
+    tok = configs.token_kubeconfig("https://127.0.0.1:3", b"CA", "sa", "T0K")
+    assert tok["users"] == [{"name": "sa", "user": {"token": "T0K"}}]
+    assert yaml.safe_load(yaml.safe_dump(cfg)) == cfg
+
+
+def test_apiserver_runs_with_auth_authz_and_admission_a_user_would_meet(tmp_path: Path) -> None:
+    argv = configs.apiserver_argv("kube-apiserver", tmp_path, PORTS)
+    flags = dict(a.removeprefix("--").split("=", 1) for a in argv[1:])
+    assert flags["authorization-mode"] == "Node,RBAC"
+    assert "NodeRestriction" in flags["enable-admission-plugins"]
+    assert "disable-admission-plugins" not in flags  # ServiceAccount, PodSecurity, ... stay on
+    assert flags["client-ca-file"] == str(tmp_path / "ca.crt")
+    assert flags["bind-address"] == "127.0.0.1" and flags["secure-port"] == "3"
+    assert flags["kubelet-preferred-address-types"] == "Hostname"  # nodes are dialled on loopback
+
+
+def test_node_names_are_loopback_addresses() -> None:
+    import ipaddress
+
+    names = [configs.node_name(i) for i in range(1, 5)]
+    assert len(set(names)) == 4
+    assert all(ipaddress.ip_address(n).is_loopback for n in names)
+
+
+def test_containerd_config_has_what_these_machines_need(tmp_path: Path) -> None:
+    text = configs.containerd_config(tmp_path / "r", tmp_path / "s", tmp_path / "sock", tmp_path / "bin",
+                                     tmp_path / "conf", tmp_path / "certs", "reg/pause:1")
+    assert "restrict_oom_score_adj = true" in text
+    assert "SystemdCgroup = false" in text and "disable_apparmor = true" in text
+    assert f'root = "{tmp_path / "r"}"' in text and 'sandbox_image = "reg/pause:1"' in text
+    assert 'server = "http://127.0.0.1:5000"' in configs.registry_hosts_toml("127.0.0.1:5000")
+
+
+def test_kubelet_config_leaves_the_host_alone(tmp_path: Path) -> None:
+    cfg = configs.kubelet_config(address="127.0.1.1", port=10, pki=tmp_path, cgroup_root="/x", max_pods=3)
+    assert cfg["makeIPTablesUtilChains"] is False and cfg["failSwapOn"] is False
+    assert cfg["cgroupRoot"] == "/x" and cfg["cgroupDriver"] == "cgroupfs"
+    assert cfg["authentication"]["anonymous"]["enabled"] is False
+    assert cfg["authorization"]["mode"] == "Webhook"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_cni_plugin_gives_the_pod_netns_an_address_and_touches_nothing_else(tmp_path: Path) -> None:
+    plugin = tmp_path / configs.POD_NET_PLUGIN
+    plugin.write_text(configs.pod_net_plugin())
+    plugin.chmod(0o755)
+    host_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    ns = f"sf-cni-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123",
+               "CNI_NETNS": f"/var/run/netns/{ns}", "CNI_IFNAME": "eth0", "CNI_PATH": str(tmp_path)}
+        out = subprocess.run([str(plugin)], input=configs.cni_conflist(), env=env, capture_output=True,
+                             text=True, check=True).stdout
+        result = json.loads(out)
+        address = result["ips"][0]["address"]
+        assert address.startswith(configs.POD_NET_PREFIX + ".") and address.endswith("/32")
+        inside = subprocess.run(["ip", "-n", ns, "-o", "addr", "show", "eth0"], capture_output=True,
+                                text=True, check=True).stdout
+        assert address in inside
+        routes = subprocess.run(["ip", "-n", ns, "route"], capture_output=True, text=True, check=True).stdout
+        assert routes.strip() == ""  # no way out of the pod's namespace
+        version = subprocess.run([str(plugin)], env={**env, "CNI_COMMAND": "VERSION"}, capture_output=True,
+                                 text=True, check=True).stdout
+        assert "0.4.0" in json.loads(version)["supportedVersions"]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    after = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert after == host_links
