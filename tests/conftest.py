@@ -8,10 +8,13 @@ storage root (a fresh "pod") and removes the root again at the end of the test.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +136,32 @@ def buildah_env(registry: LocalRegistry) -> Iterator[BuildahEnv]:
     yield make
     for root, env in made:
         buildenv.cleanup(root, env)
+
+
+# ---------------------------------------------------------------------------------- per-tier counts
+
+_TIER_ID = re.compile(r"\[(?:[^\]]*-)?(dev|real)(?:-[^\]]*)?\]$")
+_tier_counts: dict[str, Counter[str]] = {}
+
+
+def tier_of(nodeid: str) -> str | None:
+    """The tier a test ran on, from its id (`test_x[real-case]`): None for tests not run per tier."""
+    m = _TIER_ID.search(nodeid)
+    return m.group(1) if m else None
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = tier_of(report.nodeid)
+    if tier is None:
+        return
+    if (report.when == "call") or (report.when == "setup" and report.outcome != "passed"):
+        _tier_counts.setdefault(tier, Counter())[report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per tier, e.g. `tier real: 60 passed, 0 failed, 2 skipped` (also under pytest-xdist, whose
+    controller receives every worker's reports)."""
+    for tier in sorted(_tier_counts):
+        c = _tier_counts[tier]
+        terminalreporter.write_line(
+            f"tier {tier}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped")
