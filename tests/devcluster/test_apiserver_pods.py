@@ -81,3 +81,53 @@ def test_follow_streams_until_the_container_terminates(apiserver: Any) -> None:
     reader.join(60)
     assert not reader.is_alive()
     assert b"".join(received) == b"first\nsecond\n"
+
+
+def test_a_pod_naming_a_missing_service_account_is_refused_as_kube_apiserver_does(apiserver: Any) -> None:
+    """ServiceAccount admission: 403 Forbidden, with kube-apiserver's Status (reason, message, details)."""
+    base = f"{apiserver.url}/api/v1/namespaces/default/pods"
+    nope = {**POD, "spec": {**POD["spec"], "serviceAccountName": "nope"}}
+    code, body = call(base, "POST", nope)
+    assert code == 403
+    assert json.loads(body) == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'pods "p" is forbidden: error looking up service account default/nope: '
+        'serviceaccount "nope" not found',
+        "reason": "Forbidden",
+        "details": {"name": "p", "kind": "pods"},
+        "code": 403,
+    }
+    assert call(f"{base}/p")[0] == 404  # nothing stored
+    # The deprecated field names the ServiceAccount just the same.
+    old_style = {**POD, "spec": {**POD["spec"], "serviceAccount": "nope"}}
+    code, body = call(base, "POST", old_style)
+    assert code == 403 and b"default/nope" in body
+
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nope"}}
+    assert call(f"{apiserver.url}/api/v1/namespaces/default/serviceaccounts", "POST", sa)[0] == 201
+    code, body = call(base, "POST", nope)
+    assert code == 201 and json.loads(body)["spec"]["serviceAccountName"] == "nope"
+
+
+def test_a_new_namespace_gets_a_default_service_account_that_pods_run_as(apiserver: Any) -> None:
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fresh"}}
+    assert call(f"{apiserver.url}/api/v1/namespaces", "POST", ns)[0] == 201
+    code, body = call(f"{apiserver.url}/api/v1/namespaces/fresh/serviceaccounts/default")
+    assert code == 200 and json.loads(body)["metadata"]["namespace"] == "fresh"
+    code, body = call(f"{apiserver.url}/api/v1/namespaces/fresh/pods", "POST", POD)
+    assert code == 201 and json.loads(body)["spec"]["serviceAccountName"] == "default"
+
+
+def test_kubectl_shows_the_refusal(kube: Any) -> None:
+    """The same words through the real kubectl (and on STAGEFLEET_TEST_KUBECONFIG's real cluster)."""
+    nope = {"apiVersion": "v1", "kind": "Pod", **POD, "spec": {**POD["spec"], "serviceAccountName": "nope"}}
+    proc = kube.kubectl("apply", "-f", "-", input=json.dumps(nope), check=False)
+    assert proc.returncode != 0
+    assert (
+        f'Error from server (Forbidden): error when creating "STDIN": pods "p" is forbidden: '
+        f'error looking up service account {kube.namespace}/nope: serviceaccount "nope" not found'
+    ) in proc.stderr
+    assert kube.kubectl("get", "pod", "p", "--ignore-not-found", "-o", "name").stdout == ""

@@ -444,6 +444,11 @@ class Core:
         """Mutating admission of a pod create, in the apiserver's plugin order (see admission.py)."""
         ns = pod["metadata"]["namespace"]
         sa = self.store.peek(SA_TYPE, ns, admission.service_account_name(pod))
+        if sa is None and not admission.is_mirror_pod(pod):
+            # The ServiceAccount plugin refuses a pod whose ServiceAccount does not exist (yet), in its words.
+            sa_name = admission.service_account_name(pod)
+            why = f'error looking up service account {ns}/{sa_name}: serviceaccount "{sa_name}" not found'
+            raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), why)
         admission.service_account(pod, sa)
         admission.default_toleration_seconds(pod)
 

@@ -73,6 +73,11 @@ def invalid(rt: ResourceType, name: str, causes: list[dict[str, str]]) -> ApiErr
     return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}', details)
 
 
+def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:
+    """403 as admission plugins refuse an object (apierrors.NewForbidden): `pods "p" is forbidden: why`."""
+    return ApiError(403, "Forbidden", f'{qualified(rt)} "{name}" is forbidden: {why}', _details(rt, name))
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
