@@ -5,16 +5,20 @@ of a chart brings its Deployment up. It speaks only the public API (`kubeapi.Kub
 
 * Deployment → one ReplicaSet per pod template, named ``<deployment>-<pod-template-hash>``, owned by the
   Deployment (controller ownerReference), its selector and template labels extended with
-  ``pod-template-hash``; ReplicaSets of an older template are deleted (Recreate-like: the GC removes their
-  pods, the kubelet stops them gracefully). ``spec.replicas`` is copied to the current ReplicaSet.
+  ``pod-template-hash``; ReplicaSets of an older template are scaled to 0 (Recreate-like: the kubelet stops
+  their pods gracefully) and kept as rollout history. ``spec.replicas`` is copied to the current ReplicaSet.
+* Revisions as kube-controller-manager numbers them: ``deployment.kubernetes.io/revision`` on each
+  ReplicaSet (a new one gets the highest + 1, an old template coming back, as with ``kubectl rollout undo``,
+  too, its earlier numbers in ``revision-history``) and on the Deployment; once the rollout is complete,
+  the oldest scaled-down ReplicaSets beyond ``spec.revisionHistoryLimit`` (default 10) are deleted.
 * ReplicaSet → pods from the template (``generateName: <rs>-``), owned by the ReplicaSet; missing pods are
   created, extra ones deleted, terminal (Succeeded/Failed) ones deleted and replaced.
 * Status: ReplicaSet ``replicas/readyReplicas/availableReplicas/fullyLabeledReplicas/observedGeneration``,
   Deployment the same plus ``updatedReplicas`` and ``Available``/``Progressing`` conditions.
 * Deleting a Deployment: the emulator's garbage collector removes the ReplicaSet and its pods.
 
-Not implemented: rolling updates with surge, minReadySeconds, paused, rollback history, scale subresource
-semantics beyond ``spec.replicas``. A development and test tool.
+Not implemented: rolling updates with surge, minReadySeconds, paused, scale subresource semantics beyond
+``spec.replicas``. A development and test tool.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
 log = logging.getLogger("stagefleet.devcluster.deployments")
 
 HASH_LABEL = "pod-template-hash"
+REVISION = "deployment.kubernetes.io/revision"
+REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
+DEFAULT_HISTORY_LIMIT = 10
 RESYNC_SECONDS = 30.0
 TERMINAL = ("Succeeded", "Failed")
 TRANSIENT = (ApiError, aiohttp.ClientError, TimeoutError, OSError)
@@ -71,7 +78,7 @@ def controller_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-def replicaset_for(deploy: Mapping[str, Any]) -> dict[str, Any]:
+def replicaset_for(deploy: Mapping[str, Any], revision: int = 1) -> dict[str, Any]:
     """The ReplicaSet manifest of the Deployment's current template."""
     meta, spec = deploy["metadata"], deploy["spec"]
     template = copy.deepcopy(spec.get("template") or {})
@@ -87,7 +94,7 @@ def replicaset_for(deploy: Mapping[str, Any]) -> dict[str, Any]:
             "name": f"{meta['name']}-{h}",
             "namespace": meta["namespace"],
             "labels": {**(tmeta.get("labels") or {})},
-            "annotations": {"deployment.kubernetes.io/revision": "1"},
+            "annotations": {REVISION: str(revision)},
             "ownerReferences": [owner_ref({"apiVersion": "apps/v1", "kind": "Deployment", **deploy})],
         },
         "spec": {"replicas": int(spec.get("replicas", 1)), "selector": selector, "template": template},
@@ -110,6 +117,64 @@ def pod_for(rs: Mapping[str, Any]) -> dict[str, Any]:
         },
         "spec": template.get("spec") or {},
     }
+
+
+def revision(rs: Mapping[str, Any]) -> int:
+    """A ReplicaSet's `deployment.kubernetes.io/revision` (0 when missing or not a number)."""
+    text = ((rs.get("metadata") or {}).get("annotations") or {}).get(REVISION, "")
+    return int(text) if str(text).isdigit() else 0
+
+
+def revision_bump(current: Mapping[str, Any], others: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Annotations that make `current` (the ReplicaSet of the Deployment's template) the newest revision:
+    the highest of the `others` + 1, the numbers it had before appended to `revision-history` (the
+    Deployment controller's SetNewReplicaSetAnnotations); {} when it already is the newest."""
+    new = max((revision(rs) for rs in others), default=0) + 1
+    old = revision(current)
+    if old >= new:
+        return {}
+    out = {REVISION: str(new)}
+    if old:
+        history = ((current.get("metadata") or {}).get("annotations") or {}).get(REVISION_HISTORY, "")
+        out[REVISION_HISTORY] = f"{history},{old}" if history else str(old)
+    return out
+
+
+def history_to_delete(
+    deploy: Mapping[str, Any], current_name: str, owned: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """Names of the old ReplicaSets beyond `spec.revisionHistoryLimit`, oldest revision first, that are
+    scaled down and settled (the Deployment controller's cleanupDeployment)."""
+    limit = int(deploy["spec"].get("revisionHistoryLimit", DEFAULT_HISTORY_LIMIT))
+    old = [
+        rs
+        for rs in owned
+        if rs["metadata"]["name"] != current_name and not rs["metadata"].get("deletionTimestamp")
+    ]
+    if len(old) <= limit:
+        return []
+    old.sort(key=lambda rs: (revision(rs), rs["metadata"].get("creationTimestamp", "")))
+
+    def settled(rs: Mapping[str, Any]) -> bool:
+        st = rs.get("status") or {}
+        return (
+            int(rs["spec"].get("replicas", 1)) == 0
+            and int(st.get("replicas", 0)) == 0
+            and int(rs["metadata"].get("generation", 1)) <= int(st.get("observedGeneration", 0))
+        )
+
+    return [rs["metadata"]["name"] for rs in old[: len(old) - limit] if settled(rs)]
+
+
+def rollout_complete(deploy: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Every replica updated and available, no other left, the latest generation seen (DeploymentComplete)."""
+    desired = int(deploy["spec"].get("replicas", 1))
+    return (
+        status.get("updatedReplicas") == desired
+        and status.get("replicas") == desired
+        and status.get("availableReplicas") == desired
+        and int(status.get("observedGeneration", 0)) >= int(deploy["metadata"].get("generation", 1))
+    )
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -306,40 +371,62 @@ class DeploymentController:
             want = replicaset_for(d)["metadata"]["name"]
             current = next((rs for rs in owned if rs["metadata"]["name"] == want), None)
             status = deployment_status(d, current, owned, now())
+            ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
             if _status_differs(d.get("status"), status):
-                ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
                 with contextlib.suppress(ApiError):
                     await self.api.merge_patch(
                         f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/status", {"status": status}
                     )
+            if current is not None and rollout_complete(d, status):
+                for old in history_to_delete(d, want, owned):
+                    log.info("deployment %s/%s: deleting replicaset %s (revision history)", ns, name, old)
+                    with contextlib.suppress(ApiError):
+                        await self.api.delete(
+                            f"/apis/apps/v1/namespaces/{ns}/replicasets/{old}",
+                            {"propagationPolicy": "Background"},
+                        )
 
     async def _deployment(self, d: dict[str, Any], owned: list[dict[str, Any]]) -> None:
         ns = d["metadata"]["namespace"]
-        want = replicaset_for(d)
-        name = want["metadata"]["name"]
+        name = replicaset_for(d)["metadata"]["name"]
         base = f"/apis/apps/v1/namespaces/{ns}/replicasets"
-        for rs in owned:
-            if rs["metadata"]["name"] != name and not rs["metadata"].get("deletionTimestamp"):
+        others = [rs for rs in owned if rs["metadata"]["name"] != name]
+        for rs in others:
+            if not rs["metadata"].get("deletionTimestamp") and int(rs["spec"].get("replicas", 1)) != 0:
                 log.info(
-                    "deployment %s/%s: deleting old replicaset %s",
+                    "deployment %s/%s: scaling old replicaset %s to 0",
                     ns,
                     d["metadata"]["name"],
                     rs["metadata"]["name"],
                 )
                 with contextlib.suppress(ApiError):
-                    await self.api.delete(
-                        f"{base}/{rs['metadata']['name']}", {"propagationPolicy": "Background"}
-                    )
+                    await self.api.merge_patch(f"{base}/{rs['metadata']['name']}", {"spec": {"replicas": 0}})
         current = next((rs for rs in owned if rs["metadata"]["name"] == name), None)
+        want = replicaset_for(d, max((revision(rs) for rs in others), default=0) + 1)
         if current is None:
             try:
-                await self.api.create(base, want)
+                current = await self.api.create(base, want)
                 log.info("deployment %s/%s: created replicaset %s", ns, d["metadata"]["name"], name)
             except ApiError as e:
                 if e.status != 409:
                     raise
-        elif int(current["spec"].get("replicas", 1)) != want["spec"]["replicas"]:
-            await self.api.merge_patch(f"{base}/{name}", {"spec": {"replicas": want["spec"]["replicas"]}})
+                return  # created by an earlier pass we have not seen yet: the next pass goes on
+        else:
+            patch: dict[str, Any] = {}
+            bump = revision_bump(current, others)
+            if bump:
+                patch["metadata"] = {"annotations": bump}
+            if int(current["spec"].get("replicas", 1)) != want["spec"]["replicas"]:
+                patch["spec"] = {"replicas": want["spec"]["replicas"]}
+            if patch:
+                current = await self.api.merge_patch(f"{base}/{name}", patch)
+        rev = str(revision(current))
+        if ((d["metadata"].get("annotations") or {}).get(REVISION)) != rev:
+            with contextlib.suppress(ApiError):
+                await self.api.merge_patch(
+                    f"/apis/apps/v1/namespaces/{ns}/deployments/{d['metadata']['name']}",
+                    {"metadata": {"annotations": {REVISION: rev}}},
+                )
 
     async def _replicaset(self, rs: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         ns, name = rs["metadata"]["namespace"], rs["metadata"]["name"]
