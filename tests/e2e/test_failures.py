@@ -9,7 +9,7 @@ import pytest
 from stagefleet import health
 from stagefleet.localregistry import LocalRegistry, free_port
 
-from .conftest import Kubectl, Operator, inline_manifest, seed_manifest, wait_terminal, wait_until
+from .conftest import Kubectl, Operator, inline_manifest, seed_manifest, wait_for, wait_terminal, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
 
@@ -141,3 +141,78 @@ def test_timeout_cancels_and_stops_pods(
         "the pods to stop",
         operator,
     )
+
+
+def _stalled(o: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (o.get("status") or {}).get("conditions") or () if c["type"] == "Stalled"), {})
+
+
+def _rejections(o: dict[str, Any]) -> int:
+    return max((s.get("rejections") or 0 for s in (o.get("status") or {}).get("stages") or ()), default=0)
+
+
+def test_refused_pod_stalls_with_the_apis_message_then_resumes(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """A worker pod naming a ServiceAccount that does not exist is refused by the API (403): the build is
+    Stalled with the API's words and one Warning event, is tried again meanwhile, and goes on by itself
+    once the ServiceAccount is there."""
+    sa = "does-not-exist"
+    dockerfile = f"FROM {base_image}\nRUN echo ok > /ok\n"
+    kubectl.apply(inline_manifest("nosa", dockerfile, registry.host, serviceAccountName=sa))
+    obj = wait_for(
+        kubectl,
+        operator,
+        "nosa",
+        lambda o: _stalled(o).get("status") == "True" and _rejections(o) >= 3,
+        "Stalled, the pod refused three times",
+    )
+    status = obj["status"]
+    api_says = (
+        f'pods "nosa-1-g1-a1" is forbidden: error looking up service account {kubectl.namespace}/{sa}: '
+        f'serviceaccount "{sa}" not found'
+    )
+    stalled = _stalled(obj)
+    assert stalled["reason"] == "PodRejected" and api_says in stalled["message"], stalled
+    assert "pod nosa-1-g1-a1 refused by the API (403 Forbidden)" in stalled["message"]
+    assert status["phase"] == "Pending" and status["message"] == stalled["message"]
+    assert status["startTime"] and status["stages"][0]["attempts"] == 0
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "False"
+    assert health.convention_problems(obj) == [] and health.kstatus(obj).status == "Failed"
+    assert kubectl.pods("nosa") == []
+
+    def rejected_events() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in kubectl.events()
+            if e["involvedObject"].get("name") == "nosa" and e["reason"] == "PodRejected"
+        ]
+
+    # Tried three times, one event: it says the same each time.
+    events = rejected_events()
+    assert len(events) == 1 and events[0]["type"] == "Warning" and api_says in events[0]["message"]
+
+    kubectl.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}})
+    obj = wait_terminal(kubectl, operator, "nosa")
+    status = obj["status"]
+    assert status["phase"] == "Succeeded", status["message"]
+    assert _stalled(obj)["status"] == "False" and health.convention_problems(obj) == []
+    assert status["stages"][0]["attempts"] == 1 and "rejections" not in status["stages"][0]
+    assert [p["spec"]["serviceAccountName"] for p in kubectl.pods("nosa")] == [sa]
+    assert len(rejected_events()) == 1
+
+
+def test_refused_pods_still_time_out(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """spec.timeout counts from the first pass, although no pod was ever created."""
+    dockerfile = f"FROM {base_image}\nRUN echo ok > /ok\n"
+    kubectl.apply(inline_manifest("nosa", dockerfile, registry.host, serviceAccountName="nope", timeout="5s"))
+    obj = wait_terminal(kubectl, operator, "nosa")
+    status = obj["status"]
+    assert status["phase"] == "Cancelled", status
+    assert status["message"].startswith("timed out after 5s (spec.timeout); group g1 ")
+    assert 'serviceaccount "nope" not found' in status["message"]
+    assert next(c for c in status["conditions"] if c["type"] == "Stalled")["reason"] == "Timeout"
+    assert health.convention_problems(obj) == [] and health.kstatus(obj).status == "Failed"
+    assert kubectl.pods("nosa") == []
