@@ -125,16 +125,20 @@ def test_stop_leaves_nothing_behind(tmp_path: Path, registry: LocalRegistry, bas
              "pod busy Running")
         uid = kubectl(rc, "get", "pod", "busy", "-o", "jsonpath={.metadata.uid}")
         roots = [n.cgroup_root for n in rc._nodes]
+        nodes_dir = rc.nodes_dir
+        assert nodes_dir is not None and nodes_dir.is_dir()
         assert any((d / "cgroup.procs").read_text().strip() for r in roots for d in _cgroup_dirs(r))
     finally:
         rc.stop()
-    assert mounts_under(tmp_path / "rt") == []
+    assert mounts_under(tmp_path / "rt") == [] and mounts_under(nodes_dir) == []
+    assert not nodes_dir.exists()
     assert all(_cgroup_dirs(r) == [] for r in roots)
     mine = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if str(tmp_path / "rt").encode() in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if str(tmp_path / "rt").encode() in cmdline or str(nodes_dir).encode() in cmdline:
                     mine.append(entry.name)
             except OSError:
                 continue

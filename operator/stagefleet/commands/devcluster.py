@@ -66,6 +66,20 @@ def register(subparsers: Any) -> None:
     up.add_argument("--node-label", action="append", default=[], metavar="K=V", help="label every node")
     up.add_argument("--no-crds", action="store_true", help="do not install crds/*.yaml")
     up.add_argument(
+        "--real",
+        action="store_true",
+        help="a real Kubernetes instead of the emulator: etcd, kube-apiserver (TLS, RBAC, admission), "
+        "controller-manager, scheduler and one containerd + kubelet per node, from the binaries in "
+        "$STAGEFLEET_K8S_ASSETS or ../shared/k8s (stagefleet.realcluster); pods run real images",
+    )
+    up.add_argument(
+        "--registry",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --real: the plain-HTTP registry nodes pull from (default: a throwaway one on loopback, "
+        "holding the busybox base and pause images)",
+    )
+    up.add_argument(
         "--detach", action="store_true", help="run in the background; stop with `dev-cluster down`"
     )
     up.add_argument("-v", "--verbose", action="store_true", help="kubelet diagnostics on stderr")
@@ -139,6 +153,8 @@ def foreground(args: argparse.Namespace, workdir: Path, labels: dict[str, str]) 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.real:
+        return foreground_real(args, workdir, stop)
     cluster = DevCluster(
         workdir,
         nodes=args.nodes,
@@ -160,14 +176,68 @@ def foreground(args: argparse.Namespace, workdir: Path, labels: dict[str, str]) 
             "nodes": [n.name for n in cluster.nodes],
             "logs_dir": str(cluster.logs_dir),
         }
-        tmp = workdir / (STATE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(workdir / STATE)
+        _write_state(workdir, state)
         if not args.background:
             print_info(state, args.pods_per_node, detached=False)
         stop.wait()
     finally:
         cluster.stop()
+        (workdir / STATE).unlink(missing_ok=True)
+    return 0
+
+
+def _write_state(workdir: Path, state: dict[str, Any]) -> None:
+    tmp = workdir / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(workdir / STATE)
+
+
+def foreground_real(args: argparse.Namespace, workdir: Path, stop: threading.Event) -> int:
+    """`up --real`: a registry (given or throwaway) with the pause and busybox base images, then the real
+    tier, until SIGINT/SIGTERM; everything stopped and unmounted on the way out."""
+    import shutil
+
+    from stagefleet import buildenv
+    from stagefleet.localregistry import LocalRegistry, ensure_base_image, ensure_pause_image
+    from stagefleet.realcluster import RealCluster, RealClusterError, find_assets
+
+    assets, why = find_assets()
+    if assets is None:
+        print(f"stagefleet dev-cluster: --real cannot start: {why}", file=sys.stderr)
+        return 1
+    workdir.mkdir(parents=True, exist_ok=True)
+    registry = None if args.registry else LocalRegistry(workdir / "registry").start()
+    host = args.registry or (registry.host if registry else "")
+    env = buildenv.prepare(workdir / "image-storage", insecure_registries=[host])
+    cluster = None
+    try:
+        base = ensure_base_image(host, env)
+        pause = ensure_pause_image(host, env)
+        cluster = RealCluster(workdir / "cluster", pause_image=pause, registries=[host], nodes=args.nodes,
+                              max_pods=args.pods_per_node, assets=assets, install_crds=not args.no_crds,
+                              node_labels=list(args.node_label))
+        cluster.start()
+        kubeconfig = cluster.kubeconfig
+        if args.kubeconfig:
+            shutil.copyfile(kubeconfig, args.kubeconfig)
+            kubeconfig = args.kubeconfig.resolve()
+        state = {"pid": os.getpid(), "server": cluster.server, "kubeconfig": str(kubeconfig),
+                 "workdir": str(workdir), "nodes": list(cluster.node_names),
+                 "logs_dir": str(cluster.logs_dir), "real": True, "registry": host, "base_image": base,
+                 "started_seconds": round(cluster.started_seconds, 1)}
+        _write_state(workdir, state)
+        if not args.background:
+            print_info(state, args.pods_per_node, detached=False)
+        stop.wait()
+    except RealClusterError as e:
+        print(f"stagefleet dev-cluster: --real did not start: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        buildenv.cleanup(workdir / "image-storage", env)
+        if registry is not None:
+            registry.stop()
         (workdir / STATE).unlink(missing_ok=True)
     return 0
 
@@ -195,6 +265,10 @@ def detach(args: argparse.Namespace, workdir: Path) -> int:
         argv += ["--kubeconfig", str(args.kubeconfig.resolve())]
     if args.no_crds:
         argv.append("--no-crds")
+    if args.real:
+        argv.append("--real")
+    if args.registry:
+        argv += ["--registry", args.registry]
     if args.verbose:
         argv.append("--verbose")
     log_path = workdir / "dev-cluster.log"
@@ -243,13 +317,23 @@ def down(workdir: Path, timeout: float) -> int:
 def print_info(state: dict[str, Any], pods_per_node: int, *, detached: bool, log: Path | None = None) -> None:
     kc = state["kubeconfig"]
     nodes = ", ".join(state["nodes"])
-    lines = [
-        "stagefleet dev cluster is up — a development/test tool, not a production Kubernetes",
-        f"  API server:  {state['server']}  (plain HTTP, no auth)",
-        f"  kubeconfig:  {kc}",
-        f"  nodes:       {nodes}  ({pods_per_node} pods each; pods run as host processes)",
-        f"  pod logs:    {state['logs_dir']}",
-    ]
+    if state.get("real"):
+        lines = [
+            f"real Kubernetes (1.24) is up in {state['started_seconds']} s — a test tier on this machine",
+            f"  API server:  {state['server']}  (TLS; client certificates; Node+RBAC; PodSecurity admission)",
+            f"  kubeconfig:  {kc}  (cluster admin)",
+            f"  nodes:       {nodes}  (containerd + kubelet each; {pods_per_node} pods each)",
+            f"  registry:    {state['registry']}  (plain HTTP; base image {state['base_image']})",
+            f"  logs:        {state['logs_dir']}",
+        ]
+    else:
+        lines = [
+            "stagefleet dev cluster is up — a development/test tool, not a production Kubernetes",
+            f"  API server:  {state['server']}  (plain HTTP, no auth)",
+            f"  kubeconfig:  {kc}",
+            f"  nodes:       {nodes}  ({pods_per_node} pods each; pods run as host processes)",
+            f"  pod logs:    {state['logs_dir']}",
+        ]
     if log is not None:
         lines.append(f"  its log:     {log}  (pid {state['pid']})")
     lines += ["", "Use it:", f"  export KUBECONFIG={kc}", "  kubectl get nodes", ""]

@@ -18,6 +18,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -157,6 +158,9 @@ class RealCluster:
         self.pki = self.workdir / "pki"
         self.kubeconfig = self.workdir / "kubeconfig"
         self.logs_dir = self.workdir / "logs"
+        # Node state (containerd, kubelet root) lives under a short path of its own: the kubelet's unix
+        # sockets must fit in 108 bytes, which a deep work directory (e.g. pytest's) would exceed.
+        self.nodes_dir: Path | None = None
         self.id = uuid.uuid4().hex[:6]
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -179,6 +183,8 @@ class RealCluster:
     def _start(self) -> None:
         assert self.assets is not None
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.nodes_dir = Path(tempfile.mkdtemp(prefix="sf-rt-"))
+        (self.workdir / "nodes").symlink_to(self.nodes_dir)
         self.pki.mkdir(exist_ok=True)
         ports = configs.Ports(free_port(), free_port(), free_port(), free_port(), free_port())
         self.server = f"https://127.0.0.1:{ports.apiserver}"
@@ -226,6 +232,10 @@ class RealCluster:
             _remove_cgroup_root(node.cgroup_root)
         self._nodes.clear()
         _unmount_under(self.workdir)
+        if self.nodes_dir is not None:
+            _unmount_under(self.nodes_dir)
+            shutil.rmtree(self.nodes_dir, ignore_errors=True)
+            self.nodes_dir = None
         _remove_pod_logs(self._pod_uids)
         self._pod_uids.clear()
 
@@ -282,7 +292,8 @@ class RealCluster:
     def _start_node(self, ca: pki.KeyPair, index: int) -> RealNode:
         assert self.assets is not None
         name = configs.node_name(index)
-        ndir = self.workdir / f"node{index}"
+        assert self.nodes_dir is not None
+        ndir = self.nodes_dir / f"node{index}"
         node = RealNode(
             index,
             name,
