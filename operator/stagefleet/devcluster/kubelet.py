@@ -1251,8 +1251,116 @@ class KubeletThread:
         self._thread = None
 
 
+# ------------------------------------------------------------------------------------ standalone process
+
+API_WAIT_SECONDS = 120.0  # how long a standalone kubelet waits at start for its kubeconfig and API server
+
+
+class NotReachable(Exception):
+    """The API server did not answer within the start-up wait."""
+
+
+def _not_up_yet(e: BaseException) -> bool:
+    """Worth waiting for: no kubeconfig yet, nothing listening, a timeout, a starting or overloaded server."""
+    if isinstance(e, ApiError):
+        return e.status in (429, 500, 502, 503, 504)
+    return isinstance(e, FileNotFoundError | aiohttp.ClientConnectionError | TimeoutError | ConnectionError)
+
+
+def _say(message: str) -> None:
+    print(f"kubelet: {message}", file=sys.stderr, flush=True)
+
+
+async def connect(kubeconfig: Path, wait: float) -> KubeAPI:
+    """The API server of `kubeconfig`, once it answers ``GET /version``; while the kubeconfig is missing or
+    the server is unreachable, retried with backoff for up to `wait` seconds (saying so once), then
+    `NotReachable`. Other errors (a malformed kubeconfig, 401/403) are raised at once."""
+    from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
+
+    def waiting(state: RetryCallState) -> None:
+        if state.attempt_number == 1:
+            error = state.outcome.exception() if state.outcome is not None else None
+            _say(f"waiting up to {wait:.0f} s for the API server of {kubeconfig} ({error!s:.200})")
+
+    api: KubeAPI | None = None
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_not_up_yet),
+            stop=stop_after_delay(wait),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            before_sleep=waiting,
+            reraise=True,
+        ):
+            with attempt:
+                if api is not None:
+                    await api.close()
+                if not kubeconfig.read_text().strip():  # being written by whoever starts the API server
+                    raise FileNotFoundError(f"{kubeconfig} is empty")
+                api = KubeAPI(ClusterAccess.from_kubeconfig(kubeconfig))
+                await api.request("GET", "/version", attempts=1)
+                if attempt.retry_state.attempt_number > 1:
+                    _say(f"the API server at {api.access.server} answers: joining")
+    except BaseException as e:
+        if api is not None:
+            await api.close()
+        if _not_up_yet(e):
+            raise NotReachable(f"no API server answered for {kubeconfig} within {wait:.0f} s: {e}") from e
+        raise
+    assert api is not None
+    return api
+
+
+async def serve(
+    kubeconfig: Path,
+    *,
+    nodes: Sequence[NodeConfig],
+    root_dir: Path,
+    logs_dir: Path,
+    verbose: bool = False,
+    api_wait: float = API_WAIT_SECONDS,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """A kubelet as a process: connect (waiting for the API server), run until `stop` (SIGTERM/SIGINT in
+    `main`), then kill every pod process and remove the pods' directories and `root_dir` (when nothing else
+    is in it). Pod logs stay: they are what the API server serves. The exit status: 0 once stopped, 1 when
+    the API server never answered or the kubelet failed."""
+    stop = stop or asyncio.Event()
+    stopped = asyncio.ensure_future(stop.wait())
+    connecting = asyncio.ensure_future(connect(kubeconfig, api_wait))
+    await asyncio.wait({connecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        return 0
+    try:
+        api = connecting.result()
+    except Exception as e:  # noqa: BLE001 - unreachable, a bad kubeconfig, refused: one line, no traceback
+        stopped.cancel()
+        _say(f"not started: {e}")
+        return 1
+    kubelet = Kubelet(api, nodes=nodes, root_dir=root_dir, logs_dir=logs_dir, verbose=verbose)
+    running = asyncio.ensure_future(kubelet.run())
+    try:
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (running, stopped):
+            task.cancel()
+        await asyncio.gather(running, stopped, return_exceptions=True)
+        await kubelet.shutdown()
+        with contextlib.suppress(OSError):
+            root_dir.rmdir()  # empty once the pods' directories are gone; never anything it did not make
+    if stop.is_set():
+        _say("stopped: pod processes killed, pod directories removed")
+        return 0
+    error = running.exception() if not running.cancelled() else None
+    _say(f"failed: {error!r}")
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a kubelet against any API server: `python -m stagefleet.devcluster.kubelet --kubeconfig F`."""
+    """Run a kubelet against any API server: `python -m stagefleet.devcluster.kubelet --kubeconfig F`.
+
+    SIGTERM or SIGINT stops it cleanly (exit 0). Started before its API server, it waits for it."""
     parser = argparse.ArgumentParser(description="stagefleet dev-cluster local kubelet (a development tool)")
     parser.add_argument("--kubeconfig", required=True, type=Path)
     parser.add_argument("--nodes", type=int, default=2)
@@ -1260,26 +1368,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--node-label", action="append", default=[], metavar="K=V")
     parser.add_argument("--root-dir", type=Path, required=True)
     parser.add_argument("--logs-dir", type=Path, required=True)
+    parser.add_argument(
+        "--api-wait",
+        type=float,
+        default=API_WAIT_SECONDS,
+        metavar="SECONDS",
+        help="at start, wait this long for the kubeconfig and its API server (default %(default)s)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     labels = dict(kv.split("=", 1) for kv in args.node_label)
-    kubelet = Kubelet(
-        KubeAPI(ClusterAccess.from_kubeconfig(args.kubeconfig)),
-        nodes=node_configs(args.nodes, args.pods_per_node, labels),
-        root_dir=args.root_dir,
-        logs_dir=args.logs_dir,
-        verbose=args.verbose,
-    )
 
-    async def run() -> None:
-        try:
-            await kubelet.run()
-        finally:
-            await kubelet.shutdown()
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await serve(
+            args.kubeconfig,
+            nodes=node_configs(args.nodes, args.pods_per_node, labels),
+            root_dir=args.root_dir,
+            logs_dir=args.logs_dir,
+            verbose=args.verbose,
+            api_wait=args.api_wait,
+            stop=stop,
+        )
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-    return 0
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":
