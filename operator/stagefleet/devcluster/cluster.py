@@ -18,7 +18,13 @@ from typing import Any
 import yaml
 
 from stagefleet.devcluster.deployments import DeploymentControllerThread
-from stagefleet.devcluster.kubelet import KubeletThread, NodeConfig, node_configs
+from stagefleet.devcluster.kubelet import (
+    LEASE_RENEW_SECONDS,
+    NODE_STATUS_REPORT_SECONDS,
+    KubeletThread,
+    NodeConfig,
+    node_configs,
+)
 
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -31,6 +37,8 @@ class DevCluster:
     `workdir/kubelet`. `faults` is the emulator's live `Faults` object (error rate, watch drops, latency).
     `node_specs` replaces the uniform `nodes`/`pods_per_node`/`node_labels` nodes (e.g. tainted ones).
     `deployments` runs the minimal Deployment/ReplicaSet controller (`deployments.py`) next to the kubelet.
+    `lease_seconds`/`status_report_seconds`: how often the kubelet renews each node's Lease (10 s) and
+    reports an unchanged node status (300 s), as a real kubelet does.
     """
 
     def __init__(
@@ -45,6 +53,8 @@ class DevCluster:
         node_specs: Sequence[NodeConfig] | None = None,
         verbose: bool = False,
         deployments: bool = True,
+        lease_seconds: float = LEASE_RENEW_SECONDS,
+        status_report_seconds: float = NODE_STATUS_REPORT_SECONDS,
     ) -> None:
         from stagefleet.devcluster.apiserver import Faults
 
@@ -61,6 +71,7 @@ class DevCluster:
         self.kubelet: KubeletThread | None = None
         self.run_deployments = deployments
         self.deployments: DeploymentControllerThread | None = None
+        self.heartbeats = (lease_seconds, status_report_seconds)  # node Lease renewal, node status report
 
     def start(self) -> None:
         """Start the emulator, write the kubeconfig, install the CRDs, start the kubelet (nodes Ready)."""
@@ -80,6 +91,8 @@ class DevCluster:
                 root_dir=self.workdir / "kubelet",
                 logs_dir=self.logs_dir,
                 verbose=self.verbose,
+                lease_seconds=self.heartbeats[0],
+                status_report_seconds=self.heartbeats[1],
             )
             self.kubelet.start()
             if self.run_deployments:

@@ -45,6 +45,13 @@ KUBELET_VERSION = "v1.34.0-stagefleet-dev"
 RESTART_BACKOFF_START = 1.0  # Kubernetes starts at 10 s; short here so tests of OnFailure stay quick
 RESTART_BACKOFF_MAX = 30.0
 FIRST_REPORT_DELAY = 0.5  # a pod's Pending/ContainerCreating status is written only if it lasts this long
+# Node heartbeats, as a real kubelet sends them: a Lease per node in kube-node-lease renewed every 10 s
+# (a quarter of its 40 s duration), and the node status (every condition's lastHeartbeatTime) posted every
+# 5 min when nothing changed (nodeStatusReportFrequency). Two nodes cost 0.2 writes/s.
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+LEASE_DURATION_SECONDS = 40
+LEASE_RENEW_SECONDS = 10.0
+NODE_STATUS_REPORT_SECONDS = 300.0
 TRANSIENT = (ApiError, aiohttp.ClientError, TimeoutError, OSError)  # retried, never fatal to a pod
 TERMINAL = ("Succeeded", "Failed")
 
@@ -52,6 +59,32 @@ TERMINAL = ("Succeeded", "Failed")
 def now() -> str:
     """RFC 3339 UTC timestamp with second precision, as the API uses."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_now() -> str:
+    """RFC 3339 UTC with microseconds (the API's MicroTime, e.g. a Lease's renewTime)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lease_manifest(node: Mapping[str, Any], renew_time: str) -> dict[str, Any]:
+    """The node's Lease as a real kubelet creates it: owned by the Node, held by it for 40 s per renewal."""
+    name = node["metadata"]["name"]
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "namespace": NODE_LEASE_NAMESPACE,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}
+            ],
+        },
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": renew_time,
+        },
+    }
 
 
 def _parse_time(text: str) -> float:
@@ -698,9 +731,15 @@ class Kubelet:
         python: str | None = None,
         verbose: bool = False,
         zygote: bool | None = None,
+        lease_seconds: float = LEASE_RENEW_SECONDS,
+        status_report_seconds: float = NODE_STATUS_REPORT_SECONDS,
     ) -> None:
         self.api = api
         self.nodes = {n.name: n for n in nodes}
+        self.lease_seconds = lease_seconds
+        self.status_report_seconds = status_report_seconds
+        self._node_status_lock = asyncio.Lock()  # a heartbeat never lands after lose_node's NotReady
+        self._leases: set[str] = set()  # nodes whose Lease we created (renewals patch it)
         # Fork containers from a zygote (default) or exec `unshare` per container (STAGEFLEET_ZYGOTE=0).
         self.use_zygote = os.environ.get("STAGEFLEET_ZYGOTE", "1") != "0" if zygote is None else zygote
         self._zygote: Zygote | None = None
@@ -834,6 +873,49 @@ class Kubelet:
                 )
             self.node_objs[cfg.name] = obj
             await self._post_node_status(cfg.name, ready=True)
+            await self.renew_lease(cfg.name)
+
+    async def renew_lease(self, name: str) -> None:
+        """Create or renew the node's Lease in kube-node-lease, as a real kubelet's lease controller does."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases"
+        if name not in self._leases:
+            try:
+                await self.api.create(path, lease_manifest(self.node_objs[name], micro_now()))
+                self._leases.add(name)
+                return
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+                self._leases.add(name)
+        spec = {
+            "holderIdentity": name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": micro_now(),
+        }
+        try:
+            await self.api.merge_patch(f"{path}/{name}", {"spec": spec})
+        except ApiError as e:
+            if e.status == 404:
+                self._leases.discard(name)  # deleted: created again on the next beat
+            raise
+
+    async def _heartbeat(self, name: str) -> None:
+        """The node status a real kubelet reports every nodeStatusReportFrequency (new lastHeartbeatTime)."""
+        async with self._node_status_lock:
+            if name not in self.lost:
+                await self._post_node_status(name, ready=True)
+
+    async def _every(self, seconds: float, beat: Any) -> None:
+        """Run `beat(node)` for every node that is not lost, every `seconds`; failures wait for the next."""
+        while True:
+            await asyncio.sleep(seconds)
+            for name in self.nodes:
+                if name in self.lost or name not in self.node_objs:
+                    continue
+                try:
+                    await beat(name)
+                except TRANSIENT as e:
+                    self.log(f"node {name}: {getattr(beat, '__name__', 'heartbeat')}: {e}")
 
     async def _post_node_status(self, name: str, *, ready: bool) -> None:
         prev = ((self.node_objs.get(name) or {}).get("status") or {}).get("conditions") or []
@@ -861,7 +943,8 @@ class Kubelet:
         obj = await self.api.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": taints}})
         if isinstance(obj, dict):
             self.node_objs[name] = obj
-        await self._post_node_status(name, ready=False)
+        async with self._node_status_lock:
+            await self._post_node_status(name, ready=False)
         runners = [r for r in self.runners.values() if r.node == name]
         await asyncio.gather(*(r.lose() for r in runners))
         self._wake.set()
@@ -879,6 +962,8 @@ class Kubelet:
         if isinstance(obj, dict):
             self.node_objs[name] = obj
         await self._post_node_status(name, ready=True)
+        with contextlib.suppress(*TRANSIENT):
+            await self.renew_lease(name)
         self._wake.set()
 
     # -------------------------------------------------------------------------------- watches
@@ -894,6 +979,8 @@ class Kubelet:
             asyncio.create_task(self._informer("/api/v1/pods", self._on_pod, pods_synced)),
             asyncio.create_task(self._informer("/api/v1/nodes", self._on_node, asyncio.Event())),
             asyncio.create_task(self._scheduler()),
+            asyncio.create_task(self._every(self.lease_seconds, self.renew_lease)),
+            asyncio.create_task(self._every(self.status_report_seconds, self._heartbeat)),
         ]
         await pods_synced.wait()
         self.ready.set()
@@ -1179,8 +1266,11 @@ class KubeletThread:
         logs_dir: Path,
         path: str | None = None,
         verbose: bool = False,
+        lease_seconds: float = LEASE_RENEW_SECONDS,
+        status_report_seconds: float = NODE_STATUS_REPORT_SECONDS,
     ) -> None:
         self._args = (kubeconfig, nodes, root_dir, logs_dir, path, verbose)
+        self._beats = (lease_seconds, status_report_seconds)
         self.loop = asyncio.new_event_loop()
         self.kubelet: Kubelet | None = None
         self._thread: threading.Thread | None = None
@@ -1199,6 +1289,8 @@ class KubeletThread:
                 logs_dir=logs_dir,
                 path=path,
                 verbose=verbose,
+                lease_seconds=self._beats[0],
+                status_report_seconds=self._beats[1],
             )
             self._main = asyncio.ensure_future(kubelet.run())
             return kubelet
