@@ -436,7 +436,7 @@ class RealCluster:
             cn="kube-apiserver",
             sans=(
                 "IP:127.0.0.1",
-                "IP:10.0.0.1",
+                "IP:127.200.0.1",  # the kubernetes Service (configs.SERVICE_CIDR)
                 "DNS:localhost",
                 "DNS:kubernetes",
                 "DNS:kubernetes.default",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SERVICE_CIDR = "10.0.0.0/24"  # only ever an API field: no kube-proxy, no service traffic on this tier
+SERVICE_CIDR = "127.200.0.0/24"  # loopback: a pod dialling a service IP from the node stays on this machine
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 POD_NET_PLUGIN = "stagefleet-pod-net"
 # Pod addresses: a loopback range, so anything that dials a pod IP from the host stays on this machine.
