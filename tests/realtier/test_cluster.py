@@ -30,8 +30,13 @@ def real(
     why = real_tier_unavailable()
     if why:
         pytest.skip(f"real tier: {why}")
-    rc = RealCluster(tmp_path_factory.mktemp("rt-lifecycle"), pause_image=pause_image,
-                     registries=[registry.host], nodes=1, install_crds=False)
+    rc = RealCluster(
+        tmp_path_factory.mktemp("rt-lifecycle"),
+        pause_image=pause_image,
+        registries=[registry.host],
+        nodes=1,
+        install_crds=False,
+    )
     rc.start()
     yield rc
     rc.stop()
@@ -39,8 +44,14 @@ def real(
 
 def kubectl(rc: RealCluster, *args: str, input: str | None = None, check: bool = True) -> str:
     assert KUBECTL is not None
-    proc = subprocess.run([KUBECTL, "--kubeconfig", str(rc.kubeconfig), *args], input=input, text=True,
-                          capture_output=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(rc.kubeconfig), *args],
+        input=input,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -56,9 +67,19 @@ def wait(predicate: Any, what: str, timeout: float = 120) -> None:
 
 
 def pod(name: str, image: str, command: list[str], **spec: Any) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                       "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                                "containers": [{"name": "c", "image": image, "command": command}], **spec}})
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": image, "command": command}],
+                **spec,
+            },
+        }
+    )
 
 
 def test_a_pod_runs_from_the_test_registry_with_logs_and_exec(real: RealCluster, base_image: str) -> None:
@@ -68,25 +89,36 @@ def test_a_pod_runs_from_the_test_registry_with_logs_and_exec(real: RealCluster,
     assert info["containerRuntimeVersion"].startswith("containerd://")
     assert info["kubeletVersion"].startswith("v1.24")
     kubectl(real, "apply", "-f", "-", input=pod("hello", base_image, ["sh", "-c", "echo hello-$((6*7))"]))
-    wait(lambda: kubectl(real, "get", "pod", "hello", "-o", "jsonpath={.status.phase}") == "Succeeded",
-         "pod hello Succeeded")
+    wait(
+        lambda: kubectl(real, "get", "pod", "hello", "-o", "jsonpath={.status.phase}") == "Succeeded",
+        "pod hello Succeeded",
+    )
     assert kubectl(real, "logs", "hello").strip() == "hello-42"  # apiserver -> kubelet on loopback
     obj = json.loads(kubectl(real, "get", "pod", "hello", "-o", "json"))
     # admission did what a real one does: the token volume and the NoExecute tolerations
     assert any(v["name"].startswith("kube-api-access-") for v in obj["spec"]["volumes"])
-    assert {t["key"] for t in obj["spec"]["tolerations"]} >= {"node.kubernetes.io/not-ready",
-                                                               "node.kubernetes.io/unreachable"}
+    assert {t["key"] for t in obj["spec"]["tolerations"]} >= {
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    }
     kubectl(real, "apply", "-f", "-", input=pod("sleeper", base_image, ["sleep", "300"]))
-    wait(lambda: kubectl(real, "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}") == "Running",
-         "pod sleeper Running")
+    wait(
+        lambda: kubectl(real, "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}") == "Running",
+        "pod sleeper Running",
+    )
     assert kubectl(real, "exec", "sleeper", "--", "cat", "/proc/1/cmdline").startswith("sleep")
 
 
 def test_a_missing_service_account_is_refused_with_403(real: RealCluster, base_image: str) -> None:
     assert KUBECTL is not None
-    proc = subprocess.run([KUBECTL, "--kubeconfig", str(real.kubeconfig), "create", "-f", "-"],
-                          input=pod("nosa", base_image, ["true"], serviceAccountName="nope"),
-                          text=True, capture_output=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(real.kubeconfig), "create", "-f", "-"],
+        input=pod("nosa", base_image, ["true"], serviceAccountName="nope"),
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode != 0
     assert 'error looking up service account default/nope: serviceaccount "nope" not found' in proc.stderr
 
@@ -96,10 +128,13 @@ def test_a_stopped_kubelet_leaves_its_pod_running(real: RealCluster, base_image:
     (the emulator used to fail such pods at once)."""
     node = real.node_names[0]
     kubectl(real, "apply", "-f", "-", input=pod("survivor", base_image, ["sleep", "300"]))
-    wait(lambda: kubectl(real, "get", "pod", "survivor", "-o", "jsonpath={.status.phase}") == "Running",
-         "pod survivor Running")
+    wait(
+        lambda: kubectl(real, "get", "pod", "survivor", "-o", "jsonpath={.status.phase}") == "Running",
+        "pod survivor Running",
+    )
     real.stop_kubelet(node)
     try:
+
         def unknown() -> bool:
             conds = json.loads(kubectl(real, "get", "node", node, "-o", "json"))["status"]["conditions"]
             return any(c["type"] == "Ready" and c["status"] == "Unknown" for c in conds)
@@ -111,18 +146,22 @@ def test_a_stopped_kubelet_leaves_its_pod_running(real: RealCluster, base_image:
     wait(lambda: real.node_ready(node), f"node {node} Ready again")
 
 
-def test_stop_leaves_nothing_behind(tmp_path: Path, registry: LocalRegistry, base_image: str,
-                                    pause_image: str) -> None:
+def test_stop_leaves_nothing_behind(
+    tmp_path: Path, registry: LocalRegistry, base_image: str, pause_image: str
+) -> None:
     why = real_tier_unavailable()
     if why:
         pytest.skip(f"real tier: {why}")
-    rc = RealCluster(tmp_path / "rt", pause_image=pause_image, registries=[registry.host], nodes=1,
-                     install_crds=False)
+    rc = RealCluster(
+        tmp_path / "rt", pause_image=pause_image, registries=[registry.host], nodes=1, install_crds=False
+    )
     rc.start()
     try:
         kubectl(rc, "apply", "-f", "-", input=pod("busy", base_image, ["sleep", "600"]))
-        wait(lambda: kubectl(rc, "get", "pod", "busy", "-o", "jsonpath={.status.phase}") == "Running",
-             "pod busy Running")
+        wait(
+            lambda: kubectl(rc, "get", "pod", "busy", "-o", "jsonpath={.status.phase}") == "Running",
+            "pod busy Running",
+        )
         uid = kubectl(rc, "get", "pod", "busy", "-o", "jsonpath={.metadata.uid}")
         roots = [n.cgroup_root for n in rc._nodes]
         nodes_dir = rc.nodes_dir
@@ -146,3 +185,36 @@ def test_stop_leaves_nothing_behind(tmp_path: Path, registry: LocalRegistry, bas
     logs = Path("/var/log/pods")
     assert not any(e.name.endswith("_" + uid) for e in (logs.iterdir() if logs.is_dir() else ()))
     assert os.path.isdir(tmp_path / "rt")  # the work directory is the caller's to remove
+
+
+def test_the_kubernetes_service_is_reachable_from_the_nodes_network(
+    real: RealCluster, base_image: str
+) -> None:
+    """No kube-proxy here: the tier's Service range is loopback and the `kubernetes` Service address is
+    forwarded to the API server, so in-cluster clients in host-network pods (the chart's operator) work."""
+    import ssl
+    import urllib.request
+
+    svc = json.loads(kubectl(real, "get", "service", "kubernetes", "-n", "default", "-o", "json"))
+    ip = svc["spec"]["clusterIP"]
+    assert ip.startswith("127.200.")
+    kubectl(
+        real,
+        "apply",
+        "-f",
+        "-",
+        input=pod(
+            "envcheck",
+            base_image,
+            ["sh", "-c", "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"],
+            hostNetwork=True,
+        ),
+    )
+    wait(
+        lambda: kubectl(real, "get", "pod", "envcheck", "-o", "jsonpath={.status.phase}") == "Succeeded",
+        "pod envcheck Succeeded",
+    )
+    assert kubectl(real, "logs", "envcheck").strip() == f"{ip}:443"
+    ctx = ssl.create_default_context(cafile=str(real.pki / "ca.crt"))  # the serving cert names the address
+    with urllib.request.urlopen(f"https://{ip}:443/readyz", context=ctx, timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == b"ok"

@@ -31,7 +31,7 @@ def test_kubeconfig_embeds_the_ca_and_client_certificate() -> None:
 
 
 def test_apiserver_runs_with_auth_authz_and_admission_a_user_would_meet(tmp_path: Path) -> None:
-    argv = configs.apiserver_argv("kube-apiserver", tmp_path, PORTS)
+    argv = configs.apiserver_argv("kube-apiserver", tmp_path, PORTS, 7)
     flags = dict(a.removeprefix("--").split("=", 1) for a in argv[1:])
     assert flags["authorization-mode"] == "Node,RBAC"
     assert "NodeRestriction" in flags["enable-admission-plugins"]
@@ -39,6 +39,8 @@ def test_apiserver_runs_with_auth_authz_and_admission_a_user_would_meet(tmp_path
     assert flags["client-ca-file"] == str(tmp_path / "ca.crt")
     assert flags["bind-address"] == "127.0.0.1" and flags["secure-port"] == "3"
     assert flags["kubelet-preferred-address-types"] == "Hostname"  # nodes are dialled on loopback
+    assert flags["service-cluster-ip-range"] == "127.200.7.0/24"  # Services on loopback too
+    assert configs.kubernetes_service_ip(7) == "127.200.7.1"
 
 
 def test_node_names_are_loopback_addresses() -> None:

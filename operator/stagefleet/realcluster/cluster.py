@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import ssl
@@ -34,6 +35,7 @@ import yaml
 from stagefleet.devcluster.cluster import REPO_CRDS, install_crds
 from stagefleet.localregistry import free_port
 from stagefleet.realcluster import configs, pki
+from stagefleet.realcluster.serviceproxy import ServiceProxy
 
 ENV_ASSETS = "STAGEFLEET_K8S_ASSETS"  # a directory holding kube-apiserver, kube-controller-manager, ...
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
@@ -161,6 +163,8 @@ class RealCluster:
         # Node state (containerd, kubelet root) lives under a short path of its own: the kubelet's unix
         # sockets must fit in 108 bytes, which a deep work directory (e.g. pytest's) would exceed.
         self.nodes_dir: Path | None = None
+        self.service_net = 0
+        self._proxy: ServiceProxy | None = None
         self.id = uuid.uuid4().hex[:6]
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -188,12 +192,14 @@ class RealCluster:
         self.pki.mkdir(exist_ok=True)
         ports = configs.Ports(free_port(), free_port(), free_port(), free_port(), free_port())
         self.server = f"https://127.0.0.1:{ports.apiserver}"
+        self.service_net, self._proxy = _kubernetes_service_proxy(ports.apiserver)
         ca = self._make_pki()
 
         etcd = self._spawn("etcd", configs.etcd_argv("etcd", self.workdir / "etcd", ports))
         self._wait(etcd, lambda: self._http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), 30)
         api = self._spawn(
-            "kube-apiserver", configs.apiserver_argv(str(self.assets / "kube-apiserver"), self.pki, ports)
+            "kube-apiserver",
+            configs.apiserver_argv(str(self.assets / "kube-apiserver"), self.pki, ports, self.service_net),
         )
         self._wait(api, lambda: self._api_ok("/readyz"), 90)
         if self.install_crds:
@@ -202,7 +208,7 @@ class RealCluster:
         self._spawn(
             "kube-controller-manager",
             configs.controller_manager_argv(
-                str(self.assets / "kube-controller-manager"), self.pki, cm_kc, ports
+                str(self.assets / "kube-controller-manager"), self.pki, cm_kc, ports, self.service_net
             ),
         )
         sched_kc = self._component_kubeconfig(ca, "scheduler", "system:kube-scheduler")
@@ -228,6 +234,9 @@ class RealCluster:
             # kube-scheduler ignores SIGTERM in this version: it gets a short grace, then SIGKILL
             p.stop(0.5 if p.name == "kube-scheduler" else 5.0)
         self._procs.clear()
+        if self._proxy is not None:
+            self._proxy.stop()
+            self._proxy = None
         for node in self._nodes:
             _remove_cgroup_root(node.cgroup_root)
         self._nodes.clear()
@@ -436,7 +445,7 @@ class RealCluster:
             cn="kube-apiserver",
             sans=(
                 "IP:127.0.0.1",
-                "IP:127.200.0.1",  # the kubernetes Service (configs.SERVICE_CIDR)
+                f"IP:{configs.kubernetes_service_ip(self.service_net)}",  # in-cluster clients dial it
                 "DNS:localhost",
                 "DNS:kubernetes",
                 "DNS:kubernetes.default",
@@ -489,6 +498,18 @@ class RealCluster:
                 )
             time.sleep(0.1)
         raise RealClusterError(f"{what or proc.name} not ready after {timeout:.0f} s:\n{_tail(proc.log)}")
+
+
+def _kubernetes_service_proxy(apiserver_port: int) -> tuple[int, ServiceProxy]:
+    """A free 127.200.N.0/24 for the cluster's Services, with its `kubernetes` Service address (N.1:443)
+    already forwarding to the API server."""
+    for n in random.sample(range(1, 255), 254):
+        try:
+            proxy = ServiceProxy((configs.kubernetes_service_ip(n), 443), ("127.0.0.1", apiserver_port))
+        except OSError:
+            continue
+        return n, proxy.start()
+    raise RealClusterError("no free 127.200.N.1:443 for the kubernetes Service")
 
 
 # --- host state: cgroups, mounts, strays ------------------------------------------------------------------

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SERVICE_CIDR = "127.200.0.0/24"  # loopback: a pod dialling a service IP from the node stays on this machine
+# Services get loopback addresses: a host-network pod dialling one stays on this machine (serviceproxy.py).
+# Each cluster takes its own /24 (127.200.N.0/24), so that several tiers can share the machine.
+
+
+def service_cidr(n: int) -> str:
+    return f"127.200.{n}.0/24"
+
+
+def kubernetes_service_ip(n: int) -> str:
+    """The first address of the range: the API server's `kubernetes` Service in `default`."""
+    return f"127.200.{n}.1"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 POD_NET_PLUGIN = "stagefleet-pod-net"
 # Pod addresses: a loopback range, so anything that dials a pod IP from the host stays on this machine.
@@ -88,7 +98,7 @@ def etcd_argv(binary: str, data_dir: Path, ports: Ports, name: str = "real") -> 
     ]  # a throwaway test store: durability buys nothing, fsync costs seconds
 
 
-def apiserver_argv(binary: str, pki: Path, ports: Ports) -> list[str]:
+def apiserver_argv(binary: str, pki: Path, ports: Ports, service_net: int) -> list[str]:
     """TLS, client-certificate auth, Node+RBAC authorization and the default admission chain
     (ServiceAccount, DefaultTolerationSeconds, PodSecurity, ...) plus NodeRestriction."""
     return [
@@ -105,7 +115,7 @@ def apiserver_argv(binary: str, pki: Path, ports: Ports) -> list[str]:
         f"--service-account-issuer={SA_ISSUER}",
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={service_cidr(service_net)}",
         "--endpoint-reconciler-type=none",
         "--allow-privileged=true",
         "--feature-gates=CustomResourceValidationExpressions=true",
@@ -118,7 +128,9 @@ def apiserver_argv(binary: str, pki: Path, ports: Ports) -> list[str]:
     ]
 
 
-def controller_manager_argv(binary: str, pki: Path, kubeconfig_path: Path, ports: Ports) -> list[str]:
+def controller_manager_argv(
+    binary: str, pki: Path, kubeconfig_path: Path, ports: Ports, service_net: int
+) -> list[str]:
     k = str(kubeconfig_path)
     return [
         binary,
@@ -134,7 +146,7 @@ def controller_manager_argv(binary: str, pki: Path, kubeconfig_path: Path, ports
         f"--root-ca-file={pki / 'ca.crt'}",
         f"--cluster-signing-cert-file={pki / 'ca.crt'}",
         f"--cluster-signing-key-file={pki / 'ca.key'}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={service_cidr(service_net)}",
         "--profiling=false",
         "--v=0",
         # a lost node is noticed after 16 s instead of 40 s (kubelets here report every second)
