@@ -389,7 +389,9 @@ def test_an_early_group_retried_while_its_upstream_retries_waits_for_it() -> Non
     assert [(c.group.id, c.attempt, c.waits_for) for c in d2.create] == [("g3", 2, ("build1", "build2"))]
 
 
-def test_a_consumed_digest_other_than_the_recorded_one_is_reported() -> None:
+def test_a_result_built_from_another_upstream_digest_is_not_accepted() -> None:
+    """A worker that waited by tag may have consumed a push of an upstream attempt whose result was not
+    the one accepted: its own result is then not used, and the group is started again."""
     s = early_started()
     ups = [
         pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1)),
@@ -403,13 +405,26 @@ def test_a_consumed_digest_other_than_the_recorded_one_is_reported() -> None:
         return pod("g3", phase="Succeeded", message=msg)
 
     d = run(s, [*ups, final_with({"build1": D1, "build2": other})], early=True)
-    assert d.status["phase"] == "Succeeded"
-    warned = [e.message for e in d.events if e.reason == "UpstreamMismatch"]
-    assert warned == [
-        f"group g3 consumed build2@{other}, but group g2 recorded {D2} (it pushed again after a retry)"
+    assert d.status["phase"] == "Building" and "image" not in d.status
+    assert [(c.group.id, c.attempt, dict(c.upstream)) for c in d.create] == [
+        (
+            "g3",
+            2,
+            {
+                "build1": ("127.0.0.1:5000/t/app/stages:g1", D1),
+                "build2": ("127.0.0.1:5000/t/app/stages:g2", D2),
+            },
+        )
+    ]
+    final = d.status["stages"][2]
+    assert final["attempts"] == 2 and final["restarts"] == 1 and final["phase"] == "Pending"
+    restarted = [e.message for e in d.events if e.reason == "GroupRestarted"]
+    assert restarted == [
+        f"group g3 (final): consumed build2@{other}, but group g2 recorded {D2}; pod seed-1-g3-a1 is replaced"
     ]
     d2 = run(s, [*ups, final_with({"build1": D1, "build2": D2})], early=True)
-    assert [e for e in d2.events if e.reason == "UpstreamMismatch"] == []
+    assert d2.status["phase"] == "Succeeded" and d2.create == []
+    assert [e for e in d2.events if e.reason == "GroupRestarted"] == []
 
 
 def test_the_build_succeeds_only_once_every_group_result_is_seen() -> None:

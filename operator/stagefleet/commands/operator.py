@@ -130,6 +130,14 @@ def register(subparsers: Any) -> None:
         help="seconds before the first retry of a failed group; doubles per attempt (5)",
     )
     p.add_argument(
+        "--node-lost-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a worker pod whose node has not been Ready this long (or that is stuck Terminating this long) "
+        "is lost: force-deleted, its group retried on another node (60)",
+    )
+    p.add_argument(
         "--early-start",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -206,7 +214,12 @@ def run(args: argparse.Namespace) -> int:
     kube = Kube.connect(args.kubeconfig or os.environ.get("KUBECONFIG"))
     reconciler = Reconciler(
         kube,
-        OperatorConfig(worker=worker, backoff_base=args.retry_backoff, early_start=args.early_start),
+        OperatorConfig(
+            worker=worker,
+            backoff_base=args.retry_backoff,
+            early_start=args.early_start,
+            node_lost_after=max(0.0, args.node_lost_after),
+        ),
         metrics,
         threads=max(1, args.concurrency),
     )

@@ -5,6 +5,8 @@
 * events of worker pods (label-selected): reconcile their ImageBuild when something it reads changed;
   delete orphans.
 * a requeue loop (started with the operator): retries after backoff, the build timeout, missing Secrets.
+* the nodes' readiness (a list+watch thread started with the operator, `controller.nodewatch`): a node
+  going NotReady or Ready triggers the builds with pods on it.
 * a liveness probe (served only with ``--health-port``): the number of builds in flight.
 * the login: the credentials our own client uses too (`stagefleet.controller.login`).
 """
@@ -87,6 +89,9 @@ async def start_requeue_loop(*, memo: Any, **_: Any) -> None:
     finalizer and annotations on every ImageBuild: three more writes per build, and deletion waiting for
     the operator.)"""
     memo.requeue_task = asyncio.create_task(_reconciler(memo).requeue_forever())
+    # The nodes' readiness (one list+watch in a thread): a pod on a node NotReady for --node-lost-after
+    # seconds is lost and its group retried elsewhere (controller.nodeloss).
+    _reconciler(memo).watch_nodes(asyncio.get_running_loop())
 
 
 @kopf.on.probe(id="buildsInFlight")
@@ -100,6 +105,9 @@ async def stop_requeue_loop(*, memo: Any, **_: Any) -> None:
     task = getattr(memo, "requeue_task", None)
     if task is not None:
         task.cancel()
+    nodes = _reconciler(memo).nodes
+    if nodes is not None:
+        nodes.stop()
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:

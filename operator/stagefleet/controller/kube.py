@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets as _random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -51,6 +51,14 @@ class Conflict(Exception):
 
 
 REFUSED = {400, 403, 422}
+
+
+class Forbidden(Exception):
+    """The operator may not do this (403): e.g. list Nodes without the chart's node rule."""
+
+
+class Expired(Exception):
+    """A watch's resourceVersion is too old (410 Gone): list again."""
 
 
 class Refused(Exception):
@@ -282,6 +290,47 @@ class Kube:
             raise
         value = data.get(key)
         return base64.b64decode(value) if isinstance(value, str) else None
+
+    # --- Nodes (an informer-style cache: one list, then a watch; never a GET per pass) -------------------
+
+    @_retry
+    def list_nodes(self) -> tuple[list[dict[str, Any]], str]:
+        """Every Node and the list's resourceVersion (to watch from); `Forbidden` without the RBAC."""
+        try:
+            data = _json(self.core.list_node(_preload_content=False))
+        except ApiException as e:
+            if e.status == 403:
+                raise Forbidden(_api_status(e)[1]) from e
+            raise
+        return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch_nodes(self, resource_version: str, timeout_seconds: int = 300) -> Iterator[tuple[str, Any]]:
+        """(type, object) of the Node events after ``resource_version`` (BOOKMARKs included), until the
+        server ends the watch after ``timeout_seconds``; `Expired` when the version is too old."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resp = self.core.list_node(
+            watch=True,
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout_seconds,
+            _preload_content=False,
+            _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 30),
+        )
+        try:
+            lines: Iterator[str] = iter_resp_lines(resp)  # type: ignore[no-untyped-call]
+            for line in lines:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                etype, obj = str(event.get("type")), event.get("object") or {}
+                if etype == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired(str(obj.get("message") or "410 Gone"))
+                    raise RuntimeError(f"node watch: {obj.get('code')} {obj.get('message')}")
+                yield etype, obj
+        finally:
+            resp.release_conn()
 
     # --- Events ------------------------------------------------------------------------------------------
 

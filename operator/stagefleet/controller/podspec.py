@@ -28,6 +28,10 @@ LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 ANNOTATION_STAGES = f"{GROUP}/stages"
 ANNOTATION_TARGET = f"{GROUP}/target"
+# On a pod started early: which attempt of each upstream group its worker waits for ("g1=1,g2=3"), so
+# that the operator can tell a waiter whose upstream was retried (it waits for a tag nobody will push, or
+# that a lost attempt may still push) and restart it against the new attempt.
+ANNOTATION_UPSTREAM_ATTEMPTS = f"{GROUP}/upstream-attempts"
 
 WORKER_CONTAINER = "worker"
 STORAGE_MOUNT = "/var/lib/stagefleet"
@@ -123,16 +127,35 @@ def label_value(text: str) -> str:
     return f"{value[: _MAX_NAME - 7].rstrip('-_.')}-{_short_hash(text)}"
 
 
-def stage_result_ref(spec: ImageBuildSpec, build: BuildRef, group_id: str) -> str:
-    """Where a non-final group pushes its target stage; unique per build, generation and group."""
-    tag = f"{dns_label(build.name)[:60]}-{build.uid[:8]}-{build.generation}-{dns_label(group_id)}"
+def stage_result_ref(spec: ImageBuildSpec, build: BuildRef, group_id: str, attempt: int) -> str:
+    """Where a non-final group's attempt pushes its target stage; unique per build, generation, group and
+    attempt: a lost attempt whose containers still run can push only to its own tag, never over the
+    result of the attempt that replaced it (nor into a pod waiting for that one)."""
+    tag = f"{dns_label(build.name)[:60]}-{build.uid[:8]}-{build.generation}-{dns_label(group_id)}-a{attempt}"
     return f"{spec.stages_repository}:{tag}"
 
 
-def push_refs(spec: ImageBuildSpec, plan: PlanView, build: BuildRef, group: GroupPlan) -> tuple[str, ...]:
+def push_refs(
+    spec: ImageBuildSpec, plan: PlanView, build: BuildRef, group: GroupPlan, attempt: int
+) -> tuple[str, ...]:
     if group.id == plan.final_group:
         return spec.output.refs
-    return (stage_result_ref(spec, build, group.id),)
+    return (stage_result_ref(spec, build, group.id, attempt),)
+
+
+def format_attempts(attempts: Mapping[str, int]) -> str:
+    """``{"g1": 1, "g2": 3}`` → ``"g1=1,g2=3"`` (ANNOTATION_UPSTREAM_ATTEMPTS)."""
+    return ",".join(f"{g}={a}" for g, a in sorted(attempts.items()))
+
+
+def parse_attempts(text: str | None) -> dict[str, int]:
+    """The inverse of `format_attempts`; malformed entries are skipped."""
+    out: dict[str, int] = {}
+    for part in (text or "").split(","):
+        group, _, attempt = part.partition("=")
+        if group.strip() and attempt.strip().isdigit():
+            out[group.strip()] = int(attempt)
+    return out
 
 
 def owner_reference(build: BuildRef) -> dict[str, Any]:
@@ -200,9 +223,12 @@ def worker_pod(
     upstream: Mapping[str, tuple[str, str]],
     config: WorkerConfig,
     deadline_seconds: int,
+    upstream_attempts: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The pod manifest for ``group`` (attempt ``attempt``); ``upstream`` maps stage → (image ref, digest)
-    for the consumed stages already built; the others are waited for by tag (the pod started early)."""
+    for the consumed stages already built; the others are waited for by tag (the pod started early): the
+    tag of the producing group's attempt in ``upstream_attempts`` (group id → attempt; 1 if missing)."""
+    waited: dict[str, int] = {}
     volumes: list[dict[str, Any]] = [{"name": "storage", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "storage", "mountPath": STORAGE_MOUNT}]
     args: list[str] = []
@@ -232,7 +258,8 @@ def worker_pod(
             ref, digest = upstream[stage]
             args += ["--upstream", f"{stage}={ref}@{digest}"]
         else:  # started early: the worker waits until the producing group has pushed its result tag
-            args += ["--upstream-wait", f"{stage}={stage_result_ref(spec, build, gid)}"]
+            waited[gid] = (upstream_attempts or {}).get(gid, 1)
+            args += ["--upstream-wait", f"{stage}={stage_result_ref(spec, build, gid, waited[gid])}"]
 
     by_id = {s.id: s for s in spec.secrets}
     for n, sid in enumerate(group.secrets):
@@ -262,7 +289,7 @@ def worker_pod(
     elif spec.cache.mode == "max" or group.id == plan.final_group:
         args += ["--cache-repo", cache_repo]
 
-    for ref in push_refs(spec, plan, build, group):
+    for ref in push_refs(spec, plan, build, group, attempt):
         args += ["--push", ref]
     if spec.output.push_secret:
         volumes.append(
@@ -321,6 +348,9 @@ def worker_pod(
         pod_spec["serviceAccountName"] = spec.service_account_name
 
     labels = {**config.pod_labels, **pod_labels(build, group.id, attempt)}
+    annotations = {ANNOTATION_STAGES: ",".join(group.stages), ANNOTATION_TARGET: group.target}
+    if waited:
+        annotations[ANNOTATION_UPSTREAM_ATTEMPTS] = format_attempts(waited)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -328,7 +358,7 @@ def worker_pod(
             "name": pod_name(build, group.id, attempt),
             "namespace": build.namespace,
             "labels": labels,
-            "annotations": {ANNOTATION_STAGES: ",".join(group.stages), ANNOTATION_TARGET: group.target},
+            "annotations": annotations,
             "ownerReferences": [owner_reference(build)],
         },
         "spec": pod_spec,

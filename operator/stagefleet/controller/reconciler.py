@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from stagefleet.controller import nodeloss
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.model import PlanView, plan_dockerfile
+from stagefleet.controller.nodewatch import NodeWatch
 from stagefleet.controller.podspec import (
     LABEL_UID,
     BuildRef,
@@ -58,6 +60,9 @@ class OperatorConfig:
     # A status change that only reports progress (st.urgent_change) waits up to this long, so that the
     # transitions of sibling groups share one write; 0 writes every change at once.
     status_coalesce: float = 1.0
+    # A worker pod whose node has not been Ready this long, or that is stuck Terminating this long, is lost:
+    # force-deleted, its group retried elsewhere (controller.nodeloss; --node-lost-after).
+    node_lost_after: float = nodeloss.DEFAULT_GRACE_SECONDS
 
 
 def _fields(namespace: str, name: str) -> dict[str, str]:
@@ -97,6 +102,41 @@ class Reconciler:
         # Worker pods the scheduler cannot place: while there are any, no pod starts early (it would only
         # wait, holding room that real work needs).
         self._unschedulable: dict[str, str] = {}  # pod uid → its ImageBuild's uid
+        # Where the worker pods run: pod uid → (node, namespace, ImageBuild name), from pod events, so that
+        # a node going NotReady (or Ready again) triggers exactly the builds with pods on it.
+        self._pod_nodes: dict[str, tuple[str, str, str]] = {}
+        self.nodes: NodeWatch | None = None  # started with the operator (watch_nodes)
+
+    # --- nodes -------------------------------------------------------------------------------------------
+
+    def watch_nodes(self, loop: asyncio.AbstractEventLoop) -> NodeWatch:
+        """Start following the Nodes' readiness (a thread with one list+watch); a change triggers the
+        builds with pods on that node (in ``loop``, kopf's)."""
+
+        def changed(name: str) -> None:
+            loop.call_soon_threadsafe(self._node_changed, name)
+
+        watch = NodeWatch(self.kube, changed, lost_after=self.config.node_lost_after)
+        self.nodes = watch
+        watch.start()
+        return watch
+
+    def _node_changed(self, node: str) -> None:
+        for ns, name in sorted({(ns, name) for n, ns, name in self._pod_nodes.values() if n == node}):
+            task = asyncio.create_task(self.trigger(ns, name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _note_node(self, pod: Mapping[str, Any], deleted: bool) -> None:
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid"))
+        node = (pod.get("spec") or {}).get("nodeName")
+        owner = next((o for o in meta.get("ownerReferences") or () if o.get("kind") == "ImageBuild"), None)
+        if deleted or not node or owner is None:
+            self._pod_nodes.pop(uid, None)
+        else:
+            ns = str(meta.get("namespace") or "default")
+            self._pod_nodes[uid] = (str(node), ns, str(owner.get("name")))
 
     # --- scheduling (async, in kopf's loop) --------------------------------------------------------------
 
@@ -124,6 +164,7 @@ class Reconciler:
         """
         uid = str((pod.get("metadata") or {}).get("uid"))
         self._note_schedulable(pod, deleted)
+        self._note_node(pod, deleted)
         if deleted:
             self._pod_states.pop(uid, None)
             self._created.discard(uid)
@@ -375,12 +416,16 @@ class Reconciler:
         """Decide from ``status`` (maybe just planned, unwritten) and write the result over ``base``."""
         listed = self.kube.list_worker_pods(build.namespace, build.uid)
         self._refresh_schedulable(build.uid, listed)
+        for p in listed:
+            self._note_node(p, False)
         pods = [o for o in (st.observe_pod(p) for p in listed) if o]
         missing: dict[str, str] = {}
         if status.get("phase") not in st.TERMINAL:
             needs = st.secret_needs(spec, plan)
             keys = {n.name: self.kube.secret_keys(build.namespace, n.name) for n in needs}
             missing = st.secret_problems(needs, keys)
+
+        nodes = self.nodes.snapshot() if self.nodes is not None else None
 
         def decide() -> st.Decision:
             return st.decide(
@@ -393,6 +438,8 @@ class Reconciler:
                 now=now,
                 backoff_base=self.config.backoff_base,
                 early_start=self.early_start_now(),
+                nodes=nodes,
+                node_lost_after=self.config.node_lost_after,
             )
 
         d = decide()
@@ -412,6 +459,17 @@ class Reconciler:
         events = [*events, *started_events]
         for name in d.delete:
             self.kube.delete_pod(build.namespace, name)
+        for name in d.force_delete:
+            # Lost (controller.nodeloss): no kubelet will confirm its end, so it is removed from the API at
+            # once (the scheduler stops counting it); a kubelet that comes back kills what still runs.
+            log.warning(
+                "force-deleting lost pod %s of %s/%s",
+                name,
+                build.namespace,
+                build.name,
+                extra={**_fields(build.namespace, build.name), "pod": name},
+            )
+            self.kube.delete_pod(build.namespace, name, grace_seconds=0)
         safety = safety_poll_seconds(self.unfinished())
         requeue = None if d.requeue_after is None else min(d.requeue_after, safety)
         hold = self._hold(build, base, d)
@@ -438,6 +496,7 @@ class Reconciler:
             window <= 0
             or d.create
             or d.delete
+            or d.force_delete
             or dict(base) == d.status
             or st.urgent_change(base, d.status) is not None
         ):
@@ -494,6 +553,7 @@ class Reconciler:
                 upstream=start.upstream,
                 config=self.config.worker,
                 deadline_seconds=max(remaining, 1),
+                upstream_attempts=start.upstream_attempts,
             )
             try:
                 created = self.kube.create(pod)

@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from stagefleet.controller import nodeloss
 from stagefleet.controller.model import GroupPlan, PlanView
+from stagefleet.controller.nodeloss import NodeReadiness
 from stagefleet.controller.podspec import (
+    ANNOTATION_UPSTREAM_ATTEMPTS,
     LABEL_ATTEMPT,
     LABEL_GENERATION,
     LABEL_GROUP,
     WORKER_CONTAINER,
     BuildRef,
+    parse_attempts,
     pod_name,
 )
 from stagefleet.controller.spec import ImageBuildSpec
@@ -164,6 +168,9 @@ class PodObservation:
     message: str | None = None
     result: WorkerResult | None = None
     created: str | None = None
+    deletion_timestamp: str | None = None
+    # Started early: upstream group id → the attempt whose result tag its worker waits for.
+    waits: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def terminated(self) -> bool:
@@ -220,6 +227,8 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
         message=term_message or message,
         result=parse_result(term_message),
         created=_str(meta.get("creationTimestamp")),
+        deletion_timestamp=_str(meta.get("deletionTimestamp")),
+        waits=parse_attempts(_str((meta.get("annotations") or {}).get(ANNOTATION_UPSTREAM_ATTEMPTS))),
     )
 
 
@@ -256,11 +265,13 @@ class Event:
 class StartPod:
     """A pod to create. ``upstream`` holds the consumed stages whose groups succeeded (stage → (image ref,
     digest)); a consumed stage missing from it belongs to a group still running: the pod starts early and
-    its worker waits for that group's result tag (``--upstream-wait``)."""
+    its worker waits for the result tag of that group's current attempt (``upstream_attempts``: group id →
+    attempt; ``--upstream-wait``)."""
 
     group: GroupPlan
     attempt: int
     upstream: Mapping[str, tuple[str, str]]
+    upstream_attempts: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def waits_for(self) -> tuple[str, ...]:
@@ -275,6 +286,8 @@ class Decision:
     delete: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    # Lost pods (`nodeloss`): deleted with gracePeriodSeconds=0, since no kubelet will confirm their end.
+    force_delete: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -296,6 +309,9 @@ class GroupState:
     stage_results: dict[str, StageResult] = field(default_factory=dict)
     failure: dict[str, Any] | None = None
     rejections: int = 0  # consecutive refused creates of its next pod (none was created; no attempt used)
+    # Attempts ended by a restart, not a failure (a waiter whose upstream attempt was superseded): they do
+    # not count against spec.retries.
+    restarts: int = 0
 
     @classmethod
     def from_entry(cls, e: Mapping[str, Any]) -> GroupState:
@@ -313,6 +329,7 @@ class GroupState:
             cached_steps=_int(e.get("groupCachedSteps")),
             steps=_int(e.get("groupSteps")),
             rejections=_int(e.get("rejections")) or 0,
+            restarts=_int(e.get("restarts")) or 0,
         )
 
 
@@ -416,6 +433,7 @@ def _stage_entries(
                 "groupCachedSteps": gs.cached_steps,
                 "groupSteps": gs.steps,
                 "rejections": rejected or None,
+                "restarts": gs.restarts or None,
             }
             if gs.phase == S_SUCCEEDED and name == g.target:
                 optional["digest"] = gs.digest
@@ -596,15 +614,25 @@ def decide(
     backoff_base: float = 5.0,
     stuck_grace: float = 120.0,
     early_start: bool = False,
+    nodes: Mapping[str, NodeReadiness] | None = None,
+    node_lost_after: float = nodeloss.DEFAULT_GRACE_SECONDS,
 ) -> Decision:
     """One reconcile step of a planned build (status.plan of this generation exists).
 
     ``early_start``: with slots to spare, also start the pods of the next wave while their upstream groups
     run (one wave ahead, see `_early_groups`), so pod start, worker start and base-image pulls overlap the
     upstream build instead of following it; their workers wait for the upstream results in the registry.
+
+    ``nodes``: the Ready condition of the cluster's nodes (None: Nodes cannot be read). A pod whose node
+    has not been Ready for ``node_lost_after`` seconds, or that is stuck Terminating that long, is lost
+    (`nodeloss`): force-deleted, and its group retried elsewhere as an infrastructure failure. Results are
+    per attempt (each attempt pushes its own tag), so a lost attempt that still runs cannot overwrite its
+    successor's; a pod that waits for (or consumed) the result of an upstream attempt that was superseded
+    is restarted against the new attempt, not counting against spec.retries.
     """
     generation = build.generation
     old_conditions: Sequence[Mapping[str, Any]] = status.get("conditions") or ()
+    lost = nodeloss.lost_pods(pods, nodes, now, node_lost_after)
     delete = sorted(p.name for p in pods if p.generation != generation and not p.deleting)
     current = [p for p in pods if p.generation == generation]
     old_entries = {str(e.get("name")): e for e in status.get("stages") or () if isinstance(e, Mapping)}
@@ -614,7 +642,12 @@ def decide(
     if phase in TERMINAL:
         # Nothing more to build; only make sure no pod of ours still runs (e.g. after a restart).
         delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
-        return Decision(status=dict(status), delete=delete)
+        return Decision(
+            status=dict(status),
+            delete=[n for n in delete if n not in lost],
+            force_delete=sorted(lost),
+            requeue_after=nodeloss.next_loss_in(pods, nodes, now, node_lost_after),
+        )
 
     states: dict[str, GroupState] = {}
     for g in plan.groups:
@@ -645,7 +678,9 @@ def decide(
         deadline = min(deadline, now)  # a pod's activeDeadlineSeconds is the build's remaining timeout
     build_failure: tuple[str, str, dict[str, Any]] | None = None  # (group, message, failure detail)
 
-    for g in plan.groups:
+    # Upstream groups before the groups that consume them (a lower wave), so that a group's check of the
+    # upstream attempts its pod waited for sees those groups as this pass leaves them.
+    for g in sorted(plan.groups, key=lambda g: g.wave):
         gs = states[g.id]
         gpods = sorted(by_group.get(g.id, ()), key=lambda p: p.attempt)
         latest = gpods[-1] if gpods else None
@@ -654,16 +689,31 @@ def decide(
             if gs.phase == S_FAILED and gs.failure is None:
                 gs.failure = {"group": g.id, "message": gs.message or ""}
             continue
+        # Restarted (its pod waited for a superseded upstream attempt): that pod is being removed and no
+        # longer speaks for the group; the next pod is the next attempt.
+        restarting = gs.phase == S_WAITING and gs.attempts > 0
+        judged = gs.phase in (S_RETRYING, S_FAILED) and latest is not None and latest.attempt == gs.attempts
         if gs.rejections and (latest is None or latest.attempt <= gs.attempts):
             pass  # the API refused its next pod (note_rejections): it waits for retryAt, as recorded
-        elif latest is not None and latest.attempt >= gs.attempts:
+        elif latest is not None and (
+            latest.attempt > gs.attempts or (latest.attempt == gs.attempts and not restarting)
+        ):
             # Adopt the newest pod: it may have been created just before a restart lost the status write.
             gs.rejections = 0
             gs.attempts = latest.attempt
             gs.pod, gs.node = latest.name, latest.node or gs.node
             gs.start = latest.started or gs.start
             stuck_since = parse_time(latest.created) or now
-            if not latest.terminated and latest.deleting and gs.phase in (S_RETRYING, S_FAILED):
+            loss = lost.get(latest.name)
+            if loss is not None:
+                # Its node stopped reporting (or it never finishes terminating): whatever its containers
+                # still do, the pod is given up (force-deleted) and the group retried elsewhere.
+                if not judged:
+                    gs.completion = fmt_time(loss.at)
+                    _fail_or_retry(
+                        g, gs, latest, False, f"{loss.reason}: {loss.message}", loss.at, spec, backoff_base
+                    )
+            elif not latest.terminated and latest.deleting and gs.phase in (S_RETRYING, S_FAILED):
                 pass  # already judged (e.g. stuck pulling) and being removed: keep the verdict
             elif (
                 not latest.terminated
@@ -684,14 +734,22 @@ def decide(
                 gs.message = None
                 if latest.reason in STUCK_REASONS:
                     gs.message = f"pod {latest.name}: {latest.reason}: {latest.message or ''}".strip()
+                stale = _superseded_waits(latest, states)
+                if stale:
+                    _restart(g, gs, latest, stale, delete, events)
             elif latest.phase == "Succeeded" and latest.result and latest.result.ok and latest.result.digest:
                 r = latest.result
-                gs.phase, gs.digest, gs.image = S_SUCCEEDED, r.digest, r.image
-                gs.completion = latest.finished or fmt_time(now)
-                gs.cached_steps, gs.steps = r.cached_steps, r.steps
-                gs.stage_results = {s.name: s for s in r.stages}
-                gs.message = None
-                events.extend(_consumed_mismatches(g, r, states))
+                verdict, why = _consumed_check(g, latest, r, states)
+                if verdict == "restart":
+                    _restart(g, gs, latest, why, delete, events)
+                elif verdict == "hold":
+                    gs.phase, gs.message = S_RUNNING, why
+                else:
+                    gs.phase, gs.digest, gs.image = S_SUCCEEDED, r.digest, r.image
+                    gs.completion = latest.finished or fmt_time(now)
+                    gs.cached_steps, gs.steps = r.cached_steps, r.steps
+                    gs.stage_results = {s.name: s for s in r.stages}
+                    gs.message = None
             else:
                 if latest.phase == "Succeeded":
                     is_build, msg = (
@@ -711,6 +769,15 @@ def decide(
             build_failure = (g.id, gs.message or "failed", gs.failure or {})
         if gs.phase != before:
             events.extend(_group_events(g, gs, before))
+
+    # Pods of an attempt that is no longer the group's (a restarted waiter, a pod left over from a lost
+    # status write): their results are never used; stop them.
+    for p in current:
+        ps = states.get(p.group)
+        if ps is None or p.terminated or p.deleting or p.name in lost:
+            continue
+        if p.attempt < ps.attempts or (p.attempt == ps.attempts and ps.phase == S_WAITING and ps.attempts):
+            delete.append(p.name)
 
     stalled_msg = ""
     if missing_secrets:
@@ -739,11 +806,12 @@ def decide(
                     for stage, pg in g.consumes
                     if states[pg].phase == S_SUCCEEDED
                 }
+                waited = {pg: states[pg].attempts for _, pg in g.consumes if states[pg].phase != S_SUCCEEDED}
                 gs.attempts += 1
                 before = gs.phase
                 gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
                 gs.start, gs.completion, gs.node = None, None, None
-                create.append(StartPod(g, gs.attempts, upstream))
+                create.append(StartPod(g, gs.attempts, upstream, waited))
                 gs.pod = pod_name(build, g.id, gs.attempts)
                 started = started_event(create[-1])
                 if started is not None:
@@ -823,6 +891,7 @@ def decide(
     if new_phase in (FAILED, CANCELLED):
         delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
         create = []
+    delete = [n for n in delete if n not in lost]
 
     stages = _stage_entries(plan, states, old_entries)
     new_status: dict[str, Any] = {
@@ -870,11 +939,19 @@ def decide(
             if s.phase == S_RETRYING or (s.phase == S_WAITING and s.rejections)
         ]
         waits.append(deadline - now)
+        loss_in = nodeloss.next_loss_in(pods, nodes, now, node_lost_after)
+        if loss_in is not None:
+            waits.append(timedelta(seconds=loss_in))
         requeue = max(0.5, min(w.total_seconds() for w in waits))
         if stalled_msg:
             requeue = min(requeue, 5.0)
     return Decision(
-        status=new_status, create=create, delete=sorted(set(delete)), events=events, requeue_after=requeue
+        status=new_status,
+        create=create,
+        delete=sorted(set(delete)),
+        events=events,
+        requeue_after=requeue,
+        force_delete=sorted(lost),
     )
 
 
@@ -889,22 +966,64 @@ def started_event(start: StartPod) -> Event | None:
     )
 
 
-def _consumed_mismatches(g: GroupPlan, r: WorkerResult, states: Mapping[str, GroupState]) -> list[Event]:
-    """A worker that waited by tag may have consumed an earlier push of a group that was then retried and
-    pushed again (another digest): the image is still built from that stage, but say so."""
-    out = []
+def _superseded_waits(pod: PodObservation, states: Mapping[str, GroupState]) -> str | None:
+    """Why a pod started early waits in vain, or None: an upstream attempt it waits for is no longer its
+    group's (retried, or restarted itself), so its tag is never pushed — or pushed by a lost attempt whose
+    result the operator will not accept."""
+    for pg, attempt in sorted(pod.waits.items()):
+        ps = states.get(pg)
+        if ps is None or ps.phase == S_FAILED:
+            continue  # (a failed upstream fails the build, which stops every pod)
+        if ps.attempts != attempt:
+            return f"upstream group {pg} attempt {attempt} was superseded by attempt {ps.attempts}"
+        if ps.phase in (S_RETRYING, S_WAITING):
+            return f"upstream group {pg} attempt {attempt} was superseded"
+    return None
+
+
+def _consumed_check(
+    g: GroupPlan, pod: PodObservation, r: WorkerResult, states: Mapping[str, GroupState]
+) -> tuple[str, str]:
+    """Whether a group's successful result may be accepted ("ok"), must wait until an upstream result it
+    consumed is accepted itself ("hold"), or was built from an upstream attempt that was superseded
+    ("restart"), each with why. Only a pod started early can be anything but "ok": it took an upstream
+    result by tag (`_superseded_waits`), before the operator had accepted it."""
+    hold = ""
     for stage, pg in g.consumes:
-        used, recorded = r.upstreams.get(stage), states[pg].digest
-        if used and recorded and used != recorded:
-            out.append(
-                Event(
-                    "Warning",
-                    "UpstreamMismatch",
-                    f"group {g.id} consumed {stage}@{used}, but group {pg} recorded {recorded} "
-                    "(it pushed again after a retry)",
-                )
-            )
-    return out
+        ps = states[pg]
+        used = r.upstreams.get(stage)
+        waited = pod.waits.get(pg)
+        if ps.phase == S_SUCCEEDED:
+            if used and ps.digest and used != ps.digest:
+                return "restart", f"consumed {stage}@{used}, but group {pg} recorded {ps.digest}"
+            if not used and waited is not None and waited != ps.attempts:
+                why = f"waited for group {pg} attempt {waited}, but attempt {ps.attempts} succeeded"
+                return "restart", why
+        elif used or waited is not None:
+            if waited is not None and (ps.attempts != waited or ps.phase not in S_ACTIVE):
+                return "restart", f"consumed the result of group {pg} attempt {waited}, which was superseded"
+            hold = hold or f"finished; its result waits until group {pg}'s result (consumed) is recorded"
+    return ("hold", hold) if hold else ("ok", "")
+
+
+def _restart(
+    g: GroupPlan, gs: GroupState, pod: PodObservation, why: str, delete: list[str], events: list[Event]
+) -> None:
+    """Replace the group's pod: it waited for (or built from) a superseded upstream attempt. The group
+    waits to be started again (a new attempt, started as soon as its upstreams allow it) without using one
+    of spec.retries."""
+    if not pod.terminated and not pod.deleting:
+        delete.append(pod.name)
+    gs.phase, gs.restarts, gs.retry_at = S_WAITING, gs.restarts + 1, None
+    gs.start, gs.completion, gs.node = None, None, None
+    gs.message = f"restarting: {why}"
+    events.append(
+        Event(
+            "Normal",
+            "GroupRestarted",
+            f"group {g.id} ({', '.join(g.stages)}): {why}; pod {pod.name} is replaced",
+        )
+    )
 
 
 def _all_succeeded(states: Mapping[str, GroupState], groups: Iterable[str]) -> bool:
@@ -963,7 +1082,7 @@ def _fail_or_retry(
     allowed = 1 + spec.retries
     if pod is not None and pod.exit_code in RETRY_ONCE_CODES:
         allowed = min(allowed, 2)
-    if is_build or gs.attempts >= allowed:
+    if is_build or gs.attempts - gs.restarts >= allowed:
         gs.phase = S_FAILED
         attempts = f" after {gs.attempts} attempts" if not is_build and gs.attempts > 1 else ""
         gs.message = f"{msg}{attempts}"
