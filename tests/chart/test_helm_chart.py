@@ -408,7 +408,7 @@ def test_operator_args_all_namespaces() -> None:
     assert container["args"] == [
         "operator", "--all-namespaces", "--metrics-port=8080", "--health-port=8081", "--log-format=json",
         "--concurrency=8",
-        "--builder-image=ghcr.io/stagefleet/builder:0.1.0"]
+        "--builder-image=ghcr.io/stagefleet/builder:0.1.0", "--node-lost-after=60"]
 
 
 @needs_helm
@@ -449,6 +449,8 @@ CLUSTER_EXTRA = {
     "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
     "namespaces": {"list", "watch"},
 }
+# controller/nodewatch.py: one list+watch of the Nodes' readiness (rbac.nodes, on by default).
+NODE_RULES = {"nodes": {"list", "watch"}}
 
 
 def assert_no_wildcards(rules: Iterable[Mapping[str, Any]]) -> None:
@@ -464,7 +466,9 @@ def test_rbac_cluster_wide() -> None:
     docs = render()
     role = one(docs, "ClusterRole")
     assert_no_wildcards(role["rules"])
-    assert rules_by_resource(role["rules"]) == {**NAMESPACED_RULES, **CLUSTER_EXTRA}
+    assert rules_by_resource(role["rules"]) == {**NAMESPACED_RULES, **CLUSTER_EXTRA, **NODE_RULES}
+    without = one(render("--set", "rbac.nodes=false"), "ClusterRole")
+    assert rules_by_resource(without["rules"]) == {**NAMESPACED_RULES, **CLUSTER_EXTRA}
     assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -483,16 +487,24 @@ def test_rbac_never_writes_secrets_or_escalates() -> None:
         for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
             rules = rules_by_resource(role["rules"])
             assert rules.get("secrets", set()) <= {"get"}
+            assert rules.get("nodes", set()) <= {"list", "watch"}
             for resource in rules:
                 assert not resource.startswith("rbac.authorization.k8s.io/"), resource
-                assert resource not in ("pods/exec", "pods/attach", "nodes", "serviceaccounts/token")
+                assert resource not in (
+                    "pods/exec", "pods/attach", "nodes/proxy", "nodes/status", "serviceaccounts/token")
             assert not {"escalate", "bind", "impersonate"} & set().union(*rules.values())
 
 
 @needs_helm
 def test_rbac_namespaced_mode() -> None:
     docs = render(*SCENARIOS["namespaced"])
-    assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
+    # The one cluster-scoped grant: read-only nodes, in a ClusterRole of its own.
+    nodes, binding = one(docs, "ClusterRole"), one(docs, "ClusterRoleBinding")
+    assert nodes["metadata"]["name"].endswith("-nodes") and rules_by_resource(nodes["rules"]) == NODE_RULES
+    assert binding["roleRef"]["name"] == nodes["metadata"]["name"]
+    assert binding["subjects"][0]["namespace"] == NAMESPACE
+    off = render(*SCENARIOS["namespaced"], "--set", "rbac.nodes=false")
+    assert by_kind(off, "ClusterRole") == [] and by_kind(off, "ClusterRoleBinding") == []
     roles = by_kind(docs, "Role")
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -511,8 +523,7 @@ def test_rbac_namespaced_discovery_and_peering() -> None:
     (role,) = by_kind(docs, "Role")
     assert rules_by_resource(role["rules"]) == {
         **NAMESPACED_RULES, "kopf.dev/kopfpeerings": {"get", "list", "watch", "patch"}}
-    discovery = one(docs, "ClusterRole")
-    assert discovery["metadata"]["name"].endswith("-discovery")
+    (discovery,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-discovery")]
     assert rules_by_resource(discovery["rules"]) == CLUSTER_EXTRA
     cluster = one(render("--set", "operator.peering=default"), "ClusterRole")
     peering = rules_by_resource(cluster["rules"])["kopf.dev/clusterkopfpeerings"]
