@@ -123,6 +123,26 @@ def tier_images(registry: LocalRegistry, pause_image: str) -> TierImages:
     return TierImages(pause=pause_image, builder=builder)
 
 
+@pytest.fixture(scope="session")
+def real_cluster(
+    registry: LocalRegistry, pause_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The session's real tier (stagefleet.realcluster.RealCluster, 2 nodes pulling from the session
+    registry), shared by every suite that runs on it; skipped with the reason when it cannot start here."""
+    from stagefleet.realcluster import RealCluster, find_assets
+
+    assets, why = find_assets()
+    if assets is None:
+        pytest.skip(f"real tier: {why}")
+    rc = RealCluster(tmp_path_factory.mktemp("realcluster"), pause_image=pause_image,
+                     registries=[registry.host], nodes=2, assets=assets)
+    rc.start()
+    try:
+        yield rc
+    finally:
+        rc.stop()
+
+
 @pytest.fixture
 def buildah_env(registry: LocalRegistry) -> Iterator[BuildahEnv]:
     """Factory: `buildah_env(path)` → env for a fresh storage root at `path` (cleaned up afterwards)."""

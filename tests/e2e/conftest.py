@@ -26,7 +26,7 @@ import yaml
 
 from binaries import run_tool
 from stagefleet.localregistry import LocalRegistry
-from tiers import BUILD_NAMESPACE_LABELS, TIERS, ChartOperator, real_tier_unavailable
+from tiers import BUILD_NAMESPACE_LABELS, TIERS, ChartOperator
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
@@ -83,24 +83,15 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def _real_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, home: Path
 ) -> Iterator[Cluster]:
-    why = real_tier_unavailable()
-    if why:
-        pytest.skip(f"real tier: {why}")
-    from stagefleet.realcluster import RealCluster
     from tiers import chart_set_args, install_chart_identity, kube_env
 
+    rc = request.getfixturevalue("real_cluster")
     registry: LocalRegistry = request.getfixturevalue("registry")
     images = request.getfixturevalue("tier_images")
-    rc = RealCluster(tmp_path_factory.mktemp("realcluster"), pause_image=images.pause,
-                     registries=[registry.host], nodes=2)
-    rc.start()
-    try:
-        identity = install_chart_identity(
-            [str(KUBECTL)], kube_env(rc.kubeconfig, home), home,
-            chart_set_args(images.builder, registry.host), rc.server, (rc.pki / "ca.crt").read_bytes())
-        yield Cluster(rc.kubeconfig, home, real=rc, tier="real", operator_identity=identity)
-    finally:
-        rc.stop()
+    identity = install_chart_identity(
+        [str(KUBECTL)], kube_env(rc.kubeconfig, home), home,
+        chart_set_args(images.builder, registry.host), rc.server, (rc.pki / "ca.crt").read_bytes())
+    yield Cluster(rc.kubeconfig, home, real=rc, tier="real", operator_identity=identity)
 
 
 @dataclass
