@@ -104,11 +104,19 @@ def test_devcluster_nodes_crds_and_clean_stop(tmp_path: Path) -> None:
 
 
 def test_lose_node_via_devcluster_marks_the_node_not_ready(tmp_path: Path) -> None:
-    with DevCluster(tmp_path / "c", nodes=2, install_crds=False) as c:
+    """The node goes NotReady once the control plane misses its heartbeats for the grace period."""
+    fast = {"lease_seconds": 0.5, "node_monitor_grace_seconds": 2.0, "node_monitor_period": 0.5}
+    with DevCluster(tmp_path / "c", nodes=2, install_crds=False, **fast) as c:
+
+        def status() -> dict[str, str]:
+            out = kubectl(c.kubeconfig, "get", "nodes", "--no-headers")
+            return {line.split()[0]: line.split()[1] for line in out.splitlines()}
+
         c.lose_node("devnode-2")
-        out = kubectl(c.kubeconfig, "get", "nodes", "--no-headers")
-        status = {line.split()[0]: line.split()[1] for line in out.splitlines()}
-        assert status == {"devnode-1": "Ready", "devnode-2": "NotReady"}
+        assert status() == {"devnode-1": "Ready", "devnode-2": "Ready"}  # not yet: no heartbeat missed
+        wait_until(lambda: status() == {"devnode-1": "Ready", "devnode-2": "NotReady"}, "devnode-2 NotReady")
+        c.recover_node("devnode-2")
+        wait_until(lambda: status() == {"devnode-1": "Ready", "devnode-2": "Ready"}, "devnode-2 Ready again")
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

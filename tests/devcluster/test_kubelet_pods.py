@@ -379,30 +379,101 @@ def test_pods_per_node_capacity(make_cluster: Any) -> None:
     assert finished(k, "second")["status"]["phase"] == "Succeeded"
 
 
-def test_node_loss_fails_its_pods_and_kills_their_processes(cluster: ClusterKube) -> None:
-    k = cluster
+# Node loss with heartbeats and the control plane's reaction sped up (real: a Lease renewed every 10 s,
+# --node-monitor-grace-period 40 s, --node-monitor-period 5 s).
+FAST_NODE_LOSS = {"lease_seconds": 0.5, "node_monitor_grace_seconds": 3.0, "node_monitor_period": 0.5}
+
+
+def ready_condition(k: ClusterKube, node: str) -> dict[str, Any]:
+    return next(c for c in k.get("node", node)["status"]["conditions"] if c["type"] == "Ready")
+
+
+def taints(k: ClusterKube, node: str) -> set[tuple[str, str]]:
+    return {(t["key"], t["effect"]) for t in k.get("node", node)["spec"].get("taints") or []}
+
+
+def test_a_lost_nodes_pods_run_on_until_the_control_plane_evicts_them(make_cluster: Any) -> None:
+    """As on a real cluster: the kubelet is gone, not the machine. The pod stays Running (Ready=False once
+    the node is Unknown), its process runs on; after its NoExecute toleration it is deleted and stays
+    Terminating; only the kubelet's return ends it."""
+    k: ClusterKube = make_cluster(nodes=2, **FAST_NODE_LOSS)
     dev = k.require_devcluster()
     token = f"marker-{uuid.uuid4().hex}"
     manifest = pod_manifest(
-        "doomed", "while true; do sleep 0.1; done", nodeSelector={"kubernetes.io/hostname": "devnode-1"}
+        "doomed",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        nodeSelector={"kubernetes.io/hostname": "devnode-1"},
+        tolerations=[
+            {
+                "key": "node.kubernetes.io/unreachable",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 2,
+            },
+        ],
     )
     manifest["spec"]["containers"][0]["command"].append(token)  # becomes $0: visible in the cmdline
     k.apply(manifest)
     wait_until(lambda: k.pod("doomed")["status"].get("phase") == "Running", "pod running")
-    assert processes_with(token)
     dev.lose_node("devnode-1")
+    assert k.pod("doomed")["status"]["phase"] == "Running" and processes_with(token)
+    wait_until(lambda: ready_condition(k, "devnode-1")["status"] == "Unknown", "devnode-1 Ready=Unknown")
+    ready = ready_condition(k, "devnode-1")
+    assert (ready["reason"], ready["message"]) == (
+        "NodeStatusUnknown",
+        "Kubelet stopped posting node status.",
+    )
+    # Another node is Ready: NoExecute too, so pods past their toleration are evicted.
+    wait_until(
+        lambda: (
+            taints(k, "devnode-1")
+            == {
+                ("node.kubernetes.io/unreachable", "NoSchedule"),
+                ("node.kubernetes.io/unreachable", "NoExecute"),
+            }
+        ),
+        "the unreachable taints",
+    )
     pod = k.pod("doomed")
-    assert pod["status"]["phase"] == "Failed"
-    assert pod["status"]["reason"] == "NodeLost"
-    assert pod["status"]["message"] == "Node devnode-1 which was running pod doomed is unresponsive"
-    assert not processes_with(token)
-    node = k.get("node", "devnode-1")
-    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "Unknown"
-    assert any(t["key"] == "node.kubernetes.io/unreachable" for t in node["spec"]["taints"])
-    # New pods avoid the lost node.
+    assert pod["status"]["phase"] == "Running" and conditions(pod)["Ready"]["status"] == "False"
+    pod = wait_until(
+        lambda: (p := k.pod("doomed"))["metadata"].get("deletionTimestamp") and p,
+        "the taint manager's delete",
+    )
+    events = json.loads(k.kubectl("get", "events", "-o", "json").stdout)["items"]
+    assert any(
+        e["reason"] == "TaintManagerEviction" and e["involvedObject"]["name"] == "doomed" for e in events
+    )
+    # Nobody finishes the deletion: the pod stays Terminating, its process runs on.
     k.apply(pod_manifest("survivor", "true"))
-    assert finished(k, "survivor")["spec"]["nodeName"] == "devnode-2"
+    assert finished(k, "survivor")["spec"]["nodeName"] == "devnode-2"  # new pods avoid the tainted node
+    assert k.pod("doomed")["status"]["phase"] == "Running" and processes_with(token)
+    # The kubelet comes back: it stops the pod and removes it; the taints go.
+    dev.recover_node("devnode-1")
+    wait_until(lambda: k.kubectl("get", "pod", "doomed", check=False).returncode != 0, "doomed removed")
+    assert not processes_with(token)
+    wait_until(lambda: not taints(k, "devnode-1"), "the taints removed")
+    assert ready_condition(k, "devnode-1")["status"] == "True"
+
+
+def test_a_pod_force_deleted_while_its_node_is_lost_is_killed_when_the_kubelet_returns(
+    make_cluster: Any,
+) -> None:
+    k: ClusterKube = make_cluster(nodes=2, **FAST_NODE_LOSS)
+    dev = k.require_devcluster()
+    token = f"marker-{uuid.uuid4().hex}"
+    manifest = pod_manifest(
+        "zombie", "while true; do sleep 0.1; done", nodeSelector={"kubernetes.io/hostname": "devnode-1"}
+    )
+    manifest["spec"]["containers"][0]["command"].append(token)
+    k.apply(manifest)
+    wait_until(lambda: k.pod("zombie")["status"].get("phase") == "Running", "pod running")
+    dev.lose_node("devnode-1")
+    k.kubectl("delete", "pod", "zombie", "--grace-period=0", "--force")
+    assert k.kubectl("get", "pod", "zombie", check=False).returncode != 0
+    assert processes_with(token)  # the kubelet that would kill it is gone
+    dev.recover_node("devnode-1")
+    wait_until(lambda: not processes_with(token), "the process killed by the returning kubelet")
 
 
 def test_project_venv_comes_first_on_the_pod_path(cluster: ClusterKube) -> None:
@@ -419,13 +490,49 @@ def test_project_venv_comes_first_on_the_pod_path(cluster: ClusterKube) -> None:
     )
 
 
+def test_a_live_kubelet_reports_its_node_ready_again_when_marked_unknown(make_cluster: Any) -> None:
+    """Heartbeats can be late (a busy machine): the control plane marks the node Unknown, and a kubelet that
+    is alive puts its own status back at once (a real one with its next status update, every 10 s), not
+    only with its 5-minute status report."""
+    k: ClusterKube = make_cluster(nodes=1, node_lifecycle=False)
+    k.require_devcluster()
+    marker = "2000-01-01T00:00:00Z"
+    unknown = {
+        "type": "Ready",
+        "status": "Unknown",
+        "reason": "NodeStatusUnknown",
+        "message": "Kubelet stopped posting node status.",
+        "lastHeartbeatTime": marker,
+        "lastTransitionTime": marker,
+    }
+    k.kubectl(
+        "patch",
+        "node",
+        "devnode-1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"conditions": [unknown]}}),
+    )
+    ready = wait_until(
+        lambda: (c := ready_condition(k, "devnode-1"))["status"] == "True" and c, "devnode-1 Ready again"
+    )
+    assert ready["lastHeartbeatTime"] != marker and ready["reason"] == "KubeletReady"
+
+
 def test_recovered_node_takes_new_pods_again(make_cluster: Any) -> None:
-    k: ClusterKube = make_cluster(nodes=1)
+    k: ClusterKube = make_cluster(nodes=1, **FAST_NODE_LOSS)
     dev = k.require_devcluster()
     dev.lose_node("devnode-1")
+    # With no node Ready at all ("full disruption") the control plane evicts nothing: NoSchedule only.
+    wait_until(
+        lambda: taints(k, "devnode-1") == {("node.kubernetes.io/unreachable", "NoSchedule")},
+        "the unreachable NoSchedule taint",
+    )
     k.apply(pod_manifest("waits", "true"))
     cond = wait_until(lambda: conditions(k.pod("waits")).get("PodScheduled"), "PodScheduled condition")
     assert "untolerated taint {node.kubernetes.io/unreachable: }" in cond["message"]
+    assert taints(k, "devnode-1") == {("node.kubernetes.io/unreachable", "NoSchedule")}
     dev.recover_node("devnode-1")
     assert finished(k, "waits")["status"]["phase"] == "Succeeded"
 

@@ -25,6 +25,11 @@ from stagefleet.devcluster.kubelet import (
     NodeConfig,
     node_configs,
 )
+from stagefleet.devcluster.nodelifecycle import (
+    NODE_MONITOR_GRACE_SECONDS,
+    NODE_MONITOR_PERIOD,
+    NodeLifecycleThread,
+)
 
 REPO_CRDS = Path(__file__).resolve().parents[3] / "crds"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -38,7 +43,10 @@ class DevCluster:
     `node_specs` replaces the uniform `nodes`/`pods_per_node`/`node_labels` nodes (e.g. tainted ones).
     `deployments` runs the minimal Deployment/ReplicaSet controller (`deployments.py`) next to the kubelet.
     `lease_seconds`/`status_report_seconds`: how often the kubelet renews each node's Lease (10 s) and
-    reports an unchanged node status (300 s), as a real kubelet does.
+    reports an unchanged node status (300 s), as a real kubelet does. `node_lifecycle` runs the control
+    plane's node lifecycle controller and taint manager (`nodelifecycle.py`): a node whose heartbeats stop
+    for `node_monitor_grace_seconds` (40 s) goes Ready=Unknown with the unreachable taints, checked every
+    `node_monitor_period` (5 s), as kube-controller-manager's flags of the same names.
     """
 
     def __init__(
@@ -55,6 +63,9 @@ class DevCluster:
         deployments: bool = True,
         lease_seconds: float = LEASE_RENEW_SECONDS,
         status_report_seconds: float = NODE_STATUS_REPORT_SECONDS,
+        node_lifecycle: bool = True,
+        node_monitor_grace_seconds: float = NODE_MONITOR_GRACE_SECONDS,
+        node_monitor_period: float = NODE_MONITOR_PERIOD,
     ) -> None:
         from stagefleet.devcluster.apiserver import Faults
 
@@ -72,6 +83,9 @@ class DevCluster:
         self.run_deployments = deployments
         self.deployments: DeploymentControllerThread | None = None
         self.heartbeats = (lease_seconds, status_report_seconds)  # node Lease renewal, node status report
+        self.run_node_lifecycle = node_lifecycle
+        self.node_monitor = (node_monitor_grace_seconds, node_monitor_period)
+        self.node_lifecycle: NodeLifecycleThread | None = None
 
     def start(self) -> None:
         """Start the emulator, write the kubeconfig, install the CRDs, start the kubelet (nodes Ready)."""
@@ -95,6 +109,12 @@ class DevCluster:
                 status_report_seconds=self.heartbeats[1],
             )
             self.kubelet.start()
+            if self.run_node_lifecycle:
+                # Node heartbeats → Ready=Unknown, unreachable taints, evictions (kube-controller-manager).
+                self.node_lifecycle = NodeLifecycleThread(
+                    self.kubeconfig, grace_seconds=self.node_monitor[0], period=self.node_monitor[1]
+                )
+                self.node_lifecycle.start()
             if self.run_deployments:
                 # Deployments → ReplicaSets → pods (what `helm install` of an operator chart needs).
                 self.deployments = DeploymentControllerThread(self.kubeconfig)
@@ -109,6 +129,9 @@ class DevCluster:
         if self.deployments is not None:
             self.deployments.stop()
             self.deployments = None
+        if self.node_lifecycle is not None:
+            self.node_lifecycle.stop()
+            self.node_lifecycle = None
         if self.kubelet is not None:
             self.kubelet.stop()
             self.kubelet = None
@@ -126,12 +149,14 @@ class DevCluster:
         self.stop()
 
     def lose_node(self, name: str) -> None:
-        """Node-loss simulation (see `Kubelet.lose_node`)."""
+        """Node-loss simulation: the node's kubelet is gone, its pods' processes run on (see
+        `Kubelet.lose_node`); the node goes Ready=Unknown after `node_monitor_grace_seconds`."""
         assert self.kubelet is not None, "cluster not started"
         self.kubelet.lose_node(name)
 
     def recover_node(self, name: str) -> None:
-        """Undo `lose_node` for new pods (the node is Ready again; its failed pods stay failed)."""
+        """The node's kubelet returns (see `Kubelet.recover_node`): Ready again, the taints go with the
+        control plane's next check; pods deleted meanwhile are killed."""
         assert self.kubelet is not None, "cluster not started"
         self.kubelet.recover_node(name)
 

@@ -201,12 +201,6 @@ def node_status(
     }
 
 
-UNREACHABLE_TAINTS = (
-    {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
-    {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
-)
-
-
 class PodRunner:
     """Runs one pod bound to one of our nodes, from volumes to the final status, and its deletion."""
 
@@ -571,38 +565,6 @@ class PodRunner:
                 await self.task
         await asyncio.to_thread(shutil.rmtree, self.dir, True)
 
-    async def lose(self) -> None:
-        """Node loss: processes die with the node; the pod fails as Kubernetes marks it."""
-        self.stop()
-        await self._kill_all(0)
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-        for run in self.init + self.main:
-            if run.state != "terminated":
-                run.last_state = {}
-                run.state, run.exit_code, run.reason = "terminated", 137, "ContainerStatusUnknown"
-                run.message = "The container could not be located when the pod was terminated"
-                run.finished_at = now()
-                run.started_at = run.started_at or None
-        self.phase_override = (
-            "Failed",
-            "NodeLost",
-            f"Node {self.node} which was running pod {self.name} is unresponsive",
-        )
-        self.extra_conditions = [
-            {
-                "type": "DisruptionTarget",
-                "status": "True",
-                "reason": "DeletionByTaintManager",
-                "message": "Taint manager: deleting due to NoExecute taint",
-                "lastProbeTime": None,
-                "lastTransitionTime": now(),
-            }
-        ]
-        await self.report(force=True)
-
     # -------------------------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
@@ -635,12 +597,13 @@ class PodRunner:
         return status
 
     async def report(self, force: bool = False) -> None:
-        """Send the current status (merge patch on pods/status). After a node loss only `force` sends.
+        """Send the current status (merge patch on pods/status); nothing while the node is lost (its
+        kubelet is gone), `recover_node` reports then.
 
         Never raises: when the API keeps failing (faults, overload) a background retry sends the then
         current status later, so a finished pod's final status is not lost.
         """
-        if (self.k.is_lost(self.node) and not force) or self.k.shutting_down:
+        if self.k.is_lost(self.node) or self.k.shutting_down:
             return
         async with self.lock:
             body = {"status": self.status()}
@@ -783,7 +746,10 @@ class Kubelet:
     def event(
         self, pod: Mapping[str, Any], etype: str, reason: str, message: str, source: str = "kubelet"
     ) -> None:
-        """Best-effort core/v1 Event about a pod (what `kubectl describe` shows)."""
+        """Best-effort core/v1 Event about a pod (what `kubectl describe` shows); none from a lost node's
+        kubelet (the scheduler's still go out)."""
+        if source == "kubelet" and (pod.get("spec") or {}).get("nodeName") in self.lost:
+            return
         meta = pod["metadata"]
         ns = meta.get("namespace", "default")
         when = now()
@@ -927,43 +893,48 @@ class Kubelet:
             self.node_objs[name] = obj
 
     async def lose_node(self, name: str) -> None:
-        """Simulate a node dying: its processes are killed, its pods fail (NodeLost), it goes NotReady."""
+        """Node loss as a real cluster sees it: the node's kubelet is gone. It stops reporting — no Lease
+        renewals, no node or pod status, no events — and stops acting for that node: its pods' processes
+        run on (a dead kubelet is not a dead machine) with their statuses frozen as last reported, and
+        deletions or new pods bound to the node wait for `recover_node`. What the API then shows is the
+        control plane's doing (`nodelifecycle`): after the grace period the node goes Ready=Unknown with
+        the unreachable taints, its pods Ready=False, and pods past their NoExecute toleration get a
+        deletionTimestamp (and stay Terminating). The scheduler, a control-plane part, still places pods
+        on the node until it is tainted."""
         if name not in self.nodes:
             raise KeyError(name)
-        self.lost.add(name)
-        node = self.node_objs.get(name) or {}
-        taints = [
-            t
-            for t in (node.get("spec") or {}).get("taints") or []
-            if t.get("key") != "node.kubernetes.io/unreachable"
-        ]
-        taints += [
-            {**t, "timeAdded": now()} if t["effect"] == "NoExecute" else dict(t) for t in UNREACHABLE_TAINTS
-        ]
-        obj = await self.api.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": taints}})
-        if isinstance(obj, dict):
-            self.node_objs[name] = obj
-        async with self._node_status_lock:
-            await self._post_node_status(name, ready=False)
-        runners = [r for r in self.runners.values() if r.node == name]
-        await asyncio.gather(*(r.lose() for r in runners))
+        async with self._node_status_lock:  # no heartbeat lands after this
+            self.lost.add(name)
         self._wake.set()
 
     async def recover_node(self, name: str) -> None:
-        """Bring a lost node back (Ready, taints removed); its failed pods stay failed."""
-        self.lost.discard(name)
-        node = self.node_objs.get(name) or {}
-        taints = [
-            t
-            for t in (node.get("spec") or {}).get("taints") or []
-            if t.get("key") != "node.kubernetes.io/unreachable"
-        ]
-        obj = await self.api.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}})
-        if isinstance(obj, dict):
-            self.node_objs[name] = obj
-        await self._post_node_status(name, ready=True)
+        """The node's kubelet comes back: it reports the node Ready and renews its Lease (the control plane
+        then takes the taints off), and catches up with what it missed: the processes of pods deleted
+        meanwhile (force-deleted, say) are killed, pods marked for deletion are stopped gracefully and
+        removed, the others' current status is reported (a container that ended meanwhile shows it), and
+        pods bound to the node meanwhile are started."""
+        if name not in self.nodes:
+            raise KeyError(name)
+        async with self._node_status_lock:
+            self.lost.discard(name)
+            with contextlib.suppress(*TRANSIENT):
+                await self._post_node_status(name, ready=True)
         with contextlib.suppress(*TRANSIENT):
             await self.renew_lease(name)
+        for uid, runner in list(self.runners.items()):
+            if runner.node != name:
+                continue
+            pod = self.pods.get(uid)
+            if pod is None:
+                await self._pod_deleted(runner.pod)
+                continue
+            runner.update(pod)
+            if not pod["metadata"].get("deletionTimestamp"):
+                runner.reported = None
+                await runner.report(force=True)
+        for pod in [p for uid, p in self.pods.items() if uid not in self.runners]:
+            if (pod.get("spec") or {}).get("nodeName") == name:
+                await self._on_pod("MODIFIED", pod)
         self._wake.set()
 
     # -------------------------------------------------------------------------------- watches
@@ -1033,7 +1004,17 @@ class Kubelet:
                 self.node_objs.pop(name, None)
             else:
                 self.node_objs[name] = obj
+                conds = (obj.get("status") or {}).get("conditions") or ()
+                ready = next((c for c in conds if c.get("type") == "Ready"), None)
+                if ready is not None and ready.get("status") != "True" and name not in self.lost:
+                    # The control plane marked a node whose kubelet is alive Unknown (its heartbeats were
+                    # late): a real kubelet's next status update (every 10 s) puts its own view back.
+                    self.spawn(self._heartbeat_quietly(name))
             self._wake.set()
+
+    async def _heartbeat_quietly(self, name: str) -> None:
+        with contextlib.suppress(*TRANSIENT):
+            await self._heartbeat(name)
 
     async def _on_pod(self, etype: str, pod: dict[str, Any]) -> None:
         if etype == "SYNC":
@@ -1048,12 +1029,14 @@ class Kubelet:
         node = (pod.get("spec") or {}).get("nodeName")
         if node:
             self.assumed.pop(uid, None)
-        if node in self.nodes:
+        if node in self.lost:
+            pass  # its kubelet is gone: it sees nothing (recover_node catches up from self.pods)
+        elif node in self.nodes:
             runner = self.runners.get(uid)
             phase = (pod.get("status") or {}).get("phase")
             if runner is not None:
                 runner.update(pod)
-            elif node in self.lost or phase in TERMINAL:
+            elif phase in TERMINAL:
                 if pod["metadata"].get("deletionTimestamp"):
                     await self._finalize_delete(pod)
             elif pod["metadata"].get("deletionTimestamp"):
@@ -1082,6 +1065,9 @@ class Kubelet:
         self.pods.pop(uid, None)
         self.assumed.pop(uid, None)
         self.unschedulable_msg.pop(uid, None)
+        lost = self.runners.get(uid)
+        if lost is not None and lost.node in self.lost:
+            return  # its kubelet is gone: the processes run on until recover_node
         runner = self.runners.pop(uid, None)
         if runner is not None:
             await runner.gone()
