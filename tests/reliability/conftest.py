@@ -109,7 +109,16 @@ def rcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RCluster]:
     from stagefleet.devcluster.cluster import DevCluster
 
     ledger = PodLedger()
-    dev = DevCluster(tmp_path_factory.mktemp("rel-devcluster"), nodes=2, pods_per_node=8)
+    # A lost node is noticed the way a real control plane does (heartbeats, then Ready=Unknown and taints),
+    # sped up: Leases renewed every second, the node Unknown after 5 s without one (real: 10 s and 40 s).
+    dev = DevCluster(
+        tmp_path_factory.mktemp("rel-devcluster"),
+        nodes=2,
+        pods_per_node=8,
+        lease_seconds=1.0,
+        node_monitor_grace_seconds=5.0,
+        node_monitor_period=0.5,
+    )
     undo = _install_ledger(ledger)
     try:
         dev.start()

@@ -1,9 +1,13 @@
-"""Worker pods lost mid-build: one deleted, one on a node that dies (the kubelet's node-loss simulation).
-The affected groups run again as attempt 2 and the build succeeds; a group that keeps failing with an
-infrastructure exit code ends the build Failed with its attempts recorded. SIMULATED worker."""
+"""Worker pods lost mid-build: one deleted, others on a node whose kubelet dies (the dev cluster's
+node-loss simulation, which behaves like a real cluster: the node goes Ready=Unknown after the grace period,
+its pods stay Running and their processes run on). The operator gives those pods up after --node-lost-after,
+the affected groups run again as attempt 2 elsewhere and the build succeeds from the retries' results, not
+from what the lost attempts still pushed; a group that keeps failing with an infrastructure exit code ends
+the build Failed with its attempts recorded. SIMULATED worker."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -49,7 +53,7 @@ def _running(pods: list[dict[str, Any]], group: str) -> dict[str, Any] | None:
 def test_deleted_pod_and_lost_node_are_retried(
     api: Api, kubectl: Kubectl, make_operator: OperatorFactory, rcluster: RCluster, records: Path
 ) -> None:
-    op = make_operator(sleep=3.0, slow={"g4": 0.5})
+    op = make_operator(sleep=3.0, slow={"g4": 0.5}, more=["--node-lost-after", "2"])
     api.create(fake_manifest("lost", WIDE, maxParallelPods=4))
     pods = poll(
         lambda: (lambda ps: ps if all(_running(ps, g) for g in ("g1", "g2", "g3")) else None)(api.pods()),
@@ -59,9 +63,15 @@ def test_deleted_pod_and_lost_node_are_retried(
     victim = _running(pods, "g1")
     assert victim is not None
     node = victim["spec"]["nodeName"]
-    on_node = sorted(pod_labels(p)[1] for p in pods if p["spec"].get("nodeName") == node)
     # a group on the other node, if any, loses its pod by deletion instead
-    other = next((pod_labels(p)[1] for p in pods if p["spec"].get("nodeName") != node), None)
+    other = next(
+        (
+            pod_labels(p)[1]
+            for p in pods
+            if p["spec"].get("nodeName") not in (None, node) and pod_labels(p)[1] != "g4"
+        ),
+        None,
+    )
     try:
         rcluster.dev.lose_node(node)
         if other is not None:
@@ -72,23 +82,48 @@ def test_deleted_pod_and_lost_node_are_retried(
         rcluster.dev.recover_node(node)
     st = obj["status"]
     assert st["phase"] == "Succeeded", st.get("message")
-    hit = set(on_node) | ({other} if other else set())
+    # g1's pod was lost with the node: attempt 2 ran elsewhere (the node was tainted by then). Any pod the
+    # scheduler put on the node before the control plane tainted it was lost too and may have cost its
+    # group an attempt; a pod started early is restarted, not failed, when an upstream attempt it waits
+    # for is superseded (`restarts`).
+    events = api.events()
+    bound = dict(
+        re.fullmatch(r"Successfully assigned [^/]+/(\S+) to (\S+)", e["message"]).groups()  # type: ignore[union-attr]
+        for e in events
+        if e["reason"] == "Scheduled"
+    )
+    on_lost_node = Counter(name.rsplit("-", 2)[1] for name, n in bound.items() if n == node)
     for s in st["stages"]:
-        assert s["attempts"] == (2 if s["group"] in hit else 1), s
-        assert s["phase"] == "Succeeded"
+        failures = s["attempts"] - s.get("restarts", 0)
+        least = 1 + (s["group"] == other) + (s["group"] == "g1")
+        assert least <= failures <= 1 + (s["group"] == other) + on_lost_node[s["group"]], (s, bound, other)
+        assert s["phase"] == "Succeeded", s
+    g1 = next(s for s in st["stages"] if s["group"] == "g1")
+    assert g1["attempts"] == 2 and g1["node"] != node, g1
+    retried = [e["message"] for e in events if e["reason"] == "GroupRetrying"]
+    assert any(m.startswith("group g1 (a) attempt 1 failed: NodeLost: pod ") for m in retried), retried
     created = rcluster.ledger.names(api.namespace)
     assert all(n == 1 for n in created.values()), created
     attempts = Counter((g, a) for _, g, a in map(pod_labels, api.pods()))
     assert all(n == 1 for n in attempts.values()), attempts
-    # retried pods do not run on the lost node
-    for p in api.pods():
-        if pod_labels(p)[2] == "2":
-            assert p["spec"].get("nodeName") != node, p["metadata"]["name"]
-    reasons = Counter(e["reason"] for e in api.events() if e["involvedObject"].get("name") == "lost")
-    assert reasons["GroupRetrying"] >= len(hit), reasons
-    # the final image consumed the successful attempt's results
-    ok = {r["result"]["group"]: r["result"]["digest"] for r in read_records(records) if r["result"]["ok"]}
-    assert st["image"]["digest"] == ok["g4"]
+    # The lost pod was force-deleted (its kubelet would never have confirmed it).
+    assert victim["metadata"]["name"] not in {p["metadata"]["name"] for p in api.pods()}
+    reasons = Counter(e["reason"] for e in events if e["involvedObject"].get("name") == "lost")
+    assert reasons["GroupRetrying"] >= 1 + (other is not None), reasons
+    # The lost attempt of g1 ran on (its kubelet was gone, not its process) and pushed to its own tag; the
+    # status records the retry's digest, and the final image consumed exactly the recorded digests.
+    recs = read_records(records, "lost")
+    digest = {s["group"]: s["digest"] for s in st["stages"] if s.get("digest")}
+    zombie = [
+        r for r in recs if r["result"]["group"] == "g1" and any(a.endswith("-g1-a1") for a in r["argv"])
+    ]
+    assert zombie and all(r["result"]["digest"] != digest["g1"] for r in zombie), (zombie, digest)
+    groups = {g["id"]: g for g in st["plan"]["groups"]}
+    expected = {c["stage"]: digest[c["group"]] for c in groups["g4"]["consumes"]}
+    (accepted,) = [
+        r for r in recs if r["result"]["group"] == "g4" and r["result"].get("upstreams") == expected
+    ]
+    assert st["image"]["digest"] == accepted["result"]["digest"]
 
 
 def test_group_that_keeps_failing_ends_failed_with_attempts(
