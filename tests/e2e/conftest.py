@@ -50,6 +50,24 @@ class Cluster:
             return list(self.real.node_names)
         return [n.name for n in self.dev.nodes] if self.dev is not None else []
 
+    def lose_node(self, name: str) -> None:
+        """The node's kubelet dies (its pods' containers run on): `stop_kubelet` on the real tier, the dev
+        cluster's `lose_node`. Either way the control plane marks the node Ready=Unknown after its grace
+        period (16 s on both tiers here)."""
+        if self.real is not None:
+            self.real.stop_kubelet(name)
+        elif self.dev is not None:
+            self.dev.lose_node(name)
+        else:
+            pytest.skip("losing a node needs the dev cluster or the real tier")
+
+    def recover_node(self, name: str) -> None:
+        """The node's kubelet comes back and kills what it no longer should run."""
+        if self.real is not None:
+            self.real.start_kubelet(name)
+        elif self.dev is not None:
+            self.dev.recover_node(name)
+
 
 @pytest.fixture(scope="session", params=TIERS)
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -72,7 +90,16 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         from stagefleet.devcluster.cluster import DevCluster
     except ImportError as e:  # pragma: no cover - only while the dev cluster is being written
         pytest.skip(f"dev cluster unavailable: {e}")
-    dev = DevCluster(tmp_path_factory.mktemp("devcluster"), nodes=2, pods_per_node=8)
+    # Node loss noticed like on the real tier (its controller-manager: --node-monitor-grace-period=16s,
+    # --node-monitor-period=2s), with Leases renewed often enough for that grace period.
+    dev = DevCluster(
+        tmp_path_factory.mktemp("devcluster"),
+        nodes=2,
+        pods_per_node=8,
+        lease_seconds=2.0,
+        node_monitor_grace_seconds=16.0,
+        node_monitor_period=2.0,
+    )
     dev.start()
     try:
         yield Cluster(dev.kubeconfig, home, dev)

@@ -1,8 +1,10 @@
-"""Mid-build disturbances: the operator killed and restarted, a worker pod deleted, the spec edited, the
-ImageBuild deleted. Each ends in the right state with no duplicate pod."""
+"""Mid-build disturbances: the operator killed and restarted, a worker pod deleted, a node lost, the spec
+edited, the ImageBuild deleted. Each ends in the right state with no duplicate pod."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
 from collections import Counter
 from typing import Any
 
@@ -10,8 +12,18 @@ import pytest
 
 from stagefleet.localregistry import LocalRegistry
 
-from .conftest import Kubectl, Operator, seed_manifest, stage, wait_for, wait_terminal, wait_until
-from .oci import manifest_digest
+from .conftest import (
+    Cluster,
+    Kubectl,
+    Operator,
+    inline_manifest,
+    seed_manifest,
+    stage,
+    wait_for,
+    wait_terminal,
+    wait_until,
+)
+from .oci import image_files, manifest_digest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
 
@@ -81,6 +93,90 @@ def test_worker_pod_deleted_mid_build_is_retried(
     assert "GroupRetrying" in reasons
     attempts = Counter((g, a) for _, g, a in map(_labels, kubectl.pods("evict")))
     assert all(n == 1 for n in attempts.values())
+
+
+# build1 writes something no other run of it writes, then takes long: long enough for its node to be lost
+# and noticed while it runs (16 s grace period on both tiers, then --node-lost-after). build2 makes final a
+# group of its own (a plain chain would be one group), consuming build1's result from the registry.
+LONG_FIRST_STAGE = """ARG BASE
+FROM ${{BASE}} AS build1
+RUN cat /proc/sys/kernel/random/uuid > /id && sleep {sleep}
+FROM ${{BASE}} AS build2
+RUN echo two > /two
+FROM ${{BASE}} AS final
+COPY --from=build1 /id /id
+COPY --from=build2 /two /two
+"""
+
+
+def _registry_digest(host: str, ref: str) -> str | None:
+    """The digest the registry serves for REPO:TAG, None while the tag does not exist."""
+    repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
+    try:
+        return manifest_digest(host, repo, tag)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
+
+
+def test_a_lost_nodes_group_is_retried_elsewhere_and_its_late_result_ignored(
+    cluster: Cluster, kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """The kubelet of the node running build1 dies; its container runs on. The control plane marks the node
+    Unknown but leaves the pod Running: the operator gives the pod up after --node-lost-after, force-deletes
+    it and runs build1 again on the other node. The lost attempt still finishes and pushes — to its own
+    tag; the build succeeds from the retry's result alone."""
+    operator.kill()
+    operator.extra += ["--node-lost-after", "5"]
+    operator.start()
+    dockerfile = LONG_FIRST_STAGE.format(sleep=40)
+    kubectl.apply(inline_manifest("nodeloss", dockerfile, registry.host, buildArgs={"BASE": base_image}))
+    obj = wait_for(kubectl, operator, "nodeloss", _running("build1"), "build1 running")
+    victim = stage(obj, "build1")["pod"]
+    node = kubectl.json("get", "pod", victim)["spec"]["nodeName"]
+    assert node in cluster.node_names and len(cluster.node_names) >= 2
+    cluster.lose_node(node)
+    try:
+        obj = wait_terminal(kubectl, operator, "nodeloss", timeout=900)
+        b1 = stage(obj, "build1")
+        lost_ref = b1["image"].removesuffix("-a2") + "-a1"
+        # The lost attempt ran on (its kubelet was gone, not its container) and pushed to its own tag.
+        wait_until(
+            lambda: _registry_digest(registry.host, lost_ref) is not None,
+            "the lost attempt's late push",
+            operator,
+            timeout=600,
+        )
+    finally:
+        cluster.recover_node(node)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    b1, final = stage(obj, "build1"), stage(obj, "final")
+    # Retried once, on the other node, as attempt 2; the lost pod is gone (force-deleted).
+    assert b1["attempts"] == 2 and b1.get("restarts") is None, b1
+    assert b1["pod"] == victim.replace("-a1", "-a2") and b1["node"] != node, b1
+    assert kubectl.json("get", "pod", b1["pod"])["spec"]["nodeName"] == b1["node"]
+    assert victim not in {p["metadata"]["name"] for p in kubectl.pods("nodeloss")}
+    retried = [e["message"] for e in kubectl.events() if e["reason"] == "GroupRetrying"]
+    assert any(f"NodeLost: pod {victim}: node {node} stopped reporting" in m for m in retried), retried
+    # The recorded result is the retry's: its own tag serves it. The lost attempt's result is another image
+    # (it wrote another /id), and the final image was built from the retry's alone.
+    assert b1["image"].endswith("-g1-a2")
+    assert _registry_digest(registry.host, b1["image"]) == b1["digest"]
+    lost_digest = _registry_digest(registry.host, lost_ref)
+    assert lost_digest is not None and lost_digest != b1["digest"]
+    stages_repo = b1["image"].split("/", 1)[1].rsplit(":", 1)[0]
+    retry_id = image_files(registry.host, stages_repo, b1["digest"])["/id"]
+    lost_id = image_files(registry.host, stages_repo, lost_digest)["/id"]
+    assert retry_id != lost_id
+    image = obj["status"]["image"]
+    assert manifest_digest(registry.host, "e2e/nodeloss", "latest") == image["digest"] == final["digest"]
+    assert image_files(registry.host, "e2e/nodeloss", image["digest"])["/id"] == retry_id
+    # The final group's accepted pod consumed exactly the recorded digest (by digest, or found by tag).
+    final_pod = kubectl.json("get", "pod", final["pod"])
+    term = final_pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    result = json.loads(term["message"].strip().splitlines()[-1])
+    assert result["upstreams"] == {"build1": b1["digest"], "build2": stage(obj, "build2")["digest"]}, result
 
 
 def test_spec_edit_mid_build_supersedes_the_running_build(
