@@ -4,19 +4,27 @@ Every worker invocation gets a root directory that plays the part of a fresh pod
 store, its cache mounts and its registry credentials all live below it, its run state in a tmpfs
 directory named after it (`BuildPaths.shm_runroot`), so nothing leaks between builds unless a caller
 deliberately reuses the root.
+
+Run as root, buildah reads that storage.conf through CONTAINERS_STORAGE_CONF. Rootless buildah (a worker
+pod's uid 1000) ignores graphroot/runroot there and would put its images in $HOME (the container's root
+filesystem); it honours a per-user `$XDG_CONFIG_HOME/containers/storage.conf`, so a rootless environment
+points XDG_CONFIG_HOME (and XDG_DATA_HOME, where the blob-info cache goes) into the root instead. The
+storage driver of a rootless root is chosen by what works there (`choose_storage`): kernel overlay in a
+user namespace, else fuse-overlayfs where /dev/fuse is usable, else vfs.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +33,9 @@ SHORT_PATH = 48
 #: The tmpfs every Linux host and every pod has; holds the build roots' run state (`shm_runroot`).
 SHM = Path("/dev/shm")
 #: Variables that would make buildah read the host's configuration instead of ours.
-_HOST_CONFIG_VARS = ("CONTAINERS_CONF", "BUILDAH_LAYERS", "BUILDAH_FORMAT", "REGISTRY_AUTH_FILE")
+_HOST_CONFIG_VARS = ("CONTAINERS_CONF", "BUILDAH_LAYERS", "BUILDAH_FORMAT", "REGISTRY_AUTH_FILE",
+                     "CONTAINERS_STORAGE_CONF", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+FUSE_OVERLAYFS = "/usr/bin/fuse-overlayfs"
 
 
 class AuthFileError(ValueError):
@@ -78,6 +88,106 @@ class BuildPaths:
     @property
     def auth_file(self) -> Path:
         return self.root / "auth.json"
+
+    @property
+    def config_home(self) -> Path:
+        """XDG_CONFIG_HOME of a rootless build: `containers/storage.conf` below it links to `storage_conf`."""
+        return self.root / "config"
+
+    @property
+    def data_home(self) -> Path:
+        """XDG_DATA_HOME of a rootless build (buildah's blob-info cache), instead of $HOME/.local/share."""
+        return self.root / "data"
+
+    @property
+    def probe_dir(self) -> Path:
+        """Scratch directory of the rootless overlay probe, next to the graphroot (the same volume)."""
+        return self.root / "overlay-probe"
+
+
+@dataclass(frozen=True)
+class StorageChoice:
+    """The storage driver of a build root and why: `mode` is what the worker logs."""
+
+    driver: str
+    mount_program: str | None
+    mode: str
+
+
+def choose_storage(*, rootless: bool, driver: str | None, mount_program: str | None,
+                   kernel_overlay: Callable[[], str | None], fuse: Callable[[], bool]) -> StorageChoice:
+    """Pure: the storage driver for a build root.
+
+    `driver`/`mount_program` are what was asked for (STAGEFLEET_STORAGE_DRIVER/_MOUNT_PROGRAM); vfs is
+    always honoured, root gets what it asked for (overlay by default). Rootless with overlay or nothing
+    asked: an explicit mount program is honoured; else kernel overlay when `kernel_overlay()` (a probe on
+    the storage volume, None when it mounted, else why not) works; else fuse-overlayfs when `fuse()`
+    (/dev/fuse usable and the program installed); else vfs, which needs nothing.
+    """
+    if driver == "vfs":
+        return StorageChoice("vfs", None, "vfs (requested)")
+    if not rootless:
+        name = driver or "overlay"
+        through = f" through {mount_program}" if mount_program and name == "overlay" else ""
+        return StorageChoice(name, mount_program or None, f"{name}{through} (as root)")
+    if driver not in (None, "", "overlay"):
+        return StorageChoice(driver, None, f"{driver} (requested)")
+    if mount_program:
+        return StorageChoice("overlay", mount_program, f"overlay through {mount_program} (requested)")
+    why_not = kernel_overlay()
+    if why_not is None:
+        return StorageChoice("overlay", None, "overlay (kernel, rootless)")
+    if fuse():
+        return StorageChoice("overlay", FUSE_OVERLAYFS,
+                             f"overlay through {FUSE_OVERLAYFS} (kernel overlay: {why_not})")
+    return StorageChoice("vfs", None, f"vfs (kernel overlay: {why_not}; no usable /dev/fuse)")
+
+
+def probe_kernel_overlay(scratch: Path) -> str | None:
+    """Whether an unprivileged user namespace can mount kernel overlayfs with its upper directory below
+    `scratch` (the storage volume: an emptyDir works, a container's own overlay root filesystem does not).
+    None when it can, else a short reason. Uses util-linux `unshare`; `scratch` is removed again."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return "util-linux unshare/mount not found"
+    dirs = {name: scratch / name for name in ("lower", "upper", "work", "merged")}
+    try:
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        (dirs["lower"] / "f").write_text("x")
+        opts = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']},userxattr"
+        proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "overlay",
+                               "overlay", "-o", opts, str(dirs["merged"])],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    finally:
+        _remove_own_tree(scratch)
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    return lines[-1] if lines else f"mount exited {proc.returncode}"
+
+
+def _remove_own_tree(path: Path) -> None:
+    """rmtree for a tree of our own files that may hold mode-000 directories (overlayfs leaves its
+    `work/work` so)."""
+    for dirpath, dirnames, _ in os.walk(path):
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, name), 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fuse_usable(device: Path = Path("/dev/fuse"), program: str = FUSE_OVERLAYFS) -> bool:
+    """/dev/fuse opens read-write for this user and fuse-overlayfs is installed."""
+    if not Path(program).is_file():
+        return False
+    try:
+        fd = os.open(device, os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def storage_conf(graphroot: Path, runroot: Path, driver: str = "overlay",
@@ -204,14 +314,16 @@ def prepare(
     auth_file: Path | None = None,
     base_env: Mapping[str, str] | None = None,
     driver: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Create the build root's files and return the environment for buildah/skopeo to run in it.
 
     The environment's STAGEFLEET_INSECURE_REGISTRIES lists the hosts registries.conf marks insecure, so
     the worker's own registry requests (`worker.registry`) reach them the way buildah does.
 
-    The storage driver is `driver`, else STAGEFLEET_STORAGE_DRIVER, else overlay; a rootless builder
-    image sets STAGEFLEET_STORAGE_MOUNT_PROGRAM=/usr/bin/fuse-overlayfs (or the driver to vfs).
+    The storage driver is `driver`, else STAGEFLEET_STORAGE_DRIVER, else overlay as root; rootless, what
+    works on the root's volume (`choose_storage`; STAGEFLEET_STORAGE_MOUNT_PROGRAM forces a mount
+    program). `log` hears the storage mode chosen.
     """
     auth = load_auth(auth_file.read_text()) if auth_file is not None else None  # fail before creating
     insecure = sorted(set(insecure_registries))
@@ -221,24 +333,44 @@ def prepare(
     runroot = _runroot(paths)
     runroot.mkdir(parents=True, exist_ok=True)
     source = os.environ if base_env is None else base_env
-    driver = driver or source.get("STAGEFLEET_STORAGE_DRIVER") or "overlay"
-    paths.storage_conf.write_text(storage_conf(paths.graphroot, runroot, driver,
-                                               source.get("STAGEFLEET_STORAGE_MOUNT_PROGRAM")))
+    rootless = os.geteuid() != 0
+    choice = choose_storage(rootless=rootless,
+                            driver=driver or source.get("STAGEFLEET_STORAGE_DRIVER") or None,
+                            mount_program=source.get("STAGEFLEET_STORAGE_MOUNT_PROGRAM") or None,
+                            kernel_overlay=lambda: probe_kernel_overlay(paths.probe_dir), fuse=fuse_usable)
+    if log is not None:
+        log(f"storage: {choice.mode} in {paths.graphroot}")
+    paths.storage_conf.write_text(storage_conf(paths.graphroot, runroot, choice.driver, choice.mount_program))
     paths.registries_conf.write_text(registries_conf(insecure))
     env = {k: v for k, v in source.items() if k not in _HOST_CONFIG_VARS}
     env.update(
         BUILDAH_ISOLATION="chroot",
-        CONTAINERS_STORAGE_CONF=str(paths.storage_conf),
         CONTAINERS_REGISTRIES_CONF=str(paths.registries_conf),
         TMPDIR=str(_short_tmpdir(paths)),
         STAGEFLEET_INSECURE_REGISTRIES=",".join(insecure),  # what registries.conf says, for our own checks
     )
+    env.update(storage_env(root, rootless=rootless))
     if auth is not None:
         fd = os.open(paths.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(auth, f)
         env["REGISTRY_AUTH_FILE"] = str(paths.auth_file)
     return env
+
+
+def storage_env(root: Path, *, rootless: bool | None = None) -> dict[str, str]:
+    """The variables that make buildah use `root`'s storage.conf: CONTAINERS_STORAGE_CONF as root;
+    rootless, XDG_CONFIG_HOME/XDG_DATA_HOME below the root (see the module docstring), with
+    `containers/storage.conf` there linking to the root's storage.conf."""
+    paths = BuildPaths(root)
+    if not (os.geteuid() != 0 if rootless is None else rootless):
+        return {"CONTAINERS_STORAGE_CONF": str(paths.storage_conf)}
+    link = paths.config_home / "containers" / "storage.conf"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(paths.storage_conf)
+    paths.data_home.mkdir(parents=True, exist_ok=True)
+    return {"XDG_CONFIG_HOME": str(paths.config_home), "XDG_DATA_HOME": str(paths.data_home)}
 
 
 def mounts_under(root: Path, mounts_text: str) -> list[str]:
@@ -268,11 +400,16 @@ def cleanup(root: Path, env: Mapping[str, str]) -> None:
     """
     if not root.exists():
         return
-    conf = BuildPaths(root).storage_conf
-    if conf.exists() and has_containers(BuildPaths(root).graphroot):  # `rm --all` only ever in this root
-        subprocess.run(["buildah", "rm", "--all"], env={**env, "CONTAINERS_STORAGE_CONF": str(conf)},
-                       capture_output=True, check=False)
     paths = BuildPaths(root)
+    rootless = os.geteuid() != 0
+    if paths.storage_conf.exists():
+        own = {k: v for k, v in env.items() if k not in _HOST_CONFIG_VARS}
+        own.update(storage_env(root, rootless=rootless))  # `rm --all` only ever in this root
+        if has_containers(paths.graphroot):
+            subprocess.run(["buildah", "rm", "--all"], env=own, capture_output=True, check=False)
+        if rootless and paths.graphroot.exists():  # layers hold files of the subordinate ids
+            subprocess.run(["buildah", "unshare", "rm", "-rf", str(paths.graphroot)], env=own,
+                           capture_output=True, check=False)
     shm = paths.shm_runroot if _private_dir(paths.shm_runroot) else None  # never one planted by others
     mounts = Path("/proc/mounts").read_text()
     for point in mounts_under(root, mounts) + (mounts_under(shm, mounts) if shm else []):

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from stagefleet import buildenv
-from stagefleet.worker import exitcodes
+from stagefleet.worker import exitcodes, rootless
 from stagefleet.worker.buildah import build_argv
 from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
 from stagefleet.worker.fetch import FetchError, SshAgent, fetch_context
@@ -131,9 +131,14 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             stack.callback(lambda: buildenv.cleanup(root, env))
         try:  # the auth file was validated by secret_material(); an OSError here is infrastructure
             env = buildenv.prepare(root, insecure_registries=spec.insecure_registries,
-                                   auth_file=spec.registry_auth)
+                                   auth_file=spec.registry_auth, log=log)
         except buildenv.AuthFileError as e:
             raise _fail(exitcodes.SECRET, f"registry auth: {e}") from None
+        if os.geteuid() != 0:  # a pod's securityContext decides whether rootless buildah can work at all
+            try:
+                rootless.check_user_namespace(env)
+            except rootless.UserNamespaceError as e:
+                raise _fail(exitcodes.UNEXPECTED, str(e)) from None
         try:
             ctx = fetch_context(spec, workdir)
         except FetchError as e:
