@@ -277,6 +277,34 @@ def inline_manifest(name: str, dockerfile: str, registry: str, **spec: Any) -> d
     }
 
 
+RECORD_TO = "STAGEFLEET_RECORD_STATUSES_TO"  # a directory: every distinct observed status is dumped there
+_recorded: set[str] = set()
+
+
+def record_status(kubectl: Kubectl, obj: dict[str, Any]) -> None:
+    """With $STAGEFLEET_RECORD_STATUSES_TO set, keep each distinct (phase, conditions) an ImageBuild went
+    through as YAML, named by tier, namespace and object: tests/gitops/recorded holds such dumps from the
+    real tier, which the Argo CD / kstatus health tests check."""
+    target = os.environ.get(RECORD_TO)
+    status = obj.get("status") or {}
+    if not target or not status:
+        return
+    conds = sorted((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or ())
+    key = json.dumps([obj["metadata"]["uid"], status.get("phase"), conds])
+    if key in _recorded:
+        return
+    _recorded.add(key)
+    meta = obj["metadata"]
+    keep = {k: meta[k] for k in ("name", "namespace", "generation", "creationTimestamp", "uid") if k in meta}
+    dump = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": keep, "spec": obj.get("spec"),
+            "status": status}
+    out = Path(target)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{kubectl.cluster.tier}-{kubectl.namespace}-{meta['name']}"
+    path = out / f"{stem}-{len(list(out.glob(stem + '-*.yaml'))):02d}-{status.get('phase')}.yaml"
+    path.write_text(yaml.safe_dump(dump, sort_keys=False))
+
+
 def wait_for(
     kubectl: Kubectl,
     operator: Operator,
@@ -294,6 +322,7 @@ def wait_for(
         proc = kubectl.run("get", "imagebuild", name, "-o", "json", check=False)
         if proc.returncode == 0:
             obj = json.loads(proc.stdout)
+            record_status(kubectl, obj)
             if predicate(obj):
                 return obj
         time.sleep(0.5)
