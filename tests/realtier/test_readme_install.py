@@ -1,0 +1,138 @@
+"""The README's "Install into a real cluster" block, run as written on a real cluster of its own.
+
+The block's lines run unchanged in bash. What this machine needs beyond them is added around them, each for
+a reason of this machine, never by editing a line:
+
+* REGISTRY and TAG, which the block asks the reader to set: the session's loopback registry, holding the
+  project's operator and builder images (stagefleet.images) under that tag.
+* `helm` is a shell function that appends `--set` values: the registry is plain HTTP
+  (`worker.insecureRegistries`) and listens on the node's loopback, so the operator and worker pods use the
+  node's network (`operator.hostNetwork`, `worker.hostNetwork`; the tier forwards the `kubernetes` Service
+  address to the API server), on free metrics/health ports.
+* `kubectl apply` gets the seed with its `BASE` image pointed at the registry's busybox: nothing can be
+  pulled from Docker Hub here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from binaries import REPO, find_tool
+from stagefleet.localregistry import LocalRegistry, free_port
+from stagefleet.realcluster import RealCluster
+from tiers import real_tier_unavailable
+
+pytestmark = pytest.mark.xdist_group("real")
+SECTION = "## Install into a real cluster"
+SEED_BASE = "docker.io/library/busybox:1.36"
+
+
+def install_block() -> list[str]:
+    """The lines of the first ```sh block under the README's install section."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index(SECTION):]
+    m = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert m, "no sh block in the install section"
+    return m.group(1).splitlines()
+
+
+def tag(registry: str, pinned: str, tag_name: str) -> str:
+    """Give the image ``pinned`` (HOST/REPO@DIGEST) the tag ``tag_name`` in its registry; HOST/REPO back."""
+    repo_ref, digest = pinned.split("@", 1)
+    repo = repo_ref.split("/", 1)[1]
+    accept = ", ".join(["application/vnd.oci.image.manifest.v1+json",
+                        "application/vnd.docker.distribution.manifest.v2+json"])
+    url = f"http://{registry}/v2/{repo}/manifests"
+    req = urllib.request.Request(f"{url}/{digest}", headers={"Accept": accept})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body, media = resp.read(), resp.headers["Content-Type"]
+    put = urllib.request.Request(f"{url}/{tag_name}", data=body, method="PUT",
+                                 headers={"Content-Type": media})
+    with urllib.request.urlopen(put, timeout=30) as resp:
+        assert resp.status == 201
+    return repo_ref
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path, registry: LocalRegistry, pause_image: str) -> Iterator[RealCluster]:
+    """A real cluster for this test alone: the README installs a cluster-wide operator, which must not
+    meet the other tests' operators."""
+    why = real_tier_unavailable()
+    if why:
+        pytest.skip(f"real tier: {why}")
+    rc = RealCluster(tmp_path / "rt", pause_image=pause_image, registries=[registry.host], nodes=2)
+    rc.start()
+    yield rc
+    rc.stop()
+
+
+def test_readme_install_section_runs_as_written(own_cluster: RealCluster, registry: LocalRegistry,
+                                                base_image: str, tier_images: Any, tmp_path: Path) -> None:
+    from stagefleet.images import ensure_images
+
+    images = ensure_images(registry.host)
+    tag_name = "readme"
+    operator_repo = tag(registry.host, images.operator, tag_name)
+    builder_repo = tag(registry.host, images.builder, tag_name)
+    prefix = f"{registry.host}/stagefleet"
+    assert operator_repo == f"{prefix}/operator" and builder_repo == f"{prefix}/builder"
+    block = install_block()
+    assert block[0].startswith("REGISTRY=") and block[1].startswith("TAG=")
+    helm, kubectl = find_tool("helm"), find_tool("kubectl")
+    assert helm and kubectl
+    extra = ["--set", "operator.hostNetwork=true", "--set", "worker.hostNetwork=true",
+             "--set-string", f"worker.insecureRegistries[0]={registry.host}",
+             "--set", f"operator.metricsPort={free_port()}", "--set", f"operator.healthPort={free_port()}",
+             "--set", "operator.logFormat=text"]
+    prologue = [
+        "set -euo pipefail",
+        f"helm() {{ {helm} \"$@\" {' '.join(repr(a) for a in extra)}; }}",
+        # the seed's Docker Hub base image is unreachable here: apply gets the registry's busybox instead
+        f"kubectl() {{ if [ \"${{1:-}}\" = apply ]; then sed 's|{SEED_BASE}|{base_image}|g' |"
+        f" {kubectl} \"$@\"; else {kubectl} \"$@\"; fi; }}",
+    ]
+    # The block's own REGISTRY/TAG lines stay; the values this machine needs are set right after them.
+    script = "\n".join([*prologue, block[0], block[1], f"REGISTRY={prefix}", f"TAG={tag_name}", *block[2:]])
+    (tmp_path / "install.sh").write_text(script + "\n")
+    env = {**os.environ, "KUBECONFIG": str(own_cluster.kubeconfig), "HOME": str(tmp_path),
+           "HELM_CACHE_HOME": str(tmp_path / "helm-cache"), "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+           "HELM_DATA_HOME": str(tmp_path / "helm-data"), "KUBECACHEDIR": str(tmp_path / "kube-cache")}
+    proc = subprocess.run(["bash", str(tmp_path / "install.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+
+    def k(*args: str) -> str:
+        return subprocess.run([kubectl, *args], env=env, capture_output=True, text=True, timeout=60,
+                              check=False).stdout
+
+    assert proc.returncode == 0, (
+        f"{proc.stdout}\n{proc.stderr}\n--- operator ---\n"
+        + k("logs", "-n", "stagefleet-system", "-l", "app.kubernetes.io/name=stagefleet", "--tail=80")
+        + "\n--- ib ---\n" + k("get", "ib", "-n", "builds", "-o", "yaml")
+    )
+    assert re.search(r"seed\s+Succeeded", proc.stdout), proc.stdout
+    ib = json.loads(k("get", "ib", "seed", "-n", "builds", "-o", "json"))
+    image = ib["status"]["image"]
+    assert image["name"].startswith(f"{prefix}/seed"), image
+    # the operator ran from its image as the chart runs it; every worker from the builder image
+    (op_pod,) = json.loads(k("get", "pods", "-n", "stagefleet-system", "-o", "json"))["items"]
+    assert op_pod["spec"]["containers"][0]["image"] == f"{operator_repo}:{tag_name}"
+    assert op_pod["spec"]["securityContext"]["runAsUser"] == 65532
+    workers = json.loads(k("get", "pods", "-n", "builds", "-o", "json"))["items"]
+    assert workers
+    assert {p["spec"]["containers"][0]["image"] for p in workers} == {f"{builder_repo}:{tag_name}"}
+    assert {p["status"]["phase"] for p in workers} == {"Succeeded"}
+    req = urllib.request.Request(
+        f"http://{registry.host}/v2/stagefleet/seed/manifests/latest", method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                           "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["Docker-Content-Digest"] == image["digest"]
