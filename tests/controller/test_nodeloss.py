@@ -364,8 +364,11 @@ def test_superseded_attempts_still_running_are_stopped() -> None:
     # g1's attempt 1 is stopped, and so is the final's pod, which waited for it.
     # (at once replaced by its attempt 2, waiting for g1's attempt 2).
     assert d.delete == ["seed-1-g1-a1", "seed-1-g3-a1"]
-    assert [(c.group.id, c.attempt, dict(c.upstream_attempts)) for c in d.create] == [
-        ("g3", 2, {"g1": 2, "g2": 1})
+    assert [(c.group.id, c.attempt, dict(c.upstream_attempts), c.restart) for c in d.create] == [
+        ("g3", 2, {"g1": 2, "g2": 1}, True)
+    ]
+    assert [e.message for e in d.events if e.reason == "GroupStarted"] == [
+        "group g3 (final): attempt 2 (restart)"
     ]
 
 

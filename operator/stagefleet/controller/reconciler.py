@@ -568,7 +568,7 @@ class Reconciler:
                 self.pod_changed(created)
                 self._created.add(str((created.get("metadata") or {}).get("uid")))
                 self.metrics.pods_created.inc()
-                if start.attempt > 1:
+                if start.attempt > 1 and not start.restart:
                     self.metrics.retries.inc()
                 log.info(
                     "started pod %s for %s/%s group %s (%s)",

@@ -272,6 +272,7 @@ class StartPod:
     attempt: int
     upstream: Mapping[str, tuple[str, str]]
     upstream_attempts: Mapping[str, int] = field(default_factory=dict)
+    restart: bool = False  # replaces a pod restarted for a superseded upstream attempt (not a retry)
 
     @property
     def waits_for(self) -> tuple[str, ...]:
@@ -807,11 +808,12 @@ def decide(
                     if states[pg].phase == S_SUCCEEDED
                 }
                 waited = {pg: states[pg].attempts for _, pg in g.consumes if states[pg].phase != S_SUCCEEDED}
+                restart = gs.phase == S_WAITING and gs.attempts > 0
                 gs.attempts += 1
                 before = gs.phase
                 gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
                 gs.start, gs.completion, gs.node = None, None, None
-                create.append(StartPod(g, gs.attempts, upstream, waited))
+                create.append(StartPod(g, gs.attempts, upstream, waited, restart))
                 gs.pod = pod_name(build, g.id, gs.attempts)
                 started = started_event(create[-1])
                 if started is not None:
@@ -961,8 +963,9 @@ def started_event(start: StartPod) -> Event | None:
     if start.attempt <= 1:
         return None
     g = start.group
+    why = "restart" if start.restart else "retry"
     return Event(
-        "Normal", "GroupStarted", f"group {g.id} ({', '.join(g.stages)}): attempt {start.attempt} (retry)"
+        "Normal", "GroupStarted", f"group {g.id} ({', '.join(g.stages)}): attempt {start.attempt} ({why})"
     )
 
 
