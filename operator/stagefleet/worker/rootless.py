@@ -114,7 +114,7 @@ def _tail(text: str, n: int = 2, width: int = 300) -> str:
 
 def check_user_namespace(env: Mapping[str, str], status_text: str | None = None) -> None:
     """Run `PROBE_ARGV` in `env`; raise `UserNamespaceError` (with `diagnose`'s advice and buildah's own
-    words) unless more than one uid and gid were mapped. Costs one short buildah re-exec (~50 ms)."""
+    words) unless more than one uid and gid were mapped. Costs one short buildah re-exec."""
     proc = subprocess.run(list(PROBE_ARGV), env=dict(env), capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL, check=False)
     uids, gids = mapped_ids(proc.stdout, UID_MAP), mapped_ids(proc.stdout, GID_MAP)
