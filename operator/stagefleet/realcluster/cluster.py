@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -42,8 +41,10 @@ BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube
 HOST_TOOLS = ("etcd", "containerd", "runc", "openssl", "nsenter", "ip")
 SHARED_UNPACK = Path(__file__).resolve().parents[4] / "shared" / "k8s" / "unpack"
 CGROUP_FS = Path("/sys/fs/cgroup")
-POD_LOG_DIR = Path("/var/log/pods")  # hard-coded in the kubelet: "<namespace>_<pod>_<uid>" per pod
-CONTAINER_LOG_DIR = Path("/var/log/containers")  # symlinks into POD_LOG_DIR
+# Host paths the kubelet (1.24) hard-codes. Each node sees its own directories there, bind-mounted in a
+# private mount namespace that its containerd and kubelet share: two clusters on one machine would otherwise
+# garbage-collect each other's pod logs, and nothing of a node is left on the host after it stops.
+NODE_PRIVATE_PATHS = (Path("/var/log/pods"), Path("/var/log/containers"), Path("/var/lib/kubelet"))
 
 
 class RealClusterError(RuntimeError):
@@ -127,6 +128,7 @@ class RealNode:
     kubelet_port: int
     containerd: _Proc | None = None
     kubelet: _Proc | None = None
+    mounts: _Proc | None = None  # holds the node's private mount namespace (see _private_mounts)
     labels: tuple[str, ...] = ()
 
     @property
@@ -152,7 +154,6 @@ class RealCluster:
     node_names: list[str] = field(default_factory=list)
     _procs: list[_Proc] = field(default_factory=list)
     _nodes: list[RealNode] = field(default_factory=list)
-    _pod_uids: set[str] = field(default_factory=set)
     started_seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -227,7 +228,6 @@ class RealCluster:
     def stop(self) -> None:
         """Stop every process, kill every pod, undo every mount, tidy the kubelet's host paths. Safe to call
         twice; never raises for a part that is already gone."""
-        self._remember_pods()
         for node in self._nodes:
             self._stop_node(node)
         for p in reversed(self._procs):
@@ -245,28 +245,6 @@ class RealCluster:
             _unmount_under(self.nodes_dir)
             shutil.rmtree(self.nodes_dir, ignore_errors=True)
             self.nodes_dir = None
-        _remove_pod_logs(self._pod_uids)
-        self._pod_uids.clear()
-
-    def _remember_pods(self) -> None:
-        """The UIDs of every pod this cluster ran, while its API still answers: their log directories
-        (the kubelet's fixed host paths) are removed after stop, and no other cluster's."""
-        if not self.server or not any(p.alive() for p in self._procs if p.name == "kube-apiserver"):
-            return
-        try:
-            pods = self.request("GET", "/api/v1/pods")["items"]
-        except (urllib.error.URLError, OSError, KeyError, json.JSONDecodeError):
-            return
-        self._pod_uids |= {str(p["metadata"]["uid"]) for p in pods}
-
-    def __enter__(self) -> RealCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --- nodes ---------------------------------------------------------------------------------------
 
@@ -335,9 +313,11 @@ class RealCluster:
                 self.pause_image,
             )
         )
+        node.mounts = _private_mounts(ndir, self.logs_dir / f"mounts-{index}.log")
+        enter = ["nsenter", "-t", str(node.mounts.proc.pid if node.mounts.proc else 0), "-m", "--"]
         node.containerd = _Proc(
             f"containerd-{index}",
-            ["containerd", "--config", str(ndir / "containerd.toml")],
+            [*enter, "containerd", "--config", str(ndir / "containerd.toml")],
             self.logs_dir / f"containerd-{index}.log",
         )
         node.containerd.start()
@@ -377,7 +357,7 @@ class RealCluster:
         cfg.write_text(yaml.safe_dump(kcfg))
         node.kubelet = _Proc(
             f"kubelet-{index}",
-            configs.kubelet_argv(
+            enter + configs.kubelet_argv(
                 str(self.assets / "kubelet"),
                 kubeconfig_path=kc,
                 config_path=cfg,
@@ -398,6 +378,8 @@ class RealCluster:
         _kill_matching(str(node.socket))  # containerd-shim-runc-v2 ... -address <socket>
         if node.containerd is not None:
             node.containerd.stop(5.0)
+        if node.mounts is not None:
+            node.mounts.stop(0)
 
     # --- API access ------------------------------------------------------------------------------------
 
@@ -585,16 +567,32 @@ def _kill_matching(needle: str) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
-def _remove_pod_logs(uids: set[str]) -> None:
-    if not uids or not POD_LOG_DIR.is_dir():
-        return
-    for entry in POD_LOG_DIR.iterdir():
-        if entry.name.rsplit("_", 1)[-1] in uids:
-            shutil.rmtree(entry, ignore_errors=True)
-    if CONTAINER_LOG_DIR.is_dir():
-        for link in CONTAINER_LOG_DIR.iterdir():
-            if link.is_symlink() and not link.exists():  # its pod directory is gone
-                link.unlink(missing_ok=True)
+def _private_mounts(node_dir: Path, log: Path) -> _Proc:
+    """A process holding a new private mount namespace in which NODE_PRIVATE_PATHS are the node's own
+    directories; containerd and the kubelet enter it (nsenter -m), so their mounts (rootfs, volumes,
+    network namespaces) stay in it too and vanish with the node's processes."""
+    holder = _Proc("mounts", ["unshare", "--mount", "--propagation", "private", "sleep", "2147483647"], log)
+    holder.start()
+    assert holder.proc is not None
+    own = os.readlink("/proc/self/ns/mnt")
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{holder.proc.pid}/ns/mnt") != own:
+                break
+        time.sleep(0.02)
+    else:
+        holder.stop(0)
+        raise RealClusterError("unshare --mount did not give the node a mount namespace")
+    for path in NODE_PRIVATE_PATHS:
+        path.mkdir(parents=True, exist_ok=True)  # a mount point; stays empty on the host
+        private = node_dir / "host" / path.relative_to("/")
+        private.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["nsenter", "-t", str(holder.proc.pid), "-m", "--", "mount", "--bind",
+                               str(private), str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            holder.stop(0)
+            raise RealClusterError(f"bind-mounting {private} on {path} for the node: {proc.stderr}")
+    return holder
 
 
 def mounts_under(directory: Path) -> list[str]:
