@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 RELIABILITY = TESTS / "reliability"
 
 BuildahEnv = Callable[[Path], dict[str, str]]
-TIER_FIXTURES = ("cluster",)  # session fixtures parametrised over tests/tiers.py's TIERS
+TIER_FIXTURES = ("cluster", "kube")  # fixtures parametrised over tests/tiers.py's TIERS
 
 
 def on_real_tier(item: pytest.Item) -> bool:

@@ -1,4 +1,5 @@
-"""Shared dev-cluster fixtures: a running API-server emulator (the kubelet teammate may add more)."""
+"""Shared dev-cluster fixtures: a running API-server emulator (`apiserver`), a namespace on each tier for
+client tests (`kube`, with `test_image` for their pods), and whole dev clusters (`make_cluster`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from binaries import run_tool
 from stagefleet.devcluster.apiserver import APIServer, write_kubeconfig
+from tiers import BUILD_NAMESPACE_LABELS, TIERS
 
 
 @dataclass
@@ -45,12 +47,14 @@ HELM = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "helm"
 
 @dataclass
 class Kube:
-    """A cluster to run client tests against: the emulator, or a real one from STAGEFLEET_TEST_KUBECONFIG."""
+    """A cluster to run client tests against, with a fresh namespace: the emulator (tier "dev", or
+    STAGEFLEET_TEST_KUBECONFIG's cluster in its place) or the session's real cluster (tier "real")."""
 
     kubeconfig: Path
     namespace: str
     home: Path
     emulator: APIServer | None = None  # None on a real cluster: emulator-only tests skip themselves
+    tier: str = "dev"
 
     def env(self) -> dict[str, str]:
         """Private caches for kubectl and helm; HOME stays (a real cluster's credential plugins use it)."""
@@ -73,34 +77,57 @@ class Kube:
         return run_tool([str(HELM), "--namespace", self.namespace, *args], self.env(), check=check,
                         timeout=timeout)
 
+    def require_emulator(self, why: str) -> APIServer:
+        """The emulator, or skip: `why` says what the test needs that only the emulator has."""
+        if self.emulator is None:
+            pytest.skip(f"emulator-only: {why}")
+        return self.emulator
 
-@pytest.fixture
+
+def namespace_manifest(name: str) -> str:
+    """A test namespace labelled for Pod Security as the project's build namespaces are (tests/tiers.py): a
+    real API server enforces the label, the emulator stores it."""
+    return json.dumps({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": name, "labels": BUILD_NAMESPACE_LABELS}})
+
+
+@pytest.fixture(params=TIERS)
 def kube(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Kube]:
-    """A fresh namespace on the emulator (or on STAGEFLEET_TEST_KUBECONFIG's cluster), deleted afterwards."""
+    """A fresh namespace per test on each tier (tests/tiers.py). "dev": a fresh emulator per test, stopped
+    afterwards — or, when STAGEFLEET_TEST_KUBECONFIG is set, that cluster in its place (a namespace on it,
+    deleted afterwards; `emulator` is None, so emulator-only tests skip). "real": a namespace on the
+    session's real Kubernetes 1.24 (`real_cluster`, tests/conftest.py), deleted afterwards."""
     home = tmp_path / "home"
     home.mkdir()
-    real = os.environ.get("STAGEFLEET_TEST_KUBECONFIG")
     server: APIServer | None = None
-    if real:
-        kubeconfig = Path(real)
+    if request.param == "real":
+        kubeconfig = Path(request.getfixturevalue("real_cluster").kubeconfig)
+    elif os.environ.get("STAGEFLEET_TEST_KUBECONFIG"):
+        kubeconfig = Path(os.environ["STAGEFLEET_TEST_KUBECONFIG"])
     else:
         server = APIServer(logs_dir=tmp_path / "pod-logs")
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.start_in_thread())
     namespace = f"t-{uuid.uuid4().hex[:8]}"
-    k = Kube(kubeconfig, namespace, home, server)
+    k = Kube(kubeconfig, namespace, home, server, request.param)
     try:
-        k.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=f'{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{namespace}"}}}}',
-        )
+        k.kubectl("apply", "-f", "-", input=namespace_manifest(namespace))
+        # ready for pods: a real cluster's ServiceAccount controller adds `default` a moment later, and
+        # until then a pod is refused (the emulator creates it with the namespace)
+        wait_until(lambda: k.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+                   "the namespace's default ServiceAccount")
         yield k
     finally:
         if server is not None:
             server.stop_in_thread()
         else:
             k.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture
+def test_image(base_image: str) -> str:
+    """The image test pods name, on both tiers: the session's busybox in the loopback registry, the one a
+    real node can pull (the emulator stores the name; the dev kubelet runs no images at all)."""
+    return base_image
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.1) -> Any:

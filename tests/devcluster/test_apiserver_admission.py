@@ -1,6 +1,6 @@
 """What a real control plane adds on its own: the `kube-root-ca.crt` ConfigMap in every namespace
 (root-ca-cert-publisher) and the pod mutations of the ServiceAccount and DefaultTolerationSeconds
-admission plugins. Public API only (kubectl), so these also run against a real cluster."""
+admission plugins. Public API only (kubectl): the `kube` tests run on both tiers."""
 
 from __future__ import annotations
 
@@ -96,14 +96,14 @@ def test_a_deleted_namespace_goes_although_its_ca_configmap_is_republished(
     wait_until(lambda: get(kube, "namespace", ns) is None, "the namespace removed", timeout=120, interval=0.5)
 
 
-def pod(name: str, **spec: Any) -> dict[str, Any]:
+def pod(name: str, image: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {
-            "initContainers": [{"name": "init", "image": "busybox", "command": ["true"]}],
-            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}],
+            "initContainers": [{"name": "init", "image": image, "command": ["true"]}],
+            "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}],
             **spec,
         },
     }
@@ -134,10 +134,10 @@ def service_account_ready(kube: Any, wait_until: Callable[..., Any], name: str =
 
 
 def test_pods_get_the_service_account_token_volume_and_default_tolerations(
-    kube: Any, wait_until: Callable[..., Any]
+    kube: Any, test_image: str, wait_until: Callable[..., Any]
 ) -> None:
     service_account_ready(kube, wait_until)
-    p = create(kube, pod("plain"))
+    p = create(kube, pod("plain", test_image))
     assert p["spec"]["serviceAccountName"] == "default" and p["spec"]["serviceAccount"] == "default"
     [vol] = token_volumes(p)
     assert TOKEN_VOLUME.match(vol["name"]), vol["name"]
@@ -150,10 +150,10 @@ def test_pods_get_the_service_account_token_volume_and_default_tolerations(
 
 
 def test_automount_is_decided_by_the_pod_then_its_service_account(
-    kube: Any, wait_until: Callable[..., Any]
+    kube: Any, test_image: str, wait_until: Callable[..., Any]
 ) -> None:
     service_account_ready(kube, wait_until)
-    off = create(kube, pod("off", automountServiceAccountToken=False))
+    off = create(kube, pod("off", test_image, automountServiceAccountToken=False))
     assert token_volumes(off) == [] and mounts_at_token_path(off) == {"init": [], "main": []}
     assert off["spec"]["serviceAccountName"] == "default"
 
@@ -171,16 +171,20 @@ def test_automount_is_decided_by_the_pod_then_its_service_account(
         ),
     )
     service_account_ready(kube, wait_until, "quiet")
-    quiet = create(kube, pod("quiet", serviceAccountName="quiet"))
+    quiet = create(kube, pod("quiet", test_image, serviceAccountName="quiet"))
     assert token_volumes(quiet) == [] and quiet["spec"]["serviceAccount"] == "quiet"
-    loud = create(kube, pod("loud", serviceAccountName="quiet", automountServiceAccountToken=True))
+    loud = create(
+        kube, pod("loud", test_image, serviceAccountName="quiet", automountServiceAccountToken=True)
+    )
     assert len(token_volumes(loud)) == 1
     assert all(len(m) == 1 for m in mounts_at_token_path(loud).values())
 
 
-def test_own_mounts_and_tolerations_are_respected(kube: Any, wait_until: Callable[..., Any]) -> None:
+def test_own_mounts_and_tolerations_are_respected(
+    kube: Any, test_image: str, wait_until: Callable[..., Any]
+) -> None:
     service_account_ready(kube, wait_until)
-    manifest = pod("own", volumes=[{"name": "mine", "emptyDir": {}}])
+    manifest = pod("own", test_image, volumes=[{"name": "mine", "emptyDir": {}}])
     manifest["spec"]["containers"][0]["volumeMounts"] = [{"name": "mine", "mountPath": TOKEN_PATH}]
     manifest["spec"]["tolerations"] = [
         {
@@ -198,25 +202,29 @@ def test_own_mounts_and_tolerations_are_respected(kube: Any, wait_until: Callabl
     }
     assert own["spec"]["tolerations"] == [manifest["spec"]["tolerations"][0], UNREACHABLE]
 
-    everything = create(kube, pod("tolerant", tolerations=[{"operator": "Exists"}]))
+    everything = create(kube, pod("tolerant", test_image, tolerations=[{"operator": "Exists"}]))
     assert everything["spec"]["tolerations"] == [{"operator": "Exists"}]
-    no_execute = create(kube, pod("noexec", tolerations=[{"operator": "Exists", "effect": "NoExecute"}]))
+    no_execute = create(
+        kube, pod("noexec", test_image, tolerations=[{"operator": "Exists", "effect": "NoExecute"}])
+    )
     assert no_execute["spec"]["tolerations"] == [{"operator": "Exists", "effect": "NoExecute"}]
     no_schedule = [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule"}]
-    partial = create(kube, pod("partial", tolerations=no_schedule))
+    partial = create(kube, pod("partial", test_image, tolerations=no_schedule))
     assert partial["spec"]["tolerations"] == no_schedule + [NOT_READY, UNREACHABLE]
 
 
 @pytest.mark.cluster
 @pytest.mark.skipif(os.geteuid() != 0, reason="pods run in private mount namespaces (root)")
-def test_pods_read_the_token_volume(make_cluster: Callable[..., Any], wait_until: Callable[..., Any]) -> None:
+def test_pods_read_the_token_volume(
+    make_cluster: Callable[..., Any], test_image: str, wait_until: Callable[..., Any]
+) -> None:
     k = make_cluster(nodes=1, pods_per_node=4)
     service_account_ready(k, wait_until)
     script = (
         f"cat {TOKEN_PATH}/namespace && echo && head -n 1 {TOKEN_PATH}/ca.crt && test -s {TOKEN_PATH}/token"
         f" && echo token && (touch {TOKEN_PATH}/x 2>/dev/null || echo read-only)"
     )
-    manifest = pod("reader", restartPolicy="Never")
+    manifest = pod("reader", test_image, restartPolicy="Never")
     manifest["spec"]["initContainers"][0]["command"] = ["test", "-s", f"{TOKEN_PATH}/ca.crt"]
     manifest["spec"]["containers"][0]["command"] = ["sh", "-c", script]
     create(k, manifest)

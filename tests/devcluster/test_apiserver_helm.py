@@ -1,4 +1,4 @@
-"""The real helm (v4) against the emulator: template with validation, install, upgrade, uninstall."""
+"""The real helm (v4) on both tiers: template with validation, install, upgrade, uninstall."""
 
 from __future__ import annotations
 

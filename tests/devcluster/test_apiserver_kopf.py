@@ -1,6 +1,6 @@
 """A tiny kopf operator reconciles a custom resource: create, update, status patch, pod ownership, deletion.
 
-Written against the public API only, so it passes against a real cluster too (STAGEFLEET_TEST_KUBECONFIG).
+Written against the public API only: it runs on both tiers (the `kube` fixture), fault injection aside.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def fixture_login(kubeconfig: Path, namespace: str) -> kopf.ConnectionInfo:
     return dataclasses.replace(operator_login(str(kubeconfig)), default_namespace=namespace)
 
 
-def make_registry(namespace: str, kubeconfig: Path) -> kopf.OperatorRegistry:
+def make_registry(namespace: str, kubeconfig: Path, image: str) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -75,7 +75,7 @@ def make_registry(namespace: str, kubeconfig: Path) -> kopf.OperatorRegistry:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": f"{body['metadata']['name']}-worker"},
-            "spec": {"containers": [{"name": "main", "image": "busybox:1", "command": ["true"]}]},
+            "spec": {"containers": [{"name": "main", "image": image, "command": ["true"]}]},
         }
         kopf.adopt(pod, owner=body)
         import kubernetes
@@ -99,14 +99,14 @@ def make_registry(namespace: str, kubeconfig: Path) -> kopf.OperatorRegistry:
 
 
 @pytest.fixture
-def operator(kube: Any) -> Iterator[None]:
+def operator(kube: Any, test_image: str) -> Iterator[None]:
     """Run the test operator in a thread with its own loop, in the test namespace; stopped afterwards."""
     import kubernetes
 
     kube.kubectl("apply", "-f", "-", input=json.dumps(CRD))
     kube.kubectl("wait", "--for=condition=Established", "crd/gizmos.kopftest.stagefleet.dev", "--timeout=30s")
     kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig))  # the handlers' own client
-    registry = make_registry(kube.namespace, kube.kubeconfig)
+    registry = make_registry(kube.namespace, kube.kubeconfig, test_image)
     loop = asyncio.new_event_loop()
     stop: asyncio.Future[Any] = loop.create_future()
     ready = threading.Event()
@@ -129,9 +129,13 @@ def operator(kube: Any) -> Iterator[None]:
     try:
         yield
     finally:
+        # gizmos carry kopf's finalizer: deleted while the operator still runs, which releases them
+        kube.kubectl("delete", "gizmos", "--all", "--timeout=60s", check=False, timeout=90)
         loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None))
         thread.join(60)
-        kube.kubectl("delete", "crd", "gizmos.kopftest.stagefleet.dev", "--wait=false", check=False)
+        # waited for: on a real cluster the CRD outlives the namespace, and the next test applies it again
+        crd = "crd/gizmos.kopftest.stagefleet.dev"
+        kube.kubectl("delete", crd, "--timeout=60s", check=False, timeout=90)
 
 
 def get_json(kube: Any, *args: str) -> Any:
@@ -189,10 +193,9 @@ def test_kopf_reconciles_create_update_status_ownership_and_delete(
 def test_kopf_converges_through_injected_faults(
     kube: Any, operator: None, wait_until: Callable[..., Any]
 ) -> None:
-    """Emulator-only: 20% of requests fail with 429/500/503 and watches drop every second."""
-    if kube.emulator is None:
-        pytest.skip("fault injection needs the emulator")
-    kube.emulator.faults.update({"error_rate": 0.2, "watch_drop_seconds": 1.0, "seed": 3})
+    """20% of requests fail with 429/500/503 and watches drop every second."""
+    emulator = kube.require_emulator("fault injection (failing requests and dropping watches on purpose)")
+    emulator.faults.update({"error_rate": 0.2, "watch_drop_seconds": 1.0, "seed": 3})
     try:
         for name in ("f1", "f2", "f3"):
             body = {
@@ -216,20 +219,21 @@ def test_kopf_converges_through_injected_faults(
                 timeout=120,
             )
     finally:
-        kube.emulator.faults.update({"error_rate": 0.0, "watch_drop_seconds": None})
+        emulator.faults.update({"error_rate": 0.0, "watch_drop_seconds": None})
     for name in ("f1", "f2", "f3"):
         assert get_json(kube, "pod", f"{name}-worker") is not None
-    assert kube.emulator.faults.injected > 0 and kube.emulator.faults.watches_dropped > 0
+    assert emulator.faults.injected > 0 and emulator.faults.watches_dropped > 0
 
 
 # -- the fixture's login, unit-level ------------------------------------------------------------------------
 
 
-def test_fixture_login_from_the_emulator_kubeconfig(apiserver: Any) -> None:
-    info = fixture_login(apiserver.kubeconfig, "ns-a")
-    assert info.server == apiserver.url.rstrip("/")
+def test_fixture_login_from_the_tier_kubeconfig(kube: Any) -> None:
+    """The emulator's kubeconfig (plain HTTP, maybe a token) and the real tier's (TLS, client certificate)."""
+    info = fixture_login(kube.kubeconfig, "ns-a")
+    kc = yaml.safe_load(kube.kubeconfig.read_text())
+    assert info.server == kc["clusters"][0]["cluster"]["server"].rstrip("/")
     assert info.default_namespace == "ns-a"
-    kc = yaml.safe_load(apiserver.kubeconfig.read_text())
     user = kc["users"][0]["user"]
     if user.get("token"):
         assert (info.scheme, info.token) == ("Bearer", user["token"])

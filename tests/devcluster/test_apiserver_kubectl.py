@@ -1,4 +1,4 @@
-"""The real kubectl (v1.34) against the emulator: everything here also holds against a real API server."""
+"""The real kubectl (v1.34) on both tiers (the emulator and a real 1.24 API server): the same assertions."""
 
 from __future__ import annotations
 
@@ -58,12 +58,18 @@ def get(kube: Any, *args: str) -> Any:
 
 @pytest.fixture
 def widgets(kube: Any) -> Any:
+    """The Widget CRD, Established and its schema published: kubectl validates against the published
+    schema (OpenAPI v2 on a 1.24 server), which appears a moment after Established."""
     apply(kube, WIDGET_CRD)
     kube.kubectl(
         "wait", "--for=condition=Established", "crd/widgets.kubectltest.stagefleet.dev", "--timeout=30s"
     )
+    explain(kube, "widget.spec")
     yield kube
-    kube.kubectl("delete", "crd", "widgets.kubectltest.stagefleet.dev", "--wait=false", check=False)
+    # waited for: on a real cluster the CRD outlives the test's namespace, and the next test applies it again
+    kube.kubectl(
+        "delete", "crd", "widgets.kubectltest.stagefleet.dev", "--timeout=60s", check=False, timeout=90
+    )
 
 
 def cm(name: str, data: dict[str, str], **meta: Any) -> dict[str, Any]:
@@ -87,7 +93,8 @@ def test_get_yaml_shows_server_populated_metadata(kube: Any) -> None:
     assert meta["uid"] and meta["creationTimestamp"] and int(meta["resourceVersion"]) > 0
 
 
-def test_pod_strategic_merge_apply_keeps_containers_merged_by_name(kube: Any) -> None:
+def test_pod_strategic_merge_apply_keeps_containers_merged_by_name(kube: Any, test_image: str) -> None:
+    other = test_image.rsplit(":", 1)[0] + ":2"  # a tag nobody pulls: only the spec matters here
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -96,7 +103,7 @@ def test_pod_strategic_merge_apply_keeps_containers_merged_by_name(kube: Any) ->
             "containers": [
                 {
                     "name": "main",
-                    "image": "busybox:1",
+                    "image": test_image,
                     "command": ["sleep", "1"],
                     "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
                 }
@@ -104,10 +111,11 @@ def test_pod_strategic_merge_apply_keeps_containers_merged_by_name(kube: Any) ->
         },
     }
     apply(kube, pod)
-    kube.kubectl("patch", "pod", "p1", "-p", '{"spec":{"containers":[{"name":"main","image":"busybox:2"}]}}')
+    patch = {"spec": {"containers": [{"name": "main", "image": other}]}}
+    kube.kubectl("patch", "pod", "p1", "-p", json.dumps(patch))
     got = get(kube, "pod", "p1")
     main = got["spec"]["containers"][0]
-    assert main["image"] == "busybox:2"
+    assert main["image"] == other
     assert main["command"] == ["sleep", "1"]
     assert [e["name"] for e in main["env"]] == ["A", "B"]
     assert got["status"]["phase"] in ("Pending", "Running", "Succeeded")  # a real node may run it
@@ -459,7 +467,7 @@ def test_server_side_apply_conflicts_between_managers_unless_forced(kube: Any) -
     assert get(kube, "cm", "shared")["data"] == {"a": "2"}
 
 
-def test_scale_subresource(kube: Any) -> None:
+def test_scale_subresource(kube: Any, test_image: str) -> None:
     deploy = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -469,7 +477,7 @@ def test_scale_subresource(kube: Any) -> None:
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": "busybox:1"}]},
+                "spec": {"containers": [{"name": "web", "image": test_image, "command": ["sleep", "3600"]}]},
             },
         },
     }
@@ -498,30 +506,40 @@ def test_kubectl_create_generators_and_namespace_deletion(kube: Any) -> None:
     assert kube.kubectl("-n", ns, "get", "configmap", "cfg", check=False).returncode != 0
 
 
-def test_kubectl_logs_reads_what_the_kubelet_wrote(kube: Any) -> None:
-    if kube.emulator is None:
-        pytest.skip("writes the emulator's pod log files directly (a real cluster needs a running pod)")
-    apply(
-        kube,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "talker"},
-            "spec": {"containers": [{"name": "main", "image": "busybox:1"}]},
+def test_kubectl_logs_shows_what_the_container_wrote(
+    kube: Any, test_image: str, wait_until: Callable[..., Any]
+) -> None:
+    """On the real tier the pod prints its lines and finishes; the emulator alone has no kubelet, so the
+    test writes the log file the dev kubelet would and marks the pod Succeeded, as the kubelet would."""
+    lines = "line 1\nline 2\nline 3\n"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "talker"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {"name": "main", "image": test_image, "command": ["sh", "-c", f"printf '{lines}'"]}
+            ],
         },
+    }
+    apply(kube, pod)
+    if kube.emulator is not None:
+        logfile = kube.emulator.logs_dir / kube.namespace / "talker" / "main.log"
+        logfile.parent.mkdir(parents=True)
+        logfile.write_text(lines)
+        kube.kubectl(
+            "patch",
+            "pod",
+            "talker",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"phase":"Succeeded"}}',
+        )
+    wait_until(
+        lambda: get(kube, "pod", "talker")["status"].get("phase") == "Succeeded", "talker done", timeout=120
     )
-    logfile = kube.emulator.logs_dir / kube.namespace / "talker" / "main.log"
-    logfile.parent.mkdir(parents=True)
-    logfile.write_text("line 1\nline 2\nline 3\n")
-    assert kube.kubectl("logs", "talker").stdout == "line 1\nline 2\nline 3\n"
+    assert kube.kubectl("logs", "talker").stdout == lines
     assert kube.kubectl("logs", "talker", "--tail=1").stdout == "line 3\n"
-    kube.kubectl(
-        "patch",
-        "pod",
-        "talker",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        '{"status":{"phase":"Succeeded"}}',
-    )
-    assert kube.kubectl("logs", "-f", "talker").stdout.endswith("line 3\n")  # follow ends: pod is done
+    assert kube.kubectl("logs", "-f", "talker").stdout == lines  # follow ends: the pod is done

@@ -1,4 +1,6 @@
-"""Pod subresources over HTTP (emulator + files the kubelet would write): log, binding, status."""
+"""Pod subresources: binding (both tiers); log and status over the emulator's HTTP with the files the dev
+kubelet would write (emulator-only: a real kubelet writes its own, see test_apiserver_kubectl.py's logs test);
+ServiceAccount admission (the Status body on the emulator, kubectl's words on both tiers)."""
 
 from __future__ import annotations
 
@@ -21,20 +23,49 @@ def call(
         return e.code, e.read()
 
 
+# for the emulator-only tests: the emulator stores the image name, nothing pulls it
 POD = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "main", "image": "busybox"}]}}
 
 
-def test_binding_sets_node_once(apiserver: Any) -> None:
-    base = f"{apiserver.url}/api/v1/namespaces/default/pods"
-    assert call(base, "POST", POD)[0] == 201
-    binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"name": "node-1"}}
-    assert call(f"{base}/p/binding", "POST", binding)[0] == 201
-    assert json.loads(call(f"{base}/p")[1])["spec"]["nodeName"] == "node-1"
-    code, body = call(f"{base}/p/binding", "POST", {**binding, "target": {"name": "node-2"}})
-    assert code == 409 and b"already assigned" in body
+def test_binding_sets_node_once(kube: Any, test_image: str) -> None:
+    """A pod no scheduler takes is bound through its binding subresource, once; binding it again is a
+    conflict in kube-apiserver's words."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {
+            "schedulerName": "nobody",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": test_image, "command": ["sleep", "3600"]}],
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    nodes = kube.kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+    node = nodes[0] if nodes else "node-1"  # the emulator alone has no nodes: it does not check the name
+    path = f"/api/v1/namespaces/{kube.namespace}/pods/p/binding"
+
+    def bind(target: str, check: bool = True) -> Any:
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": "p"},
+            "target": {"name": target},
+        }
+        return kube.kubectl("create", "--raw", path, "-f", "-", input=json.dumps(binding), check=check)
+
+    bind(node)
+    assert kube.kubectl("get", "pod", "p", "-o", "jsonpath={.spec.nodeName}").stdout == node
+    again = bind("elsewhere", check=False)
+    assert again.returncode != 0
+    assert (
+        f'Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to node "{node}"'
+        in (again.stderr)
+    )
 
 
 def test_log_serves_the_kubelet_file_with_tail(apiserver: Any) -> None:
+    """Emulator-only: the test writes the log file the dev kubelet would."""
     base = f"{apiserver.url}/api/v1/namespaces/default/pods"
     call(base, "POST", POD)
     code, body = call(f"{base}/p/log")
@@ -51,6 +82,7 @@ def test_log_serves_the_kubelet_file_with_tail(apiserver: Any) -> None:
 
 
 def test_follow_streams_until_the_container_terminates(apiserver: Any) -> None:
+    """Emulator-only: the test writes the log file and posts the container's end as the dev kubelet would."""
     base = f"{apiserver.url}/api/v1/namespaces/default/pods"
     call(base, "POST", POD)
     logfile = apiserver.logs_dir / "default" / "p" / "main.log"
@@ -84,7 +116,8 @@ def test_follow_streams_until_the_container_terminates(apiserver: Any) -> None:
 
 
 def test_a_pod_naming_a_missing_service_account_is_refused_as_kube_apiserver_does(apiserver: Any) -> None:
-    """ServiceAccount admission: 403 Forbidden, with kube-apiserver's Status (reason, message, details)."""
+    """ServiceAccount admission: 403 Forbidden, with kube-apiserver's Status (reason, message, details).
+    Emulator-only for the whole Status body over plain HTTP; on both tiers: test_kubectl_shows_the_refusal."""
     base = f"{apiserver.url}/api/v1/namespaces/default/pods"
     nope = {**POD, "spec": {**POD["spec"], "serviceAccountName": "nope"}}
     code, body = call(base, "POST", nope)
@@ -113,6 +146,8 @@ def test_a_pod_naming_a_missing_service_account_is_refused_as_kube_apiserver_doe
 
 
 def test_a_new_namespace_gets_a_default_service_account_that_pods_run_as(apiserver: Any) -> None:
+    """Emulator-only: at once, with the namespace (a real cluster's controller adds it a moment later; the
+    `kube` fixture waits for it on both tiers and test_apiserver_admission.py checks what pods get)."""
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "fresh"}}
     assert call(f"{apiserver.url}/api/v1/namespaces", "POST", ns)[0] == 201
     code, body = call(f"{apiserver.url}/api/v1/namespaces/fresh/serviceaccounts/default")
@@ -121,9 +156,10 @@ def test_a_new_namespace_gets_a_default_service_account_that_pods_run_as(apiserv
     assert code == 201 and json.loads(body)["spec"]["serviceAccountName"] == "default"
 
 
-def test_kubectl_shows_the_refusal(kube: Any) -> None:
-    """The same words through the real kubectl (and on STAGEFLEET_TEST_KUBECONFIG's real cluster)."""
-    nope = {"apiVersion": "v1", "kind": "Pod", **POD, "spec": {**POD["spec"], "serviceAccountName": "nope"}}
+def test_kubectl_shows_the_refusal(kube: Any, test_image: str) -> None:
+    """The same words through the real kubectl, on both tiers."""
+    spec = {"containers": [{"name": "main", "image": test_image}], "serviceAccountName": "nope"}
+    nope = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}
     proc = kube.kubectl("apply", "-f", "-", input=json.dumps(nope), check=False)
     assert proc.returncode != 0
     assert (

@@ -119,6 +119,8 @@ def small_history(tmp_path: Path) -> Iterator[kubernetes.client.CoreV1Api]:
 
 
 def test_watch_from_expired_resource_version_is_410_gone(small_history: Any) -> None:
+    """Emulator-only: a three-event history makes a resourceVersion expire at once; a real server keeps
+    minutes of etcd history (compacted every 5 minutes), too long for a test to wait for."""
     core = small_history
     old_rv = core.list_namespaced_config_map("default").metadata.resource_version
     for i in range(6):
@@ -141,7 +143,8 @@ def test_watch_from_expired_resource_version_is_410_gone(small_history: Any) -> 
 
 
 def test_watch_list_initial_events_end_with_a_bookmark(apiserver: Any) -> None:
-    """Emulator: sendInitialEvents=true streams the current state, then a bookmark marking its end."""
+    """Emulator-only: sendInitialEvents=true streams the current state, then a bookmark marking its end
+    (watch-list, Kubernetes 1.27+); a 1.24 server has no such parameter and serves a plain watch."""
     for name in ("a", "b"):
         post_cm(apiserver.url, name)
     url = (
@@ -164,7 +167,8 @@ def test_watch_list_initial_events_end_with_a_bookmark(apiserver: Any) -> None:
 
 def test_watchers_of_a_type_get_the_same_line_encoded_once(apiserver: Any) -> None:
     """Two watches of ConfigMaps (what the operator and the kubelet are for pods) receive byte-identical
-    event lines, and the emulator encoded each event once (cached on the stored event)."""
+    event lines, and the emulator encoded each event once (cached on the stored event). Emulator-only: it
+    looks at the emulator's internals."""
     import threading
 
     url = (

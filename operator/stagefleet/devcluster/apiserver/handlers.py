@@ -302,7 +302,13 @@ class Handlers:
         pod = self.core.get(rt, t.namespace, t.name)
         current = (pod.get("spec") or {}).get("nodeName")
         if current:
-            raise errors.conflict(rt, t.name, f'pod {t.name} is already assigned to node "{current}"')
+            why = f'pod {t.name} is already assigned to node "{current}"'
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on pods/binding "{t.name}": {why}',
+                {"name": t.name, "kind": "pods/binding"},
+            )
         pod["spec"]["nodeName"] = node
         self.core.update(rt, t.namespace, t.name, pod)
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
