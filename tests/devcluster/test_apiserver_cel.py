@@ -103,10 +103,11 @@ def test_a_crd_whose_rule_does_not_compile_is_refused_naming_the_rule() -> None:
         core.create(core.rt(*CRDS), "", _crd_with_rule({"rule": "self.a >", "message": "m"}))
     assert err.value.code == 422 and err.value.details is not None
     (c,) = err.value.details["causes"]
-    assert c["field"] == (
-        "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule"
+    # one schema for all versions: 1.24 names it by its internal spec.validation, the rule in Go syntax
+    assert c["field"] == "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule"
+    assert c["message"].startswith(
+        'Invalid value: apiextensions.ValidationRule{Rule:"self.a >", Message:"m"}: compilation failed: '
     )
-    assert "compilation failed" in c["message"]
     core.create(core.rt(*CRDS), "", _crd_with_rule({"rule": "self.a > 0", "message": "m"}))
 
 
@@ -123,21 +124,19 @@ def _project_core() -> tuple[Core, Any]:
             {"cache": {"disabled": True, "repository": "r.example/c"}},
             (
                 "spec",
-                'Invalid value: "object": spec.cache.repository: must not be set when spec.cache.disabled '
-                "is true",
+                "spec.cache.repository: must not be set when spec.cache.disabled is true",
             ),
         ),
         (
             {"source": {"inline": {"dockerfile": "FROM x\n"}, "contextDir": "sub"}},
             (
                 "spec",
-                'Invalid value: "object": spec.source.contextDir: needs spec.source.git (an inline '
-                "Dockerfile has no build context)",
+                "spec.source.contextDir: needs spec.source.git (an inline Dockerfile has no build context)",
             ),
         ),
         (
             {"timeout": ""},
-            ("spec.timeout", 'Invalid value: "string": spec.timeout: must not be empty (e.g. 30m)'),
+            ("spec.timeout", "spec.timeout: must not be empty (e.g. 30m)"),
         ),
     ],
     ids=["cache", "context-dir", "timeout"],
@@ -145,7 +144,8 @@ def _project_core() -> tuple[Core, Any]:
 def test_project_crd_rules_name_the_field_in_their_message(
     spec_update: dict[str, Any], cause: tuple[str, str]
 ) -> None:
-    """Without fieldPath (1.28+) a rule on spec is reported at spec: its message carries the field."""
+    """Without fieldPath (1.28+) a rule on spec is reported at spec: its message carries the field. The
+    value is printed as 1.24 prints it (the spec as a Go map, a string quoted)."""
     core, rt = _project_core()
     doc = {
         "apiVersion": "stagefleet.io/v1alpha1",
@@ -158,5 +158,10 @@ def test_project_crd_rules_name_the_field_in_their_message(
     with pytest.raises(ApiError) as err:
         core.create(rt, "default", doc, WriteOptions(dry_run=True))
     assert err.value.details is not None
-    causes = [(c["field"], c["message"]) for c in err.value.details["causes"]]
-    assert causes == [cause]
+    ((field, message),) = [(c["field"], c["message"]) for c in err.value.details["causes"]]
+    shown = '""' if field == "spec.timeout" else "map[string]interface {}{"
+    assert (
+        field == cause[0]
+        and message.startswith(f"Invalid value: {shown}")
+        and message.endswith(f": {cause[1]}")
+    )

@@ -1,4 +1,5 @@
-"""Discovery documents: plain and aggregated lists, CRDs appearing and disappearing, OpenAPI v3."""
+"""Discovery documents: plain lists, CRDs appearing and disappearing, OpenAPI v2 (both tiers); the
+aggregated list (emulator-only: kube-apiserver 1.24 has none, kubectl falls back to the plain lists)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def get(url: str, accept: str = "application/json") -> tuple[str, Any]:
         return resp.headers["Content-Type"], json.loads(resp.read())
 
 
-def test_crd_types_are_discoverable_plain_and_aggregated(kube: Any) -> None:
+def test_crd_types_are_discoverable(kube: Any) -> None:
     kube.kubectl("apply", "-f", "-", input=json.dumps(CRD))
     kube.kubectl("wait", "--for=condition=Established", "crd/doodads.disco.stagefleet.dev", "--timeout=30s")
     listing = kube.kubectl("api-resources", "--api-group=disco.stagefleet.dev").stdout
@@ -47,7 +48,58 @@ def test_crd_types_are_discoverable_plain_and_aggregated(kube: Any) -> None:
     assert "doodads" not in listing
 
 
-def test_emulator_discovery_documents(apiserver: Any, wait_until: Callable[..., Any]) -> None:
+def raw(kube: Any, path: str) -> Any:
+    return json.loads(kube.kubectl("get", "--raw", path).stdout)
+
+
+def test_discovery_and_openapi_documents(kube: Any, wait_until: Callable[..., Any]) -> None:
+    """What kube-apiserver 1.24 serves: the group and its resources, OpenAPI v2 with the CRD's definition a
+    moment after it is Established, no OpenAPI v3 and no `fieldValidation` parameter anywhere (no
+    server-side field validation: kubectl validates against the v2 definitions itself)."""
+    kube.kubectl("apply", "-f", "-", input=json.dumps(CRD))
+    kube.kubectl("wait", "--for=condition=Established", "crd/doodads.disco.stagefleet.dev", "--timeout=30s")
+    try:
+        assert {
+            "name": "disco.stagefleet.dev",
+            "versions": [{"groupVersion": "disco.stagefleet.dev/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "disco.stagefleet.dev/v1", "version": "v1"},
+        } in raw(kube, "/apis")["groups"]
+        names = {r["name"]: r for r in raw(kube, "/apis/disco.stagefleet.dev/v1")["resources"]}
+        assert names["doodads"]["namespaced"] is False and names["doodads"]["shortNames"] == ["dd"]
+        assert "doodads/status" in names
+
+        definition = "dev.stagefleet.disco.v1.Doodad"
+
+        def published() -> Any:
+            doc = raw(kube, "/openapi/v2")
+            return doc if definition in doc["definitions"] else None
+
+        doc = wait_until(published, "the CRD's OpenAPI v2 definition")
+        assert doc["definitions"][definition] == {  # a root that keeps unknown fields: nothing to check
+            "type": "object",
+            "x-kubernetes-group-version-kind": [
+                {"group": "disco.stagefleet.dev", "kind": "Doodad", "version": "v1"}
+            ],
+        }
+        params = {
+            p.get("name")
+            for item in doc["paths"].values()
+            for op in item.values()
+            if isinstance(op, dict)
+            for p in op.get("parameters") or []
+        }
+        assert "fieldValidation" not in params
+        v3 = kube.kubectl("get", "--raw", "/openapi/v3", check=False)
+        assert v3.returncode != 0 and "the server could not find the requested resource" in v3.stderr
+    finally:
+        kube.kubectl(
+            "delete", "crd", "doodads.disco.stagefleet.dev", "--timeout=60s", check=False, timeout=90
+        )
+
+
+def test_emulator_aggregated_discovery(apiserver: Any) -> None:
+    """Emulator-only: it also serves aggregated discovery (apidiscovery.k8s.io/v2), which a 1.24 server
+    does not (it answers the plain lists, and kubectl reads those)."""
     url = apiserver.url
     req = urllib.request.Request(
         f"{url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
@@ -56,17 +108,6 @@ def test_emulator_discovery_documents(apiserver: Any, wait_until: Callable[..., 
         headers={"Content-Type": "application/json"},
     )
     urllib.request.urlopen(req, timeout=30).close()
-    _, groups = get(f"{url}/apis")
-    assert {
-        "name": "disco.stagefleet.dev",
-        "versions": [{"groupVersion": "disco.stagefleet.dev/v1", "version": "v1"}],
-        "preferredVersion": {"groupVersion": "disco.stagefleet.dev/v1", "version": "v1"},
-    } in groups["groups"]
-    _, resources = get(f"{url}/apis/disco.stagefleet.dev/v1")
-    names = {r["name"]: r for r in resources["resources"]}
-    assert names["doodads"]["namespaced"] is False and names["doodads"]["shortNames"] == ["dd"]
-    assert "doodads/status" in names
-
     ctype, aggregated = get(f"{url}/apis", AGGREGATED)
     params = {p.strip() for p in ctype.split(";")}
     assert {"application/json", "g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"} <= params
@@ -79,14 +120,3 @@ def test_emulator_discovery_documents(apiserver: Any, wait_until: Callable[..., 
     )
     _, legacy = get(f"{url}/api", AGGREGATED)
     assert [i["metadata"]["name"] for i in legacy["items"]] == [""]
-
-    # OpenAPI: published a moment after the CRD is Established (test_apiserver_openapi.py)
-    def published() -> Any:
-        index = get(f"{url}/openapi/v3")[1]
-        return index if "apis/disco.stagefleet.dev/v1" in index["paths"] else None
-
-    index = wait_until(published, "the CRD's OpenAPI v3 document")
-    _, doc = get(url + index["paths"]["apis/disco.stagefleet.dev/v1"]["serverRelativeURL"])
-    patch = doc["paths"]["/apis/disco.stagefleet.dev/v1/doodads/{name}"]["patch"]
-    assert patch["x-kubernetes-group-version-kind"]["kind"] == "Doodad"
-    assert "fieldValidation" in [p["name"] for p in patch["parameters"]]

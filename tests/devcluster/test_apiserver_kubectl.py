@@ -40,6 +40,9 @@ spec:
             properties:
               size: {type: integer, minimum: 1, maximum: 10, description: Number of parts.}
               color: {type: string, enum: [red, blue], default: red}
+              tags:
+                type: array
+                items: {type: string, pattern: '^[a-z]+$'}
           status:
             type: object
             x-kubernetes-preserve-unknown-fields: true
@@ -170,70 +173,55 @@ def test_label_and_field_selectors(kube: Any) -> None:
     assert names("--field-selector", "metadata.name!=blue") == ["plain", "red"]
 
 
+def widget(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubectltest.stagefleet.dev/v1",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
 def test_custom_resource_defaulting_validation_status_and_generation(widgets: Any) -> None:
+    """Validation in kube-apiserver 1.24's and kubectl's words. 1.24 has no server-side field validation,
+    so kubectl checks required fields, unknown fields and types itself against the published OpenAPI v2
+    schema; the server checks values (enum, bounds, patterns) and silently prunes unknown fields."""
     kube = widgets
-    apply(
-        kube,
-        {
-            "apiVersion": "kubectltest.stagefleet.dev/v1",
-            "kind": "Widget",
-            "metadata": {"name": "w1"},
-            "spec": {"size": 2},
-        },
-    )
+    apply(kube, widget("w1", size=2))
     w = get(kube, "widget", "w1")
     assert w["spec"] == {"size": 2, "color": "red"}
     assert w["metadata"]["generation"] == 1
 
-    bad = kube.kubectl(
-        "apply",
-        "-f",
-        "-",
-        check=False,
-        input=json.dumps(
-            {
-                "apiVersion": "kubectltest.stagefleet.dev/v1",
-                "kind": "Widget",
-                "metadata": {"name": "w2"},
-                "spec": {"size": 11, "color": "green"},
-            }
-        ),
-    )
-    assert bad.returncode != 0
-    assert 'spec.color: Unsupported value: "green"' in bad.stderr
-    assert "spec.size: Invalid value: 11" in bad.stderr
+    def refused(doc: dict[str, Any], *args: str) -> str:
+        proc = kube.kubectl("apply", "-f", "-", *args, check=False, input=json.dumps(doc))
+        assert proc.returncode != 0, proc.stdout
+        assert get(kube, "widget", doc["metadata"]["name"]) is None
+        return str(proc.stderr)
 
-    missing = kube.kubectl(
-        "apply",
-        "-f",
-        "-",
-        check=False,
-        input=json.dumps(
-            {
-                "apiVersion": "kubectltest.stagefleet.dev/v1",
-                "kind": "Widget",
-                "metadata": {"name": "w3"},
-                "spec": {},
-            }
-        ),
-    )
-    assert "spec.size: Required value" in missing.stderr
+    bad = refused(widget("w2", size=11, color="green"))
+    assert 'spec.color: Unsupported value: "green": supported values: "red", "blue"' in bad
+    assert "spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10" in bad
+    # an item of a list is reported at the list's path, and two bad items as one error
+    tags = refused(widget("w2", size=1, tags=["ok", "Not OK", "Also Bad"]))
+    assert "spec.tags: Invalid value: \"Not OK\": spec.tags in body should match '^[a-z]+$'" in tags
+    assert "[1]" not in tags and "Also Bad" not in tags
 
-    unknown = kube.kubectl(
-        "apply",
-        "-f",
-        "-",
-        check=False,
-        input=json.dumps(
-            {
-                "apiVersion": "kubectltest.stagefleet.dev/v1",
-                "kind": "Widget",
-                "metadata": {"name": "w4"},
-                "spec": {"size": 1, "shape": "round"},
-            }
-        ),
+    schema = "dev.stagefleet.kubectltest.v1.Widget.spec"
+    missing = refused(widget("w3"))
+    assert f'ValidationError(Widget.spec): missing required field "size" in {schema}' in missing
+    assert "spec.size: Required value" in refused(widget("w3"), "--validate=false")
+    unknown = refused(widget("w4", size=1, shape="round"))
+    assert f'ValidationError(Widget.spec): unknown field "shape" in {schema}' in unknown
+    wrong = refused(widget("w4", size="two"))
+    expected = f'invalid type for {schema}.size: got "string", expected "integer"'
+    assert f"ValidationError(Widget.spec.size): {expected}" in wrong
+    assert (
+        'spec.size: Invalid value: "string": spec.size in body must be of type integer: "string"'
+        in refused(widget("w4", size="two"), "--validate=false")
     )
-    assert unknown.returncode != 0 and 'unknown field "spec.shape"' in unknown.stderr
+    # unvalidated, an unknown field is pruned: the server does not refuse it
+    apply(kube, widget("w4", size=1, shape="round"), "--validate=false")
+    assert get(kube, "widget", "w4")["spec"] == {"size": 1, "color": "red"}
 
     kube.kubectl(
         "patch",
@@ -436,6 +424,22 @@ def test_explain_uses_the_crd_schema(widgets: Any) -> None:
     assert "What the widget should look like." in out
     assert "size" in out and "-required-" in out
     assert "Number of parts." in explain(widgets, "widgets.spec.size")
+
+
+def test_field_validation_is_checked_but_not_done_by_the_server(widgets: Any) -> None:
+    """1.24 knows the fieldValidation values (and refuses others, naming the options kind), but has no
+    server-side field validation: an unknown field is dropped whatever the value says."""
+    kube = widgets
+    path = f"/apis/kubectltest.stagefleet.dev/v1/namespaces/{kube.namespace}/widgets"
+    body = json.dumps(widget("fv", size=1, shape="round"))
+    bad = kube.kubectl("create", "--raw", f"{path}?fieldValidation=Nope", "-f", "-", input=body, check=False)
+    assert bad.returncode != 0
+    assert (
+        'The CreateOptions "" is invalid: fieldValidation: Unsupported value: "Nope": supported values: '
+        '"", "Ignore", "Strict", "Warn"'
+    ) in bad.stderr
+    created = kube.kubectl("create", "--raw", f"{path}?fieldValidation=Strict", "-f", "-", input=body)
+    assert json.loads(created.stdout)["spec"] == {"size": 1, "color": "red"}
 
 
 def test_not_found_and_already_exists_are_reported(kube: Any) -> None:

@@ -35,7 +35,6 @@ SA_TYPE = ("", "serviceaccounts")
 class WriteOptions:
     dry_run: bool = False
     field_manager: str | None = None
-    field_validation: str = "Strict"
     force: bool = False
 
 
@@ -54,7 +53,7 @@ class Core:
         self.store = Store(history_size)
         self.applied: dict[tuple[str, str, str], set[tuple[str, ...]]] = {}
         self.warnings: list[str] = []
-        # CRD name -> monotonic time its schemas appear in /openapi/v2 and /openapi/v3
+        # CRD name -> monotonic time its schemas appear in /openapi/v2
         self.openapi_delay = openapi_delay
         self._openapi_at: dict[str, float] = {}
         ns_rt = self.rt("", "v1", "namespaces")
@@ -268,7 +267,7 @@ class Core:
                 raise
             body = copy.deepcopy(applied)
             self._record_manager(body, manager, "Apply", applied, None)
-            created = self.create(rt, ns, body, WriteOptions(opts.dry_run, None, opts.field_validation))
+            created = self.create(rt, ns, body, WriteOptions(opts.dry_run, None))
             if not opts.dry_run:
                 self.applied[(created["metadata"]["uid"], manager, "")] = now_fields
             return created
@@ -457,7 +456,7 @@ class Core:
         if causes:
             raise errors.invalid(rt, obj["metadata"].get("name", ""), causes)
         if rt.is_custom:
-            self.warnings.extend(schema.admit_custom(rt, obj, old, opts.field_validation))
+            schema.admit_custom(rt, obj, old)
         elif rt.key == CRD_KEY:
             schema.admit_crd(rt, obj)
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, errors, logs, protobuf, scale
+from . import discovery, errors, logs, openapi, protobuf, scale
 from .api import Core, DeleteOptions, WriteOptions
 from .errors import ApiError
 from .faults import REASONS, Faults
@@ -89,14 +89,26 @@ def _body(raw: bytes, content_type: str = "") -> Any:
             raise errors.bad_request(f"could not decode the body: {e}") from None
 
 
-def _write_opts(q: Any) -> WriteOptions:
-    fv = q.get("fieldValidation") or "Strict"
-    if fv not in ("Strict", "Warn", "Ignore"):
-        raise errors.bad_request(f"fieldValidation must be Strict, Warn or Ignore, not {fv!r}")
+def _write_opts(q: Any, options_kind: str) -> WriteOptions:
+    """The write's query options. 1.24 has no server-side field validation: `fieldValidation` must be one
+    of its values (422 on `options_kind`, e.g. PatchOptions, otherwise) but changes nothing, so unknown
+    fields of a custom resource are pruned silently whatever it says (kubectl checks them itself)."""
+    fv = q.get("fieldValidation", "")
+    if fv not in ("", "Ignore", "Strict", "Warn"):
+        why = f'Unsupported value: "{fv}": supported values: "", "Ignore", "Strict", "Warn"'
+        raise ApiError(
+            422,
+            "Invalid",
+            f'{options_kind}.meta.k8s.io "" is invalid: fieldValidation: {why}',
+            {
+                "group": "meta.k8s.io",
+                "kind": options_kind,
+                "causes": [errors.cause("fieldValidation", why, "FieldValueNotSupported")],
+            },
+        )
     return WriteOptions(
         dry_run="All" in q.getall("dryRun", []),
         field_manager=q.get("fieldManager"),
-        field_validation=fv,
         force=q.get("force") == "true",
     )
 
@@ -177,19 +189,13 @@ class Handlers:
         if path == "/apis":
             return respond(discovery.group_list(reg))
         if path == "/openapi/v2":
+            # 1.24 serves no /openapi/v3 (a 404 like any unknown path): kubectl falls back to this
+            doc = openapi.document(reg, discovery.VERSION["gitVersion"], self.core.openapi_published)
             if "protobuf" in request.headers.get("Accept", ""):
                 return web.Response(
-                    body=discovery.openapi_v2_protobuf(),
+                    body=openapi.document_pb(doc),
                     content_type="application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
                 )
-            return respond(discovery.openapi_v2_json(reg, self.core.openapi_published))
-        if path == "/openapi/v3":
-            docs = discovery.openapi_v3_docs(reg, self.core.openapi_published)
-            return respond(discovery.openapi_v3_index(docs))
-        if path.startswith("/openapi/v3/"):
-            doc = discovery.openapi_v3_docs(reg, self.core.openapi_published).get(path[len("/openapi/v3/") :])
-            if doc is None:
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return respond(doc)
         parts = [p for p in path.split("/") if p]
         if parts[:1] == ["api"] and len(parts) == 2 or parts[:1] == ["apis"] and len(parts) == 3:
@@ -227,7 +233,7 @@ class Handlers:
                 return self._list(request, rt, t.namespace)
             if m == "POST":
                 body = _body(await request.read(), request.content_type)
-                return respond(core.create(rt, t.namespace, body, _write_opts(q)), 201)
+                return respond(core.create(rt, t.namespace, body, _write_opts(q, "CreateOptions")), 201)
             if m == "DELETE":
                 return self._delete_collection(
                     request, rt, t.namespace, _body(await request.read(), request.content_type)
@@ -255,7 +261,8 @@ class Handlers:
             if m in ("PUT", "PATCH"):
                 ctype = request.headers.get("Content-Type", "application/json")
                 raw = await request.read()
-                return respond(scale.write(core, rt, t.namespace, t.name, m, ctype, raw, _write_opts(q)))
+                opts = _write_opts(q, "PatchOptions" if m == "PATCH" else "UpdateOptions")
+                return respond(scale.write(core, rt, t.namespace, t.name, m, ctype, raw, opts))
         if sub not in (None, "status", "finalize"):
             raise errors.method_not_allowed()
         if m == "GET":
@@ -276,13 +283,13 @@ class Handlers:
                     t.name,
                     body,
                     subresource=sub if sub == "status" else None,
-                    opts=_write_opts(q),
+                    opts=_write_opts(q, "UpdateOptions"),
                 )
             )
         if m == "PATCH":
             raw = await request.read()
             ctype = request.headers.get("Content-Type", "application/json")
-            opts = _write_opts(q)
+            opts = _write_opts(q, "PatchOptions")
             existed = core.store.get(rt.key, t.namespace if rt.namespaced else "", t.name) is not None
             obj = core.patch(rt, t.namespace, t.name, ctype, raw, subresource=sub, opts=opts)
             return respond(obj, 200 if existed else 201)  # server-side apply may create

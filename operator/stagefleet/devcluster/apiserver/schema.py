@@ -1,242 +1,80 @@
 """CRD structural-schema admission: pruning, defaulting, validation and x-kubernetes-validations (CEL).
 
-Error texts and field paths follow the apiserver so that clients and people read them the same way.
+Error texts and field paths follow kube-apiserver 1.24 (the real test tier) so that clients and people read
+them the same way on both tiers; see `_Checker` for its quirks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import decimal
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from . import errors
-from .errors import ApiError, cause
+from .errors import cause
 from .resources import ResourceType
 
 Schema = Mapping[str, Any]
 _ROOT_KEEP = ("apiVersion", "kind", "metadata")
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool}
 
 
-def _show(value: Any) -> str:
+def go_value(value: Any) -> str:
+    """A value as kube-apiserver's field errors print it (`Invalid value: <this>`): numbers and booleans
+    plain, strings quoted, null as "null", lists and maps in Go syntax (`map[string]interface {}{"a":1}`)."""
+    if value is None:
+        return '"null"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _go_float(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _go_quote(value)
+    return _go_sharp(value)
+
+
+def _go_quote(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _go_float(f: float) -> str:
+    """Go's %v of a float64: the shortest digits that read back, in e-notation when the decimal exponent is
+    below -4 or 6 and more (1e+06, 1.5e-05)."""
+    if f != f:
+        return "NaN"
+    if f in (math.inf, -math.inf):
+        return "+Inf" if f > 0 else "-Inf"
+    if f == 0:
+        return "0"
+    sign, digits, exponent = decimal.Decimal(repr(f)).as_tuple()
+    text = "".join(map(str, digits)).rstrip("0") or "0"
+    exp = len(digits) + int(exponent) - 1  # of the first digit
+    minus = "-" if sign else ""
+    if exp < -4 or exp >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if exp < 0:
+        return f"{minus}0.{'0' * (-exp - 1)}{text}"
+    whole = text.ljust(exp + 1, "0")
+    frac = text[exp + 1 :]
+    return f"{minus}{whole[: exp + 1]}{'.' + frac if frac else ''}"
+
+
+def _go_sharp(value: Any) -> str:
+    """Go's %#v of a decoded JSON value."""
+    if value is None:
+        return "interface {}(nil)"
     if isinstance(value, dict):
-        return '"object"'
+        inner = ", ".join(f"{_go_quote(str(k))}:{_go_sharp(value[k])}" for k in sorted(value))
+        return "map[string]interface {}{" + inner + "}"
     if isinstance(value, list):
-        return '"array"'
-    return json.dumps(value)
-
-
-def _type_ok(value: Any, typ: str) -> bool:
-    if typ == "integer":
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            or (isinstance(value, float) and value.is_integer())
-        )
-    if typ == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    expected = _TYPES.get(typ)
-    return expected is None or isinstance(value, expected)
-
-
-class _Checker:
-    def __init__(self) -> None:
-        self.causes: list[dict[str, str]] = []
-        self.unknown: list[str] = []
-
-    def fail(self, path: str, message: str, reason: str = "FieldValueInvalid") -> None:
-        self.causes.append(cause(path, message, reason))
-
-    # pruning + defaulting ---------------------------------------------------------------------------------
-    def shape(self, value: Any, sch: Schema, path: str, root: bool = False) -> Any:
-        """Drop unknown fields, apply defaults; returns the new value."""
-        if isinstance(value, dict) and (
-            sch.get("type") == "object" or "properties" in sch or "additionalProperties" in sch or root
-        ):
-            props: Mapping[str, Any] = sch.get("properties") or {}
-            addl = sch.get("additionalProperties")
-            preserve = sch.get("x-kubernetes-preserve-unknown-fields") is True
-            embedded = sch.get("x-kubernetes-embedded-resource") is True
-            out: dict[str, Any] = {}
-            for k, v in value.items():
-                sub = f"{path}.{k}" if path else k
-                if k in props:
-                    if v is None and not props[k].get("nullable"):
-                        continue
-                    out[k] = self.shape(v, props[k], sub)
-                elif isinstance(addl, dict):
-                    out[k] = self.shape(v, addl, sub)
-                elif preserve or addl is True or ((root or embedded) and k in _ROOT_KEEP):
-                    out[k] = v
-                else:
-                    self.unknown.append(sub)
-            for k, psch in props.items():
-                if k not in out and "default" in psch:
-                    out[k] = self.shape(copy.deepcopy(psch["default"]), psch, f"{path}.{k}" if path else k)
-            return out
-        if isinstance(value, list) and isinstance(sch.get("items"), dict):
-            return [self.shape(v, sch["items"], f"{path}[{i}]") for i, v in enumerate(value)]
-        return value
-
-    # validation -------------------------------------------------------------------------------------------
-    def check(self, value: Any, sch: Schema, path: str, old: Any = None, has_old: bool = False) -> None:
-        if value is None:
-            if not sch.get("nullable"):
-                self.fail(
-                    path,
-                    f'Invalid value: "null": {path} in body must be of type '
-                    f'{sch.get("type", "object")}: "null"',
-                    "FieldValueTypeInvalid",
-                )
-            return
-        typ = sch.get("type")
-        if sch.get("x-kubernetes-int-or-string"):
-            if not (isinstance(value, (int, str)) and not isinstance(value, bool)):
-                self.fail(
-                    path,
-                    f"Invalid value: {_show(value)}: {path} in body must be of type integer-or-string",
-                    "FieldValueTypeInvalid",
-                )
-                return
-        elif typ and not _type_ok(value, typ):
-            self.fail(
-                path,
-                f'Invalid value: {_show(value)}: {path} in body must be of type {typ}: "{_json_type(value)}"',
-                "FieldValueTypeInvalid",
-            )
-            return
-        self._scalar_rules(value, sch, path)
-        if isinstance(value, dict):
-            props = sch.get("properties") or {}
-            for req in sch.get("required") or []:
-                if req not in value:
-                    self.fail(f"{path}.{req}" if path else req, "Required value", "FieldValueRequired")
-            for k, v in value.items():
-                sub = f"{path}.{k}" if path else k
-                osub = old.get(k) if has_old and isinstance(old, dict) else None
-                ohas = has_old and isinstance(old, dict) and k in old
-                if k in props:
-                    self.check(v, props[k], sub, osub, ohas)
-                elif isinstance(sch.get("additionalProperties"), dict):
-                    self.check(v, sch["additionalProperties"], sub, osub, ohas)
-            if "maxProperties" in sch and len(value) > sch["maxProperties"]:
-                self.fail(
-                    path,
-                    f"Too many: {len(value)}: must have at most {sch['maxProperties']} items",
-                    "FieldValueTooMany",
-                )
-        if isinstance(value, list) and isinstance(sch.get("items"), dict):
-            for i, v in enumerate(value):
-                self.check(v, sch["items"], f"{path}[{i}]")
-        self._cel(value, sch, path, old, has_old)
-
-    def _scalar_rules(self, value: Any, sch: Schema, path: str) -> None:
-        shown = _show(value)
-        if "enum" in sch and value not in sch["enum"]:
-            supported = ", ".join(_show(e) for e in sch["enum"])
-            self.fail(
-                path, f"Unsupported value: {shown}: supported values: {supported}", "FieldValueNotSupported"
-            )
-        if isinstance(value, str):
-            if "pattern" in sch and not re.search(sch["pattern"], value):
-                self.fail(path, f"Invalid value: {shown}: {path} in body should match '{sch['pattern']}'")
-            if "minLength" in sch and len(value) < sch["minLength"]:
-                self.fail(
-                    path,
-                    f"Invalid value: {shown}: {path} in body should be at least "
-                    f"{sch['minLength']} chars long",
-                )
-            if "maxLength" in sch and len(value) > sch["maxLength"]:
-                self.fail(
-                    path, f"Too long: may not be more than {sch['maxLength']} bytes", "FieldValueTooLong"
-                )
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if "minimum" in sch and (
-                value < sch["minimum"] or (sch.get("exclusiveMinimum") is True and value == sch["minimum"])
-            ):
-                op = "greater than" if sch.get("exclusiveMinimum") is True else "greater than or equal to"
-                self.fail(path, f"Invalid value: {shown}: {path} in body should be {op} {sch['minimum']}")
-            if "maximum" in sch and (
-                value > sch["maximum"] or (sch.get("exclusiveMaximum") is True and value == sch["maximum"])
-            ):
-                op = "less than" if sch.get("exclusiveMaximum") is True else "less than or equal to"
-                self.fail(path, f"Invalid value: {shown}: {path} in body should be {op} {sch['maximum']}")
-        if isinstance(value, list):
-            if "minItems" in sch and len(value) < sch["minItems"]:
-                self.fail(
-                    path,
-                    f"Invalid value: {len(value)}: {path} in body should have at least "
-                    f"{sch['minItems']} items",
-                )
-            if "maxItems" in sch and len(value) > sch["maxItems"]:
-                self.fail(
-                    path,
-                    f"Too many: {len(value)}: must have at most {sch['maxItems']} items",
-                    "FieldValueTooMany",
-                )
-            self._unique_items(value, sch, path)
-
-    def _unique_items(self, value: list[Any], sch: Schema, path: str) -> None:
-        """list-type set: items unique; list-type map: the list-map-keys unique, as the apiserver checks."""
-        kind = sch.get("x-kubernetes-list-type")
-        keys = list(sch.get("x-kubernetes-list-map-keys") or [])
-        seen: set[str] = set()
-        for i, item in enumerate(value):
-            if kind == "set":
-                ident, shown = json.dumps(item, sort_keys=True), _show(item)
-            elif kind == "map" and keys and isinstance(item, dict):
-                picked = {k: item.get(k) for k in keys}
-                ident = json.dumps(picked, sort_keys=True)
-                shown = "map[string]interface {}{" + ", ".join(
-                    f'"{k}":{json.dumps(v)}' for k, v in picked.items()
-                )
-                shown += "}"
-            else:
-                continue
-            if ident in seen:
-                self.fail(f"{path}[{i}]", f"Duplicate value: {shown}", "FieldValueDuplicate")
-            seen.add(ident)
-
-    def _cel(self, value: Any, sch: Schema, path: str, old: Any, has_old: bool) -> None:
-        rules = sch.get("x-kubernetes-validations") or []
-        if not rules:
-            return
-        from . import cel
-
-        for rule in rules:
-            expr = rule.get("rule", "")
-            if "oldSelf" in expr and not has_old and not rule.get("optionalOldSelf"):
-                continue
-            # the apiserver shows the schema's type as the value ("object", "string"), never the data
-            shown = json.dumps(sch.get("type") or "")
-            try:
-                ok = cel.evaluate(expr, {"self": value, "oldSelf": old if has_old else None})
-            except cel.CELError as e:
-                self.fail(path, f"Invalid value: {shown}: rule compile/eval error: {e}")
-                continue
-            if ok is True:
-                continue
-            message = rule.get("message") or f"failed rule: {expr}"
-            if rule.get("messageExpression"):
-                with contextlib.suppress(cel.CELError):
-                    message = str(cel.evaluate(rule["messageExpression"], {"self": value}))
-            field = path
-            if rule.get("fieldPath"):
-                field = path + rule["fieldPath"] if path else rule["fieldPath"].lstrip(".")
-            reason = {
-                "FieldValueRequired": "FieldValueRequired",
-                "FieldValueForbidden": "FieldValueForbidden",
-                "FieldValueDuplicate": "FieldValueDuplicate",
-            }.get(rule.get("reason", ""), "FieldValueInvalid")
-            if reason == "FieldValueInvalid":
-                self.fail(field, f"Invalid value: {shown}: {message}", reason)
-            else:
-                self.fail(field, message, reason)
+        return "[]interface {}{" + ", ".join(_go_sharp(v) for v in value) + "}"
+    return go_value(value)
 
 
 def _json_type(value: Any) -> str:
@@ -253,42 +91,279 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
-def admit_custom(
-    rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, field_validation: str
-) -> list[str]:
-    """Prune, default and validate a custom resource in place; returns warnings (unknown fields)."""
+def _bound(value: Any, bound: Any) -> str:
+    """A schema bound as the apiserver prints it: as an integer when checking an integer."""
+    if isinstance(value, int) and float(bound).is_integer():
+        return str(int(bound))
+    return _go_float(float(bound)) if isinstance(bound, float) else str(bound)
+
+
+def _enum_has(enum: list[Any], value: Any) -> bool:
+    for e in enum:
+        if isinstance(e, bool) or isinstance(value, bool):
+            if type(e) is type(value) and e == value:
+                return True
+        elif e == value:
+            return True
+    return False
+
+
+class _Checker:
+    """kube-apiserver 1.24's checks of a custom resource: first the OpenAPI schema (kube-openapi's
+    validator), then list-type uniqueness, then x-kubernetes-validations (CEL), each group in its words.
+
+    The OpenAPI validator has quirks clients see: inside arrays it reports the array's path without an
+    index (`spec.tags` for `spec.tags[1]`, `spec.secrets.secretRef.key`); it keeps one error per distinct
+    text, and as its texts leave out the value, two bad items of one list give one error; a string reports
+    only its first failing check (maxLength, minLength, pattern); min/maxProperties stop the object's other
+    checks. CEL and uniqueness errors do carry indexes (`spec.tolerations[0]`, map keys as `spec.m[k]`)."""
+
+    def __init__(self) -> None:
+        self.schema_errors: list[dict[str, str]] = []
+        self.duplicates: list[dict[str, str]] = []
+        self.cel_errors: list[dict[str, str]] = []
+        self._seen: set[str] = set()
+
+    @property
+    def causes(self) -> list[dict[str, str]]:
+        return self.schema_errors + self.duplicates + self.cel_errors
+
+    def _schema_error(self, text: str, path: str, message: str, reason: str = "FieldValueInvalid") -> None:
+        """One kube-openapi error, whose text (`text`, without the value) is reported once."""
+        if text not in self._seen:
+            self._seen.add(text)
+            self.schema_errors.append(cause(path, message, reason))
+
+    def _invalid(self, path: str, value: Any, detail: str) -> None:
+        text = f"{path} in body {detail}"
+        self._schema_error(text, path, f"Invalid value: {go_value(value)}: {text}")
+
+    # pruning + defaulting ---------------------------------------------------------------------------------
+    def shape(self, value: Any, sch: Schema, root: bool = False) -> Any:
+        """Drop unknown fields and nulls of non-nullable fields, apply defaults; returns the new value."""
+        if isinstance(value, dict) and (
+            sch.get("type") == "object" or "properties" in sch or "additionalProperties" in sch or root
+        ):
+            props: Mapping[str, Any] = sch.get("properties") or {}
+            addl = sch.get("additionalProperties")
+            preserve = sch.get("x-kubernetes-preserve-unknown-fields") is True
+            embedded = sch.get("x-kubernetes-embedded-resource") is True
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                if k in props:
+                    if v is None and not props[k].get("nullable"):
+                        continue
+                    out[k] = self.shape(v, props[k])
+                elif isinstance(addl, dict):
+                    if v is None and not addl.get("nullable"):
+                        continue
+                    out[k] = self.shape(v, addl)
+                elif preserve or addl is True or ((root or embedded) and k in _ROOT_KEEP):
+                    out[k] = v
+            for k, psch in props.items():
+                if k not in out and "default" in psch:
+                    out[k] = self.shape(copy.deepcopy(psch["default"]), psch)
+            return out
+        if isinstance(value, list) and isinstance(sch.get("items"), dict):
+            return [self.shape(v, sch["items"]) for v in value]
+        return value
+
+    # OpenAPI schema (kube-openapi's SchemaValidator) --------------------------------------------------------
+    def openapi(self, value: Any, sch: Schema, path: str) -> None:
+        types = (
+            ["integer", "string"]
+            if sch.get("x-kubernetes-int-or-string")
+            else ([sch["type"]] if sch.get("type") else [])
+        )
+        if value is None:
+            if types and not sch.get("nullable"):
+                self._invalid(path, "null", f'must be of type {",".join(types)}: "null"')
+            self._enum(value, sch, path)
+            return
+        actual = _json_type(value)
+        if (
+            types
+            and actual not in types
+            and not (actual == "number" and "integer" in types and float(value).is_integer())
+            and not (actual == "integer" and "number" in types)
+        ):
+            self._invalid(path, actual, f'must be of type {",".join(types)}: "{actual}"')
+        if isinstance(value, str):
+            self._string(value, sch, path)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._number(value, sch, path)
+        elif isinstance(value, list):
+            if isinstance(sch.get("items"), Mapping):
+                for item in value:
+                    self.openapi(item, sch["items"], path)  # the array's path: no index
+            if "minItems" in sch and len(value) < sch["minItems"]:
+                self._invalid(path, len(value), f"should have at least {sch['minItems']} items")
+            if "maxItems" in sch and len(value) > sch["maxItems"]:
+                self._invalid(path, len(value), f"should have at most {sch['maxItems']} items")
+        self._enum(value, sch, path)
+        if isinstance(value, dict):
+            self._object(value, sch, path)
+
+    def _string(self, value: str, sch: Schema, path: str) -> None:
+        if "maxLength" in sch and len(value) > sch["maxLength"]:
+            self._invalid(path, value, f"should be at most {sch['maxLength']} chars long")
+        elif "minLength" in sch and len(value) < sch["minLength"]:
+            self._invalid(path, value, f"should be at least {sch['minLength']} chars long")
+        elif "pattern" in sch and not re.search(sch["pattern"], value):
+            self._invalid(path, value, f"should match '{sch['pattern']}'")
+
+    def _number(self, value: float, sch: Schema, path: str) -> None:
+        factor = sch.get("multipleOf")
+        if factor and not (value / factor).is_integer():
+            self._invalid(path, value, f"should be a multiple of {_bound(value, factor)}")
+        if "minimum" in sch:
+            low, excl = sch["minimum"], sch.get("exclusiveMinimum") is True
+            if value < low or (excl and value == low):
+                op = "greater than" if excl else "greater than or equal to"
+                self._invalid(path, value, f"should be {op} {_bound(value, low)}")
+        if "maximum" in sch:
+            high, excl = sch["maximum"], sch.get("exclusiveMaximum") is True
+            if value > high or (excl and value == high):
+                op = "less than" if excl else "less than or equal to"
+                self._invalid(path, value, f"should be {op} {_bound(value, high)}")
+
+    def _enum(self, value: Any, sch: Schema, path: str) -> None:
+        enum = sch.get("enum")
+        if not enum or _enum_has(list(enum), value):
+            return
+        supported = ", ".join(_go_quote(e if isinstance(e, str) else json.dumps(e)) for e in enum)
+        self._schema_error(
+            f"{path} in body should be one of {json.dumps(enum)}",
+            path,
+            f"Unsupported value: {go_value(value)}: supported values: {supported}",
+            "FieldValueNotSupported",
+        )
+
+    def _object(self, value: dict[str, Any], sch: Schema, path: str) -> None:
+        if "minProperties" in sch and len(value) < sch["minProperties"]:
+            self._invalid(
+                path, sch["minProperties"], f"should have at least {sch['minProperties']} properties"
+            )
+            return
+        if "maxProperties" in sch and len(value) > sch["maxProperties"]:
+            self._invalid(
+                path, sch["maxProperties"], f"should have at most {sch['maxProperties']} properties"
+            )
+            return
+        props = sch.get("properties") or {}
+        addl = sch.get("additionalProperties")
+        for k, v in value.items():
+            if k not in props and isinstance(addl, Mapping):
+                self.openapi(v, addl, f"{path}.{k}" if path else k)
+        for k, psch in props.items():
+            if k in value:
+                self.openapi(value[k], psch, f"{path}.{k}" if path else k)
+        for req in sch.get("required") or []:
+            if req not in value:
+                field = f"{path}.{req}" if path else req
+                self._schema_error(
+                    f"{field} in body is required", field, "Required value", "FieldValueRequired"
+                )
+
+    # list-type uniqueness ---------------------------------------------------------------------------------
+    def unique(self, value: Any, sch: Schema, path: str) -> None:
+        """list-type set: items unique; list-type map: the list-map-keys unique (indexed paths)."""
+        if isinstance(value, dict):
+            props = sch.get("properties") or {}
+            addl = sch.get("additionalProperties")
+            for k, v in value.items():
+                if k in props:
+                    self.unique(v, props[k], f"{path}.{k}" if path else k)
+                elif isinstance(addl, Mapping):
+                    self.unique(v, addl, f"{path}.{k}" if path else k)
+            return
+        if not isinstance(value, list):
+            return
+        kind = sch.get("x-kubernetes-list-type")
+        keys = list(sch.get("x-kubernetes-list-map-keys") or [])
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            ident = None
+            if kind == "set":
+                ident, shown = json.dumps(item, sort_keys=True), go_value(item)
+            elif kind == "map" and keys and isinstance(item, dict):
+                picked = {k: item.get(k) for k in keys}
+                ident, shown = json.dumps(picked, sort_keys=True), _go_sharp(picked)
+            if ident is not None:
+                if ident in seen:
+                    self.duplicates.append(
+                        cause(f"{path}[{i}]", f"Duplicate value: {shown}", "FieldValueDuplicate")
+                    )
+                seen.add(ident)
+        if isinstance(sch.get("items"), Mapping):
+            for i, item in enumerate(value):
+                self.unique(item, sch["items"], f"{path}[{i}]")
+
+    # x-kubernetes-validations -------------------------------------------------------------------------------
+    def cel(self, value: Any, sch: Schema, path: str, old: Any = None, has_old: bool = False) -> None:
+        """A node's rules, then its children's (fields by name, map values as [key], items as [i])."""
+        self._rules(value, sch, path, old, has_old)
+        if isinstance(value, dict):
+            props = sch.get("properties") or {}
+            addl = sch.get("additionalProperties")
+            olds = old if has_old and isinstance(old, dict) else {}
+            for k, v in value.items():
+                if k in props:
+                    self.cel(v, props[k], f"{path}.{k}" if path else k, olds.get(k), k in olds)
+                elif isinstance(addl, Mapping):
+                    self.cel(v, addl, f"{path}[{k}]", olds.get(k), k in olds)
+        elif isinstance(value, list) and isinstance(sch.get("items"), Mapping):
+            for i, item in enumerate(value):
+                self.cel(item, sch["items"], f"{path}[{i}]")
+
+    def _rules(self, value: Any, sch: Schema, path: str, old: Any, has_old: bool) -> None:
+        """1.24's rules: `rule` and `message` (fieldPath, reason, messageExpression and optionalOldSelf came
+        later; a 1.24 server drops them from the CRD). The value is shown as the apiserver prints it."""
+        from . import cel
+
+        for rule in sch.get("x-kubernetes-validations") or []:
+            expr = rule.get("rule", "")
+            if "oldSelf" in expr and not has_old:
+                continue  # a transition rule: only on update, when there was an old value
+            message = rule.get("message") or ""
+            try:
+                ok = cel.evaluate(expr, {"self": value, "oldSelf": old if has_old else None})
+            except cel.CELError as e:
+                named = message.strip() or expr.strip()
+                self.cel_errors.append(
+                    cause(path, f"Invalid value: {go_value(value)}: {e} evaluating rule: {named}")
+                )
+                continue
+            if ok is not True:
+                text = message or f"failed rule: {expr.strip()}"
+                self.cel_errors.append(cause(path, f"Invalid value: {go_value(value)}: {text}"))
+
+
+def admit_custom(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """Prune (unknown fields silently, as 1.24 without server-side field validation), default and validate
+    a custom resource in place; 422 Invalid with every error otherwise."""
     sch = rt.schema
     if not sch:
-        return []
+        return
     checker = _Checker()
-    shaped = checker.shape(obj, sch, "", root=True)
+    shaped = checker.shape(obj, sch, root=True)
     obj.clear()
     obj.update(shaped)
     name = obj.get("metadata", {}).get("name", "")
-    if checker.unknown and field_validation == "Strict":
-        fields = ", ".join(f'unknown field "{u}"' for u in checker.unknown)
-        raise ApiError(
-            400,
-            "BadRequest",
-            f'{rt.kind} in version "{rt.version}" cannot be handled as a '
-            f"{rt.kind}: strict decoding error: {fields}",
-        )
     body = {k: v for k, v in obj.items() if k not in _ROOT_KEEP}
-    props = sch.get("properties") or {}
-    for req in sch.get("required") or []:
-        if req not in obj:
-            checker.fail(req, "Required value", "FieldValueRequired")
     old_body = {k: v for k, v in (old or {}).items() if k not in _ROOT_KEEP}
+    root = {k: v for k, v in sch.items() if k != "x-kubernetes-validations"}
+    checker.openapi(
+        body, {**root, "required": [r for r in sch.get("required") or [] if r not in _ROOT_KEEP]}, ""
+    )
+    checker.unique(body, sch, "")
+    checker._rules(obj, sch, "", old, old is not None)
+    props = sch.get("properties") or {}
     for k, v in body.items():
         if k in props:
-            checker.check(v, props[k], k, old_body.get(k), k in old_body)
-    root_rules = {"x-kubernetes-validations": sch.get("x-kubernetes-validations") or []}
-    checker._cel(obj, root_rules, "", old, old is not None)
+            checker.cel(v, props[k], k, old_body.get(k), k in old_body)
     if checker.causes:
         raise errors.invalid(rt, name, checker.causes)
-    if field_validation == "Warn":
-        return [f'unknown field "{u}"' for u in checker.unknown]
-    return []
 
 
 def _rule_causes(sch: Schema, path: str) -> list[dict[str, str]]:
@@ -305,7 +380,9 @@ def _rule_causes(sch: Schema, path: str) -> list[dict[str, str]]:
         try:
             cel.compile_expr(str(expr))
         except cel.CELError as e:
-            out.append(cause(where, f"Invalid value: {_show(expr)}: compilation failed: {e}"))
+            msg = _go_quote(str(rule.get("message") or ""))
+            shown = f"apiextensions.ValidationRule{{Rule:{_go_quote(str(expr))}, Message:{msg}}}"
+            out.append(cause(where, f"Invalid value: {shown}: compilation failed: {e}"))
     for key, sub in (sch.get("properties") or {}).items():
         if isinstance(sub, Mapping):
             out += _rule_causes(sub, f"{path}.properties[{key}]")
@@ -340,15 +417,21 @@ def admit_crd(rt: ResourceType, crd: dict[str, Any]) -> None:
         causes.append(
             cause("spec.versions", "Invalid value: must have exactly one version marked as storage version")
         )
-    for i, version in enumerate(versions):
-        sch = ((version or {}).get("schema") or {}).get("openAPIV3Schema")
+    schemas = [((version or {}).get("schema") or {}).get("openAPIV3Schema") for version in versions]
+    if schemas and all(s == schemas[0] for s in schemas):
+        # one schema for every version: 1.24 holds it as the internal spec.validation and names it so
+        schemas, where = schemas[:1], ["spec.validation.openAPIV3Schema"]
+    else:
+        where = [f"spec.versions[{i}].schema.openAPIV3Schema" for i in range(len(schemas))]
+    for sch, prefix in zip(schemas, where, strict=True):
         if isinstance(sch, Mapping):
-            causes += _rule_causes(sch, f"spec.versions[{i}].schema.openAPIV3Schema")
+            causes += _rule_causes(sch, prefix)
     if spec.get("scope") not in ("Namespaced", "Cluster"):
         causes.append(
             cause(
                 "spec.scope",
-                f'Unsupported value: {_show(spec.get("scope"))}: supported values: "Cluster", "Namespaced"',
+                f"Unsupported value: {go_value(spec.get('scope'))}: "
+                'supported values: "Cluster", "Namespaced"',
                 "FieldValueNotSupported",
             )
         )
