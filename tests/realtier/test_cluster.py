@@ -218,3 +218,45 @@ def test_the_kubernetes_service_is_reachable_from_the_nodes_network(
     ctx = ssl.create_default_context(cafile=str(real.pki / "ca.crt"))  # the serving cert names the address
     with urllib.request.urlopen(f"https://{ip}:443/readyz", context=ctx, timeout=10) as resp:
         assert resp.status == 200 and resp.read() == b"ok"
+
+
+def test_a_cluster_whose_owner_was_killed_is_reaped(tmp_path: Path, registry: LocalRegistry,
+                                                     pause_image: str) -> None:
+    """A test run killed hard never calls stop(): the next start (reap_orphans) stops what it left."""
+    import signal
+    import sys
+
+    from stagefleet.realcluster.cluster import reap_orphans
+
+    why = real_tier_unavailable()
+    if why:
+        pytest.skip(f"real tier: {why}")
+    script = (
+        "import sys, time; from pathlib import Path; from stagefleet.realcluster import RealCluster\n"
+        "rc = RealCluster(Path(sys.argv[1]), pause_image=sys.argv[2], registries=[sys.argv[3]], nodes=1,"
+        " install_crds=False)\n"
+        "rc.start(); print(rc.nodes_dir, flush=True); time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "rt"), pause_image, registry.host],
+                             stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    nodes_dir = Path(owner.stdout.readline().strip())
+    assert nodes_dir.is_dir()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait(timeout=30)
+    assert _processes_naming(nodes_dir)  # containerd, kubelet, ... run on without their owner
+    assert nodes_dir in reap_orphans()
+    assert _processes_naming(nodes_dir) == [] and _processes_naming(tmp_path / "rt") == []
+    assert not nodes_dir.exists() and mounts_under(tmp_path / "rt") == []
+
+
+def _processes_naming(path: Path) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (str(path) + "/").encode() in (entry / "cmdline").read_bytes():
+                    found.append(entry.name)
+            except OSError:
+                continue
+    return found

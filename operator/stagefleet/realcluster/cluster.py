@@ -188,7 +188,11 @@ class RealCluster:
     def _start(self) -> None:
         assert self.assets is not None
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.nodes_dir = Path(tempfile.mkdtemp(prefix="sf-rt-"))
+        reap_orphans()
+        self.nodes_dir = Path(tempfile.mkdtemp(prefix=NODES_PREFIX))
+        (self.nodes_dir / OWNER).write_text(json.dumps({
+            "pid": os.getpid(), "start": _start_ticks(os.getpid()), "workdir": str(self.workdir),
+            "cgroup_roots": [f"/stagefleet-{self.id}-node{i}" for i in range(1, self.nodes + 1)]}))
         (self.workdir / "nodes").symlink_to(self.nodes_dir)
         self.pki.mkdir(exist_ok=True)
         ports = configs.Ports(free_port(), free_port(), free_port(), free_port(), free_port())
@@ -285,7 +289,7 @@ class RealCluster:
             index,
             name,
             ndir,
-            f"/stagefleet-{self.id}-node{index}",
+            f"/stagefleet-{self.id}-node{index}",  # as recorded in OWNER
             free_port(),
             labels=tuple(self.node_labels),
         )
@@ -480,6 +484,39 @@ class RealCluster:
                 )
             time.sleep(0.1)
         raise RealClusterError(f"{what or proc.name} not ready after {timeout:.0f} s:\n{_tail(proc.log)}")
+
+
+NODES_PREFIX = "sf-rt-"
+OWNER = "owner.json"  # in a cluster's nodes directory: who started it, so that a later start can reap it
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time (field 22 of /proc/PID/stat): a pid plus this names one process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def reap_orphans(tmp: Path | None = None) -> list[Path]:
+    """Stop the clusters whose starting process is gone without a stop() (a test run killed hard): their
+    processes, cgroup roots, mounts and directories. Returns the nodes directories reaped."""
+    reaped = []
+    for nodes_dir in Path(tmp or tempfile.gettempdir()).glob(NODES_PREFIX + "*"):
+        try:
+            owner = json.loads((nodes_dir / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if _start_ticks(int(owner["pid"])) == owner["start"]:
+            continue  # its owner still runs
+        for needle in (str(nodes_dir) + "/", str(owner["workdir"]) + "/"):
+            _kill_matching(needle)
+        for root in owner.get("cgroup_roots", []):
+            _remove_cgroup_root(root)
+        _unmount_under(nodes_dir)
+        shutil.rmtree(nodes_dir, ignore_errors=True)
+        reaped.append(nodes_dir)
+    return reaped
 
 
 def _kubernetes_service_proxy(apiserver_port: int) -> tuple[int, ServiceProxy]:
