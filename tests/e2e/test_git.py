@@ -45,10 +45,37 @@ def _git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+@pytest.fixture
+def git_daemon(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """`git daemon` on loopback serving tmp_path/served: (that directory, its git:// URL prefix). A served
+    repository is reachable from the operator and from worker pods on the node's network on both tiers (a
+    file:// URL names a path only this host's processes see, never a pod's container)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", "--informative-errors", f"--base-path={served}",
+         "--listen=127.0.0.1", f"--port={port}", str(served)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield served, f"git://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_git_source_pinned_and_built(
-    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str, tmp_path: Path
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str,
+    git_daemon: tuple[Path, str],
 ) -> None:
-    repo = tmp_path / "repo"
+    served, url = git_daemon
+    repo = served / "repo"
     (repo / "app").mkdir(parents=True)
     (repo / "app" / "Dockerfile").write_text(DOCKERFILE)
     (repo / "app" / "hello.txt").write_text("hello from git\n")
@@ -57,6 +84,9 @@ def test_git_source_pinned_and_built(
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "first")
     commit = _git(repo, "rev-parse", "HEAD")
+    # what the operator's blob-less fetch of one commit and the workers' shallow fetch ask of the server
+    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    _git(repo, "config", "uploadpack.allowFilter", "true")
 
     port = free_port()
     operator.stop()
@@ -68,7 +98,7 @@ def test_git_source_pinned_and_built(
             "kind": "ImageBuild",
             "metadata": {"name": "fromgit"},
             "spec": {
-                "source": {"git": {"url": f"file://{repo}", "revision": "main"}, "contextDir": "app"},
+                "source": {"git": {"url": f"{url}/repo", "revision": "main"}, "contextDir": "app"},
                 "buildArgs": {"BASE": base_image},
                 "output": {"image": f"{registry.host}/e2e/fromgit:v1"},
                 "timeout": "10m",
