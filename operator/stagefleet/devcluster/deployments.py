@@ -30,7 +30,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
+from stagefleet.devcluster.loopthread import ControllerThread
 
 log = logging.getLogger("stagefleet.devcluster.deployments")
 
@@ -458,47 +458,10 @@ class DeploymentController:
                 )
 
 
-class DeploymentControllerThread:
+class DeploymentControllerThread(ControllerThread[DeploymentController]):
     """The controller on its own event loop in a daemon thread (started and stopped by DevCluster)."""
 
     def __init__(self, kubeconfig: Path) -> None:
         self.kubeconfig = kubeconfig
-        self.loop = asyncio.new_event_loop()
-        self._thread: threading.Thread | None = None
-        self._main: asyncio.Future[None] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="stagefleet-deployments", daemon=True
-        )
-        self._thread.start()
-
-        async def create() -> None:
-            ctl = DeploymentController(
-                KubeAPI(
-                    ClusterAccess.from_kubeconfig(self.kubeconfig), user_agent="stagefleet-devdeployments"
-                )
-            )
-            self._main = asyncio.ensure_future(ctl.run())
-            await ctl.ready.wait()
-
-        asyncio.run_coroutine_threadsafe(create(), self.loop).result(timeout)
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        main = self._main
-
-        async def cancel() -> None:
-            if main is not None:
-                main.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await main
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(15)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=15)
-        self._thread = None
-        if not self.loop.is_running():
-            self.loop.close()
+        super().__init__("stagefleet-deployments", lambda: DeploymentController(
+            KubeAPI(ClusterAccess.from_kubeconfig(kubeconfig), user_agent="stagefleet-devdeployments")))

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
+from stagefleet.devcluster.loopthread import ControllerThread
 
 log = logging.getLogger("stagefleet.devcluster.nodelifecycle")
 
@@ -169,15 +169,18 @@ class NodeLifecycleController:
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sync()
-            except asyncio.CancelledError:
-                raise
-            except TRANSIENT as e:
-                log.debug("node lifecycle sync: %s", e)
-            self.ready.set()
-            await asyncio.sleep(self.period)
+        try:
+            while True:
+                try:
+                    await self.sync()
+                except asyncio.CancelledError:
+                    raise
+                except TRANSIENT as e:
+                    log.debug("node lifecycle sync: %s", e)
+                self.ready.set()
+                await asyncio.sleep(self.period)
+        finally:
+            await self.api.close()
 
     async def sync(self) -> None:
         nodes = (await self.api.get("/api/v1/nodes")).get("items") or []
@@ -280,7 +283,7 @@ class NodeLifecycleController:
             await self.api.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
 
 
-class NodeLifecycleThread:
+class NodeLifecycleThread(ControllerThread[NodeLifecycleController]):
     """The controller on its own event loop in a daemon thread (started and stopped by DevCluster)."""
 
     def __init__(
@@ -291,52 +294,11 @@ class NodeLifecycleThread:
         period: float = NODE_MONITOR_PERIOD,
     ) -> None:
         self.kubeconfig = kubeconfig
-        self.settings = (grace_seconds, period)
-        self.loop = asyncio.new_event_loop()
-        self._thread: threading.Thread | None = None
-        self._main: asyncio.Future[None] | None = None
-        self.controller: NodeLifecycleController | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="stagefleet-nodelifecycle", daemon=True
-        )
-        self._thread.start()
-
-        async def create() -> None:
-            api = KubeAPI(
-                ClusterAccess.from_kubeconfig(self.kubeconfig), user_agent="stagefleet-devnodelifecycle"
-            )
-            self.controller = NodeLifecycleController(
-                api, grace_seconds=self.settings[0], period=self.settings[1]
-            )
-            self._main = asyncio.ensure_future(self.controller.run())
-            await self.controller.ready.wait()
-
-        asyncio.run_coroutine_threadsafe(create(), self.loop).result(timeout)
+        super().__init__("stagefleet-nodelifecycle", lambda: NodeLifecycleController(
+            KubeAPI(ClusterAccess.from_kubeconfig(kubeconfig), user_agent="stagefleet-devnodelifecycle"),
+            grace_seconds=grace_seconds, period=period))
 
     def sync(self, timeout: float = 30.0) -> None:
         """Run one sync now (tests: no waiting for the next period)."""
         assert self.controller is not None
-        asyncio.run_coroutine_threadsafe(self.controller.sync(), self.loop).result(timeout)
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        main, controller = self._main, self.controller
-
-        async def cancel() -> None:
-            if main is not None:
-                main.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await main
-            if controller is not None:
-                await controller.api.close()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(15)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=15)
-        self._thread = None
-        if not self.loop.is_running():
-            self.loop.close()
+        self.call(self.controller.sync(), timeout)
