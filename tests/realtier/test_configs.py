@@ -96,3 +96,17 @@ def test_cni_plugin_gives_the_pod_netns_an_address_and_touches_nothing_else(tmp_
         subprocess.run(["ip", "netns", "del", ns], check=False)
     after = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert after == host_links
+
+
+def test_controller_manager_and_scheduler_authenticate_with_their_kubeconfig(tmp_path: Path) -> None:
+    kc = tmp_path / "k"
+    cm = configs.controller_manager_argv("kcm", tmp_path, kc, PORTS, 7)
+    sched = configs.scheduler_argv("ks", kc, PORTS)
+    for argv, port in ((cm, PORTS.controller_manager), (sched, PORTS.scheduler)):
+        flags = dict(a.removeprefix("--").split("=", 1) for a in argv[1:])
+        assert flags["kubeconfig"] == flags["authentication-kubeconfig"] == flags["authorization-kubeconfig"]
+        assert flags["kubeconfig"] == str(kc) and flags["secure-port"] == str(port)
+        assert flags["leader-elect"] == "false" and flags["bind-address"] == "127.0.0.1"
+    cm_flags = dict(a.removeprefix("--").split("=", 1) for a in cm[1:])
+    assert cm_flags["use-service-account-credentials"] == "true"
+    assert cm_flags["service-cluster-ip-range"] == "127.200.7.0/24"

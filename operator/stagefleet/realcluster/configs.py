@@ -131,15 +131,8 @@ def apiserver_argv(binary: str, pki: Path, ports: Ports, service_net: int) -> li
 def controller_manager_argv(
     binary: str, pki: Path, kubeconfig_path: Path, ports: Ports, service_net: int
 ) -> list[str]:
-    k = str(kubeconfig_path)
     return [
-        binary,
-        f"--kubeconfig={k}",
-        f"--authentication-kubeconfig={k}",
-        f"--authorization-kubeconfig={k}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={ports.controller_manager}",
-        "--leader-elect=false",
+        *_control_plane_component(binary, kubeconfig_path, ports.controller_manager),
         "--controllers=*",
         "--use-service-account-credentials=true",
         f"--service-account-private-key-file={pki / 'sa.key'}",
@@ -156,18 +149,16 @@ def controller_manager_argv(
 
 
 def scheduler_argv(binary: str, kubeconfig_path: Path, ports: Ports) -> list[str]:
+    return [*_control_plane_component(binary, kubeconfig_path, ports.scheduler), "--profiling=false", "--v=0"]
+
+
+def _control_plane_component(binary: str, kubeconfig_path: Path, port: int) -> list[str]:
+    """What the controller-manager and the scheduler share: one kubeconfig for talking to the API server
+    and for checking who calls their own port, on loopback, as the only instance (no leader election)."""
     k = str(kubeconfig_path)
-    return [
-        binary,
-        f"--kubeconfig={k}",
-        f"--authentication-kubeconfig={k}",
-        f"--authorization-kubeconfig={k}",
-        "--bind-address=127.0.0.1",
-        f"--secure-port={ports.scheduler}",
-        "--leader-elect=false",
-        "--profiling=false",
-        "--v=0",
-    ]
+    return [binary, f"--kubeconfig={k}", f"--authentication-kubeconfig={k}",
+            f"--authorization-kubeconfig={k}", "--bind-address=127.0.0.1", f"--secure-port={port}",
+            "--leader-elect=false"]
 
 
 def node_name(index: int) -> str:
