@@ -89,3 +89,24 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert (REPO / readme_test).resolve() == (REPO / "scripts" / "test").resolve()
     allowed = ("exec", "bash", "./scripts/test", "scripts/test", "$@")
     assert all(x in allowed for w in calls for x in w), calls
+
+
+def test_a_cluster_command_without_the_operator_extra_says_what_to_install() -> None:
+    """`pip install stagefleet` brings only the worker's dependencies; the operator's are an extra."""
+    import subprocess
+    import sys
+
+    # an interpreter that cannot import kopf (a meta-path finder refusing it), running `stagefleet operator`
+    code = (
+        "import sys, importlib.abc\n"
+        "class No(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('kopf', 'kubernetes'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name.split('.')[0])\n"
+        "sys.meta_path.insert(0, No())\n"
+        "from stagefleet.cli import main\n"
+        "sys.exit(main(['operator', '--namespace', 'x']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'stagefleet[operator]'" in proc.stderr and "Traceback" not in proc.stderr

@@ -25,6 +25,10 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+# Top-level modules of pyproject's "operator" extra: the worker and the local commands run without them.
+OPERATOR_EXTRA = frozenset({"kopf", "kubernetes", "aiohttp", "prometheus_client"})
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """Build the parser; only the selected subcommand's module is imported."""
     description = __doc__.splitlines()[0] if __doc__ else None
@@ -42,13 +46,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     names = {name for name, _, _ in COMMANDS}
     selected = next((a for a in args_list if not a.startswith("-")), None)
-    parser = build_parser(selected if selected in names else None)
-    args = parser.parse_args(args_list)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
+    try:
+        parser = build_parser(selected if selected in names else None)
+        args = parser.parse_args(args_list)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help()
+            return 2
+        return cast(Callable[[argparse.Namespace], int], func)(args)
+    except ModuleNotFoundError as e:
+        if e.name not in OPERATOR_EXTRA:
+            raise
+        print(f"stagefleet {selected}: needs the Python package {e.name!r}, part of the operator extra: "
+              "pip install 'stagefleet[operator]'", file=sys.stderr)
         return 2
-    return cast(Callable[[argparse.Namespace], int], func)(args)
 
 
 if __name__ == "__main__":
