@@ -16,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -178,20 +178,34 @@ def ensure_base_image(registry_host: str, env: Mapping[str, str], *, repo: str =
     insecure; the working container is removed again, the committed image stays in that storage.
     """
     ref = f"{registry_host}/{repo}:{tag}"
-    if http_status(f"http://{registry_host}/v2/{repo}/manifests/{tag}", method="HEAD") == 200:
+    if _served(registry_host, repo, tag):
         return ref
     with tempfile.TemporaryDirectory(prefix="stagefleet-rootfs-", dir=env.get("TMPDIR")) as tmp:
         rootfs = Path(tmp) / "rootfs"
         make_rootfs(rootfs)
-        ctr = _run(["buildah", "from", "scratch"], env)
-        try:
-            _run(["buildah", "copy", ctr, str(rootfs), "/"], env)
-            _run(["buildah", "config", "--env", "PATH=/bin", "--cmd", "/bin/sh", "--workingdir", "/", ctr],
-                 env)
-            _run(["buildah", "commit", "--rm", ctr, ref], env)
-        except BaseException:
-            subprocess.run(["buildah", "rm", ctr], env=dict(env), capture_output=True)
-            raise
+        return _commit_and_push(ref, "scratch", env, [
+            lambda ctr: ["buildah", "copy", ctr, str(rootfs), "/"],
+            lambda ctr: ["buildah", "config", "--env", "PATH=/bin", "--cmd", "/bin/sh", "--workingdir", "/",
+                         ctr],
+        ])
+
+
+def _served(registry_host: str, repo: str, tag: str) -> bool:
+    return http_status(f"http://{registry_host}/v2/{repo}/manifests/{tag}", method="HEAD") == 200
+
+
+def _commit_and_push(ref: str, base: str, env: Mapping[str, str],
+                     steps: list[Callable[[str], list[str]]]) -> str:
+    """A working container from ``base``, each step's buildah command run on it, committed as ``ref``
+    and pushed; the container is removed again even when a step fails."""
+    ctr = _run(["buildah", "from", base], env)
+    try:
+        for step in steps:
+            _run(step(ctr), env)
+        _run(["buildah", "commit", "--rm", ctr, ref], env)
+    except BaseException:
+        subprocess.run(["buildah", "rm", ctr], env=dict(env), capture_output=True)
+        raise
     _run(["buildah", "push", ref, f"docker://{ref}"], env)
     return ref
 
@@ -203,15 +217,8 @@ def ensure_pause_image(registry_host: str, env: Mapping[str, str]) -> str:
     """A sandbox ("pause") image for containerd, pushed unless present: the busybox base image sleeping
     forever. Real clusters use a tiny static binary; only its staying alive matters here."""
     ref = f"{registry_host}/{PAUSE_REPO}:{BASE_TAG}"
-    if http_status(f"http://{registry_host}/v2/{PAUSE_REPO}/manifests/{BASE_TAG}", method="HEAD") == 200:
+    if _served(registry_host, PAUSE_REPO, BASE_TAG):
         return ref
-    base = ensure_base_image(registry_host, env)
-    ctr = _run(["buildah", "from", base], env)
-    try:
-        _run(["buildah", "config", "--entrypoint", '["/bin/sleep", "2147483647"]', "--cmd", "", ctr], env)
-        _run(["buildah", "commit", "--rm", ctr, ref], env)
-    except BaseException:
-        subprocess.run(["buildah", "rm", ctr], env=dict(env), capture_output=True)
-        raise
-    _run(["buildah", "push", ref, f"docker://{ref}"], env)
-    return ref
+    return _commit_and_push(ref, ensure_base_image(registry_host, env), env, [
+        lambda ctr: ["buildah", "config", "--entrypoint", '["/bin/sleep", "2147483647"]', "--cmd", "", ctr],
+    ])
