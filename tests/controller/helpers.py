@@ -117,3 +117,22 @@ def pod(
         "spec": {"nodeName": node},
         "status": {"phase": phase, "containerStatuses": [{"name": "worker", "state": state}]},
     }
+
+
+def decide_pods(
+    status: dict[str, Any],
+    pods: list[dict[str, Any]],
+    *,
+    now: Any,
+    spec: ImageBuildSpec,
+    plan: PlanView = SEED_PLAN,
+    missing: dict[str, str] | None = None,
+    **options: Any,
+) -> Any:
+    """`status.decide` for BUILD on raw pod manifests, observed as the reconciler observes them; ``options``
+    are decide's own keywords (backoff_base, early_start, nodes, ...)."""
+    from stagefleet.controller.status import decide, observe_pod
+
+    observed = [o for o in (observe_pod(p) for p in pods) if o is not None]
+    return decide(build=BUILD, spec=spec, plan=plan, status=status, pods=observed,
+                  missing_secrets=missing or {}, now=now, **options)

@@ -27,9 +27,9 @@ from stagefleet.controller.podspec import (
     parse_attempts,
     worker_pod,
 )
-from stagefleet.controller.status import Decision, StartPod, decide, observe_pod, planned_status
+from stagefleet.controller.status import Decision, StartPod, observe_pod, planned_status
 
-from .helpers import BUILD, SEED_PLAN, make_spec, pod, result_json
+from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, result_json
 
 T0 = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
 D1, D1B, D2, D3 = ("sha256:" + c * 64 for c in "1a23")
@@ -67,20 +67,8 @@ def run(
     early: bool = True,
     spec: Any = SPEC,
 ) -> Decision:
-    obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
-    return decide(
-        build=BUILD,
-        spec=spec,
-        plan=SEED_PLAN,
-        status=status,
-        pods=obs,
-        missing_secrets={},
-        now=now,
-        backoff_base=10,
-        early_start=early,
-        nodes=nodes,
-        node_lost_after=GRACE,
-    )
+    return decide_pods(status, pods, now=now, spec=spec, backoff_base=10, early_start=early, nodes=nodes,
+                       node_lost_after=GRACE)
 
 
 def phases(status: dict[str, Any]) -> dict[str, str]:

@@ -24,7 +24,7 @@ from stagefleet.controller.status import (
     terminal_status,
 )
 
-from .helpers import BUILD, SEED_PLAN, make_spec, pod, result_json
+from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, result_json
 
 NOW = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -45,18 +45,8 @@ def run(
     early: bool = False,
     plan: PlanView = SEED_PLAN,
 ) -> Decision:
-    obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
-    return decide(
-        build=BUILD,
-        spec=spec,
-        plan=plan,
-        status=status,
-        pods=obs,
-        missing_secrets=missing or {},
-        now=now,
-        backoff_base=10,
-        early_start=early,
-    )
+    return decide_pods(status, pods, now=now, spec=spec, plan=plan, missing=missing, backoff_base=10,
+                       early_start=early)
 
 
 def obj(status: dict[str, Any], generation: int = 1) -> dict[str, Any]:

@@ -16,9 +16,7 @@ from stagefleet.controller.model import PlanView
 from stagefleet.controller.status import (
     REJECTED,
     Decision,
-    decide,
     note_rejections,
-    observe_pod,
     planned_status,
     rejection_backoff,
     rejection_text,
@@ -27,7 +25,7 @@ from stagefleet.controller.status import (
     urgent_change,
 )
 
-from .helpers import BUILD, SEED_PLAN, make_spec, pod, result_json
+from .helpers import SEED_PLAN, decide_pods, make_spec, pod, result_json
 
 NOW = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -53,17 +51,7 @@ def run(
     plan: PlanView = SEED_PLAN,
     missing: dict[str, str] | None = None,
 ) -> Decision:
-    obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
-    return decide(
-        build=BUILD,
-        spec=spec,
-        plan=plan,
-        status=status,
-        pods=obs,
-        missing_secrets=missing or {},
-        now=now,
-        backoff_base=BASE,
-    )
+    return decide_pods(status, pods, now=now, spec=spec, plan=plan, missing=missing, backoff_base=BASE)
 
 
 def start() -> dict[str, Any]:
