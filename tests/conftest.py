@@ -35,6 +35,7 @@ def on_real_tier(item: pytest.Item) -> bool:
     return any(params.get(name) == "real" for name in TIER_FIXTURES)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which turns xdist_group marks into groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """tests/reliability runs first, as one unit: scripts/test runs pytest-xdist with `--dist loadgroup`,
     which keeps an `xdist_group` in one worker in collection order (test_zz_canary must run after the rest
@@ -160,7 +161,7 @@ def buildah_env(registry: LocalRegistry) -> Iterator[BuildahEnv]:
 
 # ---------------------------------------------------------------------------------- per-tier counts
 
-_TIER_ID = re.compile(r"\[(?:[^\]]*-)?(dev|real)(?:-[^\]]*)?\]$")
+_TIER_ID = re.compile(r"\[(?:[^\]]*-)?(dev|real)(?:-[^\]]*)?\](?:@\w+)?$")  # xdist adds "@group"
 _tier_counts: dict[str, Counter[str]] = {}
 
 
