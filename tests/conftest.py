@@ -79,27 +79,27 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry
 
 
 @pytest.fixture(scope="session")
-def base_image(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The busybox base image in the session registry, e.g. "127.0.0.1:PORT/base/busybox:1"."""
-    root = tmp_path_factory.mktemp("base-root")
+def image_env(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One buildah storage root for the session's own images (base, pause), treating the registry as
+    insecure; removed at the end of the session."""
+    root = tmp_path_factory.mktemp("image-root")
     env = buildenv.prepare(root, insecure_registries=[registry.host])
     try:
-        yield ensure_base_image(registry.host, env)
+        yield env
     finally:
         buildenv.cleanup(root, env)
 
 
 @pytest.fixture(scope="session")
-def pause_image(
-    registry: LocalRegistry, base_image: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def base_image(registry: LocalRegistry, image_env: dict[str, str]) -> str:
+    """The busybox base image in the session registry, e.g. "127.0.0.1:PORT/base/busybox:1"."""
+    return ensure_base_image(registry.host, image_env)
+
+
+@pytest.fixture(scope="session")
+def pause_image(registry: LocalRegistry, image_env: dict[str, str]) -> str:
     """The real tier's sandbox image in the session registry (stagefleet.localregistry)."""
-    root = tmp_path_factory.mktemp("pause-root")
-    env = buildenv.prepare(root, insecure_registries=[registry.host])
-    try:
-        yield ensure_pause_image(registry.host, env)
-    finally:
-        buildenv.cleanup(root, env)
+    return ensure_pause_image(registry.host, image_env)
 
 
 @dataclass(frozen=True)
