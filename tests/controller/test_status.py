@@ -285,6 +285,22 @@ def test_image_pull_error_is_reported_then_retried_then_failed() -> None:
     assert phases(d3.status)["build1"] == "Retrying" and d3.create == []
 
 
+def test_unusable_worker_security_context_fails_at_once_without_retries() -> None:
+    """Exit 16: the pod spec itself keeps rootless buildah from working; another attempt fails alike."""
+    s = run(start(), []).status
+    hint = ("rootless buildah could not create a user namespace: ... set "
+            "securityContext.seccompProfile.type: Unconfined on the worker container (or pod)")
+    err = {"kind": "security-context", "message": hint}
+    result = result_json("g1", "build1", "", ok=False, error=err)
+    failed = pod("g1", phase="Failed", exit_code=16, message=result)
+    d = run(s, [failed, pod("g2")], spec=make_spec(retries=3))
+    st = d.status
+    assert st["phase"] == "Failed" and phases(st)["build1"] == "Failed", st
+    assert "securityContext.seccompProfile.type: Unconfined" in st["message"]
+    assert st["failure"]["kind"] == "security-context" and st["failure"]["exitCode"] == 16
+    assert st["failure"]["attempts"] == 1 and d.create == []
+
+
 def test_invalid_builder_image_fails_at_once() -> None:
     s = run(start(), []).status
     d = run(s, [pod("g1", phase="Pending", reason="InvalidImageName"), pod("g2")])

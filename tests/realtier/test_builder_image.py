@@ -220,7 +220,8 @@ def test_a_broken_security_context_is_named_in_the_error(tier: Tier, case: str, 
     container_sc.update(change)
     out = run_worker_pod(tier, f"broken-{case}", container_sc, pod_sc)
     assert out.phase == "Failed", f"{out.facts}\n{out.result}\n{out.log}"
-    assert not out.result["ok"] and field(out, "RC") == "1"
+    assert not out.result["ok"] and field(out, "RC") == "16"  # not retried: the same spec fails the same way
+    assert out.result["error"]["kind"] == "security-context"
     message = out.result["error"]["message"]
     assert "rootless buildah could not create a user namespace" in message and hint in message, message
 

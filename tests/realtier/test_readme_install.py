@@ -15,18 +15,23 @@ a reason of this machine, never by editing a line:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
+import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from binaries import REPO, find_tool
+from e2e.oci import blobs_containing, image_files
+from e2e.test_git import sshd_repo  # noqa: F401 - the fixture, for the git-over-ssh build below
 from stagefleet.localregistry import LocalRegistry, free_port
 from stagefleet.realcluster import RealCluster
 from tiers import real_tier_unavailable
@@ -76,7 +81,10 @@ def own_cluster(tmp_path: Path, registry: LocalRegistry, pause_image: str) -> It
 
 
 def test_readme_install_section_runs_as_written(own_cluster: RealCluster, registry: LocalRegistry,
-                                                base_image: str, tier_images: Any, tmp_path: Path) -> None:
+                                                base_image: str, tier_images: Any, tmp_path: Path,
+                                                sshd_repo: tuple[str, Path, str]) -> None:  # noqa: F811
+    """Then, through the operator the block installed (its image, the chart's ServiceAccount and RBAC),
+    a build with a secret and a private git-over-ssh build, and the secret canary looked for everywhere."""
     from stagefleet.images import ensure_images
 
     images = ensure_images(registry.host)
@@ -109,9 +117,9 @@ def test_readme_install_section_runs_as_written(own_cluster: RealCluster, regist
     proc = subprocess.run(["bash", str(tmp_path / "install.sh")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900, check=False)
 
-    def k(*args: str) -> str:
+    def k(*args: str, input: str | None = None) -> str:
         return subprocess.run([kubectl, *args], env=env, capture_output=True, text=True, timeout=60,
-                              check=False).stdout
+                              check=False, input=input).stdout
 
     assert proc.returncode == 0, (
         f"{proc.stdout}\n{proc.stderr}\n--- operator ---\n"
@@ -136,3 +144,76 @@ def test_readme_install_section_runs_as_written(own_cluster: RealCluster, regist
                            "application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.headers["Docker-Content-Digest"] == image["digest"]
+
+    secret_and_ssh_builds(k, registry, prefix, base_image, sshd_repo)
+
+
+SECRET_DOCKERFILE = """ARG BASE
+FROM ${BASE} AS withsecret
+RUN --mount=type=secret,id=token,required=true test "$(wc -c < /run/secrets/token)" -gt 0 && echo used > /used
+FROM ${BASE} AS plain
+RUN echo plain > /plain
+FROM ${BASE} AS final
+COPY --from=withsecret /used /used
+COPY --from=plain /plain /plain
+"""
+
+
+def secret_and_ssh_builds(k: Callable[..., str], registry: LocalRegistry, prefix: str, base_image: str,
+                          ssh: tuple[str, Path, str]) -> None:
+    """The secrets example's shape (a secret mounted by one stage, a sibling stage without it) and the
+    private-git-ssh example's (deploy key and known_hosts from a Secret), built by the in-cluster operator
+    in namespace `builds`; then the canary is in no registry blob, pod log, event or status."""
+    canary = f"canary-{uuid.uuid4().hex}"
+    url, key, commit = ssh
+    port = url.rsplit(":", 1)[1].split("/", 1)[0]
+    known_hosts = f"[127.0.0.1]:{port} {(key.parent / 'host.pub').read_text()}"
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "build-token"},
+         "data": {"token": b64(canary)}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "deploy-key"},
+         "type": "kubernetes.io/ssh-auth",
+         "data": {"ssh-privatekey": b64(key.read_text()), "known_hosts": b64(known_hosts)}},
+        {"apiVersion": "stagefleet.io/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "secrets"},
+         "spec": {"source": {"inline": {"dockerfile": SECRET_DOCKERFILE}}, "buildArgs": {"BASE": base_image},
+                  "secrets": [{"id": "token", "secretRef": {"name": "build-token", "key": "token"}}],
+                  "output": {"image": f"{prefix}/secrets:1"}}},
+        {"apiVersion": "stagefleet.io/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "private"},
+         "spec": {"source": {"git": {"url": url, "revision": "main", "secretRef": {"name": "deploy-key"}},
+                             "contextDir": "app"},
+                  "buildArgs": {"BASE": base_image}, "output": {"image": f"{prefix}/private:1"}}},
+    ]
+    applied = k("apply", "-n", "builds", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+    assert "imagebuild.stagefleet.io/private" in applied, applied
+    obs: dict[str, Any] = {}
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        obs = {n: json.loads(k("get", "ib", n, "-n", "builds", "-o", "json")).get("status") or {}
+               for n in ("secrets", "private")}
+        if all(o.get("phase") in ("Succeeded", "Failed", "Cancelled") for o in obs.values()):
+            break
+        time.sleep(2)
+    assert {n: o.get("phase") for n, o in obs.items()} == {"secrets": "Succeeded", "private": "Succeeded"}, (
+        json.dumps(obs, indent=1)[-4000:]
+        + k("logs", "-n", "stagefleet-system", "-l", "app.kubernetes.io/name=stagefleet", "--tail=60"))
+    host = registry.host
+    secret_files = image_files(host, "stagefleet/secrets", obs["secrets"]["image"]["digest"])
+    assert secret_files["/used"] == b"used\n" and secret_files["/plain"] == b"plain\n"
+    assert obs["private"]["source"]["git"]["commit"] == commit
+    private_files = image_files(host, "stagefleet/private", obs["private"]["image"]["digest"])
+    assert private_files["/hello.txt"] == b"hello over ssh\n"
+
+    # The canary and the deploy key: in no blob, no pod's log (workers and the operator), no event, no status.
+    key_line = key.read_text().strip().splitlines()[1]
+    assert blobs_containing(registry.data_dir, canary.encode()) == []
+    pods = json.loads(k("get", "pods", "-A", "-o", "json"))["items"]
+    logs = [k("logs", "-n", p["metadata"]["namespace"], p["metadata"]["name"], "--all-containers")
+            for p in pods if p["metadata"]["namespace"] in ("builds", "stagefleet-system")]
+    assert len(logs) >= 7 and any("withsecret" in log for log in logs)  # the 6 workers and the operator
+    evidence = "\n".join([*logs, k("get", "events", "-A", "-o", "json"),
+                          k("get", "ib", "-n", "builds", "-o", "json")])
+    assert canary not in evidence and key_line not in evidence

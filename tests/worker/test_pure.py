@@ -237,7 +237,9 @@ def test_push_errors_transient_or_not() -> None:
 
 def test_exit_code_classes_partition() -> None:
     assert exitcodes.USER_ERRORS.isdisjoint(exitcodes.RETRYABLE)
-    every = exitcodes.USER_ERRORS | exitcodes.RETRYABLE | {exitcodes.OK, exitcodes.USAGE}
+    assert exitcodes.CONFIGURATION_ERRORS.isdisjoint(exitcodes.RETRYABLE | exitcodes.USER_ERRORS)
+    every = (exitcodes.USER_ERRORS | exitcodes.RETRYABLE | exitcodes.CONFIGURATION_ERRORS
+             | {exitcodes.OK, exitcodes.USAGE})
     assert every == set(exitcodes.KIND) | {exitcodes.OK}
 
 

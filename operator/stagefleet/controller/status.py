@@ -41,7 +41,10 @@ S_SUCCEEDED, S_FAILED, S_CANCELLED = "Succeeded", "Failed", "Cancelled"
 S_ACTIVE = (S_PENDING, S_RUNNING)
 S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
 
-BUILD_ERROR_CODES = {11: "Dockerfile error", 12: "secret or ssh key missing", 13: "build step failed"}
+# Failures no retry can fix: the build's own (11-13) and a worker securityContext that cannot run rootless
+# buildah (16: the same pod spec fails the same way on every node).
+BUILD_ERROR_CODES = {11: "Dockerfile error", 12: "secret or ssh key missing", 13: "build step failed",
+                     16: "the worker's securityContext cannot run rootless buildah"}
 RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
 # A worker pod (or the ConfigMap its Dockerfile comes in) that the API server refused to create: the group
 # waits, the build is Stalled with this reason, and the create is tried again after a growing delay.

@@ -138,7 +138,7 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             try:
                 rootless.check_user_namespace(env)
             except rootless.UserNamespaceError as e:
-                raise _fail(exitcodes.UNEXPECTED, str(e)) from None
+                raise _fail(exitcodes.SECURITY_CONTEXT, str(e)) from None
         try:
             ctx = fetch_context(spec, workdir)
         except FetchError as e:
