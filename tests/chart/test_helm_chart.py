@@ -408,7 +408,8 @@ def test_operator_args_all_namespaces() -> None:
     assert container["args"] == [
         "operator", "--all-namespaces", "--metrics-port=8080", "--health-port=8081", "--log-format=json",
         "--concurrency=8",
-        "--builder-image=ghcr.io/stagefleet/builder:0.1.0", "--node-lost-after=60"]
+        "--builder-image=ghcr.io/stagefleet/builder:0.1.0", "--node-lost-after=60",
+        "--default-ttl-after-finished=0"]
 
 
 @needs_helm
@@ -437,13 +438,13 @@ def rules_by_resource(rules: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]
 # Exactly what the operator's code calls (controller/kube.py, controller/handlers.py, kopf 1.45 with
 # annotation storage and posting off) -- nothing more.
 NAMESPACED_RULES = {
-    "stagefleet.io/imagebuilds": {"get", "list", "watch", "patch"},
+    "stagefleet.io/imagebuilds": {"get", "list", "watch", "patch", "delete"},
     "stagefleet.io/imagebuilds/status": {"patch"},
     "stagefleet.io/imagebuilds/finalizers": {"update"},
     "pods": {"create", "delete", "list", "watch"},
     "secrets": {"get"},
     "configmaps": {"create", "deletecollection"},
-    "events": {"create"},
+    "events": {"create", "patch"},
 }
 CLUSTER_EXTRA = {
     "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},

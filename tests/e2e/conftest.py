@@ -33,6 +33,10 @@ KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 CRD = ROOT / "crds" / "imagebuild.yaml"
 SEED = ROOT / "examples" / "seed" / "imagebuild.yaml"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+# The operator's policy (stagefleet.controller.policy) widened for what the suite builds: git:// from a
+# loopback `git daemon`, file:// for an unreachable repository, and workers under a test's ServiceAccount.
+# tests/e2e/test_policy.py runs the operator with its safe defaults instead.
+TEST_POLICY = ("--allowed-source-schemes", "https,ssh,git,file", "--allowed-service-accounts", "*")
 
 
 @dataclass
@@ -170,6 +174,7 @@ class Operator:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     extra: list[str] = field(default_factory=list)
+    policy: tuple[str, ...] = TEST_POLICY
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
@@ -194,6 +199,7 @@ class Operator:
             "--retry-backoff",
             "1",
             *(identity.args if identity else ()),
+            *self.policy,
             *self.extra,
         ]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}

@@ -60,11 +60,11 @@ thing. Every rule says why it exists; nothing uses a wildcard.
 */}}
 {{- define "stagefleet.namespacedRules" -}}
 # The custom resource itself: kopf lists and watches ImageBuilds and patches them to keep its per-object
-# state (stagefleet.io/* annotations); the reconciler re-reads one with get. kopf only ever patches, so
-# neither update nor create/delete is granted.
+# state (stagefleet.io/* annotations); the reconciler re-reads one with get, and deletes a finished one
+# whose ttlSecondsAfterFinished has passed (with a uid precondition). Neither update nor create is granted.
 - apiGroups: ["stagefleet.io"]
   resources: ["imagebuilds"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # status is a subresource: writing phase, conditions, stages[] and the image digest (merge patches only).
 - apiGroups: ["stagefleet.io"]
   resources: ["imagebuilds/status"]
@@ -92,8 +92,9 @@ thing. Every rule says why it exists; nothing uses a wildcard.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "deletecollection"]
-# Kubernetes Events on every build and stage transition (core/v1 Events; kopf's own posting is off).
+# Kubernetes Events on every build and stage transition (core/v1 Events; kopf's own posting is off); a
+# repeat of the same Event raises its count (patch) instead of adding an object per retry.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 {{- end }}

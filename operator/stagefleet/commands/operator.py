@@ -130,6 +130,14 @@ def register(subparsers: Any) -> None:
         help="seconds before the first retry of a failed group; doubles per attempt (5)",
     )
     p.add_argument(
+        "--default-ttl-after-finished",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="delete a finished ImageBuild (and so its pods) this long after it finished, unless its "
+        "spec.ttlSecondsAfterFinished says otherwise; 0 keeps finished builds (the default)",
+    )
+    p.add_argument(
         "--node-lost-after",
         type=float,
         default=60.0,
@@ -149,6 +157,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="kopf peering object name for several operator replicas (default: standalone)",
     )
+    # The admin's policy over spec fields (stagefleet.controller.policy): flag > environment variable (the
+    # chart's policy.* values) > safe default.
+    from stagefleet.controller.policy import HELP, SETTINGS
+
+    for name, (flag, var) in SETTINGS.items():
+        metavar = "JSON" if name == "max_stage_resources" else "LIST"
+        p.add_argument(flag, dest=f"policy_{name}", metavar=metavar, help=f"{HELP[name]} (env {var})")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="log format (json)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     p.set_defaults(func=run)
@@ -170,11 +185,13 @@ def worker_flags(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stagefleet.controller.policy import SETTINGS, PolicyError, policy_from
     from stagefleet.controller.workerdefaults import WorkerDefaultsError, worker_defaults
 
     try:
         defaults = worker_defaults(os.environ, worker_flags(args))
-    except WorkerDefaultsError as e:
+        policy = policy_from(os.environ, {name: getattr(args, f"policy_{name}") for name in SETTINGS})
+    except (WorkerDefaultsError, PolicyError) as e:
         print(f"stagefleet operator: {e}", file=sys.stderr)
         return 2
     if args.kubeconfig:
@@ -219,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
             backoff_base=args.retry_backoff,
             early_start=args.early_start,
             node_lost_after=max(0.0, args.node_lost_after),
+            policy=policy,
+            default_ttl_after_finished=max(0, args.default_ttl_after_finished),
         ),
         metrics,
         threads=max(1, args.concurrency),

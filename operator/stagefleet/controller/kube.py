@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets as _random
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,6 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from stagefleet.controller.events import EventCorrelator
 from stagefleet.controller.podspec import API_VERSION, GROUP, KIND, LABEL_UID
 
 log = logging.getLogger("stagefleet.kube")
@@ -145,6 +147,7 @@ class Kube:
         # Untyped on purpose: we pass and receive plain JSON dicts (_preload_content=False), not models.
         self.core: Any = client.CoreV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
+        self.events = EventCorrelator()
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> Kube:
@@ -253,6 +256,18 @@ class Kube:
                 raise
 
     @_retry
+    def delete_imagebuild(self, namespace: str, name: str, uid: str) -> None:
+        """Delete one ImageBuild, only if it still is the object ``uid`` (a new one of the same name is not
+        this build); its pods follow through their owner references and the operator's cleanup."""
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=body,
+                                                        _preload_content=False)
+        except ApiException as e:
+            if e.status not in (404, 409):  # gone already, or replaced by a new object of that name
+                raise
+
+    @_retry
     def delete_configmaps(self, namespace: str, uid: str) -> None:
         try:
             self.core.delete_collection_namespaced_config_map(
@@ -335,39 +350,54 @@ class Kube:
     # --- Events ------------------------------------------------------------------------------------------
 
     def event(self, ib: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the ImageBuild; best effort (a lost event must not fail a reconcile)."""
+        """A Kubernetes Event on the ImageBuild; a repeat within the correlator's window raises the first
+        one's count instead (`events.EventCorrelator`). Best effort: a lost event must not fail a pass."""
         meta = ib.get("metadata") or {}
+        namespace = str(meta.get("namespace"))
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{meta.get('name')}.{_random.token_hex(8)}",
-                "namespace": meta.get("namespace"),
-            },
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": type_,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": "stagefleet-operator"},
-            "reportingComponent": "stagefleet-operator",
-        }
+        message = message[:1024]
+        key = (namespace, str(meta.get("uid")), type_, reason, message)
         try:
-            self._create_event(str(meta.get("namespace")), body)
+            seen = self.events.repeat_of(key, time.monotonic())
+            if seen is not None:
+                try:
+                    self._patch_event(namespace, seen.name, {"count": seen.count, "lastTimestamp": now})
+                    return
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+                    self.events.forget(key)  # expired meanwhile: a new one below
+            name = f"{meta.get('name')}.{_random.token_hex(8)}"
+            body = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": name, "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta.get("name"),
+                    "namespace": namespace,
+                    "uid": meta.get("uid"),
+                    "resourceVersion": meta.get("resourceVersion"),
+                },
+                "reason": reason,
+                "message": message,
+                "type": type_,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+                "source": {"component": "stagefleet-operator"},
+                "reportingComponent": "stagefleet-operator",
+            }
+            self._create_event(namespace, body)
+            self.events.created(key, name, now, time.monotonic())
         except Exception as e:  # noqa: BLE001 (events are advisory)
-            log.warning(
-                "event %s on %s/%s not recorded: %s", reason, meta.get("namespace"), meta.get("name"), e
-            )
+            log.warning("event %s on %s/%s not recorded: %s", reason, namespace, meta.get("name"), e)
+
+    @_retry
+    def _patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.core.patch_namespaced_event(name, namespace, patch, _preload_content=False,
+                                         _content_type="application/merge-patch+json")
 
     @_retry
     def _create_event(self, namespace: str, body: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stagefleet.controller import nodeloss
+from stagefleet.controller import nodeloss, retention
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
 from stagefleet.controller.metrics import Metrics
@@ -34,6 +34,8 @@ from stagefleet.controller.podspec import (
     dockerfile_configmap,
     worker_pod,
 )
+from stagefleet.controller.policy import REASON as POLICY_REASON
+from stagefleet.controller.policy import Policy, violations
 from stagefleet.controller.source import SourceError, resolve
 from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
 
@@ -63,6 +65,11 @@ class OperatorConfig:
     # A worker pod whose node has not been Ready this long, or that is stuck Terminating this long, is lost:
     # force-deleted, its group retried elsewhere (controller.nodeloss; --node-lost-after).
     node_lost_after: float = nodeloss.DEFAULT_GRACE_SECONDS
+    # The admin's limits on what a spec may ask for (builder image, ServiceAccount, tolerations, ...).
+    policy: Policy = field(default_factory=Policy)
+    # Seconds after which a finished ImageBuild without its own spec.ttlSecondsAfterFinished is deleted
+    # (controller.retention); 0 keeps finished builds.
+    default_ttl_after_finished: int = 0
 
 
 def _fields(namespace: str, name: str) -> dict[str, str]:
@@ -257,8 +264,15 @@ class Reconciler:
         status: dict[str, Any] = dict(ib.get("status") or {})
         now = _now()
         current_gen = status.get("observedGeneration") == build.generation
+        ttl = retention.ttl_of(ib.get("spec"), self.config.default_ttl_after_finished)
+        expires = retention.expires_in(status, build.generation, ttl, now)
+        if expires is not None and expires <= 0:
+            log.info("%s/%s finished %s ago: deleted (ttlSecondsAfterFinished %s)", namespace, name,
+                     status.get("completionTime"), ttl, extra=_fields(namespace, name))
+            self.kube.delete_imagebuild(namespace, name, build.uid)
+            return None
         if current_gen and status.get("phase") in st.TERMINAL and "plan" not in status:
-            return None  # ended before planning (bad spec, source, Dockerfile): nothing runs
+            return expires  # ended before planning (bad spec, source, Dockerfile): nothing runs
 
         try:
             spec = parse_spec(ib.get("spec"))
@@ -270,6 +284,11 @@ class Reconciler:
         base = status  # what the API server holds: the base of the next status write
         events: list[st.Event] = []
         if not current_gen or "plan" not in status:
+            refused = violations(spec, self.config.policy, self.config.worker.builder_image)
+            if refused:  # checked before anything is resolved or started on the spec's behalf
+                self._supersede(build, status)
+                self._finish_early(ib, build, status, POLICY_REASON, "; ".join(refused), now)
+                return None
             planned = self._plan(ib, build, spec, status, now)
             if planned.status is None:
                 if planned.base.get("phase") in st.TERMINAL:
@@ -278,7 +297,14 @@ class Reconciler:
             ib, base, status, events = planned.ib, planned.base, planned.status, planned.events
 
         plan = PlanView.from_status(status["plan"])
-        return self._step(ib, build, spec, plan, status, base, events, now)
+        again = self._step(ib, build, spec, plan, status, base, events, now)
+        if expires is not None:
+            return expires if again is None else min(expires, again)
+        if again is None and ttl is not None:
+            # The pass that wrote the terminal status saw it unfinished; our own status writes start no
+            # pass, so look again when the TTL would be up.
+            return float(ttl) + 0.5
+        return again
 
     def _plan(
         self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime

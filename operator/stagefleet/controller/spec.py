@@ -125,6 +125,9 @@ class ImageBuildSpec:
     max_parallel_pods: int
     timeout_seconds: int
     retries: int
+    # Delete the ImageBuild this long after it finished (Succeeded, Failed, Cancelled); None: the operator's
+    # --default-ttl-after-finished, whose 0 keeps it.
+    ttl_seconds_after_finished: int | None = None
 
     @property
     def cache_repository(self) -> str | None:
@@ -397,4 +400,6 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         max_parallel_pods=r.integer("maxParallelPods", DEFAULT_MAX_PARALLEL_PODS, 1, 256),
         timeout_seconds=parse_duration(timeout or "1h"),
         retries=r.integer("retries", DEFAULT_RETRIES, 0, 10),
+        ttl_seconds_after_finished=(None if r.data.get("ttlSecondsAfterFinished") is None
+                                    else r.integer("ttlSecondsAfterFinished", 0, 0, 2**31 - 1)),
     )
