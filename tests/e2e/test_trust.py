@@ -4,14 +4,18 @@ operator recorded (item 4); worker pods the operator did not create are not adop
 from __future__ import annotations
 
 import json
+import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stagefleet.localregistry import LocalRegistry, _commit_and_push
+from tiers import BUILD_NAMESPACE_LABELS
 
 from .conftest import (
+    Cluster,
     Kubectl,
     Operator,
     inline_manifest,
@@ -162,3 +166,43 @@ def test_an_impostor_pod_with_the_builds_labels_is_deleted_and_never_adopted(
     assert manifest_digest(registry.host, "e2e/victim", "latest") == digest
     files = image_files(registry.host, "e2e/victim", digest)
     assert files["/out/one.txt"] == b"built by build1\n" and files["/out/two.txt"] == b"built by build2\n"
+
+
+def test_another_namespace_building_the_same_output_does_not_read_this_ones_cache(
+    cluster: Cluster,
+    kubectl: Kubectl,
+    operator: Operator,
+    registry: LocalRegistry,
+    base_image: str,
+    tmp_path: Path,
+) -> None:
+    """Item 7. Two namespaces build the same output name with the default cache: the second takes no step
+    from the first's cache (it would have, from the shared <output>/cache of before), and each namespace's
+    layers sit in a cache repository of its own."""
+    salt = uuid.uuid4().hex
+    output = {"image": f"{registry.host}/e2e/cross-{salt[:8]}/app:latest"}
+    dockerfile = f"FROM {base_image} AS app\nRUN echo {salt} > /salt && echo built > /built\n"
+    kubectl.apply(inline_manifest("shared", dockerfile, registry.host, output=output))
+    first = wait_terminal(kubectl, operator, "shared")
+    assert first["status"]["phase"] == "Succeeded", first["status"].get("message")
+
+    other_ns = f"{kubectl.namespace[:40]}-b"
+    meta = {"name": other_ns, "labels": BUILD_NAMESPACE_LABELS}
+    Kubectl(cluster, "default").apply({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+    other = Kubectl(cluster, other_ns)
+    op2 = Operator(cluster, other_ns, registry.host, tmp_path / "operator-b.log")
+    op2.start()
+    try:
+        other.apply(inline_manifest("shared", dockerfile, registry.host, output=output))
+        second = wait_terminal(other, op2, "shared")
+    finally:
+        op2.kill()
+        Kubectl(cluster, "default").run("delete", "namespace", other_ns, "--wait=false", check=False)
+    assert second["status"]["phase"] == "Succeeded", second["status"].get("message")
+    app = stage(second, "app")
+    assert app["steps"] >= 1 and app["cachedSteps"] == 0, app
+    repo = output["image"].split("/", 1)[1].rsplit(":", 1)[0]
+    for ns in (kubectl.namespace, other_ns):
+        url = f"http://{registry.host}/v2/{repo}/cache/{ns}/tags/list"
+        tags = json.loads(urllib.request.urlopen(url, timeout=30).read())
+        assert tags.get("tags"), (ns, tags)
