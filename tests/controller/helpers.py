@@ -57,9 +57,11 @@ def result_json(
     ok: bool = True,
     error: dict[str, Any] | None = None,
     cached: int = 0,
+    upstreams: dict[str, str] | None = None,
 ) -> str:
     return json.dumps(
         {
+            **({"upstreams": upstreams} if upstreams else {}),
             "ok": ok,
             "group": group,
             "target": target,
@@ -71,6 +73,43 @@ def result_json(
             "error": error,
         }
     )
+
+
+TOKEN = "stagefleet.io/creation-token"
+
+
+def adopted(status: dict[str, Any], *pods: dict[str, Any]) -> dict[str, Any]:
+    """``status`` with ``pods`` recorded as the operator records the pods it created (their attempt, name
+    and UID on their groups): for tests that bring a later attempt's pod in without the pass that made it."""
+    from stagefleet.controller import trust
+
+    created = {}
+    for p in pods:
+        labels = p["metadata"]["labels"]
+        name = p["metadata"]["name"]
+        created[labels["stagefleet.io/group"]] = (
+            int(labels["stagefleet.io/attempt"]), name, uid_of(name), trust.token_hash("t")
+        )
+    return trust.with_created(status, created)
+
+
+def uid_of(name: str) -> str:
+    """The UID the fake API gives pod ``name`` (and the reconciler records from the create response)."""
+    return f"uid-{name}"
+
+
+def recorded(d: Any) -> Any:
+    """A `Decision` with its status as the reconciler writes it: the UIDs of the pods it created from
+    ``d.create`` (here: those `pod` makes) recorded on their groups (controller.trust)."""
+    from stagefleet.controller import trust
+
+    build = BuildRef(BUILD.name, BUILD.namespace, BUILD.uid, BUILD.generation)
+    created = {}
+    for c in d.create:
+        name = pod_name(build, c.group.id, c.attempt)
+        created[c.group.id] = (c.attempt, name, uid_of(name), trust.token_hash("t"))
+    d.status = trust.with_created(d.status, created)
+    return d
 
 
 def pod(
@@ -86,6 +125,8 @@ def pod(
     finished: str = "2026-01-01T00:01:00Z",
     reason: str | None = None,
     created: str = "2026-01-01T00:00:05Z",
+    annotations: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """A worker pod as the API would return it."""
     build = BuildRef(BUILD.name, BUILD.namespace, BUILD.uid, generation)
@@ -106,10 +147,13 @@ def pod(
         state = {"waiting": {"reason": reason or "ContainerCreating"}}
     meta: dict[str, Any] = {
         "name": pod_name(build, group, attempt),
+        "uid": uid_of(pod_name(build, group, attempt)),
         "namespace": "ns",
         "labels": pod_labels(build, group, attempt),
         "creationTimestamp": created,
     }
+    if annotations or token:
+        meta["annotations"] = {**(annotations or {}), **({TOKEN: token} if token else {})}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:30Z"
     return {
@@ -127,12 +171,15 @@ def decide_pods(
     spec: ImageBuildSpec,
     plan: PlanView = SEED_PLAN,
     missing: dict[str, str] | None = None,
+    record: bool = True,
     **options: Any,
 ) -> Any:
-    """`status.decide` for BUILD on raw pod manifests, observed as the reconciler observes them; ``options``
-    are decide's own keywords (backoff_base, early_start, nodes, ...)."""
+    """`status.decide` for BUILD on raw pod manifests, observed as the reconciler observes them, with the
+    UIDs of the pods it creates recorded as the reconciler records them (`recorded`); ``options`` are
+    decide's own keywords (backoff_base, early_start, nodes, ...)."""
     from stagefleet.controller.status import decide, observe_pod
 
     observed = [o for o in (observe_pod(p) for p in pods) if o is not None]
-    return decide(build=BUILD, spec=spec, plan=plan, status=status, pods=observed,
-                  missing_secrets=missing or {}, now=now, **options)
+    d = decide(build=BUILD, spec=spec, plan=plan, status=status, pods=observed,
+               missing_secrets=missing or {}, now=now, **options)
+    return recorded(d) if record else d

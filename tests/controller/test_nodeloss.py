@@ -29,7 +29,7 @@ from stagefleet.controller.podspec import (
 )
 from stagefleet.controller.status import Decision, StartPod, observe_pod, planned_status
 
-from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, result_json
+from .helpers import BUILD, SEED_PLAN, adopted, decide_pods, make_spec, pod, result_json
 
 T0 = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
 D1, D1B, D2, D3 = ("sha256:" + c * 64 for c in "1a23")
@@ -307,7 +307,7 @@ def test_restarts_do_not_count_against_retries() -> None:
     t = T0 + timedelta(minutes=2)
     ok1 = pod("g1", 2, node="node-2", phase="Succeeded", message=result_json("g1", "build1", D1B))
     ok2 = pod("g2", node="node-2", phase="Succeeded", message=result_json("g2", "build2", D2))
-    d = run(s, [ok1, ok2], now=t, nodes=nodes, spec=spec)
+    d = run(adopted(s, ok1), [ok1, ok2], now=t, nodes=nodes, spec=spec)
     assert [(c.group.id, c.attempt) for c in d.create] == [("g3", 2)]
     failed = pod("g3", 2, node="node-2", phase="Failed", exit_code=14)
     d2 = run(d.status, [ok1, ok2, failed], now=t, nodes=nodes, spec=spec)
@@ -347,7 +347,9 @@ def test_a_waiters_result_waits_until_the_upstream_result_it_consumed_is_accepte
 
 def test_superseded_attempts_still_running_are_stopped() -> None:
     s = running_seed()
-    d = run(s, [pod("g1"), pod("g1", 2), *seed_pods()[1:]], now=T0 + timedelta(seconds=1))
+    # (g1's attempt 2 created, and recorded, by a pass whose stop of attempt 1 was lost)
+    pods = [pod("g1"), pod("g1", 2), *seed_pods()[1:]]
+    d = run(adopted(s, pod("g1", 2)), pods, now=T0 + timedelta(seconds=1))
     assert entry(d.status, "build1")["attempts"] == 2
     # g1's attempt 1 is stopped, and so is the final's pod, which waited for it.
     # (at once replaced by its attempt 2, waiting for g1's attempt 2).

@@ -85,14 +85,36 @@ def test_non_final_group_pushes_to_stages_repo_and_final_to_output() -> None:
     g1 = args_of(build_pod("g1"))
     assert pairs(g1, "--target") == ["build1"] and pairs(g1, "--stage") == ["build1"]
     (push,) = pairs(g1, "--push")
-    assert push.startswith("127.0.0.1:5000/t/app/stages:seed-01234567-1-g1")
+    assert push.startswith("127.0.0.1:5000/t/app/stages/ns:seed-01234567-1-g1")
     final = args_of(
         build_pod("g3", upstream={"build1": ("r/s:g1", DIGEST_1), "build2": ("r/s:g2", DIGEST_2)})
     )
     assert pairs(final, "--push") == ["127.0.0.1:5000/t/app:latest"]
     assert pairs(final, "--upstream") == [f"build1=r/s:g1@{DIGEST_1}", f"build2=r/s:g2@{DIGEST_2}"]
     assert pairs(final, "--insecure-registry") == ["127.0.0.1:5000"]
-    assert pairs(final, "--cache-repo") == ["127.0.0.1:5000/t/app/cache"]
+    assert pairs(final, "--cache-repo") == ["127.0.0.1:5000/t/app/cache/ns"]
+
+
+def test_cache_and_stage_results_are_per_namespace_unless_shared_deliberately() -> None:
+    """Issue #14 item 7: two namespaces building the same output name share no cache repository and no
+    stage-result repository by default (buildah finds cached layers by tag); spec.cache.repository shares
+    a cache on purpose."""
+
+    def args_in(namespace: str, spec: Any) -> list[str]:
+        build = BuildRef(BUILD.name, namespace, BUILD.uid, BUILD.generation)
+        return args_of(
+            worker_pod(build=build, spec=spec, plan=SEED_PLAN, group=SEED_PLAN.group("g1"), attempt=1,
+                       source=INLINE, upstream={}, config=CONFIG, deadline_seconds=600)
+        )
+
+    a, b = args_in("team-a", make_spec()), args_in("team-b", make_spec())
+    assert pairs(a, "--cache-repo") == ["127.0.0.1:5000/t/app/cache/team-a"]
+    assert pairs(b, "--cache-repo") == ["127.0.0.1:5000/t/app/cache/team-b"]
+    assert pairs(a, "--push")[0].startswith("127.0.0.1:5000/t/app/stages/team-a:")
+    assert pairs(b, "--push")[0].startswith("127.0.0.1:5000/t/app/stages/team-b:")
+    shared = make_spec(cache={"repository": "127.0.0.1:5000/shared/cache"})
+    for ns in ("team-a", "team-b"):
+        assert pairs(args_in(ns, shared), "--cache-repo") == ["127.0.0.1:5000/shared/cache"]
 
 
 def test_an_early_pod_waits_for_the_tags_its_upstream_groups_push() -> None:

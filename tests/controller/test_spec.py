@@ -28,8 +28,8 @@ def test_seed_example_parses_with_defaults() -> None:
     assert spec.target == "final"
     assert spec.output.image == "127.0.0.1:5000/stagefleet/seed:latest"
     assert spec.output.refs == ("127.0.0.1:5000/stagefleet/seed:latest",)
-    assert spec.cache_repository == "127.0.0.1:5000/stagefleet/seed/cache"
-    assert spec.stages_repository == "127.0.0.1:5000/stagefleet/seed/stages"
+    assert spec.cache_repository("team-a") == "127.0.0.1:5000/stagefleet/seed/cache/team-a"
+    assert spec.stages_repository("team-a") == "127.0.0.1:5000/stagefleet/seed/stages/team-a"
     assert spec.timeout_seconds == 600
     assert spec.retries == 2 and spec.max_parallel_pods == 4
 

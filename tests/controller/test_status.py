@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stagefleet import health
+from stagefleet.controller import trust
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.status import (
     Decision,
@@ -24,7 +25,7 @@ from stagefleet.controller.status import (
     terminal_status,
 )
 
-from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, result_json
+from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, recorded, result_json
 
 NOW = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -82,12 +83,18 @@ def test_independent_groups_start_together_and_final_waits() -> None:
     assert d2.events == []  # Pending → Running: the kubelet's Started event on the pod says it
 
 
-def test_lost_status_write_adopts_existing_pods() -> None:
-    """The operator created the pods, then died before recording them: adopt, never duplicate."""
-    d = run(start(), [pod("g1", phase="Pending"), pod("g2")])
-    assert d.create == []
+def test_lost_status_write_adopts_the_pods_it_created() -> None:
+    """The operator recorded the pods it was about to create (write-ahead: their creation tokens' hashes),
+    created them, then died before recording their UIDs: it adopts exactly those pods, never duplicates
+    them, and records their UIDs now (controller.trust; impostors: tests/controller/test_trust.py)."""
+    first = decide_pods(start(), [], now=NOW, spec=SPEC, record=False)
+    intent = trust.with_intents(first.status, {"g1": trust.token_hash("t1"), "g2": trust.token_hash("t2")})
+    pods = [pod("g1", phase="Pending", token="t1"), pod("g2", token="t2")]
+    d = run(intent, pods)
+    assert d.create == [] and d.delete == [] and d.events == []
     assert phases(d.status)["build1"] == "Pending" and phases(d.status)["build2"] == "Running"
     assert d.status["stages"][1]["attempts"] == 1
+    assert [e["podUID"] for e in d.status["stages"][:2]] == [p["metadata"]["uid"] for p in pods]
 
 
 def test_final_starts_with_upstream_digests_then_succeeds() -> None:
@@ -395,9 +402,11 @@ def test_an_early_group_retried_while_its_upstream_retries_waits_for_it() -> Non
     assert [(c.group.id, c.attempt, c.waits_for) for c in d2.create] == [("g3", 2, ("build1", "build2"))]
 
 
-def test_a_result_built_from_another_upstream_digest_is_not_accepted() -> None:
-    """A worker that waited by tag may have consumed a push of an upstream attempt whose result was not
-    the one accepted: its own result is then not used, and the group is started again."""
+def test_a_result_built_from_another_upstream_digest_fails_the_group_and_is_retried() -> None:
+    """Issue #14 item 4. A worker that waited by tag pinned whatever the tag named when it looked: a tag
+    overwritten between the upstream's push and that pull gives a result built from other content. It is
+    never accepted: the group fails (an infrastructure failure, counted, Warning) and its retry is given
+    the recorded digest."""
     s = early_started()
     ups = [
         pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1)),
@@ -406,13 +415,23 @@ def test_a_result_built_from_another_upstream_digest_is_not_accepted() -> None:
     s = run(s, [*ups, pod("g3")], early=True).status
     other = "sha256:" + "9" * 64
 
-    def final_with(used: dict[str, str]) -> dict[str, Any]:
-        msg = json.dumps({**json.loads(result_json("g3", "final", D3)), "upstreams": used})
-        return pod("g3", phase="Succeeded", message=msg)
+    def final_with(used: dict[str, str] | None) -> dict[str, Any]:
+        msg = result_json("g3", "final", D3, upstreams=used)
+        waits = {"stagefleet.io/upstream-attempts": "g1=1,g2=1"}  # (what the early pod was created with)
+        return pod("g3", phase="Succeeded", message=msg, annotations=waits)
 
     d = run(s, [*ups, final_with({"build1": D1, "build2": other})], early=True)
-    assert d.status["phase"] == "Building" and "image" not in d.status
-    assert [(c.group.id, c.attempt, dict(c.upstream)) for c in d.create] == [
+    assert d.status["phase"] == "Building" and "image" not in d.status and d.create == []
+    final = d.status["stages"][2]
+    assert final["phase"] == "Retrying" and final["attempts"] == 1 and "restarts" not in final
+    mismatch = f"upstream digest mismatch: consumed build2@{other}, but group g2 recorded {D2}"
+    assert mismatch in final["message"]
+    assert [e.type for e in d.events if e.reason == "GroupRetrying"] == ["Warning"]
+    assert [e for e in d.events if e.reason == "GroupRestarted"] == []
+    # After the backoff the retry is given both upstreams by their recorded digests.
+    bad = final_with({"build1": D1, "build2": other})
+    later = run(d.status, [*ups, bad], now=NOW + timedelta(minutes=1))
+    assert [(c.group.id, c.attempt, dict(c.upstream)) for c in later.create] == [
         (
             "g3",
             2,
@@ -422,12 +441,13 @@ def test_a_result_built_from_another_upstream_digest_is_not_accepted() -> None:
             },
         )
     ]
-    final = d.status["stages"][2]
-    assert final["attempts"] == 2 and final["restarts"] == 1 and final["phase"] == "Pending"
-    restarted = [e.message for e in d.events if e.reason == "GroupRestarted"]
-    assert restarted == [
-        f"group g3 (final): consumed build2@{other}, but group g2 recorded {D2}; pod seed-1-g3-a1 is replaced"
-    ]
+    # A waiter whose result does not name the digests it consumed is not accepted either.
+    d_unreported = run(s, [*ups, final_with(None)], early=True)
+    assert phases(d_unreported.status)["final"] == "Retrying"
+    assert "consumed build1 without reporting its digest" in d_unreported.status["stages"][2]["message"]
+    # With spec.retries used up the build fails; it never succeeds with the other content.
+    no_retry = run(s, [*ups, bad], early=True, spec=make_spec(retries=0))
+    assert no_retry.status["phase"] == "Failed" and "image" not in no_retry.status
     d2 = run(s, [*ups, final_with({"build1": D1, "build2": D2})], early=True)
     assert d2.status["phase"] == "Succeeded" and d2.create == []
     assert [e for e in d2.events if e.reason == "GroupRestarted"] == []
@@ -437,9 +457,14 @@ def test_the_build_succeeds_only_once_every_group_result_is_seen() -> None:
     """An early final pod may finish before the operator sees its upstream's result (a late watch event)."""
     s = early_started()
     g1 = pod("g1", phase="Succeeded", message=result_json("g1", "build1", D1))
-    g3 = pod("g3", phase="Succeeded", message=result_json("g3", "final", D3))
+    g3 = pod(
+        "g3",
+        phase="Succeeded",
+        message=result_json("g3", "final", D3, upstreams={"build1": D1, "build2": D2}),
+    )
     d = run(s, [g1, pod("g2"), g3], early=True)
-    assert d.status["phase"] == "Building" and phases(d.status)["final"] == "Succeeded"
+    # (its result names build2's digest, not recorded yet: held until it is)
+    assert d.status["phase"] == "Building" and phases(d.status)["final"] == "Running"
     assert "BuildSucceeded" not in [e.reason for e in d.events]
     d2 = run(d.status, [g1, pod("g2", phase="Succeeded", message=result_json("g2", "build2", D2)), g3])
     assert d2.status["phase"] == "Succeeded" and set(phases(d2.status).values()) == {"Succeeded"}
@@ -508,16 +533,18 @@ def test_random_histories_keep_invariants(
 
     def step() -> Decision:
         obs = [o for o in (observe_pod(p) for p in pods.values()) if o is not None]
-        d = decide(
-            build=BUILD,
-            spec=spec,
-            plan=plan,
-            status=status,
-            pods=obs,
-            missing_secrets={},
-            now=now,
-            backoff_base=10,
-            early_start=early,
+        d = recorded(
+            decide(
+                build=BUILD,
+                spec=spec,
+                plan=plan,
+                status=status,
+                pods=obs,
+                missing_secrets={},
+                now=now,
+                backoff_base=10,
+                early_start=early,
+            )
         )
         done = {s["group"] for s in d.status["stages"] if s["phase"] == "Succeeded"}
         building = done | {s["group"] for s in d.status["stages"] if s["phase"] == "Running"}
@@ -544,9 +571,15 @@ def test_random_histories_keep_invariants(
         assert health.convention_problems(obj(d.status)) == []
         return d
 
+    consumes = {g.id: g.consumes for g in plan.groups}
+
     def finish(name: str, gid: str, attempt: int) -> None:
+        used = {stage: digests[pg] for stage, pg in consumes[gid]}  # (the workers report what they took)
         pods[name] = pod(
-            gid, attempt, phase="Succeeded", message=result_json(gid, targets[gid], digests[gid])
+            gid,
+            attempt,
+            phase="Succeeded",
+            message=result_json(gid, targets[gid], digests[gid], upstreams=used),
         )
 
     for gid, outcome in steps:
@@ -639,8 +672,10 @@ def test_multi_stage_group_keeps_its_target_digest_across_passes() -> None:
 
     def step(status: dict[str, Any], pods: list[dict[str, Any]]) -> Decision:
         obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
-        return decide(
-            build=BUILD, spec=SPEC, plan=CHAIN_PLAN, status=status, pods=obs, missing_secrets={}, now=NOW
+        return recorded(
+            decide(
+                build=BUILD, spec=SPEC, plan=CHAIN_PLAN, status=status, pods=obs, missing_secrets={}, now=NOW
+            )
         )
 
     s = planned_status(generation=1, plan=CHAIN_PLAN, source={}, old={}, now=NOW)

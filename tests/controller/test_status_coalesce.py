@@ -8,7 +8,7 @@ from typing import Any
 
 from stagefleet.controller.status import decide, observe_pod, planned_status, urgent_change
 
-from .helpers import BUILD, SEED_PLAN, make_spec, pod, result_json
+from .helpers import BUILD, SEED_PLAN, make_spec, pod, recorded, result_json
 
 NOW = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -18,7 +18,7 @@ SPEC = make_spec()
 def step(status: dict[str, Any], pods: list[dict[str, Any]], now: datetime = NOW) -> dict[str, Any]:
     obs = [o for o in (observe_pod(p) for p in pods) if o is not None]
     d = decide(build=BUILD, spec=SPEC, plan=SEED_PLAN, status=status, pods=obs, missing_secrets={}, now=now)
-    return d.status
+    return dict(recorded(d).status)
 
 
 def ok(group: str, target: str, digest: str) -> dict[str, Any]:

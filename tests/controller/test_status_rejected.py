@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 from stagefleet import health
+from stagefleet.controller import trust
 from stagefleet.controller.model import PlanView
 from stagefleet.controller.status import (
     REJECTED,
@@ -170,9 +171,16 @@ def test_once_the_pods_are_created_the_build_resumes_and_is_no_longer_stalled() 
 
 
 def test_a_pod_found_for_a_refused_group_is_adopted() -> None:
-    """A pass created the pod (the cause was fixed) but its status write was lost: the mark goes."""
+    """A pass recorded the pods it was about to create (write-ahead: their creation tokens' hashes),
+    created them (the cause was fixed), but the status write after that was lost: the pods carrying
+    those tokens are adopted and the mark goes (controller.trust)."""
     _, d = refused_everything()
-    adopted = run(d.status, [pod("g1", phase="Pending"), pod("g2", phase="Pending")])
+    later = NOW + timedelta(seconds=5)
+    due = decide_pods(d.status, [], now=later, spec=SPEC, backoff_base=BASE, record=False)
+    intent = trust.with_intents(due.status, {"g1": trust.token_hash("t1"), "g2": trust.token_hash("t2")})
+    pods = [pod("g1", phase="Pending", token="t1"), pod("g2", phase="Pending", token="t2")]
+    adopted = run(intent, pods, now=later)
+    assert entry(adopted.status, "build1")["podUID"] == pods[0]["metadata"]["uid"]
     assert adopted.create == [] and adopted.status["phase"] == "Building"
     assert "rejections" not in entry(adopted.status, "build1")
     assert cond(adopted.status, "Stalled")["status"] == "False"

@@ -84,6 +84,18 @@ def test_parse_args_usage_errors(argv: list[str], fragment: str) -> None:
     assert fragment in str(e.value)
 
 
+def test_an_upstream_given_with_tag_and_digest_is_consumed_by_digest_alone() -> None:
+    """Issue #14 item 4: the operator passes REPO:TAG@DIGEST; the build context names REPO@DIGEST only, so
+    the tag (overwritable after the upstream's push) never decides what is built."""
+    ups = (Upstream("build1", f"127.0.0.1:5000/t/app/stages/ns:seed-1-g1-a1@{DIGEST}"),
+           Upstream("build2", f"r/s@{DIGEST}"))
+    argv = build_argv(StepSpec(target="final", push=("r/x:1",), upstreams=ups), context_dir=Path("/c"),
+                      dockerfile=Path("/c/D"), iidfile=Path("/i"), ssh_sockets={})
+    contexts = [argv[i + 1] for i, a in enumerate(argv) if a == "--build-context"]
+    assert contexts == [f"build1=docker-image://127.0.0.1:5000/t/app/stages/ns@{DIGEST}",
+                        f"build2=docker-image://r/s@{DIGEST}"]
+
+
 def test_build_argv_is_exact() -> None:
     spec = StepSpec(target="final", push=("r/x:1",), upstreams=(Upstream("build1", f"r/s@{DIGEST}"),),
                     secrets=(SecretFile("tok", Path("/s/tok")),), ssh=(SshKey("default", Path("/k")),),

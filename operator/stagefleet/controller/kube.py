@@ -174,9 +174,9 @@ class Kube:
             raise
 
     @_retry
-    def _patch_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+    def _patch_status(self, namespace: str, name: str, body: dict[str, Any]) -> str | None:
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            resp = self.custom.patch_namespaced_custom_object_status(
                 GROUP,
                 VERSION,
                 namespace,
@@ -190,14 +190,18 @@ class Kube:
             if e.status == 409:
                 raise Conflict(f"imagebuild {namespace}/{name} changed") from e
             if e.status == 404:
-                return  # deleted meanwhile: nothing to report on
+                return None  # deleted meanwhile: nothing to report on
             raise
+        version = (_json(resp).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version else None
 
-    def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> str | bool:
         """Replace the status as a JSON merge patch guarded by the resourceVersion that was read.
 
         Keys that disappear are sent as null (a merge patch otherwise keeps them). Returns False when the
-        status is unchanged (no write at all, so idle reconciles cost reads only).
+        status is unchanged (no write at all, so idle reconciles cost reads only), else the ImageBuild's new
+        resourceVersion (True when the answer did not name it): a second write in the same pass (the
+        reconciler's write-ahead of a pod's creation token) is guarded by it.
         """
         old = ib.get("status") or {}
         if dict(old) == dict(new):
@@ -205,8 +209,7 @@ class Kube:
         patch = merge_patch(old, new)
         meta = ib.get("metadata") or {}
         body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch}
-        self._patch_status(meta["namespace"], meta["name"], body)
-        return True
+        return self._patch_status(meta["namespace"], meta["name"], body) or True
 
     # --- Worker pods and their inputs --------------------------------------------------------------------
 

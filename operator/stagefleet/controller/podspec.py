@@ -132,7 +132,7 @@ def stage_result_ref(spec: ImageBuildSpec, build: BuildRef, group_id: str, attem
     attempt: a lost attempt whose containers still run can push only to its own tag, never over the
     result of the attempt that replaced it (nor into a pod waiting for that one)."""
     tag = f"{dns_label(build.name)[:60]}-{build.uid[:8]}-{build.generation}-{dns_label(group_id)}-a{attempt}"
-    return f"{spec.stages_repository}:{tag}"
+    return f"{spec.stages_repository(build.namespace)}:{tag}"
 
 
 def push_refs(
@@ -283,7 +283,7 @@ def worker_pod(
     for k in sorted(spec.build_args):
         args += ["--build-arg", f"{k}={spec.build_args[k]}"]
 
-    cache_repo = spec.cache_repository
+    cache_repo = spec.cache_repository(build.namespace)
     if cache_repo is None:
         args.append("--no-cache")
     elif spec.cache.mode == "max" or group.id == plan.final_group:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stagefleet.controller import nodeloss, retention
+from stagefleet.controller import nodeloss, retention, trust
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
 from stagefleet.controller.metrics import Metrics
@@ -473,15 +473,32 @@ class Reconciler:
         # decided again: those groups wait, the build is Stalled, and a freed slot may go to another group.
         tried: set[str] = set()
         started_events: list[st.Event] = []  # of retries created in a round before the last decide's
+        recorded: dict[str, tuple[int, str, str, str]] = {}  # group → (attempt, pod, uid, token hash)
         while todo := [sp for sp in d.create if sp.group.id not in tried]:
             tried.update(sp.group.id for sp in todo)
-            created, rejected = self._start(build, spec, plan, status, todo, now)
+            # Write-ahead (controller.trust): the hash of each new pod's creation token is in status before
+            # the pod exists, so that a restart between the create and the UID's write can tell the pod
+            # it created from one someone else put there under that name.
+            tokens = {sp.group.id: trust.new_token() for sp in todo}
+            hashes = {gid: trust.token_hash(t) for gid, t in tokens.items()}
+            intent = trust.with_intents(trust.with_created(d.status, recorded), hashes)
+            if self._write(ib, base, intent):
+                base = intent
+            created, rejected = self._start(build, spec, plan, status, todo, now, tokens)
+            for sp, p in created:
+                meta = p.get("metadata") or {}
+                name, uid = str(meta.get("name")), str(meta.get("uid"))
+                recorded[sp.group.id] = (sp.attempt, name, uid, hashes[sp.group.id])
             if not rejected:
                 break
-            status = st.note_rejections(status, rejected, now, self.config.backoff_base)
+            status = trust.with_created(
+                st.note_rejections(status, rejected, now, self.config.backoff_base), recorded
+            )
             pods = [*pods, *(o for o in (st.observe_pod(p) for _, p in created) if o)]
             started_events += [e for e in (st.started_event(s) for s, _ in created) if e]
             d = decide()
+        if recorded:
+            d.status = trust.with_created(d.status, recorded)
         events = [*events, *started_events]
         for name in d.delete:
             self.kube.delete_pod(build.namespace, name)
@@ -543,9 +560,11 @@ class Reconciler:
         status: Mapping[str, Any],
         starts: list[st.StartPod],
         now: datetime,
+        tokens: Mapping[str, str],
     ) -> tuple[list[tuple[st.StartPod, dict[str, Any]]], dict[str, str]]:
-        """Create the pods of ``starts``: (the pods created, each with its StartPod; group id → why the API
-        refused its pod, `st.rejection_text`). A pod that already exists is in neither."""
+        """Create the pods of ``starts``, each with its group's creation token from ``tokens``: (the pods
+        created, each with its StartPod; group id → why the API refused its pod, `st.rejection_text`). A pod
+        that already exists is in neither (not ours: the next pass judges it, `trust`)."""
         source_status = status.get("source") or {}
         git = source_status.get("git") or {}
         created_pods: list[tuple[st.StartPod, dict[str, Any]]] = []
@@ -581,6 +600,7 @@ class Reconciler:
                 deadline_seconds=max(remaining, 1),
                 upstream_attempts=start.upstream_attempts,
             )
+            pod = trust.stamp(pod, tokens[start.group.id])
             try:
                 created = self.kube.create(pod)
             except Refused as e:
@@ -630,6 +650,8 @@ class Reconciler:
         base = dict(ib)
         base["status"] = dict(old)
         written = self.kube.write_status(base, new)
+        if isinstance(written, str) and written:
+            ib["metadata"]["resourceVersion"] = written  # (guards a second write in the same pass)
         if written:
             meta = ib["metadata"]
             self.metrics.record(f"{meta['namespace']}/{meta['name']}", old, new)
@@ -647,7 +669,7 @@ class Reconciler:
                         "generation": new.get("observedGeneration"),
                     },
                 )
-        return written
+        return bool(written)
 
     def _event(self, ib: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.kube.event(ib, type_, reason, message)

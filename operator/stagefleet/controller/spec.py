@@ -129,16 +129,20 @@ class ImageBuildSpec:
     # --default-ttl-after-finished, whose 0 keeps it.
     ttl_seconds_after_finished: int | None = None
 
-    @property
-    def cache_repository(self) -> str | None:
+    def cache_repository(self, namespace: str) -> str | None:
+        """The layer cache of a build in ``namespace``: spec.cache.repository when set (sharing it is then
+        a deliberate choice), else OUTPUT-REPOSITORY/cache/NAMESPACE. buildah's --cache-from finds layers
+        by tag (a hash of the step), so a cache repository written by another team is a way into this
+        team's images: by default only builds of one namespace share one."""
         if self.cache.disabled:
             return None
-        return self.cache.repository or f"{self.output.repository}/cache"
+        return self.cache.repository or f"{self.output.repository}/cache/{namespace}"
 
-    @property
-    def stages_repository(self) -> str:
-        """Where intermediate group results are pushed, by digest, for downstream groups."""
-        return f"{self.output.repository}/stages"
+    def stages_repository(self, namespace: str) -> str:
+        """Where intermediate group results of a build in ``namespace`` are pushed for downstream groups:
+        OUTPUT-REPOSITORY/stages/NAMESPACE, so that a registry can scope push rights per namespace and no
+        other namespace's build pushes a tag under it (consumers check the digest anyway)."""
+        return f"{self.output.repository}/stages/{namespace}"
 
     def resources_for(self, stages: tuple[str, ...]) -> Resources:
         """A group's resources: the override of its target stage, else of any of its stages, else default."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stagefleet.controller import nodeloss
+from stagefleet.controller import nodeloss, trust
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.nodeloss import NodeReadiness
 from stagefleet.controller.podspec import (
@@ -174,6 +174,8 @@ class PodObservation:
     deletion_timestamp: str | None = None
     # Started early: upstream group id → the attempt whose result tag its worker waits for.
     waits: Mapping[str, int] = field(default_factory=dict)
+    uid: str | None = None
+    token: str | None = None  # its creation token (`trust`)
 
     @property
     def terminated(self) -> bool:
@@ -232,6 +234,8 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
         created=_str(meta.get("creationTimestamp")),
         deletion_timestamp=_str(meta.get("deletionTimestamp")),
         waits=parse_attempts(_str((meta.get("annotations") or {}).get(ANNOTATION_UPSTREAM_ATTEMPTS))),
+        uid=_str(meta.get("uid")),
+        token=_str((meta.get("annotations") or {}).get(trust.ANNOTATION_TOKEN)),
     )
 
 
@@ -316,6 +320,10 @@ class GroupState:
     # Attempts ended by a restart, not a failure (a waiter whose upstream attempt was superseded): they do
     # not count against spec.retries.
     restarts: int = 0
+    # The current attempt's pod as the operator recorded it (`trust`): its UID once created, and before
+    # that the hash of the token its create carries.
+    pod_uid: str | None = None
+    pod_token: str | None = None
 
     @classmethod
     def from_entry(cls, e: Mapping[str, Any]) -> GroupState:
@@ -334,6 +342,8 @@ class GroupState:
             steps=_int(e.get("groupSteps")),
             rejections=_int(e.get("rejections")) or 0,
             restarts=_int(e.get("restarts")) or 0,
+            pod_uid=_str(e.get("podUID")),
+            pod_token=_str(e.get("podToken")),
         )
 
 
@@ -438,6 +448,8 @@ def _stage_entries(
                 "groupSteps": gs.steps,
                 "rejections": rejected or None,
                 "restarts": gs.restarts or None,
+                "podUID": gs.pod_uid,
+                "podToken": gs.pod_token,
             }
             if gs.phase == S_SUCCEEDED and name == g.target:
                 optional["digest"] = gs.digest
@@ -672,6 +684,7 @@ def decide(
                 for n in g.stages
                 if n in old_entries and "duration" in old_entries[n]
             }
+    current = _trusted_pods(states, current, delete, events)
     by_group: dict[str, list[PodObservation]] = {}
     for p in current:
         by_group.setdefault(p.group, []).append(p)
@@ -693,6 +706,16 @@ def decide(
             if gs.phase == S_FAILED and gs.failure is None:
                 gs.failure = {"group": g.id, "message": gs.message or ""}
             continue
+        if (
+            gs.phase in S_ACTIVE
+            and gs.attempts > 0
+            and gs.pod_uid is None
+            and (latest is None or latest.attempt < gs.attempts)
+        ):
+            # Its pod was never created (the operator stopped after recording the attempt, or the create
+            # met a pod of that name it did not make): the attempt is started again, not counted as used.
+            gs.attempts -= 1
+            gs.phase, gs.pod, gs.pod_token, gs.node, gs.start = S_WAITING, None, None, None, None
         # Restarted (its pod waited for a superseded upstream attempt): that pod is being removed and no
         # longer speaks for the group; the next pod is the next attempt.
         restarting = gs.phase == S_WAITING and gs.attempts > 0
@@ -746,6 +769,12 @@ def decide(
                 verdict, why = _consumed_check(g, latest, r, states)
                 if verdict == "restart":
                     _restart(g, gs, latest, why, delete, events)
+                elif verdict == "mismatch":
+                    # Built from other content than the recorded upstream result: an infrastructure failure
+                    # (counted, retried with the recorded digests), never an accepted result.
+                    gs.completion = latest.finished or fmt_time(now)
+                    failed_at = parse_time(latest.finished) or now
+                    _fail_or_retry(g, gs, None, False, why, failed_at, spec, backoff_base)
                 elif verdict == "hold":
                     gs.phase, gs.message = S_RUNNING, why
                 else:
@@ -816,6 +845,7 @@ def decide(
                 before = gs.phase
                 gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
                 gs.start, gs.completion, gs.node = None, None, None
+                gs.pod_uid, gs.pod_token = None, None  # (the reconciler records them around the create)
                 create.append(StartPod(g, gs.attempts, upstream, waited, restart))
                 gs.pod = pod_name(build, g.id, gs.attempts)
                 started = started_event(create[-1])
@@ -972,6 +1002,42 @@ def started_event(start: StartPod) -> Event | None:
     )
 
 
+def _trusted_pods(
+    states: Mapping[str, GroupState],
+    pods: Sequence[PodObservation],
+    delete: list[str],
+    events: list[Event],
+) -> list[PodObservation]:
+    """The pods of this generation that may speak for their groups (`trust`); the others are deleted,
+    each with a Warning event.
+
+    A pod of the group's current attempt (or a later one) is trusted when its UID is the one recorded for
+    the group, or — no UID recorded yet: the operator stopped between creating it and recording it — when
+    it has the recorded pod name and a creation token that hashes to the recorded ``podToken``; its UID is
+    then recorded. Pods of earlier attempts are not judged: their results are never read (a running one
+    is stopped as before).
+    """
+    out: list[PodObservation] = []
+    for p in pods:
+        gs = states.get(p.group)
+        if gs is not None and p.attempt < gs.attempts:
+            out.append(p)
+            continue
+        if gs is not None and p.attempt == gs.attempts:
+            if gs.pod_uid is not None and p.uid == gs.pod_uid:
+                out.append(p)
+                continue
+            if gs.pod_uid is None and p.name == gs.pod and trust.matches(p.token, gs.pod_token):
+                gs.pod_uid = p.uid
+                out.append(p)
+                continue
+        if not p.deleting:
+            delete.append(p.name)
+            message = trust.untrusted_message(p.name, p.group, p.attempt)
+            events.append(Event("Warning", trust.UNTRUSTED, message))
+    return out
+
+
 def _superseded_waits(pod: PodObservation, states: Mapping[str, GroupState]) -> str | None:
     """Why a pod started early waits in vain, or None: an upstream attempt it waits for is no longer its
     group's (retried, or restarted itself), so its tag is never pushed — or pushed by a lost attempt whose
@@ -991,20 +1057,33 @@ def _consumed_check(
     g: GroupPlan, pod: PodObservation, r: WorkerResult, states: Mapping[str, GroupState]
 ) -> tuple[str, str]:
     """Whether a group's successful result may be accepted ("ok"), must wait until an upstream result it
-    consumed is accepted itself ("hold"), or was built from an upstream attempt that was superseded
-    ("restart"), each with why. Only a pod started early can be anything but "ok": it took an upstream
-    result by tag (`_superseded_waits`), before the operator had accepted it."""
+    consumed is accepted itself ("hold"), was built from an upstream attempt that was superseded
+    ("restart"), or from other content than the upstream result the operator recorded ("mismatch"), each
+    with why.
+
+    The rule: a group's result is accepted only when every upstream it consumed is exactly the digest
+    recorded in status for that upstream group. A pod started after its upstream succeeded is given that
+    digest (``--upstream REPO@DIGEST``) and builds from it. A pod started early waited for the upstream's
+    tag and pinned whatever digest the tag named when it looked; its worker result names that digest
+    (``upstreams``), and it must equal the recorded one: a tag overwritten between the upstream's push and
+    the pull (by anyone who can push to the stage repository) makes the result a "mismatch", an
+    infrastructure failure that is retried against the recorded digest — never a Succeeded group built
+    from other content. A result that does not say what it consumed by tag is not accepted either."""
     hold = ""
     for stage, pg in g.consumes:
         ps = states[pg]
         used = r.upstreams.get(stage)
         waited = pod.waits.get(pg)
         if ps.phase == S_SUCCEEDED:
-            if used and ps.digest and used != ps.digest:
-                return "restart", f"consumed {stage}@{used}, but group {pg} recorded {ps.digest}"
-            if not used and waited is not None and waited != ps.attempts:
+            if waited is not None and waited != ps.attempts:
                 why = f"waited for group {pg} attempt {waited}, but attempt {ps.attempts} succeeded"
                 return "restart", why
+            if (used or waited is not None) and used != ps.digest:
+                took = f"{stage}@{used}" if used else f"{stage} without reporting its digest"
+                return "mismatch", (
+                    f"upstream digest mismatch: consumed {took}, but group {pg} recorded {ps.digest} "
+                    "(its result tag was overwritten between push and pull?)"
+                )
         elif used or waited is not None:
             if waited is not None and (ps.attempts != waited or ps.phase not in S_ACTIVE):
                 return "restart", f"consumed the result of group {pg} attempt {waited}, which was superseded"

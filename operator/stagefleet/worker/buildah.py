@@ -25,7 +25,7 @@ def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: 
     for key, value in spec.build_args:
         argv += ["--build-arg", f"{key}={value}"]
     for up in spec.upstreams:
-        argv += ["--build-context", f"{names.get(up.stage, up.stage)}=docker-image://{up.ref}"]
+        argv += ["--build-context", f"{names.get(up.stage, up.stage)}=docker-image://{by_digest(up.ref)}"]
     for secret in spec.secrets:
         argv += ["--secret", f"id={secret.id},src={secret.src}"]
     for sid, sock in sorted(ssh_sockets.items()):
@@ -38,6 +38,16 @@ def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: 
             argv += ["--cache-from", spec.cache_repo]
     argv.append(str(context_dir))
     return argv
+
+
+def by_digest(ref: str) -> str:
+    """`REPO:TAG@sha256:HEX` → `REPO@sha256:HEX`: an upstream is consumed by its digest alone, so what the
+    tag names now (overwritten since the upstream pushed, say) never enters the build."""
+    name, _, digest = ref.rpartition("@")
+    if not name:
+        return ref
+    slash, colon = name.rfind("/"), name.rfind(":")
+    return f"{name[:colon] if colon > slash else name}@{digest}"
 
 
 def push_argv(image_id: str, ref: str, digestfile: Path) -> list[str]:
