@@ -250,3 +250,37 @@ def test_private_git_over_ssh_with_a_deploy_key_secret(
     private_key = key.read_text().strip().splitlines()[1]
     assert private_key not in operator.log.read_text(errors="replace")
     assert private_key not in json.dumps(kubectl.ib("private"))
+
+
+def test_symlink_out_of_the_repository_fails_without_leaking_its_target(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, git_daemon: tuple[Path, str]
+) -> None:
+    """Issue #14: a repository whose Dockerfile is a symlink to /etc/passwd: Failed, naming the path; the
+    operator never reads the file, so nothing of it reaches the status or the events."""
+    served, url = git_daemon
+    repo = served / "evil"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "Dockerfile").symlink_to("/etc/passwd")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "evil")
+    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    _git(repo, "config", "uploadpack.allowFilter", "true")
+    kubectl.apply(
+        {
+            "apiVersion": "stagefleet.io/v1alpha1",
+            "kind": "ImageBuild",
+            "metadata": {"name": "evil"},
+            "spec": {
+                "source": {"git": {"url": f"{url}/evil", "revision": "main"}, "contextDir": "app"},
+                "output": {"image": f"{registry.host}/e2e/evil:1"},
+            },
+        }
+    )
+    obj = wait_terminal(kubectl, operator, "evil")
+    status = obj["status"]
+    assert status["phase"] == "Failed", status
+    assert "app/Dockerfile" in status["message"] and "symlink" in status["message"], status["message"]
+    everything = json.dumps(obj) + kubectl.run("get", "events", "-o", "json").stdout
+    assert "root:x:0:0" not in everything and "root:x:0:0" not in operator.log.read_text(errors="replace")
+    assert kubectl.pods("evil") == []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stagefleet.controller.spec import ImageBuildSpec
+from stagefleet.ctxpath import OutsideError, inside
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _CRED_RE = re.compile(r"(://)[^/@\s]+@")
@@ -114,7 +115,17 @@ def fetch_file(
     except SourceError as e:
         raise SourceError(f"{e} (fetching commit {commit[:12]} of {redact(url)})") from e
     _git(["checkout", "-q", "FETCH_HEAD"], cwd=repo, env=env, timeout=timeout)
-    target = repo / path
+    # A symlink in the repository (Dockerfile -> /etc/passwd, app -> ../..) must not make the operator read
+    # its own files: the resolved path must stay in the checkout, and the message never quotes the target.
+    for _ in range(8):  # a symlink to another file of the repository: check that one out too
+        try:
+            target = inside(repo, path, f"{path} (spec.source.contextDir + spec.dockerfile)")
+        except OutsideError as e:
+            raise SourceError(f"{e} in {redact(url)} at commit {commit[:12]}") from None
+        if target.exists() or not (repo / path).is_symlink():
+            break
+        wanted = target.relative_to(repo.resolve()).as_posix()
+        _git(["sparse-checkout", "add", f"/{wanted}"], cwd=repo, env=env, timeout=timeout)
     if not target.is_file():
         raise SourceError(f"{path} not found in {redact(url)} at commit {commit[:12]}")
     return target.read_text(encoding="utf-8", errors="replace")

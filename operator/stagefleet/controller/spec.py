@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stagefleet.ctxpath import lexical_problem, normalise
+
 DEFAULT_BUILDER_IMAGE = "ghcr.io/stagefleet/builder:0.1.0"
 DEFAULT_TIMEOUT_SECONDS = 3600
 DEFAULT_RETRIES = 2
@@ -320,7 +322,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         inline = src.obj("inline").req("dockerfile", max_len=262144)
     raw_context_dir = src.text("contextDir", "") or ""
     context_dir = raw_context_dir.strip("/")
-    if any(part in ("..", ".") or part.startswith(".") for part in context_dir.split("/") if part):
+    parts = [part for part in context_dir.split("/") if part]
+    if "\0" in context_dir or any(part in ("..", ".") or part.startswith(".") for part in parts):
         raise SpecError("spec.source.contextDir", f"{context_dir!r} must be a plain relative path")
     if inline is not None and raw_context_dir:
         raise SpecError(
@@ -375,13 +378,20 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
             raise SpecError(tr.path, "a toleration with operator Exists must not have a value")
         tolerations.append(dict(tr.data))
 
+    dockerfile = r.text("dockerfile", "Dockerfile", max_len=1024) or "Dockerfile"
+    problem = lexical_problem(dockerfile)
+    if problem:
+        raise SpecError("spec.dockerfile", f"{dockerfile!r} {problem}")
+    if not normalise(dockerfile):
+        raise SpecError("spec.dockerfile", f"{dockerfile!r} names no file")
+
     timeout = r.text("timeout", "1h")
     if timeout == "":
         raise SpecError("spec.timeout", "must not be empty (e.g. 30m)")
 
     return ImageBuildSpec(
         source=Source(git, inline, context_dir),
-        dockerfile=r.text("dockerfile", "Dockerfile", max_len=1024) or "Dockerfile",
+        dockerfile=normalise(dockerfile),
         target=r.text("target", None, pattern=_ID_RE, max_len=128) or None,
         build_args=build_args,
         output=Output(repository, tag, tuple(tags), push_secret),

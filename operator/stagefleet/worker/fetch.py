@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stagefleet.ctxpath import OutsideError, inside
 from stagefleet.worker.spec import StepSpec
 
 
@@ -98,10 +99,19 @@ def fetch_context(spec: StepSpec, workdir: Path) -> Context:
     else:  # an inline Dockerfile alone builds from an empty context
         base = workdir / "context"
         base.mkdir(parents=True, exist_ok=True)
-    directory = base / spec.context_dir if spec.context_dir else base
-    if not directory.is_dir():
-        raise FetchError(f"context sub-directory {spec.context_dir!r} not found")
-    dockerfile = spec.inline_dockerfile or directory / spec.dockerfile
+    # Both paths are checked with symlinks resolved: a repository may hold `Dockerfile -> /etc/passwd` or
+    # `app -> /`, and buildah would read the target. Messages name the path, never what it points to.
+    try:
+        directory = inside(base, spec.context_dir or "", f"context directory {spec.context_dir!r}")
+        if not directory.is_dir():
+            raise FetchError(f"context sub-directory {spec.context_dir!r} not found")
+        if spec.inline_dockerfile is not None:
+            dockerfile = spec.inline_dockerfile
+        else:  # relative to the context directory, and like it inside the fetched source
+            dockerfile = inside(base, f"{spec.context_dir or '.'}/{spec.dockerfile}",
+                                f"Dockerfile {spec.dockerfile!r}")
+    except OutsideError as e:
+        raise FetchError(str(e)) from None
     if not dockerfile.is_file():
         raise FetchError(f"{spec.dockerfile} not found in the context")
     return Context(directory, dockerfile)
