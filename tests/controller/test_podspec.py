@@ -155,17 +155,49 @@ def test_inline_dockerfile_via_configmap_and_git_via_args() -> None:
     cm = dockerfile_configmap(BUILD, "FROM x\n")
     assert cm["data"] == {"Dockerfile": "FROM x\n"} and cm["metadata"]["name"] == "seed-1-dockerfile"
 
+    url = "ssh://git@g.example/repo"
     spec = make_spec(
-        source={"git": {"url": "file:///repo", "secretRef": {"name": "deploy-key"}}, "contextDir": "app"},
+        source={"git": {"url": url, "secretRef": {"name": "deploy-key"}}, "contextDir": "app"},
         dockerfile="build/Dockerfile",
     )
-    gpod = build_pod("g2", spec=spec, source=ResolvedSource(git_url="file:///repo", git_revision="a" * 40))
+    gpod = build_pod("g2", spec=spec, source=ResolvedSource(git_url=url, git_revision="a" * 40))
     args = args_of(gpod)
-    assert pairs(args, "--git-url") == ["file:///repo"] and pairs(args, "--git-revision") == ["a" * 40]
+    assert pairs(args, "--git-url") == [url] and pairs(args, "--git-revision") == ["a" * 40]
     assert pairs(args, "--context-dir") == ["app"] and pairs(args, "--dockerfile") == ["build/Dockerfile"]
     assert pairs(args, "--git-ssh-key") == ["/run/stagefleet/git/key"]
+    assert pairs(args, "--git-known-hosts") == ["/run/stagefleet/git/known_hosts"]
+    assert "--git-insecure-ignore-host-key" not in args
     assert secret_names_in_pod(gpod) == ["deploy-key"]
+    (auth,) = [v for v in gpod["spec"]["volumes"] if v["name"] == "git-auth"]
+    assert auth["secret"]["items"] == [
+        {"key": "ssh-privatekey", "path": "key"},
+        {"key": "known_hosts", "path": "known_hosts"},
+    ]
     assert not any("configMap" in v for v in gpod["spec"]["volumes"])
+
+
+def test_git_credentials_reach_the_worker_as_files_only() -> None:
+    """Issue #14 item 5: https credentials are Secret files read by a credential helper, ssh host keys
+    come from the Secret's known_hosts unless deliberately ignored; nothing secret is an argument."""
+    url = "https://git.example/team/repo.git"
+    spec = make_spec(source={"git": {"url": url, "secretRef": {"name": "git-creds"}}})
+    pod = build_pod("g1", spec=spec, source=ResolvedSource(git_url=url, git_revision="b" * 40))
+    args = args_of(pod)
+    assert pairs(args, "--git-password-file") == ["/run/stagefleet/git/password"]
+    assert pairs(args, "--git-username-file") == ["/run/stagefleet/git-user/username"]
+    assert "--git-ssh-key" not in args and "--git-known-hosts" not in args
+    vols = {v["name"]: v["secret"] for v in pod["spec"]["volumes"] if "secret" in v}
+    assert vols["git-auth"]["items"] == [{"key": "password", "path": "password"}]
+    assert vols["git-username"] == {
+        "secretName": "git-creds",
+        "items": [{"key": "username", "path": "username"}],
+        "defaultMode": 0o400,
+        "optional": True,
+    }
+    ssh = {"url": "git@g.example:r.git", "secretRef": {"name": "k"}, "insecureIgnoreHostKey": True}
+    insecure = make_spec(source={"git": ssh})
+    args = args_of(build_pod("g1", spec=insecure, source=ResolvedSource(git_url="git@g.example:r.git")))
+    assert "--git-insecure-ignore-host-key" in args and "--git-known-hosts" not in args
 
 
 def test_cache_modes() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stagefleet.controller.source import SourceError, redact, resolve
-from stagefleet.controller.spec import ImageBuildSpec, parse_spec
+from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git missing")
 
@@ -75,6 +75,26 @@ def test_errors_are_precise(repo: Path, tmp_path: Path) -> None:
 
 def test_credentials_never_reach_messages() -> None:
     assert redact("fatal: https://user:s3cret@host/x.git failed") == "fatal: https://***@host/x.git failed"
+    # a password in the URL is refused when the spec is parsed, naming the field, never echoing it
+    with pytest.raises(SpecError) as e:
+        _spec("https://user:s3cret@127.0.0.1:1/x.git")
+    assert e.value.path == "spec.source.git.url" and "s3cret" not in str(e.value)
+
+
+def test_a_symlink_out_of_the_repository_is_never_read(tmp_path: Path) -> None:
+    """`Dockerfile -> /etc/passwd` in the repository: refused naming the path, passwd's content unread."""
+    r = tmp_path / "evil"
+    (r / "svc").mkdir(parents=True)
+    (r / "svc" / "Dockerfile").symlink_to("/etc/passwd")
+    (r / "svc" / "Inner").symlink_to("../ok/Dockerfile")
+    (r / "ok").mkdir()
+    (r / "ok" / "Dockerfile").write_text("FROM busybox AS fine\n")
+    _git(r, "init", "-q", "-b", "main")
+    _git(r, "add", ".")
+    _git(r, "commit", "-qm", "evil")
     with pytest.raises(SourceError) as e:
-        resolve(_spec("https://user:s3cret@127.0.0.1:1/x.git"))
-    assert "s3cret" not in str(e.value)
+        resolve(_spec(f"file://{r}"))
+    assert "svc/Dockerfile" in str(e.value) and "symlink" in str(e.value)
+    assert "root:" not in str(e.value)
+    # a symlink to another file of the same repository is fine
+    assert "AS fine" in resolve(_spec(f"file://{r}", dockerfile="Inner")).dockerfile

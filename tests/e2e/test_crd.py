@@ -81,6 +81,8 @@ CEL_CASES = {"git-and-inline", "no-source", "cache-disabled-with-repo", "inline-
             ('spec.output.tags: Invalid value: "not a tag": spec.output.tags in body should match',),
         ),
         (_with("output.image", "UPPER/case"), ("spec.output.image",)),
+        # issue #14: a path that leaves the source is refused by a pattern, which every server enforces
+        (_with("dockerfile", "../../etc/passwd"), ('spec.dockerfile: Invalid value: "../../etc/passwd"',)),
         # missing fields: kubectl's own check against the published schema (1.24 has no server-side field
         # validation, so kubectl validates on the client)
         (
@@ -107,6 +109,7 @@ CEL_CASES = {"git-and-inline", "no-source", "cache-disabled-with-repo", "inline-
         "timeout",
         "tag",
         "image",
+        "dockerfile-traversal",
         "no-output",
         "secret-key",
     ],

@@ -152,8 +152,9 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture
-def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str]]:
-    """A bare repository served by a throwaway sshd on a loopback port: (ssh URL, private key, commit)."""
+def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str, str]]:
+    """A bare repository served by a throwaway sshd on a loopback port: (ssh URL, private key, commit, the
+    known_hosts line of its host key)."""
     sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
     if not Path(sshd_bin).exists():
         pytest.skip("openssh-server not installed")
@@ -193,6 +194,8 @@ def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str]
             f"ssh://{getpass.getuser()}@127.0.0.1:{port}{bare}",
             d / "client",
             _git(work, "rev-parse", "HEAD"),
+            f"[127.0.0.1]:{port} {(d / 'host.pub').read_text().split()[0]} "
+            f"{(d / 'host.pub').read_text().split()[1]}\n",
         )
     finally:
         os.kill(proc.pid, signal.SIGTERM)
@@ -204,9 +207,9 @@ def test_private_git_over_ssh_with_a_deploy_key_secret(
     operator: Operator,
     registry: LocalRegistry,
     base_image: str,
-    sshd_repo: tuple[str, Path, str],
+    sshd_repo: tuple[str, Path, str, str],
 ) -> None:
-    url, key, commit = sshd_repo
+    url, key, commit, known_host = sshd_repo
     kubectl.apply(
         {
             "apiVersion": "stagefleet.io/v1alpha1",
@@ -231,22 +234,139 @@ def test_private_git_over_ssh_with_a_deploy_key_secret(
         "a message naming the missing Secret",
     )
     assert obj["status"]["phase"] == "Pending"
-    kubectl.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "deploy-key"},
-            "type": "kubernetes.io/ssh-auth",
-            "data": {"ssh-privatekey": base64.b64encode(key.read_bytes()).decode()},
-        }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "deploy-key"},
+        "type": "kubernetes.io/ssh-auth",
+        "data": {"ssh-privatekey": base64.b64encode(key.read_bytes()).decode()},
+    }
+    kubectl.apply(secret)
+    # Host keys are never trusted on first use: without known_hosts the build stays Stalled, naming the key.
+    obj = wait_for(
+        kubectl,
+        operator,
+        "private",
+        lambda o: '"known_hosts"' in (o.get("status") or {}).get("message", ""),
+        "a message naming the missing known_hosts key",
     )
+    stalled = next(c for c in obj["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "KnownHostsMissing"
+    assert 'Secret "deploy-key"' in obj["status"]["message"]
+    secret["data"]["known_hosts"] = base64.b64encode(known_host.encode()).decode()
+    kubectl.apply(secret)
     obj = wait_terminal(kubectl, operator, "private")
     assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
     assert obj["status"]["source"]["git"]["commit"] == commit
     files = image_files(registry.host, "e2e/private", obj["status"]["image"]["digest"])
     assert files["/hello.txt"] == b"hello over ssh\n"
+    private_key = key.read_text().strip().splitlines()[1]
     for pod in kubectl.pods("private"):
         assert secret_names_in_pod(pod) == ["deploy-key"]
-    private_key = key.read_text().strip().splitlines()[1]
+        args = pod["spec"]["containers"][0]["args"]
+        assert args[args.index("--git-known-hosts") + 1] == "/run/stagefleet/git/known_hosts"
+        assert "--git-insecure-ignore-host-key" not in args and private_key not in json.dumps(pod)
     assert private_key not in operator.log.read_text(errors="replace")
     assert private_key not in json.dumps(kubectl.ib("private"))
+
+
+def test_black_holed_git_sources_delay_only_their_own_builds(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str,
+    git_daemon: tuple[Path, str],
+) -> None:
+    """Issue #14: more builds whose git host accepts connections and never answers than the operator has
+    reconcile threads, plus one normal build: the normal one plans and starts while the others say
+    "resolving source", and each of them then fails on its own, naming spec.source.git.url."""
+    served, url = git_daemon
+    repo = served / "repo"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "Dockerfile").write_text(DOCKERFILE)
+    (repo / "app" / "hello.txt").write_text("hello from git\n")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "first")
+    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    _git(repo, "config", "uploadpack.allowFilter", "true")
+    timeout = 20
+    operator.stop()
+    operator.extra = ["--concurrency", "2", "--source-timeout", str(timeout)]
+    operator.start()
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        dead = f"git://127.0.0.1:{hole.getsockname()[1]}/repo"
+        holes = [f"hole-{i}" for i in range(4)]
+        for name in holes:
+            kubectl.apply(
+                {
+                    "apiVersion": "stagefleet.io/v1alpha1",
+                    "kind": "ImageBuild",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "source": {"git": {"url": dead}},
+                        "output": {"image": f"{registry.host}/e2e/{name}:1"},
+                    },
+                }
+            )
+        kubectl.apply(
+            {
+                "apiVersion": "stagefleet.io/v1alpha1",
+                "kind": "ImageBuild",
+                "metadata": {"name": "normal"},
+                "spec": {
+                    "source": {"git": {"url": f"{url}/repo", "revision": "main"}, "contextDir": "app"},
+                    "buildArgs": {"BASE": base_image},
+                    "output": {"image": f"{registry.host}/e2e/normal:1"},
+                },
+            }
+        )
+        started = time.monotonic()
+        wait_for(kubectl, operator, "normal", lambda o: "plan" in (o.get("status") or {}), "a plan",
+                 timeout=timeout)
+        assert time.monotonic() - started < timeout
+        for name in holes:
+            obj = wait_for(kubectl, operator, name,
+                           lambda o: "resolving source" in (o.get("status") or {}).get("message", ""),
+                           '"resolving source"', timeout=10)
+            assert obj["status"]["phase"] == "Planning" and dead in obj["status"]["message"]
+        assert time.monotonic() - started < timeout  # all of them still waiting for their source
+        for name in holes:
+            obj = wait_terminal(kubectl, operator, name, timeout=timeout + 60)
+            message = obj["status"]["message"]
+            assert obj["status"]["phase"] == "Failed", obj["status"]
+            assert "spec.source.git.url" in message and dead in message and "no answer within" in message
+    assert wait_terminal(kubectl, operator, "normal")["status"]["phase"] == "Succeeded"
+
+
+def test_symlink_out_of_the_repository_fails_without_leaking_its_target(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, git_daemon: tuple[Path, str]
+) -> None:
+    """Issue #14: a repository whose Dockerfile is a symlink to /etc/passwd: Failed, naming the path; the
+    operator never reads the file, so nothing of it reaches the status or the events."""
+    served, url = git_daemon
+    repo = served / "evil"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "Dockerfile").symlink_to("/etc/passwd")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "evil")
+    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    _git(repo, "config", "uploadpack.allowFilter", "true")
+    kubectl.apply(
+        {
+            "apiVersion": "stagefleet.io/v1alpha1",
+            "kind": "ImageBuild",
+            "metadata": {"name": "evil"},
+            "spec": {
+                "source": {"git": {"url": f"{url}/evil", "revision": "main"}, "contextDir": "app"},
+                "output": {"image": f"{registry.host}/e2e/evil:1"},
+            },
+        }
+    )
+    obj = wait_terminal(kubectl, operator, "evil")
+    status = obj["status"]
+    assert status["phase"] == "Failed", status
+    assert "app/Dockerfile" in status["message"] and "symlink" in status["message"], status["message"]
+    everything = json.dumps(obj) + kubectl.run("get", "events", "-o", "json").stdout
+    assert "root:x:0:0" not in everything and "root:x:0:0" not in operator.log.read_text(errors="replace")
+    assert kubectl.pods("evil") == []

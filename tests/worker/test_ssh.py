@@ -71,8 +71,13 @@ def test_private_repository_cloned_over_ssh_with_key_file(
     assert files["/ctx/keep.txt"] == b"v1\n"
     assert "/ctx/ignored.txt" not in files
 
-    # without known_hosts the host key is accepted on first use
+    # without known_hosts every host key is refused (no trust on first use) …
     r = run_worker([*common, "--git-ssh-key", str(ssh_key.private)], registry_host=h, tmp=tmp_path / "pod2")
+    assert r.code == 10, r.stderr + r.stdout
+    assert "Host key verification failed" in r.result["error"]["message"]
+    # … unless host-key checking is switched off deliberately
+    r = run_worker([*common, "--git-ssh-key", str(ssh_key.private), "--git-insecure-ignore-host-key"],
+                   registry_host=h, tmp=tmp_path / "pod2b")
     assert r.code == 0, r.stderr + r.stdout
 
     # without the key the server says no: a context failure

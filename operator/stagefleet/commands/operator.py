@@ -124,6 +124,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--concurrency", type=int, default=8, help="reconcile passes running at once (8)")
     p.add_argument(
+        "--source-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up resolving a build's git source (ls-remote and the Dockerfile fetch, retries included) "
+        "after this long; it runs off the reconcile threads, so a slow host delays only its own build (60)",
+    )
+    p.add_argument(
         "--retry-backoff",
         type=float,
         default=5.0,
@@ -238,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
             node_lost_after=max(0.0, args.node_lost_after),
             policy=policy,
             default_ttl_after_finished=max(0, args.default_ttl_after_finished),
+            source_timeout=max(1.0, args.source_timeout),
         ),
         metrics,
         threads=max(1, args.concurrency),

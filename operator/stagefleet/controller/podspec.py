@@ -16,6 +16,7 @@ from typing import Any
 
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, ImageBuildSpec, Resources
+from stagefleet.gitauth import is_http_url
 
 GROUP = "stagefleet.io"
 API_VERSION = f"{GROUP}/v1alpha1"
@@ -39,6 +40,8 @@ SECRETS_MOUNT = "/run/stagefleet"
 TERMINATION_LOG = "/dev/termination-log"
 ENV_STORAGE_DRIVER = "STAGEFLEET_STORAGE_DRIVER"  # read by stagefleet.buildenv in the worker
 DOCKERFILE_KEY = "Dockerfile"
+KNOWN_HOSTS_KEY = "known_hosts"  # of the git Secret (ssh URLs), as Flux names it
+USERNAME_KEY = "username"  # of the git Secret (https URLs), as in a kubernetes.io/basic-auth Secret
 
 _MAX_NAME = 63
 
@@ -236,10 +239,31 @@ def worker_pod(
     if source.git_url:
         args += ["--git-url", source.git_url, "--git-revision", source.git_revision or "HEAD"]
         git = spec.source.git
-        if git and git.secret:
-            volumes.append(_secret_volume("git-ssh", git.secret.name, git.secret.key, "key"))
-            mounts.append({"name": "git-ssh", "mountPath": f"{SECRETS_MOUNT}/git", "readOnly": True})
+        # Credentials reach the worker as files of the Secret (never args, env or the URL): ssh, the key
+        # and known_hosts (StrictHostKeyChecking=yes); https, the password or token, and the username when
+        # the Secret has one (an optional volume of its own: a missing key is no mount failure).
+        if git and git.secret and git.ssh:
+            auth = _secret_volume("git-auth", git.secret.name, git.secret.key, "key")
+            if not git.insecure_ignore_host_key:
+                auth["secret"]["items"].append({"key": KNOWN_HOSTS_KEY, "path": "known_hosts"})
+            volumes.append(auth)
+            mounts.append({"name": "git-auth", "mountPath": f"{SECRETS_MOUNT}/git", "readOnly": True})
             args += ["--git-ssh-key", f"{SECRETS_MOUNT}/git/key"]
+            if not git.insecure_ignore_host_key:
+                args += ["--git-known-hosts", f"{SECRETS_MOUNT}/git/known_hosts"]
+        elif git and git.secret and is_http_url(git.url):
+            volumes.append(_secret_volume("git-auth", git.secret.name, git.secret.key, "password"))
+            mounts.append({"name": "git-auth", "mountPath": f"{SECRETS_MOUNT}/git", "readOnly": True})
+            user = _secret_volume("git-username", git.secret.name, USERNAME_KEY, "username")
+            user["secret"]["optional"] = True
+            volumes.append(user)
+            mounts.append(
+                {"name": "git-username", "mountPath": f"{SECRETS_MOUNT}/git-user", "readOnly": True}
+            )
+            args += ["--git-password-file", f"{SECRETS_MOUNT}/git/password",
+                     "--git-username-file", f"{SECRETS_MOUNT}/git-user/username"]
+        if git and git.insecure_ignore_host_key:
+            args.append("--git-insecure-ignore-host-key")
         if spec.source.context_dir:
             args += ["--context-dir", spec.source.context_dir]
         args += ["--dockerfile", spec.dockerfile]

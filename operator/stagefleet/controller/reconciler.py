@@ -10,8 +10,10 @@ a pass make it run once more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,9 @@ from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.model import PlanView, plan_dockerfile
 from stagefleet.controller.nodewatch import NodeWatch
 from stagefleet.controller.podspec import (
+    KNOWN_HOSTS_KEY,
     LABEL_UID,
+    USERNAME_KEY,
     BuildRef,
     ResolvedSource,
     WorkerConfig,
@@ -36,8 +40,9 @@ from stagefleet.controller.podspec import (
 )
 from stagefleet.controller.policy import REASON as POLICY_REASON
 from stagefleet.controller.policy import Policy, violations
-from stagefleet.controller.source import SourceError, resolve
+from stagefleet.controller.source import GitAuth, Resolved, SourceError, SourceTimeout, redact, resolve
 from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
+from stagefleet.gitauth import is_http_url
 
 log = logging.getLogger("stagefleet.operator")
 
@@ -56,7 +61,9 @@ def safety_poll_seconds(unfinished: int) -> float:
 class OperatorConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     backoff_base: float = 5.0
-    source_timeout: float = 120.0
+    # Resolving a git source (ls-remote + one-file fetch, retries included) runs in a thread of its own,
+    # never in a reconcile thread, and gives up after this many seconds (--source-timeout).
+    source_timeout: float = 60.0
     source_attempts: int = 3
     early_start: bool = True  # start the next wave's pods while their upstreams build (status.decide)
     # A status change that only reports progress (st.urgent_change) waits up to this long, so that the
@@ -84,12 +91,33 @@ def _now() -> datetime:
 @dataclass
 class Planned:
     """What planning a new generation produced: the planned status (None: the build stopped or waits),
-    the status the API server holds now, the ImageBuild as last read, and events to emit once written."""
+    the status the API server holds now, the ImageBuild as last read, and events to emit once written;
+    ``requeue``: when to look again while it waits."""
 
     status: dict[str, Any] | None
     base: dict[str, Any]
     ib: dict[str, Any]
     events: list[st.Event] = field(default_factory=list)
+    requeue: float = 5.0
+
+
+class SourceJob:
+    """One ImageBuild generation's source being resolved in a thread of its own.
+
+    A black-holed git host must hold neither a reconcile thread (eight of them stall every tenant) nor
+    the event loop: the pass that needs the source starts the job and returns (status Planning, "resolving
+    source"); the job ends within the source timeout and triggers the build's next pass, which plans with
+    its result or fails naming spec.source.git.url.
+    """
+
+    def __init__(self, uid: str, generation: int) -> None:
+        self.uid = uid
+        self.generation = generation
+        self.done = threading.Event()
+        self.resolved: Resolved | None = None
+        self.error: str | None = None
+        self.timed_out = False
+        self.thread: threading.Thread | None = None
 
 
 class Reconciler:
@@ -113,6 +141,10 @@ class Reconciler:
         # a node going NotReady (or Ready again) triggers exactly the builds with pods on it.
         self._pod_nodes: dict[str, tuple[str, str, str]] = {}
         self.nodes: NodeWatch | None = None  # started with the operator (watch_nodes)
+        # Sources being resolved, per build (SourceJob); guarded by a lock: jobs end in their own threads.
+        self._sources: dict[tuple[str, str], SourceJob] = {}
+        self._sources_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # kopf's, for a job's wake-up
 
     # --- nodes -------------------------------------------------------------------------------------------
 
@@ -150,6 +182,7 @@ class Reconciler:
     async def trigger(self, namespace: str, name: str) -> None:
         """Reconcile now; if a pass for this build is running, make it run once more afterwards."""
         key = (namespace, name)
+        self._loop = asyncio.get_running_loop()
         self._dirty[key] = True
         lock = self._locks.setdefault(key, asyncio.Lock())
         if lock.locked():
@@ -226,6 +259,8 @@ class Reconciler:
         self._dirty.pop(key, None)
         self._due.pop(key, None)
         self._held.pop(key, None)
+        with self._sources_lock:
+            self._sources.pop(key, None)  # its thread ends by its own deadline; the result is dropped
         self.metrics.forget(f"{namespace}/{name}")
 
     # --- one pass (sync, in a worker thread) -------------------------------------------------------------
@@ -293,7 +328,7 @@ class Reconciler:
             if planned.status is None:
                 if planned.base.get("phase") in st.TERMINAL:
                     return None
-                return 5.0  # waiting for a Secret the planning itself needs
+                return planned.requeue  # waiting for a Secret the planning needs, or for the source
             ib, base, status, events = planned.ib, planned.base, planned.status, planned.events
 
         plan = PlanView.from_status(status["plan"])
@@ -322,59 +357,42 @@ class Reconciler:
                 "Superseded",
                 f"spec changed (generation {build.generation}): stopped {superseded} pod(s) of the old build",
             )
-        # The deploy key first: while it is missing the build waits (Stalled), writing status only once.
-        ssh_key: bytes | None = None
         git = spec.source.git
-        if git and git.secret:
-            ssh_key = self.kube.read_secret_value(build.namespace, git.secret.name, git.secret.key)
-            if ssh_key is None:
-                msg = (
-                    f'waiting for Secret "{git.secret.name}" key "{git.secret.key}" '
-                    "(spec.source.git.secretRef): not found in the namespace"
-                )
-                stalled = st.progress_status(
+        if git is None:
+            resolved = resolve(spec)  # inline: nothing to fetch
+        else:
+            job = self._source_job(build)
+            if job is None:
+                # The git credentials first: while they are missing the build waits (Stalled), writing
+                # status only once.
+                auth = self._git_auth(ib, build, spec, status, now)
+                if isinstance(auth, Planned):
+                    return auth
+                job = self._start_source_job(build, spec, auth)
+            if not job.done.is_set():
+                planning = st.progress_status(
                     generation=build.generation,
-                    phase=st.PENDING,
-                    reason="SecretNotFound",
-                    message=msg,
+                    phase=st.PLANNING,
+                    reason="Planning",
+                    message=(
+                        f"resolving source: spec.source.git.url {redact(git.url)} "
+                        f"(gives up after {self.config.source_timeout:g}s)"
+                    ),
                     old=status,
                     now=now,
-                    stalled=True,
                 )
-                if self._write(ib, status, stalled):
-                    self._event(ib, "Warning", "SecretNotFound", msg)
-                return Planned(None, stalled, ib)
+                self._write(ib, status, planning)
+                # the job triggers the next pass when it ends; this is only a safety net
+                return Planned(None, planning, ib, requeue=self.config.source_timeout + 5.0)
+            with self._sources_lock:
+                if self._sources.get((build.namespace, build.name)) is job:
+                    del self._sources[(build.namespace, build.name)]
+            if job.resolved is None:
+                reason = "SourceTimeout" if job.timed_out else "SourceUnavailable"
+                failed = self._finish_early(ib, build, status, reason, job.error or "unavailable", now)
+                return Planned(None, failed, ib)
+            resolved = job.resolved
         planning = status
-        if git is not None:
-            planning = st.progress_status(
-                generation=build.generation,
-                phase=st.PLANNING,
-                reason="Planning",
-                message="resolving the source and planning",
-                old=status,
-                now=now,
-            )
-            if self._write(ib, status, planning):
-                ib = self.kube.get_imagebuild(build.namespace, build.name) or ib
-        error: str | None = None
-        for attempt in range(1, self.config.source_attempts + 1):
-            try:
-                resolved = resolve(spec, ssh_key=ssh_key, timeout=self.config.source_timeout)
-                break
-            except SourceError as e:
-                error = str(e)
-                log.warning(
-                    "source of %s/%s not resolved (attempt %d): %s",
-                    build.namespace,
-                    build.name,
-                    attempt,
-                    error,
-                    extra=_fields(build.namespace, build.name),
-                )
-                time.sleep(min(2.0 * attempt, 5.0) if attempt < self.config.source_attempts else 0)
-        else:
-            failed = self._finish_early(ib, build, planning, "SourceUnavailable", error or "unavailable", now)
-            return Planned(None, failed, ib)
         from stagefleet.stages import DockerfileError
 
         try:
@@ -394,6 +412,137 @@ class Reconciler:
             "Normal", "Planned", f"{new['message']}; critical path {' → '.join(plan.critical_path)}"
         )
         return Planned(new, planning, ib, [note])
+
+    def _git_auth(
+        self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
+    ) -> GitAuth | Planned:
+        """The credentials of spec.source.git.secretRef, or the Stalled status while a key is missing: the
+        Secret, its credential key, and for ssh its known_hosts (host keys are checked strictly unless
+        spec.source.git.insecureIgnoreHostKey)."""
+        git = spec.source.git
+        assert git is not None
+        if git.secret is None:
+            return GitAuth(insecure_ignore_host_key=git.insecure_ignore_host_key)
+        ref = git.secret
+        keys = self.kube.secret_keys(build.namespace, ref.name)
+        reason, msg = "SecretNotFound", ""
+        if keys is None or ref.key not in keys:
+            msg = (
+                f'waiting for Secret "{ref.name}" key "{ref.key}" (spec.source.git.secretRef): '
+                + ("not found in the namespace" if keys is None else "the Secret has no such key")
+            )
+        elif git.ssh and not git.insecure_ignore_host_key and KNOWN_HOSTS_KEY not in keys:
+            reason = "KnownHostsMissing"
+            msg = (
+                f'waiting for Secret "{ref.name}" key "{KNOWN_HOSTS_KEY}" (spec.source.git.secretRef): ssh '
+                "host keys are checked strictly; add the server's host keys (ssh-keyscan HOST) under "
+                f'"{KNOWN_HOSTS_KEY}", or set spec.source.git.insecureIgnoreHostKey: true to accept any'
+            )
+        else:
+            value = self.kube.read_secret_value(build.namespace, ref.name, ref.key)
+            if value is not None:
+                if git.ssh:
+                    known = (
+                        None
+                        if git.insecure_ignore_host_key
+                        else self.kube.read_secret_value(build.namespace, ref.name, KNOWN_HOSTS_KEY)
+                    )
+                    return GitAuth(
+                        ssh_key=value,
+                        known_hosts=known if known is not None else b"",
+                        insecure_ignore_host_key=git.insecure_ignore_host_key,
+                    )
+                if is_http_url(git.url):
+                    user = (
+                        self.kube.read_secret_value(build.namespace, ref.name, USERNAME_KEY)
+                        if USERNAME_KEY in keys
+                        else None
+                    )
+                    return GitAuth(username=user, password=value)
+                return GitAuth()
+            msg = f'waiting for Secret "{ref.name}" key "{ref.key}" (spec.source.git.secretRef): not found'
+        stalled = st.progress_status(
+            generation=build.generation,
+            phase=st.PENDING,
+            reason=reason,
+            message=msg,
+            old=status,
+            now=now,
+            stalled=True,
+        )
+        if self._write(ib, status, stalled):
+            self._event(ib, "Warning", reason, msg)
+        return Planned(None, stalled, ib)
+
+    def _source_job(self, build: BuildRef) -> SourceJob | None:
+        """The job resolving this generation's source, if one was started (a stale one is dropped)."""
+        key = (build.namespace, build.name)
+        with self._sources_lock:
+            job = self._sources.get(key)
+            if job is not None and (job.uid, job.generation) != (build.uid, build.generation):
+                del self._sources[key]
+                job = None
+        return job
+
+    def _start_source_job(self, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> SourceJob:
+        job = SourceJob(build.uid, build.generation)
+        job.thread = threading.Thread(
+            target=self._resolve_job,
+            args=(job, build, spec, auth),
+            name=f"source-{build.namespace}/{build.name}",
+            daemon=True,
+        )
+        with self._sources_lock:
+            self._sources[(build.namespace, build.name)] = job
+        job.thread.start()
+        return job
+
+    def _resolve_job(self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> None:
+        """In the job's thread: resolve, retrying other failures while time is left (a timeout is final),
+        then wake the build."""
+        deadline = time.monotonic() + self.config.source_timeout
+        try:
+            for attempt in range(1, self.config.source_attempts + 1):
+                try:
+                    job.resolved = resolve(spec, auth=auth, timeout=max(0.1, deadline - time.monotonic()))
+                    break
+                except SourceTimeout as e:
+                    job.error, job.timed_out = str(e), True
+                    break
+                except SourceError as e:
+                    job.error = str(e)
+                    log.warning(
+                        "source of %s/%s not resolved (attempt %d): %s",
+                        build.namespace,
+                        build.name,
+                        attempt,
+                        job.error,
+                        extra=_fields(build.namespace, build.name),
+                    )
+                    pause = min(2.0 * attempt, 5.0)
+                    if attempt == self.config.source_attempts or time.monotonic() + pause >= deadline:
+                        break
+                    time.sleep(pause)
+        except Exception as e:  # never leave a build waiting for a job that died
+            log.exception("resolving the source of %s/%s failed", build.namespace, build.name)
+            job.error = f"resolving the source failed: {type(e).__name__}"
+        finally:
+            job.done.set()
+            self._wake(build.namespace, build.name)
+
+    def _wake(self, namespace: str, name: str) -> None:
+        """Trigger a pass from another thread (the build's requeue time is the fallback)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+
+        def start() -> None:
+            task = asyncio.create_task(self.trigger(namespace, name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+            loop.call_soon_threadsafe(start)
 
     def _finish_early(
         self,

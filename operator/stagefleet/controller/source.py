@@ -7,15 +7,20 @@ builds the same tree even if the branch moves) and only the Dockerfile is fetche
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stagefleet.controller.spec import ImageBuildSpec
+from stagefleet.ctxpath import OutsideError, inside
+from stagefleet.gitauth import credential_env, ssh_command
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _CRED_RE = re.compile(r"(://)[^/@\s]+@")
@@ -39,46 +44,95 @@ def redact(text: str) -> str:
     return _CRED_RE.sub(r"\1***@", text)
 
 
+class SourceTimeout(SourceError):
+    """A git command did not finish before the source's deadline (an unreachable or black-holed host)."""
+
+
+def _run(cmd: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    """``cmd`` in a session of its own, killed with all its children when ``timeout`` passes: git's helpers
+    (ssh, git-remote-https) inherit its pipes, and killing git alone would leave us waiting for them."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=max(timeout, 0.01))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
 def _git(args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float) -> str:
     try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        code, stdout, stderr = _run(["git", *args], cwd=cwd, env=env, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        raise SourceError(f"git {args[0]} timed out after {timeout:.0f}s") from e
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise SourceTimeout(f"git {args[0]} timed out") from e
+    if code != 0:
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
         # The first fatal: line says what failed; ssh's own complaint (host key, publickey) precedes a generic
         # "Could not read from remote repository", so keep the line before it too.
         first = next((i for i, ln in enumerate(lines) if ln.startswith("fatal:")), len(lines) - 1)
         detail = "; ".join(ln.strip() for ln in lines[max(0, first - 1) : first + 1])[:600] if lines else ""
         if first > 0 and "Could not read from remote" not in lines[first]:
             detail = lines[first].strip()[:600]
-        raise SourceError(redact(f"git {args[0]} failed: {detail or f'exit code {proc.returncode}'}"))
-    return proc.stdout
+        raise SourceError(redact(f"git {args[0]} failed: {detail or f'exit code {code}'}"))
+    return stdout
 
 
-def _env(ssh_key_file: Path | None, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+@dataclass(frozen=True)
+class GitAuth:
+    """Credentials from the Secret of spec.source.git.secretRef (values, held only in memory and in 0600
+    files of a private temporary directory while git runs)."""
+
+    ssh_key: bytes | None = None
+    known_hosts: bytes | None = None
+    username: bytes | None = None
+    password: bytes | None = None
+    insecure_ignore_host_key: bool = False
+
+
+def _private_file(path: Path, data: bytes) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _env(auth: GitAuth, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_ASKPASS"))}
     env.update({"GIT_TERMINAL_PROMPT": "0", "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"})
-    if ssh_key_file is not None:
-        env["GIT_SSH_COMMAND"] = (
-            f"ssh -i {ssh_key_file} -o IdentitiesOnly=yes -o BatchMode=yes "
-            f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={home}/known_hosts"
-        )
+    key = None
+    if auth.ssh_key is not None:  # ssh wants the key's last line terminated
+        key = _private_file(home / "ssh-key", auth.ssh_key.rstrip(b"\n") + b"\n")
+    known = _private_file(home / "known_hosts", auth.known_hosts) if auth.known_hosts is not None else None
+    env["GIT_SSH_COMMAND"] = ssh_command(key, known, insecure_ignore_host_key=auth.insecure_ignore_host_key)
+    if auth.password is not None:
+        user = _private_file(home / "username", auth.username) if auth.username is not None else None
+        env.update(credential_env(_private_file(home / "password", auth.password), user))
     return env
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SourceTimeout("deadline passed")
+    return left
 
 
 def pin_revision(url: str, revision: str, env: dict[str, str], timeout: float = 60) -> str:
     """The commit ``revision`` (branch, tag, HEAD or commit) names in ``url``."""
     if _SHA_RE.match(revision):
         return revision
-    out = _git(
-        ["ls-remote", "--", url, revision] if revision != "HEAD" else ["ls-remote", "--", url, "HEAD"],
-        cwd=None,
-        env=env,
-        timeout=timeout,
-    )
+    out = _git(["ls-remote", "--", url, revision], cwd=None, env=env, timeout=timeout)
     refs: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, ref = line.partition("\t")
@@ -98,46 +152,71 @@ def pin_revision(url: str, revision: str, env: dict[str, str], timeout: float = 
 def fetch_file(
     url: str, commit: str, path: str, env: dict[str, str], workdir: Path, timeout: float = 120
 ) -> str:
-    """One file at one commit: shallow, blob-less fetch plus a sparse checkout of just that path."""
+    """One file at one commit: shallow, blob-less fetch plus a sparse checkout of just that path; every git
+    command together within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     repo = workdir / "repo"
     repo.mkdir()
-    _git(["init", "-q"], cwd=repo, env=env, timeout=timeout)
-    _git(["remote", "add", "origin", url], cwd=repo, env=env, timeout=timeout)
-    _git(["sparse-checkout", "set", "--no-cone", f"/{path}"], cwd=repo, env=env, timeout=timeout)
+    _git(["init", "-q"], cwd=repo, env=env, timeout=_left(deadline))
+    _git(["remote", "add", "origin", url], cwd=repo, env=env, timeout=_left(deadline))
+    _git(["sparse-checkout", "set", "--no-cone", f"/{path}"], cwd=repo, env=env, timeout=_left(deadline))
     try:
         _git(
             ["fetch", "-q", "--depth", "1", "--filter=blob:none", "--no-tags", "origin", commit],
             cwd=repo,
             env=env,
-            timeout=timeout,
+            timeout=_left(deadline),
         )
+    except SourceTimeout:
+        raise
     except SourceError as e:
         raise SourceError(f"{e} (fetching commit {commit[:12]} of {redact(url)})") from e
-    _git(["checkout", "-q", "FETCH_HEAD"], cwd=repo, env=env, timeout=timeout)
-    target = repo / path
+    _git(["checkout", "-q", "FETCH_HEAD"], cwd=repo, env=env, timeout=_left(deadline))
+    # A symlink in the repository (Dockerfile -> /etc/passwd, app -> ../..) must not make the operator read
+    # its own files: the resolved path must stay in the checkout, and the message never quotes the target.
+    for _ in range(8):  # a symlink to another file of the repository: check that one out too
+        try:
+            target = inside(repo, path, f"{path} (spec.source.contextDir + spec.dockerfile)")
+        except OutsideError as e:
+            raise SourceError(f"{e} in {redact(url)} at commit {commit[:12]}") from None
+        if target.exists() or not (repo / path).is_symlink():
+            break
+        wanted = target.relative_to(repo.resolve()).as_posix()
+        _git(["sparse-checkout", "add", f"/{wanted}"], cwd=repo, env=env, timeout=_left(deadline))
     if not target.is_file():
         raise SourceError(f"{path} not found in {redact(url)} at commit {commit[:12]}")
     return target.read_text(encoding="utf-8", errors="replace")
 
 
-def resolve(spec: ImageBuildSpec, *, ssh_key: bytes | None = None, timeout: float = 120) -> Resolved:
-    """Dockerfile text and the pinned revision for ``spec``; raises SourceError with a precise message."""
+def resolve(
+    spec: ImageBuildSpec,
+    *,
+    auth: GitAuth | None = None,
+    ssh_key: bytes | None = None,
+    timeout: float = 60,
+) -> Resolved:
+    """Dockerfile text and the pinned revision for ``spec``, all git commands within ``timeout`` seconds;
+    raises SourceError with a precise message (SourceTimeout naming spec.source.git.url when the time is
+    up). ``ssh_key`` alone is ``GitAuth(ssh_key=...)``."""
     if spec.source.inline is not None:
         return Resolved(dockerfile=spec.source.inline, filename="Dockerfile", status={"inline": True})
     git = spec.source.git
     assert git is not None
+    if auth is None:
+        auth = GitAuth(ssh_key=ssh_key, insecure_ignore_host_key=git.insecure_ignore_host_key)
+    deadline = time.monotonic() + timeout
     path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p).lstrip("/")
     with tempfile.TemporaryDirectory(prefix="stagefleet-source-") as tmp:
         home = Path(tmp)
-        key_file: Path | None = None
-        if ssh_key is not None:
-            key_file = home / "ssh-key"
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(ssh_key if ssh_key.endswith(b"\n") else ssh_key + b"\n")
-        env = _env(key_file, home)
-        commit = pin_revision(git.url, git.revision, env, timeout=timeout)
-        text = fetch_file(git.url, commit, path, env, home, timeout=timeout)
+        env = _env(auth, home)
+        try:
+            commit = pin_revision(git.url, git.revision, env, timeout=_left(deadline))
+            text = fetch_file(git.url, commit, path, env, home, timeout=_left(deadline))
+        except SourceTimeout as e:
+            raise SourceTimeout(
+                f"spec.source.git.url {redact(git.url)}: no answer within {timeout:.0f}s "
+                f"({e}); is the host reachable and serving git?"
+            ) from None
     return Resolved(
         dockerfile=text,
         filename=path,

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stagefleet.ctxpath import lexical_problem, normalise
+from stagefleet.gitauth import has_password, is_http_url, is_ssh_url
+
 DEFAULT_BUILDER_IMAGE = "ghcr.io/stagefleet/builder:0.1.0"
 DEFAULT_TIMEOUT_SECONDS = 3600
 DEFAULT_RETRIES = 2
@@ -27,6 +30,8 @@ _REPO_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a
 _ARG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _GIT_URL_RE = re.compile(r"^(https?://|ssh://|git://|file://|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:).+$")
+# The CRD's pattern for spec.source.git.url: the schemes above, and no user:password@ in the authority.
+GIT_URL_PATTERN = r"^((https?|ssh|git|file)://([^/?#@:]*@)?[^/?#@]*([/?#].*)?|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:.+)$"
 
 
 class SpecError(ValueError):
@@ -49,6 +54,11 @@ class GitSource:
     url: str
     revision: str
     secret: SecretRef | None
+    insecure_ignore_host_key: bool = False
+
+    @property
+    def ssh(self) -> bool:
+        return is_ssh_url(self.url)
 
 
 @dataclass(frozen=True)
@@ -321,13 +331,31 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
     if src.has("git"):
         g = src.obj("git")
         url = g.req("url", pattern=_GIT_URL_RE, max_len=2048)
-        secret = _secret_ref(g.obj("secretRef"), default_key="ssh-privatekey") if g.has("secretRef") else None
-        git = GitSource(url, g.text("revision", "HEAD") or "HEAD", secret)
+        if has_password(url):
+            raise SpecError(
+                "spec.source.git.url",
+                "must not embed a password (https://user:TOKEN@...): put the credentials in a Secret "
+                "named by spec.source.git.secretRef (keys username and password)",
+            )
+        # The key holding the credential: an ssh private key, or the https password / token.
+        default_key = "password" if is_http_url(url) else "ssh-privatekey"
+        secret = _secret_ref(g.obj("secretRef"), default_key=default_key) if g.has("secretRef") else None
+        insecure = g.flag("insecureIgnoreHostKey", False)
+        if insecure and not is_ssh_url(url):
+            raise SpecError("spec.source.git.insecureIgnoreHostKey", "applies to ssh URLs only")
+        if is_ssh_url(url) and secret is None and not insecure:
+            raise SpecError(
+                "spec.source.git.secretRef",
+                "an ssh URL needs a Secret with the host keys (key known_hosts) and usually a private key "
+                "(ssh-privatekey); or set spec.source.git.insecureIgnoreHostKey: true to accept any host key",
+            )
+        git = GitSource(url, g.text("revision", "HEAD") or "HEAD", secret, insecure)
     else:
         inline = src.obj("inline").req("dockerfile", max_len=262144)
     raw_context_dir = src.text("contextDir", "") or ""
     context_dir = raw_context_dir.strip("/")
-    if any(part in ("..", ".") or part.startswith(".") for part in context_dir.split("/") if part):
+    parts = [part for part in context_dir.split("/") if part]
+    if "\0" in context_dir or any(part in ("..", ".") or part.startswith(".") for part in parts):
         raise SpecError("spec.source.contextDir", f"{context_dir!r} must be a plain relative path")
     if inline is not None and raw_context_dir:
         raise SpecError(
@@ -382,13 +410,20 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
             raise SpecError(tr.path, "a toleration with operator Exists must not have a value")
         tolerations.append(dict(tr.data))
 
+    dockerfile = r.text("dockerfile", "Dockerfile", max_len=1024) or "Dockerfile"
+    problem = lexical_problem(dockerfile)
+    if problem:
+        raise SpecError("spec.dockerfile", f"{dockerfile!r} {problem}")
+    if not normalise(dockerfile):
+        raise SpecError("spec.dockerfile", f"{dockerfile!r} names no file")
+
     timeout = r.text("timeout", "1h")
     if timeout == "":
         raise SpecError("spec.timeout", "must not be empty (e.g. 30m)")
 
     return ImageBuildSpec(
         source=Source(git, inline, context_dir),
-        dockerfile=r.text("dockerfile", "Dockerfile", max_len=1024) or "Dockerfile",
+        dockerfile=normalise(dockerfile),
         target=r.text("target", None, pattern=_ID_RE, max_len=128) or None,
         build_args=build_args,
         output=Output(repository, tag, tuple(tags), push_secret),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stagefleet.ctxpath import OutsideError, inside
+from stagefleet.gitauth import credential_env, ssh_command
 from stagefleet.worker.spec import StepSpec
 
 
@@ -39,29 +40,26 @@ def private_copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def git_ssh_command(key: Path | None, known_hosts: Path | None, scratch: Path) -> str:
-    """GIT_SSH_COMMAND: only our key, host keys from the given file or accepted on first use."""
-    parts = ["ssh", "-o", "BatchMode=yes"]
-    if key is not None:
-        parts += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    if known_hosts is not None:
-        parts += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-    else:
-        parts += ["-o", f"UserKnownHostsFile={scratch / 'known_hosts'}",
-                  "-o", "StrictHostKeyChecking=accept-new"]
-    return shlex.join(parts)
-
-
 def _git(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
 def clone(url: str, revision: str, dest: Path, *, ssh_key: Path | None, known_hosts: Path | None,
-          scratch: Path) -> None:
-    """Check out `revision` of `url` into `dest`: a shallow fetch of just that revision, else a full one."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+          scratch: Path, password_file: Path | None = None, username_file: Path | None = None,
+          insecure_ignore_host_key: bool = False) -> None:
+    """Check out `revision` of `url` into `dest`: a shallow fetch of just that revision, else a full one.
+
+    Credentials stay in files: ssh's key (copied 0600) and known_hosts, https's password and username read
+    by a credential helper (`stagefleet.gitauth`); none is in an argument, the URL or a message.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_ASKPASS"))}
     key = private_copy(ssh_key, scratch / "git_key") if ssh_key is not None else None
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_SSH_COMMAND=git_ssh_command(key, known_hosts, scratch))
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_SSH_COMMAND=ssh_command(
+        key, known_hosts, insecure_ignore_host_key=insecure_ignore_host_key))
+    if password_file is not None:
+        # the username key is optional in the Secret: its (optional) volume then has no file
+        user = username_file if username_file is not None and username_file.is_file() else None
+        env.update(credential_env(password_file, user))
     dest.mkdir(parents=True, exist_ok=True)
     for args in (["init", "-q"], ["remote", "add", "origin", url]):
         r = _git(args, dest, env)
@@ -90,7 +88,9 @@ def fetch_context(spec: StepSpec, workdir: Path) -> Context:
     if spec.git_url is not None:
         base = workdir / "git"
         clone(spec.git_url, spec.git_revision or "HEAD", base, ssh_key=spec.git_ssh_key,
-              known_hosts=spec.git_known_hosts, scratch=workdir)
+              known_hosts=spec.git_known_hosts, scratch=workdir, password_file=spec.git_password_file,
+              username_file=spec.git_username_file,
+              insecure_ignore_host_key=spec.git_insecure_ignore_host_key)
     elif spec.context is not None:
         base = spec.context
         if not base.is_dir():
@@ -98,10 +98,19 @@ def fetch_context(spec: StepSpec, workdir: Path) -> Context:
     else:  # an inline Dockerfile alone builds from an empty context
         base = workdir / "context"
         base.mkdir(parents=True, exist_ok=True)
-    directory = base / spec.context_dir if spec.context_dir else base
-    if not directory.is_dir():
-        raise FetchError(f"context sub-directory {spec.context_dir!r} not found")
-    dockerfile = spec.inline_dockerfile or directory / spec.dockerfile
+    # Both paths are checked with symlinks resolved: a repository may hold `Dockerfile -> /etc/passwd` or
+    # `app -> /`, and buildah would read the target. Messages name the path, never what it points to.
+    try:
+        directory = inside(base, spec.context_dir or "", f"context directory {spec.context_dir!r}")
+        if not directory.is_dir():
+            raise FetchError(f"context sub-directory {spec.context_dir!r} not found")
+        if spec.inline_dockerfile is not None:
+            dockerfile = spec.inline_dockerfile
+        else:  # relative to the context directory, and like it inside the fetched source
+            dockerfile = inside(base, f"{spec.context_dir or '.'}/{spec.dockerfile}",
+                                f"Dockerfile {spec.dockerfile!r}")
+    except OutsideError as e:
+        raise FetchError(str(e)) from None
     if not dockerfile.is_file():
         raise FetchError(f"{spec.dockerfile} not found in the context")
     return Context(directory, dockerfile)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from stagefleet.buildenv import insecure_from_env
+from stagefleet.gitauth import has_password
 from stagefleet.stages import validate_image_reference
 
 _DIGEST_REF = re.compile(r"^(?P<name>[^=\s]+)=(?P<ref>[^@\s]+@sha256:[0-9a-f]{64})$")
@@ -63,6 +64,9 @@ class StepSpec:
     git_revision: str | None = None
     git_ssh_key: Path | None = None
     git_known_hosts: Path | None = None
+    git_username_file: Path | None = None
+    git_password_file: Path | None = None
+    git_insecure_ignore_host_key: bool = False
     context_dir: str | None = None
     dockerfile: str = "Dockerfile"
     inline_dockerfile: Path | None = None
@@ -99,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--git-url", help="git repository (https://, ssh://, git@host:path, file://)")
     src.add_argument("--git-revision", help="commit, tag or branch to check out (pin a commit)")
     src.add_argument("--git-ssh-key", type=Path, help="private key for ssh git URLs")
-    src.add_argument("--git-known-hosts", type=Path, help="known_hosts for ssh (default: accept-new)")
+    src.add_argument("--git-known-hosts", type=Path,
+                     help="known_hosts for ssh URLs; host keys not in it are refused (without it: all)")
+    src.add_argument("--git-insecure-ignore-host-key", action="store_true",
+                     help="ssh: accept any host key instead (insecure, a deliberate opt-out)")
+    src.add_argument("--git-password-file", type=Path,
+                     help="https: file holding the password or token (given to git by a credential helper)")
+    src.add_argument("--git-username-file", type=Path, help="https: file holding the username (default git)")
     src.add_argument("--context-dir", help="sub-directory of the context to build from")
     src.add_argument("--dockerfile", default="Dockerfile", help="path relative to the context")
     src.add_argument("--inline-dockerfile", type=Path,
@@ -208,8 +218,15 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
         raise UsageError("give one of --context, --git-url, --inline-dockerfile")
     if a.git_url is not None and not a.git_revision:
         raise UsageError("--git-url needs --git-revision (a pinned commit)")
-    if a.git_url is None and (a.git_revision or a.git_ssh_key or a.git_known_hosts):
-        raise UsageError("--git-revision/--git-ssh-key/--git-known-hosts need --git-url")
+    git_only = (a.git_revision, a.git_ssh_key, a.git_known_hosts, a.git_insecure_ignore_host_key,
+                a.git_password_file, a.git_username_file)
+    if a.git_url is None and any(git_only):
+        raise UsageError("--git-revision, --git-ssh-key, --git-known-hosts, --git-insecure-ignore-host-key, "
+                         "--git-password-file and --git-username-file need --git-url")
+    if a.git_url is not None and has_password(a.git_url):
+        raise UsageError("--git-url must not embed a password: give it with --git-password-file")
+    if a.git_username_file is not None and a.git_password_file is None:
+        raise UsageError("--git-username-file needs --git-password-file")
     if a.inline_dockerfile is not None and a.context is None and a.git_url is None and a.context_dir:
         raise UsageError("--context-dir needs --context or --git-url")
     for rel in (a.context_dir, a.dockerfile):
@@ -243,6 +260,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
         git_revision=a.git_revision,
         git_ssh_key=a.git_ssh_key,
         git_known_hosts=a.git_known_hosts,
+        git_username_file=a.git_username_file,
+        git_password_file=a.git_password_file,
+        git_insecure_ignore_host_key=a.git_insecure_ignore_host_key,
         context_dir=a.context_dir,
         dockerfile=a.dockerfile,
         inline_dockerfile=a.inline_dockerfile,

@@ -1,0 +1,189 @@
+"""reconciler: git sources resolve off the reconcile threads, within a bounded time (issue #14 item 6), and
+their credentials come from the Secret, known_hosts required for ssh (item 5).
+
+The API is an in-memory stand-in for kube.Kube holding several ImageBuilds; git is real (file:// and a
+black-holed git:// port: a listening socket that never answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from stagefleet.controller.kube import Kube
+from stagefleet.controller.metrics import Metrics
+from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git missing")
+
+DOCKERFILE = "FROM busybox AS one\nRUN true\nFROM busybox AS two\nCOPY --from=one /x /x\n"
+
+
+class FakeApi:
+    """The calls Reconciler makes, in memory, for several ImageBuilds of namespace ns."""
+
+    def __init__(self) -> None:
+        self.ibs: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, bytes]] = {}
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def add(self, name: str, spec: dict[str, Any]) -> None:
+        self.ibs[name] = {
+            "apiVersion": "stagefleet.io/v1alpha1",
+            "kind": "ImageBuild",
+            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1,
+                         "resourceVersion": "1"},
+            "spec": {"output": {"image": f"127.0.0.1:5000/t/{name}:1"}, "timeout": "10m", **spec},
+        }
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.ibs[name].get("status") or {})
+
+    def get_imagebuild(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.ibs.get(name))
+
+    def list_worker_pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(p) for p in self.pods.values() if p["metadata"]["labels"].get(
+            "stagefleet.io/imagebuild-uid") == uid]
+
+    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        return set(self.secrets[name]) if name in self.secrets else None
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> bytes | None:
+        return self.secrets.get(name, {}).get(key)
+
+    def create(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        pod = copy.deepcopy(dict(manifest))
+        pod["metadata"]["uid"] = f"uid-{pod['metadata']['name']}"
+        pod["status"] = {"phase": "Pending"}
+        if manifest["kind"] == "Pod":
+            self.pods[pod["metadata"]["name"]] = pod
+        return pod
+
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
+        self.pods.pop(name, None)
+
+    def delete_configmaps(self, namespace: str, uid: str) -> None:
+        pass
+
+    def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        stored = self.ibs[ib["metadata"]["name"]]
+        if dict(stored.get("status") or {}) == dict(new):
+            return False
+        stored["status"] = copy.deepcopy(dict(new))
+        return True
+
+    def event(self, ib: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((ib["metadata"]["name"], type_, reason, message))
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = tmp_path / "repo"
+    r.mkdir()
+    (r / "Dockerfile").write_text(DOCKERFILE)
+    _git(r, "init", "-q", "-b", "main")
+    _git(r, "add", ".")
+    _git(r, "commit", "-qm", "one")
+    return r
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A git:// URL whose host accepts the connection and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"git://127.0.0.1:{s.getsockname()[1]}/repo.git"
+
+
+def test_black_holed_sources_delay_only_their_own_builds(repo: Path, black_hole: str) -> None:
+    """Three builds whose git host never answers, one normal build, two reconcile threads: every first
+    pass returns at once (Planning, "resolving source"), the normal build plans and starts its pods while
+    the others wait, and each black-holed build then fails on its own, naming spec.source.git.url."""
+    api = FakeApi()
+    holes = [f"hole-{i}" for i in range(3)]
+    for name in holes:
+        api.add(name, {"source": {"git": {"url": black_hole}}})
+    api.add("ok", {"source": {"git": {"url": f"file://{repo}", "revision": "main"}}})
+    timeout = 4.0
+    r = Reconciler(cast(Kube, api), OperatorConfig(status_coalesce=0, source_timeout=timeout), Metrics(),
+                   threads=2)
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(r.trigger("ns", n) for n in [*holes, "ok"])), timeout=2.0)
+        for name in holes:
+            status = api.status(name)
+            assert status["phase"] == "Planning", status
+            assert "resolving source" in status["message"] and black_hole in status["message"]
+        while "plan" not in api.status("ok"):
+            assert time.monotonic() - started < timeout, api.status("ok")
+            await asyncio.sleep(0.05)
+        planned_after = time.monotonic() - started
+        assert {p["metadata"]["name"] for p in api.pods.values()} and all(
+            api.status(n)["phase"] == "Planning" for n in holes
+        )
+        while any(api.status(n)["phase"] != "Failed" for n in holes):
+            assert time.monotonic() - started < timeout + 5, [api.status(n) for n in holes]
+            await asyncio.sleep(0.1)
+        return planned_after
+
+    planned_after = asyncio.run(scenario())
+    assert planned_after < timeout
+    for name in holes:
+        status = api.status(name)
+        assert "spec.source.git.url" in status["message"] and black_hole in status["message"]
+        assert f"no answer within {timeout:g}s" in status["message"], status["message"]
+        assert status["failure"]["reason"] == "SourceTimeout", status
+    assert api.status("ok")["phase"] in ("Pending", "Building")
+
+
+def _ssh_build(api: FakeApi, **git: Any) -> None:
+    api.add("priv", {"source": {"git": {"url": "ssh://git@127.0.0.1:1/r.git", "secretRef": {"name": "k"},
+                                        **git}}})
+
+
+def test_ssh_without_known_hosts_is_stalled_naming_the_secret_and_key() -> None:
+    api = FakeApi()
+    _ssh_build(api)
+    api.secrets["k"] = {"ssh-privatekey": b"KEY"}
+    r = Reconciler(cast(Kube, api), OperatorConfig(status_coalesce=0, source_timeout=2), Metrics(), threads=1)
+    assert r.reconcile("ns", "priv") == 5.0
+    status = api.status("priv")
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "KnownHostsMissing"
+    assert 'Secret "k" key "known_hosts"' in status["message"]
+    assert "insecureIgnoreHostKey" in status["message"]
+    assert [e[2] for e in api.events] == ["KnownHostsMissing"]
+    # with the host keys the source is resolved (here: nothing listens, so it fails, but not Stalled)
+    api.secrets["k"]["known_hosts"] = b"127.0.0.1 ssh-ed25519 AAAA\n"
+    r.reconcile("ns", "priv")
+    assert "resolving source" in api.status("priv")["message"]
+    assert b"KEY".decode() not in str(api.ibs) + str(api.events)
+
+
+def test_ssh_host_key_checking_can_be_switched_off_deliberately() -> None:
+    api = FakeApi()
+    _ssh_build(api, insecureIgnoreHostKey=True)
+    api.secrets["k"] = {"ssh-privatekey": b"KEY"}
+    r = Reconciler(cast(Kube, api), OperatorConfig(status_coalesce=0, source_timeout=2), Metrics(), threads=1)
+    r.reconcile("ns", "priv")
+    assert "resolving source" in api.status("priv")["message"]
