@@ -452,7 +452,12 @@ def terminal(api: Api, name: str, operator: Operator, timeout: float = 240) -> d
         ok = st.get("phase") in TERMINAL and st.get("observedGeneration") == o["metadata"].get("generation")
         return o if ok else None
 
-    obj: dict[str, Any] = poll(done, f"{name} terminal", operator, timeout=timeout, interval=0.2)
+    try:
+        obj: dict[str, Any] = poll(done, f"{name} terminal", operator, timeout=timeout, interval=0.2)
+    except AssertionError as e:
+        pods = [(p["metadata"]["name"], (p.get("status") or {}).get("phase"), p["spec"].get("nodeName"))
+                for p in api.pods()]
+        raise AssertionError(f"{e}\n--- pods (name, phase, node) ---\n{pods}") from None
     return obj
 
 
