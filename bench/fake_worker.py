@@ -5,7 +5,10 @@
 Options before `--`: `--sleep S`, `--record DIR` (one JSON file per invocation: argv, result, times),
 `--fail GROUP:EXITCODE` (that group reports ok=false and exits with the code; repeatable),
 `--slow GROUP:SECONDS` (that group sleeps this long instead), `--registry-dir DIR` (the simulated
-registry, see below; default $STAGEFLEET_FAKE_REGISTRY or <tmp>/stagefleet-fake-registry).
+registry, see below; default $STAGEFLEET_FAKE_REGISTRY or <tmp>/stagefleet-fake-registry), `--sink URL`
+(instead of both directories, for worker pods in real containers that share no directory with the test:
+an HTTP service of the test's — `GET|PUT URL/marker/<ref>` is the simulated registry, `POST URL/record`
+takes the record; see tests/reliability/sink.py).
 Takes the real worker's arguments (`--group`, `--target`, `--stage`, `--push`, `--upstream-wait`,
 `--result-file`, the rest ignored). Like the real worker, a pod started early waits until every
 `--upstream-wait STAGE=REF` has been "pushed": here, until a marker file for REF exists in the simulated
@@ -32,6 +35,29 @@ def _marker(registry: str, ref: str) -> str:
     return os.path.join(registry, ref.replace("%", "%25").replace("/", "%2F"))
 
 
+def _http(method: str, url: str, body: str | None = None) -> str | None:
+    """One request to the --sink service: the answer's text, or None for 404. Transient errors (the
+    service or the network briefly away) are retried for a minute, then raised."""
+    import urllib.error
+    import urllib.request
+
+    for attempt in range(600):
+        req = urllib.request.Request(url, method=method, data=None if body is None else body.encode())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return str(resp.read().decode())
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            if attempt == 599:
+                raise
+        except OSError:
+            if attempt == 599:
+                raise
+        time.sleep(0.1)
+    return None
+
+
 def _json(value: object) -> str:
     """Compact JSON of the result's plain types (dict, list, str, int, float, bool, None)."""
     if value is None or isinstance(value, bool):
@@ -55,9 +81,12 @@ def main(argv: list[str]) -> int:
     slow: dict[str, float] = {}
     registry = os.environ.get("STAGEFLEET_FAKE_REGISTRY") or os.path.join(
         os.environ.get("TMPDIR") or "/tmp", "stagefleet-fake-registry")
-    while argv and argv[0] in ("--sleep", "--record", "--fail", "--slow", "--registry-dir"):
+    sink: str | None = None
+    while argv and argv[0] in ("--sleep", "--record", "--fail", "--slow", "--registry-dir", "--sink"):
         flag, value, argv = argv[0], argv[1], argv[2:]
-        if flag == "--registry-dir":
+        if flag == "--sink":
+            sink = value.rstrip("/")
+        elif flag == "--registry-dir":
             registry = value
         elif flag == "--sleep":
             sleep = float(value)
@@ -80,13 +109,21 @@ def main(argv: list[str]) -> int:
         else:
             i += 1
     waits = dict(value.split("=", 1) for value in opts.get("upstream-wait") or ())
-    while not all(os.path.exists(_marker(registry, ref)) for ref in waits.values()):
-        time.sleep(0.1)  # the real worker's poll interval (worker/upstream.py)
     upstreams = {stage: ref.rsplit("@", 1)[1]
                  for stage, ref in (value.split("=", 1) for value in opts.get("upstream") or ())}
-    for stage, ref in waits.items():
-        with open(_marker(registry, ref)) as f:
-            upstreams[stage] = f.read()
+    if sink is not None:
+        from urllib.parse import quote
+
+        for stage, ref in waits.items():
+            while (found := _http("GET", f"{sink}/marker/{quote(ref, safe='')}")) is None:
+                time.sleep(0.1)
+            upstreams[stage] = found
+    else:
+        while not all(os.path.exists(_marker(registry, ref)) for ref in waits.values()):
+            time.sleep(0.1)  # the real worker's poll interval (worker/upstream.py)
+        for stage, ref in waits.items():
+            with open(_marker(registry, ref)) as f:
+                upstreams[stage] = f.read()
     started = time.time()
     sleep = slow.get((opts.get("group") or ["?"])[0], sleep)
     time.sleep(sleep)
@@ -108,13 +145,20 @@ def main(argv: list[str]) -> int:
         result.update(ok=False, digest=None, image=None,
                       error={"kind": "push", "message": f"SIMULATED failure of group {group}"})
     line = _json(result)
-    if group not in fail:
+    if group not in fail and sink is not None:
+        from urllib.parse import quote
+
+        for ref in opts.get("push") or ():
+            _http("PUT", f"{sink}/marker/{quote(ref, safe='')}", digest)
+    elif group not in fail:
         os.makedirs(registry, exist_ok=True)
         for ref in opts.get("push") or ():
             with open(_marker(registry, ref), "w") as f:
                 f.write(digest)
-    if record:
-        entry = {"argv": argv, "result": result, "start": started, "end": time.time(), "pid": os.getpid()}
+    entry = {"argv": argv, "result": result, "start": started, "end": time.time(), "pid": os.getpid()}
+    if sink is not None:
+        _http("POST", f"{sink}/record", _json(entry))
+    elif record:
         with open(os.path.join(record, f"{group}-{os.getpid()}-{os.urandom(4).hex()}.json"), "w") as f:
             f.write(_json(entry))
     print(f"fake_worker: SIMULATED build of {', '.join(stages)} (slept {sleep} s, nothing built)")

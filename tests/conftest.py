@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 RELIABILITY = TESTS / "reliability"
 
 BuildahEnv = Callable[[Path], dict[str, str]]
-TIER_FIXTURES = ("cluster", "kube")  # fixtures parametrised over tests/tiers.py's TIERS
+TIER_FIXTURES = ("cluster", "kube", "rcluster")  # fixtures parametrised over tests/tiers.py's TIERS
 
 
 def on_real_tier(item: pytest.Item) -> bool:
@@ -37,19 +37,25 @@ def on_real_tier(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which turns xdist_group marks into groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """tests/reliability runs first, as one unit: scripts/test runs pytest-xdist with `--dist loadgroup`,
-    which keeps an `xdist_group` in one worker in collection order (test_zz_canary must run after the rest
-    of the suite, in the same session, to see its evidence). First, because it is the longest unit: started
-    last it would run alone at the end. Then the real tier's tests, as one unit too: one real cluster on the
-    machine at a time (its kubelets share the host's CPUs and log directories), started once. Without xdist
-    only the order changes."""
+    """tests/reliability's dev tier runs first, as one unit: scripts/test runs pytest-xdist with `--dist
+    loadgroup`, which keeps an `xdist_group` in one worker in collection order (test_zz_canary must run
+    after the rest of its tier's suite, in the same session, to see its evidence). First, because it is the
+    longest unit: started last it would run alone at the end. Then the real tier's tests, as one unit too:
+    one real cluster on the machine at a time (its kubelets share the host's CPUs and log directories),
+    started once — tests/reliability's real tier first among them, in file order, so its canary runs after
+    the rest of it. Without xdist only the order changes."""
     reliability = pytest.mark.xdist_group("reliability")
     real = pytest.mark.xdist_group("real")
     first: list[pytest.Item] = []
+    real_reliability: list[pytest.Item] = []
     second: list[pytest.Item] = []
     rest: list[pytest.Item] = []
     for item in items:
-        if RELIABILITY in Path(str(item.path)).parents:
+        in_reliability = RELIABILITY in Path(str(item.path)).parents
+        if in_reliability and on_real_tier(item):
+            item.add_marker(real)
+            real_reliability.append(item)
+        elif in_reliability:
             item.add_marker(reliability)
             first.append(item)
         elif on_real_tier(item):
@@ -57,7 +63,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             second.append(item)
         else:
             rest.append(item)
-    items[:] = first + second + rest
+    items[:] = first + real_reliability + second + rest
 
 
 def _require_builder() -> None:

@@ -107,6 +107,9 @@ def test_a_pod_runs_from_the_test_registry_with_logs_and_exec(real: RealCluster,
         "pod sleeper Running",
     )
     assert kubectl(real, "exec", "sleeper", "--", "cat", "/proc/1/cmdline").startswith("sleep")
+    # the audit log (the reliability suite's pod ledger) saw each creation once, and nothing else
+    created = [c for c in real.pod_creations() if c[0] == "default"]
+    assert created == [("default", "hello"), ("default", "sleeper")], created
 
 
 def test_a_missing_service_account_is_refused_with_403(real: RealCluster, base_image: str) -> None:

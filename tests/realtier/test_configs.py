@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stagefleet.realcluster import configs
+from stagefleet.realcluster import audit, configs
 
 PORTS = configs.Ports(etcd_client=1, etcd_peer=2, apiserver=3, controller_manager=4, scheduler=5)
 
@@ -41,6 +41,45 @@ def test_apiserver_runs_with_auth_authz_and_admission_a_user_would_meet(tmp_path
     assert flags["kubelet-preferred-address-types"] == "Hostname"  # nodes are dialled on loopback
     assert flags["service-cluster-ip-range"] == "127.200.7.0/24"  # Services on loopback too
     assert configs.kubernetes_service_ip(7) == "127.200.7.1"
+
+
+def test_apiserver_audit_logs_pod_creations_only(tmp_path: Path) -> None:
+    flags = dict(a.removeprefix("--").split("=", 1) for a in configs.apiserver_argv(
+        "kube-apiserver", tmp_path, PORTS, 7, audit=(tmp_path / "policy.yaml", tmp_path / "audit.log"))[1:])
+    assert flags["audit-policy-file"] == str(tmp_path / "policy.yaml")
+    assert flags["audit-log-path"] == str(tmp_path / "audit.log")
+    assert flags["audit-log-format"] == "json"
+    plain = configs.apiserver_argv("kube-apiserver", tmp_path, PORTS, 7)
+    assert not any(a.startswith("--audit") for a in plain)
+    (first, last) = audit.POLICY["rules"]
+    assert first["verbs"] == ["create"] and first["resources"] == [{"group": "", "resources": ["pods"]}]
+    assert first["level"] == "Metadata" and last == {"level": "None"}
+
+
+def _event(verb: str = "create", code: int = 201, stage: str = "ResponseComplete", **ref: str) -> str:
+    obj = {"resource": "pods", "namespace": "ns1", "name": "p1", "apiVersion": "v1", **ref}
+    return json.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "stage": stage,
+                       "verb": verb, "objectRef": {k: v for k, v in obj.items() if v},
+                       "responseStatus": {"metadata": {}, "code": code}})
+
+
+def test_audit_log_lines_give_each_created_pod() -> None:
+    lines = [
+        _event(),
+        _event(name="p2", namespace="ns2"),
+        _event(code=409),  # AlreadyExists: not created
+        _event(code=422, name="bad"),
+        _event(stage="RequestReceived", name="p3"),  # not a completed request
+        _event(verb="delete"),
+        _event(subresource="binding"),  # the scheduler binding p1, not a creation
+        _event(resource="configmaps", name="cm"),
+        _event(apiGroup="stagefleet.io", resource="pods", name="x"),  # a custom "pods" resource
+        "",
+        '{"kind": "Event", "stage": "ResponseComp',  # torn last line while the server writes
+        _event(name="p1"),  # a second creation of the same name (after a delete) is listed again
+    ]
+    assert audit.pod_creations(lines) == [("ns1", "p1"), ("ns2", "p2"), ("ns1", "p1")]
+    assert audit.pod_creations([]) == []
 
 
 def test_node_names_are_loopback_addresses() -> None:

@@ -1,7 +1,9 @@
-"""Reliability-suite fixtures: a dev cluster whose emulator records every pod it creates, an operator per
-test (real worker, or the SIMULATED worker `bench/fake_worker.py` that records each invocation), a fast
-in-process API client for polling, and a session-wide secrets canary that `test_zz_canary.py` looks for
-everywhere at the end.
+"""Reliability-suite fixtures, per tier (tests/tiers.py): a cluster whose API server records every pod it
+creates (the emulator's wrapped handler; the real API server's audit log) and whose API the operator
+reaches through injectable faults (the emulator's; a fault proxy in front of the real API server), an
+operator per test (real worker, or the SIMULATED worker `bench/fake_worker.py` that records each
+invocation), a fast in-process API client for polling, and a per-tier secrets canary that
+`test_zz_canary.py` looks for everywhere at the end.
 
 Everything here waits with generous deadlines that only turn a hang into a readable failure; no test
 asserts on how long anything took. The e2e helpers (`Kubectl`, `Operator`, manifests) are imported from
@@ -10,6 +12,8 @@ asserts on how long anything took. The e2e helpers (`Kubectl`, `Operator`, manif
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -21,12 +25,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+import yaml
 
 from e2e.conftest import KUBECTL, Cluster, Kubectl, Operator
 from stagefleet.localregistry import LocalRegistry
+from tiers import BUILD_NAMESPACE_LABELS, TIERS
+
+from .faultproxy import FaultProxy
+from .sink import Sink
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_WORKER = ROOT / "bench" / "fake_worker.py"
@@ -46,6 +55,10 @@ COPY --from=right /right /r
 """
 
 
+class Ledger(Protocol):
+    def names(self, namespace: str) -> Counter[str]: ...
+
+
 @dataclass
 class PodLedger:
     """Every pod the emulator created (201 to a POST), in order: (namespace, name)."""
@@ -59,11 +72,30 @@ class PodLedger:
 
 
 @dataclass
+class AuditLedger:
+    """Every pod the real API server created, from its audit log (stagefleet.realcluster.audit)."""
+
+    real: Any
+
+    def names(self, namespace: str) -> Counter[str]:
+        return Counter(n for ns, n in self.real.pod_creations() if ns == namespace)
+
+
+@dataclass
 class RCluster:
+    """One tier for the reliability suite: ``faults`` (the emulator's, or the fault proxy's in front of the
+    real API server: the same settings), ``ledger`` (pods created), ``log_dirs`` (where pod and component
+    logs land on disk, for the canary), ``fake_image`` (real tier: the builder image plus the SIMULATED
+    worker)."""
+
     cluster: Cluster
-    dev: Any
-    ledger: PodLedger
-    logs_dir: Path
+    tier: str
+    ledger: Ledger
+    faults: Any
+    log_dirs: list[Path]
+    dev: Any = None
+    real: Any = None
+    fake_image: str | None = None
 
 
 def _install_ledger(ledger: PodLedger) -> Callable[[], None]:
@@ -100,12 +132,20 @@ def _install_ledger(ledger: PodLedger) -> Callable[[], None]:
     return undo
 
 
-@pytest.fixture(scope="session")
-def rcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RCluster]:
+@pytest.fixture(scope="session", params=TIERS)
+def rcluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RCluster]:
+    """Per tier (tests/tiers.py). "dev": a DevCluster of the suite's own (fast node-loss detection), its
+    emulator recording pod creations. "real": the session's RealCluster with the chart's identity, as
+    e2e's; the operator reaches the API server through a fault proxy (faultproxy.py), pod creations come
+    from the API server's audit log, and the SIMULATED worker runs in worker pods from an image of its
+    own (the builder image plus bench/fake_worker.py)."""
     if not KUBECTL.exists():
         pytest.skip("the real kubectl is missing (scripts/setup.sh installs it)")
+    if request.param == "real":
+        yield from _real_rcluster(request, tmp_path_factory)
+        return
     if os.environ.get("STAGEFLEET_TEST_KUBECONFIG"):
-        pytest.skip("the reliability suite needs the dev cluster (node loss, fault injection, pod ledger)")
+        pytest.skip("the reliability suite's dev tier needs the dev cluster (node loss, faults, pod ledger)")
     from stagefleet.devcluster.cluster import DevCluster
 
     ledger = PodLedger()
@@ -126,10 +166,66 @@ def rcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RCluster]:
         undo()
     try:
         yield RCluster(
-            Cluster(dev.kubeconfig, tmp_path_factory.mktemp("rel-kube-home"), dev), dev, ledger, dev.logs_dir
+            Cluster(dev.kubeconfig, tmp_path_factory.mktemp("rel-kube-home"), dev),
+            "dev", ledger, dev.faults, [dev.logs_dir], dev=dev,
         )
     finally:
         dev.stop()
+
+
+def _real_rcluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RCluster]:
+    from e2e.conftest import _real_cluster
+    from stagefleet.realcluster import pki
+
+    home = tmp_path_factory.mktemp("rel-kube-home")
+    clusters = _real_cluster(request, tmp_path_factory, home)  # the session's RealCluster, chart identity
+    cluster = next(clusters)
+    rc = cluster.real
+    identity = cluster.operator_identity
+    assert identity is not None
+    certs = tmp_path_factory.mktemp("rel-faultproxy")
+    cert = pki.issue(pki.KeyPair(rc.pki / "ca.crt", rc.pki / "ca.key"), certs, "faultproxy",
+                     cn="stagefleet-rel-faultproxy", sans=("IP:127.0.0.1",))
+    proxy = FaultProxy(rc.server, rc.pki / "ca.crt", cert.cert, cert.key)
+    proxy.start()
+    # the operator's kubeconfig (the chart ServiceAccount's token) pointed at the proxy
+    kc = yaml.safe_load(identity.kubeconfig.read_text())
+    for c in kc["clusters"]:
+        c["cluster"]["server"] = proxy.url
+    via_proxy = home / "operator-via-faultproxy.kubeconfig"
+    via_proxy.write_text(yaml.safe_dump(kc))
+    identity = dataclasses.replace(identity, kubeconfig=via_proxy)
+    cluster = dataclasses.replace(cluster, operator_identity=identity)
+    registry: LocalRegistry = request.getfixturevalue("registry")
+    image_env: dict[str, str] = request.getfixturevalue("image_env")
+    fake_image = fake_worker_image(registry.host, request.getfixturevalue("tier_images").builder, image_env)
+    pod_logs = [rc.nodes_dir / f"node{i}" / "host" / "var" / "log" for i in range(1, len(rc.node_names) + 1)]
+    try:
+        yield RCluster(cluster, "real", AuditLedger(rc), proxy.faults, [rc.logs_dir, *pod_logs], real=rc,
+                       fake_image=fake_image)
+    finally:
+        proxy.stop()
+        clusters.close()
+
+
+FAKE_WORKER_IN_IMAGE = "/opt/stagefleet-bench/fake_worker.py"
+
+
+def fake_worker_image(registry_host: str, builder: str, env: dict[str, str]) -> str:
+    """The builder image plus bench/fake_worker.py (at FAKE_WORKER_IN_IMAGE), pushed to the session
+    registry; tagged by the content of both, so it is built once per registry."""
+    from stagefleet.localregistry import _commit_and_push, _served
+
+    key = hashlib.sha256(FAKE_WORKER.read_bytes() + builder.encode()).hexdigest()[:16]
+    repo = "rel/fake-worker"
+    ref = f"{registry_host}/{repo}:{key}"
+    if _served(registry_host, repo, key):
+        return ref
+    return _commit_and_push(ref, builder, env, [
+        lambda ctr: ["buildah", "copy", "--chmod", "0644", ctr, str(FAKE_WORKER), FAKE_WORKER_IN_IMAGE],
+    ])
 
 
 # ---------------------------------------------------------------------------------- session evidence
@@ -146,7 +242,8 @@ class Evidence:
 
 
 @pytest.fixture(scope="session")
-def evidence() -> Evidence:
+def evidence(rcluster: RCluster) -> Evidence:
+    """Per tier: test_zz_canary looks on its own tier's cluster, operator logs and registries."""
     return Evidence(canary=f"sfcanary-{uuid.uuid4().hex}")
 
 
@@ -160,7 +257,8 @@ def ns(rcluster: RCluster, evidence: Evidence, request: pytest.FixtureRequest) -
     base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     Kubectl(rcluster.cluster, "default").apply(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": name, "labels": BUILD_NAMESPACE_LABELS}}
     )
     Kubectl(rcluster.cluster, name).apply(
         {
@@ -256,8 +354,13 @@ OperatorFactory = Callable[..., Operator]
 def make_operator(
     rcluster: RCluster, ns: str, evidence: Evidence, tmp_path: Path, records: Path
 ) -> Iterator[OperatorFactory]:
-    """`make_operator(fake=True, registry=..., sleep=1, slow={"g3": 2.5}, fail={"g2": 14})`, started."""
+    """`make_operator(fake=True, registry=..., sleep=1, slow={"g3": 2.5}, fail={"g2": 14})`, started.
+
+    The SIMULATED worker (fake=True) runs as the worker pods' command: on the dev tier from this checkout,
+    recording into ``records``; on the real tier from the fake-worker image (`--builder-image`), reporting
+    its records and simulated pushes to a Sink of this test's, which writes the records into ``records``."""
     made: list[Operator] = []
+    sinks: list[Sink] = []
 
     def make(
         *,
@@ -271,12 +374,18 @@ def make_operator(
         log = tmp_path / f"operator-{len(made)}.log"
         extra: list[str] = []
         if fake:
-            cmd = [sys.executable, str(FAKE_WORKER), "--sleep", str(sleep), "--record", str(records)]
+            if rcluster.fake_image is not None:
+                if not sinks:
+                    sinks.append(Sink(records))
+                cmd = ["python3", FAKE_WORKER_IN_IMAGE, "--sleep", str(sleep), "--sink", sinks[0].url]
+                extra = ["--builder-image", rcluster.fake_image]
+            else:
+                cmd = [sys.executable, str(FAKE_WORKER), "--sleep", str(sleep), "--record", str(records)]
             for g, s in (slow or {}).items():
                 cmd += ["--slow", f"{g}:{s}"]
             for g, c in (fail or {}).items():
                 cmd += ["--fail", f"{g}:{c}"]
-            extra = ["--worker-command", shlex.join([*cmd, "--"])]
+            extra += ["--worker-command", shlex.join([*cmd, "--"])]
         op = Operator(rcluster.cluster, ns, registry, log, extra=[*extra, *(more or [])])
         op.start()
         made.append(op)
@@ -288,6 +397,8 @@ def make_operator(
     # per operator. (A test that needs the graceful stop, e.g. test_zz_canary, calls op.stop() itself.)
     for op in made:
         op.kill()
+    for sink in sinks:
+        sink.close()
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -341,7 +452,12 @@ def terminal(api: Api, name: str, operator: Operator, timeout: float = 240) -> d
         ok = st.get("phase") in TERMINAL and st.get("observedGeneration") == o["metadata"].get("generation")
         return o if ok else None
 
-    obj: dict[str, Any] = poll(done, f"{name} terminal", operator, timeout=timeout, interval=0.2)
+    try:
+        obj: dict[str, Any] = poll(done, f"{name} terminal", operator, timeout=timeout, interval=0.2)
+    except AssertionError as e:
+        pods = [(p["metadata"]["name"], (p.get("status") or {}).get("phase"), p["spec"].get("nodeName"))
+                for p in api.pods()]
+        raise AssertionError(f"{e}\n--- pods (name, phase, node) ---\n{pods}") from None
     return obj
 
 
@@ -369,11 +485,11 @@ def upstream_args(pod: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def assert_clean_success(obj: dict[str, Any], api: Api, ledger: PodLedger, records: Path | None) -> None:
+def assert_clean_success(obj: dict[str, Any], api: Api, ledger: Ledger, records: Path | None) -> None:
     """The invariants every disturbed-but-recovered build must satisfy.
 
     * Succeeded, every stage Succeeded with one attempt;
-    * every pod the emulator ever created for this namespace was created once, one pod per group;
+    * every pod the API server ever created for this namespace was created once, one pod per group;
     * (simulated worker) each group's worker ran exactly once, i.e. its result was pushed once and never
       lost: the status digests, the final image digest and the digests the downstream pods were given are
       exactly the ones the workers reported.
@@ -419,6 +535,18 @@ def operator_crashes(log: Path) -> list[str]:
         if any(b in line for b in bad):
             out.append(line[:300])
     return out
+
+
+def pod_log(api: Api, pod: str) -> str:
+    """The worker container's log (the API serves it on both tiers); "" while there is none yet."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return str(api._retry(lambda: api.core.read_namespaced_pod_log(pod, api.namespace)))
+    except ApiException as e:
+        if e.status in (400, 404):  # not started yet / gone
+            return ""
+        raise
 
 
 def has_registry(reg: LocalRegistry) -> bool:

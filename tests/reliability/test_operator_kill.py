@@ -114,12 +114,12 @@ def test_operator_sigkill_at_build_point(
         assert (s[0].get("status") or {}).get("phase") not in TERMINAL, f"ended before kill point {point.id}"
         return False
 
-    rcluster.dev.faults.update({"latency_seconds": point.latency})
+    rcluster.faults.update({"latency_seconds": point.latency})
     try:
         poll(reached, f"kill point {point.id}", op)
         op.kill()
     finally:
-        rcluster.dev.faults.update({"latency_seconds": 0.0})
+        rcluster.faults.update({"latency_seconds": 0.0})
     if point.after is not None:
         poll(lambda: point.after(state()) if point.after else True, f"{point.id}: progress while down")
     op.start()

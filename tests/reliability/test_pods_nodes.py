@@ -1,9 +1,9 @@
-"""Worker pods lost mid-build: one deleted, others on a node whose kubelet dies (the dev cluster's
-node-loss simulation, which behaves like a real cluster: the node goes Ready=Unknown after the grace period,
-its pods stay Running and their processes run on). The operator gives those pods up after --node-lost-after,
-the affected groups run again as attempt 2 elsewhere and the build succeeds from the retries' results, not
-from what the lost attempts still pushed; a group that keeps failing with an infrastructure exit code ends
-the build Failed with its attempts recorded. SIMULATED worker."""
+"""Worker pods lost mid-build: one deleted, others on a node whose kubelet dies (the dev cluster's node-loss
+simulation, which behaves like a real cluster; on the real tier a real kubelet stopped: the node goes
+Ready=Unknown after the grace period, its pods stay Running and their processes run on). The operator gives
+those pods up after --node-lost-after, the affected groups run again as attempt 2 elsewhere and the build
+succeeds from the retries' results, not from what the lost attempts still pushed; a group that keeps failing
+with an infrastructure exit code ends the build Failed with its attempts recorded. SIMULATED worker."""
 
 from __future__ import annotations
 
@@ -73,13 +73,13 @@ def test_deleted_pod_and_lost_node_are_retried(
         None,
     )
     try:
-        rcluster.dev.lose_node(node)
+        rcluster.cluster.lose_node(node)
         if other is not None:
             doomed = next(p for p in pods if pod_labels(p)[1] == other)
             kubectl.run("delete", "pod", doomed["metadata"]["name"], "--wait=false")
         obj = terminal(api, "lost", op)
     finally:
-        rcluster.dev.recover_node(node)
+        rcluster.cluster.recover_node(node)
     st = obj["status"]
     assert st["phase"] == "Succeeded", st.get("message")
     # g1's pod was lost with the node: attempt 2 ran elsewhere (the node was tainted by then). Any pod the

@@ -20,7 +20,7 @@ from e2e.oci import manifest_digest
 from stagefleet import buildenv
 from stagefleet.localregistry import LocalRegistry, ensure_base_image
 
-from .conftest import GROUP, VERSION, Api, Evidence, OperatorFactory, RCluster, poll, terminal
+from .conftest import GROUP, VERSION, Api, Evidence, OperatorFactory, RCluster, pod_log, poll, terminal
 
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
 
@@ -68,7 +68,7 @@ def _manifest(name: str, reg: LocalRegistry, **spec: Any) -> dict[str, Any]:
     }
 
 
-def _steps_running(rcluster: RCluster, api: Api, name: str) -> bool:
+def _steps_running(api: Api, name: str) -> bool:
     """Both first-wave pods are past their FROM (base pulled): their RUN step has started."""
     pods = [
         p
@@ -78,11 +78,7 @@ def _steps_running(rcluster: RCluster, api: Api, name: str) -> bool:
     ]
     if len(pods) < 2:
         return False
-    for p in pods:
-        log = rcluster.logs_dir / api.namespace / p["metadata"]["name"] / "worker.log"
-        if not log.exists() or "STEP 2/2" not in log.read_text(errors="replace"):
-            return False
-    return True
+    return all("STEP 2/2" in pod_log(api, p["metadata"]["name"]) for p in pods)
 
 
 def test_registry_down_for_ten_seconds_then_back(
@@ -91,7 +87,7 @@ def test_registry_down_for_ten_seconds_then_back(
     op = make_operator(fake=False, registry=own_registry.host)
     api.create(_manifest("blip", own_registry))
     poll(
-        lambda: _steps_running(rcluster, api, "blip"), "both RUN steps started", op, timeout=120, interval=0.1
+        lambda: _steps_running(api, "blip"), "both RUN steps started", op, timeout=120, interval=0.1
     )
     own_registry.stop()
     time.sleep(10)
@@ -110,7 +106,7 @@ def test_registry_gone_for_good_fails_clearly(
     op = make_operator(fake=False, registry=own_registry.host)
     api.create(_manifest("gone", own_registry, retries=0))
     poll(
-        lambda: _steps_running(rcluster, api, "gone"), "both RUN steps started", op, timeout=120, interval=0.1
+        lambda: _steps_running(api, "gone"), "both RUN steps started", op, timeout=120, interval=0.1
     )
     own_registry.stop()
     obj = terminal(api, "gone", op, timeout=300)

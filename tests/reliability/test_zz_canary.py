@@ -55,9 +55,11 @@ def test_canary_is_nowhere(
     for log in evidence.operator_logs:
         if log.exists() and needle in log.read_text(errors="replace"):
             hits.append(f"operator log {log}")
-    for f in rcluster.logs_dir.rglob("*"):
-        if f.is_file() and needle.encode() in f.read_bytes():
-            hits.append(f"pod log {f}")
+    files = [f for d in rcluster.log_dirs for f in d.rglob("*") if f.is_file()]
+    assert any(f.suffix == ".log" for f in files), f"no pod or component logs in {rcluster.log_dirs}"
+    for f in files:
+        if needle.encode() in f.read_bytes():
+            hits.append(f"log {f}")
     for data_dir in evidence.registries:
         hits += [f"registry blob {b}" for b in blobs_containing(data_dir, needle.encode())]
     for ns in evidence.namespaces:

@@ -33,7 +33,7 @@ import yaml
 
 from stagefleet.devcluster.cluster import REPO_CRDS, install_crds
 from stagefleet.localregistry import free_port
-from stagefleet.realcluster import configs, pki
+from stagefleet.realcluster import audit, configs, pki
 from stagefleet.realcluster.serviceproxy import ServiceProxy
 
 ENV_ASSETS = "STAGEFLEET_K8S_ASSETS"  # a directory holding kube-apiserver, kube-controller-manager, ...
@@ -161,6 +161,7 @@ class RealCluster:
         self.pki = self.workdir / "pki"
         self.kubeconfig = self.workdir / "kubeconfig"
         self.logs_dir = self.workdir / "logs"
+        self.audit_log = self.logs_dir / "audit.log"  # pod creations only (audit.POLICY)
         # Node state (containerd, kubelet root) lives under a short path of its own: the kubelet's unix
         # sockets must fit in 108 bytes, which a deep work directory (e.g. pytest's) would exceed.
         self.nodes_dir: Path | None = None
@@ -202,9 +203,13 @@ class RealCluster:
 
         etcd = self._spawn("etcd", configs.etcd_argv("etcd", self.workdir / "etcd", ports))
         self._wait(etcd, lambda: self._http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), 30)
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(audit.POLICY))
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
         api = self._spawn(
             "kube-apiserver",
-            configs.apiserver_argv(str(self.assets / "kube-apiserver"), self.pki, ports, self.service_net),
+            configs.apiserver_argv(str(self.assets / "kube-apiserver"), self.pki, ports, self.service_net,
+                                   audit=(policy, self.audit_log)),
         )
         self._wait(api, lambda: self._api_ok("/readyz"), 90)
         if self.install_crds:
@@ -265,6 +270,14 @@ class RealCluster:
         assert node.kubelet is not None
         if not node.kubelet.alive():
             node.kubelet.start()
+
+    def pod_creations(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every pod the API server created so far, in order (its audit log)."""
+        try:
+            text = self.audit_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return audit.pod_creations(text.splitlines())
 
     def node_ready(self, name: str) -> bool:
         try:

@@ -98,9 +98,18 @@ def etcd_argv(binary: str, data_dir: Path, ports: Ports, name: str = "real") -> 
     ]  # a throwaway test store: durability buys nothing, fsync costs seconds
 
 
-def apiserver_argv(binary: str, pki: Path, ports: Ports, service_net: int) -> list[str]:
+def apiserver_argv(
+    binary: str, pki: Path, ports: Ports, service_net: int, audit: tuple[Path, Path] | None = None
+) -> list[str]:
     """TLS, client-certificate auth, Node+RBAC authorization and the default admission chain
-    (ServiceAccount, DefaultTolerationSeconds, PodSecurity, ...) plus NodeRestriction."""
+    (ServiceAccount, DefaultTolerationSeconds, PodSecurity, ...) plus NodeRestriction. ``audit``: (policy
+    file, log file) — JSON lines written before the response returns (blocking mode)."""
+    audit_flags = [] if audit is None else [
+        f"--audit-policy-file={audit[0]}",
+        f"--audit-log-path={audit[1]}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",
+    ]
     return [
         binary,
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
@@ -124,6 +133,7 @@ def apiserver_argv(binary: str, pki: Path, ports: Ports, service_net: int) -> li
         f"--kubelet-client-certificate={pki / 'admin.crt'}",
         f"--kubelet-client-key={pki / 'admin.key'}",
         "--profiling=false",
+        *audit_flags,
         "--v=0",
     ]
 
