@@ -32,7 +32,8 @@ def test_defaults_allow_an_ordinary_build() -> None:
     assert check() == []
     assert check(source=GIT, nodeSelector={"kubernetes.io/arch": "amd64"}) == []
     assert check(builderImage=BUILDER) == []  # naming the operator's own image is no escalation
-    assert check(source={"git": {"url": "git@git.example.com:team/app.git", "revision": "main"}}) == []
+    scp = {"url": "git@git.example.com:team/app.git", "revision": "main", "secretRef": {"name": "key"}}
+    assert check(source={"git": scp}) == []
 
 
 def test_defaults_refuse_every_escalating_field_naming_it() -> None:

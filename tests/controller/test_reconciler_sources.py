@@ -21,11 +21,18 @@ import pytest
 
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
+from stagefleet.controller.policy import Policy
 from stagefleet.controller.reconciler import OperatorConfig, Reconciler
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git missing")
 
 DOCKERFILE = "FROM busybox AS one\nRUN true\nFROM busybox AS two\nCOPY --from=one /x /x\n"
+# git:// and file:// are off by default (stagefleet.controller.policy); these tests serve repositories so.
+LOCAL_SOURCES = Policy(source_schemes=("https", "ssh", "git", "file"))
+
+
+def CONFIG(timeout: float) -> OperatorConfig:  # noqa: N802
+    return OperatorConfig(status_coalesce=0, source_timeout=timeout, policy=LOCAL_SOURCES)
 
 
 class FakeApi:
@@ -124,7 +131,7 @@ def test_black_holed_sources_delay_only_their_own_builds(repo: Path, black_hole:
         api.add(name, {"source": {"git": {"url": black_hole}}})
     api.add("ok", {"source": {"git": {"url": f"file://{repo}", "revision": "main"}}})
     timeout = 4.0
-    r = Reconciler(cast(Kube, api), OperatorConfig(status_coalesce=0, source_timeout=timeout), Metrics(),
+    r = Reconciler(cast(Kube, api), CONFIG(timeout), Metrics(),
                    threads=2)
 
     async def scenario() -> float:
@@ -165,7 +172,7 @@ def test_ssh_without_known_hosts_is_stalled_naming_the_secret_and_key() -> None:
     api = FakeApi()
     _ssh_build(api)
     api.secrets["k"] = {"ssh-privatekey": b"KEY"}
-    r = Reconciler(cast(Kube, api), OperatorConfig(status_coalesce=0, source_timeout=2), Metrics(), threads=1)
+    r = Reconciler(cast(Kube, api), CONFIG(2), Metrics(), threads=1)
     assert r.reconcile("ns", "priv") == 5.0
     status = api.status("priv")
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
@@ -184,6 +191,6 @@ def test_ssh_host_key_checking_can_be_switched_off_deliberately() -> None:
     api = FakeApi()
     _ssh_build(api, insecureIgnoreHostKey=True)
     api.secrets["k"] = {"ssh-privatekey": b"KEY"}
-    r = Reconciler(cast(Kube, api), OperatorConfig(status_coalesce=0, source_timeout=2), Metrics(), threads=1)
+    r = Reconciler(cast(Kube, api), CONFIG(2), Metrics(), threads=1)
     r.reconcile("ns", "priv")
     assert "resolving source" in api.status("priv")["message"]
