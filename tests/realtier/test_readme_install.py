@@ -82,7 +82,7 @@ def own_cluster(tmp_path: Path, registry: LocalRegistry, pause_image: str) -> It
 
 def test_readme_install_section_runs_as_written(own_cluster: RealCluster, registry: LocalRegistry,
                                                 base_image: str, tier_images: Any, tmp_path: Path,
-                                                sshd_repo: tuple[str, Path, str]) -> None:  # noqa: F811
+                                                sshd_repo: tuple[str, Path, str, str]) -> None:  # noqa: F811
     """Then, through the operator the block installed (its image, the chart's ServiceAccount and RBAC),
     a build with a secret and a private git-over-ssh build, and the secret canary looked for everywhere."""
     from stagefleet.images import ensure_images
@@ -160,14 +160,12 @@ COPY --from=plain /plain /plain
 
 
 def secret_and_ssh_builds(k: Callable[..., str], registry: LocalRegistry, prefix: str, base_image: str,
-                          ssh: tuple[str, Path, str]) -> None:
+                          ssh: tuple[str, Path, str, str]) -> None:
     """The secrets example's shape (a secret mounted by one stage, a sibling stage without it) and the
     private-git-ssh example's (deploy key and known_hosts from a Secret), built by the in-cluster operator
     in namespace `builds`; then the canary is in no registry blob, pod log, event or status."""
     canary = f"canary-{uuid.uuid4().hex}"
-    url, key, commit = ssh
-    port = url.rsplit(":", 1)[1].split("/", 1)[0]
-    known_hosts = f"[127.0.0.1]:{port} {(key.parent / 'host.pub').read_text()}"
+    url, key, commit, known_hosts = ssh
 
     def b64(text: str) -> str:
         return base64.b64encode(text.encode()).decode()

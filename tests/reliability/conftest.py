@@ -455,10 +455,30 @@ def terminal(api: Api, name: str, operator: Operator, timeout: float = 240) -> d
     try:
         obj: dict[str, Any] = poll(done, f"{name} terminal", operator, timeout=timeout, interval=0.2)
     except AssertionError as e:
-        pods = [(p["metadata"]["name"], (p.get("status") or {}).get("phase"), p["spec"].get("nodeName"))
-                for p in api.pods()]
-        raise AssertionError(f"{e}\n--- pods (name, phase, node) ---\n{pods}") from None
+        raise AssertionError(f"{e}\n{unfinished_report(api)}") from None
     return obj
+
+
+def unfinished_report(api: Api) -> str:
+    """What a build that never ends is waiting for: its status and its pods (phase, node, the scheduler's
+    or kubelet's reason), so a failure tells a Pending pod from a worker stuck on its upstream."""
+    builds = api._retry(
+        lambda: api.custom.list_namespaced_custom_object(GROUP, VERSION, api.namespace, PLURAL)
+    )["items"]
+    lines = ["--- unfinished builds (name, phase, message) ---"]
+    for o in builds:
+        st = o.get("status") or {}
+        if st.get("phase") not in TERMINAL:
+            lines.append(f"{o['metadata']['name']} {st.get('phase')} {str(st.get('message'))[:200]}")
+    lines.append("--- pods not Succeeded (name, phase, node, reason) ---")
+    for p in api.pods():
+        status = p.get("status") or {}
+        if status.get("phase") == "Succeeded":
+            continue
+        reasons = [f"{c.get('type')}={c.get('status')}:{c.get('reason')}:{str(c.get('message'))[:120]}"
+                   for c in status.get("conditions") or () if c.get("status") != "True"]
+        lines.append(f"{p['metadata']['name']} {status.get('phase')} {p['spec'].get('nodeName')} {reasons}")
+    return "\n".join(lines)
 
 
 def read_records(records: Path, build: str | None = None) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from .conftest import (
     operator_crashes,
     poll,
     terminal,
+    unfinished_report,
 )
 
 pytestmark = [pytest.mark.cluster]
@@ -276,7 +277,10 @@ def test_malformed_dockerfiles_fail_clearly_while_a_valid_build_succeeds(
         ok = all((o.get("status") or {}).get("phase") in ("Succeeded", "Failed") for o in items)
         return list(items) if ok and len(items) == len(cases) + 1 else None
 
-    items = poll(all_done, "every ImageBuild terminal", op, timeout=300, interval=0.5)
+    try:
+        items = poll(all_done, "every ImageBuild terminal", op, timeout=300, interval=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{unfinished_report(api)}") from None
     assert_clean_success(terminal(api, "valid", op), api, rcluster.ledger, records)
     wrong = []
     for o in items:
