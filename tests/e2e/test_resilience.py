@@ -134,7 +134,7 @@ def test_a_lost_nodes_group_is_retried_elsewhere_and_its_late_result_ignored(
     operator.kill()
     operator.extra += ["--node-lost-after", "5"]
     operator.start()
-    dockerfile = LONG_FIRST_STAGE.format(sleep=40)
+    dockerfile = LONG_FIRST_STAGE.format(sleep=15)
     # No layer cache: the other tier's run of this test shares the session registry, and a RUN step taken
     # from its cache would give both attempts the same /id.
     kubectl.apply(inline_manifest("nodeloss", dockerfile, registry.host, buildArgs={"BASE": base_image},
