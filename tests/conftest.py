@@ -24,6 +24,7 @@ from stagefleet.localregistry import LocalRegistry, ensure_base_image, ensure_pa
 BUILDER_TOOLS = ("buildah", "runc", "docker-registry", "skopeo")
 TESTS = Path(__file__).resolve().parent
 RELIABILITY = TESTS / "reliability"
+REALTIER = TESTS / "realtier"
 
 BuildahEnv = Callable[[Path], dict[str, str]]
 TIER_FIXTURES = ("cluster", "kube", "rcluster")  # fixtures parametrised over tests/tiers.py's TIERS
@@ -40,15 +41,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """tests/reliability's dev tier runs first, as one unit: scripts/test runs pytest-xdist with `--dist
     loadgroup`, which keeps an `xdist_group` in one worker in collection order (test_zz_canary must run
     after the rest of its tier's suite, in the same session, to see its evidence). First, because it is the
-    longest unit: started last it would run alone at the end. Then the real tier's tests, as one unit too:
-    one real cluster on the machine at a time (its kubelets share the host's CPUs and log directories),
-    started once — tests/reliability's real tier first among them, in file order, so its canary runs after
-    the rest of it. Without xdist only the order changes."""
+    longest unit: started last it would run alone at the end. Then the tests on the session's real cluster,
+    as one unit too (started once, its kubelets' pods counted by its own audit log) — tests/reliability's
+    real tier first among them, in file order, so its canary runs after the rest of it. Then tests/realtier
+    (group "realtier", marked in its modules): each test starts a real cluster of its own, so they need not
+    wait for the session's; as a unit of their own they run in the other worker, beside it, which halves the
+    real tier's share of the wall time. Without xdist only the order changes."""
     reliability = pytest.mark.xdist_group("reliability")
     real = pytest.mark.xdist_group("real")
     first: list[pytest.Item] = []
     real_reliability: list[pytest.Item] = []
     second: list[pytest.Item] = []
+    own_clusters: list[pytest.Item] = []
     rest: list[pytest.Item] = []
     for item in items:
         in_reliability = RELIABILITY in Path(str(item.path)).parents
@@ -58,12 +62,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif in_reliability:
             item.add_marker(reliability)
             first.append(item)
+        elif REALTIER in Path(str(item.path)).parents:
+            own_clusters.append(item)
         elif on_real_tier(item):
             item.add_marker(real)
             second.append(item)
         else:
             rest.append(item)
-    items[:] = first + real_reliability + second + rest
+    items[:] = first + real_reliability + second + own_clusters + rest
 
 
 def _require_builder() -> None:

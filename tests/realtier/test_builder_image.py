@@ -29,7 +29,7 @@ from stagefleet.localregistry import LocalRegistry, ensure_base_image, ensure_pa
 from stagefleet.realcluster import RealCluster
 from tiers import real_tier_unavailable
 
-pytestmark = [pytest.mark.xdist_group("real"), pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.xdist_group("realtier"), pytest.mark.timeout(1800)]
 KUBECTL = find_tool("kubectl")
 WORKER_VALUES = yaml.safe_load((REPO / "charts" / "stagefleet" / "values.yaml").read_text())["worker"]
 NS = "default"

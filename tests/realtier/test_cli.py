@@ -13,7 +13,7 @@ from binaries import find_tool
 from stagefleet.realcluster.cluster import mounts_under
 from tiers import real_tier_unavailable
 
-pytestmark = pytest.mark.xdist_group("real")
+pytestmark = pytest.mark.xdist_group("realtier")
 
 
 def test_up_real_detach_then_down(tmp_path: Path) -> None:

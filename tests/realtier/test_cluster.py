@@ -19,7 +19,7 @@ from stagefleet.realcluster import RealCluster
 from stagefleet.realcluster.cluster import _cgroup_dirs, mounts_under
 from tiers import real_tier_unavailable
 
-pytestmark = pytest.mark.xdist_group("real")  # one real cluster on the machine at a time
+pytestmark = pytest.mark.xdist_group("realtier")  # beside the session's real cluster (tests/conftest.py)
 KUBECTL = find_tool("kubectl")
 
 

@@ -36,7 +36,7 @@ from stagefleet.localregistry import LocalRegistry, free_port
 from stagefleet.realcluster import RealCluster
 from tiers import real_tier_unavailable
 
-pytestmark = pytest.mark.xdist_group("real")
+pytestmark = pytest.mark.xdist_group("realtier")
 SECTION = "## Install into a real cluster"
 SEED_BASE = "docker.io/library/busybox:1.36"
 
