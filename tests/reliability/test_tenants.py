@@ -17,8 +17,9 @@ its own object:
   build is planned and started meanwhile;
 * a build of the same name with the same output image: it builds too, but with a cache repository and a
   stage repository of its own namespace, never the victim's;
-* a forged worker pod in its own namespace with the victim pod's labels, owner reference and a
-  termination message claiming success with a digest of its choosing: deleted, never adopted.
+* forged worker pods in its own namespace with the victim pod's labels and a termination message
+  claiming success with a digest of its choosing, one with the victim pod's owner reference (deleted as
+  an orphan), one owned by its own ImageBuild (runs and ends with its claim): neither is ever adopted.
 
 The victim's build must succeed with a clean ledger (``assert_clean_success``: one pod per group, each
 worker run once, the digests in status exactly what its own workers reported), see no object, pod or event
