@@ -21,6 +21,9 @@ SSH_CONNECT_TIMEOUT = 15  # seconds: a black-holed ssh host fails fast instead o
 
 # user:password@ in a URL's authority (user@ alone, as in ssh://git@host, is no secret)
 _PASSWORD_IN_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*:[^/?#@]*@")
+# Any user@ in an http(s) URL: a token is commonly given as the user name (https://TOKEN@github.com/...),
+# and the Secret's username key covers every legitimate use.
+_USER_IN_HTTP_URL = re.compile(r"^https?://[^/?#@]*@")
 
 
 def is_ssh_url(url: str) -> bool:
@@ -35,6 +38,13 @@ def is_http_url(url: str) -> bool:
 def has_password(url: str) -> bool:
     """Whether ``url`` embeds a password (https://user:token@host/...)."""
     return bool(_PASSWORD_IN_URL.match(url))
+
+
+def has_credentials(url: str) -> bool:
+    """Whether ``url`` may carry a credential: a password (any scheme), or any user name in an http(s) URL
+    (https://TOKEN@host/... is how a token is often given). ssh's user@ (ssh://git@host, git@host:path) is
+    a login name, no secret."""
+    return has_password(url) or bool(_USER_IN_HTTP_URL.match(url))
 
 
 def ssh_command(key: Path | None, known_hosts: Path | None, *, insecure_ignore_host_key: bool = False) -> str:

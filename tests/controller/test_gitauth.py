@@ -17,14 +17,16 @@ import yaml
 
 from stagefleet.controller import source
 from stagefleet.controller.spec import GIT_URL_PATTERN, SpecError, parse_spec
-from stagefleet.gitauth import credential_env, has_password, ssh_command
+from stagefleet.gitauth import credential_env, has_credentials, has_password, ssh_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 WITH_PASSWORD = ["https://user:s3cret@git.example/r.git", "http://x:y@h:8080/r", "ssh://git:pw@h/r.git",
                  "https://:tok@git.example/r"]
+# A token given as the user name of an http(s) URL (GitHub takes https://TOKEN@github.com/...).
+WITH_USER = ["https://ghp_s3cret@github.com/o/r.git", "http://s3cret@h:8080/r", "https://user@git.example/r.git"]
 FINE = ["https://git.example/r.git", "https://git.example/a@b", "ssh://git@h:2222/r.git", "git@h:o/r.git",
-        "file:///srv/r.git", "git://h/r", "https://[::1]:8443/r", "https://user@git.example/r.git"]
+        "file:///srv/r.git", "git://h/r", "https://[::1]:8443/r", "https://h/r?at=a@b#c@d"]
 
 
 def _crd_url_pattern() -> str:
@@ -45,9 +47,23 @@ def test_urls_with_a_password_are_refused_by_the_crd_and_the_operator(url: str) 
     assert "s3cret" not in str(e.value)
 
 
+@pytest.mark.parametrize("url", WITH_USER)
+def test_http_urls_with_a_user_name_are_refused_by_the_crd_the_operator_and_the_worker(url: str) -> None:
+    from stagefleet.worker.spec import UsageError, parse_args
+
+    assert has_credentials(url) and not re.search(GIT_URL_PATTERN, url)
+    with pytest.raises(SpecError) as e:
+        parse_spec({"source": {"git": {"url": url}}, "output": {"image": "r.io/a/b"}})
+    assert e.value.path == "spec.source.git.url" and "secretRef" in str(e.value)
+    assert "s3cret" not in str(e.value)
+    with pytest.raises(UsageError) as u:
+        parse_args(["--git-url", url, "--git-revision", "a" * 40, "--target", "t", "--push", "r.io/a/b:1"])
+    assert "--git-url must not embed credentials" in str(u.value) and "s3cret" not in str(u.value)
+
+
 @pytest.mark.parametrize("url", FINE)
-def test_urls_without_a_password_pass(url: str) -> None:
-    assert not has_password(url) and re.search(GIT_URL_PATTERN, url)
+def test_urls_without_credentials_pass(url: str) -> None:
+    assert not has_password(url) and not has_credentials(url) and re.search(GIT_URL_PATTERN, url)
 
 
 def test_ssh_checks_host_keys_strictly_unless_switched_off(tmp_path: Path) -> None:

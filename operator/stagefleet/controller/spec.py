@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagefleet.ctxpath import lexical_problem, normalise
-from stagefleet.gitauth import has_password, is_http_url, is_ssh_url
+from stagefleet.gitauth import has_credentials, is_http_url, is_ssh_url
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/stagefleet/builder:0.1.0"
 DEFAULT_TIMEOUT_SECONDS = 3600
@@ -30,8 +30,10 @@ _REPO_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a
 _ARG_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _GIT_URL_RE = re.compile(r"^(https?://|ssh://|git://|file://|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:).+$")
-# The CRD's pattern for spec.source.git.url: the schemes above, and no user:password@ in the authority.
-GIT_URL_PATTERN = r"^((https?|ssh|git|file)://([^/?#@:]*@)?[^/?#@]*([/?#].*)?|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:.+)$"
+# The CRD's pattern for spec.source.git.url: the schemes above, no user:password@ in the authority, and no
+# user@ at all in an http(s) one (a token given as the user name).
+GIT_URL_PATTERN = (r"^(https?://[^/?#@]*([/?#].*)?|(ssh|git|file)://([^/?#@:]*@)?[^/?#@]*([/?#].*)?"
+                   r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:.+)$")
 
 
 class SpecError(ValueError):
@@ -331,11 +333,11 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
     if src.has("git"):
         g = src.obj("git")
         url = g.req("url", pattern=_GIT_URL_RE, max_len=2048)
-        if has_password(url):
+        if has_credentials(url):
             raise SpecError(
                 "spec.source.git.url",
-                "must not embed a password (https://user:TOKEN@...): put the credentials in a Secret "
-                "named by spec.source.git.secretRef (keys username and password)",
+                "must not embed credentials (https://user:TOKEN@... or https://TOKEN@...): put them in a "
+                "Secret named by spec.source.git.secretRef (keys username and password)",
             )
         # The key holding the credential: an ssh private key, or the https password / token.
         default_key = "password" if is_http_url(url) else "ssh-privatekey"

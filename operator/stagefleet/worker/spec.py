@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from stagefleet.buildenv import insecure_from_env
-from stagefleet.gitauth import has_password
+from stagefleet.gitauth import has_credentials
 from stagefleet.stages import validate_image_reference
 
 _DIGEST_REF = re.compile(r"^(?P<name>[^=\s]+)=(?P<ref>[^@\s]+@sha256:[0-9a-f]{64})$")
@@ -223,8 +223,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
     if a.git_url is None and any(git_only):
         raise UsageError("--git-revision, --git-ssh-key, --git-known-hosts, --git-insecure-ignore-host-key, "
                          "--git-password-file and --git-username-file need --git-url")
-    if a.git_url is not None and has_password(a.git_url):
-        raise UsageError("--git-url must not embed a password: give it with --git-password-file")
+    if a.git_url is not None and has_credentials(a.git_url):
+        raise UsageError("--git-url must not embed credentials (a password, or a user name in an http(s) "
+                         "URL): give them with --git-password-file and --git-username-file")
     if a.git_username_file is not None and a.git_password_file is None:
         raise UsageError("--git-username-file needs --git-password-file")
     if a.inline_dockerfile is not None and a.context is None and a.git_url is None and a.context_dir:
