@@ -132,7 +132,32 @@ def test_chart_values_reach_the_policy() -> None:
     env, _ = chart_operator("--set-json", 'policy.allowedBuilderImages=["reg.local/*"]',
                             "--set-json", 'policy.allowedTolerationKeys=["dedicated"]',
                             "--set-json", 'policy.allowedSourceSchemes=["https"]',
-                            "--set-json", 'policy.maxStageResources={"memory":"16Gi"}')
+                            "--set-json", 'policy.maxStageResources={"memory":"16Gi"}',
+                            "--set-json", 'policy.allowedPushRepositories=["reg.local/{namespace}/*"]')
     p = policy_from(env)
+    assert p.push_repositories == ("reg.local/{namespace}/*",)
     assert p.builder_images == ("reg.local/*",) and p.toleration_keys == ("dedicated",)
     assert p.source_schemes == ("https",) and p.max_stage_resources == {"memory": "16Gi"}
+
+
+def test_push_repositories_keep_each_namespace_in_its_own_tree() -> None:
+    """A tenant may not name another namespace's output or cache repository (e.g. to write into the layer
+    cache `<victim output>/cache/<victim namespace>`): with {namespace} in the pattern, each namespace pushes
+    only under its own path."""
+    policy = Policy(push_repositories=("reg.example.com/{namespace}/*",))
+    mine = {"output": {"image": "reg.example.com/team-a/app:1"}}
+    assert violations(make_spec(**mine), policy, BUILDER, "team-a") == []
+    shared = {**mine, "cache": {"repository": "reg.example.com/team-a/app/cache/team-a"}}
+    assert violations(make_spec(**shared), policy, BUILDER, "team-a") == []
+    (out,) = violations(make_spec(**mine), policy, BUILDER, "team-b")
+    assert out.startswith("spec.output.image: repository 'reg.example.com/team-a/app' is not one builds in "
+                          "namespace 'team-b' may push to")
+    assert "--allowed-push-repositories" in out and "reg.example.com/{namespace}/*" in out
+    poison = {"output": {"image": "reg.example.com/team-b/app:1"},
+              "cache": {"repository": "reg.example.com/team-a/app/cache/team-a"}}
+    (cache,) = violations(make_spec(**poison), policy, BUILDER, "team-b")
+    assert cache.startswith("spec.cache.repository: repository 'reg.example.com/team-a/app/cache/team-a'")
+    # the default allows any repository (the registry's rights decide)
+    assert violations(make_spec(**poison), Policy(), BUILDER, "team-b") == []
+    env = {"STAGEFLEET_POLICY_PUSH_REPOSITORIES": "r/{namespace}/*,shared/*"}
+    assert policy_from(env).push_repositories == ("r/{namespace}/*", "shared/*")

@@ -9,7 +9,8 @@ its own object:
   password or a token as the user name: refused at apply (422) by the CRD's patterns, naming the field,
   never stored;
 * fields escalating past the policy (builder image, ServiceAccount, key-less and control-plane
-  tolerations, a nodeSelector key, oversized per-stage resources, ``file://`` and ``git://`` sources):
+  tolerations, a nodeSelector key, oversized per-stage resources, ``file://`` and ``git://`` sources, a
+  cache repository in the victim namespace's tree):
   ``Failed``, ``Stalled=True`` reason ``PolicyViolation``, the message naming field and setting, no pod;
 * the victim's Secret by name: its own namespace has no such Secret, ``Stalled`` reason ``SecretNotFound``;
 * black-holed git sources (a loopback socket that accepts and never answers), more of them than the
@@ -70,6 +71,8 @@ STRICT_POLICY = [
     "--allowed-toleration-keys", "none",
     "--allowed-node-selector-keys", "kubernetes.io/arch,kubernetes.io/os",
     "--max-stage-resources", json.dumps(MAX_STAGE),
+    # Everyone's outputs live under rel/ here (fake_manifest); a namespace's own tree is its alone.
+    "--allowed-push-repositories", "127.0.0.1:9/rel/*,127.0.0.1:9/{namespace}/*",
 ]
 FORGED_DIGEST = "sha256:" + "e" * 64
 # Mounts the Secret `canary` (key `value`): the victim's namespace has one, the attacker's has not.
@@ -273,6 +276,9 @@ def test_a_second_namespace_tries_each_hole_and_the_victims_build_is_unaffected(
         "plain-git": (_git_manifest("plain-git", "git://127.0.0.1:9/org/app.git"),
                       ["spec.source.git.url: the git scheme is not allowed for cluster builds",
                        "--allowed-source-schemes"]),
+        "poison-cache": (fake_manifest("poison-cache", cache={"repository": f"127.0.0.1:9/{victim}/cache"}),
+                         [f"spec.cache.repository: repository '127.0.0.1:9/{victim}/cache' is not one builds "
+                          f"in namespace '{attacker}' may push to", "--allowed-push-repositories"]),
     }
     for manifest, _ in refused_by_policy.values():
         atk.create(manifest)

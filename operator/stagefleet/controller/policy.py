@@ -41,6 +41,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "source_schemes": ("--allowed-source-schemes", ENV_PREFIX + "SOURCE_SCHEMES"),
     "source_hosts": ("--allowed-source-hosts", ENV_PREFIX + "SOURCE_HOSTS"),
     "max_stage_resources": ("--max-stage-resources", ENV_PREFIX + "MAX_STAGE_RESOURCES"),
+    "push_repositories": ("--allowed-push-repositories", ENV_PREFIX + "PUSH_REPOSITORIES"),
 }
 _LIST = "; comma-separated or a JSON list, 'none' for none"
 HELP: dict[str, str] = {
@@ -51,6 +52,8 @@ HELP: dict[str, str] = {
     "source_schemes": "git URL schemes allowed: https, http, ssh, git, file (default: https,ssh)" + _LIST,
     "source_hosts": "git hosts allowed (default: *)" + _LIST,
     "max_stage_resources": 'per-stage maximum requests and limits, e.g. {"cpu": "8", "memory": "32Gi"}',
+    "push_repositories": "repositories spec.output.image and spec.cache.repository may name; {namespace} "
+    "stands for the build's namespace, e.g. registry.example.com/{namespace}/* (default: *)" + _LIST,
 }
 SCHEMES = ("https", "http", "ssh", "git", "file")
 REASON = "PolicyViolation"
@@ -71,6 +74,9 @@ class Policy:
     source_schemes: tuple[str, ...] = ("https", "ssh")
     source_hosts: tuple[str, ...] = ("*",)
     max_stage_resources: Mapping[str, str] = field(default_factory=dict)
+    # Where builds push (output, cache; stage results go under the output's repository): the registry's
+    # own push rights decide by default; a pattern with {namespace} keeps each namespace in its own tree.
+    push_repositories: tuple[str, ...] = ("*",)
 
     def describe(self, name: str) -> str:
         """The setting's flag, chart value and current value, for messages."""
@@ -103,8 +109,11 @@ def quantity(text: str) -> Decimal:
     return value
 
 
-def violations(spec: ImageBuildSpec, policy: Policy, default_builder_image: str) -> list[str]:
-    """Pure: every way ``spec`` breaks ``policy``, each naming the field, the value and the setting."""
+def violations(
+    spec: ImageBuildSpec, policy: Policy, default_builder_image: str, namespace: str = ""
+) -> list[str]:
+    """Pure: every way ``spec`` (of a build in ``namespace``) breaks ``policy``, each naming the field, the
+    value and the setting."""
     out: list[str] = []
     if spec.builder_image is not None and spec.builder_image != default_builder_image:
         allowed = policy.builder_images if policy.builder_images is not None else (default_builder_image,)
@@ -124,6 +133,14 @@ def violations(spec: ImageBuildSpec, policy: Policy, default_builder_image: str)
             out.append(f"spec.nodeSelector.{key}: the key is not allowed "
                        f"({policy.describe('node_selector_keys')})")
     out += _resource_violations(spec, policy)
+    pushes = [("spec.output.image", spec.output.repository)]
+    if spec.cache.repository is not None and not spec.cache.disabled:
+        pushes.append(("spec.cache.repository", spec.cache.repository))
+    allowed_pushes = [p.replace("{namespace}", namespace) for p in policy.push_repositories]
+    for where, repo in pushes:
+        if not _allowed(repo, allowed_pushes):
+            out.append(f"{where}: repository {repo!r} is not one builds in namespace {namespace!r} may push "
+                       f"to ({policy.describe('push_repositories')})")
     git = spec.source.git
     if git is not None:
         scheme, host = git_scheme_and_host(git.url)

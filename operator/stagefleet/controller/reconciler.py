@@ -319,7 +319,7 @@ class Reconciler:
         base = status  # what the API server holds: the base of the next status write
         events: list[st.Event] = []
         if not current_gen or "plan" not in status:
-            refused = violations(spec, self.config.policy, self.config.worker.builder_image)
+            refused = violations(spec, self.config.policy, self.config.worker.builder_image, build.namespace)
             if refused:  # checked before anything is resolved or started on the spec's behalf
                 self._supersede(build, status)
                 self._finish_early(ib, build, status, POLICY_REASON, "; ".join(refused), now)
