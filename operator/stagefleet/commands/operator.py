@@ -149,9 +149,9 @@ def register(subparsers: Any) -> None:
         "--keep-failed-seconds",
         default=None,
         metavar="SECONDS",
-        help="keep the worker pods and the stage result tags of a Failed or Cancelled build this long after "
-        "it finished, for debugging, then delete them (env STAGEFLEET_KEEP_FAILED_SECONDS; 3600). A Succeeded "
-        "build's stage tags are deleted at once",
+        help="keep the worker pods and the stage result tags of a Failed or Cancelled build this long "
+        "after it finished, for debugging, then delete them (env STAGEFLEET_KEEP_FAILED_SECONDS; 3600). "
+        "A Succeeded build's stage tags are deleted at once",
     )
     p.add_argument(
         "--keep-succeeded-pods-seconds",
@@ -232,8 +232,9 @@ def run(args: argparse.Namespace) -> int:
         policy = policy_from(os.environ, {name: getattr(args, f"policy_{name}") for name in SETTINGS})
         keep_failed = seconds_setting("--keep-failed-seconds", args.keep_failed_seconds,
                                       "STAGEFLEET_KEEP_FAILED_SECONDS", DEFAULT_KEEP_FAILED_SECONDS)
-        keep_succeeded_pods = seconds_setting("--keep-succeeded-pods-seconds", args.keep_succeeded_pods_seconds,
-                                              "STAGEFLEET_KEEP_SUCCEEDED_PODS_SECONDS", 0.0)
+        keep_succeeded_pods = seconds_setting(
+            "--keep-succeeded-pods-seconds", args.keep_succeeded_pods_seconds,
+            "STAGEFLEET_KEEP_SUCCEEDED_PODS_SECONDS", 0.0)
     except (WorkerDefaultsError, PolicyError, ValueError) as e:
         print(f"stagefleet operator: {e}", file=sys.stderr)
         return 2
