@@ -906,15 +906,20 @@ class Reconciler:
         if where is None:
             return stagetags.entry(earlier, f"{repository} names no registry host: stage tags kept", now)
         host, path = where
-        auth = None
-        if spec.output.push_secret:
-            raw = self.kube.read_secret_value(build.namespace, spec.output.push_secret, ".dockerconfigjson")
-            auth = raw.decode(errors="replace") if raw is not None else None
-        client = reg.Registry(host, insecure=host in self.config.worker.insecure_registries, auth_config=auth)
         try:
+            auth = None
+            secret = spec.output.push_secret  # the workers' push credentials (a dockerconfigjson)
+            if secret:
+                raw = self.kube.read_secret_value(build.namespace, secret, ".dockerconfigjson")
+                auth = raw.decode(errors="replace") if raw is not None else None
+            client = reg.Registry(host, insecure=host in self.config.worker.insecure_registries,
+                                  auth_config=auth)
             done, found, error = reg.remove_build_tags(client, path, lambda tag: is_stage_tag_of(build, tag))
         except reg.RegistryError as e:
             done, found, error = 0, 0, e
+        except Exception as e:  # noqa: BLE001 (a clean-up must never make every pass of the build fail)
+            log.exception("removing the stage tags of %s/%s failed", build.namespace, build.name)
+            done, found, error = 0, 0, reg.RegistryError(f"{type(e).__name__}: {e}", transient=True)
         deleted = earlier + done
         if error is None:
             message = f"deleted {deleted} stage tag(s) of this build from {repository}"
