@@ -5,6 +5,7 @@ recording stand-in; the decisions (controller.stagetags) and the rest of the pas
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -123,3 +124,25 @@ def test_an_unreachable_registry_is_tried_again_later(monkeypatch: pytest.Monkey
     assert r.reconcile("ns", "b") is None and len(calls) == 3  # the last try: reported, not retried
     assert "retryAt" not in api.ib["status"]["stageTags"]
     assert [e for e in api.events if e[1] == "StageTagsKept"]
+
+
+def test_a_deleted_build_still_holding_its_stage_tags_has_them_removed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [NOW]
+    api, r, calls = make(monkeypatch, now, lambda: (0, 0, reg.RegistryError("unreachable", transient=True)))
+    run_to_the_end(api, r, final_ok=False)  # Failed: its tags are kept for keep_failed_seconds …
+    last = copy.deepcopy(api.ib)
+    r.cleanup("ns", "uid-b", last)  # … but the ImageBuild is deleted meanwhile (the DELETED event's object)
+    assert api.pods == {} and len(calls) == 1  # one try, whatever comes of it: no pass will follow
+    assert calls[0][2] == "t/b/stages/ns" and calls[0][3]("b-uid-b-1-g2-a1")
+    assert [e for e in api.events if e[1] == "StageTagsKept"]
+
+    done = copy.deepcopy(last)
+    done["status"]["stageTags"] = {"deleted": 2, "message": "deleted 2", "time": "2026-01-01T00:01:00Z"}
+    r.cleanup("ns", "uid-b", done)
+    no_plan = copy.deepcopy(last)
+    del no_plan["status"]["plan"]
+    r.cleanup("ns", "uid-b", no_plan)
+    r.cleanup("ns", "uid-b")
+    assert len(calls) == 1  # removed already, nothing ever pushed, or no last state: no registry call

@@ -894,6 +894,8 @@ class Reconciler:
         spec: ImageBuildSpec,
         status: Mapping[str, Any],
         now: datetime,
+        *,
+        final: bool = False,
     ) -> dict[str, Any]:
         """Remove this build's stage result tags (`registry.remove_build_tags`): the ``status.stageTags``
         entry saying how it went. Only the build's own tags; a registry refusing deletes is reported (and a
@@ -930,20 +932,33 @@ class Reconciler:
         message = f"deleted {deleted} stage tag(s) of this build from {repository}, kept {kept}: {error}"
         if isinstance(error, reg.Unsupported):
             message += " (enable deletion: distribution's REGISTRY_STORAGE_DELETE_ENABLED=true)"
-        retry = error.transient and attempts < stagetags.MAX_ATTEMPTS
+        retry = error.transient and attempts < stagetags.MAX_ATTEMPTS and not final
         log.warning("%s/%s: %s%s", build.namespace, build.name, message,
                     "; trying again later" if retry else "", extra=_fields(build.namespace, build.name))
         if not retry:
             self._event(ib, "Warning", "StageTagsKept", message)
         return stagetags.entry(deleted, message, now, attempts=attempts, retry=retry)
 
-    def cleanup(self, namespace: str, uid: str) -> None:
-        """Remove every pod and ConfigMap of a deleted ImageBuild (owner references do it too, eventually)."""
+    def cleanup(self, namespace: str, uid: str, last: Mapping[str, Any] | None = None) -> None:
+        """Remove every pod and ConfigMap of a deleted ImageBuild (owner references do it too, eventually);
+        with its ``last`` state (the DELETED event's object), also the stage tags it pushed and had not
+        removed yet (deleted while building, or while a failed build's were kept): one try, no retry."""
         for pod in self.kube.list_worker_pods(namespace, uid):
             meta = pod.get("metadata") or {}
             if not meta.get("deletionTimestamp"):
                 self.kube.delete_pod(namespace, str(meta.get("name")))
         self.kube.delete_configmaps(namespace, uid)
+        status = (last or {}).get("status") or {}
+        done = status.get("stageTags")
+        if last is None or "plan" not in status or (isinstance(done, Mapping) and "retryAt" not in done):
+            return
+        meta = last.get("metadata") or {}
+        build = BuildRef(str(meta.get("name")), namespace, uid, int(meta.get("generation") or 1))
+        try:
+            spec = parse_spec(last.get("spec"))
+        except SpecError:
+            return
+        self._remove_stage_tags(dict(last), build, spec, status, _now(), final=True)
 
     def delete_orphan(self, pod: Mapping[str, Any]) -> bool:
         """A worker pod whose ImageBuild is gone (deleted while the operator was down): delete it."""
