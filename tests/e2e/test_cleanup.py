@@ -1,7 +1,7 @@
 """What a finished build leaves behind: its stage result tags are removed from the registry and its worker
-pods deleted — at once after Succeeded, after --keep-failed-seconds after Failed — and a tag of another
-build that names the same manifest is never touched (docs/operator.md, "What a finished build leaves
-behind")."""
+pods deleted — at once after Succeeded, after --keep-failed-seconds after Failed, or when the build is
+deleted — and a tag of another build that names the same manifest is never touched (docs/operator.md,
+"What a finished build leaves behind")."""
 
 from __future__ import annotations
 
@@ -115,3 +115,19 @@ def test_a_failed_build_keeps_its_stage_tags_and_pods_for_the_configured_time(
     wait_until(lambda: kubectl.pods("broken") == [], "the worker pods of the failed build deleted", op,
                timeout=120)
     assert kubectl.ib("broken")["status"]["phase"] == "Failed"
+
+
+def test_a_deleted_build_takes_its_kept_stage_tags_with_it(
+    kubectl: Kubectl, cleanup_operator: Operator, registry: LocalRegistry, base_image: str, namespace: str
+) -> None:
+    op = cleanup_operator
+    kubectl.apply(inline_manifest("dropped", dockerfile(base_image, "RUN false"), registry.host))
+    obj = wait_terminal(kubectl, op, "dropped")
+    assert obj["status"]["phase"] == "Failed", obj["status"]["message"]
+    repo = f"e2e/dropped/stages/{namespace}"
+    assert len(own(obj, stage_tags(registry, repo))) == 2  # kept for debugging …
+
+    kubectl.run("delete", "imagebuild", "dropped", "--wait=false")  # … until the build is deleted
+    wait_until(lambda: own(obj, stage_tags(registry, repo)) == [], "the deleted build's stage tags removed",
+               op, timeout=120)
+    wait_until(lambda: kubectl.pods("dropped") == [], "the deleted build's pods gone", op, timeout=120)
