@@ -36,15 +36,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def registry_config(rootdirectory: Path, addr: str, htpasswd: Path | None = None) -> str:
-    """docker-registry (distribution 2.8) configuration: filesystem storage, plain HTTP, deletes on;
-    with `htpasswd` (bcrypt entries) every request needs basic auth."""
+def registry_config(rootdirectory: Path, addr: str, htpasswd: Path | None = None, delete: bool = True) -> str:
+    """docker-registry (distribution 2.8) configuration: filesystem storage, plain HTTP, deletes on (the
+    operator removes finished builds' stage tags; `delete=False`: manifest DELETEs answer 405); with
+    `htpasswd` (bcrypt entries) every request needs basic auth."""
     text = (
         "version: 0.1\n"
         "log:\n  level: warn\n"
         "storage:\n"
         f"  filesystem:\n    rootdirectory: {rootdirectory}\n"
-        "  delete:\n    enabled: true\n"
+        f"  delete:\n    enabled: {'true' if delete else 'false'}\n"
         f"http:\n  addr: {addr}\n"
     )
     if htpasswd is not None:
@@ -68,12 +69,13 @@ class LocalRegistry:
     """`docker-registry serve` on 127.0.0.1:PORT with its data under `workdir`; a context manager."""
 
     def __init__(self, workdir: Path | None = None, *, port: int | None = None,
-                 binary: str = "docker-registry", htpasswd: Path | None = None) -> None:
+                 binary: str = "docker-registry", htpasswd: Path | None = None, delete: bool = True) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="stagefleet-registry-")) if workdir is None else workdir
         self.port = port or free_port()
         self.binary = binary
         self.htpasswd = htpasswd
+        self.delete = delete
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,7 +101,7 @@ class LocalRegistry:
             raise RegistryError(f"{self.binary} not found (apt-get install docker-registry)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.yml"
-        config.write_text(registry_config(self.data_dir, self.host, self.htpasswd))
+        config.write_text(registry_config(self.data_dir, self.host, self.htpasswd, self.delete))
         log = open(self.workdir / "registry.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             self.proc = subprocess.Popen([self.binary, "serve", str(config)], stdout=log, stderr=log,

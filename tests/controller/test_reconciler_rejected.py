@@ -219,7 +219,7 @@ def test_the_timeout_ends_a_build_whose_pods_are_always_refused(clock: list[date
     api.refuse = lambda m: sa_refusal(m) if m["kind"] == "Pod" else None
     assert r.reconcile("ns", "b") == 5.0
     clock[0] = NOW + timedelta(seconds=5)
-    assert r.reconcile("ns", "b") is None
+    assert r.reconcile("ns", "b") == 0.5  # ended: the next pass sees to what it leaves behind (stagetags)
     status = api.ib["status"]
     assert status["phase"] == "Cancelled" and status["startTime"] == "2026-01-01T00:01:00Z"
     assert status["message"].startswith("timed out after 5s (spec.timeout); group g1 (build1) not started")

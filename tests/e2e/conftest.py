@@ -198,6 +198,10 @@ class Operator:
             self.registry,
             "--retry-backoff",
             "1",
+            # The suite looks at worker pods (mounts, args, logs) after builds succeed: keep them (the
+            # operator's default deletes them at once; test_cleanup passes its own value, later flags win).
+            "--keep-succeeded-pods-seconds",
+            "3600",
             *(identity.args if identity else ()),
             *self.policy,
             *self.extra,

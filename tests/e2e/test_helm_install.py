@@ -135,6 +135,7 @@ def test_helm_install_runs_an_operator_that_builds_the_seed(
             "metricsPort": free_port(),
             "healthPort": free_port(),
             "logFormat": "text",
+            "keepSucceededPodsSeconds": 3600,  # the worker pods are looked at below
             "extraArgs": [f"--kubeconfig={kubeconfig}", "--retry-backoff=1"],
             "extraEnv": [{"name": "PATH", "value": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"}],
         },

@@ -100,7 +100,8 @@ def test_readme_install_section_runs_as_written(own_cluster: RealCluster, regist
     extra = ["--set", "operator.hostNetwork=true", "--set", "worker.hostNetwork=true",
              "--set-string", f"worker.insecureRegistries[0]={registry.host}",
              "--set", f"operator.metricsPort={free_port()}", "--set", f"operator.healthPort={free_port()}",
-             "--set", "operator.logFormat=text"]
+             "--set", "operator.logFormat=text",
+             "--set", "operator.keepSucceededPodsSeconds=3600"]  # the workers' logs are searched below
     prologue = [
         "set -euo pipefail",
         f"helm() {{ {helm} \"$@\" {' '.join(repr(a) for a in extra)}; }}",

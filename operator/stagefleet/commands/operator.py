@@ -146,6 +146,21 @@ def register(subparsers: Any) -> None:
         "spec.ttlSecondsAfterFinished says otherwise; 0 keeps finished builds (the default)",
     )
     p.add_argument(
+        "--keep-failed-seconds",
+        default=None,
+        metavar="SECONDS",
+        help="keep the worker pods and the stage result tags of a Failed or Cancelled build this long "
+        "after it finished, for debugging, then delete them (env STAGEFLEET_KEEP_FAILED_SECONDS; 3600). "
+        "A Succeeded build's stage tags are deleted at once",
+    )
+    p.add_argument(
+        "--keep-succeeded-pods-seconds",
+        default=None,
+        metavar="SECONDS",
+        help="keep the worker pods of a Succeeded build this long after it finished (e.g. for `stagefleet "
+        "logs`), then delete them (env STAGEFLEET_KEEP_SUCCEEDED_PODS_SECONDS; 0: at once)",
+    )
+    p.add_argument(
         "--node-lost-after",
         type=float,
         default=60.0,
@@ -192,14 +207,35 @@ def worker_flags(args: argparse.Namespace) -> dict[str, str | None]:
     }
 
 
+def seconds_setting(flag: str, value: str | None, var: str, default: float) -> float:
+    """A number of seconds >= 0 from its flag, else its environment variable, else ``default``; ValueError
+    naming the flag or variable when malformed."""
+    name, text = (flag, value) if value is not None else (var, os.environ.get(var))
+    if text is None or not text.strip():
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{name}: {text!r} is not a number of seconds >= 0")
+    return seconds
+
+
 def run(args: argparse.Namespace) -> int:
     from stagefleet.controller.policy import SETTINGS, PolicyError, policy_from
+    from stagefleet.controller.stagetags import DEFAULT_KEEP_FAILED_SECONDS
     from stagefleet.controller.workerdefaults import WorkerDefaultsError, worker_defaults
 
     try:
         defaults = worker_defaults(os.environ, worker_flags(args))
         policy = policy_from(os.environ, {name: getattr(args, f"policy_{name}") for name in SETTINGS})
-    except (WorkerDefaultsError, PolicyError) as e:
+        keep_failed = seconds_setting("--keep-failed-seconds", args.keep_failed_seconds,
+                                      "STAGEFLEET_KEEP_FAILED_SECONDS", DEFAULT_KEEP_FAILED_SECONDS)
+        keep_succeeded_pods = seconds_setting(
+            "--keep-succeeded-pods-seconds", args.keep_succeeded_pods_seconds,
+            "STAGEFLEET_KEEP_SUCCEEDED_PODS_SECONDS", 0.0)
+    except (WorkerDefaultsError, PolicyError, ValueError) as e:
         print(f"stagefleet operator: {e}", file=sys.stderr)
         return 2
     if args.kubeconfig:
@@ -246,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
             node_lost_after=max(0.0, args.node_lost_after),
             policy=policy,
             default_ttl_after_finished=max(0, args.default_ttl_after_finished),
+            keep_failed_seconds=keep_failed,
+            keep_succeeded_pods_seconds=keep_succeeded_pods,
             source_timeout=max(1.0, args.source_timeout),
         ),
         metrics,

@@ -46,7 +46,7 @@ async def imagebuild_event(
     r = _reconciler(memo)
     ns = namespace or "default"
     if type == "DELETED":
-        await _in_thread(r.cleanup, ns, uid)
+        await _in_thread(r.cleanup, ns, uid, dict(body))  # (the body: its last state, for its stage tags)
         r.forget(ns, name)
         return
     meta = body.get("metadata") or {}

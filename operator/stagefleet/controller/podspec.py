@@ -134,8 +134,20 @@ def stage_result_ref(spec: ImageBuildSpec, build: BuildRef, group_id: str, attem
     """Where a non-final group's attempt pushes its target stage; unique per build, generation, group and
     attempt: a lost attempt whose containers still run can push only to its own tag, never over the
     result of the attempt that replaced it (nor into a pod waiting for that one)."""
-    tag = f"{dns_label(build.name)[:60]}-{build.uid[:8]}-{build.generation}-{dns_label(group_id)}-a{attempt}"
+    tag = f"{_stage_tag_prefix(build)}-{build.generation}-{dns_label(group_id)}-a{attempt}"
     return f"{spec.stages_repository(build.namespace)}:{tag}"
+
+
+def _stage_tag_prefix(build: BuildRef) -> str:
+    return f"{dns_label(build.name)[:60]}-{build.uid[:8]}"
+
+
+def is_stage_tag_of(build: BuildRef, tag: str) -> bool:
+    """Whether ``tag`` (in the build's stages repository) is one `stage_result_ref` gives this build, in any
+    generation, group and attempt. Exact shape, not a prefix: another build whose name starts with this
+    one's name and uid (``app-1a2b3c4d-1``) has tags that start the same way but do not match."""
+    prefix = re.escape(_stage_tag_prefix(build))
+    return re.fullmatch(rf"{prefix}-[0-9]+-g[0-9]+-a[0-9]+", tag) is not None
 
 
 def push_refs(

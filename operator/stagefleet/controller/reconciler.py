@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stagefleet.controller import nodeloss, retention, trust
+from stagefleet.controller import nodeloss, retention, stagetags, trust
+from stagefleet.controller import registry as reg
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
 from stagefleet.controller.metrics import Metrics
@@ -36,6 +37,7 @@ from stagefleet.controller.podspec import (
     WorkerConfig,
     configmap_name,
     dockerfile_configmap,
+    is_stage_tag_of,
     worker_pod,
 )
 from stagefleet.controller.policy import REASON as POLICY_REASON
@@ -77,6 +79,11 @@ class OperatorConfig:
     # Seconds after which a finished ImageBuild without its own spec.ttlSecondsAfterFinished is deleted
     # (controller.retention); 0 keeps finished builds.
     default_ttl_after_finished: int = 0
+    # A finished build's stage tags and worker pods go (controller.stagetags): a Failed or Cancelled build's
+    # this long after it finished (--keep-failed-seconds), a Succeeded build's tags at once and its pods
+    # after keep_succeeded_pods_seconds (--keep-succeeded-pods-seconds).
+    keep_failed_seconds: float = stagetags.DEFAULT_KEEP_FAILED_SECONDS
+    keep_succeeded_pods_seconds: float = 0.0
 
 
 def _fields(namespace: str, name: str) -> dict[str, str]:
@@ -302,6 +309,7 @@ class Reconciler:
         ttl = retention.ttl_of(ib.get("spec"), self.config.default_ttl_after_finished)
         expires = retention.expires_in(status, build.generation, ttl, now)
         if expires is not None and expires <= 0:
+            self._after_finish(ib, build, status, now, leaving=True)  # its stage tags go with it
             log.info("%s/%s finished %s ago: deleted (ttlSecondsAfterFinished %s)", namespace, name,
                      status.get("completionTime"), ttl, extra=_fields(namespace, name))
             self.kube.delete_imagebuild(namespace, name, build.uid)
@@ -309,12 +317,17 @@ class Reconciler:
         if current_gen and status.get("phase") in st.TERMINAL and "plan" not in status:
             return expires  # ended before planning (bad spec, source, Dockerfile): nothing runs
 
+        finished = current_gen and status.get("phase") in st.TERMINAL
         try:
             spec = parse_spec(ib.get("spec"))
         except SpecError as e:
             self._supersede(build, status)
             self._finish_early(ib, build, status, "InvalidSpec", str(e), now)
             return None
+        if finished:  # its pods and stage tags, when due
+            status, cleanup_in = self._after_finish(ib, build, status, now, spec=spec)
+            if cleanup_in is not None:
+                expires = cleanup_in if expires is None else min(expires, cleanup_in)
 
         base = status  # what the API server holds: the base of the next status write
         events: list[st.Event] = []
@@ -333,6 +346,8 @@ class Reconciler:
 
         plan = PlanView.from_status(status["plan"])
         again = self._step(ib, build, spec, plan, status, base, events, now)
+        if again is None and not finished:
+            return 0.5  # it just finished (its terminal status is written): the next pass cleans up after it
         if expires is not None:
             return expires if again is None else min(expires, again)
         if again is None and ttl is not None:
@@ -823,13 +838,127 @@ class Reconciler:
     def _event(self, ib: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         self.kube.event(ib, type_, reason, message)
 
-    def cleanup(self, namespace: str, uid: str) -> None:
-        """Remove every pod and ConfigMap of a deleted ImageBuild (owner references do it too, eventually)."""
+    def _after_finish(
+        self,
+        ib: dict[str, Any],
+        build: BuildRef,
+        status: dict[str, Any],
+        now: datetime,
+        *,
+        spec: ImageBuildSpec | None = None,
+        leaving: bool = False,
+    ) -> tuple[dict[str, Any], float | None]:
+        """A finished build: delete its worker pods and remove its stage tags from the registry once they
+        are due (`stagetags`; ``leaving``: the ImageBuild is about to be deleted, its tags go now). Returns
+        the status (with ``stageTags`` once written) and the seconds until something else is due."""
+        keep = self.config.keep_failed_seconds
+        waits: list[float] = []
+        keep_pods = self.config.keep_succeeded_pods_seconds
+        pods_in = stagetags.pods_due_in(status, build.generation, keep, keep_pods, now)
+        if pods_in is not None and not leaving:
+            if pods_in <= 0:
+                self._delete_finished_pods(build, spec)
+            else:
+                waits.append(pods_in)
+        tags_in = stagetags.tags_due_in(status, build.generation, keep, now)
+        if tags_in is not None and (tags_in <= 0 or leaving):
+            try:
+                spec = spec or parse_spec(ib.get("spec"))
+            except SpecError:
+                return status, None
+            new = {**status, "stageTags": self._remove_stage_tags(ib, build, spec, status, now)}
+            if self._write(ib, status, new):
+                status = new
+            tags_in = stagetags.tags_due_in(status, build.generation, keep, now)
+        if tags_in is not None:
+            waits.append(max(0.5, tags_in))
+        return status, min(waits) if waits else None
+
+    def _delete_finished_pods(self, build: BuildRef, spec: ImageBuildSpec | None) -> None:
+        deleted = 0
+        for pod in self.kube.list_worker_pods(build.namespace, build.uid):
+            meta = pod.get("metadata") or {}
+            if not meta.get("deletionTimestamp"):
+                self.kube.delete_pod(build.namespace, str(meta.get("name")))
+                deleted += 1
+        if deleted and spec is not None and spec.source.inline is not None:
+            self.kube.delete_configmaps(build.namespace, build.uid)
+        if deleted:
+            log.info("%s/%s finished: deleted its %d worker pod(s)", build.namespace, build.name, deleted,
+                     extra=_fields(build.namespace, build.name))
+
+    def _remove_stage_tags(
+        self,
+        ib: dict[str, Any],
+        build: BuildRef,
+        spec: ImageBuildSpec,
+        status: Mapping[str, Any],
+        now: datetime,
+        *,
+        final: bool = False,
+    ) -> dict[str, Any]:
+        """Remove this build's stage result tags (`registry.remove_build_tags`): the ``status.stageTags``
+        entry saying how it went. Only the build's own tags; a registry refusing deletes is reported (and a
+        Warning event), never a failure of the build."""
+        repository = spec.stages_repository(build.namespace)
+        attempts = stagetags.attempts_so_far(status) + 1
+        before = status.get("stageTags") or {}
+        earlier = int(before.get("deleted") or 0) if isinstance(before, Mapping) else 0
+        where = reg.split_repository(repository)
+        if where is None:
+            return stagetags.entry(earlier, f"{repository} names no registry host: stage tags kept", now)
+        host, path = where
+        try:
+            auth = None
+            secret = spec.output.push_secret  # the workers' push credentials (a dockerconfigjson)
+            if secret:
+                raw = self.kube.read_secret_value(build.namespace, secret, ".dockerconfigjson")
+                auth = raw.decode(errors="replace") if raw is not None else None
+            client = reg.Registry(host, insecure=host in self.config.worker.insecure_registries,
+                                  auth_config=auth)
+            done, found, error = reg.remove_build_tags(client, path, lambda tag: is_stage_tag_of(build, tag))
+        except reg.RegistryError as e:
+            done, found, error = 0, 0, e
+        except Exception as e:  # noqa: BLE001 (a clean-up must never make every pass of the build fail)
+            log.exception("removing the stage tags of %s/%s failed", build.namespace, build.name)
+            done, found, error = 0, 0, reg.RegistryError(f"{type(e).__name__}: {e}", transient=True)
+        deleted = earlier + done
+        if error is None:
+            message = f"deleted {deleted} stage tag(s) of this build from {repository}"
+            log.info("%s/%s: %s", build.namespace, build.name, message,
+                     extra=_fields(build.namespace, build.name))
+            return stagetags.entry(deleted, message, now)
+        kept = f"{found - done} of {found}" if found else "its"
+        message = f"deleted {deleted} stage tag(s) of this build from {repository}, kept {kept}: {error}"
+        if isinstance(error, reg.Unsupported):
+            message += " (enable deletion: distribution's REGISTRY_STORAGE_DELETE_ENABLED=true)"
+        retry = error.transient and attempts < stagetags.MAX_ATTEMPTS and not final
+        log.warning("%s/%s: %s%s", build.namespace, build.name, message,
+                    "; trying again later" if retry else "", extra=_fields(build.namespace, build.name))
+        if not retry:
+            self._event(ib, "Warning", "StageTagsKept", message)
+        return stagetags.entry(deleted, message, now, attempts=attempts, retry=retry)
+
+    def cleanup(self, namespace: str, uid: str, last: Mapping[str, Any] | None = None) -> None:
+        """Remove every pod and ConfigMap of a deleted ImageBuild (owner references do it too, eventually);
+        with its ``last`` state (the DELETED event's object), also the stage tags it pushed and had not
+        removed yet (deleted while building, or while a failed build's were kept): one try, no retry."""
         for pod in self.kube.list_worker_pods(namespace, uid):
             meta = pod.get("metadata") or {}
             if not meta.get("deletionTimestamp"):
                 self.kube.delete_pod(namespace, str(meta.get("name")))
         self.kube.delete_configmaps(namespace, uid)
+        status = (last or {}).get("status") or {}
+        done = status.get("stageTags")
+        if last is None or "plan" not in status or (isinstance(done, Mapping) and "retryAt" not in done):
+            return
+        meta = last.get("metadata") or {}
+        build = BuildRef(str(meta.get("name")), namespace, uid, int(meta.get("generation") or 1))
+        try:
+            spec = parse_spec(last.get("spec"))
+        except SpecError:
+            return
+        self._remove_stage_tags(dict(last), build, spec, status, _now(), final=True)
 
     def delete_orphan(self, pod: Mapping[str, Any]) -> bool:
         """A worker pod whose ImageBuild is gone (deleted while the operator was down): delete it."""

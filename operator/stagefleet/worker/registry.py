@@ -150,6 +150,16 @@ def _get_manifest(scheme: str, ref: Reference, env: Mapping[str, str], *, verify
 
 def _get(scheme: str, ref: Reference, headers: Mapping[str, str], *, verify: bool,
          timeout: float) -> tuple[int, dict[str, str], bytes]:
+    return request(scheme, ref.host, "GET", f"/v2/{ref.repository}/manifests/{ref.tag}", headers,
+                   verify=verify, timeout=timeout)
+
+
+def request(scheme: str, host: str, method: str, path: str, headers: Mapping[str, str],
+            body: bytes | None = None, *, verify: bool,
+            timeout: float) -> tuple[int, dict[str, str], bytes]:
+    """One registry request: (status, lower-cased headers, at most MAX_MANIFEST_BYTES + 1 of the body).
+    ``verify=False`` is buildah's `insecure = true` for HTTPS. Raises OSError / http.client.HTTPException
+    when nothing answers. (Also the operator's, `stagefleet.controller.registry`.)"""
     import http.client
 
     conn: http.client.HTTPConnection
@@ -159,14 +169,14 @@ def _get(scheme: str, ref: Reference, headers: Mapping[str, str], *, verify: boo
         ctx = ssl.create_default_context()
         if not verify:  # buildah's `insecure = true`
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(ref.host, timeout=timeout, context=ctx)
+        conn = http.client.HTTPSConnection(host, timeout=timeout, context=ctx)
     else:
-        conn = http.client.HTTPConnection(ref.host, timeout=timeout)
+        conn = http.client.HTTPConnection(host, timeout=timeout)
     try:
-        conn.request("GET", f"/v2/{ref.repository}/manifests/{ref.tag}", headers=dict(headers))
+        conn.request(method, path, body=body, headers=dict(headers))
         resp = conn.getresponse()
-        body = resp.read(MAX_MANIFEST_BYTES + 1)
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        data = b"" if method == "HEAD" else resp.read(MAX_MANIFEST_BYTES + 1)
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()
 
