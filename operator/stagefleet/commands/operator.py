@@ -146,6 +146,14 @@ def register(subparsers: Any) -> None:
         "spec.ttlSecondsAfterFinished says otherwise; 0 keeps finished builds (the default)",
     )
     p.add_argument(
+        "--memory-sweep-seconds",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="this often, drop the in-memory state of ImageBuilds and worker pods that no longer exist "
+        "(their DELETED events lost with a watch cut); 0 never (300)",
+    )
+    p.add_argument(
         "--node-lost-after",
         type=float,
         default=60.0,
@@ -247,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             policy=policy,
             default_ttl_after_finished=max(0, args.default_ttl_after_finished),
             source_timeout=max(1.0, args.source_timeout),
+            sweep_seconds=max(0.0, args.memory_sweep_seconds),
         ),
         metrics,
         threads=max(1, args.concurrency),
