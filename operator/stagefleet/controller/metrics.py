@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stagefleet.controller.model import plan_groups
 from stagefleet.controller.status import S_ACTIVE, S_RETRYING, S_SUCCEEDED, S_WAITING, TERMINAL
 
 STAGE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -82,8 +83,10 @@ class Metrics:
                     self.cache_hits.inc(s["cachedSteps"])
                 if isinstance(s.get("steps"), int):
                     self.steps.inc(s["steps"])
-        for g in (new.get("plan") or {}).get("groups") or ():
+        # (A group a summarised status does not list is Waiting, status.summarise_stages.)
+        for g in plan_groups(new.get("plan") or {}) if new.get("phase") not in TERMINAL else ():
             after_groups[str(g.get("id"))] = tuple(g.get("after") or ())
+            phases.setdefault(str(g.get("id")), S_WAITING)
         queued = sum(
             1
             for gid, ph in phases.items()

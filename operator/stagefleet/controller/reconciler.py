@@ -36,6 +36,7 @@ from stagefleet.controller.podspec import (
     WorkerConfig,
     configmap_name,
     dockerfile_configmap,
+    stage_result_refs,
     worker_pod,
 )
 from stagefleet.controller.policy import REASON as POLICY_REASON
@@ -467,6 +468,8 @@ class Reconciler:
             ib, base, status, events = planned.ib, planned.base, planned.status, planned.events
 
         plan = PlanView.from_status(status["plan"])
+        # A very wide build's status lists only some stages (status.summarise_stages): decide on all of them.
+        status = st.expand_stages(status, plan, stage_result_refs(spec, build))
         again = self._step(ib, build, spec, plan, status, base, events, now)
         if expires is not None:
             return expires if again is None else min(expires, again)
