@@ -255,10 +255,14 @@ def test_the_sweep_keeps_builds_that_exist_and_forgets_those_that_do_not() -> No
         await r.trigger("ns", "gone")  # both building: pods running, a pass due
         assert set(r._due) == {("ns", "live"), ("ns", "gone")}
         cluster.delete_imagebuild("ns", "gone", cluster.builds[("ns", "gone")]["metadata"]["uid"])
+        r.metrics.record("ns/ghost", {}, {"phase": "Building"})  # an entry with no pass coming
         stale = await r.sweep()
-        assert stale.builds == {("ns", "gone")}
-        assert set(r._due) == {("ns", "live")}
-        assert set(r._pod_builds.values()) == {("ns", "live")}
-        assert r.metrics.build_keys() == {"ns/live"}
+        assert stale.builds == {("ns", "gone"), ("ns", "ghost")}
+        assert set(r._pod_builds.values()) == {("ns", "live")}  # gone's pods are gone: their entries too
+        assert r.metrics.build_keys() == {"ns/live", "ns/gone"}  # ghost forgotten; gone has a pass due,
+        assert set(r._due) == {("ns", "live"), ("ns", "gone")}  # which finds it gone itself:
+        await r.trigger("ns", "gone")
+        assert set(r._due) == {("ns", "live")} and r.metrics.build_keys() == {"ns/live"}
+        assert set(r._locks) == {("ns", "live")}
 
     asyncio.run(scenario())

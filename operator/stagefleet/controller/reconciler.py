@@ -309,8 +309,9 @@ class Reconciler:
         self._due.pop(key, None)
         self._held.pop(key, None)
         self._configmaps.pop(key, None)
-        for uid in [u for u, b in self._pod_builds.items() if b == key]:
-            self._drop_pod(uid)
+        for uid, owner in list(self._pod_builds.items()):  # (a copy: reconcile threads add pods)
+            if owner == key:
+                self._drop_pod(uid)
 
     def _drop_pod(self, uid: str) -> None:
         self._pod_states.pop(uid, None)
@@ -369,10 +370,12 @@ class Reconciler:
         return tracking.Listing(frozenset(listed), frozenset(builds), frozenset(pods))
 
     def apply_sweep(self, stale: tracking.Stale) -> None:
-        """Drop what the sweep found gone (in the event loop). A build with a pass running is left to it."""
+        """Drop what the sweep found gone (in the event loop). A build with a pass running or due is left to
+        that pass, which finds it gone itself (or, if it was created again meanwhile, must not lose its
+        requeue time)."""
         for ns, name in sorted(stale.builds):
             lock = self._locks.get((ns, name))
-            if lock is not None and lock.locked():
+            if (lock is not None and lock.locked()) or self._due.get((ns, name), math.inf) != math.inf:
                 continue
             log.info("%s/%s is gone (its deletion was not seen): forgotten", ns, name,
                      extra=_fields(ns, name))
