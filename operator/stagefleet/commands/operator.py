@@ -221,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     from stagefleet.controller import handlers  # noqa: F401  (registers the kopf handlers)
     from stagefleet.controller.kube import Kube
     from stagefleet.controller.metrics import Metrics
+    from stagefleet.controller.planner import Planner
     from stagefleet.controller.reconciler import OperatorConfig, Reconciler
 
     kopf.configure(
@@ -259,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         metrics,
         threads=max(1, args.concurrency),
+        planner=Planner().plan,
     )
 
     settings = kopf.OperatorSettings()

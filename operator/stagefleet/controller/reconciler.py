@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -125,8 +125,19 @@ class SourceJob:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics, *, threads: int = 8) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        metrics: Metrics,
+        *,
+        threads: int = 8,
+        planner: Callable[..., PlanView] = plan_dockerfile,
+    ) -> None:
         self.kube = kube
+        # Dockerfile → plan; the operator passes `planner.Planner().plan` (a recycled child process: the
+        # parser leaks memory on every parse), tests the pure function itself.
+        self.planner = planner
         self.config = config
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reconcile")
@@ -537,7 +548,7 @@ class Reconciler:
         from stagefleet.stages import DockerfileError
 
         try:
-            plan = plan_dockerfile(
+            plan = self.planner(
                 resolved.dockerfile,
                 target=spec.target,
                 build_args=spec.build_args,
