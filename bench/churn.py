@@ -12,7 +12,8 @@ per second, at most `--max-live` unfinished at once, each with `spec.ttlSecondsA
 the operator deletes each one (and through owner references its pods) shortly after it ends. Every
 `--every` seconds a row: builds created / ended / deleted so far, live ImageBuilds, worker pods and
 Events in the API, the operator's RSS (VmRSS) and the entries of its per-build and per-pod maps (metric
-`stagefleet_operator_tracked_entries{map}`). After the last build ends the bench keeps sampling for
+`stagefleet_operator_tracked_entries{map}`); `+child`: the RSS of the operator's child processes (its
+planning process, `controller.planner`). After the last build ends the bench keeps sampling for
 `--settle` seconds: the drain.
 
 Events: the API server deletes Events `--event-ttl` after their last occurrence (kube-apiserver's
@@ -74,6 +75,25 @@ def tracked(port: int) -> dict[str, int]:
             name, _, value = line[len(prefix):].partition('"} ')
             out[name] = int(float(value))
     return out
+
+
+def descendants_rss(pid: int) -> float:
+    """VmRSS in MB of every process below ``pid`` (the operator's planning process, `controller.planner`,
+    and multiprocessing's helper)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        total += read_hwm(p)[0]
+        todo += children.get(p, [])
+    return total
 
 
 def count(core: Any, what: str) -> int:
@@ -142,7 +162,7 @@ def main() -> int:
                   f"--memory-sweep-seconds {args.sweep:g}; {os.cpu_count()} CPUs", flush=True)
             maps_hdr = " ".join(f"{m:>10s}" for m in SHOWN_MAPS)
             header = (f"{'t s':>6s} {'created':>7s} {'ended':>6s} {'deleted':>7s} {'live IB':>7s} "
-                      f"{'pods':>5s} {'Events':>6s} {'RSS MB':>6s} {'entries':>7s} {maps_hdr}")
+                      f"{'pods':>5s} {'Events':>6s} {'RSS MB':>6s} {'+child':>6s} {'entries':>7s} {maps_hdr}")
             print(header, flush=True)
             rows: list[dict[str, float]] = []
             t0 = time.time()
@@ -192,16 +212,18 @@ def main() -> int:
                     last_row = now
                     sizes = tracked(port)
                     rss, _ = read_hwm(op.pid)
+                    child = descendants_rss(op.pid)
                     row = {"t": now - t0, "created": created, "ended": len(ended),
                            "deleted": listed_after - len(live_names), "live": len(live_names),
                            "pods": count(core, "pods"), "events": count(core, "events"), "rss": rss,
+                           "child": child,
                            "entries": sum(v for k, v in sizes.items() if k != "tasks"),
                            **{f"m_{m}": sizes.get(m, -1) for m in SHOWN_MAPS}}
                     rows.append(row)
                     maps = " ".join(f"{int(row[f'm_{m}']):>10d}" for m in SHOWN_MAPS)
                     print(f"{row['t']:6.0f} {created:7d} {len(ended):6d} {int(row['deleted']):7d} "
                           f"{len(live_names):7d} {int(row['pods']):5d} {int(row['events']):6d} "
-                          f"{rss:6.1f} {int(row['entries']):7d} {maps}", flush=True)
+                          f"{rss:6.1f} {child:6.1f} {int(row['entries']):7d} {maps}", flush=True)
                 if settled:
                     break
                 time.sleep(1.0)
@@ -231,7 +253,8 @@ def summary(rows: list[dict[str, float]], args: argparse.Namespace) -> None:
 
     print("\n== churn: peaks in the first and second half of the churn, and the last row")
     for k, label in (("live", "live ImageBuilds"), ("pods", "worker pods"), ("events", "Events"),
-                     ("rss", "operator RSS MB"), ("entries", "operator map entries")):
+                     ("rss", "operator RSS MB"), ("child", "its children's RSS MB"),
+                     ("entries", "operator map entries")):
         print(f"  {label:22s} {peak(first, k):8.1f} {peak(second, k):8.1f}   last {rows[-1][k]:8.1f}")
 
 
