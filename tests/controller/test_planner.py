@@ -3,6 +3,13 @@ and the child is replaced after its quota (which bounds the parser's leak)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from stagefleet.controller.model import plan_dockerfile
@@ -32,3 +39,30 @@ def test_plans_and_errors_are_those_of_the_pure_function() -> None:
         assert e.value.line == 2
     finally:
         planner.close()
+
+
+def test_the_child_exits_when_the_operator_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "op.py"
+    script.write_text(
+        "import time\n"
+        "from stagefleet.controller.planner import Planner\n"
+        "if __name__ == '__main__':\n"
+        "    p = Planner()\n"
+        "    p.plan('FROM a\\n', target=None, build_args={})\n"
+        "    print(*p._pool._processes, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, os.WNOHANG)  # (not ours: reaped by init; this only guards a zombie)
+        time.sleep(0.2)
+    state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(
+        f"/proc/{child}").exists() else "gone"
+    assert state in ("gone", "Z")

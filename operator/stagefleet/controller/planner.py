@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +27,19 @@ log = logging.getLogger("stagefleet.operator")
 
 PLANS_PER_PROCESS = 200
 PLAN_TIMEOUT_SECONDS = 120.0
+
+
+def _watch_parent() -> None:
+    """In the child (its initializer): exit once the operator is gone, even killed (SIGKILL leaves the
+    pool's worker waiting on its queue forever otherwise)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def _plan_in_child(
@@ -54,6 +69,7 @@ class Planner:
                     max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
                     max_tasks_per_child=self.plans_per_process,
+                    initializer=_watch_parent,
                 )
             return self._pool
 
