@@ -60,17 +60,23 @@ class Planner:
     def __init__(self, plans_per_process: int = PLANS_PER_PROCESS) -> None:
         self.plans_per_process = plans_per_process
         self._pool: ProcessPoolExecutor | None = None
+        self._plans = 0  # given to the current pool
         self._lock = threading.Lock()
 
     def _executor(self) -> ProcessPoolExecutor:
+        """The pool for the next plan: a new one (a new child) once the current one had its quota; the old
+        one finishes what it was given, then its child exits. (Not the executor's max_tasks_per_child:
+        on Python 3.11 replacing the worker while other submissions wait can hang the pool.)"""
         with self._lock:
+            if self._pool is not None and self._plans >= self.plans_per_process:
+                self._pool.shutdown(wait=False)
+                self._pool = None
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    max_workers=1,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    max_tasks_per_child=self.plans_per_process,
-                    initializer=_watch_parent,
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_watch_parent
                 )
+                self._plans = 0
+            self._plans += 1
             return self._pool
 
     def plan(
