@@ -223,7 +223,10 @@ class Reconciler:
                 self._vanished.discard(key)
                 self.forget(namespace, name, in_pass=True)
             elif self._due.get(key) == math.inf:
-                self._drop(key, in_pass=True)  # ended (or waits for an event only): nothing to keep
+                # Ended (or waits for an event only): no scheduling state to keep. Its pods' entries stay
+                # while the pods exist (their last signature spares a pass per late kubelet write); their
+                # DELETED events, the build's deletion or the sweep drop them.
+                self._drop(key, in_pass=True, pods=False)
 
     def pod_changed(self, pod: Mapping[str, Any], deleted: bool = False) -> bool:
         """Whether a worker pod event can change a decision (phase, container state, deletion, node).
@@ -308,10 +311,10 @@ class Reconciler:
         if uid is not None and correlator is not None:
             correlator.forget_object(uid)
 
-    def _drop(self, key: tuple[str, str], *, in_pass: bool = False) -> None:
-        """A build with nothing due: drop its scheduling state and its pods' entries (an event brings back
-        what is needed; every pass starts from the API anyway). ``in_pass``: called by the trigger holding
-        the build's lock, which releases it right after (no await in between)."""
+    def _drop(self, key: tuple[str, str], *, in_pass: bool = False, pods: bool = True) -> None:
+        """Drop a build's scheduling state and (``pods``) its pods' entries: an event brings back what is
+        needed, every pass starts from the API anyway. ``in_pass``: called by the trigger holding the
+        build's lock, which releases it right after (no await in between)."""
         lock = self._locks.get(key)
         if lock is not None and lock.locked() and not in_pass:
             return  # a pass runs: when it ends, its trigger drops what is left (gone, or nothing due)
@@ -320,6 +323,8 @@ class Reconciler:
         self._due.pop(key, None)
         self._held.pop(key, None)
         self._configmaps.pop(key, None)
+        if not pods:
+            return
         for uid, owner in list(self._pod_builds.items()):  # (a copy: reconcile threads add pods)
             if owner == key:
                 self._drop_pod(uid)
