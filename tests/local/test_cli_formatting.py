@@ -55,6 +55,16 @@ def test_render_headline_table_and_conditions() -> None:
     assert lines[-2:] == ["Ready=False (Building): 2/3 left", "Reconciling=True"]
 
 
+def test_render_a_summarised_status_says_so_and_counts_every_stage() -> None:
+    ib = imagebuild()
+    ib["status"].update(stagesSummarized=True, stagesDone=1800, stagesTotal=2001,
+                        stageCounts={"Running": 1, "Pending": 1, "Succeeded": 1800, "Waiting": 199})
+    ib["status"]["stages"] = ib["status"]["stages"][1:]
+    lines = status.render(ib, NOW)
+    assert "stages 1800/2001" in lines[0]
+    assert "(summarised: 2 of 2001 stages listed; 1 Running, 1 Pending, 1800 Succeeded, 199 Waiting)" in lines
+
+
 def test_render_without_status() -> None:
     assert status.render({"metadata": {"name": "x", "namespace": "ns"}}, NOW) == [
         "imagebuild ns/x: Pending", "(no stages yet)"]

@@ -161,6 +161,22 @@ def register(subparsers: Any) -> None:
         "logs`), then delete them (env STAGEFLEET_KEEP_SUCCEEDED_PODS_SECONDS; 0: at once)",
     )
     p.add_argument(
+        "--plans-per-process",
+        type=int,
+        default=200,
+        metavar="N",
+        help="plan Dockerfiles in a child process replaced after N plans (BuildKit's parser binding leaks "
+        "memory on every parse; the child costs ~40 MB); 0 plans in the operator's own process (200)",
+    )
+    p.add_argument(
+        "--memory-sweep-seconds",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="this often, drop the in-memory state of ImageBuilds and worker pods that no longer exist "
+        "(their DELETED events lost with a watch cut); 0 never (300)",
+    )
+    p.add_argument(
         "--node-lost-after",
         type=float,
         default=60.0,
@@ -249,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
     from stagefleet.controller import handlers  # noqa: F401  (registers the kopf handlers)
     from stagefleet.controller.kube import Kube
     from stagefleet.controller.metrics import Metrics
+    from stagefleet.controller.model import plan_dockerfile
+    from stagefleet.controller.planner import Planner
     from stagefleet.controller.reconciler import OperatorConfig, Reconciler
 
     kopf.configure(
@@ -285,9 +303,11 @@ def run(args: argparse.Namespace) -> int:
             keep_failed_seconds=keep_failed,
             keep_succeeded_pods_seconds=keep_succeeded_pods,
             source_timeout=max(1.0, args.source_timeout),
+            sweep_seconds=max(0.0, args.memory_sweep_seconds),
         ),
         metrics,
         threads=max(1, args.concurrency),
+        planner=Planner(args.plans_per_process).plan if args.plans_per_process > 0 else plan_dockerfile,
     )
 
     settings = kopf.OperatorSettings()

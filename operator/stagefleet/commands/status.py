@@ -142,7 +142,9 @@ def headline(obj: Mapping[str, Any]) -> str:
     phase = status.get("phase") or "Pending"
     parts = [f"imagebuild {meta.get('namespace', '?')}/{meta.get('name', '?')}: {phase}"]
     stages = [s for s in status.get("stages") or [] if isinstance(s, Mapping)]
-    if stages:
+    if status.get("stagesSummarized"):  # a very wide build lists only some stages: its counts say all
+        parts.append(f"stages {status.get('stagesDone', '?')}/{status.get('stagesTotal', '?')}")
+    elif stages:
         done = sum(1 for s in stages if s.get("phase") == "Succeeded")
         parts.append(f"stages {done}/{len(stages)}")
     image = status.get("image") or {}
@@ -178,6 +180,11 @@ def render(obj: Mapping[str, Any], now: _dt.datetime) -> list[str]:
     lines = [headline(obj)]
     rows = stage_rows(status, now)
     lines += format_table(HEADER, rows) if rows else ["(no stages yet)"]
+    counts = status.get("stageCounts")
+    if status.get("stagesSummarized") and isinstance(counts, Mapping):
+        by_phase = ", ".join(f"{n} {phase}" for phase, n in counts.items())
+        total = status.get("stagesTotal", "?")
+        lines.append(f"(summarised: {len(rows)} of {total} stages listed; {by_phase})")
     lines += condition_lines(status)
     return lines
 

@@ -60,5 +60,20 @@ class EventCorrelator:
         with self._lock:
             self._seen.pop(key, None)
 
+    def forget_object(self, uid: str) -> None:
+        """The involved object is gone (its ImageBuild was deleted): drop its entries."""
+        with self._lock:
+            for key in [k for k in self._seen if k[1] == uid]:
+                del self._seen[key]
+
+    def expire(self, now: float) -> int:
+        """Drop the entries older than the window (a repeat of them creates a new Event anyway), e.g. those
+        of objects whose deletion the operator never saw; returns how many."""
+        with self._lock:
+            old = [k for k, seen in self._seen.items() if now - seen.last_at > self.window]
+            for key in old:
+                del self._seen[key]
+            return len(old)
+
     def __len__(self) -> int:
         return len(self._seen)

@@ -47,7 +47,7 @@ async def imagebuild_event(
     ns = namespace or "default"
     if type == "DELETED":
         await _in_thread(r.cleanup, ns, uid, dict(body))  # (the body: its last state, for its stage tags)
-        r.forget(ns, name)
+        r.forget(ns, name, uid)
         return
     meta = body.get("metadata") or {}
     status = body.get("status") or {}

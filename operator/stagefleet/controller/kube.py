@@ -220,6 +220,20 @@ class Kube:
         )
         return list(_json(resp).get("items") or [])
 
+    @_retry
+    def list_imagebuild_names(self, namespace: str) -> set[str]:
+        """The names of every ImageBuild in ``namespace`` (the operator's memory sweep, `tracking`)."""
+        resp = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, _preload_content=False
+        )
+        return {str((o.get("metadata") or {}).get("name")) for o in _json(resp).get("items") or []}
+
+    @_retry
+    def list_worker_pod_uids(self, namespace: str) -> set[str]:
+        """The uids of every worker pod in ``namespace``, of any build (the memory sweep, `tracking`)."""
+        resp = self.core.list_namespaced_pod(namespace, label_selector=LABEL_UID, _preload_content=False)
+        return {str((p.get("metadata") or {}).get("uid")) for p in _json(resp).get("items") or []}
+
     @_retry_create
     def create(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create a Pod or ConfigMap: the object as created, None when it already exists (its deterministic

@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stagefleet.controller.model import plan_groups
 from stagefleet.controller.status import S_ACTIVE, S_RETRYING, S_SUCCEEDED, S_WAITING, TERMINAL
 
 STAGE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -49,6 +50,12 @@ class Metrics:
         self.reconcile_seconds = Histogram(
             "stagefleet_reconcile_duration_seconds", "Time of one reconcile pass", registry=r
         )
+        self.tracked = Gauge(
+            "stagefleet_operator_tracked_entries",
+            "Entries in one of the operator's per-build or per-pod maps (flat under churn)",
+            ["map"],
+            registry=r,
+        )
         self._queue: dict[str, int] = {}
         self._running: dict[str, int] = {}
         self._active: set[str] = set()  # ImageBuilds whose last written phase is not terminal
@@ -76,8 +83,10 @@ class Metrics:
                     self.cache_hits.inc(s["cachedSteps"])
                 if isinstance(s.get("steps"), int):
                     self.steps.inc(s["steps"])
-        for g in (new.get("plan") or {}).get("groups") or ():
+        # (A group a summarised status does not list is Waiting, status.summarise_stages.)
+        for g in plan_groups(new.get("plan") or {}) if new.get("phase") not in TERMINAL else ():
             after_groups[str(g.get("id"))] = tuple(g.get("after") or ())
+            phases.setdefault(str(g.get("id")), S_WAITING)
         queued = sum(
             1
             for gid, ph in phases.items()
@@ -85,17 +94,23 @@ class Metrics:
             or ph == S_WAITING
             and all(phases.get(a) == S_SUCCEEDED for a in after_groups.get(gid, ()))
         )
-        self._queue[key] = 0 if new.get("phase") in TERMINAL else queued
-        if new.get("phase") in TERMINAL:
+        if new.get("phase") in TERMINAL:  # nothing queued or running any more: no entry to keep
             self._active.discard(key)
+            self._queue.pop(key, None)
+            self._running.pop(key, None)
         else:
             self._active.add(key)
-        self._running[key] = sum(1 for ph in phases.values() if ph in S_ACTIVE)
+            self._queue[key] = queued
+            self._running[key] = sum(1 for ph in phases.values() if ph in S_ACTIVE)
         self._publish()
 
     def in_flight(self) -> int:
         """ImageBuilds not ended (as last written by this operator): what /healthz reports."""
         return len(self._active)
+
+    def build_keys(self) -> set[str]:
+        """The ImageBuilds (``namespace/name``) with an entry here."""
+        return self._active | set(self._queue) | set(self._running)
 
     def forget(self, key: str) -> None:
         self._active.discard(key)

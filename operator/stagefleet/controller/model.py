@@ -5,12 +5,28 @@ classes so that status written by one operator version is read by the next.
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stagefleet.plan import Plan
+
+# A plan of more groups than this is stored in status with its groups gzip-compressed (``groupsCompressed``,
+# base64): a 2,000-stage Dockerfile's plan is ~360 KB of JSON, a quarter of the API's object size limit.
+PLAN_INLINE_GROUPS = 256
+
+
+def plan_groups(d: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The groups of a plan as stored in status, listed or compressed."""
+    blob = d.get("groupsCompressed")
+    if isinstance(blob, str):
+        groups = json.loads(gzip.decompress(base64.b64decode(blob)))
+        return list(groups) if isinstance(groups, list) else []
+    return list(d.get("groups") or ())
 
 
 @dataclass(frozen=True)
@@ -79,9 +95,17 @@ class PlanView:
         raise KeyError(gid)
 
     def to_status(self) -> dict[str, Any]:
+        groups = [g.to_status() for g in self.groups]
+        listed: dict[str, Any] = {"groups": groups}
+        if len(groups) > PLAN_INLINE_GROUPS:
+            text = json.dumps(groups, separators=(",", ":")).encode()
+            listed = {  # (mtime 0: the same plan compresses to the same text, so no status write)
+                "groupsTotal": len(groups),
+                "groupsCompressed": base64.b64encode(gzip.compress(text, mtime=0)).decode(),
+            }
         return {
             "target": self.target,
-            "groups": [g.to_status() for g in self.groups],
+            **listed,
             "waves": 1 + max((g.wave for g in self.groups), default=-1),
             "criticalPath": list(self.critical_path),
             "finalGroup": self.final_group,
@@ -92,7 +116,7 @@ class PlanView:
     def from_status(cls, d: Mapping[str, Any]) -> PlanView:
         return cls(
             target=str(d["target"]),
-            groups=tuple(GroupPlan.from_status(g) for g in d["groups"]),
+            groups=tuple(GroupPlan.from_status(g) for g in plan_groups(d)),
             critical_path=tuple(d.get("criticalPath") or ()),
             final_group=str(d["finalGroup"]),
             skipped=tuple(d.get("skipped") or ()),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +134,13 @@ def stage_result_ref(spec: ImageBuildSpec, build: BuildRef, group_id: str, attem
     """Where a non-final group's attempt pushes its target stage; unique per build, generation, group and
     attempt: a lost attempt whose containers still run can push only to its own tag, never over the
     result of the attempt that replaced it (nor into a pod waiting for that one)."""
-    tag = f"{_stage_tag_prefix(build)}-{build.generation}-{dns_label(group_id)}-a{attempt}"
-    return f"{spec.stages_repository(build.namespace)}:{tag}"
+    return stage_result_refs(spec, build)(group_id, attempt)
+
+
+def stage_result_refs(spec: ImageBuildSpec, build: BuildRef) -> Callable[[str, int], str]:
+    """`stage_result_ref` of one build for any group and attempt (what is common computed once)."""
+    prefix = f"{spec.stages_repository(build.namespace)}:{_stage_tag_prefix(build)}-{build.generation}-"
+    return lambda group_id, attempt: f"{prefix}{dns_label(group_id)}-a{attempt}"
 
 
 def _stage_tag_prefix(build: BuildRef) -> str:

@@ -15,13 +15,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stagefleet.controller import nodeloss, retention, stagetags, trust
+from stagefleet.controller import nodeloss, retention, stagetags, tracking, trust
 from stagefleet.controller import registry as reg
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
@@ -38,6 +38,7 @@ from stagefleet.controller.podspec import (
     configmap_name,
     dockerfile_configmap,
     is_stage_tag_of,
+    stage_result_refs,
     worker_pod,
 )
 from stagefleet.controller.policy import REASON as POLICY_REASON
@@ -84,6 +85,9 @@ class OperatorConfig:
     # after keep_succeeded_pods_seconds (--keep-succeeded-pods-seconds).
     keep_failed_seconds: float = stagetags.DEFAULT_KEEP_FAILED_SECONDS
     keep_succeeded_pods_seconds: float = 0.0
+    # How often the in-memory entries of builds and pods are checked against what exists (controller.tracking:
+    # a DELETED event lost with a watch cut must not keep them forever); 0: never.
+    sweep_seconds: float = tracking.SWEEP_SECONDS
 
 
 def _fields(namespace: str, name: str) -> dict[str, str]:
@@ -128,15 +132,27 @@ class SourceJob:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics, *, threads: int = 8) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        metrics: Metrics,
+        *,
+        threads: int = 8,
+        planner: Callable[..., PlanView] = plan_dockerfile,
+    ) -> None:
         self.kube = kube
+        # Dockerfile → plan; the operator passes `planner.Planner().plan` (a recycled child process: the
+        # parser leaks memory on every parse), tests the pure function itself.
+        self.planner = planner
         self.config = config
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reconcile")
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._dirty: dict[tuple[str, str], bool] = {}
         self._due: dict[tuple[str, str], float] = {}
-        self._configmaps: set[tuple[str, int]] = set()
+        # The inline Dockerfile's ConfigMap created for (uid, generation) of a build: no second create.
+        self._configmaps: dict[tuple[str, str], tuple[str, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pod_states: dict[str, tuple[Any, ...]] = {}
         self._created: set[str] = set()  # uids of the pods this process created (until they are deleted)
@@ -152,6 +168,15 @@ class Reconciler:
         self._sources: dict[tuple[str, str], SourceJob] = {}
         self._sources_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # kopf's, for a job's wake-up
+        # Every pod uid above → its build, so that a build's end or deletion drops its pods' entries too.
+        self._pod_builds: dict[str, tuple[str, str]] = {}
+        # Builds a pass found gone (GET 404) although no DELETED event said so (a watch cut): forgotten when
+        # the pass ends. (Set from reconcile threads, read in the loop: set.add/discard are atomic.)
+        self._vanished: set[tuple[str, str]] = set()
+        # Builds whose current generation has ended: a pass may still be due for them (their pods and stage
+        # tags kept for --keep-failed-seconds, a TTL), but they do not count as unfinished (`unfinished`).
+        self._ended: set[tuple[str, str]] = set()
+        self._swept_at = time.monotonic()  # the last memory sweep (tracking)
 
     # --- nodes -------------------------------------------------------------------------------------------
 
@@ -203,19 +228,31 @@ class Reconciler:
                     self._due[key] = math.inf  # only events wake it (e.g. a spec change)
                 else:
                     self._due[key] = time.monotonic() + requeue
+            # (No await from here on: no other trigger of this build runs before the lock is released.)
+            if key in self._vanished:
+                self._vanished.discard(key)
+                self.forget(namespace, name, in_pass=True)
+            elif self._due.get(key) == math.inf:
+                # Ended (or waits for an event only): no scheduling state to keep. Its pods' entries stay
+                # while the pods exist (their last signature spares a pass per late kubelet write); their
+                # DELETED events, the build's deletion or the sweep drop them.
+                self._drop(key, in_pass=True, pods=False)
 
     def pod_changed(self, pod: Mapping[str, Any], deleted: bool = False) -> bool:
         """Whether a worker pod event can change a decision (phase, container state, deletion, node).
 
         The kubelet writes pod status many times per pod; most writes change nothing the operator reads.
         """
-        uid = str((pod.get("metadata") or {}).get("uid"))
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid"))
         self._note_schedulable(pod, deleted)
         self._note_node(pod, deleted)
         if deleted:
-            self._pod_states.pop(uid, None)
-            self._created.discard(uid)
+            self._drop_pod(uid)
             return True
+        owner = next((o for o in meta.get("ownerReferences") or () if o.get("kind") == "ImageBuild"), None)
+        if owner is not None:
+            self._pod_builds[uid] = (str(meta.get("namespace") or "default"), str(owner.get("name")))
         state = st.pod_signature(pod)
         if self._pod_states.get(uid) == state:
             return False
@@ -245,9 +282,21 @@ class Reconciler:
         return self.config.early_start and not self._unschedulable
 
     async def requeue_forever(self, interval: float = 0.1) -> None:
-        """Trigger every build whose requeue time has passed (backoff, timeout, waiting for a Secret)."""
+        """Trigger every build whose requeue time has passed (backoff, timeout, waiting for a Secret); every
+        ``sweep_seconds``, drop the memory of builds and pods that no longer exist (`sweep`)."""
+        published = 0.0
         while True:
             now = time.monotonic()
+            if now - published >= 1.0:
+                published = now
+                for name, size in self.sizes().items():
+                    self.metrics.tracked.labels(map=name).set(size)
+            every = self.config.sweep_seconds
+            if every > 0 and now - self._swept_at >= every:
+                self._swept_at = now
+                task = asyncio.create_task(self._sweep_safely())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             for (namespace, name), when in list(self._due.items()):
                 if when <= now and not self._dirty.get((namespace, name)):
                     self._due[(namespace, name)] = math.inf  # trigger() sets the next one
@@ -257,18 +306,130 @@ class Reconciler:
             await asyncio.sleep(interval)
 
     def unfinished(self) -> int:
-        """Builds with a pass still due (not ended, not waiting for an event only)."""
-        return sum(1 for when in self._due.values() if when != math.inf)
+        """Builds with a pass still due that have not ended (a finished build's clean-up later, e.g. a
+        failed one's pods kept for an hour, does not lengthen the safety poll of the running ones)."""
+        return sum(1 for key, when in list(self._due.items()) if when != math.inf and key not in self._ended)
 
-    def forget(self, namespace: str, name: str) -> None:
+    def forget(self, namespace: str, name: str, uid: str | None = None, *, in_pass: bool = False) -> None:
+        """The build is gone (DELETED event, a pass's GET found nothing, or the sweep): drop everything.
+        ``in_pass``: called by the trigger that holds the build's lock."""
         key = (namespace, name)
+        self._drop(key, in_pass=in_pass)
+        with self._sources_lock:
+            self._sources.pop(key, None)  # its thread ends by its own deadline; the result is dropped
+        self.metrics.forget(f"{namespace}/{name}")
+        correlator = getattr(self.kube, "events", None)
+        if uid is not None and correlator is not None:
+            correlator.forget_object(uid)
+
+    def _drop(self, key: tuple[str, str], *, in_pass: bool = False, pods: bool = True) -> None:
+        """Drop a build's scheduling state and (``pods``) its pods' entries: an event brings back what is
+        needed, every pass starts from the API anyway. ``in_pass``: called by the trigger holding the
+        build's lock, which releases it right after (no await in between)."""
+        lock = self._locks.get(key)
+        if lock is not None and lock.locked() and not in_pass:
+            return  # a pass runs: when it ends, its trigger drops what is left (gone, or nothing due)
         self._locks.pop(key, None)
         self._dirty.pop(key, None)
         self._due.pop(key, None)
         self._held.pop(key, None)
-        with self._sources_lock:
-            self._sources.pop(key, None)  # its thread ends by its own deadline; the result is dropped
-        self.metrics.forget(f"{namespace}/{name}")
+        self._ended.discard(key)
+        self._configmaps.pop(key, None)
+        if not pods:
+            return
+        for uid, owner in list(self._pod_builds.items()):  # (a copy: reconcile threads add pods)
+            if owner == key:
+                self._drop_pod(uid)
+
+    def _drop_pod(self, uid: str) -> None:
+        self._pod_states.pop(uid, None)
+        self._created.discard(uid)
+        self._unschedulable.pop(uid, None)
+        self._pod_nodes.pop(uid, None)
+        self._pod_builds.pop(uid, None)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per per-build and per-pod map (metric stagefleet_operator_tracked_entries)."""
+        correlator = getattr(self.kube, "events", None)
+        return {
+            "locks": len(self._locks),
+            "dirty": len(self._dirty),
+            "due": len(self._due),
+            "held": len(self._held),
+            "ended": len(self._ended),
+            "configmaps": len(self._configmaps),
+            "sources": len(self._sources),
+            "pod_states": len(self._pod_states),
+            "created": len(self._created),
+            "unschedulable": len(self._unschedulable),
+            "pod_nodes": len(self._pod_nodes),
+            "pod_builds": len(self._pod_builds),
+            "metrics": len(self.metrics.build_keys()),
+            "events": len(correlator) if correlator is not None else 0,
+            "tasks": len(self._tasks),
+        }
+
+    def known(self) -> tuple[set[tuple[str, str]], dict[str, tuple[str, str]]]:
+        """The builds and pods (uid → build) with an entry anywhere in memory: what a sweep checks."""
+        builds = set(self._locks) | set(self._dirty) | set(self._due) | set(self._held) | set(self._ended)
+        builds |= set(self._configmaps) | set(self._sources)
+        for key in self.metrics.build_keys():
+            ns, _, name = key.partition("/")
+            builds.add((ns, name))
+        pods = dict(self._pod_builds)
+        for uid, (_, ns, name) in list(self._pod_nodes.items()):
+            pods.setdefault(uid, (ns, name))
+        return builds, pods
+
+    def list_existing(self, namespaces: frozenset[str]) -> tracking.Listing:
+        """In a thread: what exists in ``namespaces`` (a namespace whose lists fail is left out)."""
+        listed: set[str] = set()
+        builds: set[tuple[str, str]] = set()
+        pods: set[str] = set()
+        for ns in sorted(namespaces):
+            try:
+                names = self.kube.list_imagebuild_names(ns)
+                uids = self.kube.list_worker_pod_uids(ns)
+            except Exception as e:  # noqa: BLE001 - the next sweep tries again
+                log.warning("memory sweep: listing namespace %s failed (%s)", ns, e)
+                continue
+            listed.add(ns)
+            builds |= {(ns, n) for n in names}
+            pods |= uids
+        return tracking.Listing(frozenset(listed), frozenset(builds), frozenset(pods))
+
+    def apply_sweep(self, stale: tracking.Stale) -> None:
+        """Drop what the sweep found gone (in the event loop). A build with a pass running or due is left to
+        that pass, which finds it gone itself (or, if it was created again meanwhile, must not lose its
+        requeue time)."""
+        for ns, name in sorted(stale.builds):
+            lock = self._locks.get((ns, name))
+            if (lock is not None and lock.locked()) or self._due.get((ns, name), math.inf) != math.inf:
+                continue
+            log.info("%s/%s is gone (its deletion was not seen): forgotten", ns, name,
+                     extra=_fields(ns, name))
+            self.forget(ns, name)
+        for uid in stale.pods:
+            self._drop_pod(uid)
+
+    async def _sweep_safely(self) -> None:
+        try:
+            await self.sweep()
+        except Exception:
+            log.exception("memory sweep failed; trying again at the next one")
+
+    async def sweep(self) -> tracking.Stale:
+        """Drop the entries of builds and pods gone from the API (`tracking`), and expired Event entries."""
+        builds, pods = self.known()
+        namespaces = tracking.namespaces_of(builds, pods)
+        loop = asyncio.get_running_loop()
+        listing = await loop.run_in_executor(None, self.list_existing, namespaces)
+        stale = tracking.stale(builds, pods, listing)
+        self.apply_sweep(stale)
+        correlator = getattr(self.kube, "events", None)
+        if correlator is not None:
+            correlator.expire(time.monotonic())
+        return stale
 
     # --- one pass (sync, in a worker thread) -------------------------------------------------------------
 
@@ -296,7 +457,7 @@ class Reconciler:
         """One pass; returns when to look again (None: only on the next event)."""
         ib = self.kube.get_imagebuild(namespace, name)
         if ib is None:
-            self.metrics.forget(f"{namespace}/{name}")
+            self._vanished.add((namespace, name))  # forgotten when the pass ends (`trigger`)
             return None
         meta = ib["metadata"]
         if meta.get("deletionTimestamp"):
@@ -306,6 +467,10 @@ class Reconciler:
         status: dict[str, Any] = dict(ib.get("status") or {})
         now = _now()
         current_gen = status.get("observedGeneration") == build.generation
+        if current_gen and status.get("phase") in st.TERMINAL:
+            self._ended.add((namespace, name))
+        else:
+            self._ended.discard((namespace, name))
         ttl = retention.ttl_of(ib.get("spec"), self.config.default_ttl_after_finished)
         expires = retention.expires_in(status, build.generation, ttl, now)
         if expires is not None and expires <= 0:
@@ -345,6 +510,8 @@ class Reconciler:
             ib, base, status, events = planned.ib, planned.base, planned.status, planned.events
 
         plan = PlanView.from_status(status["plan"])
+        # A very wide build's status lists only some stages (status.summarise_stages): decide on all of them.
+        status = st.expand_stages(status, plan, stage_result_refs(spec, build))
         again = self._step(ib, build, spec, plan, status, base, events, now)
         if again is None and not finished:
             return 0.5  # it just finished (its terminal status is written): the next pass cleans up after it
@@ -411,7 +578,7 @@ class Reconciler:
         from stagefleet.stages import DockerfileError
 
         try:
-            plan = plan_dockerfile(
+            plan = self.planner(
                 resolved.dockerfile,
                 target=spec.target,
                 build_args=spec.build_args,
@@ -735,14 +902,15 @@ class Reconciler:
         rejected: dict[str, str] = {}
         if spec.source.inline is not None:
             key = (build.uid, build.generation)
-            if key not in self._configmaps:  # after a restart: one AlreadyExists, then remembered
+            if self._configmaps.get((build.namespace, build.name)) != key:  # after a restart: one
+                # AlreadyExists, then remembered
                 try:
                     self.kube.create(dockerfile_configmap(build, spec.source.inline))
                 except Refused as e:
                     self._log_refused(build, e, [s.group.id for s in starts])
                     text = st.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
                     return [], {s.group.id: text for s in starts}
-                self._configmaps.add(key)
+                self._configmaps[(build.namespace, build.name)] = key
             source = ResolvedSource(configmap=configmap_name(build))
         else:
             assert spec.source.git is not None

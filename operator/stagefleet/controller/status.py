@@ -9,8 +9,10 @@ gives the same answer, which is what makes the operator restart-safe.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +29,7 @@ from stagefleet.controller.podspec import (
     BuildRef,
     parse_attempts,
     pod_name,
+    stage_result_refs,
 )
 from stagefleet.controller.spec import ImageBuildSpec
 
@@ -527,6 +530,97 @@ def conditions(
     ]
 
 
+# More stages than this and status.stages is summarised (`summarise_stages`): with every stage listed in
+# full, a 2,000-stage build's status passes 1.1 MB, near the API's object size limit (etcd: 1.5 MiB).
+SUMMARY_STAGES = 256
+_SETTLED_KEYS = ("attempts", "digest", "podUID", "image")
+
+
+def summarise_stages(
+    status: dict[str, Any],
+    stages: Sequence[Mapping[str, Any]],
+    plan: PlanView,
+    settled: Iterable[str],
+    *,
+    terminal: bool,
+    image_of: Callable[[str, int], str] | None = None,
+) -> None:
+    """Put a summary of ``stages`` (the full entries, `_stage_entries`) into ``status``.
+
+    ``stagesSummarized: true``; ``stageCounts``: every stage by phase; ``stages``: only the groups that
+    run, wait for a retry or a refused pod, failed, were cancelled, or succeeded in this very pass (their
+    durations reach the metrics) — in full. A group still Waiting with nothing recorded is not listed (no
+    entry means exactly that). What a later pass needs of the groups that succeeded before this one
+    (``settled``: attempt, digest, the pod's UID for `trust`, the image unless `image_of` derives it) goes
+    into ``settledGroups``, gzip-compressed (digests do not shrink otherwise: 2,000 of them in clear are
+    ~200 KB) — and nowhere once the build ended, when nothing reads it any more. `expand_stages` undoes it
+    for the next pass, so summarising loses nothing `decide` reads.
+    """
+    settled = set(settled)
+    targets = {g.id: g.target for g in plan.groups}
+    listed: list[dict[str, Any]] = []
+    kept: list[list[Any]] = []
+    for e in stages:
+        gid, phase = str(e.get("group")), e.get("phase")
+        if phase == S_WAITING and not e.get("attempts") and set(e) <= {"name", "group", "phase", "attempts"}:
+            continue
+        if phase == S_SUCCEEDED and gid in settled:
+            if not terminal and e.get("name") == targets.get(gid):
+                attempts = int(e.get("attempts") or 0)
+                image = e.get("image")
+                if image_of is not None and image == image_of(gid, attempts):
+                    image = None
+                kept.append([gid, attempts, e.get("digest"), e.get("podUID"), image])
+            continue
+        listed.append(dict(e))
+    status["stages"] = listed
+    status["stagesSummarized"] = True
+    status["stageCounts"] = stage_counts(stages)
+    status.pop("settledGroups", None)
+    if kept:
+        text = json.dumps(kept, separators=(",", ":")).encode()
+        status["settledGroups"] = base64.b64encode(gzip.compress(text, mtime=0)).decode()
+
+
+def expand_stages(
+    status: Mapping[str, Any], plan: PlanView, image_of: Callable[[str, int], str] | None = None
+) -> dict[str, Any]:
+    """A summarised status (`summarise_stages`) with every stage listed again, as a pass's input. An
+    unsummarised status, or an ended build's (`decide` returns it as it is), is returned as it is."""
+    if not status.get("stagesSummarized") or status.get("phase") in TERMINAL:
+        return dict(status)
+    listed = {str(e.get("name")): e for e in status.get("stages") or () if isinstance(e, Mapping)}
+    settled: dict[str, dict[str, Any]] = {}
+    blob = status.get("settledGroups")
+    if isinstance(blob, str):
+        for gid, attempts, digest, uid, image in json.loads(gzip.decompress(base64.b64decode(blob))):
+            if image is None and image_of is not None:
+                image = image_of(str(gid), int(attempts))
+            values = dict(zip(_SETTLED_KEYS, (attempts, digest, uid, image), strict=True))
+            settled[str(gid)] = {k: v for k, v in values.items() if v is not None}
+    out: list[dict[str, Any]] = []
+    for g in plan.groups:
+        for n in g.stages:
+            if n in listed:
+                out.append(dict(listed[n]))
+            elif g.id in settled:
+                e = {"name": n, "group": g.id, "phase": S_SUCCEEDED}
+                own = settled[g.id].items()
+                e.update({k: v for k, v in own if n == g.target or k not in ("digest", "image")})
+                out.append(e)
+            else:
+                out.append({"name": n, "group": g.id, "phase": S_WAITING, "attempts": 0})
+    return {**status, "stages": out}
+
+
+def stage_counts(stages: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many stages are in each phase (over the full entries)."""
+    counts: dict[str, int] = {}
+    for e in stages:
+        counts[str(e.get("phase"))] = counts.get(str(e.get("phase")), 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _summary(status: dict[str, Any], stages: Sequence[Mapping[str, Any]]) -> None:
     done = sum(1 for s in stages if s.get("phase") == S_SUCCEEDED)
     status["stagesDone"] = done
@@ -600,6 +694,8 @@ def planned_status(
         "conditions": conditions(BUILDING, "Building", message, generation, old.get("conditions") or (), now),
     }
     _summary(status, stages)
+    if len(stages) > SUMMARY_STAGES:
+        summarise_stages(status, stages, plan, (), terminal=False)
     return status
 
 
@@ -667,7 +763,8 @@ def decide(
 
     states: dict[str, GroupState] = {}
     for g in plan.groups:
-        first = old_entries.get(g.stages[0])
+        # Every entry of a group's stages carries its state; a summarised status may list only one of them.
+        first = next((old_entries[n] for n in g.stages if n in old_entries), None)
         states[g.id] = GroupState.from_entry(first) if first else GroupState()
         target = old_entries.get(g.target) or {}
         # Only the group's target stage carries the pushed image (and is what downstream groups consume).
@@ -684,6 +781,7 @@ def decide(
                 for n in g.stages
                 if n in old_entries and "duration" in old_entries[n]
             }
+    settled = [gid for gid, gs in states.items() if gs.phase == S_SUCCEEDED]
     current = _trusted_pods(states, current, delete, events)
     by_group: dict[str, list[PodObservation]] = {}
     for p in current:
@@ -903,11 +1001,11 @@ def decide(
         reason = "Building"
         parts = []
         if running:
-            parts.append(f"running {', '.join(running)}")
+            parts.append(f"running {_some(running)}")
         if early:
-            parts.append(f"{', '.join(early)} started early")
+            parts.append(f"{_some(early)} started early")
         if retrying:
-            parts.append(f"retrying {', '.join(retrying)}")
+            parts.append(f"retrying {_some(retrying)}")
         message = "; ".join(parts) or "waiting to start groups"
         if stalled_msg:
             reason, message = "SecretNotFound", stalled_msg
@@ -962,6 +1060,15 @@ def decide(
         gid, msg, detail = build_failure
         new_status["failure"] = {"group": gid, **detail, "message": msg}
     _summary(new_status, stages)
+    if len(stages) > SUMMARY_STAGES:
+        summarise_stages(
+            new_status,
+            stages,
+            plan,
+            settled,
+            terminal=new_phase in TERMINAL,
+            image_of=stage_result_refs(spec, build),
+        )
 
     if stalled_msg and not str(status.get("message") or "").startswith("waiting for"):
         events.append(Event("Warning", "SecretNotFound", stalled_msg))
@@ -1148,6 +1255,13 @@ def _early_groups(plan: PlanView, states: Mapping[str, GroupState], now: datetim
     return sorted(found, key=lambda g: (not g.critical, g.wave, g.id))
 
 
+def _some(ids: Sequence[str], most: int = 20) -> str:
+    """A list of group ids for a message; a very wide build's hundreds cut to the first ``most``."""
+    if len(ids) <= most:
+        return ", ".join(ids)
+    return f"{', '.join(ids[:most])} and {len(ids) - most} more"
+
+
 def _fmt_duration(seconds: int) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -1211,7 +1325,9 @@ def group_states(status: Mapping[str, Any]) -> dict[str, str]:
 
 # Status keys that only report progress: a change confined to them (and to the per-stage details below)
 # may wait a moment to be written together with the next change.
-_PROGRESS_KEYS = frozenset({"stages", "message", "conditions", "stagesDone", "progress"})
+_PROGRESS_KEYS = frozenset(
+    {"stages", "message", "conditions", "stagesDone", "progress", "stageCounts", "settledGroups"}
+)
 # Stage phase changes that only report progress (a pod started or finished well).
 _PROGRESS_STEPS = frozenset({(S_PENDING, S_RUNNING), (S_PENDING, S_SUCCEEDED), (S_RUNNING, S_SUCCEEDED)})
 
