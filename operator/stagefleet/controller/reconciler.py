@@ -513,6 +513,8 @@ class Reconciler:
         # A very wide build's status lists only some stages (status.summarise_stages): decide on all of them.
         status = st.expand_stages(status, plan, stage_result_refs(spec, build))
         again = self._step(ib, build, spec, plan, status, base, events, now)
+        if again is None:
+            self._ended.add((namespace, name))
         if again is None and not finished:
             return 0.5  # it just finished (its terminal status is written): the next pass cleans up after it
         if expires is not None:
