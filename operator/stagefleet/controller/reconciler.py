@@ -1044,13 +1044,18 @@ class Reconciler:
             waits.append(max(0.5, tags_in))
         return status, min(waits) if waits else None
 
-    def _delete_finished_pods(self, build: BuildRef, spec: ImageBuildSpec | None) -> None:
+    def _delete_pods(self, namespace: str, uid: str) -> int:
+        """Delete the build's worker pods not already being deleted; how many."""
         deleted = 0
-        for pod in self.kube.list_worker_pods(build.namespace, build.uid):
+        for pod in self.kube.list_worker_pods(namespace, uid):
             meta = pod.get("metadata") or {}
             if not meta.get("deletionTimestamp"):
-                self.kube.delete_pod(build.namespace, str(meta.get("name")))
+                self.kube.delete_pod(namespace, str(meta.get("name")))
                 deleted += 1
+        return deleted
+
+    def _delete_finished_pods(self, build: BuildRef, spec: ImageBuildSpec | None) -> None:
+        deleted = self._delete_pods(build.namespace, build.uid)
         if deleted and spec is not None and spec.source.inline is not None:
             self.kube.delete_configmaps(build.namespace, build.uid)
         if deleted:
@@ -1113,10 +1118,7 @@ class Reconciler:
         """Remove every pod and ConfigMap of a deleted ImageBuild (owner references do it too, eventually);
         with its ``last`` state (the DELETED event's object), also the stage tags it pushed and had not
         removed yet (deleted while building, or while a failed build's were kept): one try, no retry."""
-        for pod in self.kube.list_worker_pods(namespace, uid):
-            meta = pod.get("metadata") or {}
-            if not meta.get("deletionTimestamp"):
-                self.kube.delete_pod(namespace, str(meta.get("name")))
+        self._delete_pods(namespace, uid)
         self.kube.delete_configmaps(namespace, uid)
         status = (last or {}).get("status") or {}
         done = status.get("stageTags")
