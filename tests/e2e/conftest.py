@@ -230,9 +230,11 @@ class Operator:
         return self.proc is not None and self.proc.poll() is None
 
     def tail(self, n: int = 60) -> str:
+        """The log's last ``n`` lines, without the API client's retry lines (a fault test makes hundreds)."""
         if not self.log.exists():
             return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join([ln for ln in lines if "Request attempt #" not in ln][-n:])
 
 
 @pytest.fixture

@@ -470,6 +470,9 @@ def unfinished_report(api: Api) -> str:
         st = o.get("status") or {}
         if st.get("phase") not in TERMINAL:
             lines.append(f"{o['metadata']['name']} {st.get('phase')} {str(st.get('message'))[:200]}")
+            for e in st.get("stages") or ():
+                keep = ("group", "phase", "attempts", "restarts", "rejections", "retryAt", "pod", "message")
+                lines.append(f"    {e.get('name')}: " + " ".join(f"{k}={e[k]}" for k in keep if e.get(k)))
     lines.append("--- pods not Succeeded (name, phase, node, reason) ---")
     for p in api.pods():
         status = p.get("status") or {}
@@ -477,6 +480,10 @@ def unfinished_report(api: Api) -> str:
             continue
         reasons = [f"{c.get('type')}={c.get('status')}:{c.get('reason')}:{str(c.get('message'))[:120]}"
                    for c in status.get("conditions") or () if c.get("status") != "True"]
+        for c in status.get("containerStatuses") or ():
+            t = (c.get("state") or {}).get("terminated")
+            if t:
+                reasons.append(f"exit {t.get('exitCode')} {t.get('reason')}: {str(t.get('message'))[-300:]}")
         lines.append(f"{p['metadata']['name']} {status.get('phase')} {p['spec'].get('nodeName')} {reasons}")
     return "\n".join(lines)
 
