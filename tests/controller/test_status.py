@@ -191,6 +191,25 @@ def test_infra_failure_retries_after_backoff() -> None:
     assert d3.status["stages"][0]["pod"] == "seed-1-g1-a2"
 
 
+def test_a_pod_the_kubelet_refused_is_retried_once_its_backoff_passes() -> None:
+    """OutOfcpu (seen on the real tier under load): the kubelet's admission fails the pod before any
+    container ran, so it has no finish time. Its retry time is fixed when the failure is first seen; a
+    retry time recomputed from each pass's clock never came, and the build waited forever."""
+    s = run(start(), []).status
+    refused = pod("g1", phase="Failed")
+    refused["status"] = {"phase": "Failed", "reason": "OutOfcpu",
+                         "message": "Pod Node didn't have enough resource: cpu, requested: 500"}
+    d = run(s, [refused, pod("g2")])
+    entry = d.status["stages"][0]
+    assert entry["phase"] == "Retrying" and "OutOfcpu" in entry["message"]
+    assert entry["retryAt"] == "2026-01-01T00:01:10Z"
+    later = NOW + timedelta(seconds=6)
+    d2 = run(d.status, [refused, pod("g2")], now=later)
+    assert d2.status["stages"][0]["retryAt"] == "2026-01-01T00:01:10Z" and d2.create == []
+    d3 = run(d2.status, [refused, pod("g2")], now=NOW + timedelta(seconds=10))
+    assert [(c.group.id, c.attempt) for c in d3.create] == [("g1", 2)]
+
+
 def test_retries_exhausted_fails_with_attempts() -> None:
     s = start()
     pods: list[dict[str, Any]] = []

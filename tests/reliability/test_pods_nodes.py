@@ -53,7 +53,9 @@ def _running(pods: list[dict[str, Any]], group: str) -> dict[str, Any] | None:
 def test_deleted_pod_and_lost_node_are_retried(
     api: Api, kubectl: Kubectl, make_operator: OperatorFactory, rcluster: RCluster, records: Path
 ) -> None:
-    op = make_operator(sleep=3.0, slow={"g4": 0.5}, more=["--node-lost-after", "2"])
+    # g2 and g3 run 6 s: the pod deleted below must still be running when the deletion reaches it (under
+    # CI load, a 3 s worker finished first, and the deletion retried nothing).
+    op = make_operator(sleep=3.0, slow={"g2": 6.0, "g3": 6.0, "g4": 0.5}, more=["--node-lost-after", "2"])
     api.create(fake_manifest("lost", WIDE, maxParallelPods=4))
     pods = poll(
         lambda: (lambda ps: ps if all(_running(ps, g) for g in ("g1", "g2", "g3")) else None)(api.pods()),
@@ -73,10 +75,10 @@ def test_deleted_pod_and_lost_node_are_retried(
         None,
     )
     try:
-        rcluster.cluster.lose_node(node)
-        if other is not None:
+        if other is not None:  # first: losing a node takes a few seconds
             doomed = next(p for p in pods if pod_labels(p)[1] == other)
             kubectl.run("delete", "pod", doomed["metadata"]["name"], "--wait=false")
+        rcluster.cluster.lose_node(node)
         obj = terminal(api, "lost", op)
     finally:
         rcluster.cluster.recover_node(node)

@@ -464,8 +464,9 @@ def _stage_entries(
                 optional["cachedSteps"] = r.cached_steps
                 optional["steps"] = r.steps
             elif gs.phase == S_SUCCEEDED:
-                for k in ("duration", "cachedSteps", "steps"):
+                for k in ("duration", "cachedSteps", "steps", "reused"):
                     optional[k] = prev.get(k)
+            optional["key"] = prev.get("key")  # recorded at plan time (`reuse.mark`)
             e.update({k: v for k, v in optional.items() if v is not None})
             out.append(e)
     return out
@@ -889,8 +890,11 @@ def decide(
                     )
                 else:
                     is_build, msg = _classify_failure(latest)
-                gs.completion = latest.finished or fmt_time(now)
-                failed_at = parse_time(latest.finished) or now
+                # A pod the kubelet refused (OutOfcpu) never ran a container and has no finish time: the
+                # time its failure was first judged stands, or its retry time would move with every pass.
+                seen = gs.completion if judged else None
+                gs.completion = latest.finished or seen or fmt_time(now)
+                failed_at = parse_time(gs.completion) or now
                 _fail_or_retry(g, gs, latest, is_build, msg, failed_at, spec, backoff_base)
         elif gs.phase in S_ACTIVE and gs.attempts > 0:
             # Its pod is gone (deleted, evicted and removed, node lost): an infrastructure failure.
