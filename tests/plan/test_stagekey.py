@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
+import posixpath
 import subprocess
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stagefleet.stagekey import KEY_RE, ContextIndex, KeyResult, index_git_tree, stage_keys
 from stagefleet.stages import Stage, StageGraph, StageInputs, parse_stage_graph
@@ -495,3 +500,128 @@ def test_keys_cover_every_built_stage_in_file_order() -> None:
     text = "FROM alpine AS skipped\nFROM alpine AS a\nFROM a AS b\nFROM alpine AS c\nCOPY --from=b / /\n"
     assert list(keys(text)) == ["a", "b", "c"]
 
+
+# ------------------------------------------------------------------ properties over generated Dockerfiles
+
+POOL = (
+    "a.txt", "b.txt", "src/x.go", "src/y.go", "src/sub/z.go", "src/sub/w.txt", "docs/readme.md",
+    "lib/q.py", "other/o.txt",
+)
+PATTERNS = (
+    ".", "a.txt", "src", "src/sub", "src/*.go", "*.txt", "s?c/sub/*", "[ab].txt", "docs", "lib/q.py",
+    "src/sub/z.go", "*/sub", "./src/../lib/",
+)
+BIND_SOURCES = ("src", "docs", "lib", "a.txt", "")
+
+
+@dataclass(frozen=True)
+class Written:
+    text: str
+    order: list[str]
+    deps: dict[str, set[str]]  # stage → the stages it uses (FROM, COPY --from, RUN --mount from=)
+    reads: dict[str, set[str]]  # stage → the context paths it reads, as written
+
+
+def _selects(pattern: str, path: str) -> bool:
+    """The oracle: the pattern (cleaned), a path at or below a match of it, glob per component."""
+    parts = [p for p in posixpath.normpath(pattern).split("/") if p != "."]
+    names = path.split("/")
+    matches = all(fnmatch.fnmatchcase(n, p) for n, p in zip(names, parts, strict=False))
+    return len(names) >= len(parts) and matches
+
+
+@st.composite
+def dockerfiles(draw: st.DrawFn) -> Written:
+    n = draw(st.integers(min_value=1, max_value=8))
+    lines: list[str] = []
+    order: list[str] = []
+    deps: dict[str, set[str]] = {}
+    reads: dict[str, set[str]] = {}
+    for i in range(n):
+        name = f"s{i}"
+        bases = ["alpine", "scratch", *order]
+        base = draw(st.sampled_from(bases))
+        lines.append(f"FROM {base} AS {name}")
+        deps[name] = {base} if base in order else set()
+        reads[name] = set()
+        for _ in range(draw(st.integers(0, 4))):
+            kind = draw(st.sampled_from(["run", "copy", "bind", "copy_from", "mount_from"]))
+            if kind == "run":
+                lines.append(f"RUN echo {name} {draw(st.integers(0, 3))}")
+            elif kind == "copy":
+                pattern = draw(st.sampled_from(PATTERNS))
+                lines.append(f"COPY {pattern} /in/")
+                reads[name].add(pattern)
+            elif kind == "bind":
+                source = draw(st.sampled_from(BIND_SOURCES))
+                lines.append(f"RUN --mount=type=bind,{f'source={source},' if source else ''}target=/m true")
+                reads[name].add(source or ".")
+            elif order:
+                other = draw(st.sampled_from(order))
+                how = "COPY --from={} /x /x" if kind == "copy_from" else "RUN --mount=from={},target=/u true"
+                lines.append(how.format(other))
+                deps[name].add(other)
+        order.append(name)
+    return Written(text="\n".join(lines) + "\n", order=order, deps=deps, reads=reads)
+
+
+def contexts() -> st.SearchStrategy[dict[str, str]]:
+    ids = st.sampled_from(["100644 " + c * 40 for c in "0123456789"])
+    return st.fixed_dictionaries({path: ids for path in POOL})
+
+
+def _keys(text: str, files: Mapping[str, str], digests: Mapping[str, str] = DIGESTS) -> dict[str, KeyResult]:
+    g = graph(text)
+    return stage_keys(g, platform="linux/amd64", base_digests=digests, context=ContextIndex(files))
+
+
+def _consumers_of(w: Written, touched: set[str]) -> set[str]:
+    """``touched`` and every stage that uses one of them, transitively (file order is topological)."""
+    out = set(touched)
+    for name in w.order:
+        if w.deps[name] & out:
+            out.add(name)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(dockerfiles(), contexts())
+def test_keys_are_deterministic(w: Written, files: dict[str, str]) -> None:
+    first = _keys(w.text, files)
+    assert all(r.key is not None and KEY_RE.match(r.key) for r in first.values())
+    again = _keys(w.text, dict(reversed(list(files.items()))), dict(reversed(list(DIGESTS.items()))))
+    assert again == first
+
+
+@settings(max_examples=300, deadline=None)
+@given(dockerfiles(), contexts(), st.sampled_from(POOL), st.data())
+def test_a_file_changes_the_keys_of_the_stages_that_read_it_and_their_consumers_only(
+    w: Written, files: dict[str, str], path: str, data: st.DataObject
+) -> None:
+    new_id = data.draw(st.sampled_from(["100644 " + c * 40 for c in "abcdef"] + ["100755 " + "0" * 40]))
+    before = _keys(w.text, files)
+    after = _keys(w.text, {**files, path: new_id})
+    readers = {name for name in w.order if any(_selects(p, path) for p in w.reads[name])}
+    assert changed(before, after) == _consumers_of(w, readers) & before.keys()
+
+
+def _edit(line: str) -> str:
+    """The line with its instruction changed (a FROM line gets one more instruction after it)."""
+    if line.startswith("FROM "):
+        return line + "LABEL edited=1\n"
+    if line.startswith("COPY "):
+        return line.rsplit(" ", 1)[0] + " /edited/\n"
+    return line.rstrip("\n") + " edited\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(dockerfiles(), contexts(), st.data())
+def test_an_instruction_changes_the_keys_of_its_stage_and_its_consumers_only(
+    w: Written, files: dict[str, str], data: st.DataObject
+) -> None:
+    lines = w.text.splitlines(keepends=True)
+    number = data.draw(st.integers(0, len(lines) - 1))
+    stage = w.order[sum(line.startswith("FROM ") for line in lines[: number + 1]) - 1]
+    edited = "".join([*lines[:number], _edit(lines[number]), *lines[number + 1:]])
+    before = _keys(w.text, files)
+    assert changed(before, _keys(edited, files)) == _consumers_of(w, {stage}) & before.keys()
