@@ -8,13 +8,14 @@ operator must know the graph *before* any builder runs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import functools
 import platform as _platform
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dockerfile
@@ -24,6 +25,8 @@ __all__ = [
     "SecretUse",
     "Stage",
     "StageGraph",
+    "StageInputs",
+    "context_path",
     "parse_stage_graph",
     "suggest",
     "validate_image_reference",
@@ -52,6 +55,29 @@ class SecretUse:
 
 
 @dataclass(frozen=True)
+class StageInputs:
+    """What a stage's result is made of, besides the images and stages it consumes: the input of its
+    content key (`stagekey.stage_keys`), so that a stage whose inputs did not change is not built again.
+
+    ``instructions``: every instruction from FROM on, continuation lines joined, heredoc bodies included.
+    ``args``: the (name, value) of every ARG the stage declares (and its base's ONBUILD triggers), and
+    of the global ARGs its FROM line expands, sorted; a value only known when building (it depends on
+    the base image's environment) is the word as written. ``context_paths``: what the stage reads from
+    the build context (COPY/ADD sources, RUN --mount=type=bind sources), cleaned, relative to the
+    context root, maybe globs; ``.`` for all of it, also when a source depends on a variable we cannot
+    know before the build. ``unkeyable``: why the result cannot be keyed at all (a non-reproducible
+    input), as ``Dockerfile:7: message``. ``directives``: the parser directives (escape, syntax) that
+    change what the text means.
+    """
+
+    instructions: tuple[str, ...] = ()
+    args: tuple[tuple[str, str], ...] = ()
+    context_paths: tuple[str, ...] = ()
+    unkeyable: str | None = None
+    directives: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     index: int
@@ -66,6 +92,7 @@ class Stage:
     platform: str | None
     lines: tuple[int, int]
     instructions: int
+    inputs: StageInputs = field(default_factory=StageInputs)
 
 
 @dataclass(frozen=True)
@@ -100,6 +127,33 @@ class _Ref:
     mount_target: str = ""
 
 
+@dataclass(frozen=True)
+class _Arg:
+    """An ARG with a value: a build arg or a global value (used as is), or its default (expanded)."""
+
+    name: str
+    value: str
+    default: bool
+
+
+@dataclass(frozen=True)
+class _Env:
+    pairs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A word naming something in the build context (COPY/ADD source, bind mount source), as written."""
+
+    word: str
+    line: int
+    instruction: str  # "COPY", "ADD" or "RUN --mount"
+    checksum: bool = False
+
+
+_Event = _Arg | _Env | _Source
+
+
 @dataclass
 class _Stage:
     """A stage while it is being resolved."""
@@ -128,6 +182,10 @@ class _Stage:
     deps: dict[int, int] = field(default_factory=dict)  # stage index → line of the first reference
     ref_deps: dict[int, int] = field(default_factory=dict)  # the same, from COPY/RUN/ONBUILD only
     images: set[str] = field(default_factory=set)
+    texts: list[str] = field(default_factory=list)  # the instructions, for the stage's key
+    events: list[_Event] = field(default_factory=list)  # ARG/ENV/context reads, in order
+    onbuild_events: list[_Event] = field(default_factory=list)  # the same, run in a stage FROM this one
+    from_args: set[tuple[str, str]] = field(default_factory=set)  # global ARGs the FROM line expands
 
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
@@ -185,11 +243,12 @@ def _parse(
     build_platform: str | None,
     filename: str,
 ) -> StageGraph:
-    source, escape = _prepare_source(text)
+    source, escape, directives = _prepare_source(text)
     commands = _go_parse(source)
     meta, raw = _split_stages(commands)
     global_env = _global_args(meta, build_args, escape, target_platform, build_platform)
-    stages = [_build_stage(i, cmds, global_env, build_args, escape) for i, cmds in enumerate(raw)]
+    lines = source.split("\n")
+    stages = [_build_stage(i, cmds, global_env, build_args, escape, lines) for i, cmds in enumerate(raw)]
     _resolve_bases(stages, global_env, escape)
     target_stage = _find_target(stages, target)
     _resolve_refs(stages)
@@ -197,18 +256,19 @@ def _parse(
     _check_image_refs(stages)
     reachable = _reachable(stages, target_stage)
     _check_forward_refs(stages, reachable)
-    return _freeze(stages, target_stage, reachable, filename)
+    return _freeze(stages, target_stage, reachable, filename, escape, directives)
 
 
 # --------------------------------------------------------------------------------------------------
 # text → commands
 
 
-def _prepare_source(text: str) -> tuple[str, str]:
+def _prepare_source(text: str) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     """Handle parser directives ourselves: the bundled Go parser predates `# check=`.
 
     Directives are only valid in the leading run of `# key=value` comment lines. The escape directive
-    (if any) is moved to line 1 and the others are blanked to `#`, so line numbers do not move.
+    (if any) is moved to line 1 and the others are blanked to `#`, so line numbers do not move. Also
+    returns the directives that change what the instructions mean (escape, syntax), for stage keys.
     """
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -232,7 +292,8 @@ def _prepare_source(text: str) -> tuple[str, str]:
         lines[number] = "#"
     if seen:
         lines[0] = f"# escape={escape}"
-    return "\n".join(lines), escape
+    meaning = tuple(sorted((key, value) for key, (_, value) in seen.items() if key != "check"))
+    return "\n".join(lines), escape, meaning
 
 
 def _go_parse(source: str) -> list[dockerfile.Command]:
@@ -348,6 +409,7 @@ def _build_stage(
     global_env: Mapping[str, str],
     build_args: Mapping[str, str],
     escape: str,
+    lines: Sequence[str],
 ) -> _Stage:
     """Parse FROM and collect what the other instructions of the stage reference."""
     head = cmds[0]
@@ -363,9 +425,18 @@ def _build_stage(
         last_line=cmds[-1].end_line,
         instructions=len(cmds),
     )
+    st.texts = [_instruction_text(cmd, lines) for cmd in cmds]
     for cmd in cmds[1:]:
         _collect(st, cmd, global_env, build_args, escape)
     return st
+
+
+def _instruction_text(cmd: dockerfile.Command, lines: Sequence[str]) -> str:
+    """The instruction as the parser joined it (heredoc bodies included). For ONBUILD the parser drops
+    a heredoc body from it, so those keep their lines as written."""
+    if cmd.cmd.upper() == "ONBUILD" and cmd.end_line > cmd.start_line:
+        return "\n".join(lines[cmd.start_line - 1:cmd.end_line])
+    return str(cmd.original)
 
 
 def _from_args(cmd: dockerfile.Command) -> tuple[str, str]:
@@ -410,7 +481,7 @@ def _collect(
 ) -> None:
     instruction = cmd.cmd.upper()
     if instruction == "ONBUILD":
-        _collect_onbuild(st, cmd, escape)
+        _collect_onbuild(st, cmd, global_env, build_args, escape)
         return
     flags = _parse_flags(cmd, instruction)
     if instruction == "ARG":
@@ -421,6 +492,7 @@ def _collect(
         _check_copy_args(cmd, instruction)
         for value in flags.get("from", []):
             st.refs.append(_copy_ref(value, cmd.start_line))
+        st.events.extend(_context_sources(cmd, instruction, flags))
     elif instruction == "RUN":
         for spec in flags.get("mount", []):
             _add_mount(st, spec, cmd.start_line, escape, onbuild=False)
@@ -456,12 +528,53 @@ def _stage_arg(
             st.args[key] = _expand_lenient(default, st, escape)
         elif key in global_env:
             st.args[key] = global_env[key]
+    st.events.extend(_arg_events(cmd, global_env, build_args))
+
+
+def _arg_events(
+    cmd: dockerfile.Command, global_env: Mapping[str, str], build_args: Mapping[str, str]
+) -> Iterable[_Arg]:
+    """The values an ARG instruction gives (none for a name without one), as `_stage_arg` picks them;
+    lenient about blank names, which ONBUILD ARG does not check."""
+    for item in cmd.value:
+        key, eq, default = item.partition("=")
+        if not key:
+            continue
+        if key in build_args:
+            yield _Arg(key, build_args[key], default=False)
+        elif eq:
+            yield _Arg(key, default, default=True)
+        elif key in global_env:
+            yield _Arg(key, global_env[key], default=False)
 
 
 def _stage_env(st: _Stage, cmd: dockerfile.Command, escape: str) -> None:
     values = list(cmd.value)
     for i in range(0, len(values) - 1, 2):
         st.env[values[i]] = _expand_lenient(values[i + 1], st, escape)
+    st.events.append(_env_event(cmd))
+
+
+def _env_event(cmd: dockerfile.Command) -> _Env:
+    values = list(cmd.value)
+    return _Env(tuple((values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)))
+
+
+_HEREDOC_WORD = re.compile(r"^<<-?\s*[^<]*$")
+
+
+def _context_sources(
+    cmd: dockerfile.Command, instruction: str, flags: Mapping[str, Sequence[str]]
+) -> list[_Source]:
+    """COPY/ADD sources read from the build context: all of them unless --from; heredocs are inline."""
+    if "from" in flags:
+        return []
+    checksum = any(flags.get("checksum", []))
+    return [
+        _Source(word, cmd.start_line, instruction, checksum)
+        for word in list(cmd.value)[:-1]
+        if not (cmd.heredocs and _HEREDOC_WORD.match(word))
+    ]
 
 
 def _expand_in_stage(word: str, st: _Stage, escape: str, line: int) -> str:
@@ -484,7 +597,13 @@ def _stage_vars(st: _Stage) -> dict[str, str]:
     return {**st.args, **st.env}
 
 
-def _collect_onbuild(st: _Stage, cmd: dockerfile.Command, escape: str) -> None:
+def _collect_onbuild(
+    st: _Stage,
+    cmd: dockerfile.Command,
+    global_env: Mapping[str, str],
+    build_args: Mapping[str, str],
+    escape: str,
+) -> None:
     """ONBUILD triggers run in the stage built FROM this one; remember their references for it."""
     sub = (cmd.sub_cmd or "").upper()
     if not sub:
@@ -502,6 +621,12 @@ def _collect_onbuild(st: _Stage, cmd: dockerfile.Command, escape: str) -> None:
     elif sub == "RUN":
         for spec in flags.get("mount", []):
             _add_mount(st, spec, cmd.start_line, escape, onbuild=True)
+    if sub in ("COPY", "ADD"):
+        st.onbuild_events.extend(_context_sources(cmd, sub, flags))
+    elif sub == "ARG":
+        st.onbuild_events.extend(_arg_events(cmd, global_env, build_args))
+    elif sub == "ENV":
+        st.onbuild_events.append(_env_event(cmd))
 
 
 def _onbuild_flags(original: str) -> list[str]:
@@ -524,6 +649,7 @@ class _Mount:
     type: str = "bind"
     from_: str = ""
     source: str = ""
+    raw_source: str = ""  # as written: its expansion may depend on the base image's environment
     target: str = ""
     id: str = ""
     required: bool = False
@@ -538,6 +664,9 @@ def _add_mount(st: _Stage, spec: str, line: int, escape: str, *, onbuild: bool) 
     )
     if mount.from_ and mount.type != "secret":
         refs.append(_Ref(value=mount.from_, line=line, kind="mount", mount_target=mount.target))
+    if mount.type == "bind" and not mount.from_:
+        events = st.onbuild_events if onbuild else st.events
+        events.append(_Source(mount.raw_source or ".", line, "RUN --mount"))
     if mount.type == "secret":
         secrets.append(_secret_use(mount))
     elif mount.type == "ssh":
@@ -584,6 +713,8 @@ def _mount_field(mount: _Mount, item: str, line: int, expand: Expander) -> None:
             raise _Error(line, "'from' doesn't support variable expansion, define alias stage instead")
         mount.from_ = value
         return
+    if key in ("source", "src"):
+        mount.raw_source = value
     value = expand(value)
     if key == "type":
         if value.lower() not in _MOUNT_TYPES:
@@ -648,6 +779,7 @@ def _resolve_bases(stages: list[_Stage], global_env: Mapping[str, str], escape: 
             st.platform = _expand(st.raw_platform, global_env, escape, st.first_line)
             if st.platform == "":
                 raise _Error(st.first_line, f"empty platform value from expression {st.raw_platform}")
+        st.from_args = _used_args([st.raw_base, st.raw_platform or ""], global_env, escape)
         earlier = by_name.get(base)
         if earlier is not None and earlier.named:
             st.base_stage = earlier.index
@@ -808,14 +940,54 @@ def _ref_stage(ref: _Ref, stages: Sequence[_Stage], named: Mapping[str, _Stage])
     return named.get(ref.value.lower())
 
 
-def _freeze(stages: Sequence[_Stage], target: _Stage, reachable: set[int], filename: str) -> StageGraph:
-    frozen = tuple(_freeze_stage(st, stages) for st in stages)
+def _used_args(words: Iterable[str], env: Mapping[str, str], escape: str) -> set[tuple[str, str]]:
+    """The (name, value) of the variables of ``env`` that expanding ``words`` looks up."""
+    seen = _Recorder(env)
+    for word in words:
+        if _needs_expansion(word, escape):
+            with contextlib.suppress(ShellError):
+                expand_word(word, seen, escape)
+    return {(name, env[name]) for name in seen.names if name in env}
+
+
+class _Recorder(Mapping[str, str]):
+    """A mapping that remembers which names were looked up."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.names: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        return self.env[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.env)
+
+    def __len__(self) -> int:
+        return len(self.env)
+
+
+def _freeze(
+    stages: Sequence[_Stage],
+    target: _Stage,
+    reachable: set[int],
+    filename: str,
+    escape: str,
+    directives: tuple[tuple[str, str], ...],
+) -> StageGraph:
+    ends: dict[int, _Vars] = {}
+    frozen_stages: list[Stage] = []
+    for st in stages:  # a base stage comes before the stages built on it
+        inputs, ends[st.index] = _stage_inputs(st, stages, ends, filename, escape, directives)
+        frozen_stages.append(_freeze_stage(st, stages, inputs))
+    frozen = tuple(frozen_stages)
     built = tuple(s for s in frozen if s.index in reachable)
     skipped = tuple(s.name for s in frozen if s.index not in reachable)
     return StageGraph(filename=filename, target=target.name, stages=frozen, built=built, skipped=skipped)
 
 
-def _freeze_stage(st: _Stage, stages: Sequence[_Stage]) -> Stage:
+def _freeze_stage(st: _Stage, stages: Sequence[_Stage], inputs: StageInputs) -> Stage:
     return Stage(
         name=st.name,
         index=st.index,
@@ -830,11 +1002,179 @@ def _freeze_stage(st: _Stage, stages: Sequence[_Stage]) -> Stage:
         platform=st.platform,
         lines=(st.first_line, st.last_line),
         instructions=st.instructions,
+        inputs=inputs,
     )
 
 
 def _unique(secrets: Iterable[SecretUse]) -> list[SecretUse]:
     return sorted(set(secrets), key=lambda s: (s.id, s.target, s.required))
+
+
+# --------------------------------------------------------------------------------------------------
+# stage inputs: what a stage's result is made of (for its content key)
+
+
+@dataclass
+class _Vars:
+    """A stage's variables at one point, as far as the Dockerfile tells.
+
+    The worker's buildah lets ENV (the stage's own and the base image's) win over an ARG of the same
+    name, whatever their order; BuildKit lets the later one win. So an ARG value is only sure when no
+    ENV can set the name: ``complete`` says that ``env`` holds every name the image's environment may
+    set (false for an image we have not seen); a None value is one we cannot know.
+    """
+
+    env: dict[str, str | None]
+    complete: bool
+    args: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def of_image(cls, base: str | None) -> _Vars:
+        """buildah gives a scratch stage a PATH; any other image may set anything."""
+        return cls({"PATH": None}, complete=True) if base == "scratch" else cls({}, complete=False)
+
+    def value(self, name: str) -> str | None:
+        """The value of ``name`` (None: only known when building); KeyError when it is surely unset."""
+        if name in self.env:
+            value = self.env[name]
+            if name in self.args and self.args[name] != value:
+                return None  # which one wins depends on the builder
+            return value
+        if not self.complete:
+            return None
+        if name in self.args:
+            return self.args[name]
+        raise KeyError(name)
+
+
+class _Lookup(Mapping[str, str]):
+    """`_Vars` as the environment of `expand_word`: notes the names used and whether one was unknown."""
+
+    def __init__(self, variables: _Vars) -> None:
+        self.variables = variables
+        self.names: set[str] = set()
+        self.unknown = False
+
+    def __getitem__(self, name: str) -> str:
+        self.names.add(name)
+        value = self.variables.value(name)
+        if value is None:
+            self.unknown = True
+            return ""
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _expand_known(word: str, variables: _Vars, escape: str) -> tuple[str | None, set[str]]:
+    """``word`` expanded, or None when its value is only known when building; and the names used."""
+    if not _needs_expansion(word, escape):
+        return word, set()
+    lookup = _Lookup(variables)
+    try:
+        value = expand_word(word, lookup, escape)
+    except ShellError:
+        return None, lookup.names
+    return (None if lookup.unknown else value), lookup.names
+
+
+def _stage_inputs(
+    st: _Stage,
+    stages: Sequence[_Stage],
+    ends: Mapping[int, _Vars],
+    filename: str,
+    escape: str,
+    directives: tuple[tuple[str, str], ...],
+) -> tuple[StageInputs, _Vars]:
+    """Replay the stage's ARG/ENV/context reads (after its base stage's ONBUILD triggers, which run
+    first); also returns the variables at its end (the ENV part is what a stage FROM it starts with)."""
+    if st.base_stage is not None:
+        parent = stages[st.base_stage]
+        variables = _Vars(dict(ends[parent.index].env), ends[parent.index].complete)
+        events = [*((e, parent.name) for e in parent.onbuild_events), *((e, "") for e in st.events)]
+    else:
+        variables = _Vars.of_image(st.base)
+        events = [(e, "") for e in st.events]
+    args = set(st.from_args)
+    paths: set[str] = set()
+    problems: list[tuple[int, str]] = []
+    for event, trigger_of in events:
+        if isinstance(event, _Arg):
+            value = _expand_known(event.value, variables, escape)[0] if event.default else event.value
+            variables.args[event.name] = value
+            args.add((event.name, event.value if value is None else value))
+        elif isinstance(event, _Env):
+            _replay_env(event, variables, escape)
+        else:
+            problem = _read_context(event, variables, escape, paths)
+            if problem:
+                where = f" (an ONBUILD trigger of stage '{trigger_of}')" if trigger_of else ""
+                problems.append((event.line, f"{filename}:{event.line}: {problem}{where}"))
+    inputs = StageInputs(
+        instructions=tuple(st.texts),
+        args=tuple(sorted(args)),
+        context_paths=tuple(sorted(paths)),
+        unkeyable=min(problems)[1] if problems else None,
+        directives=directives,
+    )
+    return inputs, variables
+
+
+def _replay_env(event: _Env, variables: _Vars, escape: str) -> None:
+    """All values of one ENV are expanded before any is set (BuildKit); one that uses a name set by the
+    same instruction is not known (builders differ)."""
+    assigned: set[str] = set()
+    values: list[tuple[str, str | None]] = []
+    for name, word in event.pairs:
+        value, used = _expand_known(word, variables, escape)
+        values.append((name, None if used & assigned else value))
+        assigned.add(name)
+    variables.env.update(values)
+
+
+def _read_context(event: _Source, variables: _Vars, escape: str, paths: set[str]) -> str | None:
+    """Add what one source reads from the context to ``paths``; or say why the stage cannot be keyed."""
+    value = _expand_known(event.word, variables, escape)[0]
+    if value is None:
+        if event.instruction == "ADD":  # it may name a URL
+            return f"ADD source {event.word} cannot be expanded before the build (it may name a URL)"
+        paths.add(".")
+        return None
+    if event.instruction != "RUN --mount":
+        remote = _remote_source(value)
+        if remote == "a URL" and event.instruction == "ADD" and event.checksum:
+            return None
+        if remote is not None:
+            checksum = " without --checksum" if remote == "a URL" and event.instruction == "ADD" else ""
+            return f"{event.instruction} of {remote}{checksum}"
+    paths.add(context_path(value))
+    return None
+
+
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9_.+-]+@[A-Za-z0-9_.-]+:")
+
+
+def _remote_source(source: str) -> str | None:
+    """What a COPY/ADD source fetches from elsewhere, if it does (BuildKit's ParseGitRef, generously)."""
+    lower = source.lower()
+    if lower.startswith(("http://", "https://")):
+        path = re.split(r"[?#]", source, maxsplit=1)[0]
+        return "a git repository" if path.endswith(".git") else "a URL"
+    if lower.startswith(("git://", "ssh://", "git@", "github.com/")) or _SCP_LIKE.match(source):
+        return "a git repository"
+    if "://" in source:
+        return "a remote source"
+    return None
+
+
+def context_path(source: str) -> str:
+    """A COPY source as BuildKit reads it from the context: cleaned, relative to its root (``..`` cannot
+    leave it), ``.`` for the root itself. Glob characters stay."""
+    return posixpath.normpath("/" + source).lstrip("/") or "."
 
 
 # --------------------------------------------------------------------------------------------------
