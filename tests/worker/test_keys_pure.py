@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from stagefleet.stagekey import key_tag
+from stagefleet.worker import keytag
 from stagefleet.worker.buildah import build_argv, images_argv
 from stagefleet.worker.dockerinfo import analyse
 from stagefleet.worker.pins import PinPlan, check_listing, plan_pins
+from stagefleet.worker.push import PushError
 from stagefleet.worker.result import Result, render
 from stagefleet.worker.spec import ImagePin, StepSpec, Upstream, UsageError, parse_args
 
@@ -148,3 +150,65 @@ def test_result_reports_the_key_only_with_one() -> None:
     assert tagged["key"] == KEY and tagged["keyTagged"] is True
     long = render(Result(True, "g1", "t", digest=D1, key=KEY, upstreams={f"s{i}": D2 for i in range(60)}))
     assert len(long.encode()) <= 4096 and json.loads(long)["keyTagged"] is False
+
+
+KEYED = StepSpec(target="t", push=(f"{REG}/app:1",), cache_repo=f"{REG}/cache", stage_key=KEY)
+USED = PinPlan(used={f"{REG}/base:1": f"{REG}/base@{D1}"})
+
+
+def _store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, plan: PinPlan = USED,
+           spec: StepSpec = KEYED, copy: str | None = None, pushed: str | Exception = D1,
+           storage: str | None = None) -> tuple[bool, list[str], list[str]]:
+    """`store_under_key` with the registry, buildah and the storage check replaced."""
+    calls: list[str] = []
+    monkeypatch.setattr(keytag, "verify_pins", lambda used, env: calls.append("verify") or storage)
+    monkeypatch.setattr(keytag, "copy_manifest", lambda *a, **k: calls.append("copy") or copy)
+
+    def push_all(image_id: str, refs: tuple[str, ...], *_: object) -> str:
+        calls.append(f"push {refs[0]}")
+        if isinstance(pushed, Exception):
+            raise pushed
+        return pushed
+
+    monkeypatch.setattr(keytag, "push_all", push_all)
+    logs: list[str] = []
+    ok = keytag.store_under_key(spec, plan, "iid", D1, tmp_path, {}, logs.append)
+    return ok, calls, logs
+
+
+def test_store_under_key_copies_the_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ok, calls, logs = _store(monkeypatch, tmp_path)
+    assert ok and calls == ["verify", "copy"]
+    assert logs[-1].startswith(f"stored as {KEYED.key_ref}@{D1} (manifest copied in ")
+
+
+def test_store_under_key_pushes_when_the_copy_cannot_work(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    ok, calls, logs = _store(monkeypatch, tmp_path, copy="GET of the manifest answered 401")
+    assert ok and calls == ["verify", "copy", f"push {KEYED.key_ref}"]
+    assert "cannot copy the manifest (GET of the manifest answered 401); pushing instead" in logs[0]
+    # another registry: no copy tried at all
+    other = StepSpec(target="t", push=("elsewhere.io/app:1",), cache_repo=f"{REG}/cache", stage_key=KEY)
+    ok, calls, _ = _store(monkeypatch, tmp_path, spec=other)
+    assert ok and calls == ["verify", f"push {KEYED.key_ref}"]
+
+
+def test_a_failed_key_tag_is_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ok, _, logs = _store(monkeypatch, tmp_path, copy="x", pushed=PushError("push to r failed: boom", False))
+    assert not ok and logs[-1] == "warning: storing the result under its key failed: push to r failed: boom"
+    ok, _, logs = _store(monkeypatch, tmp_path, copy="x", pushed=D2)
+    assert not ok and logs[-1].startswith(f"warning: {KEYED.key_ref} got digest {D2}, not the result's {D1}")
+    ok, _, logs = _store(monkeypatch, tmp_path, copy="x", pushed=OSError("disk full"))
+    assert not ok and logs[-1] == "warning: storing the result under its key failed: OSError: disk full"
+
+
+def test_no_key_tag_for_inputs_it_cannot_vouch_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ok, calls, logs = _store(monkeypatch, tmp_path, plan=PinPlan(unpinned=("r/x:1",)))
+    assert not ok and calls == []
+    assert logs == [f"result not stored under its key ({KEYED.key_ref}): not every image it builds from is "
+                    "pinned (--pin-image): r/x:1"]
+    why = f"r/b:1 was resolved by its tag to {D2}, not the pinned {D1}"
+    ok, calls, logs = _store(monkeypatch, tmp_path, storage=why)
+    assert not ok and calls == ["verify"] and logs[-1].endswith(why)
+    ok, calls, _ = _store(monkeypatch, tmp_path, spec=StepSpec(target="t", push=("r/x:1",)))
+    assert not ok and calls == []

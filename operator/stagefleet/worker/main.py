@@ -22,6 +22,7 @@ from stagefleet.worker import exitcodes, rootless
 from stagefleet.worker.buildah import build_argv
 from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
 from stagefleet.worker.fetch import FetchError, SshAgent, fetch_context
+from stagefleet.worker.keytag import store_under_key
 from stagefleet.worker.output import Failure, OutputTracker, Scrubber
 from stagefleet.worker.pins import PinPlan, plan_pins
 from stagefleet.worker.push import PushError, push_all
@@ -191,10 +192,11 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             digest = push_all(image_id, spec.push, workdir, env, lambda m: log(scrub(m)))
         except PushError as e:
             raise _fail(exitcodes.PUSH, scrub(str(e))) from None
+        key_tagged = store_under_key(spec, plan, image_id, digest, workdir, env, lambda m: log(scrub(m)))
         return Result(ok=True, group=spec.group, target=spec.target, image=spec.push[0], digest=digest,
                       cached_steps=tracker.cached, steps=tracker.steps, stages=stages,
                       upstreams={u.stage: u.ref.rpartition("@")[2] for u in spec.upstreams},
-                      key=spec.stage_key)
+                      key=spec.stage_key, key_tagged=key_tagged)
     raise AssertionError("unreachable")
 
 
