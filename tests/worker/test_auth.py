@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from stagefleet.localregistry import LocalRegistry
+from stagefleet.stagekey import key_tag
 from stagefleet.worker import exitcodes
 
-from .helpers import run_worker, write_context
+from .helpers import run_worker, skopeo_inspect, write_context
 
 pytestmark = pytest.mark.builder
 USER, PASSWORD = "robot", "pw-9f3c1e7a55"
@@ -74,7 +75,8 @@ def test_push_with_registry_auth_file(base_image: str, auth_registry: LocalRegis
 
 def test_warm_rebuild_on_a_basic_auth_registry_is_not_pushed_again(
         base_image: str, auth_registry: LocalRegistry, registry: LocalRegistry, tmp_path: Path) -> None:
-    """The registry check before a push authenticates like buildah (basic auth from the auth file)."""
+    """The registry check before a push authenticates like buildah (basic auth from the auth file); so
+    does the copy of the result's manifest to its key tag (`--stage-key`)."""
     h = auth_registry.host
     ctx = write_context(tmp_path / "ctx", f"FROM {base_image} AS app\nRUN echo cached > /c\n")
     good = _dockerconfigjson(tmp_path / "good.json", h, PASSWORD)
@@ -82,9 +84,17 @@ def test_warm_rebuild_on_a_basic_auth_registry_is_not_pushed_again(
             "--push", f"{h}/private/app:2", "--insecure-registry", h, "--registry-auth", str(good)]
     cold = run_worker(args, registry_host=registry.host, tmp=tmp_path / "p1")
     assert cold.code == 0, cold.stderr + cold.stdout
-    warm = run_worker(args, registry_host=registry.host, tmp=tmp_path / "p2")
+    key = "5e" * 32
+    pin = f"{base_image}={base_image.rsplit(':', 1)[0]}@{skopeo_inspect(base_image)['Digest']}"
+    warm = run_worker([*args, "--stage-key", key, "--pin-image", pin], registry_host=registry.host,
+                      tmp=tmp_path / "p2")
     assert warm.code == 0, warm.stderr + warm.stdout
     assert warm.result["cachedSteps"] == warm.result["steps"] == 1
     assert "already serves this image" in warm.stderr and "worker: pushed " not in warm.stderr
     assert warm.result["digest"] == cold.result["digest"]
+    assert warm.result["keyTagged"] is True and "(manifest copied in " in warm.stderr
+    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", f"{USER}:{PASSWORD}",
+                          f"docker://{h}/private/cache:{key_tag(key)}"], check=True, capture_output=True,
+                         text=True).stdout
+    assert json.loads(out)["Digest"] == warm.result["digest"]
     assert PASSWORD not in warm.stdout + warm.stderr

@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from stagefleet.worker.spec import StepSpec
+from stagefleet.worker.spec import StepSpec, by_digest
+
+__all__ = ["build_argv", "by_digest", "image_digest_argv", "images_argv", "pull_argv", "push_argv"]
 
 
 def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: Path,
-               ssh_sockets: Mapping[str, str], stage_names: Mapping[str, str] | None = None) -> list[str]:
+               ssh_sockets: Mapping[str, str], stage_names: Mapping[str, str] | None = None,
+               image_contexts: Mapping[str, str] | None = None) -> list[str]:
     """`buildah build` for the group's target.
 
     Upstream stages are replaced by their pushed images with `--build-context`, so the Dockerfile is
     never rewritten; `--layers` with the cache repository lets a fresh pod reuse any earlier pod's steps.
     `stage_names` maps plan stage names to buildah's where they differ (unnamed stages: their index).
+    Pinned images are replaced the same way: `image_contexts` (name → REPO@sha256:HEX, from
+    `pins.plan_pins`), by default each `--pin-image` under its own name.
     """
     names = stage_names or {}
     target = names.get(spec.target, spec.target)
@@ -26,6 +31,9 @@ def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: 
         argv += ["--build-arg", f"{key}={value}"]
     for up in spec.upstreams:
         argv += ["--build-context", f"{names.get(up.stage, up.stage)}=docker-image://{by_digest(up.ref)}"]
+    images = {p.ref: p.pinned for p in spec.pins} if image_contexts is None else image_contexts
+    for name, pinned in sorted(images.items()):
+        argv += ["--build-context", f"{name}=docker-image://{by_digest(pinned)}"]
     for secret in spec.secrets:
         argv += ["--secret", f"id={secret.id},src={secret.src}"]
     for sid, sock in sorted(ssh_sockets.items()):
@@ -38,16 +46,6 @@ def build_argv(spec: StepSpec, *, context_dir: Path, dockerfile: Path, iidfile: 
             argv += ["--cache-from", spec.cache_repo]
     argv.append(str(context_dir))
     return argv
-
-
-def by_digest(ref: str) -> str:
-    """`REPO:TAG@sha256:HEX` → `REPO@sha256:HEX`: an upstream is consumed by its digest alone, so what the
-    tag names now (overwritten since the upstream pushed, say) never enters the build."""
-    name, _, digest = ref.rpartition("@")
-    if not name:
-        return ref
-    slash, colon = name.rfind("/"), name.rfind(":")
-    return f"{name[:colon] if colon > slash else name}@{digest}"
 
 
 def push_argv(image_id: str, ref: str, digestfile: Path) -> list[str]:
@@ -70,6 +68,11 @@ def pull_argv(ref: str, *, platform: str | None = None) -> list[str]:
     if platform:
         argv += ["--platform", platform]
     return [*argv, f"docker://{ref}"]
+
+
+def images_argv(ref: str) -> list[str]:
+    """The images this root's storage holds under `ref` (exit 125, "image not known", for none)."""
+    return ["buildah", "images", "--json", "--no-trunc", ref]
 
 
 def image_digest_argv(ref: str) -> list[str]:

@@ -36,6 +36,7 @@ class DockerfileInfo:
     stages: tuple[str, ...]  # by index, "stage-<i>" for unnamed ones
     instructions: tuple[Instruction, ...]
     named: tuple[bool, ...] = ()  # per stage: has an AS name
+    from_words: tuple[str, ...] = ()  # per stage: FROM's image word as written, before ARG expansion
 
     def stage_name(self, index: int) -> str | None:
         """Name of the 0-based stage `index`, if it exists."""
@@ -81,6 +82,7 @@ def analyse(text: str, filename: str = "Dockerfile") -> DockerfileInfo:
         raise DockerfileSyntaxError(filename, _line_of(str(e)), str(e)) from None
     stages: list[str] = []
     named_flags: list[bool] = []
+    from_words: list[str] = []
     instructions: list[Instruction] = []
     for cmd in commands:
         if cmd.cmd.upper() == "FROM":
@@ -88,9 +90,10 @@ def analyse(text: str, filename: str = "Dockerfile") -> DockerfileInfo:
             named = len(vals) >= 3 and vals[-2].upper() == "AS"
             stages.append(vals[-1] if named else f"stage-{len(stages)}")
             named_flags.append(named)
+            from_words.append(vals[0] if vals else "")
         current = stages[-1] if stages else ""
         instructions.append(Instruction(cmd.start_line, current, _norm(cmd.original)))
-    return DockerfileInfo(filename, tuple(stages), tuple(instructions), tuple(named_flags))
+    return DockerfileInfo(filename, tuple(stages), tuple(instructions), tuple(named_flags), tuple(from_words))
 
 
 def _line_of(message: str) -> int | None:

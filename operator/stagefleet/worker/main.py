@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +22,9 @@ from stagefleet.worker import exitcodes, rootless
 from stagefleet.worker.buildah import build_argv
 from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
 from stagefleet.worker.fetch import FetchError, SshAgent, fetch_context
+from stagefleet.worker.keytag import store_under_key
 from stagefleet.worker.output import Failure, OutputTracker, Scrubber
+from stagefleet.worker.pins import PinPlan, plan_pins
 from stagefleet.worker.push import PushError, push_all
 from stagefleet.worker.result import ErrorInfo, Result, StageResult, render
 from stagefleet.worker.spec import StepSpec, UsageError, default_result_file, parse_args
@@ -99,17 +101,21 @@ def stage_results(spec: StepSpec, tracker: OutputTracker) -> list[StageResult]:
     return results
 
 
+def consumed_stages(spec: StepSpec) -> set[str]:
+    return {u.stage for u in spec.upstreams} | {w.stage for w in spec.upstream_waits}
+
+
 def await_upstreams(spec: StepSpec, text: str, env: dict[str, str], stack: ExitStack,
-                    log: Callable[[str], None]) -> StepSpec:
+                    log: Callable[[str], None], pins: Mapping[str, str]) -> StepSpec:
     """`--upstream-wait`: pull the group's base images in the background while polling for the upstream
     results, then consume each like an `--upstream` pinned to the digest found.
 
     This is what lets the operator start the pod early: everything but the upstreams is ready when the
-    last upstream lands.
+    last upstream lands. Pinned images are pulled by their pinned digest, as the build will use them.
     """
-    consumed = {u.stage for u in spec.upstreams} | {w.stage for w in spec.upstream_waits}
-    prefetch = Prefetch(external_images(text, target=spec.target, build_args=dict(spec.build_args),
-                                        consumed=consumed, platform=spec.platform), env, log)
+    images = external_images(text, target=spec.target, build_args=dict(spec.build_args),
+                             consumed=consumed_stages(spec), platform=spec.platform)
+    prefetch = Prefetch([replace(i, ref=pins.get(i.ref, i.ref)) for i in images], env, log)
     stack.callback(prefetch.stop)
     prefetch.start()
     try:
@@ -153,6 +159,13 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             precheck(text, filename=filename, target=spec.target, build_args=dict(spec.build_args))
         except DockerfileSyntaxError as e:
             raise _fail(exitcodes.DOCKERFILE, str(e), info.stage_at(e.line), e.line) from None
+        plan = PinPlan()  # nothing to pin, no key: the build is exactly what it was before pins existed
+        if spec.pins or spec.stage_key:
+            plan = plan_pins(text, spec.pins, from_words=info.from_words, target=spec.target,
+                             build_args=dict(spec.build_args), consumed=consumed_stages(spec),
+                             platform=spec.platform)
+        for ref in plan.ignored:
+            log(f"--pin-image {ref}: the Dockerfile has a stage of that name, which it means instead")
         sockets: dict[str, str] = {}
         for key in spec.ssh:
             agent = SshAgent()
@@ -164,10 +177,10 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
                 raise _fail(exitcodes.SECRET, str(e)) from None
             sockets[key.id] = str(agent.socket)
         if spec.upstream_waits:
-            spec = await_upstreams(spec, text, env, stack, lambda m: log(scrub(m)))
+            spec = await_upstreams(spec, text, env, stack, lambda m: log(scrub(m)), plan.contexts)
         iidfile = workdir / "iid"
         argv = build_argv(spec, context_dir=ctx.directory, dockerfile=ctx.dockerfile, iidfile=iidfile,
-                          ssh_sockets=sockets, stage_names=info.buildah_names())
+                          ssh_sockets=sockets, stage_names=info.buildah_names(), image_contexts=plan.contexts)
         tracker = OutputTracker(info, spec.target)
         log(f"building target {spec.target} (jobs={spec.jobs}) in {root}")
         rc = run_build(argv, env, tracker, scrub, out)
@@ -179,9 +192,11 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             digest = push_all(image_id, spec.push, workdir, env, lambda m: log(scrub(m)))
         except PushError as e:
             raise _fail(exitcodes.PUSH, scrub(str(e))) from None
+        key_tagged = store_under_key(spec, plan, image_id, digest, workdir, env, lambda m: log(scrub(m)))
         return Result(ok=True, group=spec.group, target=spec.target, image=spec.push[0], digest=digest,
                       cached_steps=tracker.cached, steps=tracker.steps, stages=stages,
-                      upstreams={u.stage: u.ref.rpartition("@")[2] for u in spec.upstreams})
+                      upstreams={u.stage: u.ref.rpartition("@")[2] for u in spec.upstreams},
+                      key=spec.stage_key, key_tagged=key_tagged)
     raise AssertionError("unreachable")
 
 

@@ -8,7 +8,7 @@ the tag is never reported as ours; anything unexpected (token auth, TLS trouble,
 answers None and the caller pushes as before.
 
 The same request tells a pod started early whether its upstream's result tag exists yet (`tag_state`,
-polled by `--upstream-wait`).
+polled by `--upstream-wait`); `Session` also copies a result's manifest to its key tag (`worker.keytag`).
 
 `http.client` is imported only when a check runs: the worker's start-up stays as short as it was.
 """
@@ -115,43 +115,61 @@ def tag_state(ref: str, env: Mapping[str, str], timeout: float = 2.0) -> tuple[b
 
 def fetch_manifest(ref: str, env: Mapping[str, str],
                    timeout: float) -> tuple[int, dict[str, str], bytes] | None:
-    """GET `ref`'s manifest the way buildah reaches the registry: hosts in STAGEFLEET_INSECURE_REGISTRIES
-    over plain HTTP (tried first) or unverified HTTPS, others over verified HTTPS; basic-auth credentials
-    from REGISTRY_AUTH_FILE. None when the reference names no registry host or no scheme got an answer."""
+    """GET `ref`'s manifest the way buildah reaches the registry (`Session`). None when the reference names
+    no registry host or no scheme got an answer."""
     parsed = parse_reference(ref)
     if parsed is None:
         return None
-    import http.client  # here, not at the top: see the module docstring
-
-    insecure = parsed.host in insecure_from_env(env)
-    for scheme in ("http", "https") if insecure else ("https",):
-        try:
-            status, headers, body = _get_manifest(scheme, parsed, env, verify=not insecure, timeout=timeout)
-        except (OSError, http.client.HTTPException):  # refused, TLS, timeout: try the next scheme
-            continue
-        if status == 400 and scheme == "http":  # an HTTPS server spoken to in plain HTTP
-            continue
-        return status, headers, body
-    return None
+    return Session(parsed.host, env, timeout)("GET", f"/v2/{parsed.repository}/manifests/{parsed.tag}",
+                                              {"Accept": ", ".join(MANIFEST_TYPES)})
 
 
-def _get_manifest(scheme: str, ref: Reference, env: Mapping[str, str], *, verify: bool,
-                  timeout: float) -> tuple[int, dict[str, str], bytes]:
-    """GET the manifest, once more with basic auth when the registry asks for it and we have some."""
-    headers = {"Accept": ", ".join(MANIFEST_TYPES), "User-Agent": "stagefleet-worker"}
-    status, answer, body = _get(scheme, ref, headers, verify=verify, timeout=timeout)
-    if status == 401 and answer.get("www-authenticate", "").lower().startswith("basic"):
-        creds = _credentials(env, ref.host)
-        if creds is not None:
-            headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
-            status, answer, body = _get(scheme, ref, headers, verify=verify, timeout=timeout)
-    return status, answer, body
+class Session:
+    """Requests to one registry as buildah makes them: hosts in STAGEFLEET_INSECURE_REGISTRIES over plain
+    HTTP (tried first) or unverified HTTPS, others over verified HTTPS; the scheme that answers first is
+    kept. Basic-auth credentials from REGISTRY_AUTH_FILE once the registry asks for them (a bearer token
+    is never fetched: the 401 is the answer)."""
 
+    def __init__(self, host: str, env: Mapping[str, str], timeout: float = 5.0) -> None:
+        self.host, self.env, self.timeout = host, env, timeout
+        self.insecure = host in insecure_from_env(env)
+        self.scheme: str | None = None
+        self.authorization: str | None = None
 
-def _get(scheme: str, ref: Reference, headers: Mapping[str, str], *, verify: bool,
-         timeout: float) -> tuple[int, dict[str, str], bytes]:
-    return request(scheme, ref.host, "GET", f"/v2/{ref.repository}/manifests/{ref.tag}", headers,
-                   verify=verify, timeout=timeout)
+    def __call__(self, method: str, path: str, headers: Mapping[str, str] | None = None,
+                 body: bytes | None = None) -> tuple[int, dict[str, str], bytes] | None:
+        """(status, lower-cased headers, body), or None when no scheme got an answer."""
+        import http.client  # here, not at the top: see the module docstring
+
+        schemes = (self.scheme,) if self.scheme else ("http", "https") if self.insecure else ("https",)
+        for scheme in schemes:
+            try:
+                answer = self._send(scheme, method, path, headers or {}, body)
+            except (OSError, http.client.HTTPException):  # refused, TLS, timeout: try the next scheme
+                continue
+            if answer[0] == 400 and scheme == "http" and self.scheme is None:  # HTTPS spoken to in HTTP
+                continue
+            self.scheme = scheme
+            return answer
+        return None
+
+    def _send(self, scheme: str, method: str, path: str, headers: Mapping[str, str],
+              body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+        """One request, once more with basic auth when the registry asks for it and we have some."""
+        sent = {"User-Agent": "stagefleet-worker", **headers}
+        if self.authorization:
+            sent["Authorization"] = self.authorization
+        answer = request(scheme, self.host, method, path, sent, body, verify=not self.insecure,
+                         timeout=self.timeout)
+        if (answer[0] == 401 and self.authorization is None
+                and answer[1].get("www-authenticate", "").lower().startswith("basic")):
+            creds = _credentials(self.env, self.host)
+            if creds is not None:
+                self.authorization = "Basic " + base64.b64encode(creds.encode()).decode()
+                sent["Authorization"] = self.authorization
+                answer = request(scheme, self.host, method, path, sent, body, verify=not self.insecure,
+                                 timeout=self.timeout)
+        return answer
 
 
 def request(scheme: str, host: str, method: str, path: str, headers: Mapping[str, str],

@@ -38,6 +38,8 @@ class Result:
     stages: Sequence[StageResult] = field(default_factory=tuple)
     error: ErrorInfo | None = None
     upstreams: Mapping[str, str] = field(default_factory=dict)  # consumed stage → digest it was built from
+    key: str | None = None  # --stage-key
+    key_tagged: bool = False  # the result is stored under the key tag, with `digest`
 
 
 def to_dict(r: Result) -> dict[str, Any]:
@@ -51,6 +53,8 @@ def to_dict(r: Result) -> dict[str, Any]:
     }
     if r.upstreams:  # only when upstreams were consumed: the shape of other results is unchanged
         d["upstreams"] = dict(r.upstreams)
+    if r.key is not None:  # likewise only with --stage-key
+        d["key"], d["keyTagged"] = r.key, r.key_tagged
     return d
 
 
@@ -62,7 +66,7 @@ def render(r: Result, limit: int = MAX_BYTES) -> str:
     """One line of JSON, at most `limit` UTF-8 bytes.
 
     What gives way, in order: the error message's head (its tail names the failing output), then the
-    per-stage list, then the upstream digests; `ok`, the digest and the error kind always survive.
+    per-stage list, then the upstream digests; `ok`, the digest, the key and the error kind always survive.
     """
     d = to_dict(r)
     text = _dump(d)

@@ -12,10 +12,12 @@ from typing import NoReturn
 
 from stagefleet.buildenv import insecure_from_env
 from stagefleet.gitauth import has_credentials
+from stagefleet.stagekey import KEY_RE, key_tag
 from stagefleet.stages import validate_image_reference
 
 _DIGEST_REF = re.compile(r"^(?P<name>[^=\s]+)=(?P<ref>[^@\s]+@sha256:[0-9a-f]{64})$")
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PINNED = re.compile(r"^[^=@\s]+@sha256:[0-9a-f]{64}$")
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
@@ -37,6 +39,18 @@ class UpstreamWait:
 
     stage: str
     ref: str  # REPO:TAG (no digest): where the upstream group pushes its result
+
+
+@dataclass(frozen=True)
+class ImagePin:
+    """An image the Dockerfile names (FROM, COPY --from, RUN --mount from=), built from one digest only.
+
+    The operator keys the group's result by that digest; building from whatever the tag names by then
+    would store a result under a key it does not match.
+    """
+
+    ref: str  # as the Dockerfile names it, after ARG expansion: 127.0.0.1:5000/base:1
+    pinned: str  # REPO@sha256:HEX
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class StepSpec:
     platform: str | None = None
     cache_repo: str | None = None
     no_cache: bool = False
+    pins: tuple[ImagePin, ...] = ()
+    stage_key: str | None = None  # 64 hex: the result is also stored as <cache_repo>:stage-<key>
     registry_auth: Path | None = None
     insecure_registries: tuple[str, ...] = ()
     storage_root: Path | None = None
@@ -89,6 +105,13 @@ class StepSpec:
     def stage_names(self) -> tuple[str, ...]:
         """The stages reported on: the given ones, or just the target."""
         return self.stages or (self.target,)
+
+    @property
+    def key_ref(self) -> str | None:
+        """Where the result is stored under its content key, with `--stage-key`."""
+        if self.stage_key is None or self.cache_repo is None:
+            return None
+        return f"{self.cache_repo}:{key_tag(self.stage_key)}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform")
     p.add_argument("--cache-repo", help="registry repository for --cache-from/--cache-to")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--pin-image", action="append", default=[], metavar="REF=REPO@sha256:HEX",
+                   help="every use of image REF (FROM, COPY --from, RUN --mount from=; REF as the Dockerfile "
+                        "names it after ARG expansion) builds from this digest (repeat)")
+    p.add_argument("--stage-key", metavar="KEY",
+                   help="content key of the target stage (64 hex): the result is also stored as "
+                        "<cache-repo>:stage-KEY when every image the group uses is pinned")
     p.add_argument("--push", action="append", default=[], required=True, help="REF (first is primary)")
     p.add_argument("--registry-auth", type=Path, help="dockerconfigjson file")
     p.add_argument("--insecure-registry", action="append", default=[], help="HOST:PORT over plain HTTP")
@@ -179,6 +208,26 @@ def parse_upstream_wait(value: str) -> UpstreamWait:
     if problem or "/" not in ref:
         raise UsageError(f"--upstream-wait {value!r}: {problem or 'REF must name a registry repository'}")
     return UpstreamWait(name, ref)
+
+
+def parse_pin(value: str) -> ImagePin:
+    """`REF=REPO[:TAG]@sha256:HEX`; the tag, if any, is dropped: the digest alone decides."""
+    ref, sep, pinned = value.partition("=")
+    if not sep or not _PINNED.match(pinned) or validate_image_reference(pinned.partition("@")[0]):
+        raise UsageError(f"--pin-image {value!r}: expected REF=REPO@sha256:<64 hex>")
+    if "@" in ref or ref == "scratch" or validate_image_reference(ref):
+        raise UsageError(f"--pin-image {value!r}: REF must be an image reference by name or tag")
+    return ImagePin(ref, by_digest(pinned))
+
+
+def by_digest(ref: str) -> str:
+    """`REPO:TAG@sha256:HEX` → `REPO@sha256:HEX`: an image is consumed by its digest alone, so what the
+    tag names now (overwritten since, say) never enters the build."""
+    name, _, digest = ref.rpartition("@")
+    if not name:
+        return ref
+    slash, colon = name.rfind("/"), name.rfind(":")
+    return f"{name[:colon] if colon > slash else name}@{digest}"
 
 
 def parse_build_arg(value: str, env: Mapping[str, str]) -> tuple[str, str] | None:
@@ -250,6 +299,19 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
         raise UsageError("--upstream/--upstream-wait: a stage is given more than once")
     if a.upstream_timeout is not None and not a.upstream_timeout > 0:
         raise UsageError("--upstream-timeout must be a positive number of seconds")
+    pins = tuple(parse_pin(v) for v in a.pin_image)
+    pinned_refs = [p.ref for p in pins]
+    if len(set(pinned_refs)) != len(pinned_refs):
+        raise UsageError("--pin-image: an image is given more than once")
+    if set(pinned_refs) & set(consumed):  # both become --build-context NAME=...
+        raise UsageError("--pin-image: REF names a stage given with --upstream/--upstream-wait")
+    if a.stage_key is not None:
+        if not KEY_RE.match(a.stage_key):
+            raise UsageError(f"--stage-key {a.stage_key!r}: expected 64 lower-case hex digits")
+        if not a.cache_repo:
+            raise UsageError("--stage-key needs --cache-repo (the key tag is stored there)")
+        if validate_image_reference(f"{a.cache_repo}:{key_tag(a.stage_key)}") or "@" in a.cache_repo:
+            raise UsageError(f"--cache-repo {a.cache_repo!r}: with --stage-key, a repository without tag")
     build_args = tuple(kv for kv in (parse_build_arg(b, env) for b in a.build_arg) if kv is not None)
     return StepSpec(
         target=a.target,
@@ -276,6 +338,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
         platform=a.platform,
         cache_repo=a.cache_repo,
         no_cache=a.no_cache,
+        pins=pins,
+        stage_key=a.stage_key,
         registry_auth=a.registry_auth,
         insecure_registries=tuple(dict.fromkeys([*a.insecure_registry, *insecure_from_env(env)])),
         storage_root=a.storage_root,
