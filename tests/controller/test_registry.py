@@ -121,3 +121,27 @@ def test_an_unreachable_registry_is_a_transient_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError) as e:
         Registry(reg.host, insecure=True, timeout=1.0).tags(REPO)
     assert e.value.transient
+
+
+def test_a_stored_result_is_copied_to_the_output_tags_with_its_digest(auth_registry: LocalRegistry) -> None:
+    """What a fully reused build does instead of a pod (`reuse.copy_image`): the manifest of the result
+    stored under its key tag is put under every output tag of another repository, the blobs mounted
+    across repositories (no data moves), and every output tag names the very same digest."""
+    from stagefleet.controller.reuse import copy_image
+
+    reg = auth_registry
+    stored = push(reg, "stage-" + "a" * 64, "a reused result")
+    client = Registry(reg.host, insecure=True, auth_config=dockerconfigjson(reg.host))
+    targets = [f"{reg.host}/team/app:v1", f"{reg.host}/team/app:latest"]
+
+    copy_image(client, f"{reg.host}/{REPO}:stage-{'a' * 64}", stored, targets)
+
+    for tag in ("v1", "latest"):
+        assert client.digest("team/app", tag) == stored
+    config = json.loads(client.manifest("team/app", "v1")[1])["config"]["digest"]
+    status, _, body = _call(reg, "GET", f"/v2/team/app/blobs/{config}")
+    assert status == 200 and b"a reused result" in body
+    with pytest.raises(RegistryError, match="not in registry"):
+        copy_image(client, f"{reg.host}/{REPO}:x", stored, ["other.example:5000/team/app:v1"])
+    with pytest.raises(RegistryError, match="404"):
+        copy_image(client, f"{reg.host}/{REPO}:x", "sha256:" + "0" * 64, targets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import pytest
 import yaml
 
 from binaries import run_tool
-from stagefleet.localregistry import LocalRegistry
+from stagefleet.localregistry import LocalRegistry, free_port
 from tiers import BUILD_NAMESPACE_LABELS, TIERS, ChartOperator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -375,3 +376,37 @@ def wait_until(predicate: Callable[[], bool], what: str, operator: Operator, tim
             return
         time.sleep(0.5)
     raise AssertionError(f"never happened: {what}\n--- operator log ---\n{operator.tail()}")
+
+
+def git_run(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+@pytest.fixture
+def git_daemon(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """`git daemon` on loopback serving tmp_path/served: (that directory, its git:// URL prefix). A served
+    repository is reachable from the operator and from worker pods on the node's network on both tiers (a
+    file:// URL names a path only this host's processes see, never a pod's container)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", "--informative-errors", f"--base-path={served}",
+         "--listen=127.0.0.1", f"--port={port}", str(served)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield served, f"git://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -20,7 +20,7 @@ import pytest
 from stagefleet.controller.podspec import secret_names_in_pod
 from stagefleet.localregistry import LocalRegistry, free_port
 
-from .conftest import Kubectl, Operator, wait_for, wait_terminal
+from .conftest import Kubectl, Operator, git_run, wait_for, wait_terminal
 from .oci import image_files
 
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
@@ -36,40 +36,6 @@ COPY --from=other /other /other
 """
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
-@pytest.fixture
-def git_daemon(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """`git daemon` on loopback serving tmp_path/served: (that directory, its git:// URL prefix). A served
-    repository is reachable from the operator and from worker pods on the node's network on both tiers (a
-    file:// URL names a path only this host's processes see, never a pod's container)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", "--informative-errors", f"--base-path={served}",
-         "--listen=127.0.0.1", f"--port={port}", str(served)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield served, f"git://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_git_source_pinned_and_built(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str,
     git_daemon: tuple[Path, str],
@@ -80,13 +46,13 @@ def test_git_source_pinned_and_built(
     (repo / "app" / "Dockerfile").write_text(DOCKERFILE)
     (repo / "app" / "hello.txt").write_text("hello from git\n")
     (repo / "unrelated.bin").write_bytes(b"\0" * 1024)
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "first")
-    commit = _git(repo, "rev-parse", "HEAD")
+    git_run(repo, "init", "-q", "-b", "main")
+    git_run(repo, "add", ".")
+    git_run(repo, "commit", "-qm", "first")
+    commit = git_run(repo, "rev-parse", "HEAD")
     # what the operator's blob-less fetch of one commit and the workers' shallow fetch ask of the server
-    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
-    _git(repo, "config", "uploadpack.allowFilter", "true")
+    git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    git_run(repo, "config", "uploadpack.allowFilter", "true")
 
     port = free_port()
     operator.stop()
@@ -167,9 +133,9 @@ def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str,
     (work / "app").mkdir(parents=True)
     (work / "app" / "Dockerfile").write_text(DOCKERFILE)
     (work / "app" / "hello.txt").write_text("hello over ssh\n")
-    _git(work, "init", "-q", "-b", "main")
-    _git(work, "add", ".")
-    _git(work, "commit", "-qm", "private")
+    git_run(work, "init", "-q", "-b", "main")
+    git_run(work, "add", ".")
+    git_run(work, "commit", "-qm", "private")
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
     port = free_port()
     (d / "sshd_config").write_text(
@@ -193,7 +159,7 @@ def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str,
         yield (
             f"ssh://{getpass.getuser()}@127.0.0.1:{port}{bare}",
             d / "client",
-            _git(work, "rev-parse", "HEAD"),
+            git_run(work, "rev-parse", "HEAD"),
             f"[127.0.0.1]:{port} {(d / 'host.pub').read_text().split()[0]} "
             f"{(d / 'host.pub').read_text().split()[1]}\n",
         )
@@ -282,11 +248,11 @@ def test_black_holed_git_sources_delay_only_their_own_builds(
     (repo / "app").mkdir(parents=True)
     (repo / "app" / "Dockerfile").write_text(DOCKERFILE)
     (repo / "app" / "hello.txt").write_text("hello from git\n")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "first")
-    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
-    _git(repo, "config", "uploadpack.allowFilter", "true")
+    git_run(repo, "init", "-q", "-b", "main")
+    git_run(repo, "add", ".")
+    git_run(repo, "commit", "-qm", "first")
+    git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    git_run(repo, "config", "uploadpack.allowFilter", "true")
     timeout = 20
     operator.stop()
     operator.extra = ["--concurrency", "2", "--source-timeout", str(timeout)]
@@ -347,11 +313,11 @@ def test_symlink_out_of_the_repository_fails_without_leaking_its_target(
     repo = served / "evil"
     (repo / "app").mkdir(parents=True)
     (repo / "app" / "Dockerfile").symlink_to("/etc/passwd")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "evil")
-    _git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
-    _git(repo, "config", "uploadpack.allowFilter", "true")
+    git_run(repo, "init", "-q", "-b", "main")
+    git_run(repo, "add", ".")
+    git_run(repo, "commit", "-qm", "evil")
+    git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    git_run(repo, "config", "uploadpack.allowFilter", "true")
     kubectl.apply(
         {
             "apiVersion": "stagefleet.io/v1alpha1",

@@ -9,11 +9,12 @@ import base64
 import gzip
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stagefleet.plan import Plan
+    from stagefleet.stages import StageGraph
 
 # A plan of more groups than this is stored in status with its groups gzip-compressed (``groupsCompressed``,
 # base64): a 2,000-stage Dockerfile's plan is ~360 KB of JSON, a quarter of the API's object size limit.
@@ -82,6 +83,9 @@ class PlanView:
     critical_path: tuple[str, ...]
     final_group: str
     skipped: tuple[str, ...] = ()
+    # The parsed stages, as planned (not in status): what the stages' content keys are computed from, once,
+    # when the generation is planned (`controller.reuse`).
+    graph: StageGraph | None = field(default=None, compare=False, repr=False)
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -145,6 +149,7 @@ def plan_view(plan: Plan) -> PlanView:
         critical_path=tuple(plan.critical_path),
         final_group=plan.final_group,
         skipped=tuple(plan.graph.skipped),
+        graph=plan.graph,
     )
 
 

@@ -44,6 +44,7 @@ KNOWN_HOSTS_KEY = "known_hosts"  # of the git Secret (ssh URLs), as Flux names i
 USERNAME_KEY = "username"  # of the git Secret (https URLs), as in a kubernetes.io/basic-auth Secret
 
 _MAX_NAME = 63
+ARCH_LABEL = "kubernetes.io/arch"
 
 
 @dataclass(frozen=True)
@@ -244,10 +245,17 @@ def worker_pod(
     config: WorkerConfig,
     deadline_seconds: int,
     upstream_attempts: Mapping[str, int] | None = None,
+    stage_key: str | None = None,
+    base_images: Mapping[str, str] | None = None,
+    arch: str | None = None,
 ) -> dict[str, Any]:
     """The pod manifest for ``group`` (attempt ``attempt``); ``upstream`` maps stage → (image ref, digest)
     for the consumed stages already built; the others are waited for by tag (the pod started early): the
-    tag of the producing group's attempt in ``upstream_attempts`` (group id → attempt; 1 if missing)."""
+    tag of the producing group's attempt in ``upstream_attempts`` (group id → attempt; 1 if missing).
+
+    ``stage_key``: the content key of the group's target (`stagekey`): the worker stores its result under
+    the key tag too, built from the images pinned in ``base_images`` (image → digest, as keyed), on a
+    node of architecture ``arch`` (the key's platform)."""
     waited: dict[str, int] = {}
     volumes: list[dict[str, Any]] = [{"name": "storage", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "storage", "mountPath": STORAGE_MOUNT}]
@@ -334,6 +342,12 @@ def worker_pod(
 
     for ref in push_refs(spec, plan, build, group, attempt):
         args += ["--push", ref]
+    if stage_key and cache_repo is not None and "--cache-repo" in args:
+        args += ["--stage-key", stage_key]
+        for image, digest in sorted((base_images or {}).items()):
+            if "@" in image:
+                continue  # pinned by the Dockerfile itself
+            args += ["--pin-image", f"{image}={image.partition('@')[0]}@{digest}"]
     if spec.output.push_secret:
         volumes.append(
             _secret_volume("push-auth", spec.output.push_secret, ".dockerconfigjson", "config.json")
@@ -385,6 +399,8 @@ def worker_pod(
         pod_spec["securityContext"] = json_copy(config.pod_security_context)
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if arch and stage_key:  # what the key was computed for (a user's own arch selector was taken into it)
+        pod_spec.setdefault("nodeSelector", {}).setdefault(ARCH_LABEL, arch)
     if spec.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
     if spec.service_account_name:

@@ -13,15 +13,18 @@ import asyncio
 import contextlib
 import logging
 import math
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stagefleet.controller import nodeloss, retention, stagetags, tracking, trust
+from stagefleet import stagekey
+from stagefleet.controller import nodeloss, retention, reuse, stagetags, tracking, trust
 from stagefleet.controller import registry as reg
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
@@ -51,6 +54,9 @@ log = logging.getLogger("stagefleet.operator")
 
 SAFETY_POLL_SECONDS = 15.0  # even with no event, look at an unfinished build this often …
 SAFETY_POLLS_PER_SECOND = 5.0  # … but with many unfinished builds, no more such passes than this in all
+
+
+SLOW_PASS_SECONDS = 30.0
 
 
 def safety_poll_seconds(unfinished: int) -> float:
@@ -177,6 +183,10 @@ class Reconciler:
         # tags kept for --keep-failed-seconds, a TTL), but they do not count as unfinished (`unfinished`).
         self._ended: set[tuple[str, str]] = set()
         self._swept_at = time.monotonic()  # the last memory sweep (tracking)
+        # Passes running now: reconcile thread id → (build, started); a pass that runs for minutes holds its
+        # build (no other pass of it starts) and is reported with its stack (`_report_slow_passes`).
+        self._passes: dict[int, tuple[tuple[str, str], float]] = {}
+        self._reported: set[tuple[int, float]] = set()
 
     # --- nodes -------------------------------------------------------------------------------------------
 
@@ -297,6 +307,7 @@ class Reconciler:
                 task = asyncio.create_task(self._sweep_safely())
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            self._report_slow_passes(now)
             for (namespace, name), when in list(self._due.items()):
                 if when <= now and not self._dirty.get((namespace, name)):
                     self._due[(namespace, name)] = math.inf  # trigger() sets the next one
@@ -435,6 +446,8 @@ class Reconciler:
 
     def reconcile_safely(self, namespace: str, name: str) -> float | None:
         started = time.monotonic()
+        me = threading.get_ident()
+        self._passes[me] = ((namespace, name), started)
         try:
             for _ in range(5):
                 try:
@@ -451,7 +464,22 @@ class Reconciler:
             )
             return 5.0
         finally:
+            self._passes.pop(me, None)
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    def _report_slow_passes(self, now: float) -> None:
+        """Log, once each, passes running longer than SLOW_PASS_SECONDS with where they are: such a pass
+        holds its build's lock, so nothing else happens to that build until it returns."""
+        for ident, ((namespace, name), started) in list(self._passes.items()):
+            if now - started < SLOW_PASS_SECONDS or (ident, started) in self._reported:
+                continue
+            self._reported.add((ident, started))
+            frame = sys._current_frames().get(ident)
+            where = "".join(traceback.format_stack(frame, limit=12)) if frame is not None else "?"
+            log.warning("a pass of %s/%s has run for %.0f s; it is at:\n%s", namespace, name, now - started,
+                        where, extra=_fields(namespace, name))
+        live = {(i, t) for i, (_, t) in self._passes.items()}
+        self._reported &= live
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         """One pass; returns when to look again (None: only on the next event)."""
@@ -595,7 +623,84 @@ class Reconciler:
         note = st.Event(
             "Normal", "Planned", f"{new['message']}; critical path {' → '.join(plan.critical_path)}"
         )
-        return Planned(new, planning, ib, [note])
+        events = [note]
+        found = self._reuse(build, spec, plan, resolved)
+        if found is not None:
+            new = reuse.mark(new, plan, found, st.fmt_time(now))
+            if found.found:
+                stages = sum(len(plan.group(g).stages) for g in found.found)
+                events.append(st.Event(
+                    "Normal", "StagesReused",
+                    f"{stages} stage(s) of {len(found.found)} group(s) unchanged: their stored results are "
+                    f"used, no pod started ({', '.join(sorted(found.found, key=lambda g: int(g[1:])))})",
+                ))
+        return Planned(new, planning, ib, events)
+
+    def _registry_client(
+        self, build: BuildRef, spec: ImageBuildSpec, timeout: float = reuse.LOOKUP_TIMEOUT
+    ) -> Callable[[str], reg.Registry]:
+        """Registry clients by host, with the workers' push credentials (a dockerconfigjson; read once,
+        when first needed)."""
+        clients: dict[str, reg.Registry] = {}
+        auth: list[str | None] = []
+
+        def client_for(host: str) -> reg.Registry:
+            if not auth:
+                raw = None
+                if spec.output.push_secret:
+                    raw = self.kube.read_secret_value(
+                        build.namespace, spec.output.push_secret, ".dockerconfigjson"
+                    )
+                auth.append(raw.decode(errors="replace") if raw is not None else None)
+            if host not in clients:
+                clients[host] = reg.Registry(host, insecure=host in self.config.worker.insecure_registries,
+                                             auth_config=auth[0], timeout=timeout)
+            return clients[host]
+
+        return client_for
+
+    def _reuse(
+        self, build: BuildRef, spec: ImageBuildSpec, plan: PlanView, resolved: Resolved
+    ) -> reuse.Reuse | None:
+        """Key the stages of a newly planned generation and find the results that exist (`reuse.lookup`);
+        when the final group's does, write the output tags from it (`reuse.copy_image`). None when stage
+        reuse is off (spec.cache.reuseStages, cache disabled) or the plan has no parsed stages."""
+        cache_repo = spec.cache_repository(build.namespace)
+        if not spec.cache.reuse_stages or cache_repo is None or plan.graph is None:
+            return None
+        client_for = self._registry_client(build, spec)
+        context = None
+        if resolved.tree is not None:
+            # (the workers' clone keeps .git in a context that is the repository's root: its commit counts)
+            head = None if spec.source.context_dir else resolved.git_commit
+            context = stagekey.index_git_tree(resolved.tree, spec.source.context_dir, head=head)
+        try:
+            platform = f"linux/{reuse.build_arch(spec.node_selector)}"
+            found = reuse.lookup(plan.graph, plan, platform=platform, context=context,
+                                 cache_repo=cache_repo, client_for=client_for)
+        except Exception:  # noqa: BLE001 (reuse saves time; it must never stop a build)
+            log.exception(
+                "stage reuse lookup of %s/%s failed; building every group", build.namespace, build.name
+            )
+            return None
+        final = plan.final_group
+        if final in found.found:
+            where = reg.split_repository(spec.output.repository)
+            try:
+                if where is None:
+                    raise reg.RegistryError(f"{spec.output.repository} names no registry host")
+                reuse.copy_image(
+                    client_for(where[0]), found.image[final], found.found[final], spec.output.refs
+                )
+            except reg.RegistryError as e:
+                found.notes.append(f"output not copied from the stored result, building it: {e}")
+                del found.found[final], found.image[final]
+            else:
+                found.output_copied = True
+        if found.notes:
+            log.info("%s/%s stage reuse: %s", build.namespace, build.name, "; ".join(found.notes[:5]),
+                     extra=_fields(build.namespace, build.name))
+        return found
 
     def _git_auth(
         self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
@@ -921,6 +1026,7 @@ class Reconciler:
             )
         started = st.parse_time(status.get("startTime")) or now
         remaining = int(spec.timeout_seconds - (now - started).total_seconds())
+        keys, bases = reuse.recorded(status)
         for start in starts:
             pod = worker_pod(
                 build=build,
@@ -933,6 +1039,9 @@ class Reconciler:
                 config=self.config.worker,
                 deadline_seconds=max(remaining, 1),
                 upstream_attempts=start.upstream_attempts,
+                stage_key=keys.get(start.group.target),
+                base_images=bases,
+                arch=reuse.build_arch(spec.node_selector),
             )
             pod = trust.stamp(pod, tokens[start.group.id])
             try:
@@ -1084,13 +1193,7 @@ class Reconciler:
             return stagetags.entry(earlier, f"{repository} names no registry host: stage tags kept", now)
         host, path = where
         try:
-            auth = None
-            secret = spec.output.push_secret  # the workers' push credentials (a dockerconfigjson)
-            if secret:
-                raw = self.kube.read_secret_value(build.namespace, secret, ".dockerconfigjson")
-                auth = raw.decode(errors="replace") if raw is not None else None
-            client = reg.Registry(host, insecure=host in self.config.worker.insecure_registries,
-                                  auth_config=auth)
+            client = self._registry_client(build, spec, timeout=5.0)(host)
             done, found, error = reg.remove_build_tags(client, path, lambda tag: is_stage_tag_of(build, tag))
         except reg.RegistryError as e:
             done, found, error = 0, 0, e

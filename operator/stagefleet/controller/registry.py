@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from stagefleet.controller import stagetags
-from stagefleet.worker.registry import MAX_MANIFEST_BYTES, basic_credentials, request
+from stagefleet.worker.registry import MANIFEST_TYPES, MAX_MANIFEST_BYTES, basic_credentials, request
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 #: What a HEAD accepts, so the registry answers with the manifest as stored (and its own digest), never a
@@ -136,6 +136,43 @@ class Registry:
             raise Unsupported(f"the registry does not allow deletes (405 {_error_text(body)})")
         raise RegistryError(f"DELETE {repository}@{digest}: {status} {_error_text(body)}")
 
+    def manifest(self, repository: str, reference: str) -> tuple[str, bytes]:
+        """(media type, bytes) of a single-image manifest, as stored."""
+        status, headers, body = self._call("GET", f"/v2/{repository}/manifests/{quote(reference)}",
+                                           {"Accept": ACCEPT})
+        if status != 200 or len(body) > MAX_MANIFEST_BYTES:
+            raise RegistryError(f"GET {repository}@{reference}: {status} {_error_text(body)}")
+        media_type = headers.get("content-type", "").split(";")[0].strip()
+        if media_type not in MANIFEST_TYPES:
+            raise RegistryError(f"GET {repository}@{reference}: not a single image ({media_type or '?'})")
+        return media_type, body
+
+    def mount_blob(self, repository: str, digest: str, source: str) -> None:
+        """Make blob ``digest`` of repository ``source`` part of ``repository`` (a cross-repository mount:
+        no data moves); already there is fine."""
+        status, _, _ = self._call("HEAD", f"/v2/{repository}/blobs/{digest}")
+        if status == 200:
+            return
+        path = f"/v2/{repository}/blobs/uploads/?mount={quote(digest)}&from={quote(source)}"
+        status, headers, body = self._call("POST", path, {"Content-Length": "0"}, b"")
+        if status == 201:
+            return
+        if status == 202:  # the registry would not mount: it opened an upload instead; close it unused
+            location = headers.get("location", "")
+            if location.startswith("/v2/"):
+                self._call("DELETE", location)
+        raise RegistryError(
+            f"mounting {digest} from {source} into {repository}: {status} {_error_text(body)}"
+        )
+
+    def put_manifest(self, repository: str, tag: str, media_type: str, body: bytes) -> str:
+        """PUT ``body`` under ``tag``; the digest the registry stored it as."""
+        status, headers, answer = self._call("PUT", f"/v2/{repository}/manifests/{quote(tag)}",
+                                             {"Content-Type": media_type}, body)
+        if status != 201:
+            raise RegistryError(f"PUT {repository}:{tag}: {status} {_error_text(answer)}")
+        return headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+
     def untag(self, repository: str, tag: str) -> None:
         """Remove one tag whose digest other tags share: put a manifest of its own under the tag (the
         same config, no layers, an annotation naming the tag: a digest nothing else has), then delete it."""
@@ -161,6 +198,16 @@ class Registry:
             raise RegistryError(f"untagging {repository}:{tag}: PUT {status} {_error_text(answer)}")
         own = headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(manifest).hexdigest()
         self.delete(repository, own)
+
+
+def manifest_blobs(body: bytes) -> list[str]:
+    """The config and layer digests a single-image manifest names. Pure."""
+    try:
+        doc = json.loads(body)
+        blobs = [doc["config"]["digest"], *(layer["digest"] for layer in doc.get("layers") or ())]
+    except (ValueError, KeyError, TypeError) as e:
+        raise RegistryError(f"unreadable manifest ({type(e).__name__})") from None
+    return [str(b) for b in blobs]
 
 
 def _error_text(body: bytes) -> str:

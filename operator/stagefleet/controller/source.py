@@ -37,6 +37,9 @@ class Resolved:
     status: dict[str, Any]  # recorded in status.source
     git_url: str | None = None
     git_commit: str | None = None
+    # `git ls-tree -r -z --full-tree` of the commit: every path's blob id, which keys the stages that copy
+    # it (`stagekey.index_git_tree`). The blob-less fetch has every tree, so it costs no download.
+    tree: str | None = None
 
 
 def redact(text: str) -> str:
@@ -151,9 +154,9 @@ def pin_revision(url: str, revision: str, env: dict[str, str], timeout: float = 
 
 def fetch_file(
     url: str, commit: str, path: str, env: dict[str, str], workdir: Path, timeout: float = 120
-) -> str:
-    """One file at one commit: shallow, blob-less fetch plus a sparse checkout of just that path; every git
-    command together within ``timeout`` seconds."""
+) -> tuple[str, str]:
+    """One file at one commit and the commit's tree listing (`Resolved.tree`): shallow, blob-less fetch
+    plus a sparse checkout of just that path; every git command together within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     repo = workdir / "repo"
     repo.mkdir()
@@ -185,7 +188,9 @@ def fetch_file(
         _git(["sparse-checkout", "add", f"/{wanted}"], cwd=repo, env=env, timeout=_left(deadline))
     if not target.is_file():
         raise SourceError(f"{path} not found in {redact(url)} at commit {commit[:12]}")
-    return target.read_text(encoding="utf-8", errors="replace")
+    tree = _git(["ls-tree", "-r", "-z", "--full-tree", "FETCH_HEAD"], cwd=repo, env=env,
+                timeout=_left(deadline))
+    return target.read_text(encoding="utf-8", errors="replace"), tree
 
 
 def resolve(
@@ -211,7 +216,7 @@ def resolve(
         env = _env(auth, home)
         try:
             commit = pin_revision(git.url, git.revision, env, timeout=_left(deadline))
-            text = fetch_file(git.url, commit, path, env, home, timeout=_left(deadline))
+            text, tree = fetch_file(git.url, commit, path, env, home, timeout=_left(deadline))
         except SourceTimeout as e:
             raise SourceTimeout(
                 f"spec.source.git.url {redact(git.url)}: no answer within {timeout:.0f}s "
@@ -222,6 +227,7 @@ def resolve(
         filename=path,
         git_url=git.url,
         git_commit=commit,
+        tree=tree,
         status={
             "git": {"url": redact(git.url), "revision": git.revision, "commit": commit, "dockerfile": path}
         },

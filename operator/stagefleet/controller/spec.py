@@ -93,6 +93,8 @@ class Cache:
     repository: str | None
     mode: str
     disabled: bool
+    # Reuse a stage result stored under the stage's content key instead of building it (`stagekey`).
+    reuse_stages: bool = True
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         raise SpecError("spec.cache.mode", f"must be min or max, not {mode!r}")
     cache_repo = c.text("repository", None, pattern=_REPO_RE, max_len=512)
     disabled = c.flag("disabled", False)
+    reuse_stages = c.flag("reuseStages", True)
     if disabled and cache_repo:
         raise SpecError("spec.cache.repository", "must not be set when spec.cache.disabled is true")
 
@@ -429,7 +432,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         target=r.text("target", None, pattern=_ID_RE, max_len=128) or None,
         build_args=build_args,
         output=Output(repository, tag, tuple(tags), push_secret),
-        cache=Cache(cache_repo, mode, disabled),
+        cache=Cache(cache_repo, mode, disabled, reuse_stages),
         secrets=_build_secrets(r, "secrets"),
         ssh=_build_secrets(r, "ssh"),
         resources=_resources(res.obj("default")),
