@@ -122,3 +122,16 @@ def test_unkeyed_reasons_reach_the_status_note() -> None:
     marked = reuse.mark(planned, plan, found, st.fmt_time(NOW))
     assert marked["reuse"] == {"keyed": 0, "reused": 0, "notes": ["ADD of a URL without --checksum"]}
     assert "baseImages" not in marked
+
+
+def test_what_planning_recorded_survives_the_passes() -> None:
+    """`decide` rebuilds the status each pass: the keys, the pins and the reuse summary stay."""
+    from .helpers import decide_pods, make_spec
+
+    fake = FakeRegistry({"base:1": "sha256:" + "b" * 64})
+    found, plan = _lookup(fake)
+    planned = st.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
+    marked = reuse.mark(planned, plan, found, st.fmt_time(NOW))
+    d = decide_pods(marked, [], now=NOW, spec=make_spec(), plan=plan)
+    assert d.status["baseImages"] == marked["baseImages"] and d.status["reuse"] == marked["reuse"]
+    assert reuse.recorded(d.status) == reuse.recorded(marked)

@@ -42,6 +42,8 @@ TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 S_WAITING, S_PENDING, S_RUNNING, S_RETRYING = "Waiting", "Pending", "Running", "Retrying"
 S_SUCCEEDED, S_FAILED, S_CANCELLED = "Succeeded", "Failed", "Cancelled"
 S_ACTIVE = (S_PENDING, S_RUNNING)
+# Fields of a generation's status that passes carry over as planned (`reuse.mark` writes the last two).
+KEPT_FIELDS = ("source", "plan", "startTime", "observedGeneration", "baseImages", "reuse")
 S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
 
 # Failures no retry can fix: the build's own (11-13) and a worker securityContext that cannot run rootless
@@ -1032,7 +1034,7 @@ def decide(
 
     stages = _stage_entries(plan, states, old_entries)
     new_status: dict[str, Any] = {
-        k: v for k, v in status.items() if k in ("source", "plan", "startTime", "observedGeneration")
+        k: v for k, v in status.items() if k in KEPT_FIELDS
     }
     new_status.update(
         {
