@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stagefleet.controller.podspec import (
+    LABEL_UID,
     BuildRef,
     ResolvedSource,
     WorkerConfig,
@@ -44,6 +45,7 @@ def build_pod(group: str, **kw: Any) -> dict[str, Any]:
         upstream=upstream,
         config=CONFIG,
         deadline_seconds=kw.pop("deadline", 600),
+        **kw,
     )
 
 
@@ -221,6 +223,24 @@ def test_scheduling_fields() -> None:
     assert pod["spec"]["tolerations"] == [{"key": "k", "operator": "Exists"}]
     assert pod["spec"]["serviceAccountName"] == "builder"
     assert pod["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "2"}}
+
+
+def test_a_build_spreads_its_pods_and_keyed_groups_store_and_pin() -> None:
+    pod = build_pod("g1")
+    term = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["podAffinityTerm"] == {"labelSelector": {"matchLabels": {LABEL_UID: BUILD.uid}},
+                                       "topologyKey": "kubernetes.io/hostname"}
+    assert "--stage-key" not in args_of(pod) and "nodeSelector" not in pod["spec"]
+    key = "c" * 64
+    bases = {"r.io/base:1": "sha256:" + "b" * 64, "r.io/pinned@sha256:" + "d" * 64: "sha256:" + "d" * 64}
+    keyed = build_pod("g1", stage_key=key, base_images=bases, arch="arm64")
+    args = args_of(keyed)
+    assert pairs(args, "--stage-key") == [key]
+    assert pairs(args, "--pin-image") == ["r.io/base:1=r.io/base:1@sha256:" + "b" * 64]  # not the pinned one
+    assert keyed["spec"]["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    # no cache repository (cache disabled): nowhere to store a result, so no key
+    off = args_of(build_pod("g1", spec=make_spec(cache={"disabled": True}), stage_key=key))
+    assert "--stage-key" not in off and "--pin-image" not in off
 
 
 def test_build_args_sorted_and_deterministic() -> None:

@@ -35,6 +35,24 @@ NODES = [
 # ------------------------------------------------------------------------------------------ scheduling
 
 
+def test_preferred_anti_affinity_beats_load_and_is_only_a_preference() -> None:
+    """Worker pods ask to avoid nodes running their build's other pods (controller/podspec.py): a node
+    with a sibling loses to one without, even a more loaded one; when only that node fits, it still wins."""
+    spread = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {"labelSelector": {"matchLabels": {"build": "b1"}},
+                            "topologyKey": "kubernetes.io/hostname"},
+    }]}}
+    p = pod(affinity=spread)
+    assert pr.preferred_anti_affinity(p) == [(100, {"build": "b1"})]
+    assert pr.schedule(p, NODES, {"devnode-2": 1}, {"devnode-1": 100}) == ("devnode-2", "")
+    assert pr.schedule(p, NODES, {"devnode-2": 2}, {"devnode-1": 100}) == ("devnode-1", "")  # 2 is full
+    other_zone = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 1, "podAffinityTerm": {"labelSelector": {"matchLabels": {"build": "b1"}},
+                                         "topologyKey": "topology.kubernetes.io/zone"}}]}}
+    assert pr.preferred_anti_affinity(pod(affinity=other_zone)) == []
+
+
 def test_schedule_prefers_least_loaded_node() -> None:
     assert pr.schedule(pod(), NODES, {"devnode-1": 1}) == ("devnode-2", "")
     assert pr.schedule(pod(), NODES, {}) == ("devnode-1", "")

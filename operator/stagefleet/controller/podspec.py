@@ -399,6 +399,13 @@ def worker_pod(
         pod_spec["securityContext"] = json_copy(config.pod_security_context)
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
+    # Spread a build's groups over the nodes when they have room: sibling groups on one node would share its
+    # CPUs while another node idles (a preference: the scheduler still packs them when it must).
+    pod_spec["affinity"] = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {"labelSelector": {"matchLabels": {LABEL_UID: build.uid}},
+                            "topologyKey": "kubernetes.io/hostname"},
+    }]}}
     if arch and stage_key:  # what the key was computed for (a user's own arch selector was taken into it)
         pod_spec.setdefault("nodeSelector", {}).setdefault(ARCH_LABEL, arch)
     if spec.tolerations:

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1088,14 +1088,22 @@ class Kubelet:
             views.append(pr.NodeView(name, view.labels, view.taints, view.unschedulable, cfg.pods))
         return views
 
+    def _active(self, uid: str) -> str | None:
+        """The node of a pod that holds room on it (bound or assumed, not finished), else None."""
+        pod = self.pods[uid]
+        node = (pod.get("spec") or {}).get("nodeName") or self.assumed.get(uid)
+        if not node or (pod.get("status") or {}).get("phase") in TERMINAL:
+            return None
+        runner = self.runners.get(uid)
+        if runner is not None and runner.finished.is_set():
+            return None
+        return str(node)
+
     def _load(self) -> dict[str, int]:
         load: dict[str, int] = {}
-        for uid, pod in self.pods.items():
-            node = (pod.get("spec") or {}).get("nodeName") or self.assumed.get(uid)
-            if node and (pod.get("status") or {}).get("phase") not in TERMINAL:
-                runner = self.runners.get(uid)
-                if runner is not None and runner.finished.is_set():
-                    continue
+        for uid in self.pods:
+            node = self._active(uid)
+            if node:
                 load[node] = load.get(node, 0) + 1
         return load
 
@@ -1140,12 +1148,13 @@ class Kubelet:
         # Within a round load only grows, so a pod that did not fit explains every later pod that places
         # alike: with ~1,000 pods queued behind full nodes, one `schedule` per kind of pod, not per pod.
         no_fit: dict[str, str] = {}
+        spread = _Spread(self.pods, self.assumed, lambda uid: self._active(uid))
         for pod in pending:
             key = pr.placement_key(pod)
             if key in no_fit:
                 node, message = None, no_fit[key]
             else:
-                node, message = pr.schedule(pod, nodes, load)
+                node, message = pr.schedule(pod, nodes, load, spread.avoid(pod))
             uid = pod["metadata"]["uid"]
             if node is None:
                 no_fit[key] = message
@@ -1155,6 +1164,7 @@ class Kubelet:
                 continue
             self.assumed[uid] = node
             load[node] = load.get(node, 0) + 1
+            spread.bound(pod, node)
             try:
                 await self._bind(pod, node)
             except ApiError as e:
@@ -1477,3 +1487,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class _Spread:
+    """Per scheduling round: node → how many active pods match each preferred anti-affinity selector seen
+    (counted once per selector, then kept up to date as the round binds pods), so a round stays linear in
+    the pods however many of them ask to be spread."""
+
+    def __init__(self, pods: Mapping[str, Any], assumed: Mapping[str, str],
+                 active: Callable[[str], str | None]) -> None:
+        self._pods, self._assumed, self._active = pods, assumed, active
+        self._counts: dict[str, tuple[str, dict[str, str], dict[str, int]]] = {}
+
+    def _count(self, namespace: str, labels: dict[str, str]) -> dict[str, int]:
+        key = json.dumps([namespace, labels], sort_keys=True)
+        if key not in self._counts:
+            per_node: dict[str, int] = {}
+            for uid, p in self._pods.items():
+                meta = p.get("metadata") or {}
+                own = meta.get("labels") or {}
+                if meta.get("namespace") != namespace or any(own.get(k) != v for k, v in labels.items()):
+                    continue
+                node = self._active(uid)
+                if node:
+                    per_node[node] = per_node.get(node, 0) + 1
+            self._counts[key] = (namespace, labels, per_node)
+        return self._counts[key][2]
+
+    def avoid(self, pod: Mapping[str, Any]) -> dict[str, int]:
+        namespace = str((pod.get("metadata") or {}).get("namespace") or "default")
+        out: dict[str, int] = {}
+        for weight, labels in pr.preferred_anti_affinity(pod):
+            for node, n in self._count(namespace, labels).items():
+                out[node] = out.get(node, 0) + weight * n
+        return out
+
+    def bound(self, pod: Mapping[str, Any], node: str) -> None:
+        meta = pod.get("metadata") or {}
+        own = meta.get("labels") or {}
+        for namespace, labels, per_node in self._counts.values():
+            if meta.get("namespace") == namespace and all(own.get(k) == v for k, v in labels.items()):
+                per_node[node] = per_node.get(node, 0) + 1

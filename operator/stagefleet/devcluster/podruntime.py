@@ -139,11 +139,33 @@ def placement_key(pod: Obj) -> str:
     )
 
 
-def schedule(pod: Obj, nodes: Sequence[NodeView], load: Mapping[str, int]) -> tuple[str | None, str]:
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+
+
+def preferred_anti_affinity(pod: Obj) -> list[tuple[int, dict[str, str]]]:
+    """The pod's preferred pod anti-affinity terms this scheduler honours: (weight, matchLabels) of terms
+    over the hostname topology in the pod's own namespace (what worker pods use to spread a build)."""
+    spec = pod.get("spec") or {}
+    anti = (spec.get("affinity") or {}).get("podAntiAffinity") or {}
+    out: list[tuple[int, dict[str, str]]] = []
+    for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution") or ():
+        term = t.get("podAffinityTerm") or {}
+        labels = (term.get("labelSelector") or {}).get("matchLabels") or {}
+        if term.get("topologyKey") == HOSTNAME_TOPOLOGY and labels and not term.get("namespaces"):
+            out.append((int(t.get("weight") or 1), {str(k): str(v) for k, v in labels.items()}))
+    return out
+
+
+def schedule(
+    pod: Obj, nodes: Sequence[NodeView], load: Mapping[str, int], avoid: Mapping[str, int] | None = None
+) -> tuple[str | None, str]:
     """Pick a node for `pod` (least loaded feasible node, ties by name) or explain why none fits.
 
-    `load` counts non-terminal pods already bound per node. The message has the default scheduler's
-    shape: "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector. ...".
+    `load` counts non-terminal pods already bound per node; `avoid` scores nodes by the pods there that the
+    pod's preferred anti-affinity would rather not meet (`preferred_anti_affinity`): the feasible node with
+    the lowest score wins first, as the default scheduler's InterPodAffinity score makes it in practice.
+    The message has the default scheduler's shape: "0/2 nodes are available: 2 node(s) didn't match Pod's
+    node affinity/selector. ...".
     """
     reasons: dict[str, int] = {}
     feasible: list[NodeView] = []
@@ -162,7 +184,10 @@ def schedule(pod: Obj, nodes: Sequence[NodeView], load: Mapping[str, int]) -> tu
         else:
             reasons[reason] = reasons.get(reason, 0) + 1
     if feasible:
-        best = min(feasible, key=lambda n: (load.get(n.name, 0) / max(n.max_pods, 1), n.name))
+        avoid = avoid or {}
+        best = min(
+            feasible, key=lambda n: (avoid.get(n.name, 0), load.get(n.name, 0) / max(n.max_pods, 1), n.name)
+        )
         return best.name, ""
     n = len(nodes)
     if not nodes:
