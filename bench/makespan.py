@@ -302,7 +302,9 @@ class Stagefleet:
             found[msg.split()[2]] = ts
         return found
 
-    def build(self, dockerfile: str, base: str, timeout: float = 600) -> Run:
+    def build(self, dockerfile: str, base: str, timeout: float = 600, *, output: str | None = None) -> Run:
+        """Apply, wait for Succeeded, delete. ``output`` (default: a fresh repository per build, so the
+        registry cache is cold) names the image; builds of one output share a cache repository."""
         from kubernetes import client
 
         assert self.op is not None and self.op.poll() is None, "operator not running"
@@ -314,7 +316,7 @@ class Stagefleet:
             "apiVersion": "stagefleet.io/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name},
             "spec": {"source": {"inline": {"dockerfile": dockerfile}}, "target": "final",
                      "buildArgs": {"BASE": base}, "maxParallelPods": 8, "timeout": "10m",
-                     "output": {"image": f"{self.registry}/bench/{name}:latest"}},
+                     "output": {"image": output or f"{self.registry}/bench/{name}:latest"}},
         }
         applied = time.time()
         t0 = time.monotonic()

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stagefleet import stagekey
-from stagefleet.controller import nodeloss, retention, reuse, stagetags, tracking, trust
+from stagefleet.controller import history, nodeloss, retention, reuse, stagetags, tracking, trust
 from stagefleet.controller import registry as reg
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
@@ -617,6 +617,7 @@ class Reconciler:
         except DockerfileError as e:
             failed = self._finish_early(ib, build, planning, "DockerfileError", str(e), now)
             return Planned(None, failed, ib)
+        plan = history.prioritise(plan, history.measured(planning))  # a previous generation's durations
         new = st.planned_status(
             generation=build.generation, plan=plan, source=resolved.status, old=planning, now=now
         )

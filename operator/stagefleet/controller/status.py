@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stagefleet.controller import nodeloss, trust
+from stagefleet.controller import history, nodeloss, trust
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.nodeloss import NodeReadiness
 from stagefleet.controller.podspec import (
@@ -673,6 +673,10 @@ def progress_status(
         ),
     }
     _summary(status, [])
+    durations = history.measured(old)
+    if durations:  # (for the next plan's critical path: this status lists no stages; the longest 500)
+        longest = sorted(durations.items(), key=lambda kv: -kv[1])[:500]
+        status["lastDurations"] = dict(sorted(longest))
     return status
 
 

@@ -1,0 +1,152 @@
+"""Rebuilds: stagefleet's stage reuse vs a fresh builder with the registry cache (a new pod or CI runner).
+
+    .venv/bin/python bench/rebuild.py [--reps 2] [--sleep 5]
+
+The seed shape (two branches, each `RUN sleep S`, a final copying from both), built cold once, then
+rebuilt three ways, each repetition in this order:
+  (a) unchanged        the same Dockerfile and base
+  (b) one branch       build1's RUN changed (its text), build2 and the base unchanged
+  (c) base changed     a new digest under the base image's tag (same content, another manifest)
+Two builders, interleaved:
+  stagefleet   an ImageBuild on the dev cluster (bench/makespan.py's harness: real operator, one real worker
+               pod per plan group, a local docker-registry), every build with the same output repository,
+               so they share one cache repository: timed from the API create to the poll (every 0.2 s)
+               that sees Succeeded; "pods" counts the worker pods the build started.
+  buildah      `buildah build --layers --cache-from R --cache-to R --jobs 3` in a fresh storage root, the
+               registry cache R shared by its builds (what a fresh CI runner has); it pushes nothing else.
+BuildKit with a warm daemon (the issue's other peer) needs dockerd (Debian's docker.io): not installed here,
+so it is not measured; the bench says so.
+Prints a table per scenario: median seconds (min, max) and the ratio stagefleet / buildah.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from makespan import SEED, stagefleet  # noqa: E402
+
+SCENARIOS = ("cold", "unchanged", "one branch", "base changed")
+
+
+def variant(sleep: int, branch_text: str) -> str:
+    return SEED.format(s=sleep).replace("echo one", f"echo {branch_text}")
+
+
+def retag_base(registry_url: str, base: str, tag: str, note: str | None) -> str:
+    """The base's manifest under ``tag`` of its repository (with ``note``: as an annotation, so another
+    digest for the same content — a base rebuilt under its tag). The reference."""
+    host_repo, _, src = base.rpartition(":")
+    host, _, repo = host_repo.partition("/")
+    accept = ("application/vnd.oci.image.manifest.v1+json, "
+              "application/vnd.docker.distribution.manifest.v2+json")
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{src}", headers={"Accept": accept})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body, media = resp.read(), resp.headers["Content-Type"]
+    if note is not None:
+        doc = json.loads(body)
+        doc["annotations"] = {**doc.get("annotations", {}), "bench.stagefleet.io/note": note}
+        body = json.dumps(doc).encode()
+    put = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
+                                 headers={"Content-Type": media})
+    with urllib.request.urlopen(put, timeout=30):
+        pass
+    return f"{host}/{repo}:{tag}"
+
+
+def buildah_cached(dockerfile: str, base: str, registry: str, cache: str, work: Path) -> float:
+    """A fresh builder with the registry layer cache: `buildah build --layers --cache-from/--cache-to`."""
+    from stagefleet import buildenv
+
+    ctx = work / "ctx"
+    ctx.mkdir(parents=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    root = work / "root"
+    env = buildenv.prepare(root, insecure_registries=[registry])
+    try:
+        argv = ["buildah", "build", "--layers", "--cache-from", cache, "--cache-to", cache, "--jobs", "3",
+                "--target", "final", "--build-arg", f"BASE={base}",
+                "-t", f"localhost/rb:{uuid.uuid4().hex[:8]}", str(ctx)]
+        t0 = time.monotonic()
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        elapsed = time.monotonic() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"buildah failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        return elapsed
+    finally:
+        buildenv.cleanup(root, env)
+
+
+def fmt(xs: list[float]) -> str:
+    spread = f" ({min(xs):.2f}-{max(xs):.2f})" if len(xs) > 1 else ""
+    return f"{statistics.median(xs):6.2f} s{spread}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--reps", type=int, default=2, help="repetitions of the whole sequence (2)")
+    p.add_argument("--sleep", type=int, default=5, help="seconds each branch's RUN sleeps (5)")
+    p.add_argument("--workdir", help="keep logs here instead of a temp dir")
+    args = p.parse_args()
+
+    from stagefleet import buildenv
+    from stagefleet.localregistry import LocalRegistry, ensure_base_image
+
+    sf_times: dict[str, list[float]] = {s: [] for s in SCENARIOS}
+    sf_pods: dict[str, list[int]] = {s: [] for s in SCENARIOS}
+    bh_times: dict[str, list[float]] = {s: [] for s in SCENARIOS}
+    with tempfile.TemporaryDirectory(prefix="sf-rebuild-") as tmpdir:
+        work = Path(args.workdir) if args.workdir else Path(tmpdir)
+        work.mkdir(parents=True, exist_ok=True)
+        with LocalRegistry(work / "registry") as reg, stagefleet(work / "sf", reg.host) as sf:
+            base_root = work / "base-root"
+            base_env = buildenv.prepare(base_root, insecure_registries=[reg.host])
+            base = ensure_base_image(reg.host, base_env)
+            buildenv.cleanup(base_root, base_env)
+            print(f"registry {reg.host}; operator log {sf.oplog}; BuildKit: "
+                  + ("dockerd found, not driven by this bench yet" if shutil.which("dockerd")
+                     else "not installed (Debian's docker.io), not measured"), flush=True)
+            for rep in range(args.reps):
+                tag = f"rebuild-{rep}"
+                out = f"{reg.host}/bench/rebuild-{rep}:latest"
+                cache = f"{reg.host}/bench/rebuild-{rep}/buildah-cache"
+                steps = [
+                    ("cold", variant(args.sleep, "one"), None),
+                    ("unchanged", variant(args.sleep, "one"), None),
+                    ("one branch", variant(args.sleep, "one-changed"), None),
+                    ("base changed", variant(args.sleep, "one-changed"), "rebuilt"),
+                ]
+                ref = base
+                for scenario, dockerfile, note in steps:
+                    if scenario in ("cold", "base changed"):
+                        ref = retag_base(reg.url, base, tag, note)
+                    seconds = buildah_cached(dockerfile, ref, reg.host, cache, work / f"bh-{rep}-{scenario}")
+                    bh_times[scenario].append(seconds)
+                    run = sf.build(dockerfile, ref, output=out)
+                    sf_times[scenario].append(run.seconds)
+                    sf_pods[scenario].append(len(run.traces))
+                    print(f"  #{rep + 1} {scenario:13s} stagefleet {run.seconds:6.2f} s, "
+                          f"{len(run.traces)} pod(s); buildah+registry cache {seconds:6.2f} s", flush=True)
+    print(f"\nrebuild, seed shape with `sleep {args.sleep}` branches, {args.reps} repetition(s), medians:")
+    print("| scenario | stagefleet | worker pods | fresh buildah + registry cache | stagefleet / buildah |")
+    print("|---|---|---|---|---|")
+    for s in SCENARIOS:
+        ratio = statistics.median(sf_times[s]) / statistics.median(bh_times[s])
+        print(f"| {s} | {fmt(sf_times[s])} | {statistics.median(sf_pods[s]):.0f} | {fmt(bh_times[s])} | "
+              f"{ratio:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
