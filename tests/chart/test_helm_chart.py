@@ -409,7 +409,8 @@ def test_operator_args_all_namespaces() -> None:
         "operator", "--all-namespaces", "--metrics-port=8080", "--health-port=8081", "--log-format=json",
         "--concurrency=8",
         "--builder-image=ghcr.io/stagefleet/builder:0.1.0", "--node-lost-after=60",
-        "--default-ttl-after-finished=0", "--keep-failed-seconds=3600", "--keep-succeeded-pods-seconds=0"]
+        "--default-ttl-after-finished=0", "--keep-failed-seconds=3600", "--keep-succeeded-pods-seconds=0",
+        "--source-timeout=60", "--plans-per-process=200", "--memory-sweep-seconds=300"]
 
 
 @needs_helm
