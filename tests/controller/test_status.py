@@ -119,6 +119,7 @@ def test_final_starts_with_upstream_digests_then_succeeds() -> None:
     assert s3["image"] == {
         "name": "127.0.0.1:5000/t/app:latest",
         "digest": D3,
+        "short": "sha256:333333333333",
         "tags": ["127.0.0.1:5000/t/app:latest"],
     }
     assert cond(s3, "Ready")["status"] == "True" and cond(s3, "Reconciling")["status"] == "False"

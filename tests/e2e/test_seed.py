@@ -78,7 +78,10 @@ def test_seed_builds_in_parallel_pods(
         assert s["phase"] == "Succeeded" and s["digest"].startswith("sha256:") and s["attempts"] == 1
         assert s["pod"] in {p["metadata"]["name"] for p in pods.values()}
     table = kubectl.run("get", "ib", "seed").stdout
-    assert "Succeeded" in table and "3/3" in table and digest[:19] in table
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "STAGES", "READY", "IMAGE", "AGE", "MESSAGE"], table
+    assert row.split()[:5] == ["seed", "Succeeded", "3/3", "True", digest[:19]], table
+    assert f"built {obj['status']['image']['name']}@{digest}" in row
 
     reasons = [e["reason"] for e in kubectl.events() if e["involvedObject"].get("kind") == "ImageBuild"]
     assert {"Planned", "StageSucceeded", "BuildSucceeded"} <= set(reasons)

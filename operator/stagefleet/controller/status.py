@@ -1064,6 +1064,7 @@ def decide(
         new_status["image"] = {
             "name": spec.output.image,
             "digest": final.digest,
+            "short": (final.digest or "")[:19],  # sha256: and 12 hex digits, for the printer column
             "tags": list(spec.output.refs),
         }
     if build_failure is not None:
