@@ -97,7 +97,8 @@ def test_second_build_takes_steps_from_the_registry_cache(
         f"FROM {base_image} AS build2\nRUN sleep 1 && echo two > /two\n"
         f"FROM {base_image} AS final\nCOPY --from=build1 /one /one\nCOPY --from=build2 /two /two\n"
     )
-    cache = {"repository": f"{registry.host}/e2e/{namespace}/cache"}
+    # The layer cache itself: stage reuse off, or the second build would start no pod at all (test_reuse.py)
+    cache = {"repository": f"{registry.host}/e2e/{namespace}/cache", "reuseStages": False}
     kubectl.apply(inline_manifest("first", dockerfile, registry.host, cache=cache))
     first = wait_terminal(kubectl, operator, "first")
     assert first["status"]["phase"] == "Succeeded", first["status"]["message"]
