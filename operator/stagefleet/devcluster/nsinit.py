@@ -183,10 +183,12 @@ def run(spec: dict[str, Any]) -> int:
         return 128
     args: list[str] = spec["argv"]
     env: dict[str, str] = spec["env"]
-    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec: give the command
-    # the defaults a container starts with (`yes | head -1` must end). `_signal`: no enum import.
-    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
-        _signal.signal(sig, _signal.SIG_DFL)
+    # An ignored signal stays ignored across exec: Python ignores SIGPIPE and SIGXFSZ, and a kubelet started
+    # in the background by a shell inherits SIGINT and SIGQUIT ignored. Give the command the defaults a
+    # container starts with under a real runtime (`yes | head -1` must end). `_signal`: no enum import.
+    for sig in _signal.valid_signals():
+        if sig not in (_signal.SIGKILL, _signal.SIGSTOP) and _signal.getsignal(sig) == _signal.SIG_IGN:
+            _signal.signal(sig, _signal.SIG_DFL)
     try:
         if "/" in args[0]:
             os.execve(args[0], args, env)
