@@ -89,6 +89,21 @@ def groups_to_start(groups: Sequence[GroupLike], *, succeeded: Set[str], running
     return [g.id for _, g in ready[:free]]
 
 
+def needed_groups(groups: Sequence[GroupLike], final_group: str, stored: Set[str]) -> set[str]:
+    """The groups to build: the final one and what it waits for, transitively, except stored results
+    (`Stored`), which need nothing built. A stored final group needs nothing at all."""
+    by_id = {g.id: g for g in groups}
+    needed: set[str] = set()
+    pending = [final_group]
+    while pending:
+        gid = pending.pop()
+        if gid in needed or gid in stored or gid not in by_id:
+            continue
+        needed.add(gid)
+        pending.extend(by_id[gid].after)
+    return needed
+
+
 def unschedulable(groups: Sequence[GroupLike], succeeded: Set[str]) -> list[str]:
     """Groups that can never start because something they wait for is not in the plan."""
     ids = {g.id for g in groups}
@@ -194,6 +209,10 @@ class BuildSettings:
     insecure: tuple[str, ...] = ()
     parallel: int = 1
     worker: Sequence[str] = ("stagefleet-worker",)
+    platform: str | None = None
+    no_cache: bool = False
+    keys: Mapping[str, str] = field(default_factory=dict)   # stage → content key (`stagekey`)
+    pins: Mapping[str, str] = field(default_factory=dict)   # image → digest the keys were computed from
 
     def push_refs(self, group: GroupLike, final_group: str) -> list[str]:
         """The final group goes to every tag; any other to the build's stage repository."""
@@ -228,14 +247,47 @@ def worker_argv(settings: BuildSettings, group: GroupLike, *, final_group: str,
             argv += ["--ssh", f"{sid}={settings.ssh[sid]}"]
     for k, v in settings.build_args.items():
         argv += ["--build-arg", f"{k}={v}"]
+    if settings.platform:
+        argv += ["--platform", settings.platform]
     if settings.cache_repo:
         argv += ["--cache-repo", settings.cache_repo]
+    if settings.no_cache:
+        argv.append("--no-cache")
     for ref in settings.push_refs(group, final_group):
         argv += ["--push", ref]
+    argv += key_args(settings, group.stages[-1])
     for host in settings.insecure:
         argv += ["--insecure-registry", host]
     argv += ["--storage-root", str(storage_root), "--result-file", str(result_file)]
     return argv
+
+
+def key_args(settings: BuildSettings, target: str) -> list[str]:
+    """``--stage-key`` and ``--pin-image`` for a keyed group, as the operator's pods get them: the worker
+    stores its result under the key in the cache repository, built from the digests the key was
+    computed from (an image the Dockerfile names by digest pins itself)."""
+    key = settings.keys.get(target)
+    if not key or not settings.cache_repo:
+        return []
+    argv = ["--stage-key", key]
+    for image, digest in sorted(settings.pins.items()):
+        if "@" not in image:
+            argv += ["--pin-image", f"{image}={image}@{digest}"]
+    return argv
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A group's result found under its key tag at plan time: no worker runs for it, its consumers build
+    from ``image`` by ``digest``."""
+
+    image: str   # CACHE-REPO:stage-KEY
+    digest: str
+
+    @property
+    def ref(self) -> str:
+        """What consumers get as ``--upstream STAGE=REF``: the repository by digest."""
+        return f"{repository_of(self.image)}@{self.digest}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +331,8 @@ class Masker:
 GROUP_STARTED = "group-started"
 LOG = "log"
 GROUP_FINISHED = "group-finished"
+GROUP_REUSED = "group-reused"   # a stored result stands for the group: no worker
+NOTE = "note"                   # something the user may want to know, not tied to a group
 BUILD_STARTED = "build-started"
 BUILD_FINISHED = "build-finished"
 
@@ -342,6 +396,11 @@ def format_plain(event: Event, start: float) -> str | None:
         return f"{t} [{label}] ==> group {event.group} started (stages: {', '.join(d.get('stages', []))})"
     if event.kind == LOG:
         return f"{t} [{label}] {d.get('line', '')}"
+    if event.kind == GROUP_REUSED:
+        return (f"{t} [{label}] ==> group {event.group} reused: {short_digest(d.get('digest'))} "
+                f"(stored result, no worker)")
+    if event.kind == NOTE:
+        return f"{t} [build] {d.get('message', '')}"
     if event.kind == GROUP_FINISHED:
         if d.get("ok"):
             return (f"{t} [{label}] ==> group {event.group} done in {d.get('seconds', 0):.2f}s "
@@ -371,6 +430,13 @@ class GroupOutcome:
     result: Mapping[str, Any] | None = None
     error: str | None = None          # our message when the worker gave none (or was stopped)
     cancelled: bool = False
+    reused: bool = False              # a stored result (`Stored`): no worker ran
+
+    @classmethod
+    def from_stored(cls, group: GroupLike, stored: Stored, when: float) -> GroupOutcome:
+        result = {"ok": True, "group": group.id, "target": group.stages[-1], "image": stored.image,
+                  "digest": stored.digest}
+        return cls(group.id, tuple(group.stages), when, when, 0, result, reused=True)
 
     @property
     def ok(self) -> bool:
@@ -406,7 +472,7 @@ class StageRow:
     cached_steps: int | None
     steps: int | None
     digest: str | None
-    status: str            # done | failed | cancelled | not run
+    status: str            # done | reused | failed | cancelled | not run
     critical: bool
 
 
@@ -446,12 +512,14 @@ def summarize(plan: PlanLike, outcomes: Mapping[str, GroupOutcome], wall_seconds
             secs: float | None = None
             if isinstance(info.get("seconds"), int | float):
                 secs = float(info["seconds"])
-            elif o is not None and len(g.stages) == 1:
+            elif o is not None and len(g.stages) == 1 and not o.reused:
                 secs = o.seconds
             if secs is not None:
                 stage_secs[name] = secs
             if o is None:
                 status = "not run"
+            elif o.reused:
+                status = "reused"
             elif o.ok:
                 status = "done"
             elif o.cancelled:
@@ -608,7 +676,8 @@ class RichProgress:
         table = Table.grid(padding=(0, 1))
         now = time.time()
         icons = {"waiting": Text("·", style="dim"), "done": Text("✔", style="green"),
-                 "failed": Text("✖", style="bold red"), "cancelled": Text("■", style="yellow")}
+                 "reused": Text("↺", style="green"), "failed": Text("✖", style="bold red"),
+                 "cancelled": Text("■", style="yellow")}
         for name, st in self.state.items():
             icon: Any = Spinner("dots", style="cyan") if st["status"] == "running" else icons[st["status"]]
             elapsed = ""
@@ -626,6 +695,9 @@ class RichProgress:
                 self.state[s].update(status="running", t0=event.time)
         elif event.kind == LOG and event.stage in self.state:
             self.state[event.stage]["last"] = str(d.get("line", ""))
+        elif event.kind == GROUP_REUSED:
+            for s in stages:
+                self.state[s].update(status="reused", last=f"reused {short_digest(d.get('digest'))}")
         elif event.kind == GROUP_FINISHED:
             status = "done" if d.get("ok") else ("cancelled" if d.get("cancelled") else "failed")
             for s in stages:
@@ -745,16 +817,22 @@ def _cleanup_root(root: Path, storage: Path) -> None:
 
 
 async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Event], None],
-                   mask: Masker | None = None, workdir: Path | None = None) -> BuildResult:
-    """Run every group of `plan`, each as soon as it may, at most `settings.parallel` at once.
+                   mask: Masker | None = None, workdir: Path | None = None, *,
+                   stored: Mapping[str, Stored] | None = None, notes: Sequence[str] = ()) -> BuildResult:
+    """Run every group of `plan` that is needed, each as soon as it may, at most `settings.parallel` at once.
 
+    A group with a `stored` result runs no worker (nor do the groups only it needed); a stored final
+    group (its output tags already written) runs none at all. `notes` are shown once the build started.
     The first failure stops the workers still running (their groups are reported as cancelled) and
     fails the build with that group's message.
     """
     mask = mask or Masker([])
+    stored = stored or {}
     own_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix=f"stagefleet-{settings.build_id}-")) if workdir is None else workdir
     by_id = {g.id: g for g in plan.groups}
+    needed = needed_groups(plan.groups, plan.final_group, set(stored))
+    todo = [g for g in plan.groups if g.id in needed]
     succeeded: set[str] = set()
     failed: set[str] = set()
     outcomes: dict[str, GroupOutcome] = {}
@@ -767,11 +845,17 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
         "buildId": settings.build_id, "groups": len(plan.groups), "target": by_id[plan.final_group].stages[-1]
         if plan.final_group in by_id else None, "registry": settings.registry, "parallel": settings.parallel,
         "tags": list(settings.tags), "criticalPath": list(plan.critical_path),
-        "plan": [{"group": g.id, "stages": list(g.stages), "after": list(g.after)} for g in plan.groups]}))
+        "plan": [{"group": g.id, "stages": list(g.stages), "after": list(g.after)} for g in plan.groups],
+        "reused": sorted(stored), "cacheRepo": settings.cache_repo}))
+    for note in notes:
+        emit(Event(NOTE, time.time(), data={"message": mask(note)}))
+    outcomes.update(_take_stored(plan, stored, emit))
+    succeeded.update(outcomes)
+    upstream.update((gid, s.ref) for gid, s in stored.items())
     first_failure: str | None = None
     try:
         while True:
-            for gid in groups_to_start(plan.groups, succeeded=succeeded, running=set(tasks),
+            for gid in groups_to_start(todo, succeeded=succeeded, running=set(tasks),
                                        failed=failed, parallelism=settings.parallel):
                 started_at[gid] = time.time()
                 tasks[gid] = asyncio.create_task(
@@ -844,6 +928,18 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
                     "cachedSteps": r.cached_steps, "steps": r.steps, "digest": r.digest}
                    for r in summary.rows]}))
     return result
+
+
+def _take_stored(plan: PlanLike, stored: Mapping[str, Stored],
+                 emit: Callable[[Event], None]) -> dict[str, GroupOutcome]:
+    """The outcomes of the groups whose results are stored, each announced as reused."""
+    out: dict[str, GroupOutcome] = {}
+    for g in plan.groups:
+        if g.id in stored:
+            o = out[g.id] = GroupOutcome.from_stored(g, stored[g.id], time.time())
+            emit(Event(GROUP_REUSED, o.finished, g.id, g.stages[-1], {
+                "stages": list(g.stages), "image": stored[g.id].image, "digest": stored[g.id].digest}))
+    return out
 
 
 def _emit_finished(emit: Callable[[Event], None], o: GroupOutcome) -> None:

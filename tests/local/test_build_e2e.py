@@ -200,8 +200,10 @@ def test_secret_value_never_printed(registry: LocalRegistry, base_image: str, tm
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(SECRET_DOCKERFILE)
+    # --no-cache: the step runs each time (neither its layer nor the stage's result comes from the cache)
     proc = stagefleet("build", str(ctx), "--registry", registry.host, "--build-arg", f"BASE={base_image}",
-                      "--secret", f"id=token,src={secret}", "--progress", progress, cwd=tmp_path)
+                      "--secret", f"id=token,src={secret}", "--progress", progress, "--no-cache",
+                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
     assert "cat /run/secrets/token" in proc.stdout  # the step ran and its output was shown ...
     assert canary not in proc.stdout and canary not in proc.stderr  # ... without the secret's value
@@ -210,7 +212,8 @@ def test_secret_value_never_printed(registry: LocalRegistry, base_image: str, tm
 def test_second_build_takes_its_steps_from_the_cache_repo(registry: LocalRegistry, base_image: str,
                                                           seed_context: Path) -> None:
     cache = f"{registry.host}/e2e/cache-{uuid.uuid4().hex[:8]}"
-    args = ("build", str(seed_context), "--registry", registry.host, "--cache-repo", cache,
+    # --no-reuse: the stored stage results would start no worker at all; this is about the layer cache
+    args = ("build", str(seed_context), "--registry", registry.host, "--cache-repo", cache, "--no-reuse",
             "--build-arg", f"BASE={base_image}", "--build-arg", "SLEEP=1", "--progress", "json")
     cold = stagefleet(*args, cwd=seed_context)
     assert cold.returncode == 0, cold.stderr + cold.stdout[-3000:]

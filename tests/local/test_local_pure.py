@@ -277,6 +277,7 @@ def test_rich_progress_shows_each_stage_state() -> None:
         p.handle(local.Event(local.GROUP_STARTED, 100.0, "g2", "build2", {"stages": ["build2"]}))
         p.handle(local.Event(local.GROUP_FINISHED, 102.0, "g2", "build2",
                              {"ok": False, "message": "build-step: exit 3"}))
+        p.handle(local.Event(local.GROUP_REUSED, 100.0, "g3", "final", {"digest": "sha256:" + "3" * 64}))
         render = Console(file=io.StringIO(), width=120, record=True)
         render.print(p._render())
         text = render.export_text()
@@ -286,4 +287,4 @@ def test_rich_progress_shows_each_stage_state() -> None:
     assert "STEP 2/2: RUN sleep 2" in lines["build1"] and "g1" in lines["build1"]
     assert lines["build2"].lstrip().startswith("✖") and "build-step: exit 3" in lines["build2"]
     assert lines["build2"].split()[3] == "2.0s"
-    assert lines["final"].lstrip().startswith("·")
+    assert lines["final"].lstrip().startswith("↺") and "reused sha256:333333333333" in lines["final"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -13,9 +14,13 @@ import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from stagefleet import local
+
+if TYPE_CHECKING:
+    from stagefleet import localreuse
+    from stagefleet.stages import StageGraph
 
 PROGRESS_MODES = ("auto", "plain", "json")
 
@@ -25,6 +30,8 @@ def register(subparsers: Any) -> None:
         "build", help="build an image locally: one worker process per plan group, groups in parallel",
         description="Plan the Dockerfile's stage graph and run each group as a local stagefleet-worker "
                     "process with its own fresh storage root; results pass through a registry by digest. "
+                    "Unchanged stages are not built again: every stage gets a content key, and a group whose "
+                    "result is stored under its key in the cache repository runs no worker. "
                     "In --build-arg, --tag and --cache-repo values, {registry} stands for the registry used.")
     p.add_argument("context", nargs="?", default=".", help="build context directory (default: .)")
     p.add_argument("-f", "--file", dest="dockerfile", help="Dockerfile (default: CONTEXT/Dockerfile)")
@@ -36,7 +43,17 @@ def register(subparsers: Any) -> None:
                    help="where to push the image (repeatable; default {registry}/stagefleet/local:BUILD-ID)")
     p.add_argument("--registry", metavar="HOST:PORT",
                    help="registry for stage results (default: a throwaway local registry)")
-    p.add_argument("--cache-repo", metavar="REF", help="layer cache repository (--cache-from/--cache-to)")
+    p.add_argument("--cache-repo", metavar="REF",
+                   help="layer cache repository (--cache-from/--cache-to); results are also stored there "
+                        "under their stage keys (default: the first tag's repository + /cache, unless the "
+                        "registry is a throwaway one)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="build every step: no layer cache, no stored stage results (the fresh ones are "
+                        "stored)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="build every group even when its result is stored (the layer cache is still used)")
+    p.add_argument("--platform", metavar="OS/ARCH",
+                   help="target platform (default: this machine's, e.g. linux/amd64)")
     p.add_argument("--parallel", type=int, default=max(os.cpu_count() or 1, 1), metavar="N",
                    help="at most N workers at once (default: CPUs)")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
@@ -110,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from stagefleet import localreuse
     from stagefleet.plan import make_plan
     from stagefleet.stages import DockerfileError, parse_stage_graph
 
@@ -155,20 +173,25 @@ def _run(args: argparse.Namespace) -> int:
         build_args = {k: _expand(v, registry) for k, v in build_args.items()}
         try:
             graph = parse_stage_graph(text, filename=str(dockerfile), target=args.target,
-                                      build_args=build_args)
+                                      build_args=build_args, platform=args.platform)
             plan = make_plan(graph)
         except DockerfileError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         build_id = local.new_build_id()
         tags = tuple(_expand(t, registry) for t in args.tag) or (local.default_tag(registry, build_id),)
-        cache_repo = _expand(args.cache_repo, registry) if args.cache_repo else None
+        outlives = bool(args.registry) or args.keep_registry or local.ref_host(tags[0]) != registry
+        cache_repo = localreuse.cache_repository(
+            _expand(args.cache_repo, registry) if args.cache_repo else None, tags, outlives_build=outlives)
         bases = [s.base for s in graph.built if s.base] + [i for s in graph.built for i in s.images]
         settings = local.BuildSettings(
             context=context, dockerfile=dockerfile, registry=registry, build_id=build_id, tags=tags,
             target=graph.target, build_args=build_args, secrets=secrets, ssh=ssh, cache_repo=cache_repo,
             insecure=tuple(local.insecure_hosts([registry, *tags, cache_repo, *bases])),
-            parallel=args.parallel, worker=worker_command(args.worker))
+            parallel=args.parallel, worker=worker_command(args.worker), platform=args.platform,
+            no_cache=args.no_cache)
+        prepared = _prepare_reuse(args, graph, plan, settings)
+        settings = dataclasses.replace(settings, keys=prepared.keys, pins=prepared.pins)
         mask = local.Masker.from_files([*secrets.values(), *ssh.values()])
 
         start = time.time()
@@ -180,7 +203,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             progress = local.PlainProgress(sys.stdout, start)
         try:
-            result = asyncio.run(_run_stoppable(local.run_plan(plan, settings, progress.handle, mask)))
+            result = asyncio.run(_run_stoppable(local.run_plan(
+                plan, settings, progress.handle, mask, stored=prepared.stored, notes=prepared.notes)))
         except asyncio.CancelledError:
             print("error: build stopped by a signal; workers stopped", file=sys.stderr)
             return 143
@@ -196,6 +220,21 @@ def _run(args: argparse.Namespace) -> int:
             return result.exit_code or 1
         return 0
     return 0  # pragma: no cover - the with block always returns
+
+
+def _prepare_reuse(args: argparse.Namespace, graph: StageGraph, plan: local.PlanLike,
+                   settings: local.BuildSettings) -> localreuse.Prepared:
+    """Stage keys for the workers, and the results stored already (none with --no-cache/--no-reuse);
+    nothing without a cache repository to keep them in."""
+    from stagefleet import localreuse
+    from stagefleet.reuse import machine_arch
+
+    if settings.cache_repo is None:
+        return localreuse.Prepared()
+    return localreuse.prepare(
+        graph, plan, context=settings.context, platform=settings.platform or f"linux/{machine_arch()}",
+        cache_repo=settings.cache_repo, tags=settings.tags, client_for=localreuse.clients(settings.insecure),
+        find=not (args.no_cache or args.no_reuse))
 
 
 async def _run_stoppable(coro: Coroutine[Any, Any, local.BuildResult]) -> local.BuildResult:
