@@ -1484,11 +1484,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return asyncio.run(run())
 
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 class _Spread:
     """Per scheduling round: node → how many active pods match each preferred anti-affinity selector seen
     (counted once per selector, then kept up to date as the round binds pods), so a round stays linear in
@@ -1528,3 +1523,7 @@ class _Spread:
         for namespace, labels, per_node in self._counts.values():
             if meta.get("namespace") == namespace and all(own.get(k) == v for k, v in labels.items()):
                 per_node[node] = per_node.get(node, 0) + 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
