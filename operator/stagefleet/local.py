@@ -266,14 +266,12 @@ def key_args(settings: BuildSettings, target: str) -> list[str]:
     """``--stage-key`` and ``--pin-image`` for a keyed group, as the operator's pods get them: the worker
     stores its result under the key in the cache repository, built from the digests the key was
     computed from (an image the Dockerfile names by digest pins itself)."""
+    from stagefleet.stagekey import worker_args  # (here: stagekey imports the Dockerfile parser)
+
     key = settings.keys.get(target)
     if not key or not settings.cache_repo:
         return []
-    argv = ["--stage-key", key]
-    for image, digest in sorted(settings.pins.items()):
-        if "@" not in image:
-            argv += ["--pin-image", f"{image}={image}@{digest}"]
-    return argv
+    return worker_args(key, settings.pins)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,6 @@ class Reuse:
     bases: dict[str, str] = field(default_factory=dict)
     found: dict[str, str] = field(default_factory=dict)
     image: dict[str, str] = field(default_factory=dict)  # group → REPO:stage-KEY of the found result
-    output_copied: bool = False
     notes: list[str] = field(default_factory=list)
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "index_git_tree",
     "key_tag",
     "stage_keys",
+    "worker_args",
 ]
 
 KEY_TAG_PREFIX = "stage-"
@@ -52,6 +53,17 @@ def key_tag(key: str) -> str:
     if not KEY_RE.match(key):
         raise ValueError(f"not a stage key (64 hex digits): {key!r}")
     return KEY_TAG_PREFIX + key
+
+
+def worker_args(key: str, pins: Mapping[str, str]) -> list[str]:
+    """The worker flags of a keyed group (operator pods and local mode alike): ``--stage-key`` to store its
+    result under the key, and ``--pin-image`` for every image the key was computed from (image → digest),
+    so the worker builds from exactly those; an image the Dockerfile names by digest pins itself."""
+    args = ["--stage-key", key]
+    for image, digest in sorted(pins.items()):
+        if "@" not in image:
+            args += ["--pin-image", f"{image}={image}@{digest}"]
+    return args
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, ImageBuildSpec, Resources
 from stagefleet.gitauth import is_http_url
+from stagefleet.stagekey import worker_args
 
 GROUP = "stagefleet.io"
 API_VERSION = f"{GROUP}/v1alpha1"
@@ -343,11 +344,7 @@ def worker_pod(
     for ref in push_refs(spec, plan, build, group, attempt):
         args += ["--push", ref]
     if stage_key and cache_repo is not None and "--cache-repo" in args:
-        args += ["--stage-key", stage_key]
-        for image, digest in sorted((base_images or {}).items()):
-            if "@" in image:
-                continue  # pinned by the Dockerfile itself
-            args += ["--pin-image", f"{image}={image.partition('@')[0]}@{digest}"]
+        args += worker_args(stage_key, base_images or {})
     if spec.output.push_secret:
         volumes.append(
             _secret_volume("push-auth", spec.output.push_secret, ".dockerconfigjson", "config.json")

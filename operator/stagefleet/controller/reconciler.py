@@ -696,8 +696,6 @@ class Reconciler:
             except reg.RegistryError as e:
                 found.notes.append(f"output not copied from the stored result, building it: {e}")
                 del found.found[final], found.image[final]
-            else:
-                found.output_copied = True
         if found.notes:
             log.info("%s/%s stage reuse: %s", build.namespace, build.name, "; ".join(found.notes[:5]),
                      extra=_fields(build.namespace, build.name))
