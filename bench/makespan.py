@@ -129,7 +129,9 @@ def trace_worker(tracedir: str, argv: Sequence[str]) -> int:
 # ----------------------------------------------------------------------------------------- buildah
 
 
-def buildah_once(dockerfile: str, base: str, registry: str, jobs: int, work: Path) -> float:
+def buildah_once(dockerfile: str, base: str, registry: str, jobs: int, work: Path,
+                 extra: Sequence[str] = ()) -> float:
+    """`buildah build` (plus ``extra`` flags) of ``dockerfile`` in a fresh storage root: seconds."""
     from stagefleet import buildenv
 
     ctx = work / "ctx"
@@ -138,7 +140,8 @@ def buildah_once(dockerfile: str, base: str, registry: str, jobs: int, work: Pat
     root = work / "root"
     env = buildenv.prepare(root, insecure_registries=[registry])
     try:
-        argv = ["buildah", "build", "--jobs", str(jobs), "--target", "final", "--build-arg", f"BASE={base}",
+        argv = ["buildah", "build", *extra, "--jobs", str(jobs), "--target", "final",
+                "--build-arg", f"BASE={base}",
                 "-t", f"localhost/bench:{uuid.uuid4().hex[:8]}", str(ctx)]
         t0 = time.monotonic()
         proc = subprocess.run(argv, env=env, capture_output=True, text=True)

@@ -25,17 +25,14 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from makespan import SEED, stagefleet  # noqa: E402
+from makespan import SEED, buildah_once, stagefleet  # noqa: E402
 
 SCENARIOS = ("cold", "unchanged", "one branch", "base changed")
 
@@ -67,25 +64,8 @@ def retag_base(registry_url: str, base: str, tag: str, note: str | None) -> str:
 
 def buildah_cached(dockerfile: str, base: str, registry: str, cache: str, work: Path) -> float:
     """A fresh builder with the registry layer cache: `buildah build --layers --cache-from/--cache-to`."""
-    from stagefleet import buildenv
-
-    ctx = work / "ctx"
-    ctx.mkdir(parents=True)
-    (ctx / "Dockerfile").write_text(dockerfile)
-    root = work / "root"
-    env = buildenv.prepare(root, insecure_registries=[registry])
-    try:
-        argv = ["buildah", "build", "--layers", "--cache-from", cache, "--cache-to", cache, "--jobs", "3",
-                "--target", "final", "--build-arg", f"BASE={base}",
-                "-t", f"localhost/rb:{uuid.uuid4().hex[:8]}", str(ctx)]
-        t0 = time.monotonic()
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-        elapsed = time.monotonic() - t0
-        if proc.returncode != 0:
-            raise SystemExit(f"buildah failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        return elapsed
-    finally:
-        buildenv.cleanup(root, env)
+    return buildah_once(dockerfile, base, registry, 3, work,
+                        ["--layers", "--cache-from", cache, "--cache-to", cache])
 
 
 def fmt(xs: list[float]) -> str:
