@@ -22,6 +22,7 @@ pod costs one short Python start-up.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -172,5 +173,13 @@ def main(argv: list[str]) -> int:
     return fail.get(group, 0)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM ends the run as it ends the real worker's (exit 128+15). Without a handler a container's PID 1
+    ignores SIGTERM: a deleted pod would sleep on and succeed within its grace period on a real node, while
+    the dev kubelet's host process died at once."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main(sys.argv[1:]))

@@ -106,7 +106,8 @@ def test_unchanged_stages_start_no_pod(
 
     # 1. every group built; each result stored under its key tag in the namespace's cache repository
     first = built(kubectl, operator, manifest("10m"))
-    assert generation_pods(kubectl, "reuse", 1) == ["g1", "g2", "g3"]
+    retried = [e["message"] for e in kubectl.events() if e["reason"] == "GroupRetrying"]
+    assert generation_pods(kubectl, "reuse", 1) == ["g1", "g2", "g3"], (retried, first["status"]["stages"])
     keys = {s["name"]: s["key"] for s in first["status"]["stages"]}
     assert len(set(keys.values())) == 3 and all(len(k) == 64 for k in keys.values()), keys
     assert first["status"]["reuse"]["reused"] == 0
