@@ -1,4 +1,4 @@
-"""Makespan: stagefleet on the dev cluster vs `buildah build --jobs 1` vs `buildah build --jobs N`.
+"""Makespan: stagefleet on the dev cluster vs `buildah build --jobs 1` / `--jobs N` vs BuildKit.
 
     .venv/bin/python bench/makespan.py [--reps-5 3] [--reps-10 2] [--reps-wide 2] [--shapes seed5,seed10,wide]
 
@@ -7,7 +7,7 @@ Shapes (real `sleep` steps, so the work is wall time, not CPU — a 2-core machi
   wide          a base (sleep 1), four parallel branches of unequal length (sleep 2, 3, 4, 6) FROM the
                 base, a final copying from all four
 
-Each repetition builds the same Dockerfile three ways, each from fresh storage:
+Each repetition builds the same Dockerfile four ways, each from fresh storage:
   stagefleet    ImageBuild applied to the dev cluster (API emulator + local kubelet), the real operator
                 as a subprocess, one real worker pod (stagefleet-worker → buildah) per plan group, stage
                 results pushed/pulled through a local docker-registry by digest; timed from the API
@@ -16,7 +16,11 @@ Each repetition builds the same Dockerfile three ways, each from fresh storage:
   buildah -j1   `buildah build --jobs 1` in a fresh storage root (stages one after another)
   buildah -jN   `buildah build --jobs N` in a fresh storage root (N = stage count: one builder,
                 parallel inside itself, like BuildKit on one node)
-buildah only builds (no push); stagefleet also pushes the final image (and the stage results it must).
+  BuildKit      `DOCKER_BUILDKIT=1 docker build` against a private dockerd that the bench starts (bench/
+                buildkit.py; Debian's docker.io 20.10), its build cache and images pruned before each
+                build (cold, base pulled again); skipped, with the reason, when docker.io is absent
+buildah and BuildKit only build (no push); stagefleet also pushes the final image (and the stage results
+it must).
 
 The critical path is the longest chain of stage durations (status.stages[].duration, the worker's
 per-stage buildah time), following the plan's group dependencies. The overhead over it is split along
@@ -54,6 +58,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from buildkit import buildkit_daemon  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
@@ -383,7 +391,8 @@ def main() -> int:
         work = Path(args.workdir) if args.workdir else Path(tmpdir)
         work.mkdir(parents=True, exist_ok=True)
         with LocalRegistry(work / "registry") as reg, stagefleet(
-                work / "sf", reg.host, shlex.split(args.operator_args)) as sf:
+                work / "sf", reg.host, shlex.split(args.operator_args)) as sf, \
+                buildkit_daemon(reg.host) as bk:
             base_root = work / "base-root"
             base_env = buildenv.prepare(base_root, insecure_registries=[reg.host])
             base = ensure_base_image(reg.host, base_env)
@@ -395,18 +404,24 @@ def main() -> int:
                 seq: list[float] = []
                 par: list[float] = []
                 runs: list[Run] = []
+                bks: list[float] = []
                 for i in range(reps[shape]):
                     # interleaved, so drift over the run hits every method alike
                     seq.append(buildah_once(dockerfile, base, reg.host, 1, work / f"{shape}-{i}-j1"))
                     par.append(buildah_once(dockerfile, base, reg.host, stages, work / f"{shape}-{i}-jn"))
+                    if bk is not None:
+                        bk.prune()  # cold: no build cache, no images (the base is pulled again)
+                        bks.append(bk.build(dockerfile, base))
                     runs.append(sf.build(dockerfile, base))
                     print(f"  {shape} #{i + 1}: buildah -j1 {seq[-1]:.2f} s, -j{stages} {par[-1]:.2f} s, "
-                          f"stagefleet {runs[-1].seconds:.2f} s", flush=True)
-                report(shape, what, stages, seq, par, runs)
+                          + (f"BuildKit {bks[-1]:.2f} s, " if bks else "")
+                          + f"stagefleet {runs[-1].seconds:.2f} s", flush=True)
+                report(shape, what, stages, seq, par, runs, bks)
     return 0
 
 
-def report(shape: str, what: str, jobs: int, seq: list[float], par: list[float], runs: list[Run]) -> None:
+def report(shape: str, what: str, jobs: int, seq: list[float], par: list[float], runs: list[Run],
+           bks: list[float]) -> None:
     sf = [r.seconds for r in runs]
     cps = [critical_path(r.status) for r in runs]
     cp = [c[0] for c in cps]
@@ -414,7 +429,10 @@ def report(shape: str, what: str, jobs: int, seq: list[float], par: list[float],
     print(f"\n== {shape}: {what}; {len(runs)} repetition(s), medians")
     print(f"  buildah --jobs 1   {fmt(seq)}   1.00 × sequential")
     print(f"  buildah --jobs {jobs}   {fmt(par)}   {statistics.median(par) / med_seq:.2f} × sequential")
-    print(f"  stagefleet         {fmt(sf)}   {statistics.median(sf) / med_seq:.2f} × sequential")
+    if bks:
+        print(f"  BuildKit (cold)    {fmt(bks)}   {statistics.median(bks) / med_seq:.2f} × sequential")
+    print(f"  stagefleet         {fmt(sf)}   {statistics.median(sf) / med_seq:.2f} × sequential"
+          + (f"; {statistics.median(sf) / statistics.median(bks):.2f} × BuildKit" if bks else ""))
     print(f"  critical path      {fmt(cp)}   ({' → '.join(cps[0][1])}; stage durations from status)")
     over = [s - c for s, c in zip(sf, cp, strict=True)]
     print(f"  stagefleet overhead over the critical path: {fmt(over)}")

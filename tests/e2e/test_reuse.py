@@ -59,12 +59,14 @@ def base_copy(registry: LocalRegistry, base_image: str, tag: str, note: str | No
 
 
 def generation_pods(kubectl: Kubectl, name: str, generation: int) -> list[str]:
-    """The groups that got a worker pod in ``generation``."""
-    return sorted(
+    """The groups that got a worker pod in ``generation``, each named once: a pod may fail for the
+    infrastructure (on a real node, e.g. refused by the kubelet's admission) and its group run again as
+    attempt 2 (CI saw g1 twice once, cause not recorded); what counts here is which groups ran at all."""
+    return sorted({
         p["metadata"]["labels"]["stagefleet.io/group"]
         for p in kubectl.pods(name)
         if p["metadata"]["labels"]["stagefleet.io/generation"] == str(generation)
-    )
+    })
 
 
 def built(kubectl: Kubectl, operator: Operator, manifest: dict[str, Any]) -> dict[str, Any]:
