@@ -129,9 +129,13 @@ FROM scratch AS empty
 def test_external_images_are_the_groups_own_bases() -> None:
     images = external_images(DOCKERFILE, target="final", build_args={"BASE": "reg.io/base:1"},
                              consumed={"build1"})
-    # build1 comes from an upstream: its base is not needed here; build2 -> build2b is built here
+    # build2 -> build2b is built here; build1 comes from an upstream, whose result sits on its base
     assert images == [Prefetchable("reg.io/tools:2"), Prefetchable("reg.io/arm:1", "linux/arm64"),
-                      Prefetchable("reg.io/extra:3", "linux/arm64")]
+                      Prefetchable("reg.io/extra:3", "linux/arm64"), Prefetchable("reg.io/base:1")]
+    # consuming build2b: the bottom of its FROM chain (build2b -> build2 -> reg.io/tools:2)
+    assert external_images(DOCKERFILE, target="final", build_args={"BASE": "reg.io/base:1"},
+                           consumed={"build1", "build2b"})[-2:] == [Prefetchable("reg.io/base:1"),
+                                                                   Prefetchable("reg.io/tools:2")]
     assert external_images(DOCKERFILE, target="empty", build_args={}, consumed=()) == []
     assert external_images("FROM", target="x", build_args={}, consumed=()) == []  # buildah reports it
 
@@ -151,9 +155,12 @@ def test_wait_loop_polls_until_every_reference_exists() -> None:
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
+    early: list[Upstream] = []
     found = wait_for_upstreams([UpstreamWait("a", "r/a:1"), UpstreamWait("b", "r/b:1")], {}, logs.append,
-                               poll=poll, clock=lambda: now[0], sleep=sleep, interval=0.5)
+                               poll=poll, clock=lambda: now[0], sleep=sleep, interval=0.5,
+                               on_early=early.append)
     assert found == [Upstream("a", f"r/a@{D1}"), Upstream("b", f"r/b@{D2}")]
+    assert early == [Upstream("b", f"r/b@{D2}")]  # found while a was awaited; a, the last, is the build's
     assert polls == ["r/a:1", "r/b:1", "r/a:1", "r/a:1"]
     assert logs == ["waiting for upstream stage a at r/a:1",
                     "upstream b ready: r/b:1@" + D2 + " after 0.0 s",

@@ -112,6 +112,9 @@ def test_waits_for_an_upstream_pushed_later(registry: LocalRegistry, base_image:
     assert r.result["upstreams"] == {"one": d1, "two": d2}
     # the base image was pulled while waiting; the upstream stages were never rebuilt here
     assert f"pre-pulled {base_image}" in r.stderr
+    # one landed while two was still building: pulled meanwhile, and the build did not pull it again
+    assert f"pre-pulled {stages}@{d1}" in r.stderr
+    assert not any(f"Trying to pull {stages}@{d1}" in line for line in r.lines), r.stdout
     assert not any("built by" in line for line in r.lines[:-1])
     assert all(line.startswith("[final] ") for line in r.lines[:-1])
 

@@ -28,7 +28,7 @@ from stagefleet.worker.pins import PinPlan, plan_pins
 from stagefleet.worker.push import PushError, push_all
 from stagefleet.worker.result import ErrorInfo, Result, StageResult, render
 from stagefleet.worker.spec import StepSpec, UsageError, default_result_file, parse_args
-from stagefleet.worker.upstream import external_images
+from stagefleet.worker.upstream import Prefetchable, external_images
 from stagefleet.worker.waiting import Prefetch, UpstreamError, probing_poll, wait_for_upstreams
 
 
@@ -108,7 +108,8 @@ def consumed_stages(spec: StepSpec) -> set[str]:
 def await_upstreams(spec: StepSpec, text: str, env: dict[str, str], stack: ExitStack,
                     log: Callable[[str], None], pins: Mapping[str, str]) -> StepSpec:
     """`--upstream-wait`: pull the group's base images in the background while polling for the upstream
-    results, then consume each like an `--upstream` pinned to the digest found.
+    results (and each result that lands before the last), then consume each like an `--upstream` pinned
+    to the digest found.
 
     This is what lets the operator start the pod early: everything but the upstreams is ready when the
     last upstream lands. Pinned images are pulled by their pinned digest, as the build will use them.
@@ -120,7 +121,8 @@ def await_upstreams(spec: StepSpec, text: str, env: dict[str, str], stack: ExitS
     prefetch.start()
     try:
         found = wait_for_upstreams(spec.upstream_waits, env, log, timeout=spec.upstream_timeout,
-                                   poll=probing_poll())
+                                   poll=probing_poll(),
+                                   on_early=lambda up: prefetch.add(Prefetchable(up.ref, spec.platform)))
     except UpstreamError as e:
         raise _fail(exitcodes.PULL, str(e)) from None
     prefetch.finish()

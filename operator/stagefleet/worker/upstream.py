@@ -97,10 +97,13 @@ def group_stages(stages: Mapping[str, Stage], target: str, consumed: Collection[
 
 def external_images(text: str, *, target: str, build_args: Mapping[str, str], consumed: Collection[str],
                     platform: str | None = None) -> list[Prefetchable]:
-    """FROM and COPY --from images of the group's own stages, to pull while the upstreams build.
+    """FROM and COPY --from images of the group's own stages, to pull while the upstreams build; then
+    the image at the bottom of each consumed stage's FROM chain.
 
-    Stages consumed from upstreams are not built here, so neither are their bases. A Dockerfile the
-    stage parser rejects yields nothing: pre-pulling is an optimisation, buildah decides what builds.
+    Stages consumed from upstreams are not built here, but their results sit on their chain's base
+    image: with its layers pulled meanwhile, only the upstream's own layers are left to pull when it
+    lands. A Dockerfile the stage parser rejects yields nothing: pre-pulling is an optimisation,
+    buildah decides what builds.
     """
     try:
         graph = parse_stage_graph(text, target=target, build_args=dict(build_args), platform=platform)
@@ -108,11 +111,18 @@ def external_images(text: str, *, target: str, build_args: Mapping[str, str], co
         return []
     by_name = {s.name: s for s in graph.stages}
     found: dict[Prefetchable, None] = {}
-    for stage in group_stages(by_name, graph.target, set(consumed)):
+    own = group_stages(by_name, graph.target, set(consumed))
+    for stage in own:
         refs = ([stage.base] if stage.base and stage.base_stage is None else []) + list(stage.images)
         for ref in refs:
             if ref != "scratch" and ref not in consumed and ref not in by_name:
                 found[Prefetchable(ref, stage.platform or platform)] = None  # FROM --platform wins
+    for name in sorted({d for s in own for d in s.depends_on if d in consumed and d in by_name}):
+        root = by_name[name]
+        while root.base_stage is not None and root.base_stage in by_name:
+            root = by_name[root.base_stage]
+        if root.base and root.base_stage is None and root.base != "scratch" and root.base not in by_name:
+            found[Prefetchable(root.base, root.platform or platform)] = None
     return list(found)
 
 

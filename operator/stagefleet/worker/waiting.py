@@ -1,4 +1,5 @@
-"""`--upstream-wait` with buildah: pre-pull base images, poll for the upstream results, pin their digests.
+"""`--upstream-wait` with buildah: pre-pull base images (and each upstream result that lands while others
+are still awaited), poll for the upstream results, pin their digests.
 
 Polling is one manifest request per reference (`registry.tag_state`, which reaches insecure hosts and
 uses basic auth as buildah does); only a registry that will not answer it is polled with `buildah pull`,
@@ -42,16 +43,27 @@ class Prefetch:
 
     def start(self) -> None:
         for image in self.images:
-            try:
-                proc = subprocess.Popen(pull_argv(image.ref, platform=image.platform), env=self.env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True)
-            except OSError as e:
-                self.log(f"pre-pull of {image.ref} not started: {e}")
-                continue
-            self.procs.append((image, proc))
+            self._spawn(image)
         if self.procs:
             self.log("pre-pulling " + ", ".join(image.ref for image, _ in self.procs))
+
+    def _spawn(self, image: Prefetchable) -> None:
+        try:
+            proc = subprocess.Popen(pull_argv(image.ref, platform=image.platform), env=self.env,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            self.log(f"pre-pull of {image.ref} not started: {e}")
+            return
+        self.procs.append((image, proc))
+
+    def add(self, image: Prefetchable) -> None:
+        """Start one more pull now (an upstream result that landed while others are still awaited)."""
+        started = len(self.procs)
+        self.images.append(image)
+        self._spawn(image)
+        if len(self.procs) > started:
+            self.log(f"pre-pulling {image.ref}")
 
     def finish(self) -> None:
         """Wait for the pulls (the build must not race them for the same layers) and log how they went."""
@@ -126,11 +138,13 @@ def wait_for_upstreams(waits: Sequence[UpstreamWait], env: Mapping[str, str], lo
                        timeout: float | None = None, interval: float = POLL_INTERVAL,
                        poll: Callable[[str, Mapping[str, str]], tuple[str | None, str]] = poll_once,
                        clock: Callable[[], float] = time.monotonic,
-                       sleep: Callable[[float], None] = time.sleep) -> list[Upstream]:
+                       sleep: Callable[[float], None] = time.sleep,
+                       on_early: Callable[[Upstream], None] | None = None) -> list[Upstream]:
     """Poll until every awaited reference exists; return them pinned to digest, in the order given.
 
     Not found and unreachable registries mean "keep waiting"; permanent registry errors and
-    `timeout` raise `UpstreamError`.
+    `timeout` raise `UpstreamError`. `on_early` hears of each upstream found while others are still
+    awaited (the caller pulls it meanwhile, so only the last one's pull is left for the build).
     """
     start = clock()
     pending = {w.stage: w.ref for w in waits}
@@ -143,6 +157,8 @@ def wait_for_upstreams(waits: Sequence[UpstreamWait], env: Mapping[str, str], lo
                 log(upstream.ready_line(stage, ref, digest, clock() - start))
                 found[stage] = Upstream(stage, pinned(ref, digest))
                 del pending[stage]
+                if pending and on_early is not None:
+                    on_early(found[stage])
                 continue
             outcome = classify(reason, ref)
             if outcome == "permanent":
