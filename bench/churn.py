@@ -28,19 +28,18 @@ import argparse
 import collections
 import json
 import os
-import py_compile
-import shlex
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from control_plane import BENCH_UA, ROOT, read_hwm
+from control_plane import BENCH_UA, read_hwm
+from simulated import operator, worker_command
 
 NAMESPACE = "churn"
 DOCKERFILE = """FROM busybox:1.36 AS s1
@@ -131,8 +130,8 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         dev = DevCluster(work / "devcluster", nodes=args.nodes, pods_per_node=args.pods_per_node)
         dev.start()
-        op: subprocess.Popen[bytes] | None = None
         oplog = work / "operator.log"
+        stack = ExitStack()
         try:
             config.load_kube_config(config_file=str(dev.kubeconfig))  # type: ignore[no-untyped-call]
             api = client.ApiClient(client.Configuration.get_default_copy())
@@ -140,21 +139,11 @@ def main() -> int:
             core: Any = client.CoreV1Api(api)
             custom: Any = client.CustomObjectsApi(api)
             core.create_namespace({"metadata": {"name": NAMESPACE}})
-            py_compile.compile(str(ROOT / "bench" / "fake_worker.py"), doraise=True)
-            start = f"import sys; sys.path[:0] = [{str(ROOT / 'bench')!r}]; import fake_worker as w; " \
-                    "sys.exit(w.main(sys.argv[1:]))"
-            worker = shlex.join([sys.executable, "-I", "-S", "-c", start, "--sleep", str(args.sleep), "--"])
             port = free_port()
-            argv = [sys.executable, "-m", "stagefleet.cli", "operator",
-                    "--kubeconfig", str(dev.kubeconfig), "--namespace", NAMESPACE,
-                    "--metrics-port", str(port), "--metrics-address", "127.0.0.1",
-                    "--memory-sweep-seconds", str(args.sweep), "--worker-command", worker,
-                    "--log-format", "json", *args.operator_arg]
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-            with oplog.open("ab") as out:
-                op = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                      start_new_session=True)
-            time.sleep(3)
+            op = stack.enter_context(operator(
+                dev.kubeconfig, NAMESPACE, oplog, worker_command(args.sleep),
+                ["--metrics-port", str(port), "--metrics-address", "127.0.0.1",
+                 "--memory-sweep-seconds", str(args.sweep), *args.operator_arg]))
             print(f"SIMULATED WORKER (sleeps {args.sleep} s, builds nothing), NO REGISTRY (no stage tags to "
                   f"count); {args.builds} ImageBuilds × 3 groups at {args.rate:g}/s, at most "
                   f"{args.max_live} unfinished, ttlSecondsAfterFinished {args.ttl}; {args.nodes} nodes × "
@@ -229,13 +218,7 @@ def main() -> int:
                 time.sleep(1.0)
             summary(rows, args)
         finally:
-            if op is not None and op.poll() is None:
-                op.send_signal(signal.SIGTERM)
-                try:
-                    op.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    op.kill()
-                    op.wait()
+            stack.close()  # the operator
             dev.stop()
     return 0
 

@@ -27,20 +27,20 @@ import io
 import json
 import os
 import pstats
-import py_compile
-import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from simulated import operator, worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "cp"
@@ -255,8 +255,8 @@ def main() -> int:
         finally:
             undo()
         loop_profiles = profile_loops(dev) if args.profile else []
-        op: subprocess.Popen[bytes] | None = None
         oplog = work / "operator.log"
+        stack = ExitStack()
         try:
             config.load_kube_config(config_file=str(dev.kubeconfig))  # type: ignore[no-untyped-call]
             cfg = client.Configuration.get_default_copy()
@@ -266,24 +266,11 @@ def main() -> int:
             core: Any = client.CoreV1Api(api)
             custom: Any = client.CustomObjectsApi(api)
             core.create_namespace({"metadata": {"name": NAMESPACE}})
-            # -I -S: no site-packages and no user environment; the simulated worker needs only os/sys/time.
-            # Imported, not run as a script: a script is compiled on every start (~4 ms of 17 per pod), a
-            # module comes from its cached bytecode (written here first).
-            py_compile.compile(str(ROOT / "bench" / "fake_worker.py"), doraise=True)
-            start = f"import sys; sys.path[:0] = [{str(ROOT / 'bench')!r}]; import fake_worker as w; " \
-                    "sys.exit(w.main(sys.argv[1:]))"
-            worker = shlex.join([sys.executable, "-I", "-S", "-c", start, "--sleep", str(args.sleep), "--"])
+            worker = worker_command(args.sleep)
             profiler = ([str(ROOT / "bench" / "sampler.py"), "--out", str(work / "profile-operator.txt")]
                         if args.profile else [])
-            argv = [sys.executable, *profiler, "-m", "stagefleet.cli", "operator",
-                    "--kubeconfig", str(dev.kubeconfig), "--namespace", NAMESPACE, "--metrics-port", "0",
-                    "--worker-command", worker,
-                    "--log-format", "json", *args.operator_arg]
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-            with oplog.open("ab") as out:
-                op = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                      start_new_session=True)
-            time.sleep(3)  # the operator connects and starts its watches
+            op = stack.enter_context(operator(dev.kubeconfig, NAMESPACE, oplog, worker,
+                                              ["--metrics-port", "0", *args.operator_arg], prefix=profiler))
             baseline = dict(counter.counts)
             print(f"SIMULATED WORKER (bench/fake_worker.py, sleeps {args.sleep} s, builds nothing); "
                   f"{args.builds} ImageBuilds × {GROUPS_PER_BUILD} groups; {args.nodes} nodes × "
@@ -373,13 +360,7 @@ def main() -> int:
         finally:
             for name, loop, prof in loop_profiles:
                 write_loop_profile(loop, prof, work / f"profile-{name}.txt")
-            if op is not None and op.poll() is None:
-                op.send_signal(signal.SIGTERM)
-                try:
-                    op.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    op.kill()
-                    op.wait()
+            stack.close()  # the operator
             dev.stop()
     return 0
 
