@@ -220,3 +220,34 @@ def test_refused_pods_still_time_out(
     assert next(c for c in status["conditions"] if c["type"] == "Stalled")["reason"] == "Timeout"
     assert health.convention_problems(obj) == [] and health.kstatus(obj).status == "Failed"
     assert kubectl.pods("nosa") == []
+
+
+def test_an_exhausted_quota_is_a_wait_not_a_failure(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """Under a ResourceQuota of one pod, the seed's two parallel groups cannot both start: the refused
+    one waits for the quota (Reconciling, reason WaitingForQuota, the API's words, one Normal event,
+    never Stalled) and starts once the first pod has ended; the build succeeds."""
+    kubectl.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "builds"},
+                   "spec": {"hard": {"pods": "1"}}})
+    kubectl.apply(seed_manifest("quota", base_image, registry.host, sleep=2))
+    waiting = wait_for(
+        kubectl, operator, "quota",
+        lambda o: next((c for c in (o.get("status") or {}).get("conditions") or ()
+                        if c["type"] == "Reconciling" and c.get("reason") == "WaitingForQuota"), None)
+        is not None,
+        "Reconciling, WaitingForQuota",
+    )
+    status = waiting["status"]
+    assert "waiting for the namespace's ResourceQuota: group g" in status["message"], status["message"]
+    assert "exceeded quota: builds, requested: pods=1, used: pods=1, limited: pods=1" in status["message"]
+    assert _stalled(waiting)["status"] == "False" and health.kstatus(waiting).status == "InProgress"
+    assert health.convention_problems(waiting) == []
+
+    obj = wait_terminal(kubectl, operator, "quota")
+    status = obj["status"]
+    assert status["phase"] == "Succeeded", status["message"]
+    assert all(s.get("attempts") == 1 and "rejections" not in s for s in status["stages"]), status["stages"]
+    mine = [e for e in kubectl.events() if e["involvedObject"].get("name") == "quota"]
+    assert [e["type"] for e in mine if e["reason"] == "WaitingForQuota"][:1] == ["Normal"], mine
+    assert not [e for e in mine if e["reason"] == "PodRejected"], mine

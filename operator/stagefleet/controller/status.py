@@ -55,6 +55,11 @@ RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
 # waits, the build is Stalled with this reason, and the create is tried again after a growing delay.
 REJECTED = "PodRejected"
 REJECTION_BACKOFF_CAP = 30.0
+# A refusal by the namespace's ResourceQuota (the API's "exceeded quota: NAME, requested: …"): the farm is
+# full, nothing is wrong. The group waits and is tried again within a few seconds (a finishing pod frees
+# the quota); the build keeps Reconciling with this reason, never Stalled.
+QUOTA = "WaitingForQuota"
+QUOTA_BACKOFF_CAP = 5.0
 # Waiting reasons the kubelet never gets out of by itself.
 STUCK_REASONS = (
     "ErrImagePull",
@@ -395,10 +400,21 @@ def backoff_seconds(attempt: int, base: float) -> float:
     return float(min(base * (2 ** max(0, attempt - 1)), 300.0))
 
 
-def rejection_backoff(rejections: int, base: float) -> float:
+def rejection_backoff(rejections: int, base: float, *, quota: bool = False) -> float:
     """Delay before creating a refused pod again: base, 2·base, 4·base … capped at 30 s (whatever refused
-    it — a missing ServiceAccount, a quota, a webhook — can be fixed at any time, and nothing runs)."""
-    return float(min(base * (2 ** max(0, rejections - 1)), REJECTION_BACKOFF_CAP))
+    it — a missing ServiceAccount, a webhook — can be fixed at any time, and nothing runs); at 5 s for an
+    exhausted quota, which frees itself as soon as any pod of the namespace ends."""
+    cap = QUOTA_BACKOFF_CAP if quota else REJECTION_BACKOFF_CAP
+    return float(min(base * (2 ** max(0, rejections - 1)), cap))
+
+
+def quota_exhausted(message: str | None) -> bool:
+    """Whether a refusal (`rejection_text`) is a ResourceQuota's "exceeded quota", i.e. a wait, not an error.
+
+    Only the quota admission plugin says "exceeded quota:"; its "failed quota: …: must specify limits" is a
+    pod spec the quota can never admit, and stays an error.
+    """
+    return bool(message) and "(403 Forbidden)" in str(message) and "exceeded quota: " in str(message)
 
 
 def rejection_text(kind: str, name: str, code: int, reason: str, message: str) -> str:
@@ -422,7 +438,9 @@ def note_rejections(
     for e in status.get("stages") or ():
         if isinstance(e, Mapping) and str(e.get("group")) in rejected:
             count = (_int(e.get("rejections")) or 0) + 1
-            retry_at = now + timedelta(seconds=rejection_backoff(count, backoff_base))
+            text = rejected[str(e.get("group"))]
+            delay = rejection_backoff(count, backoff_base, quota=quota_exhausted(text))
+            retry_at = now + timedelta(seconds=delay)
             e = {
                 **e,
                 "message": rejected[str(e.get("group"))],
@@ -968,11 +986,20 @@ def decide(
             gs.message = gs.message or f"started early: waits for {', '.join(pending)}"
             early.append(g.id)
 
-    # Groups whose pod the API refused to create: they wait (note_rejections) and the build is Stalled.
-    rejected_msg = "; ".join(
-        f"group {g.id} ({', '.join(g.stages)}) not started: {states[g.id].message}"
+    # Groups whose pod the API refused to create: they wait (note_rejections) and the build is Stalled;
+    # when only the namespace's quota refused them, the build waits for it (Reconciling, WaitingForQuota).
+    refused = [
+        g
         for g in plan.groups
         if states[g.id].rejections and states[g.id].phase in (S_WAITING, S_RETRYING)
+    ]
+    rejected_msg, quota_msg = (
+        "; ".join(
+            f"group {g.id} ({', '.join(g.stages)}) not started: {states[g.id].message}"
+            for g in refused
+            if quota_exhausted(states[g.id].message) == quota
+        )
+        for quota in (False, True)
     )
 
     # The build's phase.
@@ -992,8 +1019,9 @@ def decide(
     elif now >= deadline and final.phase != S_SUCCEEDED:
         new_phase, reason = CANCELLED, "Timeout"
         message = f"timed out after {_fmt_duration(spec.timeout_seconds)} (spec.timeout)"
-        if rejected_msg:
-            message += f"; {rejected_msg}"
+        for why in (rejected_msg, quota_msg):
+            if why:
+                message += f"; {why}"
         for g in plan.groups:
             gs = states[g.id]
             if gs.phase not in S_DONE:
@@ -1028,7 +1056,14 @@ def decide(
                 message[:1024],
             ):
                 events.append(Event("Warning", REJECTED, message))  # once, and again only when it changes
-        if (stalled_msg or rejected_msg) and not any(states[g.id].attempts for g in plan.groups):
+        elif quota_msg:
+            waiting = f"waiting for the namespace's ResourceQuota: {quota_msg}"
+            message = f"{message}; {waiting}" if running or early or retrying else waiting
+            reason = QUOTA
+            prev = next((c for c in old_conditions if c.get("type") == "Reconciling"), {})
+            if prev.get("reason") != QUOTA:
+                events.append(Event("Normal", QUOTA, message))  # when the wait begins, not on every pass
+        if (stalled_msg or rejected_msg or quota_msg) and not any(states[g.id].attempts for g in plan.groups):
             new_phase = PENDING
 
     if new_phase in (FAILED, CANCELLED):

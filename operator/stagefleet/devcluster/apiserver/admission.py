@@ -7,6 +7,8 @@
   mounted there yet.
 * DefaultTolerationSeconds: NoExecute tolerations for `node.kubernetes.io/not-ready` and
   `node.kubernetes.io/unreachable`, 300 s, unless the pod already tolerates those taints.
+* ResourceQuota (validating, last): a pod beyond a quota's `pods` / `count/pods` is refused
+  (`exceeded_pod_quota`).
 
 Pure functions of the pod (and its ServiceAccount, looked up by the caller).
 """
@@ -119,3 +121,33 @@ def default_toleration_seconds(pod: Obj) -> None:
     ]
     if added:
         spec["tolerations"] = tolerations + added
+
+
+POD_QUOTA_KEYS = ("pods", "count/pods")
+
+
+def _counts_against_quota(pod: Obj) -> bool:
+    """The quota's pod evaluator: a pod in a terminal phase, or deleting, uses no quota (kube's
+    `QuotaV1Pod`; it also frees a deleting pod only once its grace period is over: here at once)."""
+    return ((pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and not (pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def exceeded_pod_quota(quotas: list[Obj], pods: list[Obj]) -> str | None:
+    """The ResourceQuota plugin's refusal of one more pod in a namespace, in its words, or None.
+
+    Only the pod count (`pods`, `count/pods`) is enforced: the emulator's pods request nothing that the
+    other quota resources (cpu, memory, ...) would count. The first quota (by name) that one more pod
+    would exceed refuses it, like the plugin: ``exceeded quota: NAME, requested: pods=1, used: pods=N,
+    limited: pods=M``. Usage is counted from the pods themselves at once, where a real cluster's
+    resourcequota controller writes it into the quota's status a moment later.
+    """
+    used = sum(1 for p in pods if _counts_against_quota(p))
+    for quota in sorted(quotas, key=lambda q: str(q["metadata"]["name"])):
+        hard = (quota.get("spec") or {}).get("hard") or {}
+        for key in POD_QUOTA_KEYS:
+            limit = str(hard.get(key, ""))
+            if limit.isdigit() and used + 1 > int(limit):  # a pod count: a plain integer
+                return (f"exceeded quota: {quota['metadata']['name']}, requested: {key}=1, "
+                        f"used: {key}={used}, limited: {key}={limit}")
+    return None

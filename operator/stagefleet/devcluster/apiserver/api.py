@@ -29,6 +29,7 @@ NS_TYPE = ("", "namespaces")
 CM_TYPE = ("", "configmaps")
 POD_TYPE = ("", "pods")
 SA_TYPE = ("", "serviceaccounts")
+QUOTA_TYPE = ("", "resourcequotas")
 
 
 @dataclass
@@ -450,6 +451,11 @@ class Core:
             raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), why)
         admission.service_account(pod, sa)
         admission.default_toleration_seconds(pod)
+        quotas = self.store.list(QUOTA_TYPE, ns, copies=False)
+        if quotas and not admission.is_mirror_pod(pod):  # ResourceQuota, the last (validating) plugin
+            over = admission.exceeded_pod_quota(quotas, self.store.list(POD_TYPE, ns, copies=False))
+            if over is not None:
+                raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), over)
 
     def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, opts: WriteOptions) -> None:
         causes = validation.metadata(obj) if rt.is_custom else validation.validate(rt, obj, old)
