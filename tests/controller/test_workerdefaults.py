@@ -290,3 +290,22 @@ def test_chart_host_network_reaches_the_worker_pod() -> None:
     assert "hostNetwork" not in pod_for(defaults_from_chart().worker_config())["spec"]
     pod = pod_for(defaults_from_chart("--set", "worker.hostNetwork=true").worker_config())
     assert pod["spec"]["hostNetwork"] is True
+
+
+def test_priority_class_from_env_and_flag() -> None:
+    assert worker_defaults({}).priority_class_name is None
+    env = {"STAGEFLEET_WORKER_PRIORITY_CLASS": "builds-low"}
+    assert worker_defaults(env).priority_class_name == "builds-low"
+    assert worker_defaults(env, {"priority_class_name": "builds-high"}).priority_class_name == "builds-high"
+    with pytest.raises(WorkerDefaultsError, match=r"--worker-priority-class \(flag\): 'Low' is not a valid"):
+        worker_defaults({}, {"priority_class_name": "Low"})
+    pod = pod_for(worker_defaults(env).worker_config())
+    assert pod["spec"]["priorityClassName"] == "builds-low"
+    assert "priorityClassName" not in pod_for(worker_defaults({}).worker_config())["spec"]
+
+
+@pytest.mark.skipif(HELM is None, reason="helm not found: set STAGEFLEET_HELM or run scripts/setup.sh")
+def test_chart_priority_class_reaches_the_worker_pod() -> None:
+    assert "priorityClassName" not in pod_for(defaults_from_chart().worker_config())["spec"]
+    pod = pod_for(defaults_from_chart("--set", "worker.priorityClassName=builds-low").worker_config())
+    assert pod["spec"]["priorityClassName"] == "builds-low"

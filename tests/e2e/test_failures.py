@@ -251,3 +251,29 @@ def test_an_exhausted_quota_is_a_wait_not_a_failure(
     mine = [e for e in kubectl.events() if e["involvedObject"].get("name") == "quota"]
     assert [e["type"] for e in mine if e["reason"] == "WaitingForQuota"][:1] == ["Normal"], mine
     assert not [e for e in mine if e["reason"] == "PodRejected"], mine
+
+
+def test_worker_pods_carry_the_priority_class_the_admission_resolves(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """`--worker-priority-class` (chart: worker.priorityClassName) names every worker pod's PriorityClass.
+    While the class does not exist, the API refuses the pods in its words (PodRejected); once it exists,
+    the build goes on and its pods run at the class's priority."""
+    pc = f"builds-{kubectl.namespace[-5:]}"
+    operator.stop()
+    operator.extra = ["--worker-priority-class", pc]
+    operator.start()
+    kubectl.apply(inline_manifest("prio", f"FROM {base_image}\nRUN echo ok > /ok\n", registry.host))
+    obj = wait_for(kubectl, operator, "prio", lambda o: _rejections(o) >= 1, "the pod refused")
+    assert f"no PriorityClass with name {pc} was found" in _stalled(obj)["message"], _stalled(obj)
+    try:
+        kubectl.apply({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                       "metadata": {"name": pc}, "value": 1000, "description": "test builds"})
+        obj = wait_terminal(kubectl, operator, "prio")
+        assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+        [pod] = kubectl.pods("prio")
+        spec = pod["spec"]
+        assert (spec["priorityClassName"], spec["priority"], spec["preemptionPolicy"]) == (
+            pc, 1000, "PreemptLowerPriority")
+    finally:
+        kubectl.run("delete", "priorityclass", pc, "--wait=false", check=False)

@@ -116,6 +116,13 @@ def register(subparsers: Any) -> None:
         "reaches (env STAGEFLEET_WORKER_HOST_NETWORK; default false)",
     )
     p.add_argument(
+        "--worker-priority-class",
+        default=None,
+        metavar="NAME",
+        help="PriorityClass of every worker pod, e.g. to let builds yield to serving workloads "
+        "(env STAGEFLEET_WORKER_PRIORITY_CLASS; default none: the cluster's default priority)",
+    )
+    p.add_argument(
         "--insecure-registry",
         action="append",
         default=[],
@@ -220,6 +227,7 @@ def worker_flags(args: argparse.Namespace) -> dict[str, str | None]:
         "fuse_resource": args.worker_fuse_resource,
         "active_deadline_seconds": args.worker_active_deadline_seconds,
         "host_network": args.worker_host_network,
+        "priority_class_name": args.worker_priority_class,
     }
 
 

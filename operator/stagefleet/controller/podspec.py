@@ -57,7 +57,8 @@ class WorkerConfig:
     a spec request never meets a smaller default limit); ``fuse_resource`` is an extended resource requested
     and limited at 1 on every worker; ``storage_driver`` reaches the worker as STAGEFLEET_STORAGE_DRIVER;
     ``active_deadline_seconds`` > 0 caps each pod's activeDeadlineSeconds below the build's remaining time;
-    ``host_network`` runs workers in the node's network namespace.
+    ``host_network`` runs workers in the node's network namespace; ``priority_class_name`` is their
+    PriorityClass (the API's Priority admission fills in the number, and refuses an unknown class).
     """
 
     command: tuple[str, ...] = ("stagefleet-worker",)
@@ -73,6 +74,7 @@ class WorkerConfig:
     fuse_resource: str | None = None
     active_deadline_seconds: int = 0
     host_network: bool = False
+    priority_class_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -389,6 +391,8 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
+    if config.priority_class_name:
+        pod_spec["priorityClassName"] = config.priority_class_name
     if config.host_network:
         pod_spec["hostNetwork"] = True
         pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"

@@ -12,6 +12,7 @@ error naming the variable, raised at startup rather than as a broken pod later.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ ENV_STORAGE_DRIVER = "STAGEFLEET_WORKER_STORAGE_DRIVER"
 ENV_FUSE_RESOURCE = "STAGEFLEET_WORKER_FUSE_RESOURCE"
 ENV_ACTIVE_DEADLINE = "STAGEFLEET_WORKER_ACTIVE_DEADLINE_SECONDS"
 ENV_HOST_NETWORK = "STAGEFLEET_WORKER_HOST_NETWORK"
+ENV_PRIORITY_CLASS = "STAGEFLEET_WORKER_PRIORITY_CLASS"
 
 # field of WorkerDefaults -> the environment variable it is read from
 ENV_VARS: dict[str, str] = {
@@ -40,6 +42,7 @@ ENV_VARS: dict[str, str] = {
     "fuse_resource": ENV_FUSE_RESOURCE,
     "active_deadline_seconds": ENV_ACTIVE_DEADLINE,
     "host_network": ENV_HOST_NETWORK,
+    "priority_class_name": ENV_PRIORITY_CLASS,
 }
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -59,7 +62,8 @@ class WorkerDefaults:
     container as ``STAGEFLEET_STORAGE_DRIVER`` (None: the worker's own default); ``fuse_resource`` is an
     extended resource requested and limited at 1 (None: no fuse); ``active_deadline_seconds`` caps each
     pod's ``activeDeadlineSeconds`` (0: the ImageBuild's remaining timeout only); ``host_network`` puts
-    workers in the node's network namespace (registries only the node reaches, e.g. one on loopback).
+    workers in the node's network namespace (registries only the node reaches, e.g. one on loopback);
+    ``priority_class_name`` is every worker pod's PriorityClass (None: the cluster's default priority).
     """
 
     builder_image: str = DEFAULT_BUILDER_IMAGE
@@ -71,6 +75,7 @@ class WorkerDefaults:
     fuse_resource: str | None = None
     active_deadline_seconds: int = 0
     host_network: bool = False
+    priority_class_name: str | None = None
 
     def worker_config(
         self,
@@ -93,6 +98,7 @@ class WorkerDefaults:
             fuse_resource=self.fuse_resource,
             active_deadline_seconds=self.active_deadline_seconds,
             host_network=self.host_network,
+            priority_class_name=self.priority_class_name,
         )
 
 
@@ -158,7 +164,18 @@ FLAG_NAMES: dict[str, str] = {
     "fuse_resource": "--worker-fuse-resource",
     "active_deadline_seconds": "--worker-active-deadline-seconds",
     "host_network": "--worker-host-network",
+    "priority_class_name": "--worker-priority-class",
 }
+
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _object_name(text: str, where: str) -> str:
+    """A Kubernetes object name (DNS-1123 subdomain), e.g. a PriorityClass's."""
+    if len(text) > 253 or not _NAME_RE.match(text):
+        raise WorkerDefaultsError(f"{where}: {text!r} is not a valid object name (lower-case DNS subdomain)")
+    return text
 
 
 def _boolean(text: str, where: str) -> bool:
@@ -208,4 +225,6 @@ def worker_defaults(
         out["active_deadline_seconds"] = _seconds(*raw["active_deadline_seconds"])
     if "host_network" in raw:
         out["host_network"] = _boolean(*raw["host_network"])
+    if "priority_class_name" in raw:
+        out["priority_class_name"] = _object_name(*raw["priority_class_name"])
     return WorkerDefaults(**{**base.__dict__, **out})

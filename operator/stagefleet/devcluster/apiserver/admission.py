@@ -7,6 +7,8 @@
   mounted there yet.
 * DefaultTolerationSeconds: NoExecute tolerations for `node.kubernetes.io/not-ready` and
   `node.kubernetes.io/unreachable`, 300 s, unless the pod already tolerates those taints.
+* Priority: `spec.priority` from the pod's PriorityClass (or the `globalDefault` one; else 0), an unknown
+  class refused (`priority`).
 * ResourceQuota (validating, last): a pod beyond a quota's `pods` / `count/pods` is refused
   (`exceeded_pod_quota`).
 
@@ -150,4 +152,35 @@ def exceeded_pod_quota(quotas: list[Obj], pods: list[Obj]) -> str | None:
             if limit.isdigit() and used + 1 > int(limit):  # a pod count: a plain integer
                 return (f"exceeded quota: {quota['metadata']['name']}, requested: {key}=1, "
                         f"used: {key}={used}, limited: {key}={limit}")
+    return None
+
+
+SYSTEM_PRIORITY_CLASSES = {"system-cluster-critical": 2000000000, "system-node-critical": 2000001000}
+
+
+def priority(pod: Obj, classes: list[Obj]) -> str | None:
+    """The Priority plugin: `spec.priority` (and `preemptionPolicy`) from the pod's PriorityClass, or from
+    the class marked `globalDefault`, else 0; returns its refusal (kube's words) for a class that does not
+    exist, or for a number in the pod that differs from the class's."""
+    spec = pod.setdefault("spec", {})
+    name = spec.get("priorityClassName") or ""
+    by_name = {str(c["metadata"]["name"]): c for c in classes}
+    found: Obj | None
+    if name:
+        found = by_name.get(name)
+        if found is None and name in SYSTEM_PRIORITY_CLASSES:
+            found = {"value": SYSTEM_PRIORITY_CLASSES[name]}
+        if found is None:
+            return f"no PriorityClass with name {name} was found"
+    else:
+        found = next((c for c in classes if c.get("globalDefault")), None)
+        if found is not None:
+            spec["priorityClassName"] = found["metadata"]["name"]
+    value = int(found.get("value", 0)) if found is not None else 0
+    if spec.get("priority") is not None and spec["priority"] != value:
+        return (f"the integer value of priority ({spec['priority']}) must not be provided in pod spec; "
+                f"priority admission controller computed {value} from the given PriorityClass name")
+    spec["priority"] = value
+    if found is not None:
+        spec["preemptionPolicy"] = found.get("preemptionPolicy") or "PreemptLowerPriority"
     return None

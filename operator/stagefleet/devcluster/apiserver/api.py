@@ -30,6 +30,7 @@ CM_TYPE = ("", "configmaps")
 POD_TYPE = ("", "pods")
 SA_TYPE = ("", "serviceaccounts")
 QUOTA_TYPE = ("", "resourcequotas")
+PRIORITY_CLASS_TYPE = ("scheduling.k8s.io", "priorityclasses")
 
 
 @dataclass
@@ -451,6 +452,9 @@ class Core:
             raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), why)
         admission.service_account(pod, sa)
         admission.default_toleration_seconds(pod)
+        refused = admission.priority(pod, self.store.list(PRIORITY_CLASS_TYPE, "", copies=False))
+        if refused is not None:
+            raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), refused)
         quotas = self.store.list(QUOTA_TYPE, ns, copies=False)
         if quotas and not admission.is_mirror_pod(pod):  # ResourceQuota, the last (validating) plugin
             over = admission.exceeded_pod_quota(quotas, self.store.list(POD_TYPE, ns, copies=False))

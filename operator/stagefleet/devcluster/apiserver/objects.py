@@ -110,7 +110,7 @@ def default_pod_spec(spec: dict[str, Any]) -> None:
     if spec.get("serviceAccountName"):
         spec["serviceAccount"] = spec["serviceAccountName"]
     spec.setdefault("enableServiceLinks", True)
-    spec.setdefault("priority", 0)
+    # `priority` is not a default: Priority admission computes it for new pods (admission.priority)
     spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
     for c in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
         c.setdefault("terminationMessagePath", "/dev/termination-log")
