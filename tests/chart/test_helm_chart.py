@@ -410,7 +410,8 @@ def test_operator_args_all_namespaces() -> None:
         "--concurrency=8",
         "--builder-image=ghcr.io/stagefleet/builder:0.1.0", "--node-lost-after=60",
         "--default-ttl-after-finished=0", "--keep-failed-seconds=3600", "--keep-succeeded-pods-seconds=0",
-        "--source-timeout=60", "--plans-per-process=200", "--memory-sweep-seconds=300"]
+        "--source-timeout=60", "--source-resolutions=64", "--source-resolutions-per-namespace=8",
+        "--plans-per-process=200", "--memory-sweep-seconds=300"]
 
 
 @needs_helm

@@ -139,6 +139,21 @@ def register(subparsers: Any) -> None:
         "after this long; it runs off the reconcile threads, so a slow host delays only its own build (60)",
     )
     p.add_argument(
+        "--source-resolutions",
+        type=int,
+        default=64,
+        metavar="N",
+        help="git sources resolved at once, in all (64); more wait for a slot",
+    )
+    p.add_argument(
+        "--source-resolutions-per-namespace",
+        type=int,
+        default=8,
+        metavar="N",
+        help="git sources of one namespace resolved at once (8): a namespace's black-holed sources "
+        "queue behind each other, never in front of another namespace's",
+    )
+    p.add_argument(
         "--retry-backoff",
         type=float,
         default=5.0,
@@ -311,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             keep_failed_seconds=keep_failed,
             keep_succeeded_pods_seconds=keep_succeeded_pods,
             source_timeout=max(1.0, args.source_timeout),
+            source_resolutions=max(1, args.source_resolutions),
+            source_resolutions_per_namespace=max(1, args.source_resolutions_per_namespace),
             sweep_seconds=max(0.0, args.memory_sweep_seconds),
         ),
         metrics,

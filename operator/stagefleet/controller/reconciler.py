@@ -47,6 +47,7 @@ from stagefleet.controller.podspec import (
 from stagefleet.controller.policy import REASON as POLICY_REASON
 from stagefleet.controller.policy import Policy, violations
 from stagefleet.controller.source import GitAuth, Resolved, SourceError, SourceTimeout, redact, resolve
+from stagefleet.controller.sourceslots import SourceSlots
 from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
 from stagefleet.gitauth import is_http_url
 
@@ -74,6 +75,10 @@ class OperatorConfig:
     # never in a reconcile thread, and gives up after this many seconds (--source-timeout).
     source_timeout: float = 60.0
     source_attempts: int = 3
+    # At most this many sources resolve at once, and this many of one namespace's (`sourceslots`); a
+    # source's timeout counts from when it gets its slot.
+    source_resolutions: int = 64
+    source_resolutions_per_namespace: int = 8
     early_start: bool = True  # start the next wave's pods while their upstreams build (status.decide)
     # A status change that only reports progress (st.urgent_change) waits up to this long, so that the
     # transitions of sibling groups share one write; 0 writes every change at once.
@@ -173,6 +178,7 @@ class Reconciler:
         # Sources being resolved, per build (SourceJob); guarded by a lock: jobs end in their own threads.
         self._sources: dict[tuple[str, str], SourceJob] = {}
         self._sources_lock = threading.Lock()
+        self._source_slots = SourceSlots(config.source_resolutions, config.source_resolutions_per_namespace)
         self._loop: asyncio.AbstractEventLoop | None = None  # kopf's, for a job's wake-up
         # Every pod uid above → its build, so that a build's end or deletion drops its pods' entries too.
         self._pod_builds: dict[str, tuple[str, str]] = {}
@@ -786,37 +792,42 @@ class Reconciler:
         return job
 
     def _resolve_job(self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> None:
-        """In the job's thread: resolve, retrying other failures while time is left (a timeout is final),
-        then wake the build."""
-        deadline = time.monotonic() + self.config.source_timeout
+        """In the job's thread: wait for a slot of the build's namespace (`sourceslots`), resolve, then wake
+        the build."""
         try:
-            for attempt in range(1, self.config.source_attempts + 1):
-                try:
-                    job.resolved = resolve(spec, auth=auth, timeout=max(0.1, deadline - time.monotonic()))
-                    break
-                except SourceTimeout as e:
-                    job.error, job.timed_out = str(e), True
-                    break
-                except SourceError as e:
-                    job.error = str(e)
-                    log.warning(
-                        "source of %s/%s not resolved (attempt %d): %s",
-                        build.namespace,
-                        build.name,
-                        attempt,
-                        job.error,
-                        extra=_fields(build.namespace, build.name),
-                    )
-                    pause = min(2.0 * attempt, 5.0)
-                    if attempt == self.config.source_attempts or time.monotonic() + pause >= deadline:
-                        break
-                    time.sleep(pause)
+            with self._source_slots.slot(build.namespace):
+                self._resolve(job, build, spec, auth)
         except Exception as e:  # never leave a build waiting for a job that died
             log.exception("resolving the source of %s/%s failed", build.namespace, build.name)
             job.error = f"resolving the source failed: {type(e).__name__}"
         finally:
             job.done.set()
             self._wake(build.namespace, build.name)
+
+    def _resolve(self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> None:
+        """Resolve, retrying other failures while time is left (a timeout is final)."""
+        deadline = time.monotonic() + self.config.source_timeout
+        for attempt in range(1, self.config.source_attempts + 1):
+            try:
+                job.resolved = resolve(spec, auth=auth, timeout=max(0.1, deadline - time.monotonic()))
+                break
+            except SourceTimeout as e:
+                job.error, job.timed_out = str(e), True
+                break
+            except SourceError as e:
+                job.error = str(e)
+                log.warning(
+                    "source of %s/%s not resolved (attempt %d): %s",
+                    build.namespace,
+                    build.name,
+                    attempt,
+                    job.error,
+                    extra=_fields(build.namespace, build.name),
+                )
+                pause = min(2.0 * attempt, 5.0)
+                if attempt == self.config.source_attempts or time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
 
     def _wake(self, namespace: str, name: str) -> None:
         """Trigger a pass from another thread (the build's requeue time is the fallback)."""
