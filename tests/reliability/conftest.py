@@ -512,6 +512,25 @@ def upstream_args(pod: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def why_extra_pods(build: str, api: Api, pods: list[dict[str, Any]], per_group: Counter[str]) -> str:
+    """For a group that got more than one pod: each of its pods' phase, exit and deletion, and the build's
+    events (GroupRetrying / GroupRestarted say why the operator started the next attempt)."""
+    lines = []
+    for p in pods:
+        if per_group[pod_labels(p)[1]] < 2:
+            continue
+        states = ((p.get("status") or {}).get("containerStatuses") or [{}])[0].get("state") or {}
+        state = next(iter(states), "")
+        term = states.get("terminated") or {}
+        lines.append(f"pod {p['metadata']['name']}: {(p.get('status') or {}).get('phase')} {state} "
+                     f"exit={term.get('exitCode')} reason={term.get('reason')} "
+                     f"deleting={bool(p['metadata'].get('deletionTimestamp'))} "
+                     f"args={(p['spec']['containers'][0].get('args') or [])}")
+    lines += [f"event {e.get('reason')}: {e.get('message')}" for e in api.events()
+              if (e.get("involvedObject") or {}).get("name") == build]
+    return "\n".join(lines)
+
+
 def assert_clean_success(obj: dict[str, Any], api: Api, ledger: Ledger, records: Path | None) -> None:
     """The invariants every disturbed-but-recovered build must satisfy.
 
@@ -530,7 +549,7 @@ def assert_clean_success(obj: dict[str, Any], api: Api, ledger: Ledger, records:
     pods = [p for p in api.pods() if p["metadata"]["labels"].get("stagefleet.io/imagebuild") == build]
     assert sorted(p["metadata"]["name"] for p in pods) == sorted(created), (sorted(created), pods)
     per_group = Counter(pod_labels(p)[1] for p in pods)
-    assert per_group == {g: 1 for g in groups}, per_group
+    assert per_group == {g: 1 for g in groups}, (per_group, why_extra_pods(build, api, pods, per_group))
     for s in st["stages"]:
         assert s["phase"] == "Succeeded" and s["attempts"] == 1, s
     if records is None:
