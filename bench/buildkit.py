@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from procs import stop
 
 DOCKER = "/usr/bin/docker"  # Debian's CLI (another `docker` may come first on PATH)
 DOCKERD = "/usr/sbin/dockerd"
@@ -111,13 +112,7 @@ class BuildKit:
 
     def stop(self) -> None:
         for p in reversed(self._procs):  # dockerd first: it unmounts its layers on the way out
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(p)
         self._procs.clear()
         _remove_buildkit_cgroups()
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import py_compile
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from procs import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,10 +50,4 @@ def operator(kubeconfig: Path, namespace: str, log: Path, worker: str, args: Seq
         time.sleep(settle)
         yield op
     finally:
-        if op.poll() is None:
-            op.send_signal(signal.SIGTERM)
-            try:
-                op.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                op.kill()
-                op.wait()
+        stop(op)
