@@ -378,7 +378,11 @@ def make_operator(
                 if not sinks:
                     sinks.append(Sink(records))
                 cmd = ["python3", FAKE_WORKER_IN_IMAGE, "--sleep", str(sleep), "--sink", sinks[0].url]
-                extra = ["--builder-image", rcluster.fake_image]
+                # The simulated worker sleeps: it requests what it uses, not the builder's 500m CPU. With
+                # that request, 4 pods filled a 2-CPU test node, and its kubelet rejected pods at admission
+                # (OutOfcpu) just after others ended: a real retry, but not what these tests measure.
+                extra = ["--builder-image", rcluster.fake_image,
+                         "--worker-resources", '{"requests": {"cpu": "50m", "memory": "64Mi"}}']
             else:
                 cmd = [sys.executable, str(FAKE_WORKER), "--sleep", str(sleep), "--record", str(records)]
             for g, s in (slow or {}).items():
