@@ -443,7 +443,7 @@ def note_rejections(
             retry_at = now + timedelta(seconds=delay)
             e = {
                 **e,
-                "message": rejected[str(e.get("group"))],
+                "message": text,
                 "rejections": count,
                 "retryAt": fmt_time(retry_at),
             }

@@ -47,22 +47,21 @@ class Prefetch:
         if self.procs:
             self.log("pre-pulling " + ", ".join(image.ref for image, _ in self.procs))
 
-    def _spawn(self, image: Prefetchable) -> None:
+    def _spawn(self, image: Prefetchable) -> bool:
+        """Start the pull of one image; False (logged) when it could not be started."""
         try:
             proc = subprocess.Popen(pull_argv(image.ref, platform=image.platform), env=self.env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True)
         except OSError as e:
             self.log(f"pre-pull of {image.ref} not started: {e}")
-            return
+            return False
         self.procs.append((image, proc))
+        return True
 
     def add(self, image: Prefetchable) -> None:
         """Start one more pull now (an upstream result that landed while others are still awaited)."""
-        started = len(self.procs)
-        self.images.append(image)
-        self._spawn(image)
-        if len(self.procs) > started:
+        if self._spawn(image):
             self.log(f"pre-pulling {image.ref}")
 
     def finish(self) -> None:

@@ -444,22 +444,27 @@ class Core:
     def _admit_new_pod(self, pod: Obj) -> None:
         """Mutating admission of a pod create, in the apiserver's plugin order (see admission.py)."""
         ns = pod["metadata"]["namespace"]
+
+        def refuse(why: str) -> ApiError:
+            """A plugin's 403 Forbidden, in its words: `pods "NAME" is forbidden: WHY`."""
+            return errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), why)
+
         sa = self.store.peek(SA_TYPE, ns, admission.service_account_name(pod))
         if sa is None and not admission.is_mirror_pod(pod):
             # The ServiceAccount plugin refuses a pod whose ServiceAccount does not exist (yet), in its words.
             sa_name = admission.service_account_name(pod)
-            why = f'error looking up service account {ns}/{sa_name}: serviceaccount "{sa_name}" not found'
-            raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), why)
+            raise refuse(f'error looking up service account {ns}/{sa_name}: '
+                         f'serviceaccount "{sa_name}" not found')
         admission.service_account(pod, sa)
         admission.default_toleration_seconds(pod)
         refused = admission.priority(pod, self.store.list(PRIORITY_CLASS_TYPE, "", copies=False))
         if refused is not None:
-            raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), refused)
+            raise refuse(refused)
         quotas = self.store.list(QUOTA_TYPE, ns, copies=False)
         if quotas and not admission.is_mirror_pod(pod):  # ResourceQuota, the last (validating) plugin
             over = admission.exceeded_pod_quota(quotas, self.store.list(POD_TYPE, ns, copies=False))
             if over is not None:
-                raise errors.forbidden(self.rt("", "v1", "pods"), pod["metadata"].get("name", ""), over)
+                raise refuse(over)
 
     def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, opts: WriteOptions) -> None:
         causes = validation.metadata(obj) if rt.is_custom else validation.validate(rt, obj, old)
