@@ -13,6 +13,7 @@ from stagefleet import health
 from stagefleet.controller import trust
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.status import (
+    ADMISSION_RETRIES,
     Decision,
     PodObservation,
     decide,
@@ -192,23 +193,82 @@ def test_infra_failure_retries_after_backoff() -> None:
     assert d3.status["stages"][0]["pod"] == "seed-1-g1-a2"
 
 
-def test_a_pod_the_kubelet_refused_is_retried_once_its_backoff_passes() -> None:
+def refused_by_kubelet(group: str, attempt: int = 1) -> dict[str, Any]:
+    """A pod its node's kubelet failed at admission, as a real 1.24 kubelet leaves it: no container status."""
+    p = pod(group, attempt, phase="Failed")
+    p["status"] = {"phase": "Failed", "reason": "OutOfcpu",
+                   "message": "Pod Node didn't have enough resource: cpu, requested: 500, used: 2000, "
+                              "capacity: 2000"}
+    return p
+
+
+def test_a_pod_the_kubelet_refused_is_retried_at_once_without_using_an_attempt() -> None:
     """OutOfcpu (seen on the real tier under load): the kubelet's admission fails the pod before any
-    container ran, so it has no finish time. Its retry time is fixed when the failure is first seen; a
-    retry time recomputed from each pass's clock never came, and the build waited forever."""
+    container ran, so it has no finish time. Its retry time is fixed when the failure is first seen (a
+    retry time recomputed from each pass's clock never came), it comes after a second, not the failure
+    backoff, and the attempt is not counted against spec.retries."""
     s = run(start(), []).status
-    refused = pod("g1", phase="Failed")
-    refused["status"] = {"phase": "Failed", "reason": "OutOfcpu",
-                         "message": "Pod Node didn't have enough resource: cpu, requested: 500"}
+    refused = refused_by_kubelet("g1")
     d = run(s, [refused, pod("g2")])
     entry = d.status["stages"][0]
-    assert entry["phase"] == "Retrying" and "OutOfcpu" in entry["message"]
-    assert entry["retryAt"] == "2026-01-01T00:01:10Z"
-    later = NOW + timedelta(seconds=6)
+    assert entry["phase"] == "Retrying" and "OutOfcpu" in entry["message"], entry
+    assert "refused by node node-1 at admission" in entry["message"] and "not counted" in entry["message"]
+    assert entry["retryAt"] == "2026-01-01T00:01:01Z"
+    assert entry["restarts"] == 1 and entry["admissionRejections"] == 1
+    assert [e.reason for e in d.events] == ["GroupRetrying"]
+    later = NOW + timedelta(milliseconds=500)
     d2 = run(d.status, [refused, pod("g2")], now=later)
-    assert d2.status["stages"][0]["retryAt"] == "2026-01-01T00:01:10Z" and d2.create == []
-    d3 = run(d2.status, [refused, pod("g2")], now=NOW + timedelta(seconds=10))
+    assert d2.status["stages"][0]["retryAt"] == "2026-01-01T00:01:01Z" and d2.create == [] and d2.events == []
+    assert d2.status["stages"][0]["admissionRejections"] == 1
+    d3 = run(d2.status, [refused, pod("g2")], now=NOW + timedelta(seconds=1))
     assert [(c.group.id, c.attempt) for c in d3.create] == [("g1", 2)]
+
+
+def test_refusals_at_admission_are_free_five_times_in_a_row_then_count() -> None:
+    """A node that refuses every pod (a broken device plugin: UnexpectedAdmissionError) must not retry a
+    group forever: after ADMISSION_RETRIES free retries (1, 2, 4, 8, 8 s apart) refusals count as attempts,
+    and with spec.retries 0 the next one fails the build, naming the kubelet's reason."""
+    spec = make_spec(retries=0)
+    s = run(start(), [], spec=spec).status
+    now = NOW
+    pods: list[dict[str, Any]] = []
+    delays = []
+    for attempt in range(1, ADMISSION_RETRIES + 2):
+        pods = [p for p in pods if p["metadata"]["labels"]["stagefleet.io/group"] != "g2"]
+        pods += [refused_by_kubelet("g1", attempt), pod("g2")]
+        d = run(s, pods, now=now, spec=spec)
+        s = d.status
+        e = s["stages"][0]
+        if attempt <= ADMISSION_RETRIES:
+            assert e["phase"] == "Retrying" and e["restarts"] == attempt, e
+            retry_at = datetime.strptime(e["retryAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            delays.append((retry_at - now).total_seconds())
+            now = retry_at
+            d = run(s, pods, now=now, spec=spec)
+            assert [(c.group.id, c.attempt) for c in d.create] == [("g1", attempt + 1)]
+            s = d.status
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert s["phase"] == "Failed" and "OutOfcpu" in s["message"], s["message"]
+    assert s["failure"]["kind"] == "infrastructure"
+
+
+def test_a_pod_that_ran_resets_the_count_of_refusals() -> None:
+    s = run(start(), []).status
+    d = run(s, [refused_by_kubelet("g1"), pod("g2")])
+    d = run(d.status, [refused_by_kubelet("g1"), pod("g2")], now=NOW + timedelta(seconds=1))
+    assert [c.attempt for c in d.create] == [2]
+    d = run(d.status, [refused_by_kubelet("g1"), pod("g1", 2), pod("g2")], now=NOW + timedelta(seconds=2))
+    assert d.status["stages"][0]["phase"] == "Running"
+    assert "admissionRejections" not in d.status["stages"][0] and d.status["stages"][0]["restarts"] == 1
+
+
+def test_a_failure_after_the_container_ran_is_no_admission_refusal() -> None:
+    """OOMKilled is the container's own end (an exit code, a finish time): a counted attempt, the failure
+    backoff."""
+    s = run(start(), []).status
+    d = run(s, [pod("g1", phase="Failed", exit_code=137, reason="OOMKilled"), pod("g2")])
+    e = d.status["stages"][0]
+    assert e["phase"] == "Retrying" and "restarts" not in e and e["retryAt"] == "2026-01-01T00:01:10Z", e
 
 
 def test_retries_exhausted_fails_with_attempts() -> None:

@@ -369,13 +369,46 @@ def pod_window(pod: dict[str, Any]) -> tuple[str, str]:
     return term["startedAt"], term["finishedAt"]
 
 
-def wait_until(predicate: Callable[[], bool], what: str, operator: Operator, timeout: float = 300) -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    what: str,
+    operator: Operator,
+    timeout: float = 300,
+    show: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate``; on timeout fail with the operator's log and what ``show`` says (pod_states)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.5)
-    raise AssertionError(f"never happened: {what}\n--- operator log ---\n{operator.tail()}")
+    shown = f"\n--- state ---\n{show()}" if show else ""
+    raise AssertionError(f"never happened: {what}{shown}\n--- operator log ---\n{operator.tail()}")
+
+
+def refused_at_admission(p: dict[str, Any]) -> bool:
+    """Failed by its node's kubelet before a container started ("OutOfcpu", "UnexpectedAdmissionError"): a
+    real kubelet's resource count lags the scheduler's when pods have just finished. The operator retries
+    such a pod without using an attempt."""
+    st = p.get("status") or {}
+    ran = any("running" in (c.get("state") or {}) or "terminated" in (c.get("state") or {})
+              for c in st.get("containerStatuses") or ())
+    reason = st.get("reason") or ""
+    return (st.get("phase") == "Failed" and not ran
+            and (reason.startswith("OutOf") or reason == "UnexpectedAdmissionError"))
+
+
+def pod_states(kubectl: Kubectl, build: str) -> str:
+    """One line per pod of ``build``: phase, pod reason and message, node, and its container's state."""
+    lines = []
+    for p in kubectl.pods(build):
+        st = p.get("status") or {}
+        cs = [f"{c.get('name')}={json.dumps(c.get('state') or {})}"
+              for c in st.get("containerStatuses") or ()]
+        lines.append(f"{p['metadata']['name']}: {st.get('phase')} reason={st.get('reason')} "
+                     f"message={st.get('message')} node={(p.get('spec') or {}).get('nodeName')} "
+                     f"deleting={bool(p['metadata'].get('deletionTimestamp'))} {' '.join(cs)}")
+    return "\n".join(lines) or "no pods"
 
 
 def git_run(repo: Path, *args: str) -> str:

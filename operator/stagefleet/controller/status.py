@@ -61,6 +61,19 @@ REJECTION_BACKOFF_CAP = 30.0
 QUOTA = "WaitingForQuota"
 QUOTA_BACKOFF_CAP = 5.0
 # Waiting reasons the kubelet never gets out of by itself.
+# A pod the node's kubelet refused at admission (its own resource check raced the scheduler's, e.g. pods
+# that just finished still counted: "OutOfcpu"), so no container ever ran: the group is retried at once
+# on whatever node the scheduler picks, without using an attempt, up to ADMISSION_RETRIES times in a row.
+ADMISSION_REASONS = (
+    "UnexpectedAdmissionError",
+    "NodeAffinity",
+    "NodeName",
+    "NodePorts",
+    "PodOSNotSupported",
+    "PodOSSelectorNodeLabelDoesNotMatch",
+)
+ADMISSION_RETRIES = 5
+ADMISSION_BACKOFF_CAP = 8.0
 STUCK_REASONS = (
     "ErrImagePull",
     "ImagePullBackOff",
@@ -190,6 +203,17 @@ class PodObservation:
     @property
     def terminated(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def rejected_at_admission(self) -> bool:
+        """Failed by its node's kubelet before any container started (OutOfcpu, UnexpectedAdmissionError…)."""
+        reason = self.reason or ""
+        return (
+            self.phase == "Failed"
+            and self.exit_code is None
+            and self.finished is None
+            and (reason.startswith("OutOf") or reason in ADMISSION_REASONS)
+        )
 
 
 def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
@@ -327,9 +351,10 @@ class GroupState:
     stage_results: dict[str, StageResult] = field(default_factory=dict)
     failure: dict[str, Any] | None = None
     rejections: int = 0  # consecutive refused creates of its next pod (none was created; no attempt used)
-    # Attempts ended by a restart, not a failure (a waiter whose upstream attempt was superseded): they do
-    # not count against spec.retries.
+    # Attempts ended by a restart, not a failure (a waiter whose upstream attempt was superseded, a pod its
+    # node refused at admission): they do not count against spec.retries.
     restarts: int = 0
+    admission_rejections: int = 0  # consecutive attempts refused by a node's kubelet (ADMISSION_RETRIES)
     # The current attempt's pod as the operator recorded it (`trust`): its UID once created, and before
     # that the hash of the token its create carries.
     pod_uid: str | None = None
@@ -352,6 +377,7 @@ class GroupState:
             steps=_int(e.get("groupSteps")),
             rejections=_int(e.get("rejections")) or 0,
             restarts=_int(e.get("restarts")) or 0,
+            admission_rejections=_int(e.get("admissionRejections")) or 0,
             pod_uid=_str(e.get("podUID")),
             pod_token=_str(e.get("podToken")),
         )
@@ -471,6 +497,7 @@ def _stage_entries(
                 "groupSteps": gs.steps,
                 "rejections": rejected or None,
                 "restarts": gs.restarts or None,
+                "admissionRejections": gs.admission_rejections or None,
                 "podUID": gs.pod_uid,
                 "podToken": gs.pod_token,
             }
@@ -880,6 +907,8 @@ def decide(
                 )
             elif not latest.terminated:
                 gs.phase = S_RUNNING if latest.phase == "Running" else S_PENDING
+                if latest.phase == "Running":
+                    gs.admission_rejections = 0  # a node took it: later refusals start a new count
                 gs.retry_at = None
                 gs.message = None
                 if latest.reason in STUCK_REASONS:
@@ -906,6 +935,9 @@ def decide(
                     gs.cached_steps, gs.steps = r.cached_steps, r.steps
                     gs.stage_results = {s.name: s for s in r.stages}
                     gs.message = None
+            elif latest.rejected_at_admission and (judged or gs.admission_rejections < ADMISSION_RETRIES):
+                if not judged:
+                    _retry_admission(g, gs, latest, now)
             else:
                 if latest.phase == "Succeeded":
                     is_build, msg = (
@@ -1346,6 +1378,22 @@ def _fail_or_retry(
     gs.phase = S_RETRYING
     gs.retry_at = fmt_time(failed_at + timedelta(seconds=backoff_seconds(gs.attempts, backoff_base)))
     gs.message = f"attempt {gs.attempts} failed: {msg}; retrying at {gs.retry_at}"
+
+
+def _retry_admission(g: GroupPlan, gs: GroupState, pod: PodObservation, now: datetime) -> None:
+    """Its node refused the pod before running it: a restart (no attempt used), due after 1, 2, 4, 8 s, so
+    the scheduler can place it again once the node's count catches up; the sixth refusal in a row counts."""
+    gs.admission_rejections += 1
+    gs.restarts += 1
+    gs.phase = S_RETRYING
+    gs.completion = fmt_time(now)
+    delay = min(2.0 ** (gs.admission_rejections - 1), ADMISSION_BACKOFF_CAP)
+    gs.retry_at = fmt_time(now + timedelta(seconds=delay))
+    where = f"node {pod.node}" if pod.node else "its node"
+    gs.message = (
+        f"pod {pod.name} refused by {where} at admission ({pod.reason}: {pod.message or 'no detail'}); "
+        f"not counted as an attempt, retrying at {gs.retry_at}"
+    )
 
 
 def _group_events(g: GroupPlan, gs: GroupState, before: str) -> list[Event]:
