@@ -147,6 +147,23 @@ def test_status_of_a_missing_imagebuild(cluster: Cluster) -> None:
     assert 'imagebuild "nope" not found' in proc.stderr
 
 
+def test_rebuild_sets_a_new_annotation_value_each_time(cluster: Cluster) -> None:
+    from kubernetes import client
+
+    make_build(cluster, "Failed")
+    custom = client.CustomObjectsApi(cluster.api)
+    values = []
+    for _ in range(2):
+        proc = stagefleet(cluster, "rebuild", "seed")
+        assert proc.returncode == 0, proc.stderr
+        obj = custom.get_namespaced_custom_object("stagefleet.io", "v1alpha1", NS, "imagebuilds", "seed")
+        values.append(obj["metadata"]["annotations"]["stagefleet.io/rebuild"])
+        assert values[-1] in proc.stdout
+    assert values[0] != values[1], values
+    missing = stagefleet(cluster, "rebuild", "nope")
+    assert missing.returncode == 1 and 'imagebuild "nope" not found' in missing.stderr
+
+
 def test_logs_interleaved_with_stage_prefixes_and_stage_filter(cluster: Cluster) -> None:
     make_build(cluster, "Succeeded")
     # build1's log was written before build2's, final's last

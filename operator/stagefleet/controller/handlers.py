@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from stagefleet.controller import login as credentials
+from stagefleet.controller import runs
 from stagefleet.controller.podspec import GROUP, LABEL_UID
 from stagefleet.controller.reconciler import Reconciler
 
@@ -40,8 +41,9 @@ async def imagebuild_event(
 
     A plain event handler rather than kopf's create/update/resume/delete handlers: those keep per-object
     state in annotations (more patches per ImageBuild), while a new generation is already visible as
-    ``metadata.generation != status.observedGeneration`` (our own status writes change neither), and a
-    deletion as a DELETED event or a ``deletionTimestamp`` (when another finalizer holds the object).
+    ``metadata.generation != status.observedGeneration`` (our own status writes change neither), a rebuild
+    request as an annotation value the status has not answered (`runs`), and a deletion as a DELETED event
+    or a ``deletionTimestamp`` (when another finalizer holds the object).
     """
     r = _reconciler(memo)
     ns = namespace or "default"
@@ -54,7 +56,7 @@ async def imagebuild_event(
     if (
         type in (None, "ADDED")
         or meta.get("deletionTimestamp")
-        or (status.get("observedGeneration") != meta.get("generation"))
+        or runs.wants_new_run(meta, status)  # a spec edit, or a stagefleet.io/rebuild annotation
     ):
         await r.trigger(ns, name)
 

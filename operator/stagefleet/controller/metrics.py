@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from stagefleet.controller.model import plan_groups
+from stagefleet.controller.runs import run_of
 from stagefleet.controller.status import S_ACTIVE, S_RETRYING, S_SUCCEEDED, S_WAITING, TERMINAL
 
 STAGE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
@@ -65,7 +66,7 @@ class Metrics:
 
     def record(self, key: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         """Account for one status transition of the ImageBuild ``key``."""
-        same_gen = old.get("observedGeneration") == new.get("observedGeneration")
+        same_gen = run_of(old) == run_of(new)
         if new.get("phase") in TERMINAL and not (same_gen and old.get("phase") in TERMINAL):
             self.builds.labels(result=str(new["phase"])).inc()
         before = {s.get("name"): s for s in old.get("stages") or ()} if same_gen else {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stagefleet.controller.model import GroupPlan, PlanView
+from stagefleet.controller.runs import Run
 from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, ImageBuildSpec, Resources
 from stagefleet.gitauth import is_http_url
 from stagefleet.stagekey import worker_args
@@ -79,12 +80,16 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class BuildRef:
-    """The ImageBuild a pod belongs to (metadata only)."""
+    """The ImageBuild a pod belongs to (metadata only). ``generation`` is the run the operator builds
+    (`runs`: metadata.generation, or a later number after a rebuild): pod names, their generation label
+    and stage result tags carry it. ``run`` says what the status records of it (None: that generation's
+    first run)."""
 
     name: str
     namespace: str
     uid: str
     generation: int
+    run: Run | None = None
 
 
 @dataclass(frozen=True)

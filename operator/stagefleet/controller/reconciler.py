@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stagefleet import stagekey
-from stagefleet.controller import history, nodeloss, retention, reuse, stagetags, tracking, trust
+from stagefleet.controller import history, nodeloss, retention, reuse, runs, stagetags, tracking, trust
 from stagefleet.controller import registry as reg
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
@@ -497,10 +497,11 @@ class Reconciler:
         if meta.get("deletionTimestamp"):
             self.cleanup(namespace, str(meta["uid"]))
             return None
-        build = BuildRef(name, namespace, str(meta["uid"]), int(meta.get("generation") or 1))
         status: dict[str, Any] = dict(ib.get("status") or {})
+        run = runs.current(meta, status)  # a spec edit or a rebuild request starts a new run
+        build = BuildRef(name, namespace, str(meta["uid"]), run.number, run)
         now = _now()
-        current_gen = status.get("observedGeneration") == build.generation
+        current_gen = runs.run_of(status) == build.generation
         if current_gen and status.get("phase") in st.TERMINAL:
             self._ended.add((namespace, name))
         else:
@@ -568,12 +569,15 @@ class Reconciler:
         Only a git source, whose fetch takes a while, gets a visible Planning status first.
         """
         superseded = self._supersede(build, status)
+        why = runs.started_by(status, build.run) if build.run else None
+        if why and runs.run_of(status) != build.generation:
+            self._event(ib, "Normal", "RunStarted", f"{why}: run {build.generation} starts")
         if superseded:
             self._event(
                 ib,
                 "Normal",
                 "Superseded",
-                f"spec changed (generation {build.generation}): stopped {superseded} pod(s) of the old build",
+                f"{why or 'spec changed'}: stopped {superseded} pod(s) of the old build",
             )
         git = spec.source.git
         if git is None:
@@ -590,6 +594,7 @@ class Reconciler:
             if not job.done.is_set():
                 planning = st.progress_status(
                     generation=build.generation,
+                    run=build.run,
                     phase=st.PLANNING,
                     reason="Planning",
                     message=(
@@ -625,7 +630,12 @@ class Reconciler:
             return Planned(None, failed, ib)
         plan = history.prioritise(plan, history.measured(planning))  # a previous generation's durations
         new = st.planned_status(
-            generation=build.generation, plan=plan, source=resolved.status, old=planning, now=now
+            generation=build.generation,
+            plan=plan,
+            source=resolved.status,
+            old=planning,
+            now=now,
+            run=build.run,
         )
         note = st.Event(
             "Normal", "Planned", f"{new['message']}; critical path {' → '.join(plan.critical_path)}"
@@ -757,6 +767,7 @@ class Reconciler:
             msg = f'waiting for Secret "{ref.name}" key "{ref.key}" (spec.source.git.secretRef): not found'
         stalled = st.progress_status(
             generation=build.generation,
+            run=build.run,
             phase=st.PENDING,
             reason=reason,
             message=msg,
@@ -853,10 +864,16 @@ class Reconciler:
         now: datetime,
     ) -> dict[str, Any]:
         new = st.terminal_status(
-            generation=build.generation, phase=st.FAILED, reason=reason, message=message, old=status, now=now
+            generation=build.generation,
+            phase=st.FAILED,
+            reason=reason,
+            message=message,
+            old=status,
+            now=now,
+            run=build.run,
         )
         if (
-            status.get("observedGeneration") == build.generation
+            runs.run_of(status) == build.generation
             and status.get("phase") == st.FAILED
             and status.get("message") == message
         ):
@@ -1238,7 +1255,7 @@ class Reconciler:
         if last is None or "plan" not in status or (isinstance(done, Mapping) and "retryAt" not in done):
             return
         meta = last.get("metadata") or {}
-        build = BuildRef(str(meta.get("name")), namespace, uid, int(meta.get("generation") or 1))
+        build = BuildRef(str(meta.get("name")), namespace, uid, runs.run_of(status) or 1)
         try:
             spec = parse_spec(last.get("spec"))
         except SpecError:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from stagefleet.controller.runs import run_of
+
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
@@ -27,7 +29,7 @@ def ttl_of(spec: Mapping[str, Any] | None, default: int) -> int | None:
 def expires_in(status: Mapping[str, Any], generation: int, ttl: int | None, now: datetime) -> float | None:
     """Seconds until the finished build is due for deletion (<= 0: now); None if it is not finished (in
     this generation), has no completion time, or is kept."""
-    if ttl is None or status.get("phase") not in TERMINAL or status.get("observedGeneration") != generation:
+    if ttl is None or status.get("phase") not in TERMINAL or run_of(status) != generation:
         return None
     done = status.get("completionTime")
     if not isinstance(done, str):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from stagefleet.controller.runs import run_of
+
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 DEFAULT_KEEP_FAILED_SECONDS = 3600
 MAX_ATTEMPTS = 3  # transient registry failures (unreachable, 5xx) are retried this often in all
@@ -44,7 +46,7 @@ def _finished_since(status: Mapping[str, Any], generation: int, now: datetime) -
     ran, so nothing was pushed and no pod exists)."""
     if (
         status.get("phase") not in TERMINAL
-        or status.get("observedGeneration") != generation
+        or run_of(status) != generation
         or "plan" not in status
     ):
         return None

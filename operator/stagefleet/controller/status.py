@@ -31,6 +31,7 @@ from stagefleet.controller.podspec import (
     pod_name,
     stage_result_refs,
 )
+from stagefleet.controller.runs import Run, run_of
 from stagefleet.controller.spec import ImageBuildSpec
 
 # Phases of the ImageBuild.
@@ -43,7 +44,7 @@ S_WAITING, S_PENDING, S_RUNNING, S_RETRYING = "Waiting", "Pending", "Running", "
 S_SUCCEEDED, S_FAILED, S_CANCELLED = "Succeeded", "Failed", "Cancelled"
 S_ACTIVE = (S_PENDING, S_RUNNING)
 # Fields of a generation's status that passes carry over as planned (`reuse.mark` writes the last two).
-KEPT_FIELDS = ("source", "plan", "startTime", "observedGeneration", "baseImages", "reuse")
+KEPT_FIELDS = ("source", "plan", "startTime", "observedGeneration", "run", "rebuild", "baseImages", "reuse")
 S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
 
 # Failures no retry can fix: the build's own (11-13) and a worker securityContext that cannot run rootless
@@ -677,17 +678,28 @@ def _summary(status: dict[str, Any], stages: Sequence[Mapping[str, Any]]) -> Non
 
 
 def terminal_status(
-    *, generation: int, phase: str, reason: str, message: str, old: Mapping[str, Any], now: datetime
+    *,
+    generation: int,
+    phase: str,
+    reason: str,
+    message: str,
+    old: Mapping[str, Any],
+    now: datetime,
+    run: Run | None = None,
 ) -> dict[str, Any]:
-    """Status for a build that ends before any pod ran: invalid spec, Dockerfile error, unreachable source."""
+    """Status for a build that ends before any pod ran: invalid spec, Dockerfile error, unreachable source.
+    ``generation`` is the run's number; ``run`` (default: that generation's first) what the status says."""
+    ids = (run or Run(generation, generation)).fields()
     status: dict[str, Any] = {
         "phase": phase,
-        "observedGeneration": generation,
+        **ids,
         "message": message,
-        "startTime": old.get("startTime") if old.get("observedGeneration") == generation else None,
+        "startTime": old.get("startTime") if run_of(old) == generation else None,
         "completionTime": fmt_time(now),
         "stages": [],
-        "conditions": conditions(phase, reason, message, generation, old.get("conditions") or (), now),
+        "conditions": conditions(
+            phase, reason, message, ids["observedGeneration"], old.get("conditions") or (), now
+        ),
         "failure": {"reason": reason, "message": message},
     }
     status["startTime"] = status["startTime"] or fmt_time(now)
@@ -704,17 +716,24 @@ def progress_status(
     old: Mapping[str, Any],
     now: datetime,
     stalled: bool = False,
+    run: Run | None = None,
 ) -> dict[str, Any]:
     """Status while resolving the source and planning (no plan yet)."""
+    ids = (run or Run(generation, generation)).fields()
     status: dict[str, Any] = {
         "phase": phase,
-        "observedGeneration": generation,
+        **ids,
         "message": message,
-        "startTime": (old.get("startTime") if old.get("observedGeneration") == generation else None)
-        or fmt_time(now),
+        "startTime": (old.get("startTime") if run_of(old) == generation else None) or fmt_time(now),
         "stages": [],
         "conditions": conditions(
-            phase, reason, message, generation, old.get("conditions") or (), now, stalled=stalled
+            phase,
+            reason,
+            message,
+            ids["observedGeneration"],
+            old.get("conditions") or (),
+            now,
+            stalled=stalled,
         ),
     }
     _summary(status, [])
@@ -726,9 +745,16 @@ def progress_status(
 
 
 def planned_status(
-    *, generation: int, plan: PlanView, source: Mapping[str, Any], old: Mapping[str, Any], now: datetime
+    *,
+    generation: int,
+    plan: PlanView,
+    source: Mapping[str, Any],
+    old: Mapping[str, Any],
+    now: datetime,
+    run: Run | None = None,
 ) -> dict[str, Any]:
-    """The first status of a generation once it has a plan: every stage Waiting."""
+    """The first status of a run once it has a plan: every stage Waiting."""
+    ids = (run or Run(generation, generation)).fields()
     states = {g.id: GroupState() for g in plan.groups}
     stages = _stage_entries(plan, states, {})
     n = len(plan.groups)
@@ -736,14 +762,15 @@ def planned_status(
     message = f"planned {len(stages)} stages in {n} group{'s' * (n != 1)}, {waves} wave{'s' * (waves != 1)}"
     status: dict[str, Any] = {
         "phase": BUILDING,
-        "observedGeneration": generation,
+        **ids,
         "message": message,
-        "startTime": (old.get("startTime") if old.get("observedGeneration") == generation else None)
-        or fmt_time(now),
+        "startTime": (old.get("startTime") if run_of(old) == generation else None) or fmt_time(now),
         "source": dict(source),
         "plan": plan.to_status(),
         "stages": stages,
-        "conditions": conditions(BUILDING, "Building", message, generation, old.get("conditions") or (), now),
+        "conditions": conditions(
+            BUILDING, "Building", message, ids["observedGeneration"], old.get("conditions") or (), now
+        ),
     }
     _summary(status, stages)
     if len(stages) > SUMMARY_STAGES:
@@ -1110,7 +1137,8 @@ def decide(
     new_status.update(
         {
             "phase": new_phase,
-            "observedGeneration": generation,
+            # (the run's number is `generation`; observedGeneration is the spec's, as planned_status wrote it)
+            "observedGeneration": _int(status.get("observedGeneration")) or generation,
             "message": message,
             "stages": stages,
             "startTime": status.get("startTime") or fmt_time(now),
@@ -1118,7 +1146,7 @@ def decide(
                 new_phase,
                 reason,
                 message,
-                generation,
+                _int(status.get("observedGeneration")) or generation,
                 old_conditions,
                 now,
                 stalled=bool(stalled_msg or rejected_msg) and new_phase not in TERMINAL,
