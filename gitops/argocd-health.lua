@@ -6,7 +6,9 @@
 --   2. no status / status.observedGeneration missing   -> Progressing (the operator has not seen it yet)
 --   3. observedGeneration ~= metadata.generation       -> Progressing (a spec change is not picked up yet)
 --   4. first condition in list order that is True among Reconciling / Stalled:
---        Reconciling -> Progressing, Stalled -> Degraded (e.g. a referenced Secret is missing)
+--        Reconciling -> Progressing (Suspended when its reason is Suspended: spec.suspend paused the build
+--        on purpose and it resumes when that is false, like a suspended CronJob),
+--        Stalled -> Degraded (e.g. a referenced Secret is missing)
 --   5. phase Failed or Cancelled                       -> Degraded (no image was produced; Cancelled means
 --        the timeout or a superseding spec stopped it, nothing a user would call "paused", hence not Suspended)
 --   6. phase Succeeded and condition Ready=True        -> Healthy
@@ -51,6 +53,11 @@ local ready = nil
 if status.conditions ~= nil then
   for _, c in ipairs(status.conditions) do
     if c.type == "Reconciling" and c.status == "True" then
+      if c.reason == "Suspended" then
+        hs.status = "Suspended"
+        hs.message = condition_message(c, "Suspended")
+        return hs
+      end
       hs.status = "Progressing"
       hs.message = condition_message(c, "Reconciling")
       return hs

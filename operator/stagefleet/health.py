@@ -34,6 +34,16 @@ KSTATUS_TO_ARGOCD: dict[str, str] = {
     "Current": "Healthy",
     "Failed": "Degraded",
 }
+# Argo CD says more than kstatus: a build paused on purpose (spec.suspend) is Suspended there and
+# InProgress for kstatus (Reconciling=True with reason Suspended: Flux waits for it, never takes it as done).
+ARGOCD_ALSO: dict[str, tuple[str, ...]] = {"InProgress": ("Suspended",)}
+
+
+def agree(kstatus_status: str, argocd_status: str) -> bool:
+    """Whether kstatus' and Argo CD's verdicts on one object say the same."""
+    return KSTATUS_TO_ARGOCD[kstatus_status] == argocd_status or argocd_status in ARGOCD_ALSO.get(
+        kstatus_status, ()
+    )
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ def argocd_health(obj: Mapping[str, Any]) -> Result:
     ready: Mapping[str, Any] | None = None
     for c in _conditions(obj):
         if c.get("type") == "Reconciling" and c.get("status") == "True":
+            if c.get("reason") == "Suspended":  # spec.suspend: paused on purpose, resumes when false
+                return Result("Suspended", _condition_message(c, "Suspended"))
             return Result("Progressing", _condition_message(c, "Reconciling"))
         if c.get("type") == "Stalled" and c.get("status") == "True":
             return Result("Degraded", _condition_message(c, "Stalled"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stagefleet.controller.runs import ANNOTATION_REBUILD, Run, current, run_of, started_by, wants_new_run
+from stagefleet.controller.runs import ANNOTATION_REBUILD, Run, current, run_of, started_by, unanswered
 
 
 def meta(generation: int, rebuild: str | None = None) -> dict[str, Any]:
@@ -18,24 +18,24 @@ def meta(generation: int, rebuild: str | None = None) -> dict[str, Any]:
 def test_the_first_run_is_the_generation_and_answers_an_annotation_set_at_creation() -> None:
     assert current(meta(1), {}) == Run(1, 1, None)
     assert current(meta(3, "a"), {}) == Run(3, 3, "a")
-    assert wants_new_run(meta(1), {})
+    assert unanswered(meta(1), {})
 
 
 def test_a_status_written_before_runs_existed_is_its_generations_run() -> None:
     old = {"observedGeneration": 2, "phase": "Succeeded"}
     assert run_of(old) == 2
-    assert current(meta(2), old) == Run(2, 2, None) and not wants_new_run(meta(2), old)
+    assert current(meta(2), old) == Run(2, 2, None) and not unanswered(meta(2), old)
 
 
 def test_a_new_rebuild_value_starts_the_next_run_of_the_same_generation() -> None:
     done = Run(1, 1).fields() | {"phase": "Failed"}
-    assert not wants_new_run(meta(1), done)
+    assert not unanswered(meta(1), done)
     assert current(meta(1, "1"), done) == Run(2, 1, "1")
     second = Run(2, 1, "1").fields() | {"phase": "Succeeded"}
     assert second == {"observedGeneration": 1, "run": 2, "rebuild": "1", "phase": "Succeeded"}
     # The same value again is answered; removing the annotation starts nothing.
-    assert not wants_new_run(meta(1, "1"), second) and current(meta(1, "1"), second) == Run(2, 1, "1")
-    assert not wants_new_run(meta(1), second) and current(meta(1), second).number == 2
+    assert not unanswered(meta(1, "1"), second) and current(meta(1, "1"), second) == Run(2, 1, "1")
+    assert not unanswered(meta(1), second) and current(meta(1), second).number == 2
     assert current(meta(1, "2"), second) == Run(3, 1, "2")
 
 

@@ -56,7 +56,7 @@ async def imagebuild_event(
     if (
         type in (None, "ADDED")
         or meta.get("deletionTimestamp")
-        or runs.wants_new_run(meta, status)  # a spec edit, or a stagefleet.io/rebuild annotation
+        or runs.unanswered(meta, status)  # a spec edit, or a stagefleet.io/rebuild annotation
     ):
         await r.trigger(ns, name)
 

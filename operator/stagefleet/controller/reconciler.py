@@ -498,7 +498,7 @@ class Reconciler:
             self.cleanup(namespace, str(meta["uid"]))
             return None
         status: dict[str, Any] = dict(ib.get("status") or {})
-        run = runs.current(meta, status)  # a spec edit or a rebuild request starts a new run
+        run = runs.current(meta, status, ib.get("spec"))  # a spec edit or a rebuild request: a new run
         build = BuildRef(name, namespace, str(meta["uid"]), run.number, run)
         now = _now()
         current_gen = runs.run_of(status) == build.generation
@@ -515,7 +515,11 @@ class Reconciler:
             self.kube.delete_imagebuild(namespace, name, build.uid)
             return None
         if current_gen and status.get("phase") in st.TERMINAL and "plan" not in status:
-            return expires  # ended before planning (bad spec, source, Dockerfile): nothing runs
+            # Ended before planning (bad spec, source, Dockerfile): nothing runs. A spec edit that keeps the
+            # run (spec.suspend) is only observed.
+            if status.get("observedGeneration") != run.generation:
+                self._write(ib, status, runs.stamp(status, run))
+            return expires
 
         finished = current_gen and status.get("phase") in st.TERMINAL
         try:
@@ -1051,8 +1055,7 @@ class Reconciler:
             source = ResolvedSource(
                 git_url=spec.source.git.url, git_revision=str(git.get("commit") or "HEAD")
             )
-        started = st.parse_time(status.get("startTime")) or now
-        remaining = int(spec.timeout_seconds - (now - started).total_seconds())
+        remaining = int((st.build_deadline(status, spec, now) - now).total_seconds())  # (not suspended)
         keys, bases = reuse.recorded(status)
         for start in starts:
             pod = worker_pod(

@@ -16,6 +16,8 @@ Argo CD and Flux read it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,18 +27,43 @@ ANNOTATION_REBUILD = "stagefleet.io/rebuild"
 
 @dataclass(frozen=True)
 class Run:
-    """One run: its number, the generation it builds and the rebuild request it answers."""
+    """One run: its number, the generation it builds, the rebuild request it answers and the hash of its
+    spec without ``suspend`` (`spec_hash`)."""
 
     number: int
     generation: int
     rebuild: str | None = None
+    spec_hash: str | None = None
 
     def fields(self) -> dict[str, Any]:
         """The status fields that say which run the status describes."""
         out: dict[str, Any] = {"observedGeneration": self.generation, "run": self.number}
         if self.rebuild is not None:
             out["rebuild"] = self.rebuild
+        if self.spec_hash is not None:
+            out["specHash"] = self.spec_hash
         return out
+
+
+def spec_hash(spec: Any) -> str | None:
+    """What a run builds from: the spec without ``suspend`` (pausing and resuming is not a new build, as a
+    Job's spec.suspend is not a new Job). None for a spec that is not an object."""
+    if not isinstance(spec, Mapping):
+        return None
+    kept = {k: v for k, v in spec.items() if k != "suspend"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stamp(status: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """``status`` as describing ``run``: its fields, and its conditions' observedGeneration (a spec edit
+    that keeps the run, e.g. spec.suspend, is observed without a new run)."""
+    out = {**status, **run.fields()}
+    conditions = status.get("conditions")
+    if isinstance(conditions, list):
+        out["conditions"] = [
+            {**c, "observedGeneration": run.generation} if isinstance(c, Mapping) else c for c in conditions
+        ]
+    return out
 
 
 def _int(v: Any) -> int | None:
@@ -54,8 +81,8 @@ def requested(meta: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def wants_new_run(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    """A spec edit or a rebuild request the status has not answered yet."""
+def unanswered(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """A spec edit the status has not observed, or a rebuild request it has not answered: a pass is due."""
     generation = _int(meta.get("generation")) or 1
     if _int(status.get("observedGeneration")) != generation or run_of(status) is None:
         return True
@@ -63,15 +90,23 @@ def wants_new_run(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return asked is not None and asked != status.get("rebuild")
 
 
-def current(meta: Mapping[str, Any], status: Mapping[str, Any]) -> Run:
-    """The run to build now: the status's own, or the next one when `wants_new_run`."""
+def current(meta: Mapping[str, Any], status: Mapping[str, Any], spec: Any = None) -> Run:
+    """The run to build now: the status's own, or the next one after a spec edit (other than ``suspend``:
+    `spec_hash`) or a new rebuild request."""
     generation = _int(meta.get("generation")) or 1
     last = run_of(status)
-    if not wants_new_run(meta, status) and last is not None:
-        kept = status.get("rebuild")
-        return Run(last, generation, kept if isinstance(kept, str) else None)
+    digest = spec_hash(spec) if spec is not None else None
+    recorded = status.get("specHash")
+    same_spec = _int(status.get("observedGeneration")) == generation or (
+        digest is not None and recorded == digest
+    )
+    asked = requested(meta)
+    kept = status.get("rebuild")
+    kept = kept if isinstance(kept, str) else None
+    if last is not None and same_spec and (asked is None or asked == kept):
+        return Run(last, generation, kept, digest or (recorded if isinstance(recorded, str) else None))
     number = generation if last is None else max(generation, last + 1)
-    return Run(number, generation, requested(meta))
+    return Run(number, generation, asked, digest)
 
 
 def started_by(status: Mapping[str, Any], run: Run) -> str | None:

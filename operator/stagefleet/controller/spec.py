@@ -142,6 +142,8 @@ class ImageBuildSpec:
     # Delete the ImageBuild this long after it finished (Succeeded, Failed, Cancelled); None: the operator's
     # --default-ttl-after-finished, whose 0 keeps it.
     ttl_seconds_after_finished: int | None = None
+    # Paused: no pod starts and running ones are stopped; false again resumes the same run (`runs`).
+    suspend: bool = False
 
     def cache_repository(self, namespace: str) -> str | None:
         """The layer cache of a build in ``namespace``: spec.cache.repository when set (sharing it is then
@@ -446,4 +448,5 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         retries=r.integer("retries", DEFAULT_RETRIES, 0, 10),
         ttl_seconds_after_finished=(None if r.data.get("ttlSecondsAfterFinished") is None
                                     else r.integer("ttlSecondsAfterFinished", 0, 0, 2**31 - 1)),
+        suspend=r.flag("suspend", False),
     )

@@ -31,7 +31,7 @@ from stagefleet.controller.podspec import (
     pod_name,
     stage_result_refs,
 )
-from stagefleet.controller.runs import Run, run_of
+from stagefleet.controller.runs import Run, run_of, stamp
 from stagefleet.controller.spec import ImageBuildSpec
 
 # Phases of the ImageBuild.
@@ -55,6 +55,7 @@ RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
 # A worker pod (or the ConfigMap its Dockerfile comes in) that the API server refused to create: the group
 # waits, the build is Stalled with this reason, and the create is tried again after a growing delay.
 REJECTED = "PodRejected"
+SUSPENDED = "Suspended"  # spec.suspend: the reason of the build's conditions and its event
 REJECTION_BACKOFF_CAP = 30.0
 # A refusal by the namespace's ResourceQuota (the API's "exceeded quota: NAME, requested: …"): the farm is
 # full, nothing is wrong. The group waits and is tried again within a few seconds (a finishing pod frees
@@ -552,7 +553,9 @@ def conditions(
     *,
     stalled: bool = False,
 ) -> list[dict[str, Any]]:
-    """kstatus: Ready only on success; Reconciling while work goes on; Stalled on errors needing a fix."""
+    """kstatus: Ready only on success; Reconciling while work goes on; Stalled on errors needing a fix.
+    Suspended on purpose (spec.suspend): Reconciling=True with reason Suspended (not done: Flux waits, Argo CD
+    says Suspended), Ready=False with that reason."""
     ready = phase == SUCCEEDED
     is_stalled = stalled or phase in (FAILED, CANCELLED)
     reconciling = phase not in TERMINAL and not is_stalled
@@ -834,7 +837,7 @@ def decide(
         # Nothing more to build; only make sure no pod of ours still runs (e.g. after a restart).
         delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
         return Decision(
-            status=dict(status),
+            status=stamp(status, build.run) if build.run else dict(status),
             delete=[n for n in delete if n not in lost],
             force_delete=sorted(lost),
             requeue_after=nodeloss.next_loss_in(pods, nodes, now, node_lost_after),
@@ -866,8 +869,8 @@ def decide(
     for p in current:
         by_group.setdefault(p.group, []).append(p)
 
-    start_time = parse_time(status.get("startTime")) or now
-    deadline = start_time + timedelta(seconds=spec.timeout_seconds)
+    pause = suspension(status, spec.suspend, now)
+    deadline = build_deadline(status, spec, now, pause)
     if any(p.terminated and p.reason == "DeadlineExceeded" for p in current):
         deadline = min(deadline, now)  # a pod's activeDeadlineSeconds is the build's remaining timeout
     build_failure: tuple[str, str, dict[str, Any]] | None = None  # (group, message, failure detail)
@@ -932,6 +935,8 @@ def decide(
                 _fail_or_retry(
                     g, gs, latest, latest.reason == "InvalidImageName", msg, now, spec, backoff_base
                 )
+            elif not latest.terminated and spec.suspend:
+                _suspend(gs, latest, delete)
             elif not latest.terminated:
                 gs.phase = S_RUNNING if latest.phase == "Running" else S_PENDING
                 if latest.phase == "Running":
@@ -1002,7 +1007,7 @@ def decide(
         stalled_msg = "waiting for " + "; ".join(missing_secrets[k] for k in sorted(missing_secrets))
 
     create: list[StartPod] = []
-    if build_failure is None and now < deadline:
+    if build_failure is None and now < deadline and not spec.suspend:
         active = sum(1 for s in states.values() if s.phase in S_ACTIVE)
         slots = spec.max_parallel_pods - active
         ready: list[GroupPlan] = []
@@ -1104,7 +1109,14 @@ def decide(
         if retrying:
             parts.append(f"retrying {_some(retrying)}")
         message = "; ".join(parts) or "waiting to start groups"
-        if stalled_msg:
+        if spec.suspend:
+            done = sum(1 for gs in states.values() if gs.phase == S_SUCCEEDED)
+            reason = SUSPENDED
+            message = (
+                f"suspended (spec.suspend): {done}/{len(states)} groups done, no pod runs; "
+                "setting it to false resumes this run"
+            )
+        elif stalled_msg:
             reason, message = "SecretNotFound", stalled_msg
         elif rejected_msg:
             reason, message = REJECTED, rejected_msg
@@ -1131,14 +1143,15 @@ def decide(
     delete = [n for n in delete if n not in lost]
 
     stages = _stage_entries(plan, states, old_entries)
+    # The run's number is `generation`; observedGeneration is the spec's (a suspend-only edit keeps the run).
+    observed = build.run.generation if build.run else (_int(status.get("observedGeneration")) or generation)
     new_status: dict[str, Any] = {
         k: v for k, v in status.items() if k in KEPT_FIELDS
     }
     new_status.update(
         {
             "phase": new_phase,
-            # (the run's number is `generation`; observedGeneration is the spec's, as planned_status wrote it)
-            "observedGeneration": _int(status.get("observedGeneration")) or generation,
+            "observedGeneration": observed,
             "message": message,
             "stages": stages,
             "startTime": status.get("startTime") or fmt_time(now),
@@ -1146,13 +1159,26 @@ def decide(
                 new_phase,
                 reason,
                 message,
-                _int(status.get("observedGeneration")) or generation,
+                observed,
                 old_conditions,
                 now,
-                stalled=bool(stalled_msg or rejected_msg) and new_phase not in TERMINAL,
+                stalled=bool(stalled_msg or rejected_msg) and new_phase not in TERMINAL and not spec.suspend,
             ),
         }
     )
+    if build.run:
+        new_status.update(build.run.fields())
+    new_status.pop("suspendedAt", None)
+    new_status.pop("suspendedSeconds", None)
+    if new_phase not in TERMINAL and pause.since is not None:
+        new_status["suspendedAt"] = fmt_time(pause.since)
+    if pause.seconds:
+        new_status["suspendedSeconds"] = round(pause.seconds, 3)
+    if new_phase not in TERMINAL and pause.began:
+        stopped = pause_stopped(delete, current)
+        events.append(Event("Normal", SUSPENDED, f"spec.suspend: no pod starts; stopped {stopped} pod(s)"))
+    elif new_phase not in TERMINAL and pause.ended:
+        events.append(Event("Normal", "Resumed", "spec.suspend is false: the run goes on"))
     if new_phase in TERMINAL:
         new_status["completionTime"] = fmt_time(now)
     if new_phase == SUCCEEDED:
@@ -1186,13 +1212,14 @@ def decide(
             for s in states.values()
             if s.phase == S_RETRYING or (s.phase == S_WAITING and s.rejections)
         ]
-        waits.append(deadline - now)
+        if pause.since is None:
+            waits.append(deadline - now)
         loss_in = nodeloss.next_loss_in(pods, nodes, now, node_lost_after)
         if loss_in is not None:
             waits.append(timedelta(seconds=loss_in))
-        requeue = max(0.5, min(w.total_seconds() for w in waits))
+        requeue = max(0.5, min(w.total_seconds() for w in waits)) if waits else None
         if stalled_msg:
-            requeue = min(requeue, 5.0)
+            requeue = min(requeue, 5.0) if requeue is not None else 5.0
     return Decision(
         status=new_status,
         create=create,
@@ -1302,6 +1329,53 @@ def _consumed_check(
                 return "restart", f"consumed the result of group {pg} attempt {waited}, which was superseded"
             hold = hold or f"finished; its result waits until group {pg}'s result (consumed) is recorded"
     return ("hold", hold) if hold else ("ok", "")
+
+
+@dataclass(frozen=True)
+class Suspension:
+    """How long the run has been suspended in all (``seconds``, closed spells only), since when it is now
+    (``since``), and whether this pass began or ended a spell."""
+
+    seconds: float = 0.0
+    since: datetime | None = None
+    began: bool = False
+    ended: bool = False
+
+
+def suspension(status: Mapping[str, Any], suspend: bool, now: datetime) -> Suspension:
+    """The run's suspension as this pass leaves it (status.suspendedAt, status.suspendedSeconds)."""
+    seconds = _num(status.get("suspendedSeconds")) or 0.0
+    since = parse_time(status.get("suspendedAt"))
+    if suspend:
+        return Suspension(seconds, since or now, began=since is None)
+    if since is not None:
+        return Suspension(seconds + max(0.0, (now - since).total_seconds()), None, ended=True)
+    return Suspension(seconds)
+
+
+def build_deadline(
+    status: Mapping[str, Any], spec: ImageBuildSpec, now: datetime, pause: Suspension | None = None
+) -> datetime:
+    """When spec.timeout cancels the run: from its start, not counting time suspended (never while it is)."""
+    pause = pause or suspension(status, spec.suspend, now)
+    if pause.since is not None:
+        return datetime.max.replace(tzinfo=UTC)
+    start = parse_time(status.get("startTime")) or now
+    return start + timedelta(seconds=spec.timeout_seconds + pause.seconds)
+
+
+def pause_stopped(delete: Sequence[str], current: Sequence[PodObservation]) -> int:
+    running = {p.name for p in current if not p.terminated and not p.deleting}
+    return len(running.intersection(delete))
+
+
+def _suspend(gs: GroupState, pod: PodObservation, delete: list[str]) -> None:
+    """spec.suspend: the group's pod is stopped; the group starts again on resume, using no retry."""
+    if not pod.deleting:
+        delete.append(pod.name)
+    gs.phase, gs.restarts, gs.retry_at = S_WAITING, gs.restarts + 1, None
+    gs.start, gs.completion, gs.node = None, None, None
+    gs.message = "suspended (spec.suspend): its pod was stopped; it starts again on resume"
 
 
 def _restart(
