@@ -53,6 +53,7 @@ def test_what_started_a_run_is_named_for_its_event() -> None:
     assert started_by(first, Run(1, 1)) is None
     assert started_by(first, Run(2, 2)) == "spec changed (generation 2)"
     assert started_by(first, Run(2, 1, "now")) == "rebuild requested (stagefleet.io/rebuild='now')"
+    assert started_by(Run(2, 1, "now").fields(), Run(3, 1, "now")) is None  # a moved branch: said by polling
 
 
 def test_non_string_annotations_and_odd_statuses_do_not_crash() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from stagefleet.controller import login as credentials
-from stagefleet.controller import runs
+from stagefleet.controller import polling, runs
 from stagefleet.controller.podspec import GROUP, LABEL_UID
 from stagefleet.controller.reconciler import Reconciler
 
@@ -57,6 +57,7 @@ async def imagebuild_event(
         type in (None, "ADDED")
         or meta.get("deletionTimestamp")
         or runs.unanswered(meta, status)  # a spec edit, or a stagefleet.io/rebuild annotation
+        or polling.unanswered(meta, status)  # a stagefleet.io/resolve annotation
     ):
         await r.trigger(ns, name)
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from stagefleet.controller.clock import parse_time
+
 NODE_LOST = "NodeLost"
 STUCK_TERMINATING = "PodStuckTerminating"
 DEFAULT_GRACE_SECONDS = 60.0
@@ -70,13 +72,6 @@ class LostPod:
     message: str
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 def _fmt(t: datetime) -> str:
@@ -89,7 +84,8 @@ def node_readiness(node: Mapping[str, Any]) -> tuple[str, NodeReadiness]:
     name = str((node.get("metadata") or {}).get("name") or "")
     for c in (node.get("status") or {}).get("conditions") or ():
         if isinstance(c, Mapping) and c.get("type") == "Ready":
-            return name, NodeReadiness(str(c.get("status") or "Unknown"), _time(c.get("lastTransitionTime")))
+            since = parse_time(c.get("lastTransitionTime"))
+            return name, NodeReadiness(str(c.get("status") or "Unknown"), since)
     return name, NodeReadiness("Unknown", None)
 
 
@@ -111,7 +107,7 @@ def _loss_time(
                 f"over {grace.total_seconds():g} s",
             )
         )
-    deleted = _time(pod.deletion_timestamp)
+    deleted = parse_time(pod.deletion_timestamp)
     if deleted is not None:
         found.append(
             (

@@ -17,14 +17,24 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from stagefleet import stagekey
-from stagefleet.controller import history, nodeloss, retention, reuse, runs, stagetags, tracking, trust
+from stagefleet.controller import (
+    history,
+    nodeloss,
+    polling,
+    retention,
+    reuse,
+    runs,
+    stagetags,
+    tracking,
+    trust,
+)
 from stagefleet.controller import registry as reg
 from stagefleet.controller import status as st
 from stagefleet.controller.kube import Conflict, Kube, Refused
@@ -46,7 +56,15 @@ from stagefleet.controller.podspec import (
 )
 from stagefleet.controller.policy import REASON as POLICY_REASON
 from stagefleet.controller.policy import Policy, violations
-from stagefleet.controller.source import GitAuth, Resolved, SourceError, SourceTimeout, redact, resolve
+from stagefleet.controller.source import (
+    GitAuth,
+    Resolved,
+    SourceError,
+    SourceTimeout,
+    current_commit,
+    redact,
+    resolve,
+)
 from stagefleet.controller.sourceslots import SourceSlots
 from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
 from stagefleet.gitauth import is_http_url
@@ -142,6 +160,17 @@ class SourceJob:
         self.thread: threading.Thread | None = None
 
 
+class PollJob:
+    """One look at a finished build's git revision (`polling`), in a thread of its own like `SourceJob`."""
+
+    def __init__(self, uid: str, run: int) -> None:
+        self.uid = uid
+        self.run = run
+        self.done = threading.Event()
+        self.commit: str | None = None
+        self.error: str | None = None
+
+
 class Reconciler:
     def __init__(
         self,
@@ -177,6 +206,7 @@ class Reconciler:
         self.nodes: NodeWatch | None = None  # started with the operator (watch_nodes)
         # Sources being resolved, per build (SourceJob); guarded by a lock: jobs end in their own threads.
         self._sources: dict[tuple[str, str], SourceJob] = {}
+        self._polls: dict[tuple[str, str], PollJob] = {}  # (guarded by _sources_lock)
         self._sources_lock = threading.Lock()
         self._source_slots = SourceSlots(config.source_resolutions, config.source_resolutions_per_namespace)
         self._loop: asyncio.AbstractEventLoop | None = None  # kopf's, for a job's wake-up
@@ -334,6 +364,7 @@ class Reconciler:
         self._drop(key, in_pass=in_pass)
         with self._sources_lock:
             self._sources.pop(key, None)  # its thread ends by its own deadline; the result is dropped
+            self._polls.pop(key, None)
         self.metrics.forget(f"{namespace}/{name}")
         correlator = getattr(self.kube, "events", None)
         if uid is not None and correlator is not None:
@@ -376,6 +407,7 @@ class Reconciler:
             "ended": len(self._ended),
             "configmaps": len(self._configmaps),
             "sources": len(self._sources),
+            "polls": len(self._polls),
             "pod_states": len(self._pod_states),
             "created": len(self._created),
             "unschedulable": len(self._unschedulable),
@@ -389,7 +421,7 @@ class Reconciler:
     def known(self) -> tuple[set[tuple[str, str]], dict[str, tuple[str, str]]]:
         """The builds and pods (uid → build) with an entry anywhere in memory: what a sweep checks."""
         builds = set(self._locks) | set(self._dirty) | set(self._due) | set(self._held) | set(self._ended)
-        builds |= set(self._configmaps) | set(self._sources)
+        builds |= set(self._configmaps) | set(self._sources) | set(self._polls)
         for key in self.metrics.build_keys():
             ns, _, name = key.partition("/")
             builds.add((ns, name))
@@ -532,6 +564,13 @@ class Reconciler:
             status, cleanup_in = self._after_finish(ib, build, status, now, spec=spec)
             if cleanup_in is not None:
                 expires = cleanup_in if expires is None else min(expires, cleanup_in)
+        if finished and spec.source.git is not None:
+            polled = self._poll(ib, build, spec, status, now)
+            if isinstance(polled, tuple):  # the revision moved: a new run of the same spec
+                status, build = polled
+                current_gen = finished = False
+            elif polled is not None:
+                expires = polled if expires is None else min(expires, polled)
 
         base = status  # what the API server holds: the base of the next status write
         events: list[st.Event] = []
@@ -747,27 +786,9 @@ class Reconciler:
                 f'"{KNOWN_HOSTS_KEY}", or set spec.source.git.insecureIgnoreHostKey: true to accept any'
             )
         else:
-            value = self.kube.read_secret_value(build.namespace, ref.name, ref.key)
-            if value is not None:
-                if git.ssh:
-                    known = (
-                        None
-                        if git.insecure_ignore_host_key
-                        else self.kube.read_secret_value(build.namespace, ref.name, KNOWN_HOSTS_KEY)
-                    )
-                    return GitAuth(
-                        ssh_key=value,
-                        known_hosts=known if known is not None else b"",
-                        insecure_ignore_host_key=git.insecure_ignore_host_key,
-                    )
-                if is_http_url(git.url):
-                    user = (
-                        self.kube.read_secret_value(build.namespace, ref.name, USERNAME_KEY)
-                        if USERNAME_KEY in keys
-                        else None
-                    )
-                    return GitAuth(username=user, password=value)
-                return GitAuth()
+            auth = self._read_git_auth(build, spec, keys)
+            if auth is not None:
+                return auth
             msg = f'waiting for Secret "{ref.name}" key "{ref.key}" (spec.source.git.secretRef): not found'
         stalled = st.progress_status(
             generation=build.generation,
@@ -782,6 +803,105 @@ class Reconciler:
         if self._write(ib, status, stalled):
             self._event(ib, "Warning", reason, msg)
         return Planned(None, stalled, ib)
+
+    def _poll(
+        self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
+    ) -> float | tuple[dict[str, Any], BuildRef] | None:
+        """A finished git build: ask for its revision's commit when due (`polling`). Returns when to look
+        again, or (the status as written, the new run) when the commit moved; None: never."""
+        git = spec.source.git
+        assert git is not None
+        meta = ib["metadata"]
+        due = polling.due_in(status, meta, git.poll_seconds, now)
+        if due is None or due > 0:
+            return due
+        key = (build.namespace, build.name)
+        with self._sources_lock:
+            job = self._polls.get(key)
+            if job is not None and (job.uid, job.run) != (build.uid, build.generation):
+                job = None
+        if job is None:
+            auth = self._git_auth_quietly(build, spec)
+            job = PollJob(build.uid, build.generation)
+            with self._sources_lock:
+                self._polls[key] = job
+            threading.Thread(target=self._poll_job, args=(job, build, spec, auth), daemon=True,
+                             name=f"poll-{build.namespace}/{build.name}").start()
+        if not job.done.is_set():
+            return self.config.source_timeout + 5.0  # the job wakes the build; this is a safety net
+        with self._sources_lock:
+            if self._polls.get(key) is job:
+                del self._polls[key]
+        answered = polling.answered(status, meta, st.fmt_time(now))
+        if job.error is not None:
+            self._write(ib, status, answered)
+            self._event(ib, "Warning", "PollFailed", f"{job.error}; asking again in {git.poll_seconds or 0}s")
+            return float(git.poll_seconds) if git.poll_seconds else None
+        old = polling.commit_of(status)
+        self._write(ib, status, answered)
+        if job.commit == old or build.run is None:
+            return float(git.poll_seconds) if git.poll_seconds else None
+        nxt = runs.following(status, build.run)
+        self._event(
+            ib, "Normal", "RunStarted",
+            f"spec.source.git.revision {git.revision!r} moved from {(old or '?')[:12]} to "
+            f"{(job.commit or '?')[:12]}: run {nxt.number} starts",
+        )
+        return answered, BuildRef(build.name, build.namespace, build.uid, nxt.number, nxt)
+
+    def _git_auth_quietly(self, build: BuildRef, spec: ImageBuildSpec) -> GitAuth:
+        """The git credentials for a poll, or none when the Secret is missing (the poll then fails and
+        says so; a finished build's status is not turned into a wait for the Secret)."""
+        git = spec.source.git
+        assert git is not None
+        if git.secret is None:
+            return GitAuth(insecure_ignore_host_key=git.insecure_ignore_host_key)
+        keys = self.kube.secret_keys(build.namespace, git.secret.name)
+        auth = self._read_git_auth(build, spec, keys) if keys is not None else None
+        return auth or GitAuth(insecure_ignore_host_key=git.insecure_ignore_host_key)
+
+    def _read_git_auth(
+        self, build: BuildRef, spec: ImageBuildSpec, keys: Collection[str]
+    ) -> GitAuth | None:
+        """The credentials spec.source.git.secretRef holds (``keys``: its Secret's keys); None when its
+        credential key cannot be read."""
+        git = spec.source.git
+        assert git is not None and git.secret is not None
+        ref = git.secret
+        value = self.kube.read_secret_value(build.namespace, ref.name, ref.key)
+        if value is None:
+            return None
+        if git.ssh:
+            known = (
+                None
+                if git.insecure_ignore_host_key
+                else self.kube.read_secret_value(build.namespace, ref.name, KNOWN_HOSTS_KEY)
+            )
+            return GitAuth(
+                ssh_key=value,
+                known_hosts=known if known is not None else b"",
+                insecure_ignore_host_key=git.insecure_ignore_host_key,
+            )
+        if is_http_url(git.url):
+            user = None
+            if USERNAME_KEY in keys:
+                user = self.kube.read_secret_value(build.namespace, ref.name, USERNAME_KEY)
+            return GitAuth(username=user, password=value)
+        return GitAuth()
+
+    def _poll_job(self, job: PollJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> None:
+        """In the job's thread: one ``git ls-remote`` within the source timeout, in a source slot."""
+        try:
+            with self._source_slots.slot(build.namespace):
+                job.commit = current_commit(spec, auth=auth, timeout=self.config.source_timeout)
+        except SourceError as e:
+            job.error = str(e)
+        except Exception as e:  # never leave a build waiting for a job that died
+            log.exception("polling the source of %s/%s failed", build.namespace, build.name)
+            job.error = f"polling the source failed: {type(e).__name__}"
+        finally:
+            job.done.set()
+            self._wake(build.namespace, build.name)
 
     def _source_job(self, build: BuildRef) -> SourceJob | None:
         """The job resolving this generation's source, if one was started (a stale one is dropped)."""

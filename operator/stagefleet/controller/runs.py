@@ -109,12 +109,20 @@ def current(meta: Mapping[str, Any], status: Mapping[str, Any], spec: Any = None
     return Run(number, generation, asked, digest)
 
 
+def following(status: Mapping[str, Any], run: Run) -> Run:
+    """The run after ``run`` for the same spec (its git revision moved: `polling`)."""
+    last = run_of(status) or run.number
+    return Run(max(run.generation, last + 1), run.generation, run.rebuild, run.spec_hash)
+
+
 def started_by(status: Mapping[str, Any], run: Run) -> str | None:
     """Why ``run`` replaces the run ``status`` describes, for its event: None when it does not (the same run,
-    or the ImageBuild's first)."""
+    or the ImageBuild's first) or for another reason than a spec edit or a rebuild request."""
     last = run_of(status)
     if last is None or last == run.number:
         return None
     if _int(status.get("observedGeneration")) != run.generation:
         return f"spec changed (generation {run.generation})"
-    return f"rebuild requested ({ANNOTATION_REBUILD}={run.rebuild!r})"
+    if run.rebuild is not None and run.rebuild != status.get("rebuild"):
+        return f"rebuild requested ({ANNOTATION_REBUILD}={run.rebuild!r})"
+    return None  # (a moved git revision: `polling`, whose caller says so)

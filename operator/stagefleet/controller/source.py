@@ -232,3 +232,18 @@ def resolve(
             "git": {"url": redact(git.url), "revision": git.revision, "commit": commit, "dockerfile": path}
         },
     )
+
+
+def current_commit(spec: ImageBuildSpec, *, auth: GitAuth, timeout: float = 60) -> str:
+    """The commit spec.source.git.revision names now (``git ls-remote``, nothing fetched): what a poll
+    compares with the run's pinned commit (`polling`)."""
+    git = spec.source.git
+    assert git is not None
+    with tempfile.TemporaryDirectory(prefix="stagefleet-poll-") as tmp:
+        env = _env(auth, Path(tmp))
+        try:
+            return pin_revision(git.url, git.revision, env, timeout=timeout)
+        except SourceTimeout as e:
+            raise SourceTimeout(
+                f"spec.source.git.url {redact(git.url)}: no answer within {timeout:.0f}s ({e})"
+            ) from None

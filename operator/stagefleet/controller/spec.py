@@ -51,12 +51,16 @@ class SecretRef:
     key: str
 
 
+MIN_POLL_SECONDS = 10  # shared git hosts: a farm of builds polling every second would flood them
+
+
 @dataclass(frozen=True)
 class GitSource:
     url: str
     revision: str
     secret: SecretRef | None
     insecure_ignore_host_key: bool = False
+    poll_seconds: int | None = None  # pollInterval: ask the revision's commit again after a run (`polling`)
 
     @property
     def ssh(self) -> bool:
@@ -355,7 +359,15 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
                 "an ssh URL needs a Secret with the host keys (key known_hosts) and usually a private key "
                 "(ssh-privatekey); or set spec.source.git.insecureIgnoreHostKey: true to accept any host key",
             )
-        git = GitSource(url, g.text("revision", "HEAD") or "HEAD", secret, insecure)
+        poll: int | None = None
+        if g.data.get("pollInterval") is not None:
+            raw_poll = g.text("pollInterval", "") or ""
+            poll = parse_duration(raw_poll, "spec.source.git.pollInterval")
+            if poll < MIN_POLL_SECONDS:
+                raise SpecError(
+                    "spec.source.git.pollInterval", f"{raw_poll!r} is shorter than {MIN_POLL_SECONDS}s"
+                )
+        git = GitSource(url, g.text("revision", "HEAD") or "HEAD", secret, insecure, poll)
     else:
         inline = src.obj("inline").req("dockerfile", max_len=262144)
     raw_context_dir = src.text("contextDir", "") or ""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from stagefleet.controller.clock import parse_time
 from stagefleet.controller.runs import run_of
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -32,13 +33,6 @@ MAX_ATTEMPTS = 3  # transient registry failures (unreachable, 5xx) are retried t
 RETRY_SECONDS = 30.0  # … after 30 s, then 60 s
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _finished_since(status: Mapping[str, Any], generation: int, now: datetime) -> float | None:
@@ -50,7 +44,7 @@ def _finished_since(status: Mapping[str, Any], generation: int, now: datetime) -
         or "plan" not in status
     ):
         return None
-    done = _time(status.get("completionTime"))
+    done = parse_time(status.get("completionTime"))
     return None if done is None else (now - done).total_seconds()
 
 
@@ -64,7 +58,7 @@ def tags_due_in(
         return None
     done = status.get("stageTags")
     if isinstance(done, Mapping):
-        retry = _time(done.get("retryAt"))
+        retry = parse_time(done.get("retryAt"))
         return None if retry is None else (retry - now).total_seconds()
     keep = 0.0 if status.get("phase") == "Succeeded" else max(0.0, keep_failed)
     return keep - since

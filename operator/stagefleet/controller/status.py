@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stagefleet.controller import history, nodeloss, trust
+from stagefleet.controller import history, nodeloss, polling, trust
+from stagefleet.controller.clock import fmt_time as fmt_time  # (re-exported: st.fmt_time)
+from stagefleet.controller.clock import parse_time as parse_time
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.nodeloss import NodeReadiness
 from stagefleet.controller.podspec import (
@@ -44,7 +46,17 @@ S_WAITING, S_PENDING, S_RUNNING, S_RETRYING = "Waiting", "Pending", "Running", "
 S_SUCCEEDED, S_FAILED, S_CANCELLED = "Succeeded", "Failed", "Cancelled"
 S_ACTIVE = (S_PENDING, S_RUNNING)
 # Fields of a generation's status that passes carry over as planned (`reuse.mark` writes the last two).
-KEPT_FIELDS = ("source", "plan", "startTime", "observedGeneration", "run", "rebuild", "baseImages", "reuse")
+KEPT_FIELDS = (
+    "source",
+    "plan",
+    "startTime",
+    "observedGeneration",
+    "run",
+    "rebuild",
+    "baseImages",
+    "reuse",
+    *polling.CARRIED,
+)
 S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
 
 # Failures no retry can fix: the build's own (11-13) and a worker securityContext that cannot run rootless
@@ -83,19 +95,6 @@ STUCK_REASONS = (
     "CreateContainerConfigError",
     "CreateContainerError",
 )
-
-
-def fmt_time(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: Any) -> datetime | None:
-    if not isinstance(s, str) or not s:
-        return None
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -694,6 +693,7 @@ def terminal_status(
     ``generation`` is the run's number; ``run`` (default: that generation's first) what the status says."""
     ids = (run or Run(generation, generation)).fields()
     status: dict[str, Any] = {
+        **polling.carried(old),
         "phase": phase,
         **ids,
         "message": message,
@@ -724,6 +724,7 @@ def progress_status(
     """Status while resolving the source and planning (no plan yet)."""
     ids = (run or Run(generation, generation)).fields()
     status: dict[str, Any] = {
+        **polling.carried(old),
         "phase": phase,
         **ids,
         "message": message,
@@ -764,6 +765,7 @@ def planned_status(
     waves = 1 + max((g.wave for g in plan.groups), default=-1)
     message = f"planned {len(stages)} stages in {n} group{'s' * (n != 1)}, {waves} wave{'s' * (waves != 1)}"
     status: dict[str, Any] = {
+        **polling.carried(old),
         "phase": BUILDING,
         **ids,
         "message": message,
@@ -1188,6 +1190,9 @@ def decide(
             "short": (final.digest or "")[:19],  # sha256: and 12 hex digits, for the printer column
             "tags": list(spec.output.refs),
         }
+        last = polling.last_succeeded(new_status)
+        if last is not None:
+            new_status["lastSucceeded"] = last  # kept by the next runs (a Deployment can follow it)
     if build_failure is not None:
         gid, msg, detail = build_failure
         new_status["failure"] = {"group": gid, **detail, "message": msg}
