@@ -9,6 +9,8 @@ from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.podspec import BuildRef, pod_labels, pod_name
 from stagefleet.controller.spec import ImageBuildSpec, parse_spec
 
+from .crdschema import undeclared
+
 BUILD = BuildRef(name="seed", namespace="ns", uid="0123456789abcdef-uid", generation=1)
 
 SEED_PLAN = PlanView(
@@ -182,4 +184,7 @@ def decide_pods(
     observed = [o for o in (observe_pod(p) for p in pods) if o is not None]
     d = decide(build=BUILD, spec=spec, plan=plan, status=status, pods=observed,
                missing_secrets=missing or {}, now=now, **options)
-    return recorded(d) if record else d
+    d = recorded(d) if record else d
+    # Every status decide writes survives the API server's pruning and type checks (the CRD declares it).
+    assert undeclared(d.status) == [], undeclared(d.status)
+    return d

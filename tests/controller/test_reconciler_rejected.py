@@ -20,6 +20,8 @@ from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.podspec import LABEL_GROUP
 from stagefleet.controller.reconciler import OperatorConfig, Reconciler
 
+from .crdschema import undeclared
+
 NOW = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
 DOCKERFILE = (
     "FROM busybox AS build1\nRUN true\n"
@@ -93,6 +95,7 @@ class FakeApi:
         self.configmaps.clear()
 
     def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        assert undeclared(dict(new)) == [], undeclared(dict(new))  # (the CRD declares every field)
         if dict(ib.get("status") or {}) == dict(new):
             return False
         self.ib["status"] = copy.deepcopy(dict(new))

@@ -24,6 +24,8 @@ from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.policy import Policy
 from stagefleet.controller.reconciler import OperatorConfig, Reconciler
 
+from .crdschema import undeclared
+
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git missing")
 
 DOCKERFILE = "FROM busybox AS one\nRUN true\nFROM busybox AS two\nCOPY --from=one /x /x\n"
@@ -84,6 +86,7 @@ class FakeApi:
         pass
 
     def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        assert undeclared(dict(new)) == [], undeclared(dict(new))  # (the CRD declares every field)
         stored = self.ibs[ib["metadata"]["name"]]
         if dict(stored.get("status") or {}) == dict(new):
             return False

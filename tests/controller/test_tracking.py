@@ -24,6 +24,8 @@ from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.podspec import LABEL_GROUP, LABEL_UID
 from stagefleet.controller.reconciler import OperatorConfig, Reconciler
 
+from .crdschema import undeclared
+
 DOCKERFILE = (
     "FROM busybox AS build1\nRUN true\n"
     "FROM busybox AS build2\nRUN true\n"
@@ -144,6 +146,7 @@ class Cluster:
         pass
 
     def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        assert undeclared(dict(new)) == [], undeclared(dict(new))  # (the CRD declares every field)
         if dict(ib.get("status") or {}) == dict(new):
             return False
         meta = ib["metadata"]

@@ -162,3 +162,20 @@ def test_kubectl_explain_documents_the_spec(kubectl: Kubectl) -> None:
     git_url = explain(kubectl, "imagebuild.spec.source.git.url")
     assert git_url.returncode == 0, git_url.stderr
     assert "Repository URL" in " ".join(git_url.stdout.split())
+
+
+def test_kubectl_explain_documents_the_status(kubectl: Kubectl) -> None:
+    """Every field the operator writes per stage, plan group and failure is described (`kubectl explain`)."""
+    out = explain(kubectl, "imagebuild.status.stages")
+    if out.returncode != 0:
+        pytest.skip(f"kubectl explain unsupported by this API server: {out.stderr.strip()[:200]}")
+    listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith(" ") and line.split()}
+    for field in ("name", "group", "phase", "attempts", "restarts", "admissionRejections", "rejections",
+                  "pod", "node", "retryAt", "duration", "cachedSteps", "digest", "podUID", "key", "reused"):
+        assert field in listed, (field, out.stdout)
+    groups = explain(kubectl, "imagebuild.status.plan.groups.consumes")
+    assert groups.returncode == 0 and "stage" in groups.stdout, groups.stderr
+    line = explain(kubectl, "imagebuild.status.failure.line")
+    assert line.returncode == 0 and "Dockerfile line" in " ".join(line.stdout.split()), line.stdout
+    run = explain(kubectl, "imagebuild.status.run")
+    assert run.returncode == 0 and "rebuild" in " ".join(run.stdout.split()), run.stdout
