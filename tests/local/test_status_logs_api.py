@@ -109,11 +109,15 @@ def append_log(c: Cluster, name: str, lines: list[str], mtime: float | None = No
 
 
 def make_pod(c: Cluster, name: str, group: str, lines: list[str], mtime: float | None, *,
-             running: bool = False) -> None:
+             running: bool = False, run: int = 1) -> None:
+    """A worker pod of the seed ImageBuild's run ``run``, labelled as the operator labels it."""
     from kubernetes import client
 
     core = client.CoreV1Api(c.api)
-    labels = {"stagefleet.io/imagebuild": "seed", "stagefleet.io/group": group}
+    uid = client.CustomObjectsApi(c.api).get_namespaced_custom_object(
+        "stagefleet.io", "v1alpha1", NS, "imagebuilds", "seed")["metadata"]["uid"]
+    labels = {"stagefleet.io/imagebuild": "seed", "stagefleet.io/group": group,
+              "stagefleet.io/imagebuild-uid": uid, "stagefleet.io/generation": str(run)}
     container = {"name": "worker", "image": "x", "command": ["true"]}
     core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod",
                                     "metadata": {"name": name, "labels": labels},
@@ -183,6 +187,30 @@ def test_logs_interleaved_with_stage_prefixes_and_stage_filter(cluster: Cluster)
     assert only.stdout.splitlines() == ["build2 | STEP 1/2: FROM base", "build2 | two"]
     bad = stagefleet(cluster, "logs", "seed", "--stage", "nope")
     assert bad.returncode == 1 and "no stage 'nope'" in bad.stderr
+
+
+def test_logs_show_only_the_current_run_of_this_imagebuild(cluster: Cluster) -> None:
+    """Pods are selected by the ImageBuild's UID and its run: an earlier run's pods (a rebuild) and a pod
+    with the name label but another UID (a deleted ImageBuild of the same name) are left out."""
+    from kubernetes import client
+
+    make_build(cluster, "Succeeded")
+    rebuilt = {"status": {"run": 2, "observedGeneration": 1}}  # run 2 of generation 1: a rebuild
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object_status(
+        "stagefleet.io", "v1alpha1", NS, "imagebuilds", "seed", rebuilt)
+    make_pod(cluster, "seed-1-g1-a1", "g1", ["[build1] from run one"], 1_800_000_000, run=1)
+    make_pod(cluster, "seed-2-g1-a1", "g1", ["[build1] from run two"], 1_800_000_001, run=2)
+    client.CoreV1Api(cluster.api).create_namespaced_pod(NS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "seed-old-g2", "labels": {"stagefleet.io/imagebuild": "seed",
+                                                        "stagefleet.io/group": "g2",
+                                                        "stagefleet.io/imagebuild-uid": "another-uid"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "worker", "image": "x"}]}})
+    set_pod_state(cluster, "seed-old-g2", running=False)
+    append_log(cluster, "seed-old-g2", ["[build2] from a deleted namesake"])
+    proc = stagefleet(cluster, "logs", "seed")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["build1 | from run two"]
 
 
 def test_logs_follow_ends_when_the_build_is_over(cluster: Cluster) -> None:

@@ -1,9 +1,11 @@
 """`stagefleet logs NAME [-f] [--stage S]`: every stage pod's log, interleaved, with coloured stage prefixes.
 
-Pods are found by the label `stagefleet.io/imagebuild=NAME`; `stagefleet.io/group` says which plan group a
-pod runs, and the ImageBuild's `status.stages` which stages that group holds. Lines of a multi-stage group
-are attributed to a stage the same way local mode does (`local.StageTracker`). Everything that decides
-what is printed is pure; the API calls are at the bottom.
+Pods are found by the ImageBuild's UID and its current run (labels `stagefleet.io/imagebuild-uid` and
+`stagefleet.io/generation`: a name over 63 characters is hashed in the name label, and pods of an earlier
+run or of a deleted ImageBuild of the same name are not this build's); `stagefleet.io/group` says which
+plan group a pod runs, and the ImageBuild's `status.stages` which stages that group holds. Lines of a
+multi-stage group are attributed to a stage the same way local mode does (`local.StageTracker`).
+Everything that decides what is printed is pure; the API calls are at the bottom.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from stagefleet.commands.status import TERMINAL_PHASES, add_kube_args, get_image
 from stagefleet.local import StageTracker, looks_like_result
 
 IMAGEBUILD_LABEL = "stagefleet.io/imagebuild"
+UID_LABEL = "stagefleet.io/imagebuild-uid"
+RUN_LABEL = "stagefleet.io/generation"  # (holds the run: the generation, or later after a rebuild)
 GROUP_LABEL = "stagefleet.io/group"
 STAGE_LABEL = "stagefleet.io/stage"
 PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "bright_magenta",
@@ -55,6 +59,20 @@ class StagePod:
     container: str | None
     phase: str
     started: bool          # has (or had) a running container, so it has a log to read
+
+
+def pod_selector(obj: Mapping[str, Any]) -> str:
+    """The label selector of the ImageBuild's worker pods of its current run (by UID; by name only for an
+    object without one)."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    uid = meta.get("uid")
+    if not uid:
+        return f"{IMAGEBUILD_LABEL}={meta.get('name')}"
+    run = status.get("run", status.get("observedGeneration"))
+    if isinstance(run, int) and not isinstance(run, bool):
+        return f"{UID_LABEL}={uid},{RUN_LABEL}={run}"
+    return f"{UID_LABEL}={uid}"
 
 
 def group_stages(status: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -207,8 +225,8 @@ class Printer:
                                          " ", ln.text))
 
 
-def list_pods(core: Any, namespace: str, name: str) -> list[dict[str, Any]]:
-    resp = core.list_namespaced_pod(namespace, label_selector=f"{IMAGEBUILD_LABEL}={name}")
+def list_pods(core: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
+    resp = core.list_namespaced_pod(namespace, label_selector=selector)
     api_client = core.api_client
     return [api_client.sanitize_for_serialization(p) for p in resp.items]
 
@@ -282,7 +300,7 @@ def _follow(core: Any, custom_get: Any, namespace: str, name: str, stage: str | 
         while True:
             obj = custom_get()
             status = obj.get("status") or {}
-            pods = select(stage_pods(list_pods(core, namespace, name), status), stage)
+            pods = select(stage_pods(list_pods(core, namespace, pod_selector(obj)), status), stage)
             for sp in pods:
                 if sp.pod not in threads and sp.started:
                     printer.add(sp.stages)
@@ -333,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
         if args.follow:
             return _follow(core, lambda: get_imagebuild(api, ns, args.name), ns, args.name, args.stage,
                            printer)
-        pods = select(stage_pods(list_pods(core, ns, args.name), status), args.stage)
+        pods = select(stage_pods(list_pods(core, ns, pod_selector(obj)), status), args.stage)
         per_pod = [attribute(sp, read_log(core, ns, sp, timestamps=True), timestamps=True) for sp in pods]
         for sp in pods:
             printer.add(sp.stages)
