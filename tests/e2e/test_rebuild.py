@@ -71,6 +71,14 @@ def test_a_rebuild_annotation_runs_a_failed_build_again_without_a_spec_edit(
 
     (root / "flag").write_text("fixed outside the spec\n")
     kubectl.run("annotate", "imagebuild", "again", "stagefleet.io/rebuild=first")
+    # `stagefleet status -w` follows the new run over the API server's watch until it ends (not at once:
+    # the Failed run 1 it sees first has an unanswered rebuild request).
+    watched = subprocess.run(
+        [sys.executable, "-m", "stagefleet.cli", "status", "again", "-w", "-n", kubectl.namespace],
+        env=kubectl.env(), capture_output=True, text=True, timeout=300,
+    )
+    assert watched.returncode == 0, (watched.stdout[-2000:], watched.stderr[-2000:])
+    assert f"imagebuild {kubectl.namespace}/again: Succeeded" in watched.stdout, watched.stdout[-2000:]
     second = wait_for(kubectl, operator, "again", run_ended(2), "run 2 to end")
     st2 = second["status"]
     assert st2["phase"] == "Succeeded", st2.get("message")

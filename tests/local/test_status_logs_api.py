@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,41 @@ def test_status_of_a_missing_imagebuild(cluster: Cluster) -> None:
     proc = stagefleet(cluster, "status", "nope")
     assert proc.returncode == 1
     assert 'imagebuild "nope" not found' in proc.stderr
+
+
+def test_status_watch_follows_the_build_until_it_ends(cluster: Cluster) -> None:
+    """`status -w` prints the table again on every change (no terminal: plain text) and ends with the build:
+    0 when it succeeded. A terminal phase with a rebuild request not answered yet is not the end."""
+    from kubernetes import client
+
+    make_build(cluster, "Building")
+    custom = client.CustomObjectsApi(cluster.api)
+
+    def set_status(**status: Any) -> None:
+        custom.patch_namespaced_custom_object_status("stagefleet.io", "v1alpha1", NS, "imagebuilds", "seed",
+                                                     {"status": status})
+
+    set_status(observedGeneration=1, run=1)
+    proc = subprocess.Popen([sys.executable, "-m", "stagefleet.cli", "status", "seed", "-w",
+                             "--kubeconfig", str(cluster.kubeconfig)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("imagebuild default/seed: Building")
+        # Failed, but a rebuild is asked for and not answered yet: it goes on.
+        asked = {"metadata": {"annotations": {"stagefleet.io/rebuild": "again"}}}
+        custom.patch_namespaced_custom_object("stagefleet.io", "v1alpha1", NS, "imagebuilds", "seed", asked)
+        set_status(phase="Failed")
+        time.sleep(2)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        set_status(phase="Succeeded", run=2, rebuild="again")
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        out = proc.stdout.read()
+        assert "imagebuild default/seed: Failed" in out and "imagebuild default/seed: Succeeded" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_rebuild_sets_a_new_annotation_value_each_time(cluster: Cluster) -> None:

@@ -10,7 +10,7 @@ import argparse
 import datetime as _dt
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 GROUP, VERSION, PLURAL = "stagefleet.io", "v1alpha1", "imagebuilds"
@@ -26,6 +26,8 @@ def register(subparsers: Any) -> None:
     add_kube_args(p)
     p.add_argument("-o", "--output", choices=("table", "json"), default="table",
                    help="table (default) or the raw status as JSON")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="follow the build live until it ends (exit 0 when it succeeded, 1 otherwise)")
     p.set_defaults(func=run)
 
 
@@ -174,6 +176,20 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[s
             for row in [list(header), *rows]]
 
 
+def ended(obj: Mapping[str, Any]) -> bool:
+    """The build is over: a terminal phase for the current spec, and no rebuild or resolve request that
+    the operator has not answered yet (one would start another run)."""
+    from stagefleet.controller import polling, runs
+
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    return (
+        status.get("phase") in TERMINAL_PHASES
+        and not runs.unanswered(meta, status)
+        and not polling.unanswered(meta, status)
+    )
+
+
 def render(obj: Mapping[str, Any], now: _dt.datetime) -> list[str]:
     """The whole `stagefleet status` output for one ImageBuild object."""
     status = obj.get("status") or {}
@@ -208,9 +224,81 @@ def run(args: argparse.Namespace) -> int:
     except Exception as e:  # kubeconfig missing, server unreachable
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.watch:
+        try:
+            return watch(api, ns, args.name, obj, json_output=args.output == "json")
+        except KeyboardInterrupt:
+            return 130
     if args.output == "json":
         print(json.dumps(obj.get("status") or {}, indent=2))
         return 0
     for line in render(obj, _dt.datetime.now(_dt.UTC)):
         print(line)
     return 0
+
+
+def changes(api: Any, namespace: str, name: str, obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The ImageBuild each time it changes, from the API server's watch (resumed from the last
+    resourceVersion when a watch ends; read anew when that version is too old)."""
+    from kubernetes import client
+    from kubernetes import watch as kwatch
+    from kubernetes.client.exceptions import ApiException
+
+    custom = client.CustomObjectsApi(api)
+    version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    while True:
+        try:
+            stream = kwatch.Watch().stream(  # type: ignore[no-untyped-call,unused-ignore]
+                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+                field_selector=f"metadata.name={name}", resource_version=version, timeout_seconds=30,
+            )
+            for event in stream:
+                item = event.get("object")
+                if not isinstance(item, dict) or (item.get("metadata") or {}).get("name") != name:
+                    continue
+                if event.get("type") == "DELETED":
+                    return
+                version = str(item["metadata"].get("resourceVersion") or version)
+                yield item
+        except ApiException as e:
+            if e.status != 410:
+                raise
+            fresh = get_imagebuild(api, namespace, name)
+            version = str(fresh["metadata"].get("resourceVersion") or "")
+            yield fresh
+
+
+def watch(api: Any, namespace: str, name: str, obj: dict[str, Any], *, json_output: bool = False) -> int:
+    """`status -w`: the table, redrawn in place on a terminal (rich) or printed again on every change
+    otherwise, until the build is over; 0 when it succeeded."""
+    live = sys.stdout.isatty() and not json_output
+
+    def text(o: Mapping[str, Any]) -> str:
+        if json_output:
+            return json.dumps(o.get("status") or {}, indent=2)
+        return "\n".join(render(o, _dt.datetime.now(_dt.UTC)))
+
+    current = obj
+    if live:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        with Live(Text(text(current)), console=Console(), refresh_per_second=4) as screen:
+            if not ended(current):
+                for current in changes(api, namespace, name, obj):
+                    screen.update(Text(text(current)))
+                    if ended(current):
+                        break
+    else:
+        shown = text(current)
+        print(shown, flush=True)
+        if not ended(current):
+            for current in changes(api, namespace, name, obj):
+                now = text(current)
+                if now != shown:
+                    print(f"\n{now}", flush=True)
+                    shown = now
+                if ended(current):
+                    break
+    return 0 if (current.get("status") or {}).get("phase") == "Succeeded" else 1
