@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -197,3 +198,33 @@ def test_ssh_host_key_checking_can_be_switched_off_deliberately() -> None:
     r = Reconciler(cast(Kube, api), CONFIG(2), Metrics(), threads=1)
     r.reconcile("ns", "priv")
     assert "resolving source" in api.status("priv")["message"]
+
+
+def test_a_source_waiting_for_a_slot_says_so_then_says_it_resolves(repo: Path, black_hole: str) -> None:
+    """One slot per namespace, held by a black-holed source: the second build's status says it waits for a
+    slot (how many resolve, the limits), not that it resolves; once the first gives up and frees the slot,
+    the second resolves, plans and its status says so."""
+    api = FakeApi()
+    api.add("hole", {"source": {"git": {"url": black_hole}}})
+    api.add("next", {"source": {"git": {"url": f"file://{repo}", "revision": "main"}}})
+    config = dataclasses.replace(CONFIG(2.0), source_resolutions_per_namespace=1)
+    r = Reconciler(cast(Kube, api), config, Metrics(), threads=2)
+
+    async def scenario() -> None:
+        await r.trigger("ns", "hole")
+        started = time.monotonic()
+        while r._source_slots.busy() != {"ns": 1}:  # the hole's job holds the namespace's one slot
+            assert time.monotonic() - started < 2, r._source_slots.busy()
+            await asyncio.sleep(0.01)
+        await r.trigger("ns", "next")
+        waiting = api.status("next")
+        assert waiting["phase"] == "Planning", waiting
+        said = f"waiting to resolve spec.source.git.url file://{repo}: "
+        assert waiting["message"].startswith(f"{said}1 source(s) of this namespace resolving (at most 1)"), (
+            waiting["message"])
+        while "plan" not in api.status("next"):
+            assert time.monotonic() - started < 10, (api.status("next"), api.status("hole"))
+            await asyncio.sleep(0.05)
+        assert api.status("hole")["phase"] == "Failed"
+
+    asyncio.run(scenario())

@@ -158,6 +158,8 @@ class SourceJob:
         self.error: str | None = None
         self.timed_out = False
         self.thread: threading.Thread | None = None
+        self.started = threading.Event()  # it holds a source slot (`sourceslots`) and resolves
+        self.said_queued = False  # a status said it waits for a slot: say when it starts
 
 
 class PollJob:
@@ -635,15 +637,27 @@ class Reconciler:
                     return auth
                 job = self._start_source_job(build, spec, auth)
             if not job.done.is_set():
+                queued = not job.started.is_set() and self._source_slots.would_wait(build.namespace)
+                if queued:
+                    job.said_queued = True
+                    busy = self._source_slots.busy()
+                    message = (
+                        f"waiting to resolve spec.source.git.url {redact(git.url)}: "
+                        f"{busy.get(build.namespace, 0)} source(s) of this namespace resolving (at most "
+                        f"{self._source_slots.per_namespace}), {sum(busy.values())} in all (at most "
+                        f"{self._source_slots.total})"
+                    )
+                else:
+                    message = (
+                        f"resolving source: spec.source.git.url {redact(git.url)} "
+                        f"(gives up after {self.config.source_timeout:g}s)"
+                    )
                 planning = st.progress_status(
                     generation=build.generation,
                     run=build.run,
                     phase=st.PLANNING,
                     reason="Planning",
-                    message=(
-                        f"resolving source: spec.source.git.url {redact(git.url)} "
-                        f"(gives up after {self.config.source_timeout:g}s)"
-                    ),
+                    message=message,
                     old=status,
                     now=now,
                 )
@@ -931,6 +945,9 @@ class Reconciler:
         the build."""
         try:
             with self._source_slots.slot(build.namespace):
+                job.started.set()
+                if job.said_queued:  # its status says it waits: a pass says it resolves now
+                    self._wake(build.namespace, build.name)
                 self._resolve(job, build, spec, auth)
         except Exception as e:  # never leave a build waiting for a job that died
             log.exception("resolving the source of %s/%s failed", build.namespace, build.name)

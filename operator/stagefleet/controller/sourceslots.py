@@ -46,6 +46,11 @@ class SourceSlots:
                     del self._busy[namespace]
                 self._cond.notify_all()
 
+    def would_wait(self, namespace: str) -> bool:
+        """Whether a resolution of `namespace` asked for now would wait for a slot."""
+        with self._cond:
+            return not self._free(namespace)
+
     def busy(self) -> dict[str, int]:
         """Resolutions running now, by namespace."""
         with self._cond:
