@@ -22,7 +22,9 @@ DEFAULT_TIMEOUT_SECONDS = 3600
 DEFAULT_RETRIES = 2
 DEFAULT_MAX_PARALLEL_PODS = 8
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# A Kubernetes object name (DNS-1123 subdomain): Secrets, ServiceAccounts, PriorityClasses.
+OBJECT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_NAME_RE = OBJECT_NAME_RE
 _KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")

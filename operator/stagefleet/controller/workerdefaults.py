@@ -12,13 +12,12 @@ error naming the variable, raised at startup rather than as a broken pod later.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stagefleet.controller.podspec import WorkerConfig
-from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, Resources
+from stagefleet.controller.spec import DEFAULT_BUILDER_IMAGE, OBJECT_NAME_RE, Resources
 
 ENV_BUILDER_IMAGE = "STAGEFLEET_BUILDER_IMAGE"
 ENV_PULL_POLICY = "STAGEFLEET_BUILDER_IMAGE_PULL_POLICY"
@@ -168,12 +167,9 @@ FLAG_NAMES: dict[str, str] = {
 }
 
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
 def _object_name(text: str, where: str) -> str:
     """A Kubernetes object name (DNS-1123 subdomain), e.g. a PriorityClass's."""
-    if len(text) > 253 or not _NAME_RE.match(text):
+    if len(text) > 253 or not OBJECT_NAME_RE.match(text):
         raise WorkerDefaultsError(f"{where}: {text!r} is not a valid object name (lower-case DNS subdomain)")
     return text
 
