@@ -44,6 +44,8 @@ IMAGE_PATHS = sorted({sys.base_prefix, sys.prefix, str(Path(__file__).resolve().
 KUBELET_VERSION = "v1.34.0-stagefleet-dev"
 RESTART_BACKOFF_START = 1.0  # Kubernetes starts at 10 s; short here so tests of OnFailure stay quick
 RESTART_BACKOFF_MAX = 30.0
+# Fault injection (`Kubelet.admission_refusal`): refuse the node's next N pods at admission (OutOfcpu).
+REFUSE_ANNOTATION = "dev.stagefleet.io/refuse-pods"
 FIRST_REPORT_DELAY = 0.5  # a pod's Pending/ContainerCreating status is written only if it lasts this long
 # Node heartbeats, as a real kubelet sends them: a Lease per node in kube-node-lease renewed every 10 s
 # (a quarter of its 40 s duration), and the node status (every condition's lastHeartbeatTime) posted every
@@ -226,6 +228,7 @@ class PodRunner:
         self.log_dir = kubelet.logs_dir / self.ns / self.name
         self.start_time = (pod.get("status") or {}).get("startTime") or now()
         self.phase_override: tuple[str, str, str] | None = None  # (phase, reason, message)
+        self.refused: tuple[str, str] | None = None  # refused at admission: (reason, message), nothing ran
         self.extra_conditions: list[dict[str, Any]] = []
         self.stopping = False  # deletion, deadline or node loss: no (re)starts any more
         self.stop_event = asyncio.Event()
@@ -246,6 +249,15 @@ class PodRunner:
         self.task = asyncio.create_task(self._main(), name=f"pod {self.ns}/{self.name}")
 
     async def _main(self) -> None:
+        refusal = await self.k.admission_refusal(self.node, self.pod)
+        if refusal is not None:
+            # As a real kubelet's admission does (OutOfcpu when its count of the node's pods lags the
+            # scheduler's): Failed with the reason, no container status, nothing started.
+            self.refused = refusal
+            self.finished.set()
+            with contextlib.suppress(Exception):
+                await self.report()
+            return
         deadline_task = None
         # No status write for "ContainerCreating" when the container starts soon anyway: its Running report
         # says it all (a real kubelet's status manager batches the same way). A slow start still shows.
@@ -569,6 +581,8 @@ class PodRunner:
 
     def status(self) -> dict[str, Any]:
         """The full pod status for the current runtime state (pure given the fields)."""
+        if self.refused is not None:
+            return {"phase": "Failed", "reason": self.refused[0], "message": self.refused[1]}
         when = now()
         if self.phase_override is not None:
             phase = self.phase_override[0]
@@ -646,6 +660,15 @@ class PodRunner:
                 self.retrying = False
 
         self.k.spawn(retry())
+
+
+def _cpu_millis(value: Any) -> int:
+    """A CPU quantity ("500m", "2", 0.5) in millicores; 0 when absent or unreadable."""
+    text = str(value or "0").strip()
+    try:
+        return int(float(text[:-1])) if text.endswith("m") else int(float(text) * 1000)
+    except ValueError:
+        return 0
 
 
 async def _read_to_eof(fd: int) -> bytes:
@@ -1077,6 +1100,28 @@ class Kubelet:
         self._wake.set()
 
     # -------------------------------------------------------------------------------- scheduling
+
+    async def admission_refusal(self, node: str, pod: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Fault injection: while the node's annotation REFUSE_ANNOTATION counts N > 0, the next N pods bound
+        to it are refused at admission as a real kubelet refuses them (reason OutOfcpu), and N goes down by
+        one each. A real kubelet does this when its own count of the node's pods (pods that just finished
+        still count) lags the scheduler's; it cannot be caused on demand there."""
+        obj = self.node_objs.get(node) or {}
+        raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(REFUSE_ANNOTATION)
+        try:
+            left = int(raw) if raw is not None else 0
+        except ValueError:
+            return None
+        if left <= 0:
+            return None
+        with contextlib.suppress(Exception):
+            await self.api.merge_patch(f"/api/v1/nodes/{node}",
+                                       {"metadata": {"annotations": {REFUSE_ANNOTATION: str(left - 1)}}})
+        obj.setdefault("metadata", {}).setdefault("annotations", {})[REFUSE_ANNOTATION] = str(left - 1)
+        requested = sum(_cpu_millis(((c.get("resources") or {}).get("requests") or {}).get("cpu"))
+                        for c in (pod.get("spec") or {}).get("containers") or ())
+        return "OutOfcpu", (f"Pod Node didn't have enough resource: cpu, requested: {requested}, used: 2000, "
+                            "capacity: 2000")
 
     def _node_views(self) -> list[pr.NodeView]:
         views = []
