@@ -81,3 +81,16 @@ def test_poll_interval_is_parsed_and_bounded() -> None:
     with pytest.raises(SpecError) as bad:
         parse_spec(git_spec(pollInterval="often"))
     assert "spec.source.git.pollInterval" in str(bad.value)
+
+
+def test_an_unresolved_source_is_tried_again_after_the_interval_or_on_request() -> None:
+    failed = {"phase": "Failed", "run": 1, "completionTime": "2026-01-01T00:09:00Z",
+              "failure": {"reason": "SourceUnavailable", "message": "m"}}
+    assert polling.retry_in(failed, {}, 120, NOW) == 60.0
+    assert polling.retry_in(failed, {}, None, NOW) is None
+    asked = {"annotations": {polling.ANNOTATION_RESOLVE: "x"}}
+    assert polling.retry_in(failed, asked, None, NOW) == 0.0
+    assert polling.retry_in({**failed, "resolve": "x"}, asked, None, NOW) is None
+    # Other early failures are not the source's: a Dockerfile error waits for a fix, not for time.
+    assert polling.retry_in({**failed, "failure": {"reason": "DockerfileError"}}, {}, 120, NOW) is None
+    assert polling.retry_in(finished(), {}, 120, NOW) is None  # it pinned a commit: `due_in` polls it

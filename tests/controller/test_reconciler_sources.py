@@ -228,3 +228,35 @@ def test_a_source_waiting_for_a_slot_says_so_then_says_it_resolves(repo: Path, b
         assert api.status("hole")["phase"] == "Failed"
 
     asyncio.run(scenario())
+
+
+def test_a_source_that_was_not_resolved_is_tried_again_by_a_new_run(black_hole: str) -> None:
+    """With pollInterval, a run that failed to resolve its git source (SourceTimeout) is followed by a new
+    run: at once on a new stagefleet.io/resolve value (answered, so asked once), else after the interval."""
+    api = FakeApi()
+    api.add("flaky", {"source": {"git": {"url": black_hole, "pollInterval": "10m"}}})
+    r = Reconciler(cast(Kube, api), CONFIG(0.5), Metrics(), threads=2)
+
+    async def until(what: Any, limit: float = 10.0) -> None:
+        started = time.monotonic()
+        while not what():
+            assert time.monotonic() - started < limit, api.status("flaky")
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        await r.trigger("ns", "flaky")
+        await until(lambda: api.status("flaky").get("phase") == "Failed")
+        assert api.status("flaky")["run"] == 1 and api.status("flaky")["failure"]["reason"] == "SourceTimeout"
+        await r.trigger("ns", "flaky")  # the interval has not passed: nothing
+        assert api.status("flaky")["run"] == 1 and api.status("flaky")["phase"] == "Failed"
+        api.ibs["flaky"]["metadata"]["annotations"] = {"stagefleet.io/resolve": "now"}
+        await r.trigger("ns", "flaky")
+        second = api.status("flaky")
+        assert second["run"] == 2 and second["resolve"] == "now" and second["phase"] == "Planning", second
+        await until(lambda: api.status("flaky").get("phase") == "Failed")
+        await r.trigger("ns", "flaky")  # the same request again: answered, no third run
+        assert api.status("flaky")["run"] == 2
+        said = [m for (n, _, reason, m) in api.events if reason == "RunStarted"]
+        assert said == ["the last run's source was not resolved (SourceTimeout): run 2 tries again"], said
+
+    asyncio.run(scenario())

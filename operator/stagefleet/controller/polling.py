@@ -58,6 +58,25 @@ def due_in(
     return (last - now).total_seconds() + interval
 
 
+UNRESOLVED = ("SourceUnavailable", "SourceTimeout")  # a run that ended before pinning a commit
+
+
+def retry_in(
+    status: Mapping[str, Any], meta: Mapping[str, Any], interval: int | None, now: datetime
+) -> float | None:
+    """For a run that failed to resolve its source (no commit pinned): seconds until a new run tries
+    again (<= 0: now), the interval after it ended or at once on a new resolve request; None: never."""
+    reason = (status.get("failure") or {}).get("reason")
+    if status.get("phase") != "Failed" or reason not in UNRESOLVED or commit_of(status) is not None:
+        return None
+    if unanswered(meta, status):
+        return 0.0
+    done = parse_time(status.get("completionTime"))
+    if not interval or done is None:
+        return None
+    return (done - now).total_seconds() + interval
+
+
 def answered(status: Mapping[str, Any], meta: Mapping[str, Any], now: str) -> dict[str, Any]:
     """``status`` after a look that found the run's own commit: when, and the resolve request answered."""
     out = {**status, "polledAt": now}

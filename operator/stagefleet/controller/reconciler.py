@@ -552,8 +552,14 @@ class Reconciler:
             # Ended before planning (bad spec, source, Dockerfile): nothing runs. A spec edit that keeps the
             # run (spec.suspend) is only observed.
             if status.get("observedGeneration") != run.generation:
-                self._write(ib, status, runs.stamp(status, run))
-            return expires
+                stamped = runs.stamp(status, run)
+                self._write(ib, status, stamped)
+                status = stamped
+            again = self._source_retry(ib, build, status, now)
+            if not isinstance(again, tuple):
+                return again if expires is None else (expires if again is None else min(expires, again))
+            status, build = again  # its source was unavailable: a new run tries again
+            current_gen = False
 
         finished = current_gen and status.get("phase") in st.TERMINAL
         try:
@@ -861,6 +867,31 @@ class Reconciler:
             f"spec.source.git.revision {git.revision!r} moved from {(old or '?')[:12]} to "
             f"{(job.commit or '?')[:12]}: run {nxt.number} starts",
         )
+        return answered, BuildRef(build.name, build.namespace, build.uid, nxt.number, nxt)
+
+    def _source_retry(
+        self, ib: dict[str, Any], build: BuildRef, status: dict[str, Any], now: datetime
+    ) -> float | tuple[dict[str, Any], BuildRef] | None:
+        """A run that failed to resolve its git source, with a pollInterval: a new run tries again when the
+        interval passed (or at once on a new stagefleet.io/resolve value), as a GitOps source keeps trying.
+        Returns when to look again, (the status as written, the new run), or None (never)."""
+        try:
+            spec = parse_spec(ib.get("spec"))
+        except SpecError:
+            return None
+        git = spec.source.git
+        meta = ib["metadata"]
+        if git is None or build.run is None:
+            return None
+        due = polling.retry_in(status, meta, git.poll_seconds, now)
+        if due is None or due > 0:
+            return due
+        nxt = runs.following(status, build.run)
+        reason = (status.get("failure") or {}).get("reason")
+        answered = polling.answered(status, meta, st.fmt_time(now))
+        self._write(ib, status, answered)  # (the resolve request it answers is not asked again)
+        self._event(ib, "Normal", "RunStarted",
+                    f"the last run's source was not resolved ({reason}): run {nxt.number} tries again")
         return answered, BuildRef(build.name, build.namespace, build.uid, nxt.number, nxt)
 
     def _git_auth_quietly(self, build: BuildRef, spec: ImageBuildSpec) -> GitAuth:
