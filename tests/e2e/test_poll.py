@@ -81,3 +81,39 @@ def test_a_moved_branch_starts_a_new_run_and_an_unmoved_one_does_not(
             if e["involvedObject"].get("name") == "follow" and e["reason"] == "RunStarted"]
     moved = f"spec.source.git.revision 'main' moved from {first[:12]} to {second[:12]}: run 2 starts"
     assert said == [moved], said
+
+
+def test_a_repository_that_was_missing_is_tried_again_on_request(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str,
+    git_daemon: tuple[Path, str],
+) -> None:
+    """The first run's repository does not exist yet (SourceUnavailable); once it does, a resolve request
+    starts a new run that builds it, without a spec edit."""
+    served, url = git_daemon
+    kubectl.apply({
+        "apiVersion": "stagefleet.io/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": "late"},
+        "spec": {
+            "source": {"git": {"url": f"{url}/late", "revision": "main", "pollInterval": "1h"}},
+            "buildArgs": {"BASE": base_image},
+            "output": {"image": f"{registry.host}/e2e/late:latest"},
+            "timeout": "10m",
+        },
+    })
+    one = wait_for(kubectl, operator, "late", run_ended(1), "run 1 to end")["status"]
+    assert one["phase"] == "Failed" and one["failure"]["reason"] == "SourceUnavailable", one
+    repo = served / "late"
+    repo.mkdir()
+    (repo / "Dockerfile").write_text(DOCKERFILE)
+    (repo / "hello.txt").write_text("late\n")
+    git_run(repo, "init", "-q", "-b", "main")
+    git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    git_run(repo, "config", "uploadpack.allowFilter", "true")
+    git_run(repo, "add", ".")
+    git_run(repo, "commit", "-qm", "first")
+    kubectl.run("annotate", "imagebuild", "late", "stagefleet.io/resolve=there-now")
+    two = wait_for(kubectl, operator, "late", run_ended(2), "run 2 to end")["status"]
+    assert two["phase"] == "Succeeded" and two["resolve"] == "there-now", two.get("message")
+    assert two["source"]["git"]["commit"] == git_run(repo, "rev-parse", "HEAD")
+    assert image_files(registry.host, "e2e/late", two["image"]["digest"])["/hello.txt"] == b"late\n"
