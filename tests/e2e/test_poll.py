@@ -26,6 +26,20 @@ COPY --from=greeting /hello.txt /hello.txt
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
+def served_repo(repo: Path, hello: str) -> str:
+    """A git repository the daemon serves (the operator's and the workers' fetches allowed), one commit of
+    the Dockerfile and hello.txt; its commit."""
+    repo.mkdir()
+    (repo / "Dockerfile").write_text(DOCKERFILE)
+    (repo / "hello.txt").write_text(hello)
+    git_run(repo, "init", "-q", "-b", "main")
+    git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
+    git_run(repo, "config", "uploadpack.allowFilter", "true")
+    git_run(repo, "add", ".")
+    git_run(repo, "commit", "-qm", "first")
+    return git_run(repo, "rev-parse", "HEAD")
+
+
 def run_ended(number: int) -> Any:
     return lambda o: (o.get("status") or {}).get("run") == number and o["status"].get("phase") in TERMINAL
 
@@ -36,15 +50,7 @@ def test_a_moved_branch_starts_a_new_run_and_an_unmoved_one_does_not(
 ) -> None:
     served, url = git_daemon
     repo = served / "follow"
-    repo.mkdir()
-    (repo / "Dockerfile").write_text(DOCKERFILE)
-    (repo / "hello.txt").write_text("first\n")
-    git_run(repo, "init", "-q", "-b", "main")
-    git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
-    git_run(repo, "config", "uploadpack.allowFilter", "true")
-    git_run(repo, "add", ".")
-    git_run(repo, "commit", "-qm", "first")
-    first = git_run(repo, "rev-parse", "HEAD")
+    first = served_repo(repo, "first\n")
     kubectl.apply({
         "apiVersion": "stagefleet.io/v1alpha1",
         "kind": "ImageBuild",
@@ -103,17 +109,9 @@ def test_a_repository_that_was_missing_is_tried_again_on_request(
     })
     one = wait_for(kubectl, operator, "late", run_ended(1), "run 1 to end")["status"]
     assert one["phase"] == "Failed" and one["failure"]["reason"] == "SourceUnavailable", one
-    repo = served / "late"
-    repo.mkdir()
-    (repo / "Dockerfile").write_text(DOCKERFILE)
-    (repo / "hello.txt").write_text("late\n")
-    git_run(repo, "init", "-q", "-b", "main")
-    git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
-    git_run(repo, "config", "uploadpack.allowFilter", "true")
-    git_run(repo, "add", ".")
-    git_run(repo, "commit", "-qm", "first")
+    commit = served_repo(served / "late", "late\n")
     kubectl.run("annotate", "imagebuild", "late", "stagefleet.io/resolve=there-now")
     two = wait_for(kubectl, operator, "late", run_ended(2), "run 2 to end")["status"]
     assert two["phase"] == "Succeeded" and two["resolve"] == "there-now", two.get("message")
-    assert two["source"]["git"]["commit"] == git_run(repo, "rev-parse", "HEAD")
+    assert two["source"]["git"]["commit"] == commit
     assert image_files(registry.host, "e2e/late", two["image"]["digest"])["/hello.txt"] == b"late\n"

@@ -21,7 +21,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stagefleet.commands.status import TERMINAL_PHASES, add_kube_args, get_imagebuild, kube_client
+from stagefleet.commands.status import (
+    TERMINAL_PHASES,
+    add_kube_args,
+    get_imagebuild,
+    kube_client,
+    report_failure,
+)
 from stagefleet.local import StageTracker, looks_like_result
 
 IMAGEBUILD_LABEL = "stagefleet.io/imagebuild"
@@ -332,13 +338,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         api, ns = kube_client(args.kubeconfig, args.namespace)
         obj = get_imagebuild(api, ns, args.name)
-    except ApiException as e:
-        msg = f'imagebuild "{args.name}" not found' if e.status == 404 else f"{e.status} {e.reason}"
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # not found, refused; kubeconfig missing, server unreachable
+        return report_failure(e, args.name, args.namespace)
     status = obj.get("status") or {}
     all_stages = [s for stages in group_stages(status).values() for s in stages]
     if args.stage and all_stages and args.stage not in all_stages:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import sys
 from typing import Any
 
-from stagefleet.commands.status import GROUP, PLURAL, VERSION, add_kube_args, kube_client
+from stagefleet.commands.status import GROUP, PLURAL, VERSION, add_kube_args, kube_client, report_failure
 from stagefleet.controller.runs import ANNOTATION_REBUILD
 
 
@@ -37,23 +36,14 @@ def request_patch(now: _dt.datetime) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
     try:
         api, ns = kube_client(args.kubeconfig, args.namespace)
         patch = request_patch(_dt.datetime.now(_dt.UTC))
         custom = client.CustomObjectsApi(api)
         custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, args.name, patch)
-    except ApiException as e:
-        if e.status == 404:
-            print(f'error: imagebuild "{args.name}" not found in namespace "{args.namespace or "default"}"',
-                  file=sys.stderr)
-        else:
-            print(f"error: {e.status} {e.reason}", file=sys.stderr)
-        return 1
-    except Exception as e:  # kubeconfig missing, server unreachable
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # not found, refused; kubeconfig missing, server unreachable
+        return report_failure(e, args.name, args.namespace)
     value = patch["metadata"]["annotations"][ANNOTATION_REBUILD]
     print(f"imagebuild.stagefleet.io/{args.name} annotated {ANNOTATION_REBUILD}={value}")
     return 0

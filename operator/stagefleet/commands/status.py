@@ -54,6 +54,21 @@ def kube_client(kubeconfig: str | None, namespace: str | None) -> tuple[Any, str
     return api, str(ns)
 
 
+def report_failure(e: Exception, name: str, namespace: str | None) -> int:
+    """Say why a call about ImageBuild ``name`` failed (a 404 as kubectl words it); the exit code, 1."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(e, ApiException):
+        if e.status == 404:
+            message = f'imagebuild "{name}" not found in namespace "{namespace or "default"}"'
+        else:
+            message = f"{e.status} {e.reason}"
+    else:
+        message = str(e)
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
 def get_imagebuild(api: Any, namespace: str, name: str) -> dict[str, Any]:
     from kubernetes import client
 
@@ -209,21 +224,11 @@ def render(obj: Mapping[str, Any], now: _dt.datetime) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubernetes.client.exceptions import ApiException
-
     try:
         api, ns = kube_client(args.kubeconfig, args.namespace)
         obj = get_imagebuild(api, ns, args.name)
-    except ApiException as e:
-        if e.status == 404:
-            print(f'error: imagebuild "{args.name}" not found in namespace "{args.namespace or "default"}"',
-                  file=sys.stderr)
-        else:
-            print(f"error: {e.status} {e.reason}", file=sys.stderr)
-        return 1
-    except Exception as e:  # kubeconfig missing, server unreachable
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # not found, refused; kubeconfig missing, server unreachable
+        return report_failure(e, args.name, args.namespace)
     if args.watch:
         try:
             return watch(api, ns, args.name, obj, json_output=args.output == "json")

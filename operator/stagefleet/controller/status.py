@@ -690,23 +690,14 @@ def terminal_status(
     run: Run | None = None,
 ) -> dict[str, Any]:
     """Status for a build that ends before any pod ran: invalid spec, Dockerfile error, unreachable source.
-    ``generation`` is the run's number; ``run`` (default: that generation's first) what the status says."""
-    ids = (run or Run(generation, generation)).fields()
-    status: dict[str, Any] = {
-        **polling.carried(old),
-        "phase": phase,
-        **ids,
-        "message": message,
-        "startTime": old.get("startTime") if run_of(old) == generation else None,
-        "completionTime": fmt_time(now),
-        "stages": [],
-        "conditions": conditions(
-            phase, reason, message, ids["observedGeneration"], old.get("conditions") or (), now
-        ),
-        "failure": {"reason": reason, "message": message},
-    }
-    status["startTime"] = status["startTime"] or fmt_time(now)
-    _summary(status, [])
+    ``generation`` is the run's number; ``run`` (default: that generation's first) what the status says.
+    The planning status it ends, with its end and failure (no durations kept for a next plan)."""
+    status = progress_status(
+        generation=generation, phase=phase, reason=reason, message=message, old=old, now=now, run=run
+    )
+    status.pop("lastDurations", None)
+    status["completionTime"] = fmt_time(now)
+    status["failure"] = {"reason": reason, "message": message}
     return status
 
 
