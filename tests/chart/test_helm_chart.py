@@ -411,7 +411,7 @@ def test_operator_args_all_namespaces() -> None:
         "--builder-image=ghcr.io/stagefleet/builder:0.1.0", "--node-lost-after=60",
         "--default-ttl-after-finished=0", "--keep-failed-seconds=3600", "--keep-succeeded-pods-seconds=0",
         "--source-timeout=60", "--source-resolutions=64", "--source-resolutions-per-namespace=8",
-        "--plans-per-process=200", "--memory-sweep-seconds=300"]
+        "--max-worker-pods=0", "--plans-per-process=200", "--memory-sweep-seconds=300"]
 
 
 @needs_helm

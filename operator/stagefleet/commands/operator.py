@@ -154,6 +154,14 @@ def register(subparsers: Any) -> None:
         "queue behind each other, never in front of another namespace's",
     )
     p.add_argument(
+        "--max-worker-pods",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker pods running at once in all (0: no cap beyond each build's maxParallelPods); free "
+        "slots go to the namespace running the fewest, then by spec.priority and age within it",
+    )
+    p.add_argument(
         "--retry-backoff",
         type=float,
         default=5.0,
@@ -329,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
             source_resolutions=max(1, args.source_resolutions),
             source_resolutions_per_namespace=max(1, args.source_resolutions_per_namespace),
             sweep_seconds=max(0.0, args.memory_sweep_seconds),
+            max_worker_pods=max(0, args.max_worker_pods),
         ),
         metrics,
         threads=max(1, args.concurrency),

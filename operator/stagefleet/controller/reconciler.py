@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,6 +67,7 @@ from stagefleet.controller.source import (
 )
 from stagefleet.controller.sourceslots import SourceSlots
 from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
+from stagefleet.controller.workerqueue import Demand, Spot, WorkerQueue
 from stagefleet.gitauth import is_http_url
 
 log = logging.getLogger("stagefleet.operator")
@@ -117,6 +118,9 @@ class OperatorConfig:
     # How often the in-memory entries of builds and pods are checked against what exists (controller.tracking:
     # a DELETED event lost with a watch cut must not keep them forever); 0: never.
     sweep_seconds: float = tracking.SWEEP_SECONDS
+    # At most this many worker pods run at once in all, shared fairly between namespaces
+    # (controller.workerqueue; --max-worker-pods); 0: no cap beyond each build's maxParallelPods.
+    max_worker_pods: int = 0
 
 
 def _fields(namespace: str, name: str) -> dict[str, str]:
@@ -225,6 +229,9 @@ class Reconciler:
         # build (no other pass of it starts) and is reported with its stack (`_report_slow_passes`).
         self._passes: dict[int, tuple[tuple[str, str], float]] = {}
         self._reported: set[tuple[int, float]] = set()
+        # The farm's worker-pod cap (`workerqueue`): the pods that run, what each build waits to start.
+        self.queue = WorkerQueue(config.max_worker_pods)
+        self._claimed: set[tuple[str, str]] = set()  # builds whose pass told the queue what it wants
 
     # --- nodes -------------------------------------------------------------------------------------------
 
@@ -295,6 +302,9 @@ class Reconciler:
         uid = str(meta.get("uid"))
         self._note_schedulable(pod, deleted)
         self._note_node(pod, deleted)
+        if self.queue.enabled:
+            running = not deleted and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            self._wake_all(self.queue.pod_seen(uid, str(meta.get("namespace") or "default"), running))
         if deleted:
             self._drop_pod(uid)
             return True
@@ -326,8 +336,9 @@ class Reconciler:
             self._note_schedulable(p)
 
     def early_start_now(self) -> bool:
-        """Early start is on and the scheduler has room: no worker pod is waiting for a node."""
-        return self.config.early_start and not self._unschedulable
+        """Early start is on and the scheduler has room: no worker pod is waiting for a node, and no ready
+        group waits for a slot of the farm's cap (`workerqueue`)."""
+        return self.config.early_start and not self._unschedulable and not self.queue.backlog()
 
     async def requeue_forever(self, interval: float = 0.1) -> None:
         """Trigger every build whose requeue time has passed (backoff, timeout, waiting for a Secret); every
@@ -392,6 +403,8 @@ class Reconciler:
                 self._drop_pod(uid)
 
     def _drop_pod(self, uid: str) -> None:
+        if self.queue.enabled:
+            self._wake_all(self.queue.pod_seen(uid, "", False))
         self._pod_states.pop(uid, None)
         self._created.discard(uid)
         self._unschedulable.pop(uid, None)
@@ -418,6 +431,7 @@ class Reconciler:
             "metrics": len(self.metrics.build_keys()),
             "events": len(correlator) if correlator is not None else 0,
             "tasks": len(self._tasks),
+            **self.queue.sizes(),
         }
 
     def known(self) -> tuple[set[tuple[str, str]], dict[str, tuple[str, str]]]:
@@ -488,6 +502,7 @@ class Reconciler:
         started = time.monotonic()
         me = threading.get_ident()
         self._passes[me] = ((namespace, name), started)
+        self._claimed.discard((namespace, name))
         try:
             for _ in range(5):
                 try:
@@ -505,6 +520,11 @@ class Reconciler:
             return 5.0
         finally:
             self._passes.pop(me, None)
+            if (namespace, name) in self._claimed:  # its reserved slots hold pods of its own now
+                self._claimed.discard((namespace, name))
+                self._wake_all(self.queue.release((namespace, name)))
+            elif self.queue.enabled:  # (planning, finished, gone: it waits for no slot)
+                self._wake_all(self.queue.forget((namespace, name)))
             self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
     def _report_slow_passes(self, now: float) -> None:
@@ -1012,6 +1032,11 @@ class Reconciler:
                     break
                 time.sleep(pause)
 
+    def _wake_all(self, builds: Collection[tuple[str, str]]) -> None:
+        """Trigger the passes of ``builds`` (a slot of the farm's cap is theirs now)."""
+        for namespace, name in builds:
+            self._wake(namespace, name)
+
     def _wake(self, namespace: str, name: str) -> None:
         """Trigger a pass from another thread (the build's requeue time is the fallback)."""
         loop = self._loop
@@ -1090,8 +1115,11 @@ class Reconciler:
 
         nodes = self.nodes.snapshot() if self.nodes is not None else None
 
+        spot: Spot | None = None  # the farm's answer (`workerqueue`), with what this pass still may start
+
         def decide() -> st.Decision:
             return st.decide(
+                queue=spot,
                 build=build,
                 spec=spec,
                 plan=plan,
@@ -1106,6 +1134,14 @@ class Reconciler:
             )
 
         d = decide()
+        if self.queue.enabled:
+            # What it would start without the farm's cap, asked of the queue: the part granted starts now.
+            since = str(status.get("startTime") or st.fmt_time(now))
+            wish = Demand(build.namespace, build.name, len(d.create), spec.priority, since)
+            spot = self.queue.claim(wish)
+            self._claimed.add((build.namespace, build.name))
+            if spot.queued:
+                d = decide()
         # Pods the API refuses (admission, quota, an invalid field) are marked in the input status and
         # decided again: those groups wait, the build is Stalled, and a freed slot may go to another group.
         tried: set[str] = set()
@@ -1122,6 +1158,8 @@ class Reconciler:
             if self._write(ib, base, intent):
                 base = intent
             created, rejected = self._start(build, spec, plan, status, todo, now, tokens)
+            if spot is not None:  # (a refused pod's slot may go to another of its ready groups)
+                spot = replace(spot, granted=max(0, spot.granted - len(created)))
             for sp, p in created:
                 meta = p.get("metadata") or {}
                 name, uid = str(meta.get("name")), str(meta.get("uid"))

@@ -45,12 +45,17 @@ class Run:
         return out
 
 
+# Spec fields that say when a run's pods start, not what it builds: an edit of only these keeps the run.
+SCHEDULING_FIELDS = frozenset({"suspend", "priority"})
+
+
 def spec_hash(spec: Any) -> str | None:
-    """What a run builds from: the spec without ``suspend`` (pausing and resuming is not a new build, as a
-    Job's spec.suspend is not a new Job). None for a spec that is not an object."""
+    """What a run builds from: the spec without ``suspend`` and ``priority`` (pausing and resuming, or
+    moving a waiting build up its namespace's queue, is not a new build, as a Job's spec.suspend is not a new
+    Job). None for a spec that is not an object."""
     if not isinstance(spec, Mapping):
         return None
-    kept = {k: v for k, v in spec.items() if k != "suspend"}
+    kept = {k: v for k, v in spec.items() if k not in SCHEDULING_FIELDS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

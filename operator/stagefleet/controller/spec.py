@@ -54,6 +54,7 @@ class SecretRef:
 
 
 MIN_POLL_SECONDS = 10  # shared git hosts: a farm of builds polling every second would flood them
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000  # spec.priority
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,10 @@ class ImageBuildSpec:
     ttl_seconds_after_finished: int | None = None
     # Paused: no pod starts and running ones are stopped; false again resumes the same run (`runs`).
     suspend: bool = False
+    # Order among the same namespace's builds waiting for the farm's worker-pod cap (`workerqueue`): higher
+    # first. It never puts a namespace before another (fair sharing) and, like suspend, is not in the run's
+    # spec hash: changing it reorders a waiting build, it does not rebuild.
+    priority: int = 0
 
     def cache_repository(self, namespace: str) -> str | None:
         """The layer cache of a build in ``namespace``: spec.cache.repository when set (sharing it is then
@@ -463,4 +468,5 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         ttl_seconds_after_finished=(None if r.data.get("ttlSecondsAfterFinished") is None
                                     else r.integer("ttlSecondsAfterFinished", 0, 0, 2**31 - 1)),
         suspend=r.flag("suspend", False),
+        priority=r.integer("priority", 0, MIN_PRIORITY, MAX_PRIORITY),
     )

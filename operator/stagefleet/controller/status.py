@@ -35,6 +35,7 @@ from stagefleet.controller.podspec import (
 )
 from stagefleet.controller.runs import Run, run_of, stamp
 from stagefleet.controller.spec import ImageBuildSpec
+from stagefleet.controller.workerqueue import Spot
 
 # Phases of the ImageBuild.
 PENDING, PLANNING, BUILDING = "Pending", "Planning", "Building"
@@ -68,6 +69,9 @@ RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
 # waits, the build is Stalled with this reason, and the create is tried again after a growing delay.
 REJECTED = "PodRejected"
 SUSPENDED = "Suspended"  # spec.suspend: the reason of the build's conditions and its event
+# Ready groups wait for a slot of the farm's cap (`workerqueue`, --max-worker-pods): Reconciling, never
+# Stalled; status.queue and the groups' messages say how many groups start first.
+QUEUED = "Queued"
 REJECTION_BACKOFF_CAP = 30.0
 # A refusal by the namespace's ResourceQuota (the API's "exceeded quota: NAME, requested: …"): the farm is
 # full, nothing is wrong. The group waits and is tried again within a few seconds (a finishing pod frees
@@ -803,8 +807,12 @@ def decide(
     early_start: bool = False,
     nodes: Mapping[str, NodeReadiness] | None = None,
     node_lost_after: float = nodeloss.DEFAULT_GRACE_SECONDS,
+    queue: Spot | None = None,
 ) -> Decision:
     """One reconcile step of a planned build (status.plan of this generation exists).
+
+    ``queue``: the farm's answer (`workerqueue`) to the pods an unlimited pass would start: at most
+    ``queue.granted`` pods start, the other ready groups wait with its queue position as their message.
 
     ``early_start``: with slots to spare, also start the pods of the next wave while their upstream groups
     run (one wave ahead, see `_early_groups`), so pod start, worker start and base-image pulls overlap the
@@ -1003,6 +1011,8 @@ def decide(
     if build_failure is None and now < deadline and not spec.suspend:
         active = sum(1 for s in states.values() if s.phase in S_ACTIVE)
         slots = spec.max_parallel_pods - active
+        if queue is not None:
+            slots = min(slots, queue.granted)
         ready: list[GroupPlan] = []
         for g in plan.groups:
             gs = states[g.id]
@@ -1034,6 +1044,9 @@ def decide(
                 started = started_event(create[-1])
                 if started is not None:
                     events.append(started)
+            if queue is not None and queue.queued:
+                for g in ready[max(0, slots):]:
+                    states[g.id].message = queue.say(build.namespace)
 
     early: list[str] = []  # active groups whose workers wait for an upstream result
     for g in plan.groups:
@@ -1101,6 +1114,9 @@ def decide(
             parts.append(f"{_some(early)} started early")
         if retrying:
             parts.append(f"retrying {_some(retrying)}")
+        if queue is not None and queue.queued and not missing_secrets:
+            parts.append(queue.say(build.namespace))
+            reason = QUEUED if not running and not early else reason
         message = "; ".join(parts) or "waiting to start groups"
         if spec.suspend:
             done = sum(1 for gs in states.values() if gs.phase == S_SUCCEEDED)
@@ -1161,6 +1177,8 @@ def decide(
     )
     if build.run:
         new_status.update(build.run.fields())
+    if queue is not None and queue.queued and new_phase not in TERMINAL and not spec.suspend:
+        new_status["queue"] = queue.status()
     new_status.pop("suspendedAt", None)
     new_status.pop("suspendedSeconds", None)
     if new_phase not in TERMINAL and pause.since is not None:
@@ -1534,9 +1552,12 @@ def urgent_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     lost by waiting. Everything else is written at once: the build's phase, plan, source, times, image or
     failure; a condition's status or reason; a pod started (new attempt or pod name) or refused by the API,
     a group failing, retrying or cancelled; a stage message that appears or changes (a stuck image pull,
-    say).
+    say). A queued build's moving place in the farm's queue (`status.queue` and its "queued:" messages,
+    while it stays queued) is progress: every pod's end elsewhere moves it.
     """
     for key in sorted(set(old) | set(new), key=lambda k: (k != "phase", k)):
+        if key == "queue" and old.get(key) and new.get(key):
+            continue
         if key not in _PROGRESS_KEYS and old.get(key) != new.get(key):
             return f"{key} changed"
     conds_old = {c.get("type"): (c.get("status"), c.get("reason")) for c in old.get("conditions") or ()}
@@ -1558,6 +1579,7 @@ def urgent_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
         pa, pb = a.get("phase"), b.get("phase")
         if pa != pb and (pa, pb) not in _PROGRESS_STEPS:
             return f"stage {name}: {pa} → {pb}"
-        if b.get("message") and b.get("message") != a.get("message"):
+        queued = all(str(x.get("message") or "").startswith("queued:") for x in (a, b))
+        if b.get("message") and b.get("message") != a.get("message") and not queued:
             return f"stage {name}: message"
     return None
