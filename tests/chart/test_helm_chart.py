@@ -440,7 +440,7 @@ def rules_by_resource(rules: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]
 # Exactly what the operator's code calls (controller/kube.py, controller/handlers.py, kopf 1.45 with
 # annotation storage and posting off) -- nothing more.
 NAMESPACED_RULES = {
-    "stagefleet.io/imagebuilds": {"get", "list", "watch", "patch", "delete"},
+    "stagefleet.io/imagebuilds": {"get", "list", "watch", "create", "patch", "delete"},
     "stagefleet.io/imagebuilds/status": {"patch"},
     "stagefleet.io/imagebuilds/finalizers": {"update"},
     "pods": {"create", "delete", "list", "watch"},

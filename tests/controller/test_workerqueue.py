@@ -53,6 +53,10 @@ def test_a_claim_is_granted_free_slots_in_the_fair_order_and_told_its_place() ->
     assert (spot.granted, spot.queued) == (3, 0)
     for i in range(3):
         q.pod_seen(f"b1-{i}", "big", True)
+        q.started(("big", "b1"))
+    # Mid-pass: each created pod counts once (not as a pod and a reservation too).
+    assert q.claim(Demand("other", "o", 0)).running == 0
+    assert q.claim(Demand("big", "bx", 0)).running == 3
     q.release(("big", "b1"))
 
     spot = q.claim(Demand("big", "b2", 3, since="2026-01-01T00:00:01Z"))

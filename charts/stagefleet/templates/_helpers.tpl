@@ -61,10 +61,12 @@ thing. Every rule says why it exists; nothing uses a wildcard.
 {{- define "stagefleet.namespacedRules" -}}
 # The custom resource itself: kopf lists and watches ImageBuilds and patches them to keep its per-object
 # state (stagefleet.io/* annotations); the reconciler re-reads one with get, and deletes a finished one
-# whose ttlSecondsAfterFinished has passed (with a uid precondition). Neither update nor create is granted.
+# whose ttlSecondsAfterFinished has passed (with a uid precondition). A build of several spec.platforms is
+# built by one ImageBuild per platform that the operator creates (owned by it, in its namespace, with its
+# spec: nothing its author could not create) and patches to follow its spec. Update is not granted.
 - apiGroups: ["stagefleet.io"]
   resources: ["imagebuilds"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # status is a subresource: writing phase, conditions, stages[] and the image digest (merge patches only).
 - apiGroups: ["stagefleet.io"]
   resources: ["imagebuilds/status"]

@@ -52,8 +52,10 @@ def register(subparsers: Any) -> None:
                         "stored)")
     p.add_argument("--no-reuse", action="store_true",
                    help="build every group even when its result is stored (the layer cache is still used)")
-    p.add_argument("--platform", metavar="OS/ARCH",
-                   help="target platform (default: this machine's, e.g. linux/amd64)")
+    p.add_argument("--platform", metavar="OS/ARCH[,OS/ARCH...]",
+                   help="target platform (default: this machine's, e.g. linux/amd64); several, comma-"
+                        "separated: one build each, pushed as TAG-linux-ARCH, and an OCI image index of "
+                        "them under every tag (other architectures run under binfmt_misc emulation)")
     p.add_argument("--parallel", type=int, default=max(os.cpu_count() or 1, 1), metavar="N",
                    help="at most N workers at once (default: CPUs)")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
@@ -127,9 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from stagefleet import localreuse
-    from stagefleet.plan import make_plan
-    from stagefleet.stages import DockerfileError, parse_stage_graph
+    from stagefleet.imageindex import PLATFORM_RE
 
     context = Path(args.context)
     if not context.is_dir():
@@ -155,6 +155,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         print("error: --parallel must be at least 1", file=sys.stderr)
         return 2
+    platforms = [p.strip() for p in (args.platform or "").split(",") if p.strip()]
+    for p in platforms:
+        if not PLATFORM_RE.match(p) or platforms.count(p) > 1:
+            why = "is named twice" if platforms.count(p) > 1 else "is not a platform (e.g. linux/arm64)"
+            print(f"error: --platform: {p!r} {why}", file=sys.stderr)
+            return 2
 
     mode = args.progress
     if mode == "auto":
@@ -171,55 +177,112 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"error: cannot start a throwaway registry: {e}", file=sys.stderr)
                 return 1
         build_args = {k: _expand(v, registry) for k, v in build_args.items()}
-        try:
-            graph = parse_stage_graph(text, filename=str(dockerfile), target=args.target,
-                                      build_args=build_args, platform=args.platform)
-            plan = make_plan(graph)
-        except DockerfileError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        build_id = local.new_build_id()
-        tags = tuple(_expand(t, registry) for t in args.tag) or (local.default_tag(registry, build_id),)
-        outlives = bool(args.registry) or args.keep_registry or local.ref_host(tags[0]) != registry
-        cache_repo = localreuse.cache_repository(
-            _expand(args.cache_repo, registry) if args.cache_repo else None, tags, outlives_build=outlives)
-        bases = [s.base for s in graph.built if s.base] + [i for s in graph.built for i in s.images]
-        settings = local.BuildSettings(
-            context=context, dockerfile=dockerfile, registry=registry, build_id=build_id, tags=tags,
-            target=graph.target, build_args=build_args, secrets=secrets, ssh=ssh, cache_repo=cache_repo,
-            insecure=tuple(local.insecure_hosts([registry, *tags, cache_repo, *bases])),
-            parallel=args.parallel, worker=worker_command(args.worker), platform=args.platform,
-            no_cache=args.no_cache)
-        prepared = _prepare_reuse(args, graph, plan, settings)
-        settings = dataclasses.replace(settings, keys=prepared.keys, pins=prepared.pins)
-        mask = local.Masker.from_files([*secrets.values(), *ssh.values()])
-
-        start = time.time()
-        progress: local.Progress
-        if mode == "json":
-            progress = local.JsonProgress(sys.stdout)
-        elif mode == "rich":
-            progress = local.RichProgress(plan, start)
-        else:
-            progress = local.PlainProgress(sys.stdout, start)
-        try:
-            result = asyncio.run(_run_stoppable(local.run_plan(
-                plan, settings, progress.handle, mask, stored=prepared.stored, notes=prepared.notes)))
-        except asyncio.CancelledError:
-            print("error: build stopped by a signal; workers stopped", file=sys.stderr)
-            return 143
-        finally:
-            progress.close()
-        if mode != "json":
-            _print_summary(result.summary, rich=mode == "rich")
-            if result.ok:
-                for tag in tags:
-                    print(f"image: {tag}@{result.digest}")
-        if not result.ok:
-            print(f"error: {result.message}", file=sys.stderr)
-            return result.exit_code or 1
-        return 0
+        tags = tuple(_expand(t, registry) for t in args.tag)
+        if len(platforms) <= 1:
+            rc, _ = _build_platform(args, text, dockerfile, context, registry, build_args, secrets, ssh,
+                                    platforms[0] if platforms else None, tags, mode)
+            return rc
+        return _build_platforms(args, text, dockerfile, context, registry, build_args, secrets, ssh,
+                                platforms, tags, mode)
     return 0  # pragma: no cover - the with block always returns
+
+
+def _build_platform(args: argparse.Namespace, text: str, dockerfile: Path, context: Path, registry: str,
+                    build_args: dict[str, str], secrets: dict[str, str], ssh: dict[str, str],
+                    platform: str | None, tags: tuple[str, ...], mode: str) -> tuple[int, str | None]:
+    """Plan and build for one platform (None: this machine's) into ``tags`` (none: a throwaway tag):
+    (exit code, the image's digest)."""
+    from stagefleet import localreuse
+    from stagefleet.plan import make_plan
+    from stagefleet.stages import DockerfileError, parse_stage_graph
+
+    try:
+        graph = parse_stage_graph(text, filename=str(dockerfile), target=args.target,
+                                  build_args=build_args, platform=platform)
+        plan = make_plan(graph)
+    except DockerfileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1, None
+    build_id = local.new_build_id()
+    tags = tags or (local.default_tag(registry, build_id),)
+    outlives = bool(args.registry) or args.keep_registry or local.ref_host(tags[0]) != registry
+    cache_repo = localreuse.cache_repository(
+        _expand(args.cache_repo, registry) if args.cache_repo else None, tags, outlives_build=outlives)
+    bases = [s.base for s in graph.built if s.base] + [i for s in graph.built for i in s.images]
+    settings = local.BuildSettings(
+        context=context, dockerfile=dockerfile, registry=registry, build_id=build_id, tags=tags,
+        target=graph.target, build_args=build_args, secrets=secrets, ssh=ssh, cache_repo=cache_repo,
+        insecure=tuple(local.insecure_hosts([registry, *tags, cache_repo, *bases])),
+        parallel=args.parallel, worker=worker_command(args.worker), platform=platform,
+        no_cache=args.no_cache)
+    prepared = _prepare_reuse(args, graph, plan, settings)
+    settings = dataclasses.replace(settings, keys=prepared.keys, pins=prepared.pins)
+    mask = local.Masker.from_files([*secrets.values(), *ssh.values()])
+
+    start = time.time()
+    progress: local.Progress
+    if mode == "json":
+        progress = local.JsonProgress(sys.stdout)
+    elif mode == "rich":
+        progress = local.RichProgress(plan, start)
+    else:
+        progress = local.PlainProgress(sys.stdout, start)
+    try:
+        result = asyncio.run(_run_stoppable(local.run_plan(
+            plan, settings, progress.handle, mask, stored=prepared.stored, notes=prepared.notes)))
+    except asyncio.CancelledError:
+        print("error: build stopped by a signal; workers stopped", file=sys.stderr)
+        return 143, None
+    finally:
+        progress.close()
+    if mode != "json":
+        _print_summary(result.summary, rich=mode == "rich")
+        if result.ok:
+            for tag in tags:
+                print(f"image: {tag}@{result.digest}")
+    if not result.ok:
+        print(f"error: {result.message}", file=sys.stderr)
+        return result.exit_code or 1, None
+    return 0, result.digest
+
+
+def _build_platforms(args: argparse.Namespace, text: str, dockerfile: Path, context: Path, registry: str,
+                     build_args: dict[str, str], secrets: dict[str, str], ssh: dict[str, str],
+                     platforms: list[str], tags: tuple[str, ...], mode: str) -> int:
+    """One build per platform, each pushed under TAG-linux-ARCH, then one OCI index of them under every
+    tag (`imageindex`), as the operator does for spec.platforms."""
+    from stagefleet import localreuse, registryclient
+    from stagefleet.imageindex import platform_tag, write_index
+
+    tags = tags or (local.default_tag(registry, local.new_build_id()),)
+    repository = local.repository_of(tags[0])
+    host = local.ref_host(tags[0])
+    if host is None or any(local.repository_of(t) != repository for t in tags):
+        print("error: with several --platform values, every --tag must name the same repository of a "
+              "registry (the index lists images stored there)", file=sys.stderr)
+        return 2
+    built: list[tuple[str, str]] = []
+    for platform in platforms:
+        tag = tags[0].rpartition(":")[2] if ":" in tags[0].rsplit("/", 1)[-1] else "latest"
+        ref = f"{repository}:{platform_tag(tag, platform)}"
+        print(f"== {platform} -> {ref}", file=sys.stderr if mode == "json" else sys.stdout)
+        rc, digest = _build_platform(args, text, dockerfile, context, registry, build_args, secrets, ssh,
+                                     platform, (ref,), mode)
+        if rc or digest is None:
+            print(f"error: the {platform} build failed", file=sys.stderr)
+            return rc or 1
+        built.append((platform, digest))
+    client = localreuse.clients(local.insecure_hosts([registry, *tags]))(host)
+    path = repository[len(host) + 1:]
+    try:
+        index = write_index(client, path, [t.rpartition(":")[2] for t in tags], built)
+    except registryclient.RegistryError as e:
+        print(f"error: writing the image index to {repository} failed: {e}", file=sys.stderr)
+        return 1
+    if mode != "json":
+        for t in tags:
+            print(f"image: {t}@{index} (index of {', '.join(p for p, _ in built)})")
+    return 0
 
 
 def _prepare_reuse(args: argparse.Namespace, graph: StageGraph, plan: local.PlanLike,

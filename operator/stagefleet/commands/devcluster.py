@@ -64,6 +64,14 @@ def register(subparsers: Any) -> None:
         "--pods-per-node", type=int, default=8, help="pod capacity per node (default: %(default)s)"
     )
     up.add_argument("--node-label", action="append", default=[], metavar="K=V", help="label every node")
+    up.add_argument(
+        "--arm64-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="of the nodes, the last N say they are arm64 (their pods run here: arm64 builds are emulated "
+        "through binfmt_misc); spec.platforms builds are placed on them",
+    )
     up.add_argument("--no-crds", action="store_true", help="do not install crds/*.yaml")
     up.add_argument(
         "--real",
@@ -155,11 +163,16 @@ def foreground(args: argparse.Namespace, workdir: Path, labels: dict[str, str]) 
         signal.signal(sig, lambda *_: stop.set())
     if args.real:
         return foreground_real(args, workdir, stop)
+    from dataclasses import replace
+
+    from stagefleet.devcluster.kubelet import node_configs
+
+    specs = node_configs(args.nodes, args.pods_per_node, labels)
+    arm = max(0, min(args.arm64_nodes, len(specs)))
+    specs = [replace(s, arch="arm64") if i >= len(specs) - arm else s for i, s in enumerate(specs)]
     cluster = DevCluster(
         workdir,
-        nodes=args.nodes,
-        pods_per_node=args.pods_per_node,
-        node_labels=labels,
+        node_specs=specs,
         install_crds=not args.no_crds,
         verbose=args.verbose,
     )

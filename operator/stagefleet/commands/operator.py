@@ -162,6 +162,13 @@ def register(subparsers: Any) -> None:
         "slots go to the namespace running the fewest, then by spec.priority and age within it",
     )
     p.add_argument(
+        "--no-platform-emulation",
+        dest="platform_emulation",
+        action="store_false",
+        help="refuse a spec.platforms entry no Ready node's architecture matches, instead of building it "
+        "under emulation (buildah --platform; nodes need binfmt_misc handlers, e.g. qemu-user-static)",
+    )
+    p.add_argument(
         "--retry-backoff",
         type=float,
         default=5.0,
@@ -338,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
             source_resolutions_per_namespace=max(1, args.source_resolutions_per_namespace),
             sweep_seconds=max(0.0, args.memory_sweep_seconds),
             max_worker_pods=max(0, args.max_worker_pods),
+            platform_emulation=args.platform_emulation,
         ),
         metrics,
         threads=max(1, args.concurrency),

@@ -47,11 +47,15 @@ async def imagebuild_event(
     """
     r = _reconciler(memo)
     ns = namespace or "default"
+    meta = body.get("metadata") or {}
+    parent = next((o.get("name") for o in meta.get("ownerReferences") or ()
+                   if o.get("kind") == "ImageBuild" and o.get("controller")), None)
+    if parent:  # a platform's build (`platforms`): every change of it is its parent's news
+        await r.trigger(ns, str(parent))
     if type == "DELETED":
         await _in_thread(r.cleanup, ns, uid, dict(body))  # (the body: its last state, for its stage tags)
         r.forget(ns, name, uid)
         return
-    meta = body.get("metadata") or {}
     status = body.get("status") or {}
     if (
         type in (None, "ADDED")

@@ -195,6 +195,19 @@ class Kube:
         version = (_json(resp).get("metadata") or {}).get("resourceVersion")
         return str(version) if version else None
 
+    @_retry
+    def patch_imagebuild(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch of an ImageBuild's spec or metadata (a platform's build following its parent's
+        spec, `platforms`); gone meanwhile is fine."""
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, dict(patch),
+                _content_type="application/merge-patch+json", _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     def write_status(self, ib: Mapping[str, Any], new: Mapping[str, Any]) -> str | bool:
         """Replace the status as a JSON merge patch guarded by the resourceVersion that was read.
 
@@ -245,6 +258,10 @@ class Kube:
                 resp = self.core.create_namespaced_pod(ns, manifest, _preload_content=False)
             elif manifest["kind"] == "ConfigMap":
                 resp = self.core.create_namespaced_config_map(ns, manifest, _preload_content=False)
+            elif manifest["kind"] == "ImageBuild":  # a platform's build of a multi-platform one (`platforms`)
+                resp = self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, manifest, _preload_content=False
+                )
             else:
                 raise ValueError(f"unexpected kind {manifest['kind']}")
         except ApiException as e:

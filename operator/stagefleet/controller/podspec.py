@@ -341,6 +341,8 @@ def worker_pod(
 
     for k in sorted(spec.build_args):
         args += ["--build-arg", f"{k}={spec.build_args[k]}"]
+    if spec.platform:  # (on a node of another architecture, buildah runs the steps under emulation)
+        args += ["--platform", spec.platform]
 
     cache_repo = spec.cache_repository(build.namespace)
     if cache_repo is None:
@@ -412,7 +414,9 @@ def worker_pod(
         "podAffinityTerm": {"labelSelector": {"matchLabels": {LABEL_UID: build.uid}},
                             "topologyKey": "kubernetes.io/hostname"},
     }]}}
-    if arch and stage_key:  # what the key was computed for (a user's own arch selector was taken into it)
+    if arch and stage_key and not spec.platform:
+        # What the key was computed for (a user's own arch selector was taken into it). A build that names
+        # its platform builds for it on any node: the node's architecture is not in the result.
         pod_spec.setdefault("nodeSelector", {}).setdefault(ARCH_LABEL, arch)
     if spec.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]

@@ -128,7 +128,9 @@ def violations(
         if not _allowed(key, policy.toleration_keys):
             what = f"key {key!r}" if key else "a toleration without a key (it tolerates every taint)"
             out.append(f"spec.tolerations[{i}]: {what} is not allowed ({policy.describe('toleration_keys')})")
-    for key in spec.node_selector:
+    for key, value in spec.node_selector.items():
+        if key == "kubernetes.io/arch" and spec.platform and spec.platform.split("/")[1] == value:
+            continue  # a platform's build held to nodes of its own architecture (controller.platforms)
         if not _allowed(key, policy.node_selector_keys):
             out.append(f"spec.nodeSelector.{key}: the key is not allowed "
                        f"({policy.describe('node_selector_keys')})")

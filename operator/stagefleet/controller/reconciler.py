@@ -27,6 +27,7 @@ from stagefleet import stagekey
 from stagefleet.controller import (
     history,
     nodeloss,
+    platforms,
     polling,
     retention,
     reuse,
@@ -42,6 +43,7 @@ from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.model import PlanView, plan_dockerfile
 from stagefleet.controller.nodewatch import NodeWatch
 from stagefleet.controller.podspec import (
+    ARCH_LABEL,
     KNOWN_HOSTS_KEY,
     LABEL_UID,
     USERNAME_KEY,
@@ -69,6 +71,7 @@ from stagefleet.controller.sourceslots import SourceSlots
 from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
 from stagefleet.controller.workerqueue import Demand, Spot, WorkerQueue
 from stagefleet.gitauth import is_http_url
+from stagefleet.imageindex import write_index
 
 log = logging.getLogger("stagefleet.operator")
 
@@ -121,6 +124,10 @@ class OperatorConfig:
     # At most this many worker pods run at once in all, shared fairly between namespaces
     # (controller.workerqueue; --max-worker-pods); 0: no cap beyond each build's maxParallelPods.
     max_worker_pods: int = 0
+    # A platform of spec.platforms with no Ready node of its architecture is built under emulation on the
+    # nodes there are (buildah --platform; the nodes need binfmt_misc handlers); False refuses such builds
+    # (--no-platform-emulation).
+    platform_emulation: bool = True
 
 
 def _fields(namespace: str, name: str) -> dict[str, str]:
@@ -560,7 +567,9 @@ class Reconciler:
             self._ended.add((namespace, name))
         else:
             self._ended.discard((namespace, name))
-        ttl = retention.ttl_of(ib.get("spec"), self.config.default_ttl_after_finished)
+        # (A platform's build goes with its parent, never by the operator's default TTL before it.)
+        default_ttl = 0 if platforms.is_child(meta) else self.config.default_ttl_after_finished
+        ttl = retention.ttl_of(ib.get("spec"), default_ttl)
         expires = retention.expires_in(status, build.generation, ttl, now)
         if expires is not None and expires <= 0:
             self._after_finish(ib, build, status, now, leaving=True)  # its stage tags go with it
@@ -588,6 +597,11 @@ class Reconciler:
             self._supersede(build, status)
             self._finish_early(ib, build, status, "InvalidSpec", str(e), now)
             return None
+        if len(spec.platforms) > 1:  # one child ImageBuild per platform, joined into an index
+            again = None if finished else self._fan_out(ib, build, spec, status, now)
+            if expires is not None:
+                return expires if again is None else min(expires, again)
+            return again
         if finished:  # its pods and stage tags, when due
             status, cleanup_in = self._after_finish(ib, build, status, now, spec=spec)
             if cleanup_in is not None:
@@ -736,6 +750,94 @@ class Reconciler:
                 ))
         return Planned(new, planning, ib, events)
 
+    def _fan_out(
+        self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
+    ) -> float | None:
+        """A pass of a multi-platform build (`platforms`): make its children what its spec says, follow
+        them, and write the image index once every platform's image is built."""
+        if runs.run_of(status) != build.generation:
+            refused = violations(spec, self.config.policy, self.config.worker.builder_image, build.namespace)
+            if refused:
+                self._finish_early(ib, build, status, POLICY_REASON, "; ".join(refused), now)
+                return None
+        native = self._native_arches()
+        children: list[platforms.Child] = []
+        for i, p in enumerate(spec.platforms):
+            arch = p.split("/")[1]
+            here = arch in native if native is not None else arch == reuse.build_arch({})
+            if not here and not self.config.platform_emulation:
+                self._finish_early(ib, build, status, "PlatformUnavailable", (
+                    f"spec.platforms[{i}]: {p}: no Ready node of architecture {arch}, and this operator does "
+                    "not build under emulation (--no-platform-emulation)"), now)
+                return None
+            wanted = platforms.child_manifest(ib, p, here, build.run.rebuild if build.run else None)
+            name = wanted["metadata"]["name"]
+            obj = self.kube.get_imagebuild(build.namespace, name)
+            try:
+                if obj is None:
+                    self.kube.create(wanted)
+                elif not platforms.owned_by(obj, build.uid):
+                    self._finish_early(ib, build, status, "PlatformBuildConflict", (
+                        f"spec.platforms[{i}]: {p}: ImageBuild {name} exists and is not this build's: "
+                        "rename or delete it"), now)
+                    return None
+                elif (patch := platforms.spec_difference(obj, wanted)) is not None:
+                    self.kube.patch_imagebuild(build.namespace, name, patch)
+                    obj = None  # (read again when its next event triggers this pass)
+            except Refused as e:
+                self._finish_early(ib, build, status, "PlatformBuildRefused", (
+                    f"spec.platforms[{i}]: {p}: the API refused ImageBuild {name} ({e.code} {e.reason}): "
+                    f"{e.message}"), now)
+                return None
+            children.append(platforms.Child(p, name, obj))
+        index_digest, failure, again = None, None, 10.0
+        if all(c.phase == st.SUCCEEDED for c in children):
+            commits = {c.platform: ((c.status.get("source") or {}).get("git") or {}).get("commit")
+                       for c in children}
+            if len(set(commits.values())) > 1:
+                failure = ("the platforms were built from other commits (the branch moved meanwhile): "
+                           + ", ".join(f"{p} {str(c)[:12]}" for p, c in commits.items()) + "; rebuild it")
+            else:
+                try:
+                    index_digest = self._write_index(build, spec, children)
+                except reg.RegistryError as e:
+                    if not e.transient:
+                        failure = f"writing the image index to {spec.output.repository} failed: {e}"
+                    again = 5.0
+        new, events = platforms.fan_status(
+            build=build, spec_suspend=spec.suspend, status=status, children=children,
+            image=spec.output.image, tags=spec.output.refs, index_digest=index_digest, failure=failure,
+            now=now,
+        )
+        self._write(ib, status, new)
+        for ev in events:
+            self._event(ib, ev.type, ev.reason, ev.message)
+        return None if new["phase"] in st.TERMINAL else again
+
+    def _native_arches(self) -> set[str] | None:
+        """The architectures of the Ready nodes (None: the nodes cannot be read)."""
+        try:
+            nodes, _ = self.kube.list_nodes()
+        except Exception:  # noqa: BLE001 (no node access: rbac.nodes off)
+            return None
+        out: set[str] = set()
+        for n in nodes:
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (n.get("status") or {}).get("conditions") or ())
+            arch = ((n.get("metadata") or {}).get("labels") or {}).get(ARCH_LABEL)
+            if ready and arch:
+                out.add(str(arch))
+        return out
+
+    def _write_index(self, build: BuildRef, spec: ImageBuildSpec, children: list[platforms.Child]) -> str:
+        """Put the OCI index of the children's images under every output tag; its digest."""
+        where = reg.split_repository(spec.output.repository)
+        if where is None:
+            raise reg.RegistryError(f"{spec.output.repository} names no registry host")
+        client = self._registry_client(build, spec)(where[0])
+        images = [(c.platform, str((c.status.get("image") or {}).get("digest"))) for c in children]
+        return write_index(client, where[1], [ref.rpartition(":")[2] for ref in spec.output.refs], images)
+
     def _registry_client(
         self, build: BuildRef, spec: ImageBuildSpec, timeout: float = reuse.LOOKUP_TIMEOUT
     ) -> Callable[[str], reg.Registry]:
@@ -775,7 +877,7 @@ class Reconciler:
             head = None if spec.source.context_dir else resolved.git_commit
             context = stagekey.index_git_tree(resolved.tree, spec.source.context_dir, head=head)
         try:
-            platform = f"linux/{reuse.build_arch(spec.node_selector)}"
+            platform = reuse.build_platform(spec.platform, spec.node_selector)
             found = reuse.lookup(plan.graph, plan, platform=platform, context=context,
                                  cache_repo=cache_repo, client_for=client_for)
         except Exception:  # noqa: BLE001 (reuse saves time; it must never stop a build)
@@ -1291,6 +1393,8 @@ class Reconciler:
                 # This pass decided with the pod as created: its ADDED event changes nothing (no pass),
                 # and it is no orphan (no ImageBuild GET to check).
                 self.pod_changed(created)
+                if self.queue.enabled:
+                    self.queue.started((build.namespace, build.name))  # (counted as a pod from now on)
                 self._created.add(str((created.get("metadata") or {}).get("uid")))
                 self.metrics.pods_created.inc()
                 if start.attempt > 1 and not start.restart:

@@ -25,6 +25,7 @@ __all__ = [
     "ClientFor",
     "Reuse",
     "build_arch",
+    "build_platform",
     "copy_image",
     "find_results",
     "lookup",
@@ -39,6 +40,11 @@ def build_arch(node_selector: Mapping[str, str]) -> str:
     operator's own. Workers of keyed groups are held to it with a nodeSelector, so the key says what was
     built (a pod on another architecture's node would build another platform's image)."""
     return node_selector.get("kubernetes.io/arch") or machine_arch(_platform.machine())
+
+
+def build_platform(platform: str | None, node_selector: Mapping[str, str]) -> str:
+    """The platform a build's keys are computed for: the one spec.platforms names, else its nodes'."""
+    return platform or f"linux/{build_arch(node_selector)}"
 
 
 def mark(status: Mapping[str, Any], plan: PlanView, found: Reuse, now: str) -> dict[str, Any]:

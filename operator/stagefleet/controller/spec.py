@@ -16,6 +16,7 @@ from typing import Any
 
 from stagefleet.ctxpath import lexical_problem, normalise
 from stagefleet.gitauth import has_credentials, is_http_url, is_ssh_url
+from stagefleet.imageindex import PLATFORM_RE
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/stagefleet/builder:0.1.0"
 DEFAULT_TIMEOUT_SECONDS = 3600
@@ -55,6 +56,7 @@ class SecretRef:
 
 MIN_POLL_SECONDS = 10  # shared git hosts: a farm of builds polling every second would flood them
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000  # spec.priority
+MAX_PLATFORMS = 8
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,14 @@ class ImageBuildSpec:
     # first. It never puts a namespace before another (fair sharing) and, like suspend, is not in the run's
     # spec hash: changing it reorders a waiting build, it does not rebuild.
     priority: int = 0
+    # The platforms to build (`platforms`): none, the workers' own; one, built for it; more, one build per
+    # platform, whose results the operator joins into one image index.
+    platforms: tuple[str, ...] = ()
+
+    @property
+    def platform(self) -> str | None:
+        """The one platform this build's workers build for (buildah --platform), when it names one."""
+        return self.platforms[0] if len(self.platforms) == 1 else None
 
     def cache_repository(self, namespace: str) -> str | None:
         """The layer cache of a build in ``namespace``: spec.cache.repository when set (sharing it is then
@@ -469,4 +479,21 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
                                     else r.integer("ttlSecondsAfterFinished", 0, 0, 2**31 - 1)),
         suspend=r.flag("suspend", False),
         priority=r.integer("priority", 0, MIN_PRIORITY, MAX_PRIORITY),
+        platforms=_platforms(r, git),
     )
+
+
+def _platforms(r: _Reader, git: GitSource | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for i, p in enumerate(r.items("platforms")):
+        if not isinstance(p, str) or not PLATFORM_RE.match(p):
+            raise SpecError(f"spec.platforms[{i}]", f"{p!r} is not a platform (e.g. linux/arm64)")
+        if p in out:
+            raise SpecError(f"spec.platforms[{i}]", f"{p} is named twice")
+        out.append(p)
+    if len(out) > MAX_PLATFORMS:
+        raise SpecError("spec.platforms", f"at most {MAX_PLATFORMS} platforms, not {len(out)}")
+    if len(out) > 1 and git is not None and git.poll_seconds is not None:
+        # Each platform's build would follow the branch on its own, and they could end on other commits.
+        raise SpecError("spec.source.git.pollInterval", "is not supported with more than one platform")
+    return tuple(out)

@@ -211,6 +211,16 @@ class WorkerQueue:
                 cap=self.cap,
             )
 
+    def started(self, key: Key) -> None:
+        """The pass of ``key`` created one of the pods it was granted, and `pod_seen` counts it now: one
+        reservation less (else the pod would count twice until the pass ends)."""
+        with self._lock:
+            left = self._reserved.get(key, 0) - 1
+            if left > 0:
+                self._reserved[key] = left
+            else:
+                self._reserved.pop(key, None)
+
     def release(self, key: Key) -> list[Key]:
         """The pass of ``key`` created (or failed to create) the pods it was granted: its reservation ends
         (the pods it created are counted by `pod_seen` already). Returns builds to wake."""

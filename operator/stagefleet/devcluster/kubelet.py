@@ -112,6 +112,10 @@ class NodeConfig:
     pods: int = 8
     cpu: str = "2"
     memory: str = "8Gi"
+    # The architecture the node says it has (labels, nodeInfo); None: this machine's. Its pods still run
+    # here: a build for another architecture runs under emulation (binfmt_misc), as a real node's would not
+    # need to, so that placement by architecture can be tried without such a machine.
+    arch: str | None = None
 
 
 def node_configs(count: int, pods_per_node: int, labels: Mapping[str, str] | None = None) -> list[NodeConfig]:
@@ -124,9 +128,9 @@ def node_manifest(cfg: NodeConfig) -> dict[str, Any]:
     labels = {
         "kubernetes.io/hostname": cfg.name,
         "kubernetes.io/os": "linux",
-        "kubernetes.io/arch": _arch(),
+        "kubernetes.io/arch": cfg.arch or _arch(),
         "beta.kubernetes.io/os": "linux",
-        "beta.kubernetes.io/arch": _arch(),
+        "beta.kubernetes.io/arch": cfg.arch or _arch(),
         "stagefleet.io/devcluster": "true",
         **cfg.labels,
     }
@@ -192,7 +196,7 @@ def node_status(
             "kubeletVersion": KUBELET_VERSION,
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
-            "architecture": _arch(),
+            "architecture": cfg.arch or _arch(),
             "containerRuntimeVersion": "stagefleet-devcluster://1",
             "osImage": "stagefleet dev cluster (host processes)",
             "kernelVersion": os.uname().release,
