@@ -1,4 +1,5 @@
-"""The operator with the SIMULATED worker, as the control-plane benches run it (control_plane, churn, spread).
+"""The operator with the SIMULATED worker, as the control-plane benches run it (control_plane, churn, spread,
+fairqueue).
 
 `worker_command` is the operator's `--worker-command` that runs `bench/fake_worker.py` (builds nothing);
 `operator` starts the real operator as a subprocess against a cluster's kubeconfig and stops it again.
@@ -35,13 +36,17 @@ def worker_command(sleep: float, *options: str) -> str:
 
 
 @contextmanager
-def operator(kubeconfig: Path, namespace: str, log: Path, worker: str, args: Sequence[str] = (), *,
-             prefix: Sequence[str] = (), settle: float = 3.0) -> Iterator[subprocess.Popen[bytes]]:
-    """The real operator (`stagefleet operator`, JSON logs into `log`) watching `namespace`; `prefix`
-    runs it under a wrapper (e.g. the sampling profiler). Waits `settle` seconds for its watches, and on
-    the way out stops it: SIGTERM, 30 s, then SIGKILL."""
+def operator(kubeconfig: Path, namespace: str | Sequence[str], log: Path, worker: str,
+             args: Sequence[str] = (), *, prefix: Sequence[str] = (),
+             settle: float = 3.0) -> Iterator[subprocess.Popen[bytes]]:
+    """The real operator (`stagefleet operator`, JSON logs into `log`) watching `namespace` (one, or a
+    sequence of them: `--namespace` repeated); `prefix` runs it under a wrapper (e.g. the sampling
+    profiler). Waits `settle` seconds for its watches, and on the way out stops it: SIGTERM, 30 s, then
+    SIGKILL."""
+    watched = [namespace] if isinstance(namespace, str) else list(namespace)
     argv = [sys.executable, *prefix, "-m", "stagefleet.cli", "operator", "--kubeconfig", str(kubeconfig),
-            "--namespace", namespace, "--worker-command", worker, "--log-format", "json", *args]
+            *(a for ns in watched for a in ("--namespace", ns)), "--worker-command", worker,
+            "--log-format", "json", *args]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     with log.open("ab") as out:
         op = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,

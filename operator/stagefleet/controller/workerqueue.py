@@ -125,7 +125,7 @@ def fair_shares(cap: int, running: Mapping[str, int], demands: Iterable[Demand])
     shares: dict[str, float] = {}
     left = float(cap)
     for i, (ns, n) in enumerate(sorted(need.items(), key=lambda kv: (kv[1], kv[0]))):
-        shares[ns] = round(min(n, left / (len(need) - i)), 2)
+        shares[ns] = round(float(min(n, left / (len(need) - i))), 2)
         left -= shares[ns]
     return shares
 
