@@ -8,8 +8,10 @@ cd "$here"
 
 apt_pkgs=(buildah runc docker-registry busybox-static skopeo git openssh-server openssh-client util-linux graphviz
           # the real test tier (stagefleet.realcluster): etcd, containerd, CNI loopback, ip/nsenter, openssl;
-          # the images (stagefleet.images): mmdebstrap, umoci; rootless workers: uidmap, setcap
-          etcd-server containerd containernetworking-plugins iproute2 openssl mmdebstrap umoci uidmap libcap2-bin)
+          # the images (stagefleet.images): mmdebstrap, umoci; rootless workers: uidmap, setcap;
+          # builds for other platforms (linux/arm64 under emulation, docs/multiarch.md): qemu-user-static
+          etcd-server containerd containernetworking-plugins iproute2 openssl mmdebstrap umoci uidmap libcap2-bin
+          qemu-user-static)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 
@@ -27,6 +29,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt_retry update -qq
   apt_retry install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# arm64 binaries run here through binfmt_misc and qemu-user-static; the handler needs the F (fix-binary) flag
+# so that it works inside chroots, user namespaces and containers (buildah's RUN steps). Without systemd
+# nothing registers it: mount binfmt_misc and register it from the package's binfmt.d file (root only; the
+# registration lasts until reboot, so a second run only checks). Tests that need it skip, saying why, when
+# this machine refuses it, except under CI (CI=true), where they fail.
+binfmt_archs=(arm64)
+if [ "$(id -u)" -eq 0 ]; then binfmt_cmd=ensure; else binfmt_cmd=status; fi
+if binfmt_out="$(PYTHONPATH="$here/operator" python3 -m stagefleet.binfmt "$binfmt_cmd" "${binfmt_archs[@]}" 2>&1)"; then
+  case "$binfmt_out" in *"registered qemu"*|*"mounted binfmt"*) echo "setup: binfmt_misc: $binfmt_out";; esac
+else
+  echo "setup: WARNING: no arm64 emulation, multi-platform tests will be skipped (fail under CI): $binfmt_out" >&2
 fi
 
 # Real kubectl v1.34 and helm v4 ship inside an npm package (no other download source reaches here).

@@ -1,7 +1,8 @@
 """Session fixtures shared by every test that needs the real builder: a registry and a base image.
 
 `registry` runs Debian's docker-registry on a free loopback port for the whole session; `base_image` is
-the offline busybox image pushed to it; `buildah_env(path)` gives the environment of a fresh buildah
+the offline busybox image pushed to it, `multiarch_base_image` a linux/amd64 + linux/arm64 index of such
+images (skipped where arm64 binaries cannot run); `buildah_env(path)` gives the environment of a fresh buildah
 storage root (a fresh "pod") and removes the root again at the end of the test.
 """
 
@@ -18,8 +19,13 @@ from typing import Any
 
 import pytest
 
-from stagefleet import buildenv
-from stagefleet.localregistry import LocalRegistry, ensure_base_image, ensure_pause_image
+from stagefleet import binfmt, buildenv
+from stagefleet.localregistry import (
+    LocalRegistry,
+    ensure_base_image,
+    ensure_multiarch_base_image,
+    ensure_pause_image,
+)
 
 BUILDER_TOOLS = ("buildah", "runc", "docker-registry", "skopeo")
 TESTS = Path(__file__).resolve().parent
@@ -106,6 +112,21 @@ def image_env(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory)
 def base_image(registry: LocalRegistry, image_env: dict[str, str]) -> str:
     """The busybox base image in the session registry, e.g. "127.0.0.1:PORT/base/busybox:1"."""
     return ensure_base_image(registry.host, image_env)
+
+
+@pytest.fixture(scope="session")
+def multiarch_base_image(registry: LocalRegistry, image_env: dict[str, str]) -> str:
+    """An OCI image index of busybox images for linux/amd64 and linux/arm64 in the session registry, e.g.
+    "127.0.0.1:PORT/base/busybox-multiarch:1" (each image also as ":1-amd64", ":1-arm64"); the arm64
+    busybox is Debian's (downloaded once into ~/.cache/stagefleet/busybox). When this machine cannot run
+    arm64 binaries in a chroot (stagefleet.binfmt; scripts/setup.sh registers qemu): skipped, saying why,
+    on a developer's machine, and a failure under CI (CI=true), whose setup must have registered it."""
+    why_not = binfmt.status("arm64")
+    if why_not is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"no arm64 emulation although scripts/setup.sh ran: {why_not}")
+        pytest.skip(f"no arm64 emulation: {why_not}")
+    return ensure_multiarch_base_image(registry.host, image_env)
 
 
 @pytest.fixture(scope="session")

@@ -244,3 +244,29 @@ def test_without_registry_a_throwaway_one_is_started_announced_and_stopped(tmp_p
     assert re.search(image, proc.stdout, re.M)
     with socket.socket() as s:  # gone with the build
         assert s.connect_ex(("127.0.0.1", int(where.group(2)))) != 0
+
+
+def test_two_platforms_locally_make_one_index(registry: LocalRegistry, multiarch_base_image: str,
+                                             tmp_path: Path) -> None:
+    """`--platform linux/amd64,linux/arm64`: one build each (the arm64 one under binfmt_misc emulation), each
+    under TAG-linux-ARCH, and an OCI image index of both under the tag; the arm64 RUN step saw aarch64."""
+    (tmp_path / "Dockerfile").write_text(f"FROM {multiarch_base_image}\nRUN uname -m > /arch\n")
+    repo = f"e2e/multi-{uuid.uuid4().hex[:8]}"
+    tag = f"{registry.host}/{repo}:1.0"
+    proc = stagefleet("build", str(tmp_path), "--registry", registry.host, "--tag", tag,
+                      "--platform", "linux/amd64,linux/arm64", "--progress", "plain", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
+    oci_index = "application/vnd.oci.image.index.v1+json"
+    index = registry_json(f"{registry.url}/v2/{repo}/manifests/1.0", oci_index)
+    assert index["mediaType"] == oci_index
+    by_arch = {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
+    assert sorted(by_arch) == ["amd64", "arm64"]
+    for arch, uname in (("amd64", b"x86_64\n"), ("arm64", b"aarch64\n")):
+        assert image_files(registry, repo, by_arch[arch])["arch"] == uname
+        own = registry_json(f"{registry.url}/v2/{repo}/manifests/1.0-linux-{arch}",
+                            "application/vnd.oci.image.manifest.v1+json")
+        assert own["config"]["digest"]  # (the per-platform tag names that platform's image)
+    assert f"image: {tag}@sha256:" in proc.stdout and "(index of linux/amd64, linux/arm64)" in proc.stdout
+    bad = stagefleet("build", str(tmp_path), "--registry", registry.host, "--platform", "arm64",
+                     cwd=tmp_path)
+    assert bad.returncode == 2 and "error: --platform: 'arm64' is not a platform" in bad.stderr
