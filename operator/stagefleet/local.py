@@ -250,7 +250,7 @@ def worker_argv(settings: BuildSettings, group: GroupLike, *, final_group: str,
     if settings.platform:
         argv += ["--platform", settings.platform]
     if settings.cache_repo:
-        argv += ["--cache-repo", settings.cache_repo]
+        argv += ["--cache-repo", settings.cache_repo, "--mount-cache-repo", settings.cache_repo]
     if settings.no_cache:
         argv.append("--no-cache")
     for ref in settings.push_refs(group, final_group):

@@ -113,6 +113,27 @@ def test_second_build_takes_steps_from_the_registry_cache(
     assert second["status"]["image"]["digest"] == first["status"]["image"]["digest"]
 
 
+
+def test_cache_mounts_are_shared_by_the_namespaces_builds(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str, namespace: str
+) -> None:
+    """`RUN --mount=type=cache` outlives the worker pod (worker.cachemounts): a later build with the same
+    cache repository finds what an earlier one left in the id, as on one BuildKit daemon."""
+    dockerfile = (f"FROM {base_image}\nARG WHO\n"
+                  'RUN --mount=type=cache,id=downloads,target=/cache echo "$WHO" >> /cache/log '
+                  "&& cp /cache/log /seen\n")
+    cache = {"repository": f"{registry.host}/e2e/{namespace}/mounts"}
+    seen = []
+    for who in ("first", "second"):
+        kubectl.apply(inline_manifest(f"mount-{who}", dockerfile, registry.host, cache=cache,
+                                      buildArgs={"WHO": who}))
+        done = wait_terminal(kubectl, operator, f"mount-{who}")
+        assert done["status"]["phase"] == "Succeeded", done["status"]["message"]
+        digest = done["status"]["image"]["digest"]
+        seen.append(image_files(registry.host, f"e2e/mount-{who}", digest)["/seen"])
+    assert seen == [b"first\n", b"first\nsecond\n"]
+
+
 def test_secret_without_the_key_stalls_naming_the_key(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:

@@ -76,6 +76,43 @@ RUN --mount=type=cache,id=sfcache,target=/cache echo "round $ROUND" >> /cache/lo
     assert image_files(h, repo, r.result["digest"])["/seen"] == b"round 3\n"
 
 
+
+def test_cache_mounts_outlive_the_pod_through_the_registry(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    """`--mount-cache-repo`: every build on a fresh storage root (a new pod) finds what the last build of
+    the repository left in each cache id (6 MiB of it incompressible: more than a manifest's read limit),
+    an id is saved only when its content changed, and another
+    repository (another namespace's) starts empty."""
+    h = registry.host
+    ctx = write_context(tmp_path / "ctx", f"""FROM {base_image} AS app
+ARG ROUND
+RUN --mount=type=cache,id=sfshared,target=/cache echo "round $ROUND" >> /cache/log && cp /cache/log /seen \
+    && ([ -f /cache/big ] || dd if=/dev/urandom of=/cache/big bs=1M count=6 2>/dev/null)
+RUN --mount=type=cache,target=/var/cache/untouched cat /var/cache/untouched/* > /untouched 2>/dev/null; true
+""")
+    shared = f"{h}/mounts/{secrets.token_hex(4)}"
+    repo = f"cachemount/{secrets.token_hex(4)}"
+
+    def build(n: int, cache: str) -> tuple[bytes, list[str]]:
+        r = run_worker(["--context", str(ctx), "--target", "app", "--build-arg", f"ROUND={n}",
+                        "--mount-cache-repo", cache, "--push", f"{h}/{repo}:{n}"],
+                       registry_host=h, tmp=tmp_path / f"pod{n}")  # a fresh storage root each
+        assert r.code == 0, r.stderr + r.stdout
+        notes = [ln for ln in r.stderr.splitlines() if "cache mount" in ln]
+        return image_files(h, repo, r.result["digest"])["/seen"], notes
+
+    seen, notes = build(1, shared)
+    assert seen == b"round 1\n"
+    assert any("cache mount sfshared: saved" in n for n in notes), notes
+    assert not any("restored" in n for n in notes), notes
+    seen, notes = build(2, shared)
+    assert seen == b"round 1\nround 2\n", notes
+    assert any("cache mount sfshared: restored" in n for n in notes), notes
+    assert not any("cache mount var/cache/untouched: saved" in n for n in notes), notes  # unchanged
+    seen, _ = build(3, f"{h}/mounts/other-{secrets.token_hex(4)}")
+    assert seen == b"round 3\n"
+
+
 def test_warm_rebuild_reports_the_registry_digest_without_pushing_again(
         registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
     """Every step cached → the same image: tags that already serve it are not pushed to again, the

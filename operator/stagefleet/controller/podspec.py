@@ -347,8 +347,11 @@ def worker_pod(
     cache_repo = spec.cache_repository(build.namespace)
     if cache_repo is None:
         args.append("--no-cache")
-    elif spec.cache.mode == "max" or group.id == plan.final_group:
-        args += ["--cache-repo", cache_repo]
+    else:
+        # RUN --mount=type=cache ids outlive the pod there, shared by the namespace (worker.cachemounts)
+        args += ["--mount-cache-repo", cache_repo]
+        if spec.cache.mode == "max" or group.id == plan.final_group:
+            args += ["--cache-repo", cache_repo]
 
     for ref in push_refs(spec, plan, build, group, attempt):
         args += ["--push", ref]

@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from stagefleet import buildenv
-from stagefleet.worker import exitcodes, rootless
+from stagefleet.worker import cachemounts, exitcodes, rootless
 from stagefleet.worker.buildah import build_argv
 from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
 from stagefleet.worker.fetch import FetchError, SshAgent, fetch_context
@@ -180,6 +181,12 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             sockets[key.id] = str(agent.socket)
         if spec.upstream_waits:
             spec = await_upstreams(spec, text, env, stack, lambda m: log(scrub(m)), plan.contexts)
+        cache_ids = cachemounts.mount_ids(text) if spec.mount_cache_repo else []
+        restored: dict[str, str] = {}
+        if cache_ids:
+            restored = _quietly(lambda: cachemounts.restore(str(spec.mount_cache_repo), cache_ids,
+                                                            _tmpdir(env), env, lambda m: log(scrub(m))),
+                                "restoring cache mounts", log) or {}
         iidfile = workdir / "iid"
         argv = build_argv(spec, context_dir=ctx.directory, dockerfile=ctx.dockerfile, iidfile=iidfile,
                           ssh_sockets=sockets, stage_names=info.buildah_names(), image_contexts=plan.contexts)
@@ -195,11 +202,31 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
         except PushError as e:
             raise _fail(exitcodes.PUSH, scrub(str(e))) from None
         key_tagged = store_under_key(spec, plan, image_id, digest, workdir, env, lambda m: log(scrub(m)))
+        if cache_ids:
+            _quietly(lambda: cachemounts.save(str(spec.mount_cache_repo), cache_ids, _tmpdir(env), restored,
+                                              env, lambda m: log(scrub(m))), "saving cache mounts", log)
         return Result(ok=True, group=spec.group, target=spec.target, image=spec.push[0], digest=digest,
                       cached_steps=tracker.cached, steps=tracker.steps, stages=stages,
                       upstreams={u.stage: u.ref.rpartition("@")[2] for u in spec.upstreams},
                       key=spec.stage_key, key_tagged=key_tagged)
     raise AssertionError("unreachable")
+
+
+T = TypeVar("T")
+
+
+def _quietly(fn: Callable[[], T], what: str, log: Callable[[str], None]) -> T | None:
+    """Cache mounts only save time: a failure to restore or save them is logged, never the build's."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        log(f"{what} failed ({type(e).__name__}: {e}); the build goes on without")
+        return None
+
+
+def _tmpdir(env: Mapping[str, str]) -> Path:
+    """buildah's TMPDIR, where it keeps cache mounts (`buildenv`)."""
+    return Path(env.get("TMPDIR") or tempfile.gettempdir())
 
 
 def emit(result: Result, spec_result_file: Path | None, scrub: Scrubber) -> None:

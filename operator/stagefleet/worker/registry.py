@@ -137,14 +137,16 @@ class Session:
         self.authorization: str | None = None
 
     def __call__(self, method: str, path: str, headers: Mapping[str, str] | None = None,
-                 body: bytes | None = None) -> tuple[int, dict[str, str], bytes] | None:
-        """(status, lower-cased headers, body), or None when no scheme got an answer."""
+                 body: bytes | None = None, limit: int = MAX_MANIFEST_BYTES
+                 ) -> tuple[int, dict[str, str], bytes] | None:
+        """(status, lower-cased headers, body of at most ``limit`` + 1 bytes), or None when no scheme got an
+        answer."""
         import http.client  # here, not at the top: see the module docstring
 
         schemes = (self.scheme,) if self.scheme else ("http", "https") if self.insecure else ("https",)
         for scheme in schemes:
             try:
-                answer = self._send(scheme, method, path, headers or {}, body)
+                answer = self._send(scheme, method, path, headers or {}, body, limit)
             except (OSError, http.client.HTTPException):  # refused, TLS, timeout: try the next scheme
                 continue
             if answer[0] == 400 and scheme == "http" and self.scheme is None:  # HTTPS spoken to in HTTP
@@ -154,13 +156,13 @@ class Session:
         return None
 
     def _send(self, scheme: str, method: str, path: str, headers: Mapping[str, str],
-              body: bytes | None) -> tuple[int, dict[str, str], bytes]:
+              body: bytes | None, limit: int) -> tuple[int, dict[str, str], bytes]:
         """One request, once more with basic auth when the registry asks for it and we have some."""
         sent = {"User-Agent": "stagefleet-worker", **headers}
         if self.authorization:
             sent["Authorization"] = self.authorization
         answer = request(scheme, self.host, method, path, sent, body, verify=not self.insecure,
-                         timeout=self.timeout)
+                         timeout=self.timeout, limit=limit)
         if (answer[0] == 401 and self.authorization is None
                 and answer[1].get("www-authenticate", "").lower().startswith("basic")):
             creds = _credentials(self.env, self.host)
@@ -168,14 +170,15 @@ class Session:
                 self.authorization = "Basic " + base64.b64encode(creds.encode()).decode()
                 sent["Authorization"] = self.authorization
                 answer = request(scheme, self.host, method, path, sent, body, verify=not self.insecure,
-                                 timeout=self.timeout)
+                                 timeout=self.timeout, limit=limit)
         return answer
 
 
 def request(scheme: str, host: str, method: str, path: str, headers: Mapping[str, str],
             body: bytes | None = None, *, verify: bool,
-            timeout: float) -> tuple[int, dict[str, str], bytes]:
-    """One registry request: (status, lower-cased headers, at most MAX_MANIFEST_BYTES + 1 of the body).
+            timeout: float, limit: int = MAX_MANIFEST_BYTES) -> tuple[int, dict[str, str], bytes]:
+    """One registry request: (status, lower-cased headers, at most ``limit`` + 1 bytes of the body: a
+    manifest's limit unless the caller reads a blob).
     ``verify=False`` is buildah's `insecure = true` for HTTPS. Raises OSError / http.client.HTTPException
     when nothing answers. (Also the operator's, `stagefleet.controller.registry`.)"""
     import http.client
@@ -193,7 +196,7 @@ def request(scheme: str, host: str, method: str, path: str, headers: Mapping[str
     try:
         conn.request(method, path, body=body, headers=dict(headers))
         resp = conn.getresponse()
-        data = b"" if method == "HEAD" else resp.read(MAX_MANIFEST_BYTES + 1)
+        data = b"" if method == "HEAD" else resp.read(limit + 1)
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()

@@ -92,6 +92,7 @@ class StepSpec:
     build_args: tuple[tuple[str, str], ...] = ()
     platform: str | None = None
     cache_repo: str | None = None
+    mount_cache_repo: str | None = None  # RUN --mount=type=cache ids are restored from / saved to it
     no_cache: bool = False
     pins: tuple[ImagePin, ...] = ()
     stage_key: str | None = None  # 64 hex: the result is also stored as <cache_repo>:stage-<key>
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-arg", action="append", default=[], help="K=V")
     p.add_argument("--platform")
     p.add_argument("--cache-repo", help="registry repository for --cache-from/--cache-to")
+    p.add_argument("--mount-cache-repo",
+                   help="registry repository where RUN --mount=type=cache ids are kept between builds")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--pin-image", action="append", default=[], metavar="REF=REPO@sha256:HEX",
                    help="every use of image REF (FROM, COPY --from, RUN --mount from=; REF as the Dockerfile "
@@ -337,6 +340,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
         build_args=build_args,
         platform=a.platform,
         cache_repo=a.cache_repo,
+        mount_cache_repo=a.mount_cache_repo or None,
         no_cache=a.no_cache,
         pins=pins,
         stage_key=a.stage_key,
