@@ -38,7 +38,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from control_plane import BENCH_UA, read_hwm
+from control_plane import bench_clients, read_hwm
 from simulated import operator, worker_command
 
 NAMESPACE = "churn"
@@ -119,7 +119,6 @@ def main() -> int:
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from kubernetes import client, config
 
     from stagefleet.devcluster import DevCluster
     from stagefleet.devcluster.apiserver.gc import GarbageCollector
@@ -133,11 +132,7 @@ def main() -> int:
         oplog = work / "operator.log"
         stack = ExitStack()
         try:
-            config.load_kube_config(config_file=str(dev.kubeconfig))  # type: ignore[no-untyped-call]
-            api = client.ApiClient(client.Configuration.get_default_copy())
-            api.user_agent = BENCH_UA
-            core: Any = client.CoreV1Api(api)
-            custom: Any = client.CustomObjectsApi(api)
+            core, custom = bench_clients(dev.kubeconfig)
             core.create_namespace({"metadata": {"name": NAMESPACE}})
             port = free_port()
             op = stack.enter_context(operator(

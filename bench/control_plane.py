@@ -123,6 +123,19 @@ class Counter:
         return undo
 
 
+def bench_clients(kubeconfig: Path, pool: int = 10) -> tuple[Any, Any]:
+    """(CoreV1Api, CustomObjectsApi) for the bench's own requests: its user agent (so the API server's
+    counts tell them from the operator's) and ``pool`` connections (the kubernetes client's default is 10)."""
+    from kubernetes import client, config
+
+    config.load_kube_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = pool
+    api = client.ApiClient(cfg)
+    api.user_agent = BENCH_UA
+    return client.CoreV1Api(api), client.CustomObjectsApi(api)
+
+
 def profile_loops(dev: Any) -> list[tuple[str, Any, cProfile.Profile]]:
     """cProfile the emulator's and the kubelet's event-loop threads (deterministic: the sampler's
     stacks are biased towards the points where threads release the GIL)."""
@@ -240,7 +253,6 @@ def main() -> int:
     # A bench started in the background ignores SIGINT: let SIGTERM stop it cleanly (operator, pods).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from kubernetes import client, config
 
     from stagefleet.devcluster import DevCluster
 
@@ -258,13 +270,7 @@ def main() -> int:
         oplog = work / "operator.log"
         stack = ExitStack()
         try:
-            config.load_kube_config(config_file=str(dev.kubeconfig))  # type: ignore[no-untyped-call]
-            cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = 32
-            api = client.ApiClient(cfg)
-            api.user_agent = BENCH_UA
-            core: Any = client.CoreV1Api(api)
-            custom: Any = client.CustomObjectsApi(api)
+            core, custom = bench_clients(dev.kubeconfig, pool=32)
             core.create_namespace({"metadata": {"name": NAMESPACE}})
             worker = worker_command(args.sleep)
             profiler = ([str(ROOT / "bench" / "sampler.py"), "--out", str(work / "profile-operator.txt")]

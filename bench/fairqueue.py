@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from churn import DOCKERFILE
-from control_plane import BENCH_UA
+from control_plane import bench_clients
 from simulated import operator, worker_command
 
 BIG, SMALL = "big", "small"
@@ -175,7 +175,6 @@ def dist(xs: Sequence[float]) -> str:
 
 def one_run(args: argparse.Namespace, cap: int) -> dict[str, Any]:
     """Start a dev cluster and the operator with `--max-worker-pods cap`, apply, wait, report."""
-    from kubernetes import client, config
 
     from stagefleet.devcluster import DevCluster
 
@@ -189,13 +188,7 @@ def one_run(args: argparse.Namespace, cap: int) -> dict[str, Any]:
         oplog = work / "operator.log"
         stack = ExitStack()
         try:
-            config.load_kube_config(config_file=str(dev.kubeconfig))  # type: ignore[no-untyped-call]
-            cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = 16
-            api = client.ApiClient(cfg)
-            api.user_agent = BENCH_UA
-            core: Any = client.CoreV1Api(api)
-            custom: Any = client.CustomObjectsApi(api)
+            core, custom = bench_clients(dev.kubeconfig, pool=16)
             for ns in (BIG, SMALL):
                 core.create_namespace({"metadata": {"name": ns}})
             watchers = [
