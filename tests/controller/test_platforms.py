@@ -99,10 +99,11 @@ def _child(platform: str, phase: str | None, digest: str | None = None, **status
     return pl.Child(platform, name, obj)
 
 
-def _fan(children: list[pl.Child], **kw: Any) -> tuple[dict[str, Any], list[Any]]:
-    build = BuildRef("app", "team", "uid-app", 1, Run(1, 1, None, spec_hash(SPEC)))
+def _fan(children: list[pl.Child], status: dict[str, Any] | None = None, run: int = 1,
+         **kw: Any) -> tuple[dict[str, Any], list[Any]]:
+    build = BuildRef("app", "team", "uid-app", run, Run(run, run, None, spec_hash(SPEC)))
     args: dict[str, Any] = {"index_digest": None, "failure": None, **kw}
-    return pl.fan_status(build=build, spec_suspend=False, status={}, children=children,
+    return pl.fan_status(build=build, spec_suspend=False, status=status or {}, children=children,
                          image="127.0.0.1:5000/team/app:1.0", tags=["127.0.0.1:5000/team/app:1.0"], now=NOW,
                          **args)
 
@@ -160,3 +161,13 @@ def test_the_index_lists_each_platforms_manifest() -> None:
     assert [m["mediaType"] for m in index["manifests"]] == [OCI_MANIFEST] * 2
     # The same images, the same bytes: a pass that writes it again changes no digest.
     assert hashlib.sha256(doc).digest() == hashlib.sha256(pl.index_document(list(images))).digest()
+
+
+def test_a_new_run_of_the_parent_starts_its_own_clock() -> None:
+    done = [_child("linux/amd64", "Succeeded", "sha256:" + "a" * 64)]
+    earlier = {"phase": "Succeeded", "run": 1, "observedGeneration": 1,
+               "startTime": "2025-01-01T00:00:00Z", "completionTime": "2025-01-01T00:05:00Z"}
+    same, _ = _fan(done, earlier, run=1, index_digest="sha256:" + "c" * 64)
+    assert (same["startTime"], same["completionTime"]) == ("2025-01-01T00:00:00Z", "2025-01-01T00:05:00Z")
+    later, _ = _fan(done, earlier, run=2, index_digest="sha256:" + "c" * 64)
+    assert (later["startTime"], later["completionTime"]) == ("2026-01-01T00:01:00Z", "2026-01-01T00:01:00Z")

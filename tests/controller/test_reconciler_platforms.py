@@ -83,12 +83,18 @@ def test_the_parent_makes_a_build_per_platform_and_joins_their_images(
     assert status["phase"] == "Building" and [p["phase"] for p in status["platforms"]] == ["Pending"] * 2
     assert api.pods == {}  # the parent itself runs nothing
 
+    # An arm64 node joining later does not move (patch into a new run) the child already emulating it.
+    api.arches = ("amd64", "arm64")
+    r.reconcile("t", "app")
+    assert api.patches == [] and "nodeSelector" not in api.ibs[("t", "app-arm64")]["spec"]
+
     # A spec edit of the parent reaches its children; their earlier statuses no longer count.
     api.succeed("app-amd64", "sha256:" + "a" * 64)
     api.ibs[("t", "app")]["spec"]["buildArgs"] = {"V": "2"}
     api.ibs[("t", "app")]["metadata"]["generation"] = 2
     r.reconcile("t", "app")
     assert {n for n, _ in api.patches} == {"app-amd64", "app-arm64"}
+    assert api.status("t", "app")["run"] == 2
     assert api.ibs[("t", "app-arm64")]["spec"]["buildArgs"] == {"V": "2"}
     assert [p["phase"] for p in api.status("t", "app")["platforms"]] == ["Pending", "Pending"]
 

@@ -113,6 +113,11 @@ def owned_by(child: Mapping[str, Any], parent_uid: str) -> bool:
     )
 
 
+def placed_natively(child: Mapping[str, Any], arch: str) -> bool:
+    """Whether an existing child was held to nodes of its own architecture when it was made."""
+    return ((child.get("spec") or {}).get("nodeSelector") or {}).get(ARCH_LABEL) == arch
+
+
 def _contains(have: Any, want: Any) -> bool:
     """Whether ``have`` holds everything ``want`` says (fields the API server defaulted may be extra)."""
     if isinstance(want, Mapping):
@@ -236,12 +241,14 @@ def fan_status(
             message = f"writing the image index of {done} platforms"
     run = build.run
     observed = run.generation if run else build.generation
-    new: dict[str, Any] = {k: v for k, v in status.items() if k in ("startTime", "lastSucceeded")}
+    # (Times of an earlier run are not this run's: a spec edit or rebuild starts the clock again.)
+    same_run = runs.run_of(status) == build.generation
+    new: dict[str, Any] = {k: v for k, v in status.items() if k == "lastSucceeded"}
     new.update({
         "phase": phase,
         "observedGeneration": observed,
         "message": message,
-        "startTime": status.get("startTime") or st.fmt_time(now),
+        "startTime": (status.get("startTime") if same_run else None) or st.fmt_time(now),
         "platforms": entries,
         "progress": f"{done}/{len(children)}",
         "conditions": st.conditions(
@@ -255,8 +262,8 @@ def fan_status(
         c, why = stalled[0]
         new["message"] = f"{message}; platform {c.platform} (ImageBuild {c.name}) is stalled: {why}"
     if phase in st.TERMINAL:
-        new["completionTime"] = status.get("completionTime") if status.get("phase") == phase else None
-        new["completionTime"] = new["completionTime"] or st.fmt_time(now)
+        kept = same_run and status.get("phase") == phase
+        new["completionTime"] = (status.get("completionTime") if kept else None) or st.fmt_time(now)
     if phase == st.SUCCEEDED and index_digest is not None:
         new["image"] = {
             "name": image,

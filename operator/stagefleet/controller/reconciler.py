@@ -760,19 +760,25 @@ class Reconciler:
             if refused:
                 self._finish_early(ib, build, status, POLICY_REASON, "; ".join(refused), now)
                 return None
-        native = self._native_arches()
+        native: list[set[str] | None] = []  # the nodes' architectures, listed once, only for a new child
         children: list[platforms.Child] = []
         for i, p in enumerate(spec.platforms):
             arch = p.split("/")[1]
-            here = arch in native if native is not None else arch == reuse.build_arch({})
+            name = platforms.child_name(build.name, p)
+            obj = self.kube.get_imagebuild(build.namespace, name)
+            if obj is not None and platforms.owned_by(obj, build.uid):
+                # Placed when it was created: a node coming or going later must not patch it into a new run.
+                here = platforms.placed_natively(obj, arch)
+            else:
+                if not native:
+                    native.append(self._native_arches())
+                here = arch in native[0] if native[0] is not None else arch == reuse.build_arch({})
             if not here and not self.config.platform_emulation:
                 self._finish_early(ib, build, status, "PlatformUnavailable", (
                     f"spec.platforms[{i}]: {p}: no Ready node of architecture {arch}, and this operator does "
                     "not build under emulation (--no-platform-emulation)"), now)
                 return None
             wanted = platforms.child_manifest(ib, p, here, build.run.rebuild if build.run else None)
-            name = wanted["metadata"]["name"]
-            obj = self.kube.get_imagebuild(build.namespace, name)
             try:
                 if obj is None:
                     self.kube.create(wanted)
