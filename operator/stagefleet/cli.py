@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("status", "stagefleet.commands.status", "show an ImageBuild's stages as a table"),
     ("logs", "stagefleet.commands.logs", "print an ImageBuild's stage pods' logs, stage-prefixed"),
     ("rebuild", "stagefleet.commands.rebuild", "run an ImageBuild again without editing its spec"),
+    ("context", "stagefleet.commands.context", "push a build context as an OCI artifact (spec.source.oci)"),
     ("demo", "stagefleet.commands.demo", "run the seed example end to end on a throwaway dev cluster"),
     ("dev-cluster", "stagefleet.commands.devcluster", "local dev/test cluster: API emulator + kubelet"),
 ]

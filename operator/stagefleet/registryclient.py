@@ -18,7 +18,9 @@ import hashlib
 import http.client
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import IO
 from urllib.parse import quote
 
 from stagefleet.worker.registry import MANIFEST_TYPES, MAX_MANIFEST_BYTES, basic_credentials, request
@@ -66,7 +68,8 @@ class Registry:
     _scheme: str | None = field(default=None, init=False)
 
     def _call(
-        self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
+        self, method: str, path: str, headers: Mapping[str, str] | None = None, body: bytes | None = None,
+        *, limit: int = MAX_MANIFEST_BYTES, sink: IO[bytes] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         headers = {"User-Agent": self.user_agent, **(headers or {})}
         schemes = (self._scheme,) if self._scheme else (("http", "https") if self.insecure else ("https",))
@@ -75,13 +78,14 @@ class Registry:
             assert scheme is not None
             try:
                 answer = request(scheme, self.host, method, path, headers, body,
-                                 verify=not self.insecure, timeout=self.timeout)
+                                 verify=not self.insecure, timeout=self.timeout, limit=limit, sink=sink)
                 if answer[0] == 401 and answer[1].get("www-authenticate", "").lower().startswith("basic"):
                     creds = basic_credentials(self.auth_config, self.host) if self.auth_config else None
                     if creds is not None:
                         auth = "Basic " + base64.b64encode(creds.encode()).decode()
                         answer = request(scheme, self.host, method, path, {**headers, "Authorization": auth},
-                                         body, verify=not self.insecure, timeout=self.timeout)
+                                         body, verify=not self.insecure, timeout=self.timeout, limit=limit,
+                                         sink=sink)
             except (OSError, http.client.HTTPException) as e:
                 error = f"{type(e).__name__}: {e}"
                 continue
@@ -97,6 +101,12 @@ class Registry:
                 raise RegistryError(f"{method} {path}: {status} {_error_text(answer[2])}", transient=True)
             return answer
         raise RegistryError(f"{self.host} unreachable: {error}", transient=True)
+
+    def get(self, path: str, headers: Mapping[str, str], *, limit: int = MAX_MANIFEST_BYTES,
+            sink: IO[bytes] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """A GET answered as is (a 200's body into ``sink`` when given): for callers that judge the answer
+        themselves (`stagefleet.ocisource`)."""
+        return self._call("GET", path, headers, limit=limit, sink=sink)
 
     def tags(self, repository: str) -> list[str]:
         """Every tag of ``repository`` ([] when the repository does not exist)."""

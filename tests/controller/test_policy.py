@@ -79,6 +79,9 @@ def test_patterns_widen_what_is_allowed() -> None:
     assert sel.startswith("spec.nodeSelector.node-role.kubernetes.io/control-plane: the key is not allowed")
     (host,) = check(policy, source={"git": {"url": "https://evil.test/x.git", "revision": "main"}})
     assert host.startswith("spec.source.git.url: host 'evil.test' is not allowed")
+    assert check(policy, source={"oci": {"image": "ctx.example.com:5000/team/app:v1"}}) == []
+    (oci,) = check(policy, source={"oci": {"image": "evil.test:5000/team/app:v1"}})
+    assert oci.startswith("spec.source.oci.image: host 'evil.test' is not allowed")
     # the operator's own image stays allowed whatever the list says
     assert check(policy, builderImage=BUILDER) == []
 

@@ -44,11 +44,23 @@ def test_minimal_git_spec_defaults() -> None:
     assert spec.cache.mode == "max" and not spec.cache.disabled
 
 
+def test_oci_source() -> None:
+    spec = parse_spec({"source": {"oci": {"image": "r.io:5000/team/ctx:pr-1"}, "contextDir": "app"},
+                       "output": {"image": "r.io/a/b"}})
+    assert spec.source.oci is not None and spec.source.oci.image == "r.io:5000/team/ctx:pr-1"
+    assert spec.source.git is None and spec.source.inline is None and spec.source.context_dir == "app"
+    assert spec.source.where == "spec.source.oci.image r.io:5000/team/ctx:pr-1"
+
+
 @pytest.mark.parametrize(
     ("mutate", "path"),
     [
         (lambda s: s["source"].update(git={"url": "https://x/y.git"}), "spec.source"),
         (lambda s: s.update(source={}), "spec.source"),
+        (lambda s: s["source"].update(oci={"image": "r.io/ctx:v1"}), "spec.source"),
+        (lambda s: s.update(source={"oci": {"image": "ctx:v1"}}), "spec.source.oci.image"),
+        (lambda s: s.update(source={"oci": {"image": "r.io/ctx@sha256:00"}}), "spec.source.oci.image"),
+        (lambda s: s.update(source={"oci": {}}), "spec.source.oci.image"),
         (lambda s: s["output"].update(image="Not/Valid"), "spec.output.image"),
         (lambda s: s["output"].update(image="r.io/a@sha256:00"), "spec.output.image"),
         (lambda s: s["output"].update(tags=["ok", "bad tag"]), "spec.output.tags[1]"),
@@ -102,7 +114,7 @@ CRD_SPEC_SCHEMA = yaml.safe_load((ROOT / "crds" / "imagebuild.yaml").read_text()
     "schema"
 ]["openAPIV3Schema"]["properties"]["spec"]
 CEL_CASES: dict[str, tuple[Any, str]] = {
-    "exactly one of spec.source.git and spec.source.inline must be set": (
+    "exactly one of spec.source.git, spec.source.inline and spec.source.oci must be set": (
         lambda s: s["source"].update(git={"url": "https://example.com/r.git"}),
         "spec.source",
     ),
@@ -110,7 +122,8 @@ CEL_CASES: dict[str, tuple[Any, str]] = {
         lambda s: s.update(cache={"disabled": True, "repository": "r.io/c"}),
         "spec.cache.repository",
     ),
-    "spec.source.contextDir: needs spec.source.git (an inline Dockerfile has no build context)": (
+    "spec.source.contextDir: needs spec.source.git or spec.source.oci "
+    "(an inline Dockerfile has no build context)": (
         lambda s: s["source"].update(contextDir="sub"),
         "spec.source.contextDir",
     ),

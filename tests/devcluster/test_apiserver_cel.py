@@ -131,7 +131,8 @@ def _project_core() -> tuple[Core, Any]:
             {"source": {"inline": {"dockerfile": "FROM x\n"}, "contextDir": "sub"}},
             (
                 "spec",
-                "spec.source.contextDir: needs spec.source.git (an inline Dockerfile has no build context)",
+                "spec.source.contextDir: needs spec.source.git or spec.source.oci "
+                "(an inline Dockerfile has no build context)",
             ),
         ),
         (

@@ -231,7 +231,8 @@ def test_project_crd_admits_every_example() -> None:
         bad["spec"]["source"] = {}
         with pytest.raises(ApiError) as err:
             c.create(rt, "default", bad, WriteOptions(dry_run=True))
-        assert "exactly one of spec.source.git and spec.source.inline must be set" in err.value.message
+        assert ("exactly one of spec.source.git, spec.source.inline and spec.source.oci must be set"
+                in err.value.message)
 
 
 # -- patches and selectors -----------------------------------------------------------------------------------

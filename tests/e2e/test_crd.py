@@ -55,7 +55,7 @@ CEL_CASES = {"git-and-inline", "no-source", "cache-disabled-with-repo", "inline-
     [
         (
             _with("source.git", {"url": "https://example.com/r.git"}),
-            ("spec.source", "exactly one of spec.source.git and spec.source.inline"),
+            ("spec.source", "exactly one of spec.source.git, spec.source.inline and spec.source.oci"),
         ),
         (_with("source.inline", None), ("spec.source", "exactly one of")),
         (_with("cache.mode", "all"), ("spec.cache.mode", "Unsupported value")),
@@ -65,7 +65,8 @@ CEL_CASES = {"git-and-inline", "no-source", "cache-disabled-with-repo", "inline-
         ),
         (
             _with("source.contextDir", "sub"),
-            ("spec.source.contextDir: needs spec.source.git (an inline Dockerfile has no build context)",),
+            ("spec.source.contextDir: needs spec.source.git or spec.source.oci "
+             "(an inline Dockerfile has no build context)",),
         ),
         (
             _with("tolerations", [{"key": "k", "operator": "Exists", "value": "v"}]),

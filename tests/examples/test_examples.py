@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 API_VERSION = "stagefleet.io/v1alpha1"
 # Every example directory this test knows about; a new directory must be added here (and so get checked).
-EXPECTED_DIRS = {"seed", "secrets", "cache-mounts", "private-git-ssh", "go-microservice", "kustomize"}
+EXPECTED_DIRS = {"seed", "secrets", "cache-mounts", "private-git-ssh", "go-microservice", "kustomize",
+                 "oci-source"}
 # Kustomize patches are partial objects: not ImageBuilds on their own.
 PARTIAL = {"examples/kustomize/overlays/production/imagebuild-patch.yaml"}
 
@@ -82,8 +83,8 @@ def cel_problems(spec: Mapping[str, Any]) -> list[str]:
     """The CRD's x-kubernetes-validations rules, restated."""
     out = []
     source = spec["source"]
-    if ("git" in source) == ("inline" in source):
-        out.append("exactly one of spec.source.git and spec.source.inline")
+    if [k in source for k in ("git", "inline", "oci")].count(True) != 1:
+        out.append("exactly one of spec.source.git, spec.source.inline and spec.source.oci")
     if "inline" in source and source.get("contextDir"):
         out.append("contextDir with an inline Dockerfile")
     cache = spec.get("cache", {})

@@ -77,6 +77,9 @@ def test_parse_args_full() -> None:
     (["--context", "/c", "--target", "t", "--push", "r", "--context-dir", "../up"], "relative"),
     (["--context", "/c", "--target", "t", "--push", "r", "--dockerfile", "/etc/passwd"], "relative"),
     (["--context", "/c", "--target", "t", "--push", "r", "--jobs", "0"], "at least 1"),
+    (["--context", "/c", "--oci-source", f"r.io/ctx@{DIGEST}", "--target", "t", "--push", "r"], "only one of"),
+    (["--oci-source", "r.io/ctx:v1", "--target", "t", "--push", "r"], "names no digest"),
+    (["--oci-source", "ctx@" + DIGEST, "--target", "t", "--push", "r"], "registry host"),
 ])
 def test_parse_args_usage_errors(argv: list[str], fragment: str) -> None:
     with pytest.raises(UsageError, match=None) as e:

@@ -94,11 +94,13 @@ class BuildRef:
 
 @dataclass(frozen=True)
 class ResolvedSource:
-    """Where the worker gets the Dockerfile: a pinned git commit or an inline-Dockerfile ConfigMap."""
+    """Where the worker gets the Dockerfile: a pinned git commit, an OCI artifact by digest, or an
+    inline-Dockerfile ConfigMap."""
 
     git_url: str | None = None
     git_revision: str | None = None  # a commit
     configmap: str | None = None
+    oci_ref: str | None = None  # host/repository@digest
 
 
 def _short_hash(text: str, n: int = 6) -> str:
@@ -297,6 +299,9 @@ def worker_pod(
                      "--git-username-file", f"{SECRETS_MOUNT}/git-user/username"]
         if git and git.insecure_ignore_host_key:
             args.append("--git-insecure-ignore-host-key")
+    if source.oci_ref:  # read with the push credentials (REGISTRY_AUTH_FILE), like the stage results
+        args += ["--oci-source", source.oci_ref]
+    if source.git_url or source.oci_ref:
         if spec.source.context_dir:
             args += ["--context-dir", spec.source.context_dir]
         args += ["--dockerfile", spec.dockerfile]

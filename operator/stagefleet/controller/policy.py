@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from stagefleet.controller.spec import ImageBuildSpec
+from stagefleet.ocisource import parse_ref as parse_oci_ref
 
 ENV_PREFIX = "STAGEFLEET_POLICY_"
 
@@ -50,7 +51,7 @@ HELP: dict[str, str] = {
     "toleration_keys": "spec.tolerations keys allowed; '*' allows a key-less one (default: none)" + _LIST,
     "node_selector_keys": "spec.nodeSelector keys allowed (default: *)" + _LIST,
     "source_schemes": "git URL schemes allowed: https, http, ssh, git, file (default: https,ssh)" + _LIST,
-    "source_hosts": "git hosts allowed (default: *)" + _LIST,
+    "source_hosts": "git hosts and context artifact registries allowed (default: *)" + _LIST,
     "max_stage_resources": 'per-stage maximum requests and limits, e.g. {"cpu": "8", "memory": "32Gi"}',
     "push_repositories": "repositories spec.output.image and spec.cache.repository may name; {namespace} "
     "stands for the build's namespace, e.g. registry.example.com/{namespace}/* (default: *)" + _LIST,
@@ -151,6 +152,12 @@ def violations(
                        f"({policy.describe('source_schemes')})")
         elif host and not _allowed(host, policy.source_hosts):
             out.append(f"spec.source.git.url: host {host!r} is not allowed "
+                       f"({policy.describe('source_hosts')})")
+    oci = spec.source.oci
+    if oci is not None:
+        host = parse_oci_ref(oci.image).host.split(":", 1)[0].lower()  # without the port, as for git
+        if not _allowed(host, policy.source_hosts):
+            out.append(f"spec.source.oci.image: host {host!r} is not allowed "
                        f"({policy.describe('source_hosts')})")
     return out
 

@@ -72,6 +72,7 @@ from stagefleet.controller.spec import ImageBuildSpec, SpecError, parse_spec
 from stagefleet.controller.workerqueue import Demand, Spot, WorkerQueue
 from stagefleet.gitauth import is_http_url
 from stagefleet.imageindex import write_index
+from stagefleet.ocisource import parse_ref as parse_oci_ref
 
 log = logging.getLogger("stagefleet.operator")
 
@@ -664,15 +665,18 @@ class Reconciler:
                 "Superseded",
                 f"{why or 'spec changed'}: stopped {superseded} pod(s) of the old build",
             )
-        git = spec.source.git
-        if git is None:
-            resolved = resolve(spec)  # inline: nothing to fetch
+        if spec.source.inline is not None:
+            resolved = resolve(spec)  # nothing to fetch
         else:
             job = self._source_job(build)
             if job is None:
                 # The git credentials first: while they are missing the build waits (Stalled), writing
-                # status only once.
-                auth = self._git_auth(ib, build, spec, status, now)
+                # status only once. An OCI source is read with the push Secret's registry credentials.
+                auth: GitAuth | reg.Registry | Planned
+                if spec.source.oci is not None:
+                    auth = self._registry_client(build, spec)(parse_oci_ref(spec.source.oci.image).host)
+                else:
+                    auth = self._git_auth(ib, build, spec, status, now)
                 if isinstance(auth, Planned):
                     return auth
                 job = self._start_source_job(build, spec, auth)
@@ -682,14 +686,14 @@ class Reconciler:
                     job.said_queued = True
                     busy = self._source_slots.busy()
                     message = (
-                        f"waiting to resolve spec.source.git.url {redact(git.url)}: "
+                        f"waiting to resolve {redact(spec.source.where)}: "
                         f"{busy.get(build.namespace, 0)} source(s) of this namespace resolving (at most "
                         f"{self._source_slots.per_namespace}), {sum(busy.values())} in all (at most "
                         f"{self._source_slots.total})"
                     )
                 else:
                     message = (
-                        f"resolving source: spec.source.git.url {redact(git.url)} "
+                        f"resolving source: {redact(spec.source.where)} "
                         f"(gives up after {self.config.source_timeout:g}s)"
                     )
                 planning = st.progress_status(
@@ -877,7 +881,7 @@ class Reconciler:
         if not spec.cache.reuse_stages or cache_repo is None or plan.graph is None:
             return None
         client_for = self._registry_client(build, spec)
-        context = None
+        context = resolved.index  # an OCI source's, read from its layer
         if resolved.tree is not None:
             # (the workers' clone keeps .git in a context that is the repository's root: its commit counts)
             head = None if spec.source.context_dir else resolved.git_commit
@@ -1086,7 +1090,9 @@ class Reconciler:
                 job = None
         return job
 
-    def _start_source_job(self, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> SourceJob:
+    def _start_source_job(
+        self, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth | reg.Registry
+    ) -> SourceJob:
         job = SourceJob(build.uid, build.generation)
         job.thread = threading.Thread(
             target=self._resolve_job,
@@ -1099,7 +1105,9 @@ class Reconciler:
         job.thread.start()
         return job
 
-    def _resolve_job(self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> None:
+    def _resolve_job(
+        self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth | reg.Registry
+    ) -> None:
         """In the job's thread: wait for a slot of the build's namespace (`sourceslots`), resolve, then wake
         the build."""
         try:
@@ -1115,12 +1123,16 @@ class Reconciler:
             job.done.set()
             self._wake(build.namespace, build.name)
 
-    def _resolve(self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth) -> None:
+    def _resolve(
+        self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth | reg.Registry
+    ) -> None:
         """Resolve, retrying other failures while time is left (a timeout is final)."""
         deadline = time.monotonic() + self.config.source_timeout
+        git_auth, registry = (auth, None) if isinstance(auth, GitAuth) else (None, auth)
         for attempt in range(1, self.config.source_attempts + 1):
             try:
-                job.resolved = resolve(spec, auth=auth, timeout=max(0.1, deadline - time.monotonic()))
+                job.resolved = resolve(spec, auth=git_auth, registry=registry,
+                                       timeout=max(0.1, deadline - time.monotonic()))
                 break
             except SourceTimeout as e:
                 job.error, job.timed_out = str(e), True
@@ -1364,6 +1376,10 @@ class Reconciler:
                     return [], {s.group.id: text for s in starts}
                 self._configmaps[(build.namespace, build.name)] = key
             source = ResolvedSource(configmap=configmap_name(build))
+        elif spec.source.oci is not None:
+            oci = source_status.get("oci") or {}
+            ref = parse_oci_ref(spec.source.oci.image)
+            source = ResolvedSource(oci_ref=ref.pinned(str(oci["digest"])) if oci.get("digest") else str(ref))
         else:
             assert spec.source.git is not None
             source = ResolvedSource(

@@ -2,7 +2,9 @@
 
 Inline sources are direct. Git sources are pinned to a commit with ``git ls-remote`` (so every worker pod
 builds the same tree even if the branch moves) and only the Dockerfile is fetched: a depth-1 fetch with
-``--filter=blob:none`` and a sparse checkout of that one path, never the whole context.
+``--filter=blob:none`` and a sparse checkout of that one path, never the whole context. OCI sources
+(`stagefleet.ocisource`) are pinned to a manifest digest; their one layer is streamed to a temporary file
+and read without unpacking (the Dockerfile, and every file's hash for the stage keys).
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from stagefleet import ocisource
 from stagefleet.controller.spec import ImageBuildSpec
 from stagefleet.ctxpath import OutsideError, inside
 from stagefleet.gitauth import credential_env, ssh_command
+from stagefleet.registryclient import Registry, RegistryError
+from stagefleet.stagekey import ContextIndex
+from stagefleet.worker.registry import MAX_MANIFEST_BYTES
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _CRED_RE = re.compile(r"(://)[^/@\s]+@")
@@ -40,6 +47,9 @@ class Resolved:
     # `git ls-tree -r -z --full-tree` of the commit: every path's blob id, which keys the stages that copy
     # it (`stagekey.index_git_tree`). The blob-less fetch has every tree, so it costs no download.
     tree: str | None = None
+    # An OCI source's content, indexed from its layer, and the digest reference the workers unpack.
+    index: ContextIndex | None = None
+    oci_ref: str | None = None
 
 
 def redact(text: str) -> str:
@@ -193,18 +203,62 @@ def fetch_file(
     return target.read_text(encoding="utf-8", errors="replace"), tree
 
 
+def resolve_oci(spec: ImageBuildSpec, registry: Registry, timeout: float = 60) -> Resolved:
+    """The artifact of spec.source.oci pinned to its manifest digest, its Dockerfile and content index,
+    within ``timeout`` seconds. ``registry``: a client for the artifact's host (with the push Secret's
+    credentials, if any)."""
+    oci = spec.source.oci
+    assert oci is not None
+    ref = ocisource.parse_ref(oci.image)
+    where = f"spec.source.oci.image {oci.image}"
+    deadline = time.monotonic() + timeout
+
+    def get(path: str, headers: Mapping[str, str], sink: IO[bytes] | None
+            ) -> tuple[int, Mapping[str, str], bytes]:
+        registry.timeout = min(60.0, _left(deadline))
+        try:
+            limit = ocisource.MAX_LAYER_BYTES if sink is not None else MAX_MANIFEST_BYTES
+            return registry.get(path, headers, limit=limit, sink=sink)
+        except RegistryError as e:
+            raise ocisource.ArtifactError(str(e)) from None
+
+    with tempfile.TemporaryDirectory(prefix="stagefleet-source-") as tmp:
+        layer = Path(tmp) / "layer"
+        try:
+            digest = ocisource.fetch(ref, get, layer)
+            contents = ocisource.read(layer, spec.source.context_dir, spec.dockerfile)
+        except SourceTimeout:
+            raise SourceTimeout(
+                f"{where}: not read within {timeout:.0f}s; is the registry reachable?"
+            ) from None
+        except ocisource.ArtifactError as e:
+            raise SourceError(f"{where}: {e}") from None
+    path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p).lstrip("/")
+    return Resolved(
+        dockerfile=contents.dockerfile,
+        filename=path,
+        index=ContextIndex(contents.entries),
+        oci_ref=ref.pinned(digest),
+        status={"oci": {"image": oci.image, "digest": digest, "dockerfile": path}},
+    )
+
+
 def resolve(
     spec: ImageBuildSpec,
     *,
     auth: GitAuth | None = None,
     ssh_key: bytes | None = None,
+    registry: Registry | None = None,
     timeout: float = 60,
 ) -> Resolved:
     """Dockerfile text and the pinned revision for ``spec``, all git commands within ``timeout`` seconds;
     raises SourceError with a precise message (SourceTimeout naming spec.source.git.url when the time is
-    up). ``ssh_key`` alone is ``GitAuth(ssh_key=...)``."""
+    up). ``ssh_key`` alone is ``GitAuth(ssh_key=...)``; ``registry`` reads an OCI source (`resolve_oci`)."""
     if spec.source.inline is not None:
         return Resolved(dockerfile=spec.source.inline, filename="Dockerfile", status={"inline": True})
+    if spec.source.oci is not None:
+        assert registry is not None, "an OCI source needs a registry client"
+        return resolve_oci(spec, registry, timeout)
     git = spec.source.git
     assert git is not None
     if auth is None:

@@ -17,6 +17,7 @@ from typing import Any
 from stagefleet.ctxpath import lexical_problem, normalise
 from stagefleet.gitauth import has_credentials, is_http_url, is_ssh_url
 from stagefleet.imageindex import PLATFORM_RE
+from stagefleet.ocisource import parse_ref as parse_oci_ref
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/stagefleet/builder:0.1.0"
 DEFAULT_TIMEOUT_SECONDS = 3600
@@ -73,10 +74,26 @@ class GitSource:
 
 
 @dataclass(frozen=True)
+class OciSource:
+    """spec.source.oci: a context pushed to a registry as a one-layer image (`stagefleet.ocisource`)."""
+
+    image: str  # host/repository[:tag][@digest], as given
+
+
+@dataclass(frozen=True)
 class Source:
     git: GitSource | None
     inline: str | None
     context_dir: str
+    oci: OciSource | None = None
+
+    @property
+    def where(self) -> str:
+        """The field that names where the source is, and its value (for messages; no credentials: the spec
+        refuses them in a git URL)."""
+        if self.git:
+            return f"spec.source.git.url {self.git.url}"
+        return f"spec.source.oci.image {self.oci.image}" if self.oci else "spec.source.inline"
 
 
 @dataclass(frozen=True)
@@ -351,11 +368,22 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
     """Validate and default an ImageBuild's ``spec``; raises SpecError naming the first bad field."""
     r = _Reader(spec, "spec")
     src = r.obj("source")
-    if src.has("git") == src.has("inline"):
-        raise SpecError("spec.source", "exactly one of spec.source.git and spec.source.inline must be set")
+    if [src.has("git"), src.has("inline"), src.has("oci")].count(True) != 1:
+        raise SpecError(
+            "spec.source",
+            "exactly one of spec.source.git, spec.source.inline and spec.source.oci must be set",
+        )
     git: GitSource | None = None
     inline: str | None = None
-    if src.has("git"):
+    oci: OciSource | None = None
+    if src.has("oci"):
+        image = src.obj("oci").req("image", max_len=512)
+        try:
+            parse_oci_ref(image)
+        except ValueError as e:
+            raise SpecError("spec.source.oci.image", str(e)) from None
+        oci = OciSource(image)
+    elif src.has("git"):
         g = src.obj("git")
         url = g.req("url", pattern=_GIT_URL_RE, max_len=2048)
         if has_credentials(url):
@@ -394,7 +422,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         raise SpecError("spec.source.contextDir", f"{context_dir!r} must be a plain relative path")
     if inline is not None and raw_context_dir:
         raise SpecError(
-            "spec.source.contextDir", "needs spec.source.git (an inline Dockerfile has no build context)"
+            "spec.source.contextDir",
+            "needs spec.source.git or spec.source.oci (an inline Dockerfile has no build context)",
         )
 
     out = r.obj("output")
@@ -458,7 +487,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         raise SpecError("spec.timeout", "must not be empty (e.g. 30m)")
 
     return ImageBuildSpec(
-        source=Source(git, inline, context_dir),
+        source=Source(git, inline, context_dir, oci),
         dockerfile=normalise(dockerfile),
         target=r.text("target", None, pattern=_ID_RE, max_len=128) or None,
         build_args=build_args,

@@ -27,6 +27,7 @@ import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from stagefleet.ocisource import safe_members
 from stagefleet.worker.registry import Session, parse_reference
 
 __all__ = ["MAX_BYTES", "cache_dir", "mount_ids", "restore", "save", "tag_of"]
@@ -92,24 +93,6 @@ def _tarball(directory: Path) -> tuple[bytes, bytes] | None:
     return (packed, data) if len(packed) <= MAX_BYTES else None
 
 
-def _safe(members: Sequence[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
-    """Members that stay inside the directory: plain files, directories and symlinks, no absolute or `..`
-    path, nothing below a symlink (it could point anywhere); tarfile's extraction filters are not in every
-    Python 3.11 the builder image may have."""
-    out = []
-    links: set[tuple[str, ...]] = set()
-    for m in members:
-        parts = PurePosixPath(m.name).parts
-        if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir() or m.issym()):
-            continue
-        if any(parts[:i] in links for i in range(1, len(parts))):
-            continue
-        if m.issym():
-            links.add(parts)
-        out.append(m)
-    return out
-
-
 def _blob_path(repository: str, digest: str) -> str:
     return f"/v2/{repository}/blobs/{digest}"
 
@@ -137,28 +120,10 @@ def restore(repo: str, ids: Sequence[str], tmpdir: Path, env: Mapping[str, str],
         target = cache_dir(tmpdir, mount_id)
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(blob[2]), mode="r:gz") as tar:
-            tar.extractall(target, members=_safe(tar.getmembers()))
+            tar.extractall(target, members=list(safe_members(tar.getmembers())))
         restored[mount_id] = str(layer)
         log(f"cache mount {mount_id}: restored {len(blob[2])} bytes from {repo}:{tag_of(mount_id)}")
     return restored
-
-
-def _upload(session: Session, repository: str, data: bytes) -> str | None:
-    """Put a blob (unless the registry has it); its digest, or None on failure."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    head = session("HEAD", _blob_path(repository, digest))
-    if head is not None and head[0] == 200:
-        return digest
-    start = session("POST", f"/v2/{repository}/blobs/uploads/", {"Content-Length": "0"}, b"")
-    if start is None or start[0] != 202 or not start[1].get("location"):
-        return None
-    location = start[1]["location"]
-    if "://" in location:  # an absolute URL: keep its path (same registry)
-        location = "/" + location.split("://", 1)[1].split("/", 1)[1]
-    sep = "&" if "?" in location else "?"
-    put = session("PUT", f"{location}{sep}digest={digest}",
-                  {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}, data)
-    return digest if put is not None and put[0] == 201 else None
 
 
 def save(repo: str, ids: Sequence[str], tmpdir: Path, restored: Mapping[str, str], env: Mapping[str, str],
@@ -183,8 +148,8 @@ def save(repo: str, ids: Sequence[str], tmpdir: Path, restored: Mapping[str, str
             continue  # unchanged
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
             "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]}}).encode()
-        if _upload(session, where.repository, layer) is None or _upload(
-                session, where.repository, config) is None:
+        if session.upload(where.repository, layer) is None or session.upload(
+                where.repository, config) is None:
             log(f"cache mount {mount_id}: could not upload its content to {repo}; not saved")
             continue
         manifest = json.dumps({

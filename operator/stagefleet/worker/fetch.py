@@ -1,4 +1,5 @@
-"""I/O: getting the build context (local dir, git at a pinned revision, inline Dockerfile) and keys.
+"""I/O: getting the build context (local dir, git at a pinned revision, an OCI artifact, inline Dockerfile)
+and keys.
 
 Keys come from Kubernetes Secret volumes, whose files are often group/world-readable; ssh refuses such
 keys, so each one is copied to a 0600 file in the worker's private directory first.
@@ -12,11 +13,15 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from stagefleet import ocisource
 from stagefleet.ctxpath import OutsideError, inside
 from stagefleet.gitauth import credential_env, ssh_command
+from stagefleet.worker.registry import Session
 from stagefleet.worker.spec import StepSpec
 
 
@@ -81,11 +86,40 @@ def clone(url: str, revision: str, dest: Path, *, ssh_key: Path | None, known_ho
             raise FetchError(f"git checkout {revision}: {r.stderr.strip()}")
 
 
-def fetch_context(spec: StepSpec, workdir: Path) -> Context:
-    """Materialise the context for `spec` below `workdir`; raises `FetchError`."""
+def unpack_artifact(ref: str, dest: Path, env: Mapping[str, str]) -> None:
+    """Unpack the context artifact ``ref`` (pinned by digest) into ``dest``, reached as buildah reaches
+    registries (`Session`: insecure hosts, REGISTRY_AUTH_FILE); raises `FetchError`."""
+    parsed = ocisource.parse_ref(ref)
+    session = Session(parsed.host, env, timeout=60.0)
+
+    def get(path: str, headers: Mapping[str, str], sink: IO[bytes] | None
+            ) -> tuple[int, Mapping[str, str], bytes]:
+        answer = session("GET", path, headers, limit=ocisource.MAX_LAYER_BYTES, sink=sink)
+        if answer is None:
+            raise ocisource.ArtifactError(f"registry {parsed.host} unreachable")
+        if answer[0] == 401:
+            raise ocisource.ArtifactError(f"registry {parsed.host} refused the credentials (401)")
+        return answer
+
+    layer = dest.parent / f"{dest.name}.layer"
+    try:
+        ocisource.fetch(parsed, get, layer)
+        ocisource.unpack(layer, dest)
+    except ocisource.ArtifactError as e:
+        raise FetchError(f"context artifact {ref}: {e}") from None
+    finally:
+        layer.unlink(missing_ok=True)
+
+
+def fetch_context(spec: StepSpec, workdir: Path, env: Mapping[str, str] | None = None) -> Context:
+    """Materialise the context for `spec` below `workdir`; raises `FetchError`. ``env``: buildah's (an
+    artifact is fetched the way buildah reaches registries)."""
     if spec.inline_dockerfile is not None and not spec.inline_dockerfile.is_file():
         raise FetchError(f"inline Dockerfile {spec.inline_dockerfile} not found")
-    if spec.git_url is not None:
+    if spec.oci_source is not None:
+        base = workdir / "oci"
+        unpack_artifact(spec.oci_source, base, os.environ if env is None else env)
+    elif spec.git_url is not None:
         base = workdir / "git"
         clone(spec.git_url, spec.git_revision or "HEAD", base, ssh_key=spec.git_ssh_key,
               known_hosts=spec.git_known_hosts, scratch=workdir, password_file=spec.git_password_file,

@@ -149,7 +149,7 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             except rootless.UserNamespaceError as e:
                 raise _fail(exitcodes.SECURITY_CONTEXT, str(e)) from None
         try:
-            ctx = fetch_context(spec, workdir)
+            ctx = fetch_context(spec, workdir, env)
         except FetchError as e:
             raise _fail(exitcodes.CONTEXT, scrub(str(e))) from None
         filename = "Dockerfile" if spec.inline_dockerfile else spec.dockerfile

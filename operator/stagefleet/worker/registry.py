@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import IO
 
 from stagefleet.buildenv import insecure_from_env
 
@@ -137,16 +138,16 @@ class Session:
         self.authorization: str | None = None
 
     def __call__(self, method: str, path: str, headers: Mapping[str, str] | None = None,
-                 body: bytes | None = None, limit: int = MAX_MANIFEST_BYTES
+                 body: bytes | None = None, limit: int = MAX_MANIFEST_BYTES, sink: IO[bytes] | None = None
                  ) -> tuple[int, dict[str, str], bytes] | None:
-        """(status, lower-cased headers, body of at most ``limit`` + 1 bytes), or None when no scheme got an
-        answer."""
+        """(status, lower-cased headers, body of at most ``limit`` + 1 bytes; a 200's goes to ``sink`` when
+        given), or None when no scheme got an answer."""
         import http.client  # here, not at the top: see the module docstring
 
         schemes = (self.scheme,) if self.scheme else ("http", "https") if self.insecure else ("https",)
         for scheme in schemes:
             try:
-                answer = self._send(scheme, method, path, headers or {}, body, limit)
+                answer = self._send(scheme, method, path, headers or {}, body, limit, sink)
             except (OSError, http.client.HTTPException):  # refused, TLS, timeout: try the next scheme
                 continue
             if answer[0] == 400 and scheme == "http" and self.scheme is None:  # HTTPS spoken to in HTTP
@@ -155,14 +156,32 @@ class Session:
             return answer
         return None
 
+    def upload(self, repository: str, data: bytes) -> str | None:
+        """Put a blob (unless the registry has it): its digest, or None on failure."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        head = self("HEAD", f"/v2/{repository}/blobs/{digest}")
+        if head is not None and head[0] == 200:
+            return digest
+        start = self("POST", f"/v2/{repository}/blobs/uploads/", {"Content-Length": "0"}, b"")
+        if start is None or start[0] != 202 or not start[1].get("location"):
+            return None
+        location = start[1]["location"]
+        if "://" in location:  # an absolute URL: keep its path (same registry)
+            location = "/" + location.split("://", 1)[1].split("/", 1)[1]
+        sep = "&" if "?" in location else "?"
+        put = self("PUT", f"{location}{sep}digest={digest}",
+                   {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}, data)
+        return digest if put is not None and put[0] == 201 else None
+
     def _send(self, scheme: str, method: str, path: str, headers: Mapping[str, str],
-              body: bytes | None, limit: int) -> tuple[int, dict[str, str], bytes]:
+              body: bytes | None, limit: int, sink: IO[bytes] | None = None
+              ) -> tuple[int, dict[str, str], bytes]:
         """One request, once more with basic auth when the registry asks for it and we have some."""
         sent = {"User-Agent": "stagefleet-worker", **headers}
         if self.authorization:
             sent["Authorization"] = self.authorization
         answer = request(scheme, self.host, method, path, sent, body, verify=not self.insecure,
-                         timeout=self.timeout, limit=limit)
+                         timeout=self.timeout, limit=limit, sink=sink)
         if (answer[0] == 401 and self.authorization is None
                 and answer[1].get("www-authenticate", "").lower().startswith("basic")):
             creds = _credentials(self.env, self.host)
@@ -170,15 +189,17 @@ class Session:
                 self.authorization = "Basic " + base64.b64encode(creds.encode()).decode()
                 sent["Authorization"] = self.authorization
                 answer = request(scheme, self.host, method, path, sent, body, verify=not self.insecure,
-                                 timeout=self.timeout, limit=limit)
+                                 timeout=self.timeout, limit=limit, sink=sink)
         return answer
 
 
 def request(scheme: str, host: str, method: str, path: str, headers: Mapping[str, str],
             body: bytes | None = None, *, verify: bool,
-            timeout: float, limit: int = MAX_MANIFEST_BYTES) -> tuple[int, dict[str, str], bytes]:
+            timeout: float, limit: int = MAX_MANIFEST_BYTES,
+            sink: IO[bytes] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One registry request: (status, lower-cased headers, at most ``limit`` + 1 bytes of the body: a
-    manifest's limit unless the caller reads a blob).
+    manifest's limit unless the caller reads a blob). With ``sink``, a 200's body is written there in
+    chunks instead (the same limit) and the body returned is empty: a blob need not fit in memory.
     ``verify=False`` is buildah's `insecure = true` for HTTPS. Raises OSError / http.client.HTTPException
     when nothing answers. (Also the operator's, `stagefleet.controller.registry`.)"""
     import http.client
@@ -196,6 +217,12 @@ def request(scheme: str, host: str, method: str, path: str, headers: Mapping[str
     try:
         conn.request(method, path, body=body, headers=dict(headers))
         resp = conn.getresponse()
+        if sink is not None and resp.status == 200 and method == "GET":
+            left = limit + 1
+            while left > 0 and (chunk := resp.read(min(left, 1 << 20))):
+                sink.write(chunk)
+                left -= len(chunk)
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, b""
         data = b"" if method == "HEAD" else resp.read(limit + 1)
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:

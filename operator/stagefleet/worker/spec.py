@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from stagefleet.buildenv import insecure_from_env
 from stagefleet.gitauth import has_credentials
+from stagefleet.ocisource import parse_ref as parse_oci_ref
 from stagefleet.stagekey import KEY_RE, key_tag
 from stagefleet.stages import validate_image_reference
 
@@ -81,6 +82,7 @@ class StepSpec:
     git_username_file: Path | None = None
     git_password_file: Path | None = None
     git_insecure_ignore_host_key: bool = False
+    oci_source: str | None = None  # host/repository@digest: a context artifact (`stagefleet.ocisource`)
     context_dir: str | None = None
     dockerfile: str = "Dockerfile"
     inline_dockerfile: Path | None = None
@@ -134,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--git-password-file", type=Path,
                      help="https: file holding the password or token (given to git by a credential helper)")
     src.add_argument("--git-username-file", type=Path, help="https: file holding the username (default git)")
+    src.add_argument("--oci-source", metavar="REF",
+                     help="context artifact HOST/REPO@sha256:... (one tar layer), unpacked as the context")
     src.add_argument("--context-dir", help="sub-directory of the context to build from")
     src.add_argument("--dockerfile", default="Dockerfile", help="path relative to the context")
     src.add_argument("--inline-dockerfile", type=Path,
@@ -264,10 +268,17 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
     """Validate the command line into a `StepSpec`; raises `UsageError`."""
     env = os.environ if env is None else env
     a = build_parser().parse_args(list(argv))
-    if a.context is not None and a.git_url is not None:
-        raise UsageError("give only one of --context, --git-url")
-    if a.context is None and a.git_url is None and a.inline_dockerfile is None:
-        raise UsageError("give one of --context, --git-url, --inline-dockerfile")
+    sources = [a.context is not None, a.git_url is not None, a.oci_source is not None]
+    if sources.count(True) > 1:
+        raise UsageError("give only one of --context, --git-url, --oci-source")
+    if not any(sources) and a.inline_dockerfile is None:
+        raise UsageError("give one of --context, --git-url, --oci-source, --inline-dockerfile")
+    if a.oci_source is not None:
+        try:
+            if parse_oci_ref(a.oci_source).digest is None:
+                raise ValueError(f"{a.oci_source!r} names no digest (@sha256:...): pin the artifact")
+        except ValueError as e:
+            raise UsageError(f"--oci-source: {e}") from None
     if a.git_url is not None and not a.git_revision:
         raise UsageError("--git-url needs --git-revision (a pinned commit)")
     git_only = (a.git_revision, a.git_ssh_key, a.git_known_hosts, a.git_insecure_ignore_host_key,
@@ -280,8 +291,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
                          "URL): give them with --git-password-file and --git-username-file")
     if a.git_username_file is not None and a.git_password_file is None:
         raise UsageError("--git-username-file needs --git-password-file")
-    if a.inline_dockerfile is not None and a.context is None and a.git_url is None and a.context_dir:
-        raise UsageError("--context-dir needs --context or --git-url")
+    if a.inline_dockerfile is not None and not any(sources) and a.context_dir:
+        raise UsageError("--context-dir needs --context, --git-url or --oci-source")
     for rel in (a.context_dir, a.dockerfile):
         if rel and (Path(rel).is_absolute() or ".." in Path(rel).parts):
             raise UsageError(f"{rel!r}: must be a relative path inside the context")
@@ -323,6 +334,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ste
         group=a.group or None,
         context=a.context,
         git_url=a.git_url,
+        oci_source=a.oci_source,
         git_revision=a.git_revision,
         git_ssh_key=a.git_ssh_key,
         git_known_hosts=a.git_known_hosts,
