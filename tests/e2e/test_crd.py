@@ -159,10 +159,14 @@ def test_kubectl_explain_documents_the_spec(kubectl: Kubectl) -> None:
     if out.returncode != 0:
         pytest.skip(f"kubectl explain unsupported by this API server: {out.stderr.strip()[:200]}")
     text = " ".join(out.stdout.split())
-    assert "exactly one of git and inline" in text
+    assert "exactly one of git, oci and inline" in text
     git_url = explain(kubectl, "imagebuild.spec.source.git.url")
     assert git_url.returncode == 0, git_url.stderr
     assert "Repository URL" in " ".join(git_url.stdout.split())
+    oci = explain(kubectl, "imagebuild.spec.source.oci.image")
+    assert oci.returncode == 0 and "the registry host must be named" in " ".join(oci.stdout.split()), oci
+    pinned = explain(kubectl, "imagebuild.status.source.oci.digest")
+    assert pinned.returncode == 0 and "every worker pod unpacks" in " ".join(pinned.stdout.split()), pinned
 
 
 def test_kubectl_explain_documents_the_status(kubectl: Kubectl) -> None:

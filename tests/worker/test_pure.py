@@ -77,7 +77,8 @@ def test_parse_args_full() -> None:
     (["--context", "/c", "--target", "t", "--push", "r", "--context-dir", "../up"], "relative"),
     (["--context", "/c", "--target", "t", "--push", "r", "--dockerfile", "/etc/passwd"], "relative"),
     (["--context", "/c", "--target", "t", "--push", "r", "--jobs", "0"], "at least 1"),
-    (["--context", "/c", "--oci-source", f"r.io/ctx@{DIGEST}", "--target", "t", "--push", "r"], "only one of"),
+    (["--context", "/c", "--oci-source", f"r.io/ctx@{DIGEST}", "--target", "t", "--push", "r"],
+     "only one of"),
     (["--oci-source", "r.io/ctx:v1", "--target", "t", "--push", "r"], "names no digest"),
     (["--oci-source", "ctx@" + DIGEST, "--target", "t", "--push", "r"], "registry host"),
 ])
