@@ -167,6 +167,36 @@ def test_black_holed_sources_delay_only_their_own_builds(repo: Path, black_hole:
     assert api.status("ok")["phase"] in ("Pending", "Building")
 
 
+def test_a_black_holed_registry_fails_an_oci_source_naming_the_field(black_hole: str) -> None:
+    """spec.source.oci on a registry that accepts connections and never answers: the pass returns at once
+    (Planning, "resolving source: spec.source.oci.image ..."), and the build fails within the source
+    timeout with SourceTimeout naming the field; no pod."""
+    host = black_hole.split("/")[2]
+    api = FakeApi()
+    api.add("art", {"source": {"oci": {"image": f"{host}/team/ctx:main"}}})
+    timeout = 2.0
+    config = dataclasses.replace(
+        CONFIG(timeout), worker=dataclasses.replace(CONFIG(timeout).worker, insecure_registries=(host,))
+    )
+    r = Reconciler(cast(Kube, api), config, Metrics(), threads=2)
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        await asyncio.wait_for(r.trigger("ns", "art"), timeout=1.0)
+        status = api.status("art")
+        assert status["phase"] == "Planning", status
+        assert f"resolving source: spec.source.oci.image {host}/team/ctx:main" in status["message"], status
+        while api.status("art")["phase"] != "Failed":
+            assert time.monotonic() - started < timeout + 5, api.status("art")
+            await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    status = api.status("art")
+    assert status["failure"]["reason"] == "SourceTimeout", status
+    assert f"spec.source.oci.image {host}/team/ctx:main: no answer within 2s" in status["message"], status
+    assert api.pods == {}
+
+
 def _ssh_build(api: FakeApi, **git: Any) -> None:
     api.add("priv", {"source": {"git": {"url": "ssh://git@127.0.0.1:1/r.git", "secretRef": {"name": "k"},
                                         **git}}})

@@ -156,10 +156,10 @@ class Planned:
 class SourceJob:
     """One ImageBuild generation's source being resolved in a thread of its own.
 
-    A black-holed git host must hold neither a reconcile thread (eight of them stall every tenant) nor
-    the event loop: the pass that needs the source starts the job and returns (status Planning, "resolving
-    source"); the job ends within the source timeout and triggers the build's next pass, which plans with
-    its result or fails naming spec.source.git.url.
+    A black-holed git host (or registry, for spec.source.oci) must hold neither a reconcile thread (eight
+    of them stall every tenant) nor the event loop: the pass that needs the source starts the job and
+    returns (status Planning, "resolving source"); the job ends within the source timeout and triggers the
+    build's next pass, which plans with its result or fails naming spec.source.git.url or .oci.image.
     """
 
     def __init__(self, uid: str, generation: int) -> None:
@@ -652,7 +652,7 @@ class Reconciler:
         """A new generation: stop the old one's pods, resolve the source, plan.
 
         The planned status is not written here: the same pass starts the first pods and writes once.
-        Only a git source, whose fetch takes a while, gets a visible Planning status first.
+        Only a git or OCI source, whose fetch takes a while, gets a visible Planning status first.
         """
         superseded = self._supersede(build, status)
         why = runs.started_by(status, build.run) if build.run else None
