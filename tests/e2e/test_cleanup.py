@@ -19,7 +19,7 @@ from .conftest import Cluster, Kubectl, Operator, inline_manifest, wait_for, wai
 from .oci import ACCEPT, manifest_digest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
-KEEP_FAILED = 20  # long enough for the checks made while they are kept
+KEEP_FAILED = 12  # long enough for the checks made while they are kept (a few seconds)
 
 
 @pytest.fixture

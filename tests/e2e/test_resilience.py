@@ -110,9 +110,10 @@ def test_worker_pod_deleted_mid_build_is_retried(
     assert all(n == 1 for n in attempts.values())
 
 
-# build1 writes something no other run of it writes, then takes long: long enough for its node to be lost
-# and noticed while it runs (16 s grace period on both tiers, then --node-lost-after). build2 makes final a
-# group of its own (a plain chain would be one group), consuming build1's result from the registry.
+# build1 writes something no other run of it writes, then takes long enough for its node to be lost while it
+# runs. The loss is noticed later (16 s grace period on both tiers, then --node-lost-after), after the lost
+# attempt ended: its kubelet is gone, so nothing reports that, and the pod stays Running on an Unknown node.
+# build2 makes final a group of its own (a plain chain would be one group), consuming build1's result.
 LONG_FIRST_STAGE = """ARG BASE
 FROM ${{BASE}} AS build1
 RUN cat /proc/sys/kernel/random/uuid > /id && sleep {sleep}
@@ -145,7 +146,7 @@ def test_a_lost_nodes_group_is_retried_elsewhere_and_its_late_result_ignored(
     operator.kill()
     operator.extra += ["--node-lost-after", "5"]
     operator.start()
-    dockerfile = LONG_FIRST_STAGE.format(sleep=15)
+    dockerfile = LONG_FIRST_STAGE.format(sleep=9)  # outlasts the few seconds until the node is lost
     # No layer cache: the other tier's run of this test shares the session registry, and a RUN step taken
     # from its cache would give both attempts the same /id.
     kubectl.apply(inline_manifest("nodeloss", dockerfile, registry.host, buildArgs={"BASE": base_image},
