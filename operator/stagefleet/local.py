@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from stagefleet.buildstate import outcome as buildoutcome
+from stagefleet.buildstate import phases, ready, retries
+
 # --------------------------------------------------------------------------------------------------
 # Plan shapes (structural, so tests can use small fakes and the real `stagefleet.plan.Group` fits)
 # --------------------------------------------------------------------------------------------------
@@ -51,6 +54,8 @@ class GroupLike(Protocol):
     def critical(self) -> bool: ...
     @property
     def weight(self) -> int: ...
+    @property
+    def wave(self) -> int: ...
 
 
 class PlanLike(Protocol):
@@ -67,26 +72,6 @@ class PlanLike(Protocol):
 # --------------------------------------------------------------------------------------------------
 # Scheduling (pure)
 # --------------------------------------------------------------------------------------------------
-
-
-def groups_to_start(groups: Sequence[GroupLike], *, succeeded: Set[str], running: Set[str],
-                    failed: Set[str] = frozenset(), parallelism: int = 1) -> list[str]:
-    """The groups to start now: ready ones (all `after` succeeded), at most `parallelism - running`.
-
-    Nothing new starts once a group failed (the build is lost; we only wind down). Among ready groups
-    the critical ones go first, then the heavier ones, then plan order: with fewer slots than ready
-    groups this keeps the critical path — which decides the wall time — from waiting.
-    """
-    if failed:
-        return []
-    free = max(parallelism, 1) - len(running)
-    if free <= 0:
-        return []
-    done_or_busy = set(succeeded) | set(running) | set(failed)
-    ready = [(i, g) for i, g in enumerate(groups)
-             if g.id not in done_or_busy and all(a in succeeded for a in g.after)]
-    ready.sort(key=lambda ig: (not ig[1].critical, -ig[1].weight, ig[0]))
-    return [g.id for _, g in ready[:free]]
 
 
 def needed_groups(groups: Sequence[GroupLike], final_group: str, stored: Set[str]) -> set[str]:
@@ -213,20 +198,31 @@ class BuildSettings:
     no_cache: bool = False
     keys: Mapping[str, str] = field(default_factory=dict)   # stage → content key (`stagekey`)
     pins: Mapping[str, str] = field(default_factory=dict)   # image → digest the keys were computed from
+    retries: int = 2              # more attempts for a group that failed through no fault of the build
+    backoff_base: float = 2.0     # seconds before the first retry (doubling, `buildstate.retries`)
+    early_start: bool = True      # with workers to spare, start the next wave while its upstreams build
 
     def push_refs(self, group: GroupLike, final_group: str) -> list[str]:
         """The final group goes to every tag; any other to the build's stage repository."""
         if group.id == final_group:
             return list(self.tags)
-        return [f"{stage_repo(self.registry, self.build_id)}:{group.id}"]
+        return [result_tag(self, group.id)]
+
+
+def result_tag(settings: BuildSettings, group_id: str) -> str:
+    """Where a (non-final) group pushes its result, and where a consumer started early waits for it. Every
+    attempt pushes there: a consumer waiting for a retried group takes the attempt that succeeded."""
+    return f"{stage_repo(settings.registry, settings.build_id)}:{group_id}"
 
 
 def worker_argv(settings: BuildSettings, group: GroupLike, *, final_group: str,
                 upstream: Mapping[str, str], storage_root: Path, result_file: Path) -> list[str]:
     """The `stagefleet-worker` command line for one group (see docs/contracts.md).
 
-    `upstream` maps a producing group id to the `REPO@sha256:..` it pushed. Only the secrets and ssh
-    ids the group's own stages use are passed, as the operator mounts only those into a pod.
+    `upstream` maps a producing group id to the `REPO@sha256:..` it pushed; a producer missing from it is
+    still building (the group starts early): its worker waits for the producer's result tag
+    (``--upstream-wait``). Only the secrets and ssh ids the group's own stages use are passed, as the
+    operator mounts only those into a pod.
     """
     argv = [*settings.worker, "--context", str(settings.context)]
     try:
@@ -238,7 +234,10 @@ def worker_argv(settings: BuildSettings, group: GroupLike, *, final_group: str,
     for s in group.stages:
         argv += ["--stage", s]
     for stage_name, producer in group.consumes:
-        argv += ["--upstream", f"{stage_name}={upstream[producer]}"]
+        if producer in upstream:
+            argv += ["--upstream", f"{stage_name}={upstream[producer]}"]
+        else:
+            argv += ["--upstream-wait", f"{stage_name}={result_tag(settings, producer)}"]
     for sid in group.secrets:
         if sid in settings.secrets:
             argv += ["--secret", f"id={sid},src={settings.secrets[sid]}"]
@@ -329,6 +328,7 @@ class Masker:
 GROUP_STARTED = "group-started"
 LOG = "log"
 GROUP_FINISHED = "group-finished"
+GROUP_RETRYING = "group-retrying"  # an attempt failed through no fault of the build: another one follows
 GROUP_REUSED = "group-reused"   # a stored result stands for the group: no worker
 NOTE = "note"                   # something the user may want to know, not tied to a group
 BUILD_STARTED = "build-started"
@@ -391,7 +391,13 @@ def format_plain(event: Event, start: float) -> str | None:
         return f"{t} [build] plan: {d.get('groups', '?')} groups, target {d.get('target', '?')}, " \
                f"registry {d.get('registry', '?')}, parallel {d.get('parallel', '?')}"
     if event.kind == GROUP_STARTED:
-        return f"{t} [{label}] ==> group {event.group} started (stages: {', '.join(d.get('stages', []))})"
+        attempt = f", attempt {d['attempt']}" if (d.get("attempt") or 1) > 1 else ""
+        early = f"; early: waits for {', '.join(d['waitsFor'])}" if d.get("waitsFor") else ""
+        return (f"{t} [{label}] ==> group {event.group} started (stages: {', '.join(d.get('stages', []))}"
+                f"{attempt}{early})")
+    if event.kind == GROUP_RETRYING:
+        return (f"{t} [{label}] ==> group {event.group} {d.get('message', '')}; "
+                f"retrying in {d.get('retryIn', 0):.1f}s")
     if event.kind == LOG:
         return f"{t} [{label}] {d.get('line', '')}"
     if event.kind == GROUP_REUSED:
@@ -693,6 +699,9 @@ class RichProgress:
                 self.state[s].update(status="running", t0=event.time)
         elif event.kind == LOG and event.stage in self.state:
             self.state[event.stage]["last"] = str(d.get("line", ""))
+        elif event.kind == GROUP_RETRYING:
+            for s in stages:
+                self.state[s].update(status="waiting", last=str(d.get("message", "")))
         elif event.kind == GROUP_REUSED:
             for s in stages:
                 self.state[s].update(status="reused", last=f"reused {short_digest(d.get('digest'))}")
@@ -743,9 +752,10 @@ async def _stop_process(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _run_group(settings: BuildSettings, plan: PlanLike, group: GroupLike, upstream: Mapping[str, str],
-                     emit: Callable[[Event], None], mask: Masker, workdir: Path) -> GroupOutcome:
+                     emit: Callable[[Event], None], mask: Masker, workdir: Path,
+                     attempt: int = 1) -> GroupOutcome:
     """Run one worker process for `group` in a fresh storage root and collect its outcome."""
-    root = Path(tempfile.mkdtemp(prefix=f"{group.id}-", dir=workdir))
+    root = Path(tempfile.mkdtemp(prefix=f"{group.id}-{attempt}-", dir=workdir))
     storage, result_file = root / "storage", root / "result.json"
     argv = worker_argv(settings, group, final_group=plan.final_group, upstream=upstream,
                        storage_root=storage, result_file=result_file)
@@ -753,8 +763,10 @@ async def _run_group(settings: BuildSettings, plan: PlanLike, group: GroupLike, 
     last_stdout: list[str] = []
     stderr_tail: list[str] = []
     started = time.time()
+    waits = [stage for stage, producer in group.consumes if producer not in upstream]
     emit(Event(GROUP_STARTED, started, group.id, group.stages[0],
-               {"stages": list(group.stages), "after": list(group.after)}))
+               {"stages": list(group.stages), "after": list(group.after), "attempt": attempt,
+                "waitsFor": waits}))
     proc: asyncio.subprocess.Process | None = None
 
     async def pump(stream: asyncio.StreamReader | None, name: str) -> None:
@@ -817,12 +829,15 @@ def _cleanup_root(root: Path, storage: Path) -> None:
 async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Event], None],
                    mask: Masker | None = None, workdir: Path | None = None, *,
                    stored: Mapping[str, Stored] | None = None, notes: Sequence[str] = ()) -> BuildResult:
-    """Run every group of `plan` that is needed, each as soon as it may, at most `settings.parallel` at once.
+    """Run every group of `plan` that is needed, each as soon as the build-state core (`buildstate`) says,
+    at most `settings.parallel` at once: ready groups first, then (``early_start``) the next wave, whose
+    workers wait for their upstreams' result tags.
 
     A group with a `stored` result runs no worker (nor do the groups only it needed); a stored final
     group (its output tags already written) runs none at all. `notes` are shown once the build started.
-    The first failure stops the workers still running (their groups are reported as cancelled) and
-    fails the build with that group's message.
+    An attempt that fails through no fault of the build is retried (`retries.judge`). A group that fails
+    for good stops the workers still running (their groups are reported as cancelled) and fails the build
+    with that group's message.
     """
     mask = mask or Masker([])
     stored = stored or {}
@@ -831,12 +846,8 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
     by_id = {g.id: g for g in plan.groups}
     needed = needed_groups(plan.groups, plan.final_group, set(stored))
     todo = [g for g in plan.groups if g.id in needed]
-    succeeded: set[str] = set()
-    failed: set[str] = set()
-    outcomes: dict[str, GroupOutcome] = {}
-    upstream: dict[str, str] = {}
+    run = _Run(todo)
     tasks: dict[str, asyncio.Task[GroupOutcome]] = {}
-    started_at: dict[str, float] = {}
     stage_ref_repo = stage_repo(settings.registry, settings.build_id)
     t0 = time.time()
     emit(Event(BUILD_STARTED, t0, data={
@@ -847,45 +858,42 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
         "reused": sorted(stored), "cacheRepo": settings.cache_repo}))
     for note in notes:
         emit(Event(NOTE, time.time(), data={"message": mask(note)}))
-    outcomes.update(_take_stored(plan, stored, emit))
-    succeeded.update(outcomes)
-    upstream.update((gid, s.ref) for gid, s in stored.items())
-    first_failure: str | None = None
+    run.outcomes.update(_take_stored(plan, stored, emit))
+    for gid, s in stored.items():
+        run.succeed(gid, s.ref)
     try:
         while True:
-            for gid in groups_to_start(todo, succeeded=succeeded, running=set(tasks),
-                                       failed=failed, parallelism=settings.parallel):
-                started_at[gid] = time.time()
-                tasks[gid] = asyncio.create_task(
-                    _run_group(settings, plan, by_id[gid], dict(upstream), emit, mask, work))
-            if not tasks:
+            # (again after starting: a started worker is Running at once, which may let the next wave start)
+            while starts := run.to_start(settings, len(tasks)):
+                for g in starts:
+                    tasks[g.id] = asyncio.create_task(_run_group(
+                        settings, plan, g, dict(run.upstream), emit, mask, work, run.attempts[g.id]))
+            if not tasks and run.next_retry() is None:
                 break
-            done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+            wait = run.next_retry()
+            if not tasks:
+                await asyncio.sleep(max(0.0, wait or 0.0))
+                continue
+            done, _ = await asyncio.wait(tasks.values(), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
             for gid in [g for g, t in tasks.items() if t in done]:
                 outcome = tasks.pop(gid).result()
-                outcomes[gid] = outcome
-                if outcome.ok:
-                    succeeded.add(gid)
-                    if gid != plan.final_group and outcome.digest:
-                        pushed = (outcome.result or {}).get("image")
-                        repo = repository_of(pushed) if isinstance(pushed, str) and pushed else stage_ref_repo
-                        upstream[gid] = f"{repo}@{outcome.digest}"
-                else:
-                    failed.add(gid)
-                    first_failure = first_failure or gid
-                _emit_finished(emit, outcome)
-            if failed and tasks:
+                for event in run.finished(by_id[gid], outcome, stage_ref_repo, settings):
+                    emit(event)
+            if run.failed_group is not None and (tasks or run.held):
                 for t in tasks.values():
                     t.cancel()
                 for gid, t in list(tasks.items()):
                     try:
-                        outcomes[gid] = await t  # it finished just before it could be stopped
+                        run.outcomes[gid] = await t  # it finished just before it could be stopped
                     except asyncio.CancelledError:
-                        g = by_id[gid]
-                        outcomes[gid] = GroupOutcome(gid, tuple(g.stages), started_at[gid], time.time(), None,
-                                                     error="stopped: another group failed", cancelled=True)
-                    _emit_finished(emit, outcomes[gid])
+                        run.outcomes[gid] = _stopped(by_id[gid], run.started.get(gid, time.time()))
+                    _emit_finished(emit, run.outcomes[gid])
+                for gid in list(run.held):
+                    run.outcomes[gid] = _stopped(by_id[gid], run.held.pop(gid).started)
+                    _emit_finished(emit, run.outcomes[gid])
                 tasks.clear()
+            if run.failed_group is not None:
+                break
     finally:
         for t in tasks.values():
             t.cancel()
@@ -894,9 +902,142 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
                 await t
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)
-    wall = time.time() - t0
+    return _finish(plan, settings, run, emit, mask, time.time() - t0)
+
+
+def _stopped(group: GroupLike, started: float) -> GroupOutcome:
+    return GroupOutcome(group.id, tuple(group.stages), started, time.time(), None,
+                        error="stopped: another group failed", cancelled=True)
+
+
+class _Run:
+    """Local mode's observations of one run, in the core's terms: each group's phase, attempts and retry
+    time; what `buildstate` decides from them is applied here and nothing else is."""
+
+    def __init__(self, todo: Sequence[GroupLike]) -> None:
+        self.todo = list(todo)
+        self.phases: dict[str, str] = {g.id: phases.WAITING for g in todo}
+        self.attempts: dict[str, int] = {g.id: 0 for g in todo}
+        self.retry_at: dict[str, _dt.datetime] = {}
+        self.started: dict[str, float] = {}
+        self.outcomes: dict[str, GroupOutcome] = {}
+        self.upstream: dict[str, str] = {}       # group id → REPO@DIGEST of its accepted result
+        self.held: dict[str, GroupOutcome] = {}  # built, but an upstream it consumed is not accepted yet
+        self.failed_group: str | None = None
+
+    def succeed(self, gid: str, ref: str | None) -> None:
+        self.phases[gid] = phases.SUCCEEDED
+        if ref:
+            self.upstream[gid] = ref
+
+    def to_start(self, settings: BuildSettings, running: int) -> list[GroupLike]:
+        if self.failed_group is not None:
+            return []
+        now = _dt.datetime.now(_dt.UTC)
+        due = {gid for gid, phase in self.phases.items()
+               if ready.is_due(phase, self.retry_at.get(gid), now)}
+        starts, _ = ready.to_start(self.todo, self.phases, due, max(settings.parallel, 1) - running,
+                                   early_start=settings.early_start)
+        for g in starts:
+            self.attempts[g.id] += 1
+            self.phases[g.id] = phases.RUNNING  # a process at work (early: waiting for its upstreams)
+            self.started[g.id] = time.time()
+            self.retry_at.pop(g.id, None)
+        return starts
+
+    def next_retry(self) -> float | None:
+        """Seconds until the next retry is due; None when no group waits for one."""
+        waits = [at for gid, at in self.retry_at.items() if self.phases.get(gid) == phases.RETRYING]
+        if not waits:
+            return None
+        return max(0.0, (min(waits) - _dt.datetime.now(_dt.UTC)).total_seconds())
+
+    def finished(self, group: GroupLike, outcome: GroupOutcome, repo: str,
+                 settings: BuildSettings) -> list[Event]:
+        """Judge a worker's outcome (and any held result it unblocks); the events to emit. ``repo``: the
+        build's stage repository, for a result that does not name where it was pushed."""
+        events: list[Event] = []
+        if outcome.ok:
+            self.held[group.id] = outcome
+        else:
+            events += self._failed(group, outcome, outcome.message(), settings)
+        by_id = {g.id: g for g in self.todo}
+        progress = True
+        while progress:
+            progress = False
+            for gid, held in list(self.held.items()):
+                g = by_id[gid]
+                verdict, why = consumed_check(g, held.result or {}, self.phases, self.upstream)
+                if verdict == "hold":
+                    continue
+                del self.held[gid]
+                progress = True
+                if verdict == "mismatch":
+                    events += self._failed(g, held, why, settings, build_error=False)
+                    continue
+                self.outcomes[gid] = held
+                self.succeed(gid, f"{stage_repo_of(held) or repo}@{held.digest}" if held.digest else None)
+                events.append(_finished_event(held))
+        return events
+
+    def _failed(self, group: GroupLike, outcome: GroupOutcome, message: str, settings: BuildSettings,
+                build_error: bool | None = None) -> list[Event]:
+        code = outcome.exit_code
+        if build_error is None:
+            # A worker that cannot be started at all (no exit code, not stopped) fails the same way again.
+            build_error = retries.is_build_error(code) or (code is None and not outcome.cancelled)
+        now = _dt.datetime.now(_dt.UTC)
+        verdict = retries.judge(attempts=self.attempts[group.id], restarts=0, retries=settings.retries,
+                                build_error=build_error, exit_code=code, message=message, failed_at=now,
+                                backoff_base=settings.backoff_base)
+        if verdict.retry_at is not None:
+            self.phases[group.id] = phases.RETRYING
+            self.retry_at[group.id] = verdict.retry_at
+            return [Event(GROUP_RETRYING, time.time(), group.id, group.stages[-1], {
+                "attempt": self.attempts[group.id], "message": verdict.message,
+                "retryIn": round((verdict.retry_at - now).total_seconds(), 3)})]
+        self.phases[group.id] = phases.FAILED
+        self.outcomes[group.id] = outcome
+        if outcome.error is None and message != outcome.message():
+            outcome.error = message
+        standing = buildoutcome.outcome([g.id for g in self.todo], self.phases)
+        self.failed_group = self.failed_group or standing.failed_group
+        return [_finished_event(outcome)]
+
+
+def stage_repo_of(outcome: GroupOutcome) -> str:
+    pushed = (outcome.result or {}).get("image")
+    return repository_of(pushed) if isinstance(pushed, str) and pushed else ""
+
+
+def consumed_check(group: GroupLike, result: Mapping[str, Any], phases_now: Mapping[str, str],
+                   upstream: Mapping[str, str]) -> tuple[str, str]:
+    """Whether a group's successful result is accepted ("ok"), waits until an upstream it consumed is
+    accepted itself ("hold"), or was built from other content than that upstream's accepted result
+    ("mismatch", an infrastructure failure: retried), each with why.
+
+    A worker started early pinned whatever digest the upstream's result tag named when it looked; its
+    result says which (``upstreams``), and it must be the digest accepted for that upstream, as in the
+    operator (`controller.status`)."""
+    used = result.get("upstreams") if isinstance(result.get("upstreams"), Mapping) else {}
+    for stage, producer in group.consumes:
+        if phases_now.get(producer) != phases.SUCCEEDED:
+            return "hold", f"waits until group {producer}'s result is accepted"
+        accepted = upstream.get(producer, "").rpartition("@")[2]
+        took = used.get(stage) if isinstance(used, Mapping) else None
+        if took is not None and took != accepted:
+            return "mismatch", (f"upstream digest mismatch: consumed {stage}@{took}, but group {producer} "
+                                f"pushed {accepted}")
+    return "ok", ""
+
+
+def _finish(plan: PlanLike, settings: BuildSettings, run: _Run, emit: Callable[[Event], None], mask: Masker,
+            wall: float) -> BuildResult:
+    """The build's result from the groups' outcomes, announced."""
+    outcomes = run.outcomes
     summary = summarize(plan, outcomes, wall)
     final = outcomes.get(plan.final_group)
+    first_failure = run.failed_group
     if first_failure is None and final is not None and final.ok:
         result = BuildResult(True, outcomes, summary, image=settings.tags[0] if settings.tags else None,
                              digest=final.digest)
@@ -908,10 +1049,12 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
             if isinstance(err, Mapping) and err.get("stage"):
                 stage = str(err["stage"])
             where = f"stage {stage}" if stage else f"stage {', '.join(bad.stages)}"
-            message = f"{where} (group {first_failure}) failed: {bad.message()}"
+            attempts = run.attempts.get(first_failure, 1)
+            after = f" (after {attempts} attempts)" if attempts > 1 else ""
+            message = f"{where} (group {first_failure}) failed: {bad.message()}{after}"
             code = bad.exit_code if bad.exit_code and 0 < bad.exit_code < 256 else 1
         else:
-            stuck = unschedulable(plan.groups, succeeded)
+            stuck = unschedulable(plan.groups, {g for g, p in run.phases.items() if p == phases.SUCCEEDED})
             message = f"groups never became ready: {', '.join(stuck) or '?'}"
             code = 1
         result = BuildResult(False, outcomes, summary, failed_group=first_failure, message=mask(message),
@@ -941,9 +1084,13 @@ def _take_stored(plan: PlanLike, stored: Mapping[str, Stored],
 
 
 def _emit_finished(emit: Callable[[Event], None], o: GroupOutcome) -> None:
+    emit(_finished_event(o))
+
+
+def _finished_event(o: GroupOutcome) -> Event:
     r = o.result or {}
-    emit(Event(GROUP_FINISHED, o.finished, o.group, o.stages[-1], {
+    return Event(GROUP_FINISHED, o.finished, o.group, o.stages[-1], {
         "ok": o.ok, "cancelled": o.cancelled, "exitCode": o.exit_code, "seconds": round(o.seconds, 3),
         "started": round(o.started, 6), "image": r.get("image"), "digest": o.digest,
         "cachedSteps": r.get("cachedSteps"), "steps": r.get("steps"),
-        "message": None if o.ok else o.message()}))
+        "message": None if o.ok else o.message()})

@@ -86,7 +86,7 @@ def test_seed_builds_with_parallel_groups_json_progress(registry: LocalRegistry,
     repo = f"e2e/seed-{uuid.uuid4().hex[:8]}"
     tag = f"{registry.host}/{repo}:latest"
     proc = stagefleet("build", str(seed_context), "--registry", registry.host, "--tag", tag,
-                      "--build-arg", f"BASE={base_image}", "--build-arg", "SLEEP=2", "--parallel", "2",
+                      "--build-arg", f"BASE={base_image}", "--build-arg", "SLEEP=2", "--parallel", "3",
                       "--progress", "json", cwd=seed_context)
     assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
     events = json_events(proc.stdout)
@@ -96,9 +96,14 @@ def test_seed_builds_with_parallel_groups_json_progress(registry: LocalRegistry,
 
     w = windows(events)
     assert set(w) == {"build1", "build2", "final"}
-    (s1, e1), (s2, e2), (sf, _) = w["build1"], w["build2"], w["final"]
+    (s1, e1), (s2, e2), (sf, ef) = w["build1"], w["build2"], w["final"]
     assert max(s1, s2) < min(e1, e2), f"build1 {w['build1']} and build2 {w['build2']} did not overlap"
-    assert sf >= max(e1, e2), "final started before both of its upstream groups finished"
+    # A third worker to spare: the final group starts early, its worker waits for both result tags in the
+    # registry, and its result is accepted after both upstreams' (the image's files below prove the
+    # content).
+    started = next(e for e in events if e["event"] == "group-started" and e["stages"] == ["final"])
+    assert sorted(started["waitsFor"]) == ["build1", "build2"]
+    assert sf < min(e1, e2) and ef > max(e1, e2), w
 
     # log lines are attributed to the stage that produced them
     logs = [e for e in events if e["event"] == "log"]

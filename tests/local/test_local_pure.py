@@ -1,4 +1,5 @@
-"""Pure pieces of local mode: scheduling, references, worker arguments, masking, events, summary."""
+"""Pure pieces of local mode (its scheduling is the core's: tests/buildstate): references, worker
+arguments, masking, events, summary."""
 
 from __future__ import annotations
 
@@ -14,39 +15,8 @@ from .fakes import FakeGroup, FakePlan, seed_plan
 # ---------------------------------------------------------------------------------------------- scheduling
 
 
-def test_independent_groups_start_together_and_final_waits() -> None:
-    plan = seed_plan()
-    assert local.groups_to_start(plan.groups, succeeded=set(), running=set(), parallelism=4) == ["g1", "g2"]
-    # final waits for both
-    assert local.groups_to_start(plan.groups, succeeded={"g1"}, running={"g2"}, parallelism=4) == []
-    assert local.groups_to_start(plan.groups, succeeded={"g1", "g2"}, running=set(), parallelism=4) == ["g3"]
-    everything = {"g1", "g2", "g3"}
-    assert local.groups_to_start(plan.groups, succeeded=everything, running=set(), parallelism=4) == []
-
-
-def test_parallelism_limits_and_critical_first() -> None:
-    plan = seed_plan()
-    # one slot: the critical group g1 goes first even though both are ready
-    assert local.groups_to_start(plan.groups, succeeded=set(), running=set(), parallelism=1) == ["g1"]
-    assert local.groups_to_start(plan.groups, succeeded=set(), running={"g1"}, parallelism=1) == []
-    assert local.groups_to_start(plan.groups, succeeded={"g1"}, running=set(), parallelism=1) == ["g2"]
-
-
-def test_heavier_group_first_among_non_critical_then_plan_order() -> None:
-    groups = (FakeGroup("g1", ("a",), weight=1), FakeGroup("g2", ("b",), weight=5),
-              FakeGroup("g3", ("c",), weight=1))
-    assert local.groups_to_start(groups, succeeded=set(), running=set(), parallelism=2) == ["g2", "g1"]
-
-
-def test_nothing_starts_after_a_failure() -> None:
-    plan = seed_plan()
-    assert local.groups_to_start(plan.groups, succeeded=set(), running={"g2"}, failed={"g1"},
-                                 parallelism=4) == []
-
-
 def test_unschedulable_names_groups_waiting_for_unknown_groups() -> None:
     groups = (FakeGroup("g1", ("a",)), FakeGroup("g2", ("b",), after=("g9",)))
-    assert local.groups_to_start(groups, succeeded={"g1"}, running=set(), parallelism=2) == []
     assert local.unschedulable(groups, {"g1"}) == ["g2"]
 
 

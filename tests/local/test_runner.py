@@ -1,4 +1,5 @@
-"""The local runner with a fake worker: upstream digests, order, parallelism, failure and signals."""
+"""The local runner with a fake worker: upstream digests, order, parallelism, early start, retries,
+failure and signals."""
 
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-def settings(tmp_path: Path, parallel: int = 2) -> local.BuildSettings:
+def settings(tmp_path: Path, parallel: int = 2, *, early_start: bool = False,
+             retries: int = 2) -> local.BuildSettings:
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     return local.BuildSettings(context=tmp_path, dockerfile=tmp_path / "Dockerfile", registry="127.0.0.1:9",
                                build_id="b1", tags=("127.0.0.1:9/app:1",), parallel=parallel,
-                               worker=(sys.executable, str(FAKE_WORKER)))
+                               worker=(sys.executable, str(FAKE_WORKER)), early_start=early_start,
+                               retries=retries, backoff_base=0.05)
 
 
 def run(plan: FakePlan, s: local.BuildSettings, mask: local.Masker | None = None,
@@ -99,6 +102,70 @@ def test_failure_stops_the_running_sibling_and_names_the_stage(tmp_path: Path, f
         os.kill(hung_pid, 0)
     finished = {e.group: e.data for e in events if e.kind == local.GROUP_FINISHED}
     assert finished["g2"]["cancelled"] is True and finished["g1"]["ok"] is False
+
+
+def test_early_start_runs_the_final_group_while_its_upstreams_build(tmp_path: Path, fake: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a worker to spare, the final group starts once both upstreams run, waits for their result tags
+    (``--upstream-wait``) and its result names the digests it took, which are the upstreams' own."""
+    monkeypatch.setenv("FAKE_SLOW", "build1:0.5")
+    result, events = run(seed_plan(), settings(tmp_path, parallel=3, early_start=True))
+    assert result.ok, result.message
+    final = pairs(called(fake, "g3"))
+    assert ("--upstream-wait", "build1=127.0.0.1:9/stagefleet/b1/stages:g1") in final
+    assert not any(flag == "--upstream" for flag, _ in final)
+    kinds = [(e.kind, e.group) for e in events]
+    assert kinds.index(("group-started", "g3")) < kinds.index(("group-finished", "g1"))
+    started = next(e for e in events if e.kind == local.GROUP_STARTED and e.group == "g3")
+    assert "build1" in started.data["waitsFor"]
+    # The final group's result is accepted only after g1's, whose digest it consumed.
+    assert kinds.index(("group-finished", "g3")) > kinds.index(("group-finished", "g1"))
+    took = result.outcomes["g3"].result or {}
+    assert took["upstreams"]["build1"] == result.outcomes["g1"].digest
+    assert "early: waits for build1" in "\n".join(
+        line for e in events if (line := local.format_plain(e, 0.0)) is not None)
+
+
+def test_early_start_waits_for_a_slot_and_a_running_upstream(tmp_path: Path, fake: Path) -> None:
+    """Two workers, both busy with the upstreams: the final group starts only when one finishes."""
+    result, events = run(seed_plan(), settings(tmp_path, parallel=2, early_start=True))
+    assert result.ok
+    kinds = [(e.kind, e.group) for e in events]
+    assert kinds.index(("group-started", "g3")) > min(kinds.index(("group-finished", "g1")),
+                                                      kinds.index(("group-finished", "g2")))
+
+
+def test_a_failed_push_is_retried_and_the_build_succeeds(tmp_path: Path, fake: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FLAKY", "build2:2")
+    result, events = run(seed_plan(), settings(tmp_path, retries=2))
+    assert result.ok, result.message
+    assert len(list(fake.glob("g2.run*.json"))) == 3 and len(list(fake.glob("g1.run*.json"))) == 1
+    retrying = [e for e in events if e.kind == local.GROUP_RETRYING]
+    assert [(e.group, e.data["attempt"]) for e in retrying] == [("g2", 1), ("g2", 2)]
+    assert "attempt 1 failed: push: pushing: connection reset by peer" in retrying[0].data["message"]
+    assert retrying[1].data["retryIn"] > retrying[0].data["retryIn"]  # the backoff doubles
+    started = [e.data["attempt"] for e in events if e.kind == local.GROUP_STARTED and e.group == "g2"]
+    assert started == [1, 2, 3]
+
+
+def test_retries_run_out_and_the_build_fails_naming_the_attempts(tmp_path: Path, fake: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FLAKY", "build2:9")
+    result, _ = run(seed_plan(), settings(tmp_path, retries=1))
+    assert not result.ok and result.failed_group == "g2" and result.exit_code == 14
+    assert result.message == ("stage build2 (group g2) failed: push: pushing: connection reset by peer "
+                              "(after 2 attempts)")
+    assert len(list(fake.glob("g2.run*.json"))) == 2 and not (fake / "g3.json").exists()
+
+
+def test_a_build_step_failure_is_not_retried(tmp_path: Path, fake: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "build1")
+    result, events = run(seed_plan(), settings(tmp_path, retries=2))
+    assert not result.ok and result.exit_code == 13
+    assert len(list(fake.glob("g1.run*.json"))) == 1
+    assert not any(e.kind == local.GROUP_RETRYING for e in events)
 
 
 def test_secret_values_are_masked_in_events(tmp_path: Path, fake: Path,

@@ -58,6 +58,12 @@ def register(subparsers: Any) -> None:
                         "them under every tag (other architectures run under binfmt_misc emulation)")
     p.add_argument("--parallel", type=int, default=max(os.cpu_count() or 1, 1), metavar="N",
                    help="at most N workers at once (default: CPUs)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="retry a group up to N more times when its worker fails through no fault of the "
+                        "build (a push or pull, say; a failing step is never retried; default: 2)")
+    p.add_argument("--no-early-start", dest="early_start", action="store_false",
+                   help="start a group only once its upstream groups finished (by default, with workers to "
+                        "spare, the next wave starts early and waits for their results)")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                    help="auto (live on a terminal, else plain), plain, or json (one event per line)")
     p.add_argument("--keep-registry", action="store_true",
@@ -155,6 +161,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         print("error: --parallel must be at least 1", file=sys.stderr)
         return 2
+    if not 0 <= args.retries <= 10:
+        print("error: --retries must be between 0 and 10", file=sys.stderr)
+        return 2
     platforms = [p.strip() for p in (args.platform or "").split(",") if p.strip()]
     for p in platforms:
         if not PLATFORM_RE.match(p) or platforms.count(p) > 1:
@@ -214,7 +223,7 @@ def _build_platform(args: argparse.Namespace, text: str, dockerfile: Path, conte
         target=graph.target, build_args=build_args, secrets=secrets, ssh=ssh, cache_repo=cache_repo,
         insecure=tuple(local.insecure_hosts([registry, *tags, cache_repo, *bases])),
         parallel=args.parallel, worker=worker_command(args.worker), platform=platform,
-        no_cache=args.no_cache)
+        no_cache=args.no_cache, retries=args.retries, early_start=args.early_start)
     prepared = _prepare_reuse(args, graph, plan, settings)
     settings = dataclasses.replace(settings, keys=prepared.keys, pins=prepared.pins)
     mask = local.Masker.from_files([*secrets.values(), *ssh.values()])

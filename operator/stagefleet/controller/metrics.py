@@ -11,9 +11,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stagefleet.buildstate.phases import ACTIVE as S_ACTIVE
+from stagefleet.buildstate.phases import RETRYING as S_RETRYING
+from stagefleet.buildstate.phases import SUCCEEDED as S_SUCCEEDED
+from stagefleet.buildstate.phases import WAITING as S_WAITING
 from stagefleet.controller.model import plan_groups
 from stagefleet.controller.runs import run_of
-from stagefleet.controller.status import S_ACTIVE, S_RETRYING, S_SUCCEEDED, S_WAITING, TERMINAL
+from stagefleet.controller.status import TERMINAL
 
 STAGE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 

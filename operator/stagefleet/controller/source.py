@@ -229,12 +229,12 @@ def resolve_oci(spec: ImageBuildSpec, registry: Registry, timeout: float = 60) -
             contents = ocisource.read(layer, spec.source.context_dir, spec.dockerfile)
         except SourceTimeout:
             raise SourceTimeout(
-                f"{where}: no answer within {timeout:g}s; is the registry reachable?"
+                f"{where}: no answer within {timeout:.3g}s; is the registry reachable?"
             ) from None
         except ocisource.ArtifactError as e:
             if time.monotonic() >= deadline - 0.05:  # the last request ran out of the time there was
                 raise SourceTimeout(
-                    f"{where}: no answer within {timeout:g}s ({e}); is the registry reachable?"
+                    f"{where}: no answer within {timeout:.3g}s ({e}); is the registry reachable?"
                 ) from None
             raise SourceError(f"{where}: {e}") from None
     path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p).lstrip("/")

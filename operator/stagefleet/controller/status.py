@@ -17,6 +17,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from stagefleet.buildstate import outcome, ready, retries
+from stagefleet.buildstate.phases import ACTIVE as S_ACTIVE
+from stagefleet.buildstate.phases import CANCELLED as S_CANCELLED
+from stagefleet.buildstate.phases import DONE as S_DONE
+from stagefleet.buildstate.phases import FAILED as S_FAILED
+from stagefleet.buildstate.phases import PENDING as S_PENDING
+from stagefleet.buildstate.phases import RETRYING as S_RETRYING
+from stagefleet.buildstate.phases import RUNNING as S_RUNNING
+from stagefleet.buildstate.phases import SUCCEEDED as S_SUCCEEDED
+from stagefleet.buildstate.phases import WAITING as S_WAITING
 from stagefleet.controller import history, nodeloss, polling, trust
 from stagefleet.controller.clock import fmt_time as fmt_time  # (re-exported: st.fmt_time)
 from stagefleet.controller.clock import parse_time as parse_time
@@ -42,10 +52,6 @@ PENDING, PLANNING, BUILDING = "Pending", "Planning", "Building"
 SUCCEEDED, FAILED, CANCELLED = "Succeeded", "Failed", "Cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
-# Phases of a stage (all stages of a group share their group's phase).
-S_WAITING, S_PENDING, S_RUNNING, S_RETRYING = "Waiting", "Pending", "Running", "Retrying"
-S_SUCCEEDED, S_FAILED, S_CANCELLED = "Succeeded", "Failed", "Cancelled"
-S_ACTIVE = (S_PENDING, S_RUNNING)
 # Fields of a generation's status that passes carry over as planned (`reuse.mark` writes the last two).
 KEPT_FIELDS = (
     "source",
@@ -58,13 +64,7 @@ KEPT_FIELDS = (
     "reuse",
     *polling.CARRIED,
 )
-S_DONE = (S_SUCCEEDED, S_FAILED, S_CANCELLED)
 
-# Failures no retry can fix: the build's own (11-13) and a worker securityContext that cannot run rootless
-# buildah (16: the same pod spec fails the same way on every node).
-BUILD_ERROR_CODES = {11: "Dockerfile error", 12: "secret or ssh key missing", 13: "build step failed",
-                     16: "the worker's securityContext cannot run rootless buildah"}
-RETRY_ONCE_CODES = {10}  # context fetch: may be the user's URL or the network
 # A worker pod (or the ConfigMap its Dockerfile comes in) that the API server refused to create: the group
 # waits, the build is Stalled with this reason, and the create is tried again after a growing delay.
 REJECTED = "PodRejected"
@@ -426,11 +426,6 @@ def secret_problems(needs: Sequence[SecretNeed], keys: Mapping[str, set[str] | N
     return {name: "; ".join(dict.fromkeys(texts)) for name, texts in problems.items()}
 
 
-def backoff_seconds(attempt: int, base: float) -> float:
-    """Delay before attempt ``attempt + 1``: base, 2·base, 4·base … capped at 5 minutes."""
-    return float(min(base * (2 ** max(0, attempt - 1)), 300.0))
-
-
 def rejection_backoff(rejections: int, base: float, *, quota: bool = False) -> float:
     """Delay before creating a refused pod again: base, 2·base, 4·base … capped at 30 s (whatever refused
     it — a missing ServiceAccount, a webhook — can be fixed at any time, and nothing runs); at 5 s for an
@@ -782,12 +777,12 @@ def _classify_failure(pod: PodObservation) -> tuple[bool, str]:
     """(is_build_error, message) for a Failed pod."""
     r = pod.result
     code = pod.exit_code
-    if code in BUILD_ERROR_CODES:
+    if retries.is_build_error(code):
         if r and r.error_message:
             where = f"stage {r.error_stage}" if r.error_stage else "build"
             line = f" (Dockerfile line {r.error_line})" if r.error_line else ""
             return True, f"{where}{line}: {r.error_message}"
-        return True, f"{BUILD_ERROR_CODES[code or 0]} (worker exit code {code})"
+        return True, f"{retries.NO_RETRY[code or 0]} (worker exit code {code})"
     detail = (r.error_message if r and r.error_message else None) or pod.message or pod.reason or "failed"
     what = f"worker exit code {code}" if code is not None else (pod.reason or "pod failed")
     return False, f"{what}: {detail}" if detail not in what else what
@@ -874,7 +869,6 @@ def decide(
     deadline = build_deadline(status, spec, now, pause)
     if any(p.terminated and p.reason == "DeadlineExceeded" for p in current):
         deadline = min(deadline, now)  # a pod's activeDeadlineSeconds is the build's remaining timeout
-    build_failure: tuple[str, str, dict[str, Any]] | None = None  # (group, message, failure detail)
 
     # Upstream groups before the groups that consume them (a lower wave), so that a group's check of the
     # upstream attempts its pod waited for sees those groups as this pass leaves them.
@@ -989,10 +983,16 @@ def decide(
             # Its pod is gone (deleted, evicted and removed, node lost): an infrastructure failure.
             msg = f"pod {gs.pod or '?'} disappeared (deleted or its node was lost)"
             _fail_or_retry(g, gs, None, False, msg, now, spec, backoff_base)
-        if gs.phase == S_FAILED and build_failure is None:
-            build_failure = (g.id, gs.message or "failed", gs.failure or {})
         if gs.phase != before:
             events.extend(_group_events(g, gs, before))
+
+    # The first group (by wave) that failed fails the build: (group, message, failure detail).
+    by_wave = [g.id for g in sorted(plan.groups, key=lambda g: g.wave)]
+    standing = outcome.outcome(by_wave, {gid: gs.phase for gid, gs in states.items()})
+    build_failure: tuple[str, str, dict[str, Any]] | None = None
+    if standing.failed_group is not None:
+        fs = states[standing.failed_group]
+        build_failure = (standing.failed_group, fs.message or "failed", fs.failure or {})
 
     # Pods of an attempt that is no longer the group's (a restarted waiter, a pod left over from a lost
     # status write): their results are never used; stop them.
@@ -1013,40 +1013,32 @@ def decide(
         slots = spec.max_parallel_pods - active
         if queue is not None:
             slots = min(slots, queue.granted)
-        ready: list[GroupPlan] = []
-        for g in plan.groups:
-            gs = states[g.id]
-            if _due(gs, now) and _all_succeeded(states, g.after):
-                ready.append(g)
-        ready.sort(key=lambda g: (not g.critical, g.wave, g.id))
+        phases = {gid: gs.phase for gid, gs in states.items()}
+        due = {gid for gid, gs in states.items() if _due(gs, now)}
+        starts, left = ready.to_start(plan.groups, phases, due, slots, early_start=early_start)
         if missing_secrets:
-            ready = []
-        elif early_start:
-            ready = ready[: max(0, slots)]
-            ready += _early_groups(plan, states, now)[: max(0, slots - len(ready))]
-        if ready:
-            for g in ready[: max(0, slots)]:
-                gs = states[g.id]
-                upstream = {
-                    stage: (states[pg].image or "", states[pg].digest or "")
-                    for stage, pg in g.consumes
-                    if states[pg].phase == S_SUCCEEDED
-                }
-                waited = {pg: states[pg].attempts for _, pg in g.consumes if states[pg].phase != S_SUCCEEDED}
-                restart = gs.phase == S_WAITING and gs.attempts > 0
-                gs.attempts += 1
-                before = gs.phase
-                gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
-                gs.start, gs.completion, gs.node = None, None, None
-                gs.pod_uid, gs.pod_token = None, None  # (the reconciler records them around the create)
-                create.append(StartPod(g, gs.attempts, upstream, waited, restart))
-                gs.pod = pod_name(build, g.id, gs.attempts)
-                started = started_event(create[-1])
-                if started is not None:
-                    events.append(started)
-            if queue is not None and queue.queued:
-                for g in ready[max(0, slots):]:
-                    states[g.id].message = queue.say(build.namespace)
+            starts, left = [], []
+        for g in starts:
+            gs = states[g.id]
+            upstream = {
+                stage: (states[pg].image or "", states[pg].digest or "")
+                for stage, pg in g.consumes
+                if states[pg].phase == S_SUCCEEDED
+            }
+            waited = {pg: states[pg].attempts for _, pg in g.consumes if states[pg].phase != S_SUCCEEDED}
+            restart = gs.phase == S_WAITING and gs.attempts > 0
+            gs.attempts += 1
+            gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
+            gs.start, gs.completion, gs.node = None, None, None
+            gs.pod_uid, gs.pod_token = None, None  # (the reconciler records them around the create)
+            create.append(StartPod(g, gs.attempts, upstream, waited, restart))
+            gs.pod = pod_name(build, g.id, gs.attempts)
+            started = started_event(create[-1])
+            if started is not None:
+                events.append(started)
+        if queue is not None and queue.queued:
+            for g in left:
+                states[g.id].message = queue.say(build.namespace)
 
     early: list[str] = []  # active groups whose workers wait for an upstream result
     for g in plan.groups:
@@ -1081,10 +1073,8 @@ def decide(
         gid, msg, detail = build_failure
         new_phase, reason = FAILED, "BuildFailed"
         message = f"group {gid} ({', '.join(plan.group(gid).stages)}) failed: {msg}"
-        for other in plan.groups:
-            gs = states[other.id]
-            if gs.phase in (S_ACTIVE + (S_WAITING, S_RETRYING)):
-                gs.phase, gs.message = S_CANCELLED, f"cancelled: group {gid} failed"
+        for other in outcome.cancelled_by_failure({g.id: states[g.id].phase for g in plan.groups}):
+            states[other].phase, states[other].message = S_CANCELLED, f"cancelled: group {gid} failed"
         events.append(Event("Warning", "BuildFailed", message))
     elif now >= deadline and final.phase != S_SUCCEEDED:
         new_phase, reason = CANCELLED, "Timeout"
@@ -1092,12 +1082,10 @@ def decide(
         for why in (rejected_msg, quota_msg):
             if why:
                 message += f"; {why}"
-        for g in plan.groups:
-            gs = states[g.id]
-            if gs.phase not in S_DONE:
-                gs.phase, gs.message = S_CANCELLED, "cancelled: build timed out"
+        for other in outcome.unfinished({g.id: states[g.id].phase for g in plan.groups}):
+            states[other].phase, states[other].message = S_CANCELLED, "cancelled: build timed out"
         events.append(Event("Warning", "BuildCancelled", message))
-    elif _all_succeeded(states, states):
+    elif outcome.outcome(by_wave, {gid: gs.phase for gid, gs in states.items()}).succeeded:
         # All groups, not only the final one: a final pod started early can finish before the operator has
         # seen its upstream pods' results (a delayed watch event); the build ends once status has them all.
         new_phase, reason = SUCCEEDED, "Succeeded"
@@ -1417,36 +1405,8 @@ def _all_succeeded(states: Mapping[str, GroupState], groups: Iterable[str]) -> b
 
 
 def _due(gs: GroupState, now: datetime) -> bool:
-    """Whether a group wants a pod now: never started, or its retry backoff (after a failed attempt or a
-    refused pod) has passed."""
-    if gs.phase == S_RETRYING or (gs.phase == S_WAITING and gs.rejections):
-        return (parse_time(gs.retry_at) or now) <= now
-    return gs.phase == S_WAITING
-
-
-def _early_groups(plan: PlanView, states: Mapping[str, GroupState], now: datetime) -> list[GroupPlan]:
-    """Groups worth starting before their upstreams finish: due, and every upstream group has succeeded
-    or is *building*: its pod Running (not merely created) with all of its own upstreams succeeded.
-
-    Running, because a waiting pod holds a node's resources: were pods allowed to wait for upstreams that
-    are still unscheduled, a full cluster could fill with waiters and never schedule what they wait for.
-    Its own upstreams succeeded, so the lookahead is exactly one wave and no pod waits behind a waiter.
-    """
-
-    def building(gid: str) -> bool:
-        phase = states[gid].phase
-        if phase == S_SUCCEEDED:
-            return True
-        return phase == S_RUNNING and _all_succeeded(states, plan.group(gid).after)
-
-    found = [
-        g
-        for g in plan.groups
-        if _due(states[g.id], now)
-        and not _all_succeeded(states, g.after)
-        and all(building(a) for a in g.after)
-    ]
-    return sorted(found, key=lambda g: (not g.critical, g.wave, g.id))
+    """Whether a group wants a pod now (`ready.is_due`): a refused pod create holds it like a backoff."""
+    return ready.is_due(gs.phase, parse_time(gs.retry_at), now, held=bool(gs.rejections))
 
 
 def _some(ids: Sequence[str], most: int = 20) -> str:
@@ -1472,28 +1432,35 @@ def _fail_or_retry(
     spec: ImageBuildSpec,
     backoff_base: float,
 ) -> None:
-    allowed = 1 + spec.retries
-    if pod is not None and pod.exit_code in RETRY_ONCE_CODES:
-        allowed = min(allowed, 2)
-    if is_build or gs.attempts - gs.restarts >= allowed:
-        gs.phase = S_FAILED
-        attempts = f" after {gs.attempts} attempts" if not is_build and gs.attempts > 1 else ""
-        gs.message = f"{msg}{attempts}"
-        r = pod.result if pod else None
-        gs.failure = {
-            "group": g.id,
-            "kind": (r.error_kind if r and r.error_kind else ("build" if is_build else "infrastructure")),
-            "stage": (r.error_stage if r and r.error_stage else g.target),
-            "attempts": gs.attempts,
-        }
-        if r and r.error_line:
-            gs.failure["line"] = r.error_line
-        if pod and pod.exit_code is not None:
-            gs.failure["exitCode"] = pod.exit_code
+    """The group's attempt failed: retried or failed, as `retries.judge` says."""
+    verdict = retries.judge(
+        attempts=gs.attempts,
+        restarts=gs.restarts,
+        retries=spec.retries,
+        build_error=is_build,
+        exit_code=pod.exit_code if pod is not None else None,
+        message=msg,
+        failed_at=failed_at,
+        backoff_base=backoff_base,
+    )
+    if verdict.retry_at is not None:
+        gs.phase = S_RETRYING
+        gs.retry_at = fmt_time(verdict.retry_at)
+        gs.message = f"{verdict.message}; retrying at {gs.retry_at}"
         return
-    gs.phase = S_RETRYING
-    gs.retry_at = fmt_time(failed_at + timedelta(seconds=backoff_seconds(gs.attempts, backoff_base)))
-    gs.message = f"attempt {gs.attempts} failed: {msg}; retrying at {gs.retry_at}"
+    gs.phase = S_FAILED
+    gs.message = verdict.message
+    r = pod.result if pod else None
+    gs.failure = {
+        "group": g.id,
+        "kind": (r.error_kind if r and r.error_kind else ("build" if is_build else "infrastructure")),
+        "stage": (r.error_stage if r and r.error_stage else g.target),
+        "attempts": gs.attempts,
+    }
+    if r and r.error_line:
+        gs.failure["line"] = r.error_line
+    if pod and pod.exit_code is not None:
+        gs.failure["exitCode"] = pod.exit_code
 
 
 def _retry_admission(g: GroupPlan, gs: GroupState, pod: PodObservation, now: datetime) -> None:
