@@ -179,7 +179,8 @@ def decide_pods(
     """`status.decide` for BUILD on raw pod manifests, observed as the reconciler observes them, with the
     UIDs of the pods it creates recorded as the reconciler records them (`recorded`); ``options`` are
     decide's own keywords (backoff_base, early_start, nodes, ...)."""
-    from stagefleet.controller.status import decide, observe_pod
+    from stagefleet.controller.observe import observe_pod
+    from stagefleet.controller.status import decide
 
     observed = [o for o in (observe_pod(p) for p in pods) if o is not None]
     d = decide(build=BUILD, spec=spec, plan=plan, status=status, pods=observed,

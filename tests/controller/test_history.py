@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from stagefleet.controller import history
-from stagefleet.controller import status as st
+from stagefleet.controller import buildphase, history, report
 from stagefleet.controller.model import plan_dockerfile
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
@@ -43,10 +42,10 @@ def test_unmeasured_stages_are_estimated_at_the_measured_rate() -> None:
 
 def test_durations_survive_the_planning_status_of_a_new_generation() -> None:
     plan = plan_dockerfile(DOCKERFILE, target=None, build_args={})
-    done = st.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
+    done = report.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
     for e in done["stages"]:
         e.update({"phase": "Succeeded", "duration": {"long": 2.0, "slow": 40.0, "final": 0.5}[e["name"]]})
     done["stages"][0]["reused"] = "sha256:" + "1" * 64  # a reused stage ran nothing: no measurement
-    planning = st.progress_status(generation=2, phase=st.PLANNING, reason="Planning", message="resolving",
-                                  old=done, now=NOW)
+    planning = report.progress_status(generation=2, phase=buildphase.PLANNING, reason="Planning",
+                                      message="resolving", old=done, now=NOW)
     assert planning["stages"] == [] and history.measured(planning) == {"slow": 40.0, "final": 0.5}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from stagefleet.controller.metrics import Metrics
-from stagefleet.controller.status import planned_status
+from stagefleet.controller.report import planned_status
 
 from .helpers import SEED_PLAN, pod, result_json
 from .test_status import D1, D2, D3, run

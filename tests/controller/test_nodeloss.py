@@ -19,6 +19,7 @@ from stagefleet.controller.nodeloss import (
     next_loss_in,
     node_readiness,
 )
+from stagefleet.controller.observe import observe_pod
 from stagefleet.controller.podspec import (
     ANNOTATION_UPSTREAM_ATTEMPTS,
     ResolvedSource,
@@ -27,7 +28,8 @@ from stagefleet.controller.podspec import (
     parse_attempts,
     worker_pod,
 )
-from stagefleet.controller.status import Decision, StartPod, observe_pod, planned_status
+from stagefleet.controller.report import planned_status
+from stagefleet.controller.status import Decision, StartPod
 
 from .helpers import BUILD, SEED_PLAN, adopted, decide_pods, make_spec, pod, result_json
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from stagefleet.controller import polling
+from stagefleet.controller.report import planned_status, progress_status, terminal_status
 from stagefleet.controller.runs import Run, following
 from stagefleet.controller.spec import SpecError, parse_spec
-from stagefleet.controller.status import planned_status, progress_status, terminal_status
 
 from .helpers import SEED_PLAN
 

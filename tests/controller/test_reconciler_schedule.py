@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from stagefleet.controller.metrics import Metrics
+from stagefleet.controller.observe import unschedulable
 from stagefleet.controller.reconciler import (
     SAFETY_POLL_SECONDS,
     OperatorConfig,
     Reconciler,
     safety_poll_seconds,
 )
-from stagefleet.controller.status import unschedulable
 
 
 def test_few_builds_are_looked_at_every_15_seconds() -> None:

@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from stagefleet.controller import clock, report, reuse
 from stagefleet.controller import registry as reg
-from stagefleet.controller import reuse
-from stagefleet.controller import status as st
 from stagefleet.controller.model import plan_dockerfile
 from stagefleet.stagekey import KeyResult, key_tag
 
@@ -71,8 +70,8 @@ def test_stored_results_are_found_and_marked_succeeded_without_a_pod() -> None:
     stored = {f"team/app/cache/ns:{key_tag(first.keys['a'].key or '')}": "sha256:" + "1" * 64}
     found, plan = _lookup(FakeRegistry({**base, **stored}))
     assert found.found == {"g1": "sha256:" + "1" * 64}
-    planned = st.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
-    marked = reuse.mark(planned, plan, found, st.fmt_time(NOW))
+    planned = report.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
+    marked = reuse.mark(planned, plan, found, clock.fmt_time(NOW))
     by_name = {e["name"]: e for e in marked["stages"]}
     assert by_name["a"]["phase"] == "Succeeded" and by_name["a"]["reused"] == "sha256:" + "1" * 64
     assert by_name["a"]["image"] == f"{CACHE}:{key_tag(first.keys['a'].key or '')}"
@@ -117,9 +116,9 @@ def test_the_key_platform_follows_the_node_selector(monkeypatch: pytest.MonkeyPa
 
 def test_unkeyed_reasons_reach_the_status_note() -> None:
     plan = plan_dockerfile(WIDE, target=None, build_args={})
-    planned = st.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
+    planned = report.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
     found = reuse.Reuse(keys={"a": KeyResult(None, "ADD of a URL without --checksum")})
-    marked = reuse.mark(planned, plan, found, st.fmt_time(NOW))
+    marked = reuse.mark(planned, plan, found, clock.fmt_time(NOW))
     assert marked["reuse"] == {"keyed": 0, "reused": 0, "notes": ["ADD of a URL without --checksum"]}
     assert "baseImages" not in marked
 
@@ -130,8 +129,8 @@ def test_what_planning_recorded_survives_the_passes() -> None:
 
     fake = FakeRegistry({"base:1": "sha256:" + "b" * 64})
     found, plan = _lookup(fake)
-    planned = st.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
-    marked = reuse.mark(planned, plan, found, st.fmt_time(NOW))
+    planned = report.planned_status(generation=1, plan=plan, source={"inline": True}, old={}, now=NOW)
+    marked = reuse.mark(planned, plan, found, clock.fmt_time(NOW))
     d = decide_pods(marked, [], now=NOW, spec=make_spec(), plan=plan)
     assert d.status["baseImages"] == marked["baseImages"] and d.status["reuse"] == marked["reuse"]
     assert reuse.recorded(d.status) == reuse.recorded(marked)

@@ -12,19 +12,10 @@ from hypothesis import strategies as st
 from stagefleet import health
 from stagefleet.controller import trust
 from stagefleet.controller.model import GroupPlan, PlanView
-from stagefleet.controller.status import (
-    ADMISSION_RETRIES,
-    Decision,
-    PodObservation,
-    decide,
-    observe_pod,
-    parse_result,
-    planned_status,
-    pod_signature,
-    secret_needs,
-    secret_problems,
-    terminal_status,
-)
+from stagefleet.controller.observe import PodObservation, observe_pod, parse_result, pod_signature
+from stagefleet.controller.report import planned_status, terminal_status
+from stagefleet.controller.secretneeds import secret_needs, secret_problems
+from stagefleet.controller.status import ADMISSION_RETRIES, Decision, decide
 
 from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, recorded, result_json
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stagefleet.controller.status import decide, observe_pod, planned_status, urgent_change
+from stagefleet.controller.observe import observe_pod
+from stagefleet.controller.report import planned_status
+from stagefleet.controller.status import decide
+from stagefleet.controller.urgency import urgent_change
 
 from .helpers import BUILD, SEED_PLAN, make_spec, pod, recorded, result_json
 

@@ -10,17 +10,16 @@ from typing import Any
 
 from stagefleet import health
 from stagefleet.controller import trust
+from stagefleet.controller.buildphase import QUOTA, REJECTED
 from stagefleet.controller.podspec import BuildRef, pod_name
-from stagefleet.controller.status import (
-    QUOTA,
-    REJECTED,
-    Decision,
+from stagefleet.controller.rejections import (
     note_rejections,
-    planned_status,
     quota_exhausted,
     rejection_backoff,
     rejection_text,
 )
+from stagefleet.controller.report import planned_status
+from stagefleet.controller.status import Decision
 
 from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, result_json, uid_of
 

@@ -13,18 +13,13 @@ from hypothesis import strategies as hst
 
 from stagefleet import health
 from stagefleet.controller import trust
+from stagefleet.controller.buildphase import REJECTED
 from stagefleet.controller.model import PlanView
-from stagefleet.controller.status import (
-    REJECTED,
-    Decision,
-    note_rejections,
-    planned_status,
-    rejection_backoff,
-    rejection_text,
-    secret_needs,
-    secret_problems,
-    urgent_change,
-)
+from stagefleet.controller.rejections import note_rejections, rejection_backoff, rejection_text
+from stagefleet.controller.report import planned_status
+from stagefleet.controller.secretneeds import secret_needs, secret_problems
+from stagefleet.controller.status import Decision
+from stagefleet.controller.urgency import urgent_change
 
 from .helpers import SEED_PLAN, decide_pods, make_spec, pod, result_json
 

@@ -20,6 +20,7 @@ import pytest
 from tests.controller import helpers
 from tests.controller.helpers import BUILD, make_spec, pod, recorded, result_json
 
+from stagefleet.controller import buildphase, observe, report
 from stagefleet.controller import status as st
 from stagefleet.controller.model import PlanView, plan_dockerfile
 from stagefleet.controller.podspec import stage_result_ref
@@ -63,7 +64,7 @@ def test_a_2000_stage_build_stays_under_the_cap_from_plan_to_success(
     spec = make_spec(source={"inline": {"dockerfile": "FROM x\n"}}, target=None, secrets=[],
                      maxParallelPods=parallel)
     image_of = lambda gid, a: stage_result_ref(spec, BUILD, gid, a)  # noqa: E731
-    status = st.planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
+    status = report.planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
     assert size(status) < CAP
     assert status["stagesSummarized"] is True
     assert status["stageCounts"] == {"Waiting": n + 1}
@@ -75,11 +76,11 @@ def test_a_2000_stage_build_stays_under_the_cap_from_plan_to_success(
     observed: dict[str, Any] = {}
     biggest, now, passes = 0, NOW, 0
     sizes = []
-    while status["phase"] not in st.TERMINAL:
+    while status["phase"] not in buildphase.TERMINAL:
         passes += 1
         assert passes < 200
         now += timedelta(seconds=1)
-        full = st.expand_stages(status, plan, image_of)
+        full = report.expand_stages(status, plan, image_of)
         assert len(full["stages"]) == n + 1
         d = recorded(st.decide(build=BUILD, spec=spec, plan=plan, status=full,
                                pods=list(observed.values()),
@@ -101,7 +102,7 @@ def test_a_2000_stage_build_stays_under_the_cap_from_plan_to_success(
             msg["image"] = image_of(c.group.id, c.attempt)
             pods[c.group.id]["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = (
                 json.dumps(msg))
-            observed[c.group.id] = st.observe_pod(pods[c.group.id])
+            observed[c.group.id] = observe.observe_pod(pods[c.group.id])
         if c_final := [c for c in d.create if c.group.id == plan.final_group]:
             # The final pod was given every upstream by its recorded digest and derived image.
             ups = dict(c_final[0].upstream)
@@ -122,8 +123,8 @@ def test_summarising_is_lossless_for_the_next_pass() -> None:
     plan = plan_dockerfile(wide(300), target=None, build_args={})
     spec = make_spec(source={"inline": {"dockerfile": "FROM x\n"}}, target=None, secrets=[])
     image_of = lambda gid, a: stage_result_ref(spec, BUILD, gid, a)  # noqa: E731
-    planned = st.planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
-    full = st.expand_stages(planned, plan, image_of)["stages"]
+    planned = report.planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
+    full = report.expand_stages(planned, plan, image_of)["stages"]
     for i, e in enumerate(full[:10]):  # a few settled, one running, one retrying
         e.update(phase="Succeeded", attempts=1, podUID=f"u{i}", pod=f"p{i}", node="n", duration=1.0,
                  digest=digest(i), image=image_of(e["group"], 1))
@@ -131,28 +132,28 @@ def test_summarising_is_lossless_for_the_next_pass() -> None:
     full[11].update(phase="Retrying", attempts=1, retryAt="2026-01-01T00:02:00Z", message="x")
     settled = {e["group"] for e in full[:10]}
     short: dict[str, Any] = {"phase": "Building"}
-    st.summarise_stages(short, full, plan, settled, terminal=False, image_of=image_of)
+    report.summarise_stages(short, full, plan, settled, terminal=False, image_of=image_of)
     assert [e["name"] for e in short["stages"]] == [full[10]["name"], full[11]["name"]]
     assert short["stageCounts"] == {"Retrying": 1, "Running": 1, "Succeeded": 10, "Waiting": 289}
-    back = st.expand_stages(short, plan, image_of)["stages"]
+    back = report.expand_stages(short, plan, image_of)["stages"]
     keys = ("name", "group", "phase", "attempts", "digest", "image", "podUID")
     assert [{k: e.get(k) for k in keys} for e in back] == [{k: e.get(k) for k in keys} for e in full]
     assert back[11] == full[11] and back[10] == full[10]
     # An image other than the derived one is kept as it is.
     full[3]["image"] = "elsewhere/stages:x"
-    st.summarise_stages(short, full, plan, settled, terminal=False, image_of=image_of)
-    assert st.expand_stages(short, plan, image_of)["stages"][3]["image"] == "elsewhere/stages:x"
+    report.summarise_stages(short, full, plan, settled, terminal=False, image_of=image_of)
+    assert report.expand_stages(short, plan, image_of)["stages"][3]["image"] == "elsewhere/stages:x"
     # Once the build ended, settled groups are only counted.
     ended: dict[str, Any] = {"phase": "Failed"}
-    st.summarise_stages(ended, full, plan, settled, terminal=True)
+    report.summarise_stages(ended, full, plan, settled, terminal=True)
     assert [e["name"] for e in ended["stages"]] == [full[10]["name"], full[11]["name"]]
     assert "settledGroups" not in ended and ended["stageCounts"]["Succeeded"] == 10
-    assert st.expand_stages(ended, plan) == ended  # (decide returns an ended build's status as it is)
+    assert report.expand_stages(ended, plan) == ended  # (decide returns an ended build's status as it is)
 
 
 def test_small_builds_are_listed_in_full() -> None:
     plan = plan_dockerfile(wide(3), target=None, build_args={})
-    status = st.planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
+    status = report.planned_status(generation=1, plan=plan, source={}, old={}, now=NOW)
     assert "stagesSummarized" not in status and "stageCounts" not in status
     assert len(status["stages"]) == 4 and "groups" in status["plan"]
-    assert st.expand_stages(status, plan) == status
+    assert report.expand_stages(status, plan) == status

@@ -7,9 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from stagefleet.controller.observe import observe_pod
 from stagefleet.controller.podspec import BuildRef
+from stagefleet.controller.report import planned_status
 from stagefleet.controller.runs import Run, current, spec_hash
-from stagefleet.controller.status import Decision, decide, observe_pod, planned_status
+from stagefleet.controller.status import Decision, decide
 
 from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod
 

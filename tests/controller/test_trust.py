@@ -11,7 +11,8 @@ from stagefleet.controller import trust
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.reconciler import OperatorConfig, Reconciler
-from stagefleet.controller.status import Decision, planned_status
+from stagefleet.controller.report import planned_status
+from stagefleet.controller.status import Decision
 
 from .helpers import SEED_PLAN, decide_pods, make_spec, pod, result_json, uid_of
 from .test_reconciler_rejected import DOCKERFILE, FakeApi

@@ -16,7 +16,8 @@ from stagefleet import health
 from .test_argocd_kstatus import LUA_PATH, ArgoLua
 from .test_recorded_statuses import check_recorded
 
-st = pytest.importorskip("stagefleet.controller.status")
+report = pytest.importorskip("stagefleet.controller.report")
+buildphase = pytest.importorskip("stagefleet.controller.buildphase")
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
 DIGEST = "sha256:" + "ab" * 32
@@ -31,22 +32,22 @@ def imagebuild(status: dict[str, Any], generation: int = 3) -> dict[str, Any]:
 def operator_statuses() -> dict[str, tuple[dict[str, Any], str, str]]:
     """name -> (object, expected Argo CD health, expected kstatus)."""
     gen = 3
-    pending = st.progress_status(generation=gen, phase=st.PENDING, reason="Resolving",
+    pending = report.progress_status(generation=gen, phase=buildphase.PENDING, reason="Resolving",
                                  message="resolving the source", old={}, now=NOW)
-    planning = st.progress_status(generation=gen, phase=st.PLANNING, reason="Planning",
+    planning = report.progress_status(generation=gen, phase=buildphase.PLANNING, reason="Planning",
                                   message="planning", old=pending, now=NOW)
-    blocked = st.progress_status(generation=gen, phase=st.PENDING, reason="SecretNotFound",
+    blocked = report.progress_status(generation=gen, phase=buildphase.PENDING, reason="SecretNotFound",
                                  message='Secret "npm" not found', old=pending, now=NOW, stalled=True)
-    failed = st.terminal_status(generation=gen, phase=st.FAILED, reason="DockerfileError",
+    failed = report.terminal_status(generation=gen, phase=buildphase.FAILED, reason="DockerfileError",
                                 message="Dockerfile:3: unknown instruction", old=planning, now=NOW)
-    cancelled = st.terminal_status(generation=gen, phase=st.CANCELLED, reason="Timeout",
+    cancelled = report.terminal_status(generation=gen, phase=buildphase.CANCELLED, reason="Timeout",
                                    message="timeout 10m exceeded", old=planning, now=NOW)
-    building = {"phase": st.BUILDING, "observedGeneration": gen, "message": "building 2 of 3",
-                "conditions": st.conditions(st.BUILDING, "Building", "building 2 of 3", gen,
+    building = {"phase": buildphase.BUILDING, "observedGeneration": gen, "message": "building 2 of 3",
+                "conditions": report.conditions(buildphase.BUILDING, "Building", "building 2 of 3", gen,
                                             planning["conditions"], NOW)}
-    succeeded = {"phase": st.SUCCEEDED, "observedGeneration": gen, "message": "pushed",
+    succeeded = {"phase": buildphase.SUCCEEDED, "observedGeneration": gen, "message": "pushed",
                  "image": {"name": "r.example/seed:latest", "digest": DIGEST},
-                 "conditions": st.conditions(st.SUCCEEDED, "Succeeded", "pushed", gen,
+                 "conditions": report.conditions(buildphase.SUCCEEDED, "Succeeded", "pushed", gen,
                                              building["conditions"], NOW)}
     return {
         "pending": (imagebuild(pending), "Progressing", "InProgress"),

@@ -15,9 +15,9 @@ from stagefleet.buildstate.phases import ACTIVE as S_ACTIVE
 from stagefleet.buildstate.phases import RETRYING as S_RETRYING
 from stagefleet.buildstate.phases import SUCCEEDED as S_SUCCEEDED
 from stagefleet.buildstate.phases import WAITING as S_WAITING
+from stagefleet.controller.buildphase import TERMINAL
 from stagefleet.controller.model import plan_groups
 from stagefleet.controller.runs import run_of
-from stagefleet.controller.status import TERMINAL
 
 STAGE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from stagefleet.controller import runs
+from stagefleet.controller import buildphase, clock, report, runs
 from stagefleet.controller import status as st
 from stagefleet.controller.podspec import ARCH_LABEL, BuildRef
 from stagefleet.imageindex import OCI_INDEX, PlatformImage, fit, index_document, platform_tag
@@ -173,17 +173,17 @@ class Child:
     @property
     def phase(self) -> str:
         if not self.current:
-            return st.PENDING
-        return str(self.status.get("phase") or st.PENDING)
+            return buildphase.PENDING
+        return str(self.status.get("phase") or buildphase.PENDING)
 
     def entry(self) -> dict[str, Any]:
         """Its line in the parent's status.platforms."""
         out: dict[str, Any] = {"platform": self.platform, "imageBuild": self.name, "phase": self.phase}
         image = self.status.get("image") or {}
-        if self.phase == st.SUCCEEDED and image.get("digest"):
+        if self.phase == buildphase.SUCCEEDED and image.get("digest"):
             out["digest"] = image["digest"]
         message = str(self.status.get("message") or "") if self.current else "starting"
-        if message and self.phase != st.SUCCEEDED:
+        if message and self.phase != buildphase.SUCCEEDED:
             out["message"] = message[:300]
         return out
 
@@ -214,29 +214,29 @@ def fan_status(
     entries = [c.entry() for c in children]
     events: list[st.Event] = []
     phases = [c.phase for c in children]
-    failed = next((c for c in children if c.phase == st.FAILED), None)
-    cancelled = next((c for c in children if c.phase == st.CANCELLED), None)
+    failed = next((c for c in children if c.phase == buildphase.FAILED), None)
+    cancelled = next((c for c in children if c.phase == buildphase.CANCELLED), None)
     stalled = [(c, why) for c in children if (why := _stalled(c)) is not None]
-    done = sum(1 for p in phases if p == st.SUCCEEDED)
+    done = sum(1 for p in phases if p == buildphase.SUCCEEDED)
     if failure is not None or failed is not None:
-        phase, reason = st.FAILED, "BuildFailed"
+        phase, reason = buildphase.FAILED, "BuildFailed"
         if failed is not None:
             failure = (f"platform {failed.platform} (ImageBuild {failed.name}) failed: "
                        f"{failed.status.get('message') or 'failed'}")
         message = str(failure)
     elif cancelled is not None:
-        phase, reason = st.CANCELLED, str(_reason(cancelled) or "Cancelled")
+        phase, reason = buildphase.CANCELLED, str(_reason(cancelled) or "Cancelled")
         message = (f"platform {cancelled.platform} (ImageBuild {cancelled.name}): "
                    f"{cancelled.status.get('message') or 'cancelled'}")
     elif index_digest is not None:
-        phase, reason = st.SUCCEEDED, "Succeeded"
+        phase, reason = buildphase.SUCCEEDED, "Succeeded"
         message = f"built {image}@{index_digest} ({', '.join(c.platform for c in children)})"
     else:
-        phase, reason = st.BUILDING, "Building"
+        phase, reason = buildphase.BUILDING, "Building"
         message = "; ".join(f"{c.platform}: {c.phase}" + (f" ({e['message']})" if e.get("message") else "")
                             for c, e in zip(children, entries, strict=True))
         if spec_suspend:
-            reason = st.SUSPENDED
+            reason = buildphase.SUSPENDED
         elif done == len(children):
             message = f"writing the image index of {done} platforms"
     run = build.run
@@ -248,23 +248,23 @@ def fan_status(
         "phase": phase,
         "observedGeneration": observed,
         "message": message,
-        "startTime": (status.get("startTime") if same_run else None) or st.fmt_time(now),
+        "startTime": (status.get("startTime") if same_run else None) or clock.fmt_time(now),
         "platforms": entries,
         "progress": f"{done}/{len(children)}",
-        "conditions": st.conditions(
+        "conditions": report.conditions(
             phase, reason, message, observed, old_conditions, now,
-            stalled=bool(stalled) and phase not in st.TERMINAL and not spec_suspend,
+            stalled=bool(stalled) and phase not in buildphase.TERMINAL and not spec_suspend,
         ),
     })
     if run:
         new.update(run.fields())
-    if stalled and phase not in st.TERMINAL:
+    if stalled and phase not in buildphase.TERMINAL:
         c, why = stalled[0]
         new["message"] = f"{message}; platform {c.platform} (ImageBuild {c.name}) is stalled: {why}"
-    if phase in st.TERMINAL:
+    if phase in buildphase.TERMINAL:
         kept = same_run and status.get("phase") == phase
-        new["completionTime"] = (status.get("completionTime") if kept else None) or st.fmt_time(now)
-    if phase == st.SUCCEEDED and index_digest is not None:
+        new["completionTime"] = (status.get("completionTime") if kept else None) or clock.fmt_time(now)
+    if phase == buildphase.SUCCEEDED and index_digest is not None:
         new["image"] = {
             "name": image,
             "digest": index_digest,
@@ -272,14 +272,14 @@ def fan_status(
             "tags": list(tags),
             "platforms": [{"platform": e["platform"], "digest": e.get("digest", "")} for e in entries],
         }
-    if phase == st.FAILED:
+    if phase == buildphase.FAILED:
         new["failure"] = {"message": message, **({"platform": failed.platform} if failed else {})}
     if status.get("phase") != phase:
-        if phase == st.SUCCEEDED:
+        if phase == buildphase.SUCCEEDED:
             events.append(st.Event("Normal", "BuildSucceeded", message))
-        elif phase == st.FAILED:
+        elif phase == buildphase.FAILED:
             events.append(st.Event("Warning", "BuildFailed", message))
-        elif phase == st.CANCELLED:
+        elif phase == buildphase.CANCELLED:
             events.append(st.Event("Warning", "BuildCancelled", message))
     return new, events
 

@@ -25,16 +25,24 @@ from typing import Any
 
 from stagefleet import stagekey
 from stagefleet.controller import (
+    buildphase,
+    clock,
     history,
     nodeloss,
+    observe,
     platforms,
     polling,
+    rejections,
+    report,
     retention,
     reuse,
     runs,
+    secretneeds,
     stagetags,
+    suspension,
     tracking,
     trust,
+    urgency,
 )
 from stagefleet.controller import registry as reg
 from stagefleet.controller import status as st
@@ -103,7 +111,7 @@ class OperatorConfig:
     source_resolutions: int = 64
     source_resolutions_per_namespace: int = 8
     early_start: bool = True  # start the next wave's pods while their upstreams build (status.decide)
-    # A status change that only reports progress (st.urgent_change) waits up to this long, so that the
+    # A status change that only reports progress (urgency.urgent_change) waits up to this long, so that the
     # transitions of sibling groups share one write; 0 writes every change at once.
     status_coalesce: float = 1.0
     # A worker pod whose node has not been Ready this long, or that is stuck Terminating this long, is lost:
@@ -319,7 +327,7 @@ class Reconciler:
         owner = next((o for o in meta.get("ownerReferences") or () if o.get("kind") == "ImageBuild"), None)
         if owner is not None:
             self._pod_builds[uid] = (str(meta.get("namespace") or "default"), str(owner.get("name")))
-        state = st.pod_signature(pod)
+        state = observe.pod_signature(pod)
         if self._pod_states.get(uid) == state:
             return False
         self._pod_states[uid] = state
@@ -328,7 +336,7 @@ class Reconciler:
     def _note_schedulable(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid"))
-        if not deleted and st.unschedulable(pod):
+        if not deleted and observe.unschedulable(pod):
             self._unschedulable[uid] = str((meta.get("labels") or {}).get(LABEL_UID))
         else:
             self._unschedulable.pop(uid, None)
@@ -564,7 +572,7 @@ class Reconciler:
         build = BuildRef(name, namespace, str(meta["uid"]), run.number, run)
         now = _now()
         current_gen = runs.run_of(status) == build.generation
-        if current_gen and status.get("phase") in st.TERMINAL:
+        if current_gen and status.get("phase") in buildphase.TERMINAL:
             self._ended.add((namespace, name))
         else:
             self._ended.discard((namespace, name))
@@ -578,7 +586,7 @@ class Reconciler:
                      status.get("completionTime"), ttl, extra=_fields(namespace, name))
             self.kube.delete_imagebuild(namespace, name, build.uid)
             return None
-        if current_gen and status.get("phase") in st.TERMINAL and "plan" not in status:
+        if current_gen and status.get("phase") in buildphase.TERMINAL and "plan" not in status:
             # Ended before planning (bad spec, source, Dockerfile): nothing runs. A spec edit that keeps the
             # run (spec.suspend) is only observed.
             if status.get("observedGeneration") != run.generation:
@@ -591,7 +599,7 @@ class Reconciler:
             status, build = again  # its source was unavailable: a new run tries again
             current_gen = False
 
-        finished = current_gen and status.get("phase") in st.TERMINAL
+        finished = current_gen and status.get("phase") in buildphase.TERMINAL
         try:
             spec = parse_spec(ib.get("spec"))
         except SpecError as e:
@@ -625,14 +633,14 @@ class Reconciler:
                 return None
             planned = self._plan(ib, build, spec, status, now)
             if planned.status is None:
-                if planned.base.get("phase") in st.TERMINAL:
+                if planned.base.get("phase") in buildphase.TERMINAL:
                     return None
                 return planned.requeue  # waiting for a Secret the planning needs, or for the source
             ib, base, status, events = planned.ib, planned.base, planned.status, planned.events
 
         plan = PlanView.from_status(status["plan"])
         # A very wide build's status lists only some stages (status.summarise_stages): decide on all of them.
-        status = st.expand_stages(status, plan, stage_result_refs(spec, build))
+        status = report.expand_stages(status, plan, stage_result_refs(spec, build))
         again = self._step(ib, build, spec, plan, status, base, events, now)
         if again is None:
             self._ended.add((namespace, name))
@@ -696,10 +704,10 @@ class Reconciler:
                         f"resolving source: {redact(spec.source.where)} "
                         f"(gives up after {self.config.source_timeout:g}s)"
                     )
-                planning = st.progress_status(
+                planning = report.progress_status(
                     generation=build.generation,
                     run=build.run,
-                    phase=st.PLANNING,
+                    phase=buildphase.PLANNING,
                     reason="Planning",
                     message=message,
                     old=status,
@@ -730,7 +738,7 @@ class Reconciler:
             failed = self._finish_early(ib, build, planning, "DockerfileError", str(e), now)
             return Planned(None, failed, ib)
         plan = history.prioritise(plan, history.measured(planning))  # a previous generation's durations
-        new = st.planned_status(
+        new = report.planned_status(
             generation=build.generation,
             plan=plan,
             source=resolved.status,
@@ -744,7 +752,7 @@ class Reconciler:
         events = [note]
         found = self._reuse(build, spec, plan, resolved)
         if found is not None:
-            new = reuse.mark(new, plan, found, st.fmt_time(now))
+            new = reuse.mark(new, plan, found, clock.fmt_time(now))
             if found.found:
                 stages = sum(len(plan.group(g).stages) for g in found.found)
                 events.append(st.Event(
@@ -801,7 +809,7 @@ class Reconciler:
                 return None
             children.append(platforms.Child(p, name, obj))
         index_digest, failure, again = None, None, 10.0
-        if all(c.phase == st.SUCCEEDED for c in children):
+        if all(c.phase == buildphase.SUCCEEDED for c in children):
             commits = {c.platform: ((c.status.get("source") or {}).get("git") or {}).get("commit")
                        for c in children}
             if len(set(commits.values())) > 1:
@@ -822,7 +830,7 @@ class Reconciler:
         self._write(ib, status, new)
         for ev in events:
             self._event(ib, ev.type, ev.reason, ev.message)
-        return None if new["phase"] in st.TERMINAL else again
+        return None if new["phase"] in buildphase.TERMINAL else again
 
     def _native_arches(self) -> set[str] | None:
         """The architectures of the Ready nodes (None: the nodes cannot be read)."""
@@ -942,10 +950,10 @@ class Reconciler:
             if auth is not None:
                 return auth
             msg = f'waiting for Secret "{ref.name}" key "{ref.key}" (spec.source.git.secretRef): not found'
-        stalled = st.progress_status(
+        stalled = report.progress_status(
             generation=build.generation,
             run=build.run,
-            phase=st.PENDING,
+            phase=buildphase.PENDING,
             reason=reason,
             message=msg,
             old=status,
@@ -984,7 +992,7 @@ class Reconciler:
         with self._sources_lock:
             if self._polls.get(key) is job:
                 del self._polls[key]
-        answered = polling.answered(status, meta, st.fmt_time(now))
+        answered = polling.answered(status, meta, clock.fmt_time(now))
         if job.error is not None:
             self._write(ib, status, answered)
             self._event(ib, "Warning", "PollFailed", f"{job.error}; asking again in {git.poll_seconds or 0}s")
@@ -1020,7 +1028,7 @@ class Reconciler:
             return due
         nxt = runs.following(status, build.run)
         reason = (status.get("failure") or {}).get("reason")
-        answered = polling.answered(status, meta, st.fmt_time(now))
+        answered = polling.answered(status, meta, clock.fmt_time(now))
         self._write(ib, status, answered)  # (the resolve request it answers is not asked again)
         self._event(ib, "Normal", "RunStarted",
                     f"the last run's source was not resolved ({reason}): run {nxt.number} tries again")
@@ -1180,9 +1188,9 @@ class Reconciler:
         message: str,
         now: datetime,
     ) -> dict[str, Any]:
-        new = st.terminal_status(
+        new = report.terminal_status(
             generation=build.generation,
-            phase=st.FAILED,
+            phase=buildphase.FAILED,
             reason=reason,
             message=message,
             old=status,
@@ -1191,7 +1199,7 @@ class Reconciler:
         )
         if (
             runs.run_of(status) == build.generation
-            and status.get("phase") == st.FAILED
+            and status.get("phase") == buildphase.FAILED
             and status.get("message") == message
         ):
             return status
@@ -1203,7 +1211,7 @@ class Reconciler:
         """Delete pods of other generations; returns how many were still running."""
         stopped = 0
         for pod in self.kube.list_worker_pods(build.namespace, build.uid):
-            obs = st.observe_pod(pod)
+            obs = observe.observe_pod(pod)
             if obs is None or obs.generation == build.generation or obs.deleting:
                 continue
             stopped += 0 if obs.terminated else 1
@@ -1226,12 +1234,12 @@ class Reconciler:
         self._refresh_schedulable(build.uid, listed)
         for p in listed:
             self._note_node(p, False)
-        pods = [o for o in (st.observe_pod(p) for p in listed) if o]
+        pods = [o for o in (observe.observe_pod(p) for p in listed) if o]
         missing: dict[str, str] = {}
-        if status.get("phase") not in st.TERMINAL:
-            needs = st.secret_needs(spec, plan)
+        if status.get("phase") not in buildphase.TERMINAL:
+            needs = secretneeds.secret_needs(spec, plan)
             keys = {n.name: self.kube.secret_keys(build.namespace, n.name) for n in needs}
-            missing = st.secret_problems(needs, keys)
+            missing = secretneeds.secret_problems(needs, keys)
 
         nodes = self.nodes.snapshot() if self.nodes is not None else None
 
@@ -1256,7 +1264,7 @@ class Reconciler:
         d = decide()
         if self.queue.enabled:
             # What it would start without the farm's cap, asked of the queue: the part granted starts now.
-            since = str(status.get("startTime") or st.fmt_time(now))
+            since = str(status.get("startTime") or clock.fmt_time(now))
             wish = Demand(build.namespace, build.name, len(d.create), spec.priority, since)
             spot = self.queue.claim(wish)
             self._claimed.add((build.namespace, build.name))
@@ -1287,9 +1295,9 @@ class Reconciler:
             if not rejected:
                 break
             status = trust.with_created(
-                st.note_rejections(status, rejected, now, self.config.backoff_base), recorded
+                rejections.note_rejections(status, rejected, now, self.config.backoff_base), recorded
             )
-            pods = [*pods, *(o for o in (st.observe_pod(p) for _, p in created) if o)]
+            pods = [*pods, *(o for o in (observe.observe_pod(p) for _, p in created) if o)]
             started_events += [e for e in (st.started_event(s) for s, _ in created) if e]
             d = decide()
         if recorded:
@@ -1323,9 +1331,9 @@ class Reconciler:
     def _hold(self, build: BuildRef, base: Mapping[str, Any], d: st.Decision) -> float | None:
         """Seconds to hold back this pass's status write (None: write now).
 
-        Only a change that reports progress (`st.urgent_change`) in a pass that creates and deletes nothing
-        is held, for at most ``status_coalesce`` seconds after the first pass that held it. The time is
-        scheduling state only: a restarted operator starts a new window, and every pass recomputes the
+        Only a change that reports progress (`urgency.urgent_change`) in a pass that creates and deletes
+        nothing is held, for at most ``status_coalesce`` seconds after the first pass that held it. The time
+        is scheduling state only: a restarted operator starts a new window, and every pass recomputes the
         status from the pods, so a held change is never lost.
         """
         key = (build.namespace, build.name)
@@ -1336,7 +1344,7 @@ class Reconciler:
             or d.delete
             or d.force_delete
             or dict(base) == d.status
-            or st.urgent_change(base, d.status) is not None
+            or urgency.urgent_change(base, d.status) is not None
         ):
             self._held.pop(key, None)
             return None
@@ -1358,8 +1366,9 @@ class Reconciler:
         tokens: Mapping[str, str],
     ) -> tuple[list[tuple[st.StartPod, dict[str, Any]]], dict[str, str]]:
         """Create the pods of ``starts``, each with its group's creation token from ``tokens``: (the pods
-        created, each with its StartPod; group id → why the API refused its pod, `st.rejection_text`). A pod
-        that already exists is in neither (not ours: the next pass judges it, `trust`)."""
+        created, each with its StartPod; group id → why the API refused its pod,
+        `rejections.rejection_text`). A pod that already exists is in neither (not ours: the next pass
+        judges it, `trust`)."""
         source_status = status.get("source") or {}
         git = source_status.get("git") or {}
         created_pods: list[tuple[st.StartPod, dict[str, Any]]] = []
@@ -1372,7 +1381,7 @@ class Reconciler:
                     self.kube.create(dockerfile_configmap(build, spec.source.inline))
                 except Refused as e:
                     self._log_refused(build, e, [s.group.id for s in starts])
-                    text = st.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
+                    text = rejections.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
                     return [], {s.group.id: text for s in starts}
                 self._configmaps[(build.namespace, build.name)] = key
             source = ResolvedSource(configmap=configmap_name(build))
@@ -1385,7 +1394,8 @@ class Reconciler:
             source = ResolvedSource(
                 git_url=spec.source.git.url, git_revision=str(git.get("commit") or "HEAD")
             )
-        remaining = int((st.build_deadline(status, spec, now) - now).total_seconds())  # (not suspended)
+        deadline = suspension.build_deadline(status, spec, now)
+        remaining = int((deadline - now).total_seconds())  # (not suspended)
         keys, bases = reuse.recorded(status)
         for start in starts:
             pod = worker_pod(
@@ -1408,7 +1418,8 @@ class Reconciler:
                 created = self.kube.create(pod)
             except Refused as e:
                 self._log_refused(build, e, [start.group.id])
-                rejected[start.group.id] = st.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
+                why = rejections.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
+                rejected[start.group.id] = why
                 continue
             if created is not None:
                 created_pods.append((start, created))

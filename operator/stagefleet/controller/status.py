@@ -9,12 +9,9 @@ gives the same answer, which is what makes the operator restart-safe.
 
 from __future__ import annotations
 
-import base64
-import gzip
-import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from stagefleet.buildstate import outcome, ready, retries
@@ -27,30 +24,41 @@ from stagefleet.buildstate.phases import RETRYING as S_RETRYING
 from stagefleet.buildstate.phases import RUNNING as S_RUNNING
 from stagefleet.buildstate.phases import SUCCEEDED as S_SUCCEEDED
 from stagefleet.buildstate.phases import WAITING as S_WAITING
-from stagefleet.controller import history, nodeloss, polling, trust
-from stagefleet.controller.clock import fmt_time as fmt_time  # (re-exported: st.fmt_time)
-from stagefleet.controller.clock import parse_time as parse_time
+from stagefleet.controller import fields, nodeloss, polling, trust
+from stagefleet.controller.buildphase import (
+    BUILDING,
+    CANCELLED,
+    FAILED,
+    PENDING,
+    QUEUED,
+    QUOTA,
+    REJECTED,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL,
+)
+from stagefleet.controller.clock import fmt_time, parse_time
+from stagefleet.controller.groupstate import GroupState
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.nodeloss import NodeReadiness
+from stagefleet.controller.observe import STUCK_REASONS, PodObservation, StageResult, WorkerResult
 from stagefleet.controller.podspec import (
-    ANNOTATION_UPSTREAM_ATTEMPTS,
-    LABEL_ATTEMPT,
-    LABEL_GENERATION,
-    LABEL_GROUP,
-    WORKER_CONTAINER,
     BuildRef,
-    parse_attempts,
     pod_name,
     stage_result_refs,
 )
-from stagefleet.controller.runs import Run, run_of, stamp
+from stagefleet.controller.rejections import quota_exhausted
+from stagefleet.controller.report import (
+    SUMMARY_STAGES,
+    conditions,
+    stage_entries,
+    summarise_stages,
+    summary_fields,
+)
+from stagefleet.controller.runs import stamp
 from stagefleet.controller.spec import ImageBuildSpec
+from stagefleet.controller.suspension import build_deadline, pause_stopped, suspension
 from stagefleet.controller.workerqueue import Spot
-
-# Phases of the ImageBuild.
-PENDING, PLANNING, BUILDING = "Pending", "Planning", "Building"
-SUCCEEDED, FAILED, CANCELLED = "Succeeded", "Failed", "Cancelled"
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 # Fields of a generation's status that passes carry over as planned (`reuse.mark` writes the last two).
 KEPT_FIELDS = (
@@ -65,239 +73,11 @@ KEPT_FIELDS = (
     *polling.CARRIED,
 )
 
-# A worker pod (or the ConfigMap its Dockerfile comes in) that the API server refused to create: the group
-# waits, the build is Stalled with this reason, and the create is tried again after a growing delay.
-REJECTED = "PodRejected"
-SUSPENDED = "Suspended"  # spec.suspend: the reason of the build's conditions and its event
-# Ready groups wait for a slot of the farm's cap (`workerqueue`, --max-worker-pods): Reconciling, never
-# Stalled; status.queue and the groups' messages say how many groups start first.
-QUEUED = "Queued"
-REJECTION_BACKOFF_CAP = 30.0
-# A refusal by the namespace's ResourceQuota (the API's "exceeded quota: NAME, requested: …"): the farm is
-# full, nothing is wrong. The group waits and is tried again within a few seconds (a finishing pod frees
-# the quota); the build keeps Reconciling with this reason, never Stalled.
-QUOTA = "WaitingForQuota"
-QUOTA_BACKOFF_CAP = 5.0
-# Waiting reasons the kubelet never gets out of by itself.
-# A pod the node's kubelet refused at admission (its own resource check raced the scheduler's, e.g. pods
-# that just finished still counted: "OutOfcpu"), so no container ever ran: the group is retried at once
-# on whatever node the scheduler picks, without using an attempt, up to ADMISSION_RETRIES times in a row.
-ADMISSION_REASONS = (
-    "UnexpectedAdmissionError",
-    "NodeAffinity",
-    "NodeName",
-    "NodePorts",
-    "PodOSNotSupported",
-    "PodOSSelectorNodeLabelDoesNotMatch",
-)
+
 ADMISSION_RETRIES = 5
+
+
 ADMISSION_BACKOFF_CAP = 8.0
-STUCK_REASONS = (
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-)
-
-
-@dataclass(frozen=True)
-class StageResult:
-    name: str
-    seconds: float | None
-    cached_steps: int | None
-    steps: int | None
-
-
-@dataclass(frozen=True)
-class WorkerResult:
-    """The worker's result JSON (docs/contracts.md)."""
-
-    ok: bool
-    image: str | None
-    digest: str | None
-    cached_steps: int | None
-    steps: int | None
-    stages: tuple[StageResult, ...]
-    error_kind: str | None
-    error_message: str | None
-    error_stage: str | None
-    error_line: int | None
-    upstreams: Mapping[str, str] = field(default_factory=dict)  # stage → digest the worker consumed
-
-
-def parse_result(text: str | None) -> WorkerResult | None:
-    """The last line of a termination message / log that parses as a worker result, else None."""
-    if not text:
-        return None
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(d, dict) or "ok" not in d:
-            continue
-        err_raw = d.get("error")
-        err: dict[str, Any] = err_raw if isinstance(err_raw, dict) else {}
-        stages = tuple(
-            StageResult(
-                str(s.get("name")), _num(s.get("seconds")), _int(s.get("cachedSteps")), _int(s.get("steps"))
-            )
-            for s in d.get("stages") or ()
-            if isinstance(s, dict)
-        )
-        return WorkerResult(
-            ok=bool(d.get("ok")),
-            image=_str(d.get("image")),
-            digest=_str(d.get("digest")),
-            cached_steps=_int(d.get("cachedSteps")),
-            steps=_int(d.get("steps")),
-            stages=stages,
-            error_kind=_str(err.get("kind")),
-            error_message=_str(err.get("message")),
-            error_stage=_str(err.get("stage")),
-            error_line=_int(err.get("line")),
-            upstreams={
-                str(k): str(v) for k, v in (d.get("upstreams") or {}).items() if isinstance(v, str)
-            }
-            if isinstance(d.get("upstreams"), dict)
-            else {},
-        )
-    return None
-
-
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) and v else None
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-@dataclass(frozen=True)
-class PodObservation:
-    """What the operator needs to know about one worker pod."""
-
-    name: str
-    group: str
-    generation: int
-    attempt: int
-    phase: str  # Pending, Running, Succeeded, Failed, Unknown
-    deleting: bool = False
-    node: str | None = None
-    started: str | None = None
-    finished: str | None = None
-    exit_code: int | None = None
-    reason: str | None = None
-    message: str | None = None
-    result: WorkerResult | None = None
-    created: str | None = None
-    deletion_timestamp: str | None = None
-    # Started early: upstream group id → the attempt whose result tag its worker waits for.
-    waits: Mapping[str, int] = field(default_factory=dict)
-    uid: str | None = None
-    token: str | None = None  # its creation token (`trust`)
-
-    @property
-    def terminated(self) -> bool:
-        return self.phase in ("Succeeded", "Failed")
-
-    @property
-    def rejected_at_admission(self) -> bool:
-        """Failed by its node's kubelet before any container started (OutOfcpu, UnexpectedAdmissionError…)."""
-        reason = self.reason or ""
-        return (
-            self.phase == "Failed"
-            and self.exit_code is None
-            and self.finished is None
-            and (reason.startswith("OutOf") or reason in ADMISSION_REASONS)
-        )
-
-
-def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
-    """Read a worker pod (as the API returns it); None when it lacks stagefleet's labels."""
-    meta = pod.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    try:
-        group = str(labels[LABEL_GROUP])
-        generation = int(labels[LABEL_GENERATION])
-        attempt = int(labels[LABEL_ATTEMPT])
-    except (KeyError, ValueError):
-        return None
-    st = pod.get("status") or {}
-    phase = str(st.get("phase") or "Pending")
-    reason = _str(st.get("reason"))
-    message = _str(st.get("message"))
-    started = _str(st.get("startTime"))
-    finished: str | None = None
-    exit_code: int | None = None
-    term_message: str | None = None
-    for cs in st.get("containerStatuses") or ():
-        if cs.get("name") != WORKER_CONTAINER:
-            continue
-        state = cs.get("state") or {}
-        if "running" in state:
-            started = _str((state["running"] or {}).get("startedAt")) or started
-        if "terminated" in state:
-            t = state["terminated"] or {}
-            started = _str(t.get("startedAt")) or started
-            finished = _str(t.get("finishedAt"))
-            exit_code = _int(t.get("exitCode"))
-            term_message = _str(t.get("message"))
-            reason = reason or _str(t.get("reason"))
-        if "waiting" in state:
-            w = state["waiting"] or {}
-            if w.get("reason") in STUCK_REASONS:
-                reason, message = _str(w.get("reason")), _str(w.get("message")) or message
-    return PodObservation(
-        name=str(meta.get("name")),
-        group=group,
-        generation=generation,
-        attempt=attempt,
-        phase=phase,
-        deleting=bool(meta.get("deletionTimestamp")),
-        node=_str((pod.get("spec") or {}).get("nodeName")),
-        started=started,
-        finished=finished,
-        exit_code=exit_code,
-        reason=reason,
-        message=term_message or message,
-        result=parse_result(term_message),
-        created=_str(meta.get("creationTimestamp")),
-        deletion_timestamp=_str(meta.get("deletionTimestamp")),
-        waits=parse_attempts(_str((meta.get("annotations") or {}).get(ANNOTATION_UPSTREAM_ATTEMPTS))),
-        uid=_str(meta.get("uid")),
-        token=_str((meta.get("annotations") or {}).get(trust.ANNOTATION_TOKEN)),
-    )
-
-
-def pod_signature(pod: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The parts of a worker pod that `decide` reads; equal signatures mean an event changes nothing."""
-    o = observe_pod(pod)
-    if o is None:
-        return ()
-    # Not the node: binding alone changes no decision (the node is recorded with the next change).
-    return (o.phase, o.deleting, o.started, o.finished, o.exit_code, o.reason, o.message)
-
-
-def unschedulable(pod: Mapping[str, Any]) -> bool:
-    """Whether the scheduler has said it cannot place this pod (PodScheduled False, Unschedulable): the
-    cluster is full, so starting pods that would only wait (early start) would take room from real work."""
-    status = pod.get("status") or {}
-    if status.get("phase") not in (None, "Pending") or (pod.get("spec") or {}).get("nodeName"):
-        return False
-    return any(
-        c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable"
-        for c in status.get("conditions") or ()
-        if isinstance(c, Mapping)
-    )
 
 
 @dataclass(frozen=True)
@@ -335,442 +115,6 @@ class Decision:
     requeue_after: float | None = None
     # Lost pods (`nodeloss`): deleted with gracePeriodSeconds=0, since no kubelet will confirm their end.
     force_delete: list[str] = field(default_factory=list)
-
-
-@dataclass
-class GroupState:
-    """A group's runtime state, stored on each of its stages' status entries."""
-
-    phase: str = S_WAITING
-    attempts: int = 0
-    pod: str | None = None
-    node: str | None = None
-    start: str | None = None
-    completion: str | None = None
-    retry_at: str | None = None
-    digest: str | None = None
-    image: str | None = None
-    message: str | None = None
-    cached_steps: int | None = None
-    steps: int | None = None
-    stage_results: dict[str, StageResult] = field(default_factory=dict)
-    failure: dict[str, Any] | None = None
-    rejections: int = 0  # consecutive refused creates of its next pod (none was created; no attempt used)
-    # Attempts ended by a restart, not a failure (a waiter whose upstream attempt was superseded, a pod its
-    # node refused at admission): they do not count against spec.retries.
-    restarts: int = 0
-    admission_rejections: int = 0  # consecutive attempts refused by a node's kubelet (ADMISSION_RETRIES)
-    # The current attempt's pod as the operator recorded it (`trust`): its UID once created, and before
-    # that the hash of the token its create carries.
-    pod_uid: str | None = None
-    pod_token: str | None = None
-
-    @classmethod
-    def from_entry(cls, e: Mapping[str, Any]) -> GroupState:
-        return cls(
-            phase=str(e.get("phase") or S_WAITING),
-            attempts=int(e.get("attempts") or 0),
-            pod=_str(e.get("pod")),
-            node=_str(e.get("node")),
-            start=_str(e.get("startTime")),
-            completion=_str(e.get("completionTime")),
-            retry_at=_str(e.get("retryAt")),
-            digest=_str(e.get("digest")),
-            image=_str(e.get("image")),
-            message=_str(e.get("message")),
-            cached_steps=_int(e.get("groupCachedSteps")),
-            steps=_int(e.get("groupSteps")),
-            rejections=_int(e.get("rejections")) or 0,
-            restarts=_int(e.get("restarts")) or 0,
-            admission_rejections=_int(e.get("admissionRejections")) or 0,
-            pod_uid=_str(e.get("podUID")),
-            pod_token=_str(e.get("podToken")),
-        )
-
-
-@dataclass(frozen=True)
-class SecretNeed:
-    """A Secret key the build's pods will mount, and the spec field that asks for it."""
-
-    name: str
-    key: str
-    path: str
-
-
-def secret_needs(spec: ImageBuildSpec, plan: PlanView) -> list[SecretNeed]:
-    """Only what this plan's pods mount: a declared build secret no stage uses is not required."""
-    ids = {s for g in plan.groups for s in g.secrets}
-    ssh_ids = {s for g in plan.groups for s in g.ssh}
-    needs: list[SecretNeed] = []
-    if spec.output.push_secret:
-        needs.append(SecretNeed(spec.output.push_secret, ".dockerconfigjson", "spec.output.pushSecretRef"))
-    if spec.source.git and spec.source.git.secret:
-        ref = spec.source.git.secret
-        needs.append(SecretNeed(ref.name, ref.key, "spec.source.git.secretRef"))
-    needs += [SecretNeed(s.secret.name, s.secret.key, s.path) for s in spec.secrets if s.id in ids]
-    needs += [SecretNeed(s.secret.name, s.secret.key, s.path) for s in spec.ssh if s.id in ssh_ids]
-    return needs
-
-
-def secret_problems(needs: Sequence[SecretNeed], keys: Mapping[str, set[str] | None]) -> dict[str, str]:
-    """Problem text per Secret name: missing Secret, or a key it lacks (the kubelet would fail the mount)."""
-    problems: dict[str, list[str]] = {}
-    for n in needs:
-        have = keys.get(n.name)
-        if have is None:
-            problems.setdefault(n.name, []).append(
-                f'Secret "{n.name}" ({n.path}): not found in the namespace'
-            )
-        elif n.key not in have:
-            problems.setdefault(n.name, []).append(f'Secret "{n.name}" has no key "{n.key}" ({n.path}.key)')
-    return {name: "; ".join(dict.fromkeys(texts)) for name, texts in problems.items()}
-
-
-def rejection_backoff(rejections: int, base: float, *, quota: bool = False) -> float:
-    """Delay before creating a refused pod again: base, 2·base, 4·base … capped at 30 s (whatever refused
-    it — a missing ServiceAccount, a webhook — can be fixed at any time, and nothing runs); at 5 s for an
-    exhausted quota, which frees itself as soon as any pod of the namespace ends."""
-    cap = QUOTA_BACKOFF_CAP if quota else REJECTION_BACKOFF_CAP
-    return float(min(base * (2 ** max(0, rejections - 1)), cap))
-
-
-def quota_exhausted(message: str | None) -> bool:
-    """Whether a refusal (`rejection_text`) is a ResourceQuota's "exceeded quota", i.e. a wait, not an error.
-
-    Only the quota admission plugin says "exceeded quota:"; its "failed quota: …: must specify limits" is a
-    pod spec the quota can never admit, and stays an error.
-    """
-    return bool(message) and "(403 Forbidden)" in str(message) and "exceeded quota: " in str(message)
-
-
-def rejection_text(kind: str, name: str, code: int, reason: str, message: str) -> str:
-    """A refused create as a stage message: the object, the HTTP code and reason, the API's own words."""
-    what = f"pod {name}" if kind == "Pod" else f"{kind} {name}"
-    return f"{what} refused by the API ({code} {reason}): {message}"
-
-
-def note_rejections(
-    status: Mapping[str, Any], rejected: Mapping[str, str], now: datetime, backoff_base: float
-) -> dict[str, Any]:
-    """``status`` (a pass's input to `decide`) with the groups whose pod creation the API refused marked.
-
-    ``rejected``: group id → `rejection_text`. Such a group stays as it was (Waiting, or Retrying after a
-    failed attempt): no pod exists, no attempt is used. Its entries get the refusal as message, the count
-    of consecutive refusals (``rejections``) and ``retryAt`` after `rejection_backoff`. `decide` on the
-    result keeps the group waiting until then and the build Stalled (reason PodRejected); a pod created
-    for it later clears the mark.
-    """
-    stages: list[Any] = []
-    for e in status.get("stages") or ():
-        if isinstance(e, Mapping) and str(e.get("group")) in rejected:
-            count = (_int(e.get("rejections")) or 0) + 1
-            text = rejected[str(e.get("group"))]
-            delay = rejection_backoff(count, backoff_base, quota=quota_exhausted(text))
-            retry_at = now + timedelta(seconds=delay)
-            e = {
-                **e,
-                "message": text,
-                "rejections": count,
-                "retryAt": fmt_time(retry_at),
-            }
-        stages.append(e)
-    return {**status, "stages": stages}
-
-
-def _stage_entries(
-    plan: PlanView, states: Mapping[str, GroupState], old: Mapping[str, Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for g in plan.groups:
-        gs = states[g.id]
-        rejected = gs.rejections if gs.phase in (S_WAITING, S_RETRYING) else 0
-        for name in g.stages:
-            e: dict[str, Any] = {"name": name, "group": g.id, "phase": gs.phase, "attempts": gs.attempts}
-            optional: dict[str, Any] = {
-                "pod": gs.pod,
-                "node": gs.node,
-                "startTime": gs.start,
-                "completionTime": gs.completion,
-                "retryAt": gs.retry_at if gs.phase == S_RETRYING or rejected else None,
-                "message": gs.message,
-                "groupCachedSteps": gs.cached_steps,
-                "groupSteps": gs.steps,
-                "rejections": rejected or None,
-                "restarts": gs.restarts or None,
-                "admissionRejections": gs.admission_rejections or None,
-                "podUID": gs.pod_uid,
-                "podToken": gs.pod_token,
-            }
-            if gs.phase == S_SUCCEEDED and name == g.target:
-                optional["digest"] = gs.digest
-                optional["image"] = gs.image
-            r = gs.stage_results.get(name)
-            prev = old.get(name, {})
-            if r is not None:
-                optional["duration"] = round(r.seconds, 3) if r.seconds is not None else None
-                optional["cachedSteps"] = r.cached_steps
-                optional["steps"] = r.steps
-            elif gs.phase == S_SUCCEEDED:
-                for k in ("duration", "cachedSteps", "steps", "reused"):
-                    optional[k] = prev.get(k)
-            optional["key"] = prev.get("key")  # recorded at plan time (`reuse.mark`)
-            e.update({k: v for k, v in optional.items() if v is not None})
-            out.append(e)
-    return out
-
-
-def _condition(
-    ctype: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    old: Sequence[Mapping[str, Any]],
-    now: datetime,
-) -> dict[str, Any]:
-    value = "True" if status else "False"
-    prev = next((c for c in old if c.get("type") == ctype), None)
-    when = prev.get("lastTransitionTime") if prev and prev.get("status") == value else None
-    return {
-        "type": ctype,
-        "status": value,
-        "reason": reason,
-        "message": message[:1024],
-        "observedGeneration": generation,
-        "lastTransitionTime": when or fmt_time(now),
-    }
-
-
-def conditions(
-    phase: str,
-    reason: str,
-    message: str,
-    generation: int,
-    old: Sequence[Mapping[str, Any]],
-    now: datetime,
-    *,
-    stalled: bool = False,
-) -> list[dict[str, Any]]:
-    """kstatus: Ready only on success; Reconciling while work goes on; Stalled on errors needing a fix.
-    Suspended on purpose (spec.suspend): Reconciling=True with reason Suspended (not done: Flux waits, Argo CD
-    says Suspended), Ready=False with that reason."""
-    ready = phase == SUCCEEDED
-    is_stalled = stalled or phase in (FAILED, CANCELLED)
-    reconciling = phase not in TERMINAL and not is_stalled
-    return [
-        _condition("Ready", ready, reason, message, generation, old, now),
-        _condition(
-            "Reconciling",
-            reconciling,
-            reason if reconciling else phase,
-            message if reconciling else "",
-            generation,
-            old,
-            now,
-        ),
-        _condition(
-            "Stalled",
-            is_stalled,
-            reason if is_stalled else "NotStalled",
-            message if is_stalled else "",
-            generation,
-            old,
-            now,
-        ),
-    ]
-
-
-# More stages than this and status.stages is summarised (`summarise_stages`): with every stage listed in
-# full, a 2,000-stage build's status passes 1.1 MB, near the API's object size limit (etcd: 1.5 MiB).
-SUMMARY_STAGES = 256
-_SETTLED_KEYS = ("attempts", "digest", "podUID", "image")
-
-
-def summarise_stages(
-    status: dict[str, Any],
-    stages: Sequence[Mapping[str, Any]],
-    plan: PlanView,
-    settled: Iterable[str],
-    *,
-    terminal: bool,
-    image_of: Callable[[str, int], str] | None = None,
-) -> None:
-    """Put a summary of ``stages`` (the full entries, `_stage_entries`) into ``status``.
-
-    ``stagesSummarized: true``; ``stageCounts``: every stage by phase; ``stages``: only the groups that
-    run, wait for a retry or a refused pod, failed, were cancelled, or succeeded in this very pass (their
-    durations reach the metrics) — in full. A group still Waiting with nothing recorded is not listed (no
-    entry means exactly that). What a later pass needs of the groups that succeeded before this one
-    (``settled``: attempt, digest, the pod's UID for `trust`, the image unless `image_of` derives it) goes
-    into ``settledGroups``, gzip-compressed (digests do not shrink otherwise: 2,000 of them in clear are
-    ~200 KB) — and nowhere once the build ended, when nothing reads it any more. `expand_stages` undoes it
-    for the next pass, so summarising loses nothing `decide` reads.
-    """
-    settled = set(settled)
-    targets = {g.id: g.target for g in plan.groups}
-    listed: list[dict[str, Any]] = []
-    kept: list[list[Any]] = []
-    for e in stages:
-        gid, phase = str(e.get("group")), e.get("phase")
-        if phase == S_WAITING and not e.get("attempts") and set(e) <= {"name", "group", "phase", "attempts"}:
-            continue
-        if phase == S_SUCCEEDED and gid in settled:
-            if not terminal and e.get("name") == targets.get(gid):
-                attempts = int(e.get("attempts") or 0)
-                image = e.get("image")
-                if image_of is not None and image == image_of(gid, attempts):
-                    image = None
-                kept.append([gid, attempts, e.get("digest"), e.get("podUID"), image])
-            continue
-        listed.append(dict(e))
-    status["stages"] = listed
-    status["stagesSummarized"] = True
-    status["stageCounts"] = stage_counts(stages)
-    status.pop("settledGroups", None)
-    if kept:
-        text = json.dumps(kept, separators=(",", ":")).encode()
-        status["settledGroups"] = base64.b64encode(gzip.compress(text, mtime=0)).decode()
-
-
-def expand_stages(
-    status: Mapping[str, Any], plan: PlanView, image_of: Callable[[str, int], str] | None = None
-) -> dict[str, Any]:
-    """A summarised status (`summarise_stages`) with every stage listed again, as a pass's input. An
-    unsummarised status, or an ended build's (`decide` returns it as it is), is returned as it is."""
-    if not status.get("stagesSummarized") or status.get("phase") in TERMINAL:
-        return dict(status)
-    listed = {str(e.get("name")): e for e in status.get("stages") or () if isinstance(e, Mapping)}
-    settled: dict[str, dict[str, Any]] = {}
-    blob = status.get("settledGroups")
-    if isinstance(blob, str):
-        for gid, attempts, digest, uid, image in json.loads(gzip.decompress(base64.b64decode(blob))):
-            if image is None and image_of is not None:
-                image = image_of(str(gid), int(attempts))
-            values = dict(zip(_SETTLED_KEYS, (attempts, digest, uid, image), strict=True))
-            settled[str(gid)] = {k: v for k, v in values.items() if v is not None}
-    out: list[dict[str, Any]] = []
-    for g in plan.groups:
-        for n in g.stages:
-            if n in listed:
-                out.append(dict(listed[n]))
-            elif g.id in settled:
-                e = {"name": n, "group": g.id, "phase": S_SUCCEEDED}
-                own = settled[g.id].items()
-                e.update({k: v for k, v in own if n == g.target or k not in ("digest", "image")})
-                out.append(e)
-            else:
-                out.append({"name": n, "group": g.id, "phase": S_WAITING, "attempts": 0})
-    return {**status, "stages": out}
-
-
-def stage_counts(stages: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """How many stages are in each phase (over the full entries)."""
-    counts: dict[str, int] = {}
-    for e in stages:
-        counts[str(e.get("phase"))] = counts.get(str(e.get("phase")), 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def _summary(status: dict[str, Any], stages: Sequence[Mapping[str, Any]]) -> None:
-    done = sum(1 for s in stages if s.get("phase") == S_SUCCEEDED)
-    status["stagesDone"] = done
-    status["stagesTotal"] = len(stages)
-    status["progress"] = f"{done}/{len(stages)}"
-
-
-def terminal_status(
-    *,
-    generation: int,
-    phase: str,
-    reason: str,
-    message: str,
-    old: Mapping[str, Any],
-    now: datetime,
-    run: Run | None = None,
-) -> dict[str, Any]:
-    """Status for a build that ends before any pod ran: invalid spec, Dockerfile error, unreachable source.
-    ``generation`` is the run's number; ``run`` (default: that generation's first) what the status says.
-    The planning status it ends, with its end and failure (no durations kept for a next plan)."""
-    status = progress_status(
-        generation=generation, phase=phase, reason=reason, message=message, old=old, now=now, run=run
-    )
-    status.pop("lastDurations", None)
-    status["completionTime"] = fmt_time(now)
-    status["failure"] = {"reason": reason, "message": message}
-    return status
-
-
-def progress_status(
-    *,
-    generation: int,
-    phase: str,
-    reason: str,
-    message: str,
-    old: Mapping[str, Any],
-    now: datetime,
-    stalled: bool = False,
-    run: Run | None = None,
-) -> dict[str, Any]:
-    """Status while resolving the source and planning (no plan yet)."""
-    ids = (run or Run(generation, generation)).fields()
-    status: dict[str, Any] = {
-        **polling.carried(old),
-        "phase": phase,
-        **ids,
-        "message": message,
-        "startTime": (old.get("startTime") if run_of(old) == generation else None) or fmt_time(now),
-        "stages": [],
-        "conditions": conditions(
-            phase,
-            reason,
-            message,
-            ids["observedGeneration"],
-            old.get("conditions") or (),
-            now,
-            stalled=stalled,
-        ),
-    }
-    _summary(status, [])
-    durations = history.measured(old)
-    if durations:  # (for the next plan's critical path: this status lists no stages; the longest 500)
-        longest = sorted(durations.items(), key=lambda kv: -kv[1])[:500]
-        status["lastDurations"] = dict(sorted(longest))
-    return status
-
-
-def planned_status(
-    *,
-    generation: int,
-    plan: PlanView,
-    source: Mapping[str, Any],
-    old: Mapping[str, Any],
-    now: datetime,
-    run: Run | None = None,
-) -> dict[str, Any]:
-    """The first status of a run once it has a plan: every stage Waiting."""
-    ids = (run or Run(generation, generation)).fields()
-    states = {g.id: GroupState() for g in plan.groups}
-    stages = _stage_entries(plan, states, {})
-    n = len(plan.groups)
-    waves = 1 + max((g.wave for g in plan.groups), default=-1)
-    message = f"planned {len(stages)} stages in {n} group{'s' * (n != 1)}, {waves} wave{'s' * (waves != 1)}"
-    status: dict[str, Any] = {
-        **polling.carried(old),
-        "phase": BUILDING,
-        **ids,
-        "message": message,
-        "startTime": (old.get("startTime") if run_of(old) == generation else None) or fmt_time(now),
-        "source": dict(source),
-        "plan": plan.to_status(),
-        "stages": stages,
-        "conditions": conditions(
-            BUILDING, "Building", message, ids["observedGeneration"], old.get("conditions") or (), now
-        ),
-    }
-    _summary(status, stages)
-    if len(stages) > SUMMARY_STAGES:
-        summarise_stages(status, stages, plan, (), terminal=False)
-    return status
 
 
 def _classify_failure(pod: PodObservation) -> tuple[bool, str]:
@@ -846,15 +190,15 @@ def decide(
         states[g.id] = GroupState.from_entry(first) if first else GroupState()
         target = old_entries.get(g.target) or {}
         # Only the group's target stage carries the pushed image (and is what downstream groups consume).
-        states[g.id].digest = _str(target.get("digest"))
-        states[g.id].image = _str(target.get("image"))
+        states[g.id].digest = fields.text(target.get("digest"))
+        states[g.id].image = fields.text(target.get("image"))
         if first:
             states[g.id].stage_results = {
                 n: StageResult(
                     n,
-                    _num(old_entries[n].get("duration")),
-                    _int(old_entries[n].get("cachedSteps")),
-                    _int(old_entries[n].get("steps")),
+                    fields.number(old_entries[n].get("duration")),
+                    fields.integer(old_entries[n].get("cachedSteps")),
+                    fields.integer(old_entries[n].get("steps")),
                 )
                 for n in g.stages
                 if n in old_entries and "duration" in old_entries[n]
@@ -1139,9 +483,10 @@ def decide(
         create = []
     delete = [n for n in delete if n not in lost]
 
-    stages = _stage_entries(plan, states, old_entries)
+    stages = stage_entries(plan, states, old_entries)
     # The run's number is `generation`; observedGeneration is the spec's (a suspend-only edit keeps the run).
-    observed = build.run.generation if build.run else (_int(status.get("observedGeneration")) or generation)
+    recorded = fields.integer(status.get("observedGeneration"))
+    observed = build.run.generation if build.run else (recorded or generation)
     new_status: dict[str, Any] = {
         k: v for k, v in status.items() if k in KEPT_FIELDS
     }
@@ -1193,7 +538,7 @@ def decide(
     if build_failure is not None:
         gid, msg, detail = build_failure
         new_status["failure"] = {"group": gid, **detail, "message": msg}
-    _summary(new_status, stages)
+    summary_fields(new_status, stages)
     if len(stages) > SUMMARY_STAGES:
         summarise_stages(
             new_status,
@@ -1333,44 +678,6 @@ def _consumed_check(
     return ("hold", hold) if hold else ("ok", "")
 
 
-@dataclass(frozen=True)
-class Suspension:
-    """How long the run has been suspended in all (``seconds``, closed spells only), since when it is now
-    (``since``), and whether this pass began or ended a spell."""
-
-    seconds: float = 0.0
-    since: datetime | None = None
-    began: bool = False
-    ended: bool = False
-
-
-def suspension(status: Mapping[str, Any], suspend: bool, now: datetime) -> Suspension:
-    """The run's suspension as this pass leaves it (status.suspendedAt, status.suspendedSeconds)."""
-    seconds = _num(status.get("suspendedSeconds")) or 0.0
-    since = parse_time(status.get("suspendedAt"))
-    if suspend:
-        return Suspension(seconds, since or now, began=since is None)
-    if since is not None:
-        return Suspension(seconds + max(0.0, (now - since).total_seconds()), None, ended=True)
-    return Suspension(seconds)
-
-
-def build_deadline(
-    status: Mapping[str, Any], spec: ImageBuildSpec, now: datetime, pause: Suspension | None = None
-) -> datetime:
-    """When spec.timeout cancels the run: from its start, not counting time suspended (never while it is)."""
-    pause = pause or suspension(status, spec.suspend, now)
-    if pause.since is not None:
-        return datetime.max.replace(tzinfo=UTC)
-    start = parse_time(status.get("startTime")) or now
-    return start + timedelta(seconds=spec.timeout_seconds + pause.seconds)
-
-
-def pause_stopped(delete: Sequence[str], current: Sequence[PodObservation]) -> int:
-    running = {p.name for p in current if not p.terminated and not p.deleting}
-    return len(running.intersection(delete))
-
-
 def _suspend(gs: GroupState, pod: PodObservation, delete: list[str]) -> None:
     """spec.suspend: the group's pod is stopped; the group starts again on resume, using no retry."""
     if not pod.deleting:
@@ -1490,63 +797,3 @@ def _group_events(g: GroupPlan, gs: GroupState, before: str) -> list[Event]:
     if gs.phase == S_FAILED:
         return [Event("Warning", "StageFailed", f"group {g.id} ({stages}) failed: {gs.message}")]
     return []
-
-
-def group_states(status: Mapping[str, Any]) -> dict[str, str]:
-    """group id → phase, from a recorded status (for metrics and CLI)."""
-    out: dict[str, str] = {}
-    for e in status.get("stages") or ():
-        out.setdefault(str(e.get("group")), str(e.get("phase")))
-    return out
-
-
-# Status keys that only report progress: a change confined to them (and to the per-stage details below)
-# may wait a moment to be written together with the next change.
-_PROGRESS_KEYS = frozenset(
-    {"stages", "message", "conditions", "stagesDone", "progress", "stageCounts", "settledGroups"}
-)
-# Stage phase changes that only report progress (a pod started or finished well).
-_PROGRESS_STEPS = frozenset({(S_PENDING, S_RUNNING), (S_PENDING, S_SUCCEEDED), (S_RUNNING, S_SUCCEEDED)})
-
-
-def urgent_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
-    """Why the status change ``old`` → ``new`` must be written at once; None when it only reports progress.
-
-    Progress: a group's pod went Pending → Running or finished well (Succeeded), with its node, times,
-    digest and durations, and the build's message, counts and condition messages that follow from it.
-    Such a change may be held back for a short window (the reconciler's ``status_coalesce``) so the
-    transitions of sibling groups share one write; the next pass recomputes it from the pods, so nothing is
-    lost by waiting. Everything else is written at once: the build's phase, plan, source, times, image or
-    failure; a condition's status or reason; a pod started (new attempt or pod name) or refused by the API,
-    a group failing, retrying or cancelled; a stage message that appears or changes (a stuck image pull,
-    say). A queued build's moving place in the farm's queue (`status.queue` and its "queued:" messages,
-    while it stays queued) is progress: every pod's end elsewhere moves it.
-    """
-    for key in sorted(set(old) | set(new), key=lambda k: (k != "phase", k)):
-        if key == "queue" and old.get(key) and new.get(key):
-            continue
-        if key not in _PROGRESS_KEYS and old.get(key) != new.get(key):
-            return f"{key} changed"
-    conds_old = {c.get("type"): (c.get("status"), c.get("reason")) for c in old.get("conditions") or ()}
-    conds_new = {c.get("type"): (c.get("status"), c.get("reason")) for c in new.get("conditions") or ()}
-    if conds_old != conds_new:
-        return "conditions changed"
-    stages_old = list(old.get("stages") or ())
-    stages_new = list(new.get("stages") or ())
-    if [(s.get("name"), s.get("group")) for s in stages_old] != [
-        (s.get("name"), s.get("group")) for s in stages_new
-    ]:
-        return "stages changed"
-    for a, b in zip(stages_old, stages_new, strict=True):
-        name = b.get("name")
-        if (a.get("attempts"), a.get("pod")) != (b.get("attempts"), b.get("pod")):
-            return f"stage {name}: pod started"
-        if a.get("rejections") != b.get("rejections") and b.get("rejections"):
-            return f"stage {name}: pod refused"  # (its retryAt must be recorded before it comes)
-        pa, pb = a.get("phase"), b.get("phase")
-        if pa != pb and (pa, pb) not in _PROGRESS_STEPS:
-            return f"stage {name}: {pa} → {pb}"
-        queued = all(str(x.get("message") or "").startswith("queued:") for x in (a, b))
-        if b.get("message") and b.get("message") != a.get("message") and not queued:
-            return f"stage {name}: message"
-    return None
