@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from stagefleet.devcluster import kubelet
-from stagefleet.devcluster.zygote import LOST_EXIT, Zygote
+from stagefleet.devcluster.zygote import LOST_EXIT, Zygote, signal_container
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
 
@@ -265,7 +265,7 @@ def test_zygote_reports_signals_and_concurrent_containers(tmp_path: Path) -> Non
                     procs.append(await zygote.spawn(_spec(d, script), log.fileno(), w))
                     os.close(w)
                     os.close(r)
-            os.killpg(procs[1].pid, signal.SIGKILL)
+            signal_container(procs[1].pid, signal.SIGKILL)  # (its group may not exist yet: setsid races)
             return list(await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 60))
         finally:
             await zygote.aclose()

@@ -34,7 +34,7 @@ import aiohttp
 
 from stagefleet.devcluster import podruntime as pr
 from stagefleet.devcluster.kubeapi import ApiError, ClusterAccess, KubeAPI
-from stagefleet.devcluster.zygote import Zygote, ZygoteError, ZygoteProcess
+from stagefleet.devcluster.zygote import Zygote, ZygoteError, ZygoteProcess, signal_container
 
 NSINIT = str(Path(__file__).with_name("nsinit.py"))
 # What stands in for the container image: the interpreter, the venv and the stagefleet sources. A volume
@@ -527,14 +527,12 @@ class PodRunner:
             return
         sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
         for p in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, sig)
+            signal_container(p.pid, sig)
         if grace > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
         for p in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
+            signal_container(p.pid, signal.SIGKILL)
         await asyncio.gather(*(p.wait() for p in procs))
 
     # -------------------------------------------------------------------------------- events from the API

@@ -26,6 +26,14 @@ SEND_TIMEOUT = 5.0  # a zygote that does not take a request within this is treat
 LOST_EXIT = 128 + signal.SIGKILL  # reported for a container whose exit status died with the zygote
 
 
+def signal_container(pid: int, sig: int) -> None:
+    """Signal a container's process group and its main process: a container just forked may not have
+    called setsid yet, so its group does not exist and only the process itself can be reached."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, sig)
+
+
 class ZygoteError(RuntimeError):
     """The zygote could not start a container (it is gone or refused the request)."""
 
@@ -164,9 +172,7 @@ class Zygote:
         """Kill a container nobody waits for; drop its exit status (now or when it comes)."""
         if self._early_exits.pop(pid, None) is not None:
             return  # already reaped: the pid may belong to someone else by now
-        for kill in (os.killpg, os.kill):  # its group, and itself: the child may not have called setsid yet
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                kill(pid, signal.SIGKILL)
+        signal_container(pid, signal.SIGKILL)
         self._abandoned.add(pid)
 
     def _lost(self, why: str) -> None:
