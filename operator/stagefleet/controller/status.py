@@ -40,7 +40,7 @@ from stagefleet.controller.buildphase import (
 from stagefleet.controller.clock import fmt_time, parse_time
 from stagefleet.controller.groupstate import GroupState
 from stagefleet.controller.model import GroupPlan, PlanView
-from stagefleet.controller.nodeloss import NodeReadiness
+from stagefleet.controller.nodeloss import LostPod, NodeReadiness
 from stagefleet.controller.observe import STUCK_REASONS, PodObservation, StageResult, WorkerResult
 from stagefleet.controller.podspec import (
     BuildRef,
@@ -214,119 +214,14 @@ def decide(
     if any(p.terminated and p.reason == "DeadlineExceeded" for p in current):
         deadline = min(deadline, now)  # a pod's activeDeadlineSeconds is the build's remaining timeout
 
+    pc = _PassContext(spec, now, backoff_base, stuck_grace, lost, delete, events)
     # Upstream groups before the groups that consume them (a lower wave), so that a group's check of the
     # upstream attempts its pod waited for sees those groups as this pass leaves them.
     for g in sorted(plan.groups, key=lambda g: g.wave):
         gs = states[g.id]
         gpods = sorted(by_group.get(g.id, ()), key=lambda p: p.attempt)
-        latest = gpods[-1] if gpods else None
         before = gs.phase
-        if gs.phase in S_DONE:
-            if gs.phase == S_FAILED and gs.failure is None:
-                gs.failure = {"group": g.id, "message": gs.message or ""}
-            continue
-        if (
-            gs.phase in S_ACTIVE
-            and gs.attempts > 0
-            and gs.pod_uid is None
-            and (latest is None or latest.attempt < gs.attempts)
-        ):
-            # Its pod was never created (the operator stopped after recording the attempt, or the create
-            # met a pod of that name it did not make): the attempt is started again, not counted as used.
-            gs.attempts -= 1
-            gs.phase, gs.pod, gs.pod_token, gs.node, gs.start = S_WAITING, None, None, None, None
-        # Restarted (its pod waited for a superseded upstream attempt): that pod is being removed and no
-        # longer speaks for the group; the next pod is the next attempt.
-        restarting = gs.phase == S_WAITING and gs.attempts > 0
-        judged = gs.phase in (S_RETRYING, S_FAILED) and latest is not None and latest.attempt == gs.attempts
-        if gs.rejections and (latest is None or latest.attempt <= gs.attempts):
-            pass  # the API refused its next pod (note_rejections): it waits for retryAt, as recorded
-        elif latest is not None and (
-            latest.attempt > gs.attempts or (latest.attempt == gs.attempts and not restarting)
-        ):
-            # Adopt the newest pod: it may have been created just before a restart lost the status write.
-            gs.rejections = 0
-            gs.attempts = latest.attempt
-            gs.pod, gs.node = latest.name, latest.node or gs.node
-            gs.start = latest.started or gs.start
-            stuck_since = parse_time(latest.created) or now
-            loss = lost.get(latest.name)
-            if loss is not None:
-                # Its node stopped reporting (or it never finishes terminating): whatever its containers
-                # still do, the pod is given up (force-deleted) and the group retried elsewhere.
-                if not judged:
-                    gs.completion = fmt_time(loss.at)
-                    _fail_or_retry(
-                        g, gs, latest, False, f"{loss.reason}: {loss.message}", loss.at, spec, backoff_base
-                    )
-            elif not latest.terminated and latest.deleting and gs.phase in (S_RETRYING, S_FAILED):
-                pass  # already judged (e.g. stuck pulling) and being removed: keep the verdict
-            elif (
-                not latest.terminated
-                and latest.reason in STUCK_REASONS
-                and (
-                    latest.reason == "InvalidImageName" or (now - stuck_since).total_seconds() >= stuck_grace
-                )
-            ):
-                # The kubelet would wait forever (image pull back-off, unusable config): give up on this pod.
-                msg = f"pod {latest.name}: {latest.reason}: {latest.message or 'container never started'}"
-                delete.append(latest.name)
-                _fail_or_retry(
-                    g, gs, latest, latest.reason == "InvalidImageName", msg, now, spec, backoff_base
-                )
-            elif not latest.terminated and spec.suspend:
-                _suspend(gs, latest, delete)
-            elif not latest.terminated:
-                gs.phase = S_RUNNING if latest.phase == "Running" else S_PENDING
-                if latest.phase == "Running":
-                    gs.admission_rejections = 0  # a node took it: later refusals start a new count
-                gs.retry_at = None
-                gs.message = None
-                if latest.reason in STUCK_REASONS:
-                    gs.message = f"pod {latest.name}: {latest.reason}: {latest.message or ''}".strip()
-                stale = _superseded_waits(latest, states)
-                if stale:
-                    _restart(g, gs, latest, stale, delete, events)
-            elif latest.phase == "Succeeded" and latest.result and latest.result.ok and latest.result.digest:
-                r = latest.result
-                verdict, why = _consumed_check(g, latest, r, states)
-                if verdict == "restart":
-                    _restart(g, gs, latest, why, delete, events)
-                elif verdict == "mismatch":
-                    # Built from other content than the recorded upstream result: an infrastructure failure
-                    # (counted, retried with the recorded digests), never an accepted result.
-                    gs.completion = latest.finished or fmt_time(now)
-                    failed_at = parse_time(latest.finished) or now
-                    _fail_or_retry(g, gs, None, False, why, failed_at, spec, backoff_base)
-                elif verdict == "hold":
-                    gs.phase, gs.message = S_RUNNING, why
-                else:
-                    gs.phase, gs.digest, gs.image = S_SUCCEEDED, r.digest, r.image
-                    gs.completion = latest.finished or fmt_time(now)
-                    gs.cached_steps, gs.steps = r.cached_steps, r.steps
-                    gs.stage_results = {s.name: s for s in r.stages}
-                    gs.message = None
-            elif latest.rejected_at_admission and (judged or gs.admission_rejections < ADMISSION_RETRIES):
-                if not judged:
-                    _retry_admission(g, gs, latest, now)
-            else:
-                if latest.phase == "Succeeded":
-                    is_build, msg = (
-                        False,
-                        "worker exited without a result (no digest in its termination message)",
-                    )
-                else:
-                    is_build, msg = _classify_failure(latest)
-                # A pod the kubelet refused (OutOfcpu) never ran a container and has no finish time: the
-                # time its failure was first judged stands, or its retry time would move with every pass.
-                seen = gs.completion if judged else None
-                gs.completion = latest.finished or seen or fmt_time(now)
-                failed_at = parse_time(gs.completion) or now
-                _fail_or_retry(g, gs, latest, is_build, msg, failed_at, spec, backoff_base)
-        elif gs.phase in S_ACTIVE and gs.attempts > 0:
-            # Its pod is gone (deleted, evicted and removed, node lost): an infrastructure failure.
-            msg = f"pod {gs.pod or '?'} disappeared (deleted or its node was lost)"
-            _fail_or_retry(g, gs, None, False, msg, now, spec, backoff_base)
+        _observe_group(g, gs, gpods[-1] if gpods else None, states, pc)
         if gs.phase != before:
             events.extend(_group_events(g, gs, before))
 
@@ -352,37 +247,8 @@ def decide(
         stalled_msg = "waiting for " + "; ".join(missing_secrets[k] for k in sorted(missing_secrets))
 
     create: list[StartPod] = []
-    if build_failure is None and now < deadline and not spec.suspend:
-        active = sum(1 for s in states.values() if s.phase in S_ACTIVE)
-        slots = spec.max_parallel_pods - active
-        if queue is not None:
-            slots = min(slots, queue.granted)
-        phases = {gid: gs.phase for gid, gs in states.items()}
-        due = {gid for gid, gs in states.items() if _due(gs, now)}
-        starts, left = ready.to_start(plan.groups, phases, due, slots, early_start=early_start)
-        if missing_secrets:
-            starts, left = [], []
-        for g in starts:
-            gs = states[g.id]
-            upstream = {
-                stage: (states[pg].image or "", states[pg].digest or "")
-                for stage, pg in g.consumes
-                if states[pg].phase == S_SUCCEEDED
-            }
-            waited = {pg: states[pg].attempts for _, pg in g.consumes if states[pg].phase != S_SUCCEEDED}
-            restart = gs.phase == S_WAITING and gs.attempts > 0
-            gs.attempts += 1
-            gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
-            gs.start, gs.completion, gs.node = None, None, None
-            gs.pod_uid, gs.pod_token = None, None  # (the reconciler records them around the create)
-            create.append(StartPod(g, gs.attempts, upstream, waited, restart))
-            gs.pod = pod_name(build, g.id, gs.attempts)
-            started = started_event(create[-1])
-            if started is not None:
-                events.append(started)
-        if queue is not None and queue.queued:
-            for g in left:
-                states[g.id].message = queue.say(build.namespace)
+    if build_failure is None and now < deadline and not spec.suspend and not missing_secrets:
+        create = _start_groups(build, spec, plan, states, now, early_start, queue, events)
 
     early: list[str] = []  # active groups whose workers wait for an upstream result
     for g in plan.groups:
@@ -554,19 +420,9 @@ def decide(
 
     requeue: float | None = None
     if new_phase not in TERMINAL:
-        waits = [
-            (parse_time(s.retry_at) or now) - now
-            for s in states.values()
-            if s.phase == S_RETRYING or (s.phase == S_WAITING and s.rejections)
-        ]
-        if pause.since is None:
-            waits.append(deadline - now)
         loss_in = nodeloss.next_loss_in(pods, nodes, now, node_lost_after)
-        if loss_in is not None:
-            waits.append(timedelta(seconds=loss_in))
-        requeue = max(0.5, min(w.total_seconds() for w in waits)) if waits else None
-        if stalled_msg:
-            requeue = min(requeue, 5.0) if requeue is not None else 5.0
+        paused = pause.since is not None
+        requeue = _requeue_after(states, now, None if paused else deadline, loss_in, bool(stalled_msg))
     return Decision(
         status=new_status,
         create=create,
@@ -575,6 +431,204 @@ def decide(
         requeue_after=requeue,
         force_delete=sorted(lost),
     )
+
+
+def _start_groups(
+    build: BuildRef,
+    spec: ImageBuildSpec,
+    plan: PlanView,
+    states: Mapping[str, GroupState],
+    now: datetime,
+    early_start: bool,
+    queue: Spot | None,
+    events: list[Event],
+) -> list[StartPod]:
+    """The pods to create now, as the core (`ready.to_start`) picks the groups, within spec.maxParallelPods
+    and the farm's grant; each picked group's state moves to its next attempt. Ready groups left without a
+    slot of the farm say their place in its queue."""
+    active = sum(1 for s in states.values() if s.phase in S_ACTIVE)
+    slots = spec.max_parallel_pods - active
+    if queue is not None:
+        slots = min(slots, queue.granted)
+    phases = {gid: gs.phase for gid, gs in states.items()}
+    due = {gid for gid, gs in states.items() if _due(gs, now)}
+    starts, left = ready.to_start(plan.groups, phases, due, slots, early_start=early_start)
+    create: list[StartPod] = []
+    for g in starts:
+        gs = states[g.id]
+        upstream = {
+            stage: (states[pg].image or "", states[pg].digest or "")
+            for stage, pg in g.consumes
+            if states[pg].phase == S_SUCCEEDED
+        }
+        waited = {pg: states[pg].attempts for _, pg in g.consumes if states[pg].phase != S_SUCCEEDED}
+        restart = gs.phase == S_WAITING and gs.attempts > 0
+        gs.attempts += 1
+        gs.phase, gs.retry_at, gs.message, gs.rejections = S_PENDING, None, None, 0
+        gs.start, gs.completion, gs.node = None, None, None
+        gs.pod_uid, gs.pod_token = None, None  # (the reconciler records them around the create)
+        create.append(StartPod(g, gs.attempts, upstream, waited, restart))
+        gs.pod = pod_name(build, g.id, gs.attempts)
+        started = started_event(create[-1])
+        if started is not None:
+            events.append(started)
+    if queue is not None and queue.queued:
+        for g in left:
+            states[g.id].message = queue.say(build.namespace)
+    return create
+
+
+def _requeue_after(
+    states: Mapping[str, GroupState],
+    now: datetime,
+    deadline: datetime | None,
+    loss_in: float | None,
+    stalled: bool,
+) -> float | None:
+    """When the next pass is due without an event: the first retry or refused create that comes due, the
+    deadline (None while suspended), a pod's node counting as lost; every 5 s while Secrets are missing."""
+    waits = [
+        (parse_time(s.retry_at) or now) - now
+        for s in states.values()
+        if s.phase == S_RETRYING or (s.phase == S_WAITING and s.rejections)
+    ]
+    if deadline is not None:
+        waits.append(deadline - now)
+    if loss_in is not None:
+        waits.append(timedelta(seconds=loss_in))
+    requeue = max(0.5, min(w.total_seconds() for w in waits)) if waits else None
+    if stalled:
+        requeue = min(requeue, 5.0) if requeue is not None else 5.0
+    return requeue
+
+
+@dataclass
+class _PassContext:
+    """What every group's judgement in one `decide` pass reads (its inputs) and adds to (pods to delete,
+    events)."""
+
+    spec: ImageBuildSpec
+    now: datetime
+    backoff_base: float
+    stuck_grace: float
+    lost: Mapping[str, LostPod]
+    delete: list[str]
+    events: list[Event]
+
+
+def _observe_group(
+    g: GroupPlan,
+    gs: GroupState,
+    latest: PodObservation | None,
+    states: Mapping[str, GroupState],
+    pc: _PassContext,
+) -> None:
+    """Bring a group's state up to date with its newest pod (adopted, running, stuck, lost, done or
+    failed), or with that pod's absence."""
+    if gs.phase in S_DONE:
+        if gs.phase == S_FAILED and gs.failure is None:
+            gs.failure = {"group": g.id, "message": gs.message or ""}
+        return
+    if (
+        gs.phase in S_ACTIVE
+        and gs.attempts > 0
+        and gs.pod_uid is None
+        and (latest is None or latest.attempt < gs.attempts)
+    ):
+        # Its pod was never created (the operator stopped after recording the attempt, or the create
+        # met a pod of that name it did not make): the attempt is started again, not counted as used.
+        gs.attempts -= 1
+        gs.phase, gs.pod, gs.pod_token, gs.node, gs.start = S_WAITING, None, None, None, None
+    # Restarted (its pod waited for a superseded upstream attempt): that pod is being removed and no
+    # longer speaks for the group; the next pod is the next attempt.
+    restarting = gs.phase == S_WAITING and gs.attempts > 0
+    judged = gs.phase in (S_RETRYING, S_FAILED) and latest is not None and latest.attempt == gs.attempts
+    if gs.rejections and (latest is None or latest.attempt <= gs.attempts):
+        pass  # the API refused its next pod (note_rejections): it waits for retryAt, as recorded
+    elif latest is not None and (
+        latest.attempt > gs.attempts or (latest.attempt == gs.attempts and not restarting)
+    ):
+        # Adopt the newest pod: it may have been created just before a restart lost the status write.
+        gs.rejections = 0
+        gs.attempts = latest.attempt
+        gs.pod, gs.node = latest.name, latest.node or gs.node
+        gs.start = latest.started or gs.start
+        stuck_for = (pc.now - (parse_time(latest.created) or pc.now)).total_seconds()
+        loss = pc.lost.get(latest.name)
+        if loss is not None:
+            # Its node stopped reporting (or it never finishes terminating): whatever its containers
+            # still do, the pod is given up (force-deleted) and the group retried elsewhere.
+            if not judged:
+                gs.completion = fmt_time(loss.at)
+                _fail_or_retry(
+                    g, gs, latest, False, f"{loss.reason}: {loss.message}", loss.at, pc.spec, pc.backoff_base
+                )
+        elif not latest.terminated and latest.deleting and gs.phase in (S_RETRYING, S_FAILED):
+            pass  # already judged (e.g. stuck pulling) and being removed: keep the verdict
+        elif (
+            not latest.terminated
+            and latest.reason in STUCK_REASONS
+            and (latest.reason == "InvalidImageName" or stuck_for >= pc.stuck_grace)
+        ):
+            # The kubelet would wait forever (image pull back-off, unusable config): give up on this pod.
+            msg = f"pod {latest.name}: {latest.reason}: {latest.message or 'container never started'}"
+            pc.delete.append(latest.name)
+            _fail_or_retry(
+                g, gs, latest, latest.reason == "InvalidImageName", msg, pc.now, pc.spec, pc.backoff_base
+            )
+        elif not latest.terminated and pc.spec.suspend:
+            _suspend(gs, latest, pc.delete)
+        elif not latest.terminated:
+            gs.phase = S_RUNNING if latest.phase == "Running" else S_PENDING
+            if latest.phase == "Running":
+                gs.admission_rejections = 0  # a node took it: later refusals start a new count
+            gs.retry_at = None
+            gs.message = None
+            if latest.reason in STUCK_REASONS:
+                gs.message = f"pod {latest.name}: {latest.reason}: {latest.message or ''}".strip()
+            stale = _superseded_waits(latest, states)
+            if stale:
+                _restart(g, gs, latest, stale, pc.delete, pc.events)
+        elif latest.phase == "Succeeded" and latest.result and latest.result.ok and latest.result.digest:
+            r = latest.result
+            verdict, why = _consumed_check(g, latest, r, states)
+            if verdict == "restart":
+                _restart(g, gs, latest, why, pc.delete, pc.events)
+            elif verdict == "mismatch":
+                # Built from other content than the recorded upstream result: an infrastructure failure
+                # (counted, retried with the recorded digests), never an accepted result.
+                gs.completion = latest.finished or fmt_time(pc.now)
+                failed_at = parse_time(latest.finished) or pc.now
+                _fail_or_retry(g, gs, None, False, why, failed_at, pc.spec, pc.backoff_base)
+            elif verdict == "hold":
+                gs.phase, gs.message = S_RUNNING, why
+            else:
+                gs.phase, gs.digest, gs.image = S_SUCCEEDED, r.digest, r.image
+                gs.completion = latest.finished or fmt_time(pc.now)
+                gs.cached_steps, gs.steps = r.cached_steps, r.steps
+                gs.stage_results = {s.name: s for s in r.stages}
+                gs.message = None
+        elif latest.rejected_at_admission and (judged or gs.admission_rejections < ADMISSION_RETRIES):
+            if not judged:
+                _retry_admission(g, gs, latest, pc.now)
+        else:
+            if latest.phase == "Succeeded":
+                is_build, msg = (
+                    False,
+                    "worker exited without a result (no digest in its termination message)",
+                )
+            else:
+                is_build, msg = _classify_failure(latest)
+            # A pod the kubelet refused (OutOfcpu) never ran a container and has no finish time: the
+            # time its failure was first judged stands, or its retry time would move with every pass.
+            seen = gs.completion if judged else None
+            gs.completion = latest.finished or seen or fmt_time(pc.now)
+            failed_at = parse_time(gs.completion) or pc.now
+            _fail_or_retry(g, gs, latest, is_build, msg, failed_at, pc.spec, pc.backoff_base)
+    elif gs.phase in S_ACTIVE and gs.attempts > 0:
+        # Its pod is gone (deleted, evicted and removed, node lost): an infrastructure failure.
+        msg = f"pod {gs.pod or '?'} disappeared (deleted or its node was lost)"
+        _fail_or_retry(g, gs, None, False, msg, pc.now, pc.spec, pc.backoff_base)
 
 
 def started_event(start: StartPod) -> Event | None:
