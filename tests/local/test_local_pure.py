@@ -212,6 +212,17 @@ def test_summary_rows_critical_path_and_speedup() -> None:
     assert "wall time 6.0s; groups one after another 10.0s" in lines[-1]
 
 
+def test_an_early_groups_wait_is_not_counted_as_work() -> None:
+    """The final group started early (at 0.5 s) waits until its upstreams finish (4 s): one builder running
+    the groups in turn would not have spent that wait, so the speed-up does not count it."""
+    plan = seed_plan()
+    outcomes = {"g1": _ok("g1", ("build1",), 0, 4, "sha256:" + "a" * 64),
+                "g2": _ok("g2", ("build2",), 0, 3, "sha256:" + "b" * 64),
+                "g3": _ok("g3", ("final",), 0.5, 5, "sha256:" + "c" * 64)}
+    s = local.summarize(plan, outcomes, wall_seconds=5.0)
+    assert s.group_seconds == pytest.approx(4 + 3 + 1)
+
+
 def test_summary_of_a_failed_build() -> None:
     plan = seed_plan()
     failed = local.GroupOutcome("g1", ("build1",), 0, 2, 13, {

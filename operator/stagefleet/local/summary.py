@@ -75,7 +75,7 @@ class Summary:
     critical_path: tuple[str, ...]
     critical_seconds: float
     wall_seconds: float
-    group_seconds: float      # sum of the groups' run windows: what one worker after another would take
+    group_seconds: float      # sum of the groups' working windows: one worker after another
     stage_seconds: float      # sum of the stages' build times as the workers measured them
 
     @property
@@ -132,9 +132,17 @@ def summarize(plan: PlanLike, outcomes: Mapping[str, GroupOutcome], wall_seconds
         critical_path=tuple(plan.critical_path),
         critical_seconds=sum(stage_secs.get(s, 0.0) for s in plan.critical_path),
         wall_seconds=wall_seconds,
-        group_seconds=sum(o.seconds for o in outcomes.values()),
+        group_seconds=sum(_working_seconds(g, outcomes) for g in plan.groups if g.id in outcomes),
         stage_seconds=sum(stage_secs.values()),
     )
+
+
+def _working_seconds(group: GroupLike, outcomes: Mapping[str, GroupOutcome]) -> float:
+    """A group's run window from when it could work: a worker started early spends its first seconds
+    waiting for its upstreams' results, which one builder running the groups in turn would not."""
+    o = outcomes[group.id]
+    ready = max((outcomes[a].finished for a in group.after if a in outcomes), default=o.started)
+    return max(o.finished - max(o.started, ready), 0.0)
 
 
 def summary_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
