@@ -8,9 +8,11 @@ Ids carry the full mode, not git's two file modes, as ``COPY`` keeps permission 
 a directory ``<mode> dir`` (``COPY`` creates empty ones and keeps their modes), anything else ``<mode>
 special``.
 
-Walking costs one ``lstat`` per entry; a file's content is hashed only when a key selects it (most stages
-copy a few paths, and a context may hold gigabytes they never read). A file that cannot be read then raises
-`OSError`, from inside `stagekey.stage_keys`: the caller keys nothing rather than key what it cannot see.
+What the context's ignore file leaves out (`ignorefile`, as buildah reads it) is not in the index: a
+change there changes no key, and an ignored directory is not walked. Walking costs one ``lstat`` per
+entry; a file's content is hashed only when a key selects it (most stages copy a few paths, and a
+context may hold gigabytes they never read). A file that cannot be read then raises `OSError`, from
+inside `stagekey.stage_keys`: the caller keys nothing rather than key what it cannot see.
 """
 
 from __future__ import annotations
@@ -21,22 +23,44 @@ import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from stagefleet.stagekey import ContextIndex
+from stagefleet import ignorefile
+from stagefleet.ignorefile import Ignore
+from stagefleet.stagekey import IGNORE_FILES, ContextIndex
 
-__all__ = ["index_directory"]
+__all__ = ["ignore_rules", "index_directory"]
 
 _CHUNK = 1 << 20
 _LINK_MODE = "120000"  # what `ContextIndex` recognises links by
 
 
-def index_directory(root: Path) -> ContextIndex:
-    """The index of the directory ``root`` (walked now, hashed lazily). Raises `OSError` when a directory
-    cannot be listed: what it holds is unknown, so no key could be trusted."""
-    return ContextIndex(_Entries(root, dict(_walk(root))))
+def index_directory(root: Path, ignore: Ignore | None = None) -> ContextIndex:
+    """The index of the directory ``root`` (walked now, hashed lazily), without what ``ignore`` leaves out
+    of the context (`ignore_rules`; the ignore files themselves always stay: they are part of every key).
+    Raises `OSError` when a directory cannot be listed: what it holds is unknown, so no key could be
+    trusted."""
+    return ContextIndex(_Entries(root, dict(_walk(root, ignore))))
 
 
-def _walk(root: Path) -> Iterator[tuple[str, int]]:
-    """(relative posix path, lstat mode) of every entry below ``root``, depth first."""
+def ignore_rules(root: Path, dockerfile: Path | None) -> Ignore | None:
+    """The ignore rules the builder applies to the context ``root`` (`ignorefile`): ``dockerfile``'s own
+    ignore file next to it wins (None: the Dockerfile is not in the context, so only the root's count)."""
+    if dockerfile is not None and Path(f"{dockerfile}.containerignore").exists():
+        return None  # (a Dockerfile's own .containerignore: not verified against buildah, so not matched)
+    specific = _text(Path(f"{dockerfile}{ignorefile.SPECIFIC_SUFFIX}")) if dockerfile is not None else None
+    return ignorefile.rules(specific, [_text(root / name) for name in ignorefile.ROOT_FILES])
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def _walk(root: Path, ignore: Ignore | None) -> Iterator[tuple[str, int]]:
+    """(relative posix path, lstat mode) of every entry below ``root`` that ``ignore`` keeps, depth first.
+    An ignored directory is not entered unless an exception might bring something under it back."""
+    descend_ignored = ignore is not None and ignore.has_exceptions
     pending = [("", str(root))]
     while pending:
         prefix, directory = pending.pop()
@@ -44,8 +68,11 @@ def _walk(root: Path) -> Iterator[tuple[str, int]]:
             for entry in entries:
                 mode = entry.stat(follow_symlinks=False).st_mode
                 path = prefix + entry.name
-                yield path, mode
-                if stat.S_ISDIR(mode):
+                kept = ignore is None or entry.name.endswith(IGNORE_FILES) or not ignore.excluded(path)
+                left_out = not kept
+                if not left_out:
+                    yield path, mode
+                if stat.S_ISDIR(mode) and (not left_out or descend_ignored):
                     pending.append((path + "/", entry.path))
 
 

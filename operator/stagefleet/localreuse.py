@@ -57,11 +57,15 @@ def clients(insecure: Collection[str]) -> shared.ClientFor:
 
 
 def prepare(graph: StageGraph, plan: local.PlanLike, *, context: Path, platform: str, cache_repo: str,
-            tags: Sequence[str], client_for: shared.ClientFor, find: bool = True) -> Prepared:
+            tags: Sequence[str], client_for: shared.ClientFor, find: bool = True,
+            dockerfile: Path | None = None) -> Prepared:
     """Key the stages, and with ``find`` look their results up; a stored final result is copied to every
-    tag (then nothing is built). Registry I/O with bounded timeouts; never raises."""
+    tag (then nothing is built). What the context's ignore files leave out (``dockerfile``: the Dockerfile
+    in the context, whose own ignore file wins; None for one the worker gets as text) is left out of the
+    keys. Registry I/O with bounded timeouts; never raises."""
     try:
-        index = localcontext.index_directory(context)
+        ignore = localcontext.ignore_rules(context, dockerfile)
+        index = localcontext.index_directory(context, ignore)
         found = shared.lookup(graph, plan, platform=platform, context=index, cache_repo=cache_repo,
                               client_for=client_for, find=find)
     except Exception as e:  # noqa: BLE001 (reuse saves time; it must never stop a build)

@@ -71,7 +71,7 @@ def worker_args(key: str, pins: Mapping[str, str]) -> list[str]:
 
 
 _SYMLINK_MODE = "120000"
-_IGNORE_FILES = (".dockerignore", ".containerignore")
+IGNORE_FILES = (".dockerignore", ".containerignore")
 _GLOB_CHARS = frozenset("*?[\\")
 
 
@@ -130,7 +130,7 @@ class ContextIndex:
 
     @functools.cached_property
     def _ignore_files(self) -> list[str]:
-        return [p for p in self.entries if posixpath.basename(p).endswith(_IGNORE_FILES)]
+        return [p for p in self.entries if posixpath.basename(p).endswith(IGNORE_FILES)]
 
     def _is_link(self, path: str) -> bool:
         return self.entries.get(path, "").startswith(_SYMLINK_MODE + " ")

@@ -104,3 +104,50 @@ def test_a_file_that_cannot_be_read_raises_when_selected(tmp_path: Path) -> None
     with pytest.raises(OSError):
         index.digest(["top.txt"])
     assert index.digest(["left"])  # the rest is fine
+
+
+def test_what_the_ignore_file_leaves_out_changes_no_key_and_is_not_walked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path / "ctx")
+    (root / "node_modules" / "pkg").mkdir(parents=True)
+    (root / "node_modules" / "pkg" / "index.js").write_text("v1\n")
+    (root / ".dockerignore").write_text("node_modules\n*.log\n")
+    (root / "debug.log").write_text("one\n")
+    rules = localcontext.ignore_rules(root, root / "Dockerfile")
+    assert rules is not None
+    entries = index_directory(root, rules).entries
+    assert ".dockerignore" in entries and "top.txt" in entries
+    assert not any(p.startswith("node_modules") or p == "debug.log" for p in entries)
+    before = index_directory(root, rules).digest(["."])
+    (root / "node_modules" / "pkg" / "index.js").write_text("v2\n")
+    (root / "debug.log").write_text("two\n")
+    assert index_directory(root, rules).digest(["."]) == before
+    (root / "top.txt").write_text("changed\n")
+    assert index_directory(root, rules).digest(["."]) != before
+    # Without the rules, everything counts (and the ignore file's own change always does).
+    assert index_directory(root).digest(["."]) != index_directory(root, rules).digest(["."])
+    (root / ".dockerignore").write_text("node_modules\n")
+    assert index_directory(root, localcontext.ignore_rules(root, None)).digest(["."]) != before
+    # An ignored directory is never entered.
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def spy(path: str) -> os.ScandirIterator[str]:
+        listed.append(str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(localcontext.os, "scandir", spy)
+    index_directory(root, rules)
+    assert not any("node_modules" in p for p in listed) and str(root) in listed
+
+
+def test_the_dockerfiles_own_ignore_file_counts_only_for_a_dockerfile_in_the_context(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "ctx")
+    (root / "Dockerfile.dockerignore").write_text("top.txt\n")
+    (root / ".dockerignore").write_text("left\n")
+    own = localcontext.ignore_rules(root, root / "Dockerfile")
+    assert own is not None and own.excluded("top.txt") and not own.excluded("left/a.txt")
+    outside = localcontext.ignore_rules(root, None)
+    assert outside is not None and outside.excluded("left/a.txt") and not outside.excluded("top.txt")
+    (root / "Dockerfile.containerignore").write_text("right\n")
+    assert localcontext.ignore_rules(root, root / "Dockerfile") is None  # not verified: nothing left out

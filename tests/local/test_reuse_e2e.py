@@ -86,3 +86,41 @@ def test_a_second_build_reuses_every_group_and_a_change_rebuilds_its_branch(
     assert third[-1]["ok"] is True and third[-1]["digest"] != digest
     files = image_files(registry, repo, third[-1]["digest"])
     assert files["left.out"] == b"left 2\n" and files["right.txt"] == b"right 1\n"
+
+
+def test_what_dockerignore_leaves_out_changes_no_key(registry: LocalRegistry, base_image: str,
+                                                     tmp_path: Path) -> None:
+    """`COPY . /app/` of a context whose .dockerignore leaves out logs and node_modules: changing those
+    starts no worker (buildah would not copy them), changing a copied file does."""
+    ctx = tmp_path / "ctx"
+    (ctx / "node_modules" / "pkg").mkdir(parents=True)
+    (ctx / "Dockerfile").write_text("ARG BASE\nFROM ${BASE} AS app\nCOPY . /app/\n")
+    (ctx / ".dockerignore").write_text("node_modules\n*.log\n")
+    (ctx / "app.txt").write_text("app 1\n")
+    (ctx / "debug.log").write_text("log 1\n")
+    (ctx / "node_modules" / "pkg" / "index.js").write_text("v1\n")
+    repo = f"e2e/ignore-{uuid.uuid4().hex[:8]}"
+
+    def build(tag: str) -> list[dict[str, Any]]:
+        proc = stagefleet("build", str(ctx), "--registry", registry.host, "--tag",
+                          f"{registry.host}/{repo}:{tag}", "--build-arg", f"BASE={base_image}",
+                          "--progress", "json", cwd=ctx)
+        assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
+        return json_events(proc.stdout)
+
+    first = build("v1")
+    assert by_kind(first, "group-started") == ["app"]
+    files = image_files(registry, repo, first[-1]["digest"])
+    assert files["app/app.txt"] == b"app 1\n" and "app/debug.log" not in files
+    assert not any(name.startswith("app/node_modules") for name in files)
+
+    (ctx / "debug.log").write_text("log 2\n")
+    (ctx / "node_modules" / "pkg" / "index.js").write_text("v2\n")
+    second = build("v2")
+    assert by_kind(second, "group-started") == [] and by_kind(second, "group-reused") == ["app"]
+    assert second[-1]["digest"] == first[-1]["digest"]
+
+    (ctx / "app.txt").write_text("app 2\n")
+    third = build("v3")
+    assert by_kind(third, "group-started") == ["app"]
+    assert image_files(registry, repo, third[-1]["digest"])["app/app.txt"] == b"app 2\n"
