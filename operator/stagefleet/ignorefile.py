@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: The ignore files buildah (1.28) reads at the context's root, the first one found winning, unless the
@@ -115,3 +115,30 @@ def rules(specific: str | None, root: Sequence[str | None]) -> Ignore | None:
         if text is not None:
             return parse(text)
     return None
+
+
+def candidates(dockerfile: str | None) -> tuple[str, ...]:
+    """The ignore files that may apply, relative to the context: the Dockerfile's own two (``dockerfile``
+    relative to the context; None: it is not in the context, so it has none), then `ROOT_FILES`."""
+    own = (f"{dockerfile}{SPECIFIC_SUFFIX}", f"{dockerfile}.containerignore") if dockerfile else ()
+    return (*own, *ROOT_FILES)
+
+
+def from_files(read: Callable[[str], str | None], dockerfile: str | None) -> Ignore | None:
+    """The rules for a context whose files ``read`` gives (a path of `candidates` → its text, None when
+    absent; it raises `Unusable` for one that is there but cannot be read as the builder would, e.g. a
+    symbolic link). None — nothing left out — when an unusable file or the Dockerfile's own
+    ``.containerignore`` (not verified against buildah) is there."""
+    paths = candidates(dockerfile)
+    try:
+        texts = {p: read(p) for p in paths}
+    except Unusable:
+        return None
+    if dockerfile and texts[paths[1]] is not None:
+        return None
+    specific = texts[paths[0]] if dockerfile else None
+    return rules(specific, [texts[name] for name in ROOT_FILES])
+
+
+class Unusable(Exception):
+    """An ignore file is there, but not as a plain file the builder would read the same way."""

@@ -42,19 +42,26 @@ def index_directory(root: Path, ignore: Ignore | None = None) -> ContextIndex:
 
 
 def ignore_rules(root: Path, dockerfile: Path | None) -> Ignore | None:
-    """The ignore rules the builder applies to the context ``root`` (`ignorefile`): ``dockerfile``'s own
-    ignore file next to it wins (None: the Dockerfile is not in the context, so only the root's count)."""
-    if dockerfile is not None and Path(f"{dockerfile}.containerignore").exists():
-        return None  # (a Dockerfile's own .containerignore: not verified against buildah, so not matched)
-    specific = _text(Path(f"{dockerfile}{ignorefile.SPECIFIC_SUFFIX}")) if dockerfile is not None else None
-    return ignorefile.rules(specific, [_text(root / name) for name in ignorefile.ROOT_FILES])
+    """The ignore rules the builder applies to the context ``root`` (`ignorefile.from_files`): the
+    Dockerfile's own ignore file next to it wins (None: the Dockerfile is not in the context, so only the
+    root's count)."""
+    relative = None
+    if dockerfile is not None:
+        try:
+            relative = dockerfile.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            relative = None
 
+    def read(path: str) -> str | None:
+        target = root / path
+        if target.is_symlink():
+            raise ignorefile.Unusable(path)
+        try:
+            return target.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
 
-def _text(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return None
+    return ignorefile.from_files(read, relative)
 
 
 def _walk(root: Path, ignore: Ignore | None) -> Iterator[tuple[str, int]]:

@@ -60,9 +60,9 @@ def prepare(graph: StageGraph, plan: local.PlanLike, *, context: Path, platform:
             tags: Sequence[str], client_for: shared.ClientFor, find: bool = True,
             dockerfile: Path | None = None) -> Prepared:
     """Key the stages, and with ``find`` look their results up; a stored final result is copied to every
-    tag (then nothing is built). What the context's ignore files leave out (``dockerfile``: the Dockerfile
-    in the context, whose own ignore file wins; None for one the worker gets as text) is left out of the
-    keys. Registry I/O with bounded timeouts; never raises."""
+    tag (then nothing is built). What the context's ignore files leave out (``dockerfile``: the Dockerfile,
+    whose own ignore file next to it wins when it is in the context) is left out of the keys. Registry I/O
+    with bounded timeouts; never raises."""
     try:
         ignore = localcontext.ignore_rules(context, dockerfile)
         index = localcontext.index_directory(context, ignore)

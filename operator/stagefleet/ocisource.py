@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from stagefleet import ignorefile
+from stagefleet.ignorefile import Ignore
+
 __all__ = [
     "ArtifactError", "Contents", "OciRef", "fetch", "pack", "parse_ref", "read", "safe_members", "unpack",
 ]
@@ -157,6 +160,7 @@ class Contents:
 
     dockerfile: str
     entries: Mapping[str, str]
+    ignore: Ignore | None = None  # what the context's ignore file leaves out, as buildah reads it
 
 
 def _content_id(tar: tarfile.TarFile, m: tarfile.TarInfo) -> str:
@@ -181,11 +185,16 @@ def read(layer: Path, context_dir: str, dockerfile: str) -> Contents:
     entries: dict[str, str] = {}
     links: list[str] = []
     text: str | None = None
+    own = PurePosixPath(dockerfile).as_posix()
+    candidates = {prefix + c: c for c in ignorefile.candidates(own)}
+    ignore_files: dict[str, str | None] = {}  # (None: there, but not a plain file)
     with _open(layer) as tar:
         try:
             for m in _capped(safe_members(tar)):
                 if m.issym():
                     links.append(m.name)
+                if m.name in candidates:
+                    ignore_files[candidates[m.name]] = _small_text(tar, m) if m.isfile() else None
                 if m.name == wanted and m.isfile():
                     if m.size > MAX_DOCKERFILE_BYTES:
                         raise ArtifactError(f"{wanted} is larger than {MAX_DOCKERFILE_BYTES >> 20} MiB")
@@ -206,7 +215,25 @@ def read(layer: Path, context_dir: str, dockerfile: str) -> Contents:
             raise ArtifactError(f"the context directory {prefix.rstrip('/')} is not in the artifact")
         raise ArtifactError(f"{wanted} not found in the artifact")
     entries.pop("", None)
-    return Contents(text, entries)
+
+    def read_ignore(path: str) -> str | None:
+        if path not in ignore_files:
+            return None
+        found = ignore_files[path]
+        if found is None:
+            raise ignorefile.Unusable(path)
+        return found
+
+    return Contents(text, entries, ignorefile.from_files(read_ignore, own))
+
+
+def _small_text(tar: tarfile.TarFile, m: tarfile.TarInfo) -> str | None:
+    """An ignore file's text; None (unusable) past MAX_DOCKERFILE_BYTES."""
+    if m.size > MAX_DOCKERFILE_BYTES:
+        return None
+    f = tar.extractfile(m)
+    assert f is not None
+    return f.read().decode("utf-8", errors="replace")
 
 
 # -- getting the artifact ----------------------------------------------------------------------------------

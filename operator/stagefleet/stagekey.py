@@ -27,6 +27,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from stagefleet.ignorefile import Ignore
 from stagefleet.stages import Stage, StageGraph, context_path
 
 __all__ = [
@@ -87,6 +88,16 @@ class ContextIndex:
     """
 
     entries: Mapping[str, str]
+
+    def without(self, ignore: Ignore | None) -> ContextIndex:
+        """This index less what ``ignore`` leaves out of the context (`ignorefile`, as the builder reads
+        the context's ignore file); the ignore files stay (they are in every key). For an index whose ids
+        are at hand (a git tree's, an artifact's): every entry is read."""
+        if ignore is None:
+            return self
+        kept = {p: cid for p, cid in self.entries.items()
+                if posixpath.basename(p).endswith(IGNORE_FILES) or not ignore.excluded(p)}
+        return ContextIndex(kept)
 
     def digest(self, patterns: Sequence[str]) -> str:
         """sha256 (hex) of the (path, id) pairs a COPY of ``patterns`` can read.

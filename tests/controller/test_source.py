@@ -98,3 +98,39 @@ def test_a_symlink_out_of_the_repository_is_never_read(tmp_path: Path) -> None:
     assert "root:" not in str(e.value)
     # a symlink to another file of the same repository is fine
     assert "AS fine" in resolve(_spec(f"file://{r}", dockerfile="Inner")).dockerfile
+
+
+def test_the_contexts_ignore_files_are_read_with_the_dockerfile(tmp_path: Path) -> None:
+    """The ignore file buildah would use (`ignorefile`) comes with the Dockerfile: its rules leave ignored
+    paths out of the git index the stages are keyed by; a link in its place leaves nothing out."""
+    from stagefleet import stagekey
+
+    r = tmp_path / "ign"
+    (r / "svc" / "node_modules").mkdir(parents=True)
+    (r / "svc" / "Dockerfile").write_text("FROM busybox\nCOPY . /app/\n")
+    (r / "svc" / ".dockerignore").write_text("node_modules\n*.log\n")
+    (r / "svc" / "Dockerfile.dockerignore").write_text("*.log\n")  # the Dockerfile's own wins
+    (r / "svc" / "node_modules" / "x.js").write_text("x\n")
+    (r / "svc" / "debug.log").write_text("log\n")
+    (r / "svc" / "app.txt").write_text("app\n")
+    _git(r, "init", "-q", "-b", "main")
+    _git(r, "add", ".")
+    _git(r, "commit", "-qm", "ignore")
+    got = resolve(_spec(f"file://{r}"))
+    assert got.ignore is not None and got.tree is not None
+    index = stagekey.index_git_tree(got.tree, "svc").without(got.ignore)
+    assert set(index.entries) == {"Dockerfile", ".dockerignore", "Dockerfile.dockerignore", "app.txt",
+                                  "node_modules/x.js"}
+    # Only the root's file: node_modules goes too.
+    _git(r, "rm", "-q", "svc/Dockerfile.dockerignore")
+    _git(r, "commit", "-qm", "root only")
+    got = resolve(_spec(f"file://{r}"))
+    assert got.ignore is not None and got.tree is not None
+    assert set(stagekey.index_git_tree(got.tree, "svc").without(got.ignore).entries) == {
+        "Dockerfile", ".dockerignore", "app.txt"}
+    # A link where the ignore file should be: nothing is left out.
+    (r / "svc" / ".dockerignore").unlink()
+    (r / "svc" / ".dockerignore").symlink_to("app.txt")
+    _git(r, "add", "-A")
+    _git(r, "commit", "-qm", "link")
+    assert resolve(_spec(f"file://{r}")).ignore is None

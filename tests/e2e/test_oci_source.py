@@ -92,3 +92,34 @@ def test_a_pushed_context_is_built_and_keys_its_stages(
     assert f"spec.source.oci.image {registry.host}/e2e/ctx-{namespace}:missing: not found in the registry" \
         in missing["message"], missing["message"]
     assert kubectl.pods("nothere") == []
+
+
+def test_a_change_the_dockerignore_leaves_out_starts_no_pod(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str, tmp_path: Path,
+    namespace: str,
+) -> None:
+    """`COPY . /app/` from an artifact whose .dockerignore leaves out logs: the operator reads the ignore
+    file with the Dockerfile and keys the stage without what buildah never copies, so a new artifact that
+    only changes a log is satisfied from the stored result, without a pod."""
+    ctx = tmp_path / "ctx"
+    (ctx / "app").mkdir(parents=True)
+    (ctx / "app" / "Dockerfile").write_text("ARG BASE\nFROM ${BASE} AS app\nCOPY . /srv/\n")
+    (ctx / "app" / ".dockerignore").write_text("*.log\n")
+    (ctx / "app" / "app.txt").write_text("app 1\n")
+    (ctx / "app" / "debug.log").write_text("log 1\n")
+    tag = f"{registry.host}/e2e/ign-{namespace}:main"
+    push_context(ctx, tag)
+    kubectl.apply(manifest("ignored", tag, base_image, registry))
+    first = wait_terminal(kubectl, operator, "ignored")["status"]
+    assert first["phase"] == "Succeeded", first.get("message")
+    files = image_files(registry.host, "e2e/ignored", first["image"]["digest"])
+    assert files["/srv/app.txt"] == b"app 1\n" and "/srv/debug.log" not in files
+
+    (ctx / "app" / "debug.log").write_text("log 2\n")
+    push_context(ctx, tag)
+    kubectl.apply(manifest("ignored", tag, base_image, registry, timeout="11m"))
+    second = wait_terminal(kubectl, operator, "ignored")["status"]
+    assert second["phase"] == "Succeeded", second.get("message")
+    assert second["stages"][0].get("reused"), second["stages"]
+    assert generation_pods(kubectl, "ignored", 2) == []
+    assert second["image"]["digest"] == first["image"]["digest"]

@@ -52,3 +52,15 @@ def test_the_dockerfiles_own_file_wins_then_containerignore_then_dockerignore() 
     assert only_docker is not None and only_docker.excluded("b.txt")
     assert ignorefile.rules(None, [None, None]) is None
     assert ignorefile.rules("[x]\n", ["a.txt\n"]) is None  # the winner cannot be matched: nothing left out
+
+
+def test_an_index_without_what_is_ignored_keeps_the_ignore_files() -> None:
+    from stagefleet.stagekey import ContextIndex
+
+    index = ContextIndex({".dockerignore": "100644 a", "a.log": "100644 b", "src/x.py": "100644 c",
+                          "sub/.dockerignore": "100644 d", ".git": "commit e"})
+    rules = ignorefile.parse(".dockerignore\n*.log\n**/.dockerignore\n.git\n")
+    assert rules is not None
+    assert set(index.without(rules).entries) == {".dockerignore", "src/x.py", "sub/.dockerignore"}
+    assert index.without(None) is index
+    assert index.without(rules).digest(["src"]) == index.digest(["src"])

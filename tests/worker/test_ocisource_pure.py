@@ -94,6 +94,38 @@ def test_the_operators_index_is_what_the_worker_unpacks(tmp_path: Path) -> None:
     assert changed["run.sh"] != read.entries["run.sh"] and changed["Dockerfile"] == read.entries["Dockerfile"]
 
 
+def test_the_artifacts_ignore_file_leaves_the_same_out_as_for_a_directory(tmp_path: Path) -> None:
+    """The operator reads the context's ignore file from the layer: its index less what buildah would not
+    copy equals local mode's index of the worker's unpack with the same rules."""
+    from stagefleet import localcontext
+    from stagefleet.stagekey import ContextIndex
+
+    ctx = tmp_path / "ctx"
+    (ctx / "app" / "node_modules").mkdir(parents=True)
+    (ctx / "app" / "Dockerfile").write_text("FROM base\nCOPY . /src\n")
+    (ctx / "app" / ".dockerignore").write_text("node_modules\n*.log\n!keep.log\n")
+    (ctx / "app" / "node_modules" / "x.js").write_text("x\n")
+    (ctx / "app" / "a.log").write_text("a\n")
+    (ctx / "app" / "keep.log").write_text("k\n")
+    (ctx / "app" / "app.txt").write_text("app\n")
+    layer = tmp_path / "layer"
+    layer.write_bytes(ocisource.pack(ctx)[0])
+    read = ocisource.read(layer, "app", "Dockerfile")
+    assert read.ignore is not None
+    ours = ContextIndex(read.entries).without(read.ignore).entries
+    assert set(ours) == {"Dockerfile", ".dockerignore", "keep.log", "app.txt"}
+    unpacked = tmp_path / "unpacked"
+    ocisource.unpack(layer, unpacked)
+    rules = localcontext.ignore_rules(unpacked / "app", unpacked / "app" / "Dockerfile")
+    on_disk = localcontext.index_directory(unpacked / "app", rules).entries
+    assert dict(ours) == {k: on_disk[k] for k in on_disk}
+    # A link in the ignore file's place: nothing is left out.
+    (ctx / "app" / ".dockerignore").unlink()
+    (ctx / "app" / ".dockerignore").symlink_to("app.txt")
+    layer.write_bytes(ocisource.pack(ctx)[0])
+    assert ocisource.read(layer, "app", "Dockerfile").ignore is None
+
+
 def test_the_dockerfile_must_be_in_the_artifact_itself(tmp_path: Path) -> None:
     layer = tmp_path / "layer"
     layer.write_bytes(_tar([("Dockerfile", None, "/etc/passwd"), ("sub", None, "elsewhere"),

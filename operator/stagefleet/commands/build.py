@@ -306,18 +306,8 @@ def _prepare_reuse(args: argparse.Namespace, graph: StageGraph, plan: local.Plan
     return localreuse.prepare(
         graph, plan, context=settings.context, platform=settings.platform or f"linux/{machine_arch()}",
         cache_repo=settings.cache_repo, tags=settings.tags, client_for=localreuse.clients(settings.insecure),
-        find=not (args.no_cache or args.no_reuse), dockerfile=_dockerfile_in_context(settings))
+        find=not (args.no_cache or args.no_reuse), dockerfile=settings.dockerfile)
 
-
-def _dockerfile_in_context(settings: local.BuildSettings) -> Path | None:
-    """The Dockerfile as the worker's buildah finds it: in the context (its own ``.dockerignore`` next to
-    it counts), or None for one outside, which the worker is given as text (only the context's root ignore
-    files count then)."""
-    try:
-        settings.dockerfile.resolve().relative_to(settings.context.resolve())
-    except ValueError:
-        return None
-    return settings.dockerfile
 
 
 async def _run_stoppable(coro: Coroutine[Any, Any, local.BuildResult]) -> local.BuildResult:

@@ -893,7 +893,8 @@ class Reconciler:
         if resolved.tree is not None:
             # (the workers' clone keeps .git in a context that is the repository's root: its commit counts)
             head = None if spec.source.context_dir else resolved.git_commit
-            context = stagekey.index_git_tree(resolved.tree, spec.source.context_dir, head=head)
+            tree = stagekey.index_git_tree(resolved.tree, spec.source.context_dir, head=head)
+            context = tree.without(resolved.ignore)  # (what the builder never copies keys nothing)
         try:
             platform = reuse.build_platform(spec.platform, spec.node_selector)
             found = reuse.lookup(plan.graph, plan, platform=platform, context=context,

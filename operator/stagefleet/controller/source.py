@@ -16,21 +16,26 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from stagefleet import ocisource
+from stagefleet import ignorefile, ocisource
 from stagefleet.controller.spec import ImageBuildSpec
 from stagefleet.ctxpath import OutsideError, inside
 from stagefleet.gitauth import credential_env, ssh_command
+from stagefleet.ignorefile import Ignore
 from stagefleet.registryclient import Registry, RegistryError
 from stagefleet.stagekey import ContextIndex
 from stagefleet.worker.registry import MAX_MANIFEST_BYTES
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _CRED_RE = re.compile(r"(://)[^/@\s]+@")
+
+
+#: An ignore file larger than this is not read (nothing is left out of the keys).
+MAX_IGNORE_BYTES = 1 << 20
 
 
 class SourceError(RuntimeError):
@@ -47,9 +52,12 @@ class Resolved:
     # `git ls-tree -r -z --full-tree` of the commit: every path's blob id, which keys the stages that copy
     # it (`stagekey.index_git_tree`). The blob-less fetch has every tree, so it costs no download.
     tree: str | None = None
-    # An OCI source's content, indexed from its layer, and the digest reference the workers unpack.
+    # An OCI source's content, indexed from its layer (less what its ignore file leaves out), and the
+    # digest reference the workers unpack.
     index: ContextIndex | None = None
     oci_ref: str | None = None
+    # What a git context's ignore file leaves out, as buildah reads it (`ignorefile`): not in its index.
+    ignore: Ignore | None = None
 
 
 def redact(text: str) -> str:
@@ -163,16 +171,25 @@ def pin_revision(url: str, revision: str, env: dict[str, str], timeout: float = 
 
 
 def fetch_file(
-    url: str, commit: str, path: str, env: dict[str, str], workdir: Path, timeout: float = 120
-) -> tuple[str, str]:
-    """One file at one commit and the commit's tree listing (`Resolved.tree`): shallow, blob-less fetch
-    plus a sparse checkout of just that path; every git command together within ``timeout`` seconds."""
+    url: str,
+    commit: str,
+    path: str,
+    env: dict[str, str],
+    workdir: Path,
+    timeout: float = 120,
+    also: Sequence[str] = (),
+) -> tuple[str, str, dict[str, str | None]]:
+    """One file at one commit, the commit's tree listing (`Resolved.tree`) and the text of each of the
+    small files ``also`` that exists (None for one that is not a plain file: a link, say): shallow,
+    blob-less fetch plus a sparse checkout of just those paths; every git command together within
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     repo = workdir / "repo"
     repo.mkdir()
     _git(["init", "-q"], cwd=repo, env=env, timeout=_left(deadline))
     _git(["remote", "add", "origin", url], cwd=repo, env=env, timeout=_left(deadline))
-    _git(["sparse-checkout", "set", "--no-cone", f"/{path}"], cwd=repo, env=env, timeout=_left(deadline))
+    sparse = [f"/{p}" for p in (path, *also)]
+    _git(["sparse-checkout", "set", "--no-cone", *sparse], cwd=repo, env=env, timeout=_left(deadline))
     try:
         _git(
             ["fetch", "-q", "--depth", "1", "--filter=blob:none", "--no-tags", "origin", commit],
@@ -200,7 +217,15 @@ def fetch_file(
         raise SourceError(f"{path} not found in {redact(url)} at commit {commit[:12]}")
     tree = _git(["ls-tree", "-r", "-z", "--full-tree", "FETCH_HEAD"], cwd=repo, env=env,
                 timeout=_left(deadline))
-    return target.read_text(encoding="utf-8", errors="replace"), tree
+    extra: dict[str, str | None] = {}
+    for name in also:
+        candidate = repo / name
+        if candidate.is_symlink() or (candidate.exists() and not candidate.is_file()):
+            extra[name] = None
+        elif candidate.is_file():
+            big = candidate.stat().st_size > MAX_IGNORE_BYTES  # (unusable: its patterns are not all read)
+            extra[name] = None if big else candidate.read_text(encoding="utf-8", errors="replace")
+    return target.read_text(encoding="utf-8", errors="replace"), tree, extra
 
 
 def resolve_oci(spec: ImageBuildSpec, registry: Registry, timeout: float = 60) -> Resolved:
@@ -241,7 +266,7 @@ def resolve_oci(spec: ImageBuildSpec, registry: Registry, timeout: float = 60) -
     return Resolved(
         dockerfile=contents.dockerfile,
         filename=path,
-        index=ContextIndex(contents.entries),
+        index=ContextIndex(contents.entries).without(contents.ignore),
         oci_ref=ref.pinned(digest),
         status={"oci": {"image": oci.image, "digest": digest, "dockerfile": path}},
     )
@@ -269,27 +294,42 @@ def resolve(
         auth = GitAuth(ssh_key=ssh_key, insecure_ignore_host_key=git.insecure_ignore_host_key)
     deadline = time.monotonic() + timeout
     path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p).lstrip("/")
+    ignore_candidates = ignorefile.candidates(PurePosixPath(spec.dockerfile).as_posix())
     with tempfile.TemporaryDirectory(prefix="stagefleet-source-") as tmp:
         home = Path(tmp)
         env = _env(auth, home)
         try:
             commit = pin_revision(git.url, git.revision, env, timeout=_left(deadline))
-            text, tree = fetch_file(git.url, commit, path, env, home, timeout=_left(deadline))
+            text, tree, found = fetch_file(git.url, commit, path, env, home, timeout=_left(deadline),
+                                           also=[_in_context(spec, c) for c in ignore_candidates])
         except SourceTimeout as e:
             raise SourceTimeout(
                 f"spec.source.git.url {redact(git.url)}: no answer within {timeout:.0f}s "
                 f"({e}); is the host reachable and serving git?"
             ) from None
+
+    def read_ignore(candidate: str) -> str | None:
+        name = _in_context(spec, candidate)
+        if name in found and found[name] is None:
+            raise ignorefile.Unusable(name)
+        return found.get(name)
+
     return Resolved(
         dockerfile=text,
         filename=path,
         git_url=git.url,
         git_commit=commit,
         tree=tree,
+        ignore=ignorefile.from_files(read_ignore, PurePosixPath(spec.dockerfile).as_posix()),
         status={
             "git": {"url": redact(git.url), "revision": git.revision, "commit": commit, "dockerfile": path}
         },
     )
+
+
+def _in_context(spec: ImageBuildSpec, path: str) -> str:
+    """A path relative to the context as a path in the repository."""
+    return "/".join(p for p in (spec.source.context_dir.strip("/"), path) if p)
 
 
 def current_commit(spec: ImageBuildSpec, *, auth: GitAuth, timeout: float = 60) -> str:
