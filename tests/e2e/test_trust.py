@@ -50,8 +50,8 @@ def test_an_overwritten_upstream_tag_fails_the_consumer_and_it_is_retried_from_t
     the image the build reports — and the output tag — hold the upstream's real content."""
     # Two upstreams, so that the final stage is a group of its own (a chain would be built in one pod).
     dockerfile = (
-        f"FROM {base_image} AS up\nRUN sleep 20 && mkdir -p /out && echo real > /out/marker.txt\n"
-        f"FROM {base_image} AS side\nRUN sleep 20 && mkdir -p /out && echo side > /out/side.txt\n"
+        f"FROM {base_image} AS up\nRUN sleep 15 && mkdir -p /out && echo real > /out/marker.txt\n"
+        f"FROM {base_image} AS side\nRUN sleep 15 && mkdir -p /out && echo side > /out/side.txt\n"
         f"FROM {base_image}\nCOPY --from=up /out/marker.txt /out/marker.txt\n"
         "COPY --from=side /out/side.txt /out/side.txt\n"
     )
@@ -112,7 +112,7 @@ def test_an_impostor_pod_with_the_builds_labels_is_deleted_and_never_adopted(
     the build's owner reference and a termination message claiming success with a digest of its own. The
     operator never adopts it: the pod is deleted, a Warning event names it, and the build's stages and
     image are the real workers' results."""
-    kubectl.apply(seed_manifest("victim", base_image, registry.host, sleep=20))
+    kubectl.apply(seed_manifest("victim", base_image, registry.host, sleep=12))
 
     def running() -> dict[str, Any] | None:
         for p in kubectl.pods("victim"):

@@ -302,47 +302,9 @@ def decide(
         message = f"built {spec.output.image}@{final.digest}"
         events.append(Event("Normal", "BuildSucceeded", message))
     else:
-        running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE and g.id not in early]
-        retrying = [g.id for g in plan.groups if states[g.id].phase == S_RETRYING]
-        reason = "Building"
-        parts = []
-        if running:
-            parts.append(f"running {_some(running)}")
-        if early:
-            parts.append(f"{_some(early)} started early")
-        if retrying:
-            parts.append(f"retrying {_some(retrying)}")
-        if queue is not None and queue.queued and not missing_secrets:
-            parts.append(queue.say(build.namespace))
-            reason = QUEUED if not running and not early else reason
-        message = "; ".join(parts) or "waiting to start groups"
-        if spec.suspend:
-            done = sum(1 for gs in states.values() if gs.phase == S_SUCCEEDED)
-            reason = SUSPENDED
-            message = (
-                f"suspended (spec.suspend): {done}/{len(states)} groups done, no pod runs; "
-                "setting it to false resumes this run"
-            )
-        elif stalled_msg:
-            reason, message = "SecretNotFound", stalled_msg
-        elif rejected_msg:
-            reason, message = REJECTED, rejected_msg
-            prev_stalled = next((c for c in old_conditions if c.get("type") == "Stalled"), {})
-            if (prev_stalled.get("status"), prev_stalled.get("reason"), prev_stalled.get("message")) != (
-                "True",
-                REJECTED,
-                message[:1024],
-            ):
-                events.append(Event("Warning", REJECTED, message))  # once, and again only when it changes
-        elif quota_msg:
-            waiting = f"waiting for the namespace's ResourceQuota: {quota_msg}"
-            message = f"{message}; {waiting}" if running or early or retrying else waiting
-            reason = QUOTA
-            prev = next((c for c in old_conditions if c.get("type") == "Reconciling"), {})
-            if prev.get("reason") != QUOTA:
-                events.append(Event("Normal", QUOTA, message))  # when the wait begins, not on every pass
-        if (stalled_msg or rejected_msg or quota_msg) and not any(states[g.id].attempts for g in plan.groups):
-            new_phase = PENDING
+        waits = _Waits(stalled_msg, rejected_msg, quota_msg)
+        new_phase, reason, message = _building(build, spec, plan, states, early, queue, waits, old_conditions,
+                                               events)
 
     if new_phase in (FAILED, CANCELLED):
         delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
@@ -431,6 +393,76 @@ def decide(
         requeue_after=requeue,
         force_delete=sorted(lost),
     )
+
+
+@dataclass(frozen=True)
+class _Waits:
+    """What a build that goes on waits for, each as a message ("" for nothing): missing Secrets, pods
+    the API refused, the namespace's exhausted quota."""
+
+    secrets: str
+    rejected: str
+    quota: str
+
+
+def _building(
+    build: BuildRef,
+    spec: ImageBuildSpec,
+    plan: PlanView,
+    states: Mapping[str, GroupState],
+    early: Sequence[str],
+    queue: Spot | None,
+    waits: _Waits,
+    old_conditions: Sequence[Mapping[str, Any]],
+    events: list[Event],
+) -> tuple[str, str, str]:
+    """(phase, reason, message) of a run that goes on: what runs, started early, retries or queues; or
+    why it waits (suspended, Secrets missing, pods refused, quota) — with an event when such a wait
+    begins or changes."""
+    new_phase = BUILDING
+    running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE and g.id not in early]
+    retrying = [g.id for g in plan.groups if states[g.id].phase == S_RETRYING]
+    reason = "Building"
+    parts = []
+    if running:
+        parts.append(f"running {_some(running)}")
+    if early:
+        parts.append(f"{_some(early)} started early")
+    if retrying:
+        parts.append(f"retrying {_some(retrying)}")
+    if queue is not None and queue.queued and not waits.secrets:
+        parts.append(queue.say(build.namespace))
+        reason = QUEUED if not running and not early else reason
+    message = "; ".join(parts) or "waiting to start groups"
+    if spec.suspend:
+        done = sum(1 for gs in states.values() if gs.phase == S_SUCCEEDED)
+        reason = SUSPENDED
+        message = (
+            f"suspended (spec.suspend): {done}/{len(states)} groups done, no pod runs; "
+            "setting it to false resumes this run"
+        )
+    elif waits.secrets:
+        reason, message = "SecretNotFound", waits.secrets
+    elif waits.rejected:
+        reason, message = REJECTED, waits.rejected
+        prev_stalled = next((c for c in old_conditions if c.get("type") == "Stalled"), {})
+        if (prev_stalled.get("status"), prev_stalled.get("reason"), prev_stalled.get("message")) != (
+            "True",
+            REJECTED,
+            message[:1024],
+        ):
+            events.append(Event("Warning", REJECTED, message))  # once, and again only when it changes
+    elif waits.quota:
+        waiting = f"waiting for the namespace's ResourceQuota: {waits.quota}"
+        message = f"{message}; {waiting}" if running or early or retrying else waiting
+        reason = QUOTA
+        prev = next((c for c in old_conditions if c.get("type") == "Reconciling"), {})
+        if prev.get("reason") != QUOTA:
+            events.append(Event("Normal", QUOTA, message))  # when the wait begins, not on every pass
+    held = waits.secrets or waits.rejected or waits.quota
+    if held and not any(states[g.id].attempts for g in plan.groups):
+        new_phase = PENDING
+    return new_phase, reason, message
 
 
 def _start_groups(
