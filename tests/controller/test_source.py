@@ -134,3 +134,4 @@ def test_the_contexts_ignore_files_are_read_with_the_dockerfile(tmp_path: Path) 
     _git(r, "add", "-A")
     _git(r, "commit", "-qm", "link")
     assert resolve(_spec(f"file://{r}")).ignore is None
+

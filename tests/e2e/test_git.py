@@ -253,7 +253,7 @@ def test_black_holed_git_sources_delay_only_their_own_builds(
     git_run(repo, "commit", "-qm", "first")
     git_run(repo, "config", "uploadpack.allowAnySHA1InWant", "true")
     git_run(repo, "config", "uploadpack.allowFilter", "true")
-    timeout = 20
+    timeout = 15
     operator.stop()
     operator.extra = ["--concurrency", "2", "--source-timeout", str(timeout)]
     operator.start()

@@ -60,7 +60,7 @@ from .conftest import (
 
 pytestmark = [pytest.mark.cluster]
 
-SOURCE_TIMEOUT = 30  # seconds: each black-holed source gives up after this (the default is 60)
+SOURCE_TIMEOUT = 24  # seconds: each black-holed source gives up after this (the default is 60)
 CONCURRENCY = 3  # reconcile threads; HOLES black-holed builds would have held them all before #14 item 6
 HOLES = CONCURRENCY + 2
 # The admin's policy: flags after the suite's widened TEST_POLICY, so these win (argparse: last one counts).

@@ -218,9 +218,14 @@ def fetch_file(
     tree = _git(["ls-tree", "-r", "-z", "--full-tree", "FETCH_HEAD"], cwd=repo, env=env,
                 timeout=_left(deadline))
     extra: dict[str, str | None] = {}
+    checkout = repo.resolve()
     for name in also:
-        candidate = repo / name
-        if candidate.is_symlink() or (candidate.exists() and not candidate.is_file()):
+        candidate = checkout / name
+        if Path(os.path.realpath(candidate)) != candidate:
+            # A link on the way (the file, or a directory above it): never followed, since it may lead out
+            # of the checkout; such an ignore file is unusable (nothing is left out of the keys).
+            extra[name] = None
+        elif candidate.exists() and not candidate.is_file():
             extra[name] = None
         elif candidate.is_file():
             big = candidate.stat().st_size > MAX_IGNORE_BYTES  # (unusable: its patterns are not all read)

@@ -9,7 +9,7 @@ gives the same answer, which is what makes the operator restart-safe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -295,7 +295,7 @@ def decide(
         for other in outcome.unfinished({g.id: states[g.id].phase for g in plan.groups}):
             states[other].phase, states[other].message = S_CANCELLED, "cancelled: build timed out"
         events.append(Event("Warning", "BuildCancelled", message))
-    elif outcome.outcome(by_wave, {gid: gs.phase for gid, gs in states.items()}).succeeded:
+    elif standing.succeeded:  # (starting groups this pass changed no group's success)
         # All groups, not only the final one: a final pod started early can finish before the operator has
         # seen its upstream pods' results (a delayed watch event); the build ends once status has them all.
         new_phase, reason = SUCCEEDED, "Succeeded"
@@ -791,10 +791,6 @@ def _restart(
             f"group {g.id} ({', '.join(g.stages)}): {why}; pod {pod.name} is replaced",
         )
     )
-
-
-def _all_succeeded(states: Mapping[str, GroupState], groups: Iterable[str]) -> bool:
-    return all(states[gid].phase == S_SUCCEEDED for gid in groups)
 
 
 def _due(gs: GroupState, now: datetime) -> bool:

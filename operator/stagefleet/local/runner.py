@@ -235,6 +235,7 @@ class _Run:
 
     def __init__(self, todo: Sequence[GroupLike]) -> None:
         self.todo = list(todo)
+        self.by_id = {g.id: g for g in todo}
         self.phases: dict[str, str] = {g.id: phases.WAITING for g in todo}
         self.attempts: dict[str, int] = {g.id: 0 for g in todo}
         self.retry_at: dict[str, _dt.datetime] = {}
@@ -280,12 +281,11 @@ class _Run:
             self.held[group.id] = outcome
         else:
             events += self._failed(group, outcome, outcome.message(), settings)
-        by_id = {g.id: g for g in self.todo}
         progress = True
         while progress:
             progress = False
             for gid, held in list(self.held.items()):
-                g = by_id[gid]
+                g = self.by_id[gid]
                 verdict, why = consumed_check(g, held.result or {}, self.phases, self.upstream)
                 if verdict == "hold":
                     continue
