@@ -6,28 +6,21 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 from typing import Protocol
 
+from stagefleet.buildstate.ready import Schedulable
 
-class GroupLike(Protocol):
-    """What local mode needs of a `stagefleet.plan.Group`."""
 
-    @property
-    def id(self) -> str: ...
+class GroupLike(Schedulable, Protocol):
+    """What local mode needs of a `stagefleet.plan.Group`: what the build-state core schedules by
+    (`ready.Schedulable`: id, after, wave, critical, weight), and what its worker is given."""
+
     @property
     def stages(self) -> tuple[str, ...]: ...
-    @property
-    def after(self) -> tuple[str, ...]: ...
     @property
     def consumes(self) -> tuple[tuple[str, str], ...]: ...
     @property
     def secrets(self) -> tuple[str, ...]: ...
     @property
     def ssh(self) -> tuple[str, ...]: ...
-    @property
-    def critical(self) -> bool: ...
-    @property
-    def weight(self) -> int: ...
-    @property
-    def wave(self) -> int: ...
 
 
 class PlanLike(Protocol):
