@@ -17,10 +17,8 @@ from stagefleet.controller.podspec import (
     parse_attempts,
 )
 
-# Waiting reasons the kubelet never gets out of by itself.
 # A pod the node's kubelet refused at admission (its own resource check raced the scheduler's, e.g. pods
-# that just finished still counted: "OutOfcpu"), so no container ever ran: the group is retried at once
-# on whatever node the scheduler picks, without using an attempt, up to ADMISSION_RETRIES times in a row.
+# that just finished still counted: "OutOfcpu"), so no container ever ran (`rejected_at_admission`).
 ADMISSION_REASONS = (
     "UnexpectedAdmissionError",
     "NodeAffinity",
@@ -29,8 +27,7 @@ ADMISSION_REASONS = (
     "PodOSNotSupported",
     "PodOSSelectorNodeLabelDoesNotMatch",
 )
-
-
+# Waiting reasons the kubelet never gets out of by itself.
 STUCK_REASONS = (
     "ErrImagePull",
     "ImagePullBackOff",

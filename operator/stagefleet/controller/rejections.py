@@ -11,8 +11,6 @@ from stagefleet.controller import fields
 from stagefleet.controller.clock import fmt_time
 
 REJECTION_BACKOFF_CAP = 30.0
-
-
 QUOTA_BACKOFF_CAP = 5.0
 
 

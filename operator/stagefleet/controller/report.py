@@ -127,8 +127,6 @@ def conditions(
 # More stages than this and status.stages is summarised (`summarise_stages`): with every stage listed in
 # full, a 2,000-stage build's status passes 1.1 MB, near the API's object size limit (etcd: 1.5 MiB).
 SUMMARY_STAGES = 256
-
-
 _SETTLED_KEYS = ("attempts", "digest", "podUID", "image")
 
 

@@ -73,10 +73,9 @@ KEPT_FIELDS = (
     *polling.CARRIED,
 )
 
-
+# A pod refused at its node's admission (`observe.ADMISSION_REASONS`) is retried at once on whatever node
+# the scheduler picks, without using an attempt, up to ADMISSION_RETRIES times in a row, after 1, 2, 4, 8 s.
 ADMISSION_RETRIES = 5
-
-
 ADMISSION_BACKOFF_CAP = 8.0
 
 

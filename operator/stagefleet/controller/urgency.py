@@ -16,7 +16,6 @@ _PROGRESS_KEYS = frozenset(
     {"stages", "message", "conditions", "stagesDone", "progress", "stageCounts", "settledGroups"}
 )
 
-
 # Stage phase changes that only report progress (a pod started or finished well).
 _PROGRESS_STEPS = frozenset({(S_PENDING, S_RUNNING), (S_PENDING, S_SUCCEEDED), (S_RUNNING, S_SUCCEEDED)})
 

@@ -12,26 +12,12 @@ from pathlib import Path
 from typing import Any
 
 GROUP_STARTED = "group-started"
-
-
 LOG = "log"
-
-
 GROUP_FINISHED = "group-finished"
-
-
 GROUP_RETRYING = "group-retrying"  # an attempt failed through no fault of the build: another one follows
-
-
 GROUP_REUSED = "group-reused"   # a stored result stands for the group: no worker
-
-
 NOTE = "note"                   # something the user may want to know, not tied to a group
-
-
 BUILD_STARTED = "build-started"
-
-
 BUILD_FINISHED = "build-finished"
 
 
@@ -56,8 +42,6 @@ class Event:
 
 
 _STEP_FROM = re.compile(r"STEP \d+(?:/\d+)?: FROM \S+(?: AS (\S+))?", re.IGNORECASE)
-
-
 _PREFIX = re.compile(r"^\[([a-z0-9][a-z0-9_.-]*)\] ?")
 
 
