@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 #: The ignore files buildah (1.28) reads at the context's root, the first one found winning, unless the
@@ -124,21 +124,15 @@ def candidates(dockerfile: str | None) -> tuple[str, ...]:
     return (*own, *ROOT_FILES)
 
 
-def from_files(read: Callable[[str], str | None], dockerfile: str | None) -> Ignore | None:
-    """The rules for a context whose files ``read`` gives (a path of `candidates` → its text, None when
-    absent; it raises `Unusable` for one that is there but cannot be read as the builder would, e.g. a
-    symbolic link). None — nothing left out — when an unusable file or the Dockerfile's own
+def from_files(found: Mapping[str, str | None], dockerfile: str | None) -> Ignore | None:
+    """The rules for a context whose ignore files are ``found``: a path of `candidates` → its text, or None
+    for one that is there but not as a plain file the builder would read the same way (a link, too big);
+    an absent file has no key. None — nothing left out — when such an unusable file or the Dockerfile's own
     ``.containerignore`` (not verified against buildah) is there."""
     paths = candidates(dockerfile)
-    try:
-        texts = {p: read(p) for p in paths}
-    except Unusable:
+    if any(p in found and found[p] is None for p in paths):
         return None
-    if dockerfile and texts[paths[1]] is not None:
+    if dockerfile and paths[1] in found:
         return None
-    specific = texts[paths[0]] if dockerfile else None
-    return rules(specific, [texts[name] for name in ROOT_FILES])
-
-
-class Unusable(Exception):
-    """An ignore file is there, but not as a plain file the builder would read the same way."""
+    specific = found.get(paths[0]) if dockerfile else None
+    return rules(specific, [found.get(name) for name in ROOT_FILES])

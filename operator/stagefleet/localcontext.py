@@ -52,16 +52,14 @@ def ignore_rules(root: Path, dockerfile: Path | None) -> Ignore | None:
         except ValueError:
             relative = None
 
-    def read(path: str) -> str | None:
+    found: dict[str, str | None] = {}
+    for path in ignorefile.candidates(relative):
         target = root / path
         if target.is_symlink():
-            raise ignorefile.Unusable(path)
-        try:
-            return target.read_text(errors="replace")
-        except FileNotFoundError:
-            return None
-
-    return ignorefile.from_files(read, relative)
+            found[path] = None
+        elif target.exists():
+            found[path] = target.read_text(errors="replace") if target.is_file() else None
+    return ignorefile.from_files(found, relative)
 
 
 def _walk(root: Path, ignore: Ignore | None) -> Iterator[tuple[str, int]]:

@@ -187,7 +187,7 @@ def read(layer: Path, context_dir: str, dockerfile: str) -> Contents:
     text: str | None = None
     own = PurePosixPath(dockerfile).as_posix()
     candidates = {prefix + c: c for c in ignorefile.candidates(own)}
-    ignore_files: dict[str, str | None] = {}  # (None: there, but not a plain file)
+    ignore_files: dict[str, str | None] = {}  # (None: there, but not a plain file or too big)
     with _open(layer) as tar:
         try:
             for m in _capped(safe_members(tar)):
@@ -196,11 +196,9 @@ def read(layer: Path, context_dir: str, dockerfile: str) -> Contents:
                 if m.name in candidates:
                     ignore_files[candidates[m.name]] = _small_text(tar, m) if m.isfile() else None
                 if m.name == wanted and m.isfile():
-                    if m.size > MAX_DOCKERFILE_BYTES:
+                    text = _small_text(tar, m)
+                    if text is None:
                         raise ArtifactError(f"{wanted} is larger than {MAX_DOCKERFILE_BYTES >> 20} MiB")
-                    f = tar.extractfile(m)
-                    assert f is not None
-                    text = f.read().decode("utf-8", errors="replace")
                 if prefix and not m.name.startswith(prefix):
                     continue
                 entries[m.name[len(prefix):]] = _content_id(tar, m)
@@ -216,19 +214,11 @@ def read(layer: Path, context_dir: str, dockerfile: str) -> Contents:
         raise ArtifactError(f"{wanted} not found in the artifact")
     entries.pop("", None)
 
-    def read_ignore(path: str) -> str | None:
-        if path not in ignore_files:
-            return None
-        found = ignore_files[path]
-        if found is None:
-            raise ignorefile.Unusable(path)
-        return found
-
-    return Contents(text, entries, ignorefile.from_files(read_ignore, own))
+    return Contents(text, entries, ignorefile.from_files(ignore_files, own))
 
 
 def _small_text(tar: tarfile.TarFile, m: tarfile.TarInfo) -> str | None:
-    """An ignore file's text; None (unusable) past MAX_DOCKERFILE_BYTES."""
+    """A Dockerfile's or an ignore file's text; None past MAX_DOCKERFILE_BYTES."""
     if m.size > MAX_DOCKERFILE_BYTES:
         return None
     f = tar.extractfile(m)

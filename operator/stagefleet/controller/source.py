@@ -299,42 +299,32 @@ def resolve(
         auth = GitAuth(ssh_key=ssh_key, insecure_ignore_host_key=git.insecure_ignore_host_key)
     deadline = time.monotonic() + timeout
     path = "/".join(p for p in (spec.source.context_dir, spec.dockerfile) if p).lstrip("/")
-    ignore_candidates = ignorefile.candidates(PurePosixPath(spec.dockerfile).as_posix())
+    own = PurePosixPath(spec.dockerfile).as_posix()
+    in_repo = {c: "/".join(p for p in (spec.source.context_dir.strip("/"), c) if p)
+               for c in ignorefile.candidates(own)}
     with tempfile.TemporaryDirectory(prefix="stagefleet-source-") as tmp:
         home = Path(tmp)
         env = _env(auth, home)
         try:
             commit = pin_revision(git.url, git.revision, env, timeout=_left(deadline))
             text, tree, found = fetch_file(git.url, commit, path, env, home, timeout=_left(deadline),
-                                           also=[_in_context(spec, c) for c in ignore_candidates])
+                                           also=list(in_repo.values()))
         except SourceTimeout as e:
             raise SourceTimeout(
                 f"spec.source.git.url {redact(git.url)}: no answer within {timeout:.0f}s "
                 f"({e}); is the host reachable and serving git?"
             ) from None
-
-    def read_ignore(candidate: str) -> str | None:
-        name = _in_context(spec, candidate)
-        if name in found and found[name] is None:
-            raise ignorefile.Unusable(name)
-        return found.get(name)
-
     return Resolved(
         dockerfile=text,
         filename=path,
         git_url=git.url,
         git_commit=commit,
         tree=tree,
-        ignore=ignorefile.from_files(read_ignore, PurePosixPath(spec.dockerfile).as_posix()),
+        ignore=ignorefile.from_files({c: found[r] for c, r in in_repo.items() if r in found}, own),
         status={
             "git": {"url": redact(git.url), "revision": git.revision, "commit": commit, "dockerfile": path}
         },
     )
-
-
-def _in_context(spec: ImageBuildSpec, path: str) -> str:
-    """A path relative to the context as a path in the repository."""
-    return "/".join(p for p in (spec.source.context_dir.strip("/"), path) if p)
 
 
 def current_commit(spec: ImageBuildSpec, *, auth: GitAuth, timeout: float = 60) -> str:
