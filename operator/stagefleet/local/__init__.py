@@ -34,7 +34,7 @@ from stagefleet.local.refs import (
     repository_of,
     stage_repo,
 )
-from stagefleet.local.runner import STOP_GRACE_SECONDS, BuildResult, consumed_check, run_plan, stage_repo_of
+from stagefleet.local.runner import STOP_GRACE_SECONDS, BuildResult, consumed_check, run_plan
 from stagefleet.local.shapes import GroupLike, PlanLike, needed_groups, unschedulable
 from stagefleet.local.summary import (
     GroupOutcome,
@@ -56,5 +56,5 @@ __all__ = [
     "NOTE", "StageTracker", "format_plain", "looks_like_result", "parse_result", "short_digest",
     "GroupOutcome", "StageRow", "Summary", "format_summary", "format_table", "summarize", "summary_footer",
     "summary_table", "JsonProgress", "PlainProgress", "Progress", "RichProgress", "BuildResult",
-    "STOP_GRACE_SECONDS", "consumed_check", "run_plan", "stage_repo_of",
+    "STOP_GRACE_SECONDS", "consumed_check", "run_plan",
 ]

@@ -187,9 +187,9 @@ async def run_plan(plan: PlanLike, settings: BuildSettings, emit: Callable[[Even
                 for g in starts:
                     tasks[g.id] = asyncio.create_task(_run_group(
                         settings, plan, g, dict(run.upstream), emit, mask, work, run.attempts[g.id]))
-            if not tasks and run.next_retry() is None:
-                break
             wait = run.next_retry()
+            if not tasks and wait is None:
+                break
             if not tasks:
                 await asyncio.sleep(max(0.0, wait or 0.0))
                 continue
@@ -295,7 +295,7 @@ class _Run:
                     events += self._failed(g, held, why, settings, build_error=False)
                     continue
                 self.outcomes[gid] = held
-                self.succeed(gid, f"{stage_repo_of(held) or repo}@{held.digest}" if held.digest else None)
+                self.succeed(gid, f"{_result_repo(held, repo)}@{held.digest}" if held.digest else None)
                 events.append(_finished_event(held))
         return events
 
@@ -324,9 +324,10 @@ class _Run:
         return [_finished_event(outcome)]
 
 
-def stage_repo_of(outcome: GroupOutcome) -> str:
+def _result_repo(outcome: GroupOutcome, default: str) -> str:
+    """The repository a worker's result names (where it pushed), else ``default``."""
     pushed = (outcome.result or {}).get("image")
-    return repository_of(pushed) if isinstance(pushed, str) and pushed else ""
+    return repository_of(pushed) if isinstance(pushed, str) and pushed else default
 
 
 def consumed_check(group: GroupLike, result: Mapping[str, Any], phases_now: Mapping[str, str],
@@ -338,12 +339,13 @@ def consumed_check(group: GroupLike, result: Mapping[str, Any], phases_now: Mapp
     A worker started early pinned whatever digest the upstream's result tag named when it looked; its
     result says which (``upstreams``), and it must be the digest accepted for that upstream, as in the
     operator (`controller.status`)."""
-    used = result.get("upstreams") if isinstance(result.get("upstreams"), Mapping) else {}
+    used = result.get("upstreams")
+    used = used if isinstance(used, Mapping) else {}
     for stage, producer in group.consumes:
         if phases_now.get(producer) != phases.SUCCEEDED:
             return "hold", f"waits until group {producer}'s result is accepted"
         accepted = upstream.get(producer, "").rpartition("@")[2]
-        took = used.get(stage) if isinstance(used, Mapping) else None
+        took = used.get(stage)
         if took is not None and took != accepted:
             return "mismatch", (f"upstream digest mismatch: consumed {stage}@{took}, but group {producer} "
                                 f"pushed {accepted}")
