@@ -24,6 +24,9 @@ NO_RETRY = {
 RETRY_ONCE = frozenset({exitcodes.CONTEXT})
 #: The longest backoff between two attempts.
 BACKOFF_CAP = 300.0
+#: More attempts after the first, by default (spec.retries, `stagefleet build --retries`), and at most.
+DEFAULT_RETRIES = 2
+MAX_RETRIES = 10
 
 
 def is_build_error(exit_code: int | None) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from stagefleet import local
+from stagefleet.buildstate import retries
 
 if TYPE_CHECKING:
     from stagefleet import localreuse
@@ -58,9 +59,10 @@ def register(subparsers: Any) -> None:
                         "them under every tag (other architectures run under binfmt_misc emulation)")
     p.add_argument("--parallel", type=int, default=max(os.cpu_count() or 1, 1), metavar="N",
                    help="at most N workers at once (default: CPUs)")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
+    p.add_argument("--retries", type=int, default=retries.DEFAULT_RETRIES, metavar="N",
                    help="retry a group up to N more times when its worker fails through no fault of the "
-                        "build (a push or pull, say; a failing step is never retried; default: 2)")
+                        f"build (a push or pull, say; a failing step is never retried; default: "
+                        f"{retries.DEFAULT_RETRIES})")
     p.add_argument("--no-early-start", dest="early_start", action="store_false",
                    help="start a group only once its upstream groups finished (by default, with workers to "
                         "spare, the next wave starts early and waits for their results)")
@@ -161,8 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         print("error: --parallel must be at least 1", file=sys.stderr)
         return 2
-    if not 0 <= args.retries <= 10:
-        print("error: --retries must be between 0 and 10", file=sys.stderr)
+    if not 0 <= args.retries <= retries.MAX_RETRIES:
+        print(f"error: --retries must be between 0 and {retries.MAX_RETRIES}", file=sys.stderr)
         return 2
     platforms = [p.strip() for p in (args.platform or "").split(",") if p.strip()]
     for p in platforms:
@@ -307,7 +309,6 @@ def _prepare_reuse(args: argparse.Namespace, graph: StageGraph, plan: local.Plan
         graph, plan, context=settings.context, platform=settings.platform or f"linux/{machine_arch()}",
         cache_repo=settings.cache_repo, tags=settings.tags, client_for=localreuse.clients(settings.insecure),
         find=not (args.no_cache or args.no_reuse), dockerfile=settings.dockerfile)
-
 
 
 async def _run_stoppable(coro: Coroutine[Any, Any, local.BuildResult]) -> local.BuildResult:

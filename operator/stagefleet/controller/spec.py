@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stagefleet.buildstate.retries import DEFAULT_RETRIES, MAX_RETRIES
 from stagefleet.ctxpath import lexical_problem, normalise
 from stagefleet.gitauth import has_credentials, is_http_url, is_ssh_url
 from stagefleet.imageindex import PLATFORM_RE
@@ -21,7 +22,6 @@ from stagefleet.ocisource import parse_ref as parse_oci_ref
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/stagefleet/builder:0.1.0"
 DEFAULT_TIMEOUT_SECONDS = 3600
-DEFAULT_RETRIES = 2
 DEFAULT_MAX_PARALLEL_PODS = 8
 
 # A Kubernetes object name (DNS-1123 subdomain): Secrets, ServiceAccounts, PriorityClasses.
@@ -503,7 +503,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ImageBuildSpec:
         builder_image=r.text("builderImage", None, max_len=512),
         max_parallel_pods=r.integer("maxParallelPods", DEFAULT_MAX_PARALLEL_PODS, 1, 256),
         timeout_seconds=parse_duration(timeout or "1h"),
-        retries=r.integer("retries", DEFAULT_RETRIES, 0, 10),
+        retries=r.integer("retries", DEFAULT_RETRIES, 0, MAX_RETRIES),
         ttl_seconds_after_finished=(None if r.data.get("ttlSecondsAfterFinished") is None
                                     else r.integer("ttlSecondsAfterFinished", 0, 0, 2**31 - 1)),
         suspend=r.flag("suspend", False),

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stagefleet.buildstate.retries import DEFAULT_RETRIES
 from stagefleet.local.refs import repository_of, stage_repo
 from stagefleet.local.shapes import GroupLike
 
@@ -31,7 +32,7 @@ class BuildSettings:
     no_cache: bool = False
     keys: Mapping[str, str] = field(default_factory=dict)   # stage → content key (`stagekey`)
     pins: Mapping[str, str] = field(default_factory=dict)   # image → digest the keys were computed from
-    retries: int = 2              # more attempts for a group that failed through no fault of the build
+    retries: int = DEFAULT_RETRIES  # more attempts for a group that failed through no fault of the build
     backoff_base: float = 2.0     # seconds before the first retry (doubling, `buildstate.retries`)
     early_start: bool = True      # with workers to spare, start the next wave while its upstreams build
 
