@@ -13,11 +13,12 @@ from typing import Any, cast
 import pytest
 
 from stagefleet.controller import reconciler as rec
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.kube import Expired, Forbidden, Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.nodeloss import NodeReadiness
 from stagefleet.controller.nodewatch import NodeWatch
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 
 from .test_reconciler_rejected import NOW, FakeApi, by_group, make
 
@@ -130,7 +131,7 @@ def test_a_node_going_not_ready_triggers_only_the_builds_with_pods_on_it() -> No
     async def trigger(ns: str, name: str) -> None:
         triggered.append((ns, name))
 
-    r.trigger = trigger  # type: ignore[method-assign]
+    r.passes.trigger = trigger  # type: ignore[method-assign]
 
     def wpod(uid: str, build: str, node_name: str | None) -> dict[str, Any]:
         return {
@@ -154,7 +155,7 @@ def test_a_node_going_not_ready_triggers_only_the_builds_with_pods_on_it() -> No
     async def go() -> None:
         r._node_changed("n1")
         await asyncio.sleep(0)
-        await asyncio.gather(*list(r._tasks))
+        await asyncio.gather(*list(r.passes.tasks))
 
     asyncio.run(go())
     assert triggered == [("ns", "a")]
@@ -186,9 +187,10 @@ class Snapshot:
 
 
 def test_a_pod_on_a_lost_node_is_force_deleted_and_its_group_retried(clock: list[datetime]) -> None:
-    api, r = make()
+    api, _ = make()
     lossy = LostNodeApi(api.ib["spec"])
-    r.kube = cast(Kube, lossy)
+    # `make`'s reconciler, on the lossy API from the start (its parts share the API it is given)
+    r = Reconciler(cast(Kube, lossy), OperatorConfig(status_coalesce=0), Metrics(), threads=1)
     r.reconcile("ns", "b")
     assert sorted(lossy.pods) == ["b-1-g1-a1", "b-1-g2-a1"]
     for name, p in lossy.pods.items():

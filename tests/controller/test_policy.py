@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from binaries import find_tool
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.policy import (
     SETTINGS,
     Policy,
@@ -15,7 +16,6 @@ from stagefleet.controller.policy import (
     policy_from,
     violations,
 )
-from stagefleet.controller.reconciler import OperatorConfig
 from tiers import chart_operator
 
 from .helpers import make_spec

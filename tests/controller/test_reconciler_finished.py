@@ -14,10 +14,11 @@ import pytest
 
 from stagefleet.controller import reconciler as rec
 from stagefleet.controller import registry as reg
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.podspec import WorkerConfig
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 
 from .helpers import result_json
 from .test_reconciler_rejected import DOCKERFILE, NOW, FakeApi

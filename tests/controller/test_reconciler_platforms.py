@@ -12,9 +12,10 @@ from typing import Any, cast
 import pytest
 
 from stagefleet.controller import reconciler as rec
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 from stagefleet.controller.runs import spec_hash
 
 from .test_reconciler_queue import FarmApi
@@ -104,7 +105,7 @@ def test_the_parent_makes_a_build_per_platform_and_joins_their_images(
         written.append([c.platform for c in children])
         return "sha256:" + "c" * 64
 
-    monkeypatch.setattr(r, "_write_index", write_index)
+    monkeypatch.setattr(r.fanout, "_write_index", write_index)
     api.succeed("app-amd64", "sha256:" + "a" * 64)
     r.reconcile("t", "app")
     assert written == [] and api.status("t", "app")["phase"] == "Building"

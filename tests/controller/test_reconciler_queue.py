@@ -15,10 +15,11 @@ from typing import Any, cast
 import pytest
 
 from stagefleet.controller import reconciler as rec
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.podspec import LABEL_UID
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 
 from .crdschema import undeclared
 from .helpers import result_json
@@ -122,7 +123,7 @@ def farm(monkeypatch: pytest.MonkeyPatch) -> tuple[FarmApi, Reconciler, list[tup
     r = Reconciler(cast(Kube, api), OperatorConfig(status_coalesce=0, max_worker_pods=3), Metrics(),
                    threads=1)
     woken: list[tuple[str, str]] = []
-    monkeypatch.setattr(r, "_wake", lambda ns, name: woken.append((ns, name)))
+    monkeypatch.setattr(r.passes, "wake", lambda ns, name: woken.append((ns, name)))
     return api, r, woken
 
 

@@ -15,10 +15,11 @@ from typing import Any, cast
 import pytest
 
 from stagefleet.controller import reconciler as rec
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.kube import Kube, Refused
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.podspec import LABEL_GROUP
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 
 from .crdschema import undeclared
 

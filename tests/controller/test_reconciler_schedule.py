@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.observe import unschedulable
-from stagefleet.controller.reconciler import (
-    SAFETY_POLL_SECONDS,
-    OperatorConfig,
-    Reconciler,
-    safety_poll_seconds,
-)
+from stagefleet.controller.passes import SAFETY_POLL_SECONDS, safety_poll_seconds
+from stagefleet.controller.reconciler import Reconciler
 
 
 def test_few_builds_are_looked_at_every_15_seconds() -> None:
@@ -62,7 +59,7 @@ def test_a_pass_forgets_unschedulable_pods_its_list_no_longer_has() -> None:
     r = Reconciler(cast(Any, None), OperatorConfig(), Metrics())
     r.pod_changed(_pending("a", build="b1"))
     r.pod_changed(_pending("x", build="b2"))
-    r._refresh_schedulable("b1", [])  # b1's pod is gone; b2's is not b1's to judge
+    r.podbook.refresh_schedulable("b1", [])  # b1's pod is gone; b2's is not b1's to judge
     assert not r.early_start_now()
-    r._refresh_schedulable("b2", [_pending("x", build="b2", node="n1")])  # listed, and bound since
+    r.podbook.refresh_schedulable("b2", [_pending("x", build="b2", node="n1")])  # listed, and bound since
     assert r.early_start_now()

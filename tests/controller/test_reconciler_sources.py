@@ -20,10 +20,11 @@ from typing import Any, cast
 
 import pytest
 
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.policy import Policy
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 
 from .crdschema import undeclared
 
@@ -243,8 +244,8 @@ def test_a_source_waiting_for_a_slot_says_so_then_says_it_resolves(repo: Path, b
     async def scenario() -> None:
         await r.trigger("ns", "hole")
         started = time.monotonic()
-        while r._source_slots.busy() != {"ns": 1}:  # the hole's job holds the namespace's one slot
-            assert time.monotonic() - started < 2, r._source_slots.busy()
+        while r.sources.slots.busy() != {"ns": 1}:  # the hole's job holds the namespace's one slot
+            assert time.monotonic() - started < 2, r.sources.slots.busy()
             await asyncio.sleep(0.01)
         await r.trigger("ns", "next")
         waiting = api.status("next")

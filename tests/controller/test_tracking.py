@@ -18,11 +18,12 @@ import pytest
 
 from stagefleet.controller import reconciler as rec
 from stagefleet.controller import tracking
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.events import EventCorrelator
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.podspec import LABEL_GROUP, LABEL_UID
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 
 from .crdschema import undeclared
 
@@ -251,7 +252,8 @@ def test_ttl_deleted_builds_leave_nothing_even_without_their_deleted_event() -> 
 
     async def scenario() -> None:
         await run_builds(r, cluster, clean_up=False)
-        assert all(when < float("inf") for when in r._due.values()) and len(r._due) == 6  # TTL pending
+        due = r.passes.due
+        assert all(when < float("inf") for when in due.values()) and len(due) == 6  # TTL pending
         assert r.unfinished() == 0  # ... but ended: they do not lengthen the safety poll of running builds
         for ns, name in sorted(cluster.builds):
             await r.trigger(ns, name)  # the requeue at the TTL: the pass deletes the build
@@ -277,16 +279,16 @@ def test_the_sweep_keeps_builds_that_exist_and_forgets_those_that_do_not() -> No
     async def scenario() -> None:
         await r.trigger("ns", "live")
         await r.trigger("ns", "gone")  # both building: pods running, a pass due
-        assert set(r._due) == {("ns", "live"), ("ns", "gone")}
+        assert set(r.passes.due) == {("ns", "live"), ("ns", "gone")}
         cluster.delete_imagebuild("ns", "gone", cluster.builds[("ns", "gone")]["metadata"]["uid"])
         r.metrics.record("ns/ghost", {}, {"phase": "Building"})  # an entry with no pass coming
         stale = await r.sweep()
         assert stale.builds == {("ns", "gone"), ("ns", "ghost")}
-        assert set(r._pod_builds.values()) == {("ns", "live")}  # gone's pods are gone: their entries too
+        assert set(r.podbook.builds.values()) == {("ns", "live")}  # gone's pods are gone: their entries too
         assert r.metrics.build_keys() == {"ns/live", "ns/gone"}  # ghost forgotten; gone has a pass due,
-        assert set(r._due) == {("ns", "live"), ("ns", "gone")}  # which finds it gone itself:
+        assert set(r.passes.due) == {("ns", "live"), ("ns", "gone")}  # which finds it gone itself:
         await r.trigger("ns", "gone")
-        assert set(r._due) == {("ns", "live")} and r.metrics.build_keys() == {"ns/live"}
-        assert set(r._locks) == {("ns", "live")}
+        assert set(r.passes.due) == {("ns", "live")} and r.metrics.build_keys() == {"ns/live"}
+        assert set(r.passes.locks) == {("ns", "live")}
 
     asyncio.run(scenario())

@@ -8,9 +8,10 @@ from typing import Any, cast
 
 from stagefleet.controller import reconciler as rec
 from stagefleet.controller import trust
+from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.kube import Kube
 from stagefleet.controller.metrics import Metrics
-from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+from stagefleet.controller.reconciler import Reconciler
 from stagefleet.controller.report import planned_status
 from stagefleet.controller.status import Decision
 

@@ -301,11 +301,12 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from stagefleet.controller import handlers  # noqa: F401  (registers the kopf handlers)
+    from stagefleet.controller.config import OperatorConfig
     from stagefleet.controller.kube import Kube
     from stagefleet.controller.metrics import Metrics
     from stagefleet.controller.model import plan_dockerfile
     from stagefleet.controller.planner import Planner
-    from stagefleet.controller.reconciler import OperatorConfig, Reconciler
+    from stagefleet.controller.reconciler import Reconciler
 
     kopf.configure(
         verbose=args.verbose,
