@@ -155,7 +155,7 @@ def unpack(layer: Path, dest: Path) -> None:
 @dataclass(frozen=True)
 class Contents:
     """What the planner needs of an artifact: the Dockerfile text and the context's `stagekey.ContextIndex`
-    entries (path relative to the context directory → ``<mode> sha256:<hex>``, as `localcontext` keys a
+    entries (path relative to the context directory → ``<mode> sha256:<hex>``, as `local.context` keys a
     directory: a file's full mode and content hash, a link's target text hash, ``<mode> dir``)."""
 
     dockerfile: str

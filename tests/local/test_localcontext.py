@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stagefleet import localcontext
-from stagefleet.localcontext import index_directory
+from stagefleet.local import context as localcontext
+from stagefleet.local.context import index_directory
 
 
 def _tree(root: Path) -> Path:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from stagefleet import local, localreuse
+from stagefleet import local
 from stagefleet import registryclient as reg
+from stagefleet.local import reuse as localreuse
 from stagefleet.plan import Plan, make_plan
 from stagefleet.stagekey import key_tag
 from stagefleet.stages import StageGraph, parse_stage_graph

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stagefleet import localcontext
+from stagefleet.local import context as localcontext
 from stagefleet.stagekey import IGNORE_FILES
 
 pytestmark = pytest.mark.skipif(shutil.which("buildah") is None, reason="needs buildah")

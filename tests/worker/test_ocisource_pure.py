@@ -16,7 +16,7 @@ from typing import IO
 import pytest
 
 from stagefleet import ocisource
-from stagefleet.localcontext import index_directory
+from stagefleet.local.context import index_directory
 from stagefleet.ocisource import ArtifactError, OciRef, parse_ref
 
 DIGEST = "sha256:" + "ab" * 32
@@ -97,7 +97,7 @@ def test_the_operators_index_is_what_the_worker_unpacks(tmp_path: Path) -> None:
 def test_the_artifacts_ignore_file_leaves_the_same_out_as_for_a_directory(tmp_path: Path) -> None:
     """The operator reads the context's ignore file from the layer: its index less what buildah would not
     copy equals local mode's index of the worker's unpack with the same rules."""
-    from stagefleet import localcontext
+    from stagefleet.local import context as localcontext
     from stagefleet.stagekey import ContextIndex
 
     ctx = tmp_path / "ctx"

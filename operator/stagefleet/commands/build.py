@@ -20,7 +20,7 @@ from stagefleet import local
 from stagefleet.buildstate import retries
 
 if TYPE_CHECKING:
-    from stagefleet import localreuse
+    from stagefleet.local import reuse as localreuse
     from stagefleet.stages import StageGraph
 
 PROGRESS_MODES = ("auto", "plain", "json")
@@ -203,7 +203,7 @@ def _build_platform(args: argparse.Namespace, text: str, dockerfile: Path, conte
                     platform: str | None, tags: tuple[str, ...], mode: str) -> tuple[int, str | None]:
     """Plan and build for one platform (None: this machine's) into ``tags`` (none: a throwaway tag):
     (exit code, the image's digest)."""
-    from stagefleet import localreuse
+    from stagefleet.local import reuse as localreuse
     from stagefleet.plan import make_plan
     from stagefleet.stages import DockerfileError, parse_stage_graph
 
@@ -262,8 +262,9 @@ def _build_platforms(args: argparse.Namespace, text: str, dockerfile: Path, cont
                      platforms: list[str], tags: tuple[str, ...], mode: str) -> int:
     """One build per platform, each pushed under TAG-linux-ARCH, then one OCI index of them under every
     tag (`imageindex`), as the operator does for spec.platforms."""
-    from stagefleet import localreuse, registryclient
+    from stagefleet import registryclient
     from stagefleet.imageindex import platform_tag, write_index
+    from stagefleet.local import reuse as localreuse
 
     tags = tags or (local.default_tag(registry, local.new_build_id()),)
     repository = local.repository_of(tags[0])
@@ -300,7 +301,7 @@ def _prepare_reuse(args: argparse.Namespace, graph: StageGraph, plan: local.Plan
                    settings: local.BuildSettings) -> localreuse.Prepared:
     """Stage keys for the workers, and the results stored already (none with --no-cache/--no-reuse);
     nothing without a cache repository to keep them in."""
-    from stagefleet import localreuse
+    from stagefleet.local import reuse as localreuse
     from stagefleet.reuse import machine_arch
 
     if settings.cache_repo is None:

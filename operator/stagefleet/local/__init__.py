@@ -1,7 +1,8 @@
 """Local mode: run a build plan as local `stagefleet-worker` processes, one per group, with the same
 plan, worker and build-state core (`stagefleet.buildstate`) as the operator, minus Kubernetes. This face
 hands on the names of its parts: `shapes`, `refs`, `workerargs`, `masking`, `events`, `summary`,
-`progress` and `runner`."""
+`progress` and `runner`; `context` and `reuse` (stage reuse before any worker starts) are imported by
+name."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 keyed, and a group whose result is stored under its key in the cache repository runs no worker.
 
 The keys are the operator's (`stagefleet.reuse`, `stagekey`); the context is the local directory
-(`localcontext.index_directory`) and the platform the local machine's, or ``--platform``. Key tags live in
+(`local.context.index_directory`) and the platform the local machine's, or ``--platform``. Key tags live in
 the build's cache repository, the one its layer cache uses (`cache_repository`). Like the operator's, the
 lookup never fails a build: what it cannot do is a note, and those groups are built.
 """
@@ -13,8 +13,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stagefleet import local, localcontext, registryclient
+from stagefleet import registryclient
 from stagefleet import reuse as shared
+from stagefleet.local import context as localcontext
+from stagefleet.local.refs import ref_host, repository_of
+from stagefleet.local.shapes import PlanLike
+from stagefleet.local.workerargs import Stored
 from stagefleet.stages import StageGraph
 
 __all__ = ["MAX_NOTES", "Prepared", "cache_repository", "clients", "prepare"]
@@ -28,9 +32,9 @@ def cache_repository(explicit: str | None, tags: Sequence[str], *, outlives_buil
     A throwaway registry's cache would go with it: caching there costs pushes and saves nothing."""
     if explicit:
         return explicit
-    if not outlives_build or not tags or local.ref_host(tags[0]) is None:
+    if not outlives_build or not tags or ref_host(tags[0]) is None:
         return None
-    return f"{local.repository_of(tags[0])}/cache"
+    return f"{repository_of(tags[0])}/cache"
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Prepared:
 
     keys: dict[str, str] = field(default_factory=dict)  # stage → key
     pins: dict[str, str] = field(default_factory=dict)  # image → digest
-    stored: dict[str, local.Stored] = field(default_factory=dict)  # group → its stored result
+    stored: dict[str, Stored] = field(default_factory=dict)  # group → its stored result
     notes: list[str] = field(default_factory=list)
 
 
@@ -56,7 +60,7 @@ def clients(insecure: Collection[str]) -> shared.ClientFor:
     return client_for
 
 
-def prepare(graph: StageGraph, plan: local.PlanLike, *, context: Path, platform: str, cache_repo: str,
+def prepare(graph: StageGraph, plan: PlanLike, *, context: Path, platform: str, cache_repo: str,
             tags: Sequence[str], client_for: shared.ClientFor, find: bool = True,
             dockerfile: Path | None = None) -> Prepared:
     """Key the stages, and with ``find`` look their results up; a stored final result is copied to every
@@ -73,7 +77,7 @@ def prepare(graph: StageGraph, plan: local.PlanLike, *, context: Path, platform:
     out = Prepared(
         keys={stage: r.key for stage, r in found.keys.items() if r.key is not None},
         pins=dict(found.bases),
-        stored={gid: local.Stored(found.image[gid], digest) for gid, digest in found.found.items()},
+        stored={gid: Stored(found.image[gid], digest) for gid, digest in found.found.items()},
     )
     unkeyed = sorted({r.reason for r in found.keys.values() if r.key is None and r.reason})
     out.notes = [f"stage reuse: {n}" for n in [*unkeyed, *found.notes]][:MAX_NOTES]
@@ -88,9 +92,9 @@ def prepare(graph: StageGraph, plan: local.PlanLike, *, context: Path, platform:
     return out
 
 
-def _copy_output(stored: local.Stored, tags: Sequence[str], client_for: shared.ClientFor) -> str | None:
+def _copy_output(stored: Stored, tags: Sequence[str], client_for: shared.ClientFor) -> str | None:
     """Every tag names the stored result (`reuse.copy_image`); None when done, else why not."""
-    where = registryclient.split_repository(local.repository_of(stored.image))
+    where = registryclient.split_repository(repository_of(stored.image))
     if where is None:
         return f"{stored.image} names no registry host"
     try:
