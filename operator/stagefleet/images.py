@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -467,10 +468,13 @@ class ImageBuilder:
             self._loaded.add(local)
         return local
 
+    def _tag(self, spec: ImageSpec, context: Path, base: Archive) -> str:
+        dockerfile = self.root / spec.dockerfile
+        return tag_for(__version__, image_key(dockerfile.read_bytes(), tree_digest(context), base.tag))
+
     def image(self, spec: ImageSpec, context: Path, base: Archive) -> Archive:
         dockerfile = self.root / spec.dockerfile
-        key = image_key(dockerfile.read_bytes(), tree_digest(context), base.tag)
-        tag = tag_for(__version__, key)
+        tag = self._tag(spec, context, base)
         found = self._cached(spec.name, spec.repo, tag)
         if found is not None:
             return found
@@ -484,9 +488,19 @@ class ImageBuilder:
         return self._save(spec.name, spec.repo, tag, t0)
 
     def build_all(self) -> list[Archive]:
-        base = self.base()
-        builder_ctx, operator_ctx = self.wheels()
-        archives = [base, self.image(BUILDER, builder_ctx, base), self.image(OPERATOR, operator_ctx, base)]
+        """Two at a time, as they wait on different things (mmdebstrap and pip on the network and disk,
+        the two images on their own steps): the wheels beside the base, then both images (each FROM the
+        base) beside each other. A cold build takes about the longest of each pair instead of the sum."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="images") as pool:
+            wheels = pool.submit(self.wheels)
+            base = self.base()
+            builder_ctx, operator_ctx = wheels.result()
+            if not (self._cached(BUILDER.name, BUILDER.repo, self._tag(BUILDER, builder_ctx, base))
+                    and self._cached(OPERATOR.name, OPERATOR.repo, self._tag(OPERATOR, operator_ctx, base))):
+                self._load(base)  # (once, before the two builds that use it)
+            builder = pool.submit(self.image, BUILDER, builder_ctx, base)
+            operator = self.image(OPERATOR, operator_ctx, base)
+            archives = [base, builder.result(), operator]
         self.prune()
         return archives
 
