@@ -44,17 +44,23 @@ def on_real_tier(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which turns xdist_group marks into groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """tests/reliability's dev tier runs first, as one unit: scripts/test runs pytest-xdist with `--dist
-    loadgroup`, which keeps an `xdist_group` in one worker in collection order (test_zz_canary must run
-    after the rest of its tier's suite, in the same session, to see its evidence). First, because it is the
-    longest unit: started last it would run alone at the end. Then the tests on the session's real cluster,
-    as one unit too (started once, its kubelets' pods counted by its own audit log) — tests/reliability's
-    real tier first among them, in file order, so its canary runs after the rest of it. Then tests/realtier
-    (group "realtier", marked in its modules): each test starts a real cluster of its own, so they need not
-    wait for the session's; as a unit of their own they run in the other worker, beside it, which halves the
-    real tier's share of the wall time. Without xdist only the order changes."""
+    """Units of work for pytest-xdist (scripts/test: `--dist loadgroup`, which keeps an `xdist_group` in one
+    worker, in collection order, and hands out the groups with the most tests first):
+
+    * "reliability": tests/reliability's dev tier (test_zz_canary runs after the rest of its tier's suite,
+      in the same session, to see its evidence);
+    * "real": tests/reliability's real tier, in file order (its canary last), on the real cluster of its
+      worker's session;
+    * "real-e2e": every other test on the session's real cluster (tests/e2e, tests/devcluster's real
+      variants), apart from "real" so that the two long halves of the real tier run beside each other,
+      each on a real cluster of its own (a session is a worker process): the real tier is half the suite's
+      time, and as one unit it alone took longer than everything else;
+    * "realtier" (marked in its modules): tests that start a real cluster of their own;
+    * every other test on its own.
+    Without xdist only the order changes: the groups first, as listed."""
     reliability = pytest.mark.xdist_group("reliability")
     real = pytest.mark.xdist_group("real")
+    real_e2e = pytest.mark.xdist_group("real-e2e")
     first: list[pytest.Item] = []
     real_reliability: list[pytest.Item] = []
     second: list[pytest.Item] = []
@@ -71,7 +77,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif REALTIER in Path(str(item.path)).parents:
             own_clusters.append(item)
         elif on_real_tier(item):
-            item.add_marker(real)
+            item.add_marker(real_e2e)
             second.append(item)
         else:
             rest.append(item)
