@@ -36,10 +36,31 @@ BuildahEnv = Callable[[Path], dict[str, str]]
 TIER_FIXTURES = ("cluster", "kube", "rcluster")  # fixtures parametrised over tests/tiers.py's TIERS
 
 
+# Run every per-tier test on every tier, `tiers` marks notwithstanding (e.g. while changing the dev cluster).
+EVERY_TIER = "STAGEFLEET_TEST_EVERY_TIER"
+# A test module's own xdist group beside the real tier's two (`pytest_collection_modifyitems`): its real
+# variants run with tests/reliability's real tier, to even out the two halves.
+WITH_REAL_RELIABILITY = (TESTS / "e2e" / "test_resilience.py", TESTS / "devcluster")
+
+
+def item_tier(item: pytest.Item) -> str | None:
+    """The tier the test runs on (the param of its tier fixture, tests/tiers.py); None: not per tier."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return next((str(params[name]) for name in TIER_FIXTURES if name in params), None)
+
+
 def on_real_tier(item: pytest.Item) -> bool:
     """The test runs on the real tier (a tier fixture of tests/tiers.py has the param "real")."""
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    return any(params.get(name) == "real" for name in TIER_FIXTURES)
+    return item_tier(item) == "real"
+
+
+def _off_tier(item: pytest.Item) -> bool:
+    """A variant for a tier its `tiers` mark leaves out: `@pytest.mark.tiers("real")` on a test whose dev
+    variant would prove nothing the real one does not (no fault only the dev cluster can inject, no
+    emulator path of its own) and would only double its time in every run."""
+    mark = item.get_closest_marker("tiers")
+    tier = item_tier(item)
+    return mark is not None and tier is not None and tier not in mark.args and not os.environ.get(EVERY_TIER)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which turns xdist_group marks into groups
@@ -51,37 +72,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
       in the same session, to see its evidence);
     * "real": tests/reliability's real tier, in file order (its canary last), on the real cluster of its
       worker's session;
-    * "real-e2e": every other test on the session's real cluster (tests/e2e, tests/devcluster's real
-      variants), apart from "real" so that the two long halves of the real tier run beside each other,
-      each on a real cluster of its own (a session is a worker process): the real tier is half the suite's
-      time, and as one unit it alone took longer than everything else;
+    * "real-e2e": every other test on the session's real cluster (tests/e2e), apart from "real" so that
+      the two long halves of the real tier run beside each other, each on a real cluster of its own (a
+      session is a worker process): the real tier is half the suite's time, and as one unit it alone took
+      longer than everything else. The real variants of WITH_REAL_RELIABILITY join "real", so that the
+      two halves take about as long;
     * "realtier" (marked in its modules): tests that start a real cluster of their own;
     * every other test on its own.
-    Without xdist only the order changes: the groups first, as listed."""
+    Without xdist only the order changes: the groups first, as listed. Variants a `tiers` mark leaves out
+    are deselected (`_off_tier`)."""
+    off = [item for item in items if _off_tier(item)]
+    if off:
+        config.hook.pytest_deselected(items=off)
+        items[:] = [item for item in items if not _off_tier(item)]
     reliability = pytest.mark.xdist_group("reliability")
     real = pytest.mark.xdist_group("real")
     real_e2e = pytest.mark.xdist_group("real-e2e")
     first: list[pytest.Item] = []
     real_reliability: list[pytest.Item] = []
+    with_reliability: list[pytest.Item] = []
     second: list[pytest.Item] = []
     own_clusters: list[pytest.Item] = []
     rest: list[pytest.Item] = []
     for item in items:
-        in_reliability = RELIABILITY in Path(str(item.path)).parents
+        path = Path(str(item.path))
+        in_reliability = RELIABILITY in path.parents
         if in_reliability and on_real_tier(item):
             item.add_marker(real)
             real_reliability.append(item)
+        elif on_real_tier(item) and any(p == path or p in path.parents for p in WITH_REAL_RELIABILITY):
+            item.add_marker(real)
+            with_reliability.append(item)
         elif in_reliability:
             item.add_marker(reliability)
             first.append(item)
-        elif REALTIER in Path(str(item.path)).parents:
+        elif REALTIER in path.parents:
             own_clusters.append(item)
         elif on_real_tier(item):
             item.add_marker(real_e2e)
             second.append(item)
         else:
             rest.append(item)
-    items[:] = first + real_reliability + second + own_clusters + rest
+    items[:] = first + real_reliability + with_reliability + second + own_clusters + rest
 
 
 def _require_builder() -> None:

@@ -87,6 +87,7 @@ def test_a_succeeded_build_leaves_no_stage_tags_and_no_pods(
     assert kubectl.ib("done")["status"]["phase"] == "Succeeded"
 
 
+@pytest.mark.tiers("real")
 def test_a_failed_build_keeps_its_stage_tags_and_pods_for_the_configured_time(
     kubectl: Kubectl, cleanup_operator: Operator, registry: LocalRegistry, base_image: str, namespace: str
 ) -> None:

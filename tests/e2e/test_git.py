@@ -168,6 +168,7 @@ def sshd_repo(tmp_path: Path, base_image: str) -> Iterator[tuple[str, Path, str,
         proc.wait(timeout=10)
 
 
+@pytest.mark.tiers("real")
 def test_private_git_over_ssh_with_a_deploy_key_secret(
     kubectl: Kubectl,
     operator: Operator,
@@ -236,6 +237,7 @@ def test_private_git_over_ssh_with_a_deploy_key_secret(
     assert private_key not in json.dumps(kubectl.ib("private"))
 
 
+@pytest.mark.tiers("real")
 def test_black_holed_git_sources_delay_only_their_own_builds(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str,
     git_daemon: tuple[Path, str],

@@ -44,6 +44,7 @@ def manifest(name: str, image: str, base: str, registry: LocalRegistry,
     }
 
 
+@pytest.mark.tiers("real")
 def test_a_pushed_context_is_built_and_keys_its_stages(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str, tmp_path: Path,
     namespace: str,

@@ -44,6 +44,7 @@ def run_ended(number: int) -> Any:
     return lambda o: (o.get("status") or {}).get("run") == number and o["status"].get("phase") in TERMINAL
 
 
+@pytest.mark.tiers("real")
 def test_a_moved_branch_starts_a_new_run_and_an_unmoved_one_does_not(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str,
     git_daemon: tuple[Path, str],

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import pytest
+
 from stagefleet.localregistry import LocalRegistry, free_port
 
 from .conftest import Kubectl, Operator, inline_manifest, wait_for
@@ -31,6 +33,7 @@ def _healthz(port: int, deadline: float) -> dict[str, Any]:
             time.sleep(0.2)
 
 
+@pytest.mark.tiers("real")
 def test_healthz_answers_and_counts_builds_in_flight(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry
 ) -> None:

@@ -57,6 +57,7 @@ def _first_start(kubectl: Kubectl, name: str) -> str:
     return str(pod["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"])
 
 
+@pytest.mark.tiers("real")
 def test_a_namespaces_backlog_does_not_queue_another_namespace_behind_it(
     kubectl: Kubectl, other: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:

@@ -76,6 +76,7 @@ def built(kubectl: Kubectl, operator: Operator, manifest: dict[str, Any]) -> dic
     return obj
 
 
+@pytest.mark.tiers("real")
 def test_unchanged_stages_start_no_pod(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str,
     git_daemon: tuple[Path, str], namespace: str,

@@ -19,6 +19,7 @@ from .oci import blobs_containing, image_files
 pytestmark = [pytest.mark.cluster, pytest.mark.builder]
 
 
+@pytest.mark.tiers("real")
 def test_missing_secret_stalls_then_secret_is_scoped_and_never_leaks(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:

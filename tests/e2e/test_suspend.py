@@ -40,6 +40,7 @@ def _reason(o: dict[str, Any], ctype: str) -> tuple[str | None, str | None]:
     return c.get("status"), c.get("reason")
 
 
+@pytest.mark.tiers("real")
 def test_a_suspended_build_stops_its_pods_and_resumes_the_same_run(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:

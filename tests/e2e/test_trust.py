@@ -35,6 +35,7 @@ def _arg_values(pod: dict[str, Any], flag: str) -> list[str]:
     return [args[i + 1] for i, a in enumerate(args) if a == flag]
 
 
+@pytest.mark.tiers("real")
 def test_an_overwritten_upstream_tag_fails_the_consumer_and_it_is_retried_from_the_recorded_digest(
     kubectl: Kubectl,
     operator: Operator,
@@ -105,6 +106,7 @@ def test_an_overwritten_upstream_tag_fails_the_consumer_and_it_is_retried_from_t
     assert image_files(registry.host, "e2e/tamper", digest)["/out/marker.txt"] == b"real\n"
 
 
+@pytest.mark.tiers("real")
 def test_an_impostor_pod_with_the_builds_labels_is_deleted_and_never_adopted(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:
