@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,14 +22,12 @@ from stagefleet.controller.writes import StatusWriter, log_fields
 log = logging.getLogger("stagefleet.operator")
 
 
+@dataclass
 class Cleaner:
-    def __init__(
-        self, kube: Kube, config: OperatorConfig, writer: StatusWriter, registry_clients: RegistryClients
-    ) -> None:
-        self.kube = kube
-        self.config = config
-        self.writer = writer
-        self.registry_clients = registry_clients
+    kube: Kube
+    config: OperatorConfig
+    writer: StatusWriter
+    registry_clients: RegistryClients
 
     def after_finish(
         self,

@@ -4,6 +4,7 @@ an ordinary build, which plans and starts pods; this one only creates, patches a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,14 +21,12 @@ from stagefleet.controller.writes import StatusWriter
 from stagefleet.imageindex import write_index
 
 
+@dataclass
 class FanOut:
-    def __init__(
-        self, kube: Kube, config: OperatorConfig, writer: StatusWriter, registry_clients: RegistryClients
-    ) -> None:
-        self.kube = kube
-        self.config = config
-        self.writer = writer
-        self.registry_clients = registry_clients
+    kube: Kube
+    config: OperatorConfig
+    writer: StatusWriter
+    registry_clients: RegistryClients
 
     def run(
         self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
