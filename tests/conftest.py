@@ -232,7 +232,7 @@ def buildah_env(registry: LocalRegistry) -> Iterator[BuildahEnv]:
 
 # ---------------------------------------------------------------------------------- per-tier counts
 
-_TIER_ID = re.compile(r"\[(?:[^\]]*-)?(dev|real)(?:-[^\]]*)?\](?:@\w+)?$")  # xdist adds "@group"
+_TIER_ID = re.compile(r"\[(?:[^\]]*-)?(dev|real)(?:-[^\]]*)?\](?:@[\w-]+)?$")  # xdist adds "@group"
 _tier_counts: dict[str, Counter[str]] = {}
 
 
