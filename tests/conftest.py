@@ -81,10 +81,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     * every other test on its own.
     Without xdist only the order changes: the groups first, as listed. Variants a `tiers` mark leaves out
     are deselected (`_off_tier`)."""
-    off = [item for item in items if _off_tier(item)]
+    keep: list[pytest.Item] = []
+    off: list[pytest.Item] = []
+    for item in items:
+        (off if _off_tier(item) else keep).append(item)
     if off:
         config.hook.pytest_deselected(items=off)
-        items[:] = [item for item in items if not _off_tier(item)]
+    items[:] = keep
     reliability = pytest.mark.xdist_group("reliability")
     real = pytest.mark.xdist_group("real")
     real_e2e = pytest.mark.xdist_group("real-e2e")
