@@ -28,6 +28,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -307,17 +308,20 @@ class ImageBuilder:
         self.log = log or (lambda m: print(f"images: {m}", file=sys.stderr, flush=True))
         self._storage: tuple[Path, dict[str, str]] | None = None
         self._loaded: set[str] = set()
+        # The storage is made, and the base loaded into it, once for the two image builds (`build_all`).
+        self._lock = threading.RLock()
 
     # -- buildah storage, made only when something must be built
     def storage_env(self) -> dict[str, str]:
-        if self._storage is None:
-            if os.geteuid() != 0:
-                raise ImagesError("building the images needs root (mmdebstrap --mode=root, buildah); "
-                                  "a run with everything cached does not")
-            self.cache.mkdir(parents=True, exist_ok=True)
-            root = Path(tempfile.mkdtemp(prefix="storage-", dir=self.cache))
-            self._storage = (root, buildenv.prepare(root))
-        return self._storage[1]
+        with self._lock:
+            if self._storage is None:
+                if os.geteuid() != 0:
+                    raise ImagesError("building the images needs root (mmdebstrap --mode=root, buildah); "
+                                      "a run with everything cached does not")
+                self.cache.mkdir(parents=True, exist_ok=True)
+                root = Path(tempfile.mkdtemp(prefix="storage-", dir=self.cache))
+                self._storage = (root, buildenv.prepare(root))
+            return self._storage[1]
 
     def close(self) -> None:
         if self._storage is not None:
@@ -462,19 +466,17 @@ class ImageBuilder:
     def _load(self, archive: Archive) -> str:
         """The archive's image in the build storage; its local name."""
         local = f"{LOCAL}/{archive.repo}:{archive.tag}"
-        if local not in self._loaded:
-            self.run(["skopeo", "copy", "--quiet", f"oci-archive:{archive.path}",
-                      f"containers-storage:{local}"], env=self.storage_env())
-            self._loaded.add(local)
+        with self._lock:
+            if local not in self._loaded:
+                self.run(["skopeo", "copy", "--quiet", f"oci-archive:{archive.path}",
+                          f"containers-storage:{local}"], env=self.storage_env())
+                self._loaded.add(local)
         return local
-
-    def _tag(self, spec: ImageSpec, context: Path, base: Archive) -> str:
-        dockerfile = self.root / spec.dockerfile
-        return tag_for(__version__, image_key(dockerfile.read_bytes(), tree_digest(context), base.tag))
 
     def image(self, spec: ImageSpec, context: Path, base: Archive) -> Archive:
         dockerfile = self.root / spec.dockerfile
-        tag = self._tag(spec, context, base)
+        key = image_key(dockerfile.read_bytes(), tree_digest(context), base.tag)
+        tag = tag_for(__version__, key)
         found = self._cached(spec.name, spec.repo, tag)
         if found is not None:
             return found
@@ -495,9 +497,6 @@ class ImageBuilder:
             wheels = pool.submit(self.wheels)
             base = self.base()
             builder_ctx, operator_ctx = wheels.result()
-            if not (self._cached(BUILDER.name, BUILDER.repo, self._tag(BUILDER, builder_ctx, base))
-                    and self._cached(OPERATOR.name, OPERATOR.repo, self._tag(OPERATOR, operator_ctx, base))):
-                self._load(base)  # (once, before the two builds that use it)
             builder = pool.submit(self.image, BUILDER, builder_ctx, base)
             operator = self.image(OPERATOR, operator_ctx, base)
             archives = [base, builder.result(), operator]
