@@ -6,8 +6,8 @@ are: a client authenticating with a bearer token (the chart ServiceAccount's, as
 does) is the same user through it. It takes the emulator's `Faults` settings and applies them the same
 way: `latency_seconds` before each request, `error_rate`/`codes` answered by the proxy itself with a
 Kubernetes Status (the request never reaches the API server), and watches ended after
-`watch_drop_seconds` (counted in `watches_dropped`). Client certificates cannot pass a TLS-terminating
-proxy: point only token-authenticated clients at it.
+`watch_drop_seconds` (counted in `watches_dropped`), between two events as the API server ends them.
+Client certificates cannot pass a TLS-terminating proxy: point only token-authenticated clients at it.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ class FaultProxy:
             if up.content_length is not None and deadline is None:
                 resp.content_length = up.content_length
             await resp.prepare(request)
+            partial = b""  # a watch's event not yet whole: it is only passed on complete
             while True:
                 try:
                     if deadline is None:
@@ -118,7 +119,16 @@ class FaultProxy:
                     f.watches_dropped += 1
                     break
                 if not chunk:
-                    break
+                    chunk, partial = partial, b""
+                    if not chunk:
+                        break
+                elif watch:
+                    # the API server ends a watch between events; so does the proxy (a client given half
+                    # an event and a clean end of stream would parse the half)
+                    whole, nl, rest = (partial + chunk).rpartition(b"\n")
+                    chunk, partial = whole + nl, rest
+                    if not chunk:
+                        continue
                 try:
                     await resp.write(chunk)
                 except (ConnectionError, RuntimeError):
