@@ -1,11 +1,14 @@
 """Makespan: stagefleet on the dev cluster vs `buildah build --jobs 1` / `--jobs N` vs BuildKit.
 
-    .venv/bin/python bench/makespan.py [--reps-5 3] [--reps-10 2] [--reps-wide 2] [--shapes seed5,seed10,wide]
+    .venv/bin/python bench/makespan.py [--reps-5 3] [--reps-10 2] [--reps-wide 2] [--reps-prep 2]
+                                       [--shapes seed5,seed10,wide,prep]
 
 Shapes (real `sleep` steps, so the work is wall time, not CPU — a 2-core machine can overlap it):
   seed5/seed10  the seed: build1 and build2 each `sleep S`, final copies from both (S = 5, 10)
   wide          a base (sleep 1), four parallel branches of unequal length (sleep 2, 3, 4, 6) FROM the
                 base, a final copying from all four
+  prep          the seed5 branches, and a final whose own `RUN sleep 3` comes before its COPYs from them
+                (a final stage's package install or user setup): a builder can run it beside the branches
 
 Each repetition builds the same Dockerfile four ways, each from fresh storage:
   stagefleet    ImageBuild applied to the dev cluster (API emulator + local kubelet), the real operator
@@ -102,12 +105,26 @@ COPY --from=b3 /b3.txt /out/
 COPY --from=b4 /b4.txt /out/
 """
 
+PREP = """ARG BASE
+FROM ${BASE} AS build1
+RUN sleep 5 && echo one > /one.txt
+
+FROM ${BASE} AS build2
+RUN sleep 5 && echo two > /two.txt
+
+FROM ${BASE} AS final
+RUN sleep 3 && echo prepared > /prep.txt
+COPY --from=build1 /one.txt /out/one.txt
+COPY --from=build2 /two.txt /out/two.txt
+"""
+
 SHAPES = {
     "seed5": (SEED.format(s=5), 3, "two `sleep 5` stages, final copies both (ideal: 5 s)"),
     "seed10": (SEED.format(s=10), 3, "two `sleep 10` stages, final copies both (ideal: 10 s)"),
     "wide": (WIDE, 6, "base 1 s → branches 2/3/4/6 s → final (ideal: 7 s)"),
+    "prep": (PREP, 3, "two `sleep 5` stages, final's own `sleep 3` before its COPYs (ideal: 5 s)"),
 }
-IDEAL = {"seed5": 5.0, "seed10": 10.0, "wide": 7.0}  # the sleeps on the longest chain
+IDEAL = {"seed5": 5.0, "seed10": 10.0, "wide": 7.0, "prep": 5.0}  # the sleeps on the longest chain
 
 
 # ----------------------------------------------------------------------------------- worker wrapper
@@ -382,15 +399,16 @@ def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--trace-worker":
         return trace_worker(sys.argv[2], sys.argv[4:] if sys.argv[3] == "--" else sys.argv[3:])
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--shapes", default="seed5,seed10,wide")
+    p.add_argument("--shapes", default="seed5,seed10,wide,prep")
     p.add_argument("--reps-5", type=int, default=3, help="repetitions of seed5 (3)")
     p.add_argument("--reps-10", type=int, default=2, help="repetitions of seed10 (2)")
     p.add_argument("--reps-wide", type=int, default=2, help="repetitions of wide (2)")
+    p.add_argument("--reps-prep", type=int, default=2, help="repetitions of prep (2)")
     p.add_argument("--workdir", help="keep logs/traces here instead of a temp dir")
     p.add_argument("--operator-args", default="",
                    help='extra `stagefleet operator` flags, e.g. "--no-early-start" (default: none)')
     args = p.parse_args()
-    reps = {"seed5": args.reps_5, "seed10": args.reps_10, "wide": args.reps_wide}
+    reps = {"seed5": args.reps_5, "seed10": args.reps_10, "wide": args.reps_wide, "prep": args.reps_prep}
     shapes = [s for s in args.shapes.split(",") if s]
 
     from stagefleet import buildenv

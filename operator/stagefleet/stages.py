@@ -93,6 +93,9 @@ class Stage:
     lines: tuple[int, int]
     instructions: int
     inputs: StageInputs = field(default_factory=StageInputs)
+    #: (stage, line) per stage depended on: where this stage first needs it (its FROM line for a base stage
+    #: and for what the base's ONBUILD triggers use), by line
+    dep_lines: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1003,7 +1006,19 @@ def _freeze_stage(st: _Stage, stages: Sequence[_Stage], inputs: StageInputs) -> 
         lines=(st.first_line, st.last_line),
         instructions=st.instructions,
         inputs=inputs,
+        dep_lines=_dep_lines(st, stages),
     )
+
+
+def _dep_lines(st: _Stage, stages: Sequence[_Stage]) -> tuple[tuple[str, int], ...]:
+    lines = dict(st.deps)
+    if st.base_stage is not None and stages[st.base_stage].onbuild_refs:
+        named = {s.name: s for s in stages if s.named}
+        for ref in stages[st.base_stage].onbuild_refs:  # they run right after FROM
+            other = _ref_stage(ref, stages, named)
+            if other is not None:
+                lines[other.index] = st.first_line
+    return tuple(sorted(((stages[i].name, line) for i, line in lines.items()), key=lambda e: (e[1], e[0])))
 
 
 def _unique(secrets: Iterable[SecretUse]) -> list[SecretUse]:

@@ -124,3 +124,28 @@ def test_a_chain_of_stages_runs_in_one_pod(
     assert len(kubectl.pods("chain")) == len(obj["status"]["plan"]["groups"]) < len(obj["status"]["stages"])
     files = image_files(registry.host, "e2e/chain", obj["status"]["image"]["digest"])
     assert {files["/base"], files["/deps"], files["/tools"]} == {b"base\n", b"deps\n", b"tools\n"}
+
+
+def test_the_final_stage_starts_while_its_upstreams_build(
+    kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
+) -> None:
+    """The head start: the early-started final pod builds its own steps before the first `COPY --from`
+    while both upstreams still build; the build proper takes them from its layer cache."""
+    dockerfile = (
+        f"FROM {base_image} AS up1\nRUN sleep 5 && echo one > /one\n"
+        f"FROM {base_image} AS up2\nRUN sleep 5 && echo two > /two\n"
+        f"FROM {base_image} AS final\nRUN echo prepared > /prep\n"
+        "COPY --from=up1 /one /one\nCOPY --from=up2 /two /two\n"
+    )
+    kubectl.apply(inline_manifest("headstart", dockerfile, registry.host))
+    obj = wait_terminal(kubectl, operator, "headstart")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    files = image_files(registry.host, "e2e/headstart", obj["status"]["image"]["digest"])
+    assert (files["/prep"], files["/one"], files["/two"]) == (b"prepared\n", b"one\n", b"two\n")
+    log = kubectl.run("logs", stage(obj, "final")["pod"]).stdout
+    assert ("head start: building final up to Dockerfile:6 while the upstreams build "
+            "(Dockerfile:7 needs one)") in log, log
+    assert "head start done: exit status 0" in log, log
+    run = log.index("STEP 2/4: RUN echo prepared")  # the build proper's step, after the head start's 2/2
+    assert log.index("STEP 2/2: RUN echo prepared") < run
+    assert "--> Using cache" in log[run:].split("STEP 3/4")[0]

@@ -235,3 +235,63 @@ def test_usage_errors_name_the_flag(args: list[str], flag: str, tmp_path: Path) 
     assert proc.returncode == exitcodes.USAGE, proc.stderr
     error = json.loads(result.read_text())["error"]
     assert error["kind"] == "usage" and flag in error["message"], error
+
+
+HEAD_START = """\
+FROM {base} AS one
+RUN echo "built by one" > /one.txt
+
+FROM {base} AS final
+RUN date +%s > /prep.txt
+COPY prep.in /prep.in
+COPY --from=one /one.txt /out/one.txt
+RUN cat /prep.in /out/one.txt
+"""
+
+
+def test_what_needs_no_upstream_is_built_while_waiting(registry: LocalRegistry, base_image: str,
+                                                       tmp_path: Path) -> None:
+    """The head start: final's RUN and COPY before its `COPY --from=one` run while `one` is still building;
+    the build proper finds them as cache hits and reports them as built, not cached."""
+    h = registry.host
+    ctx = write_context(tmp_path / "ctx", HEAD_START.format(base=base_image), {"prep.in": "prepared\n"})
+    stages = f"{h}/head/stages"
+    final = BackgroundWorker(
+        ["--context", str(ctx), "--target", "final", "--stage", "final", "--group", "g2",
+         "--upstream-wait", f"one={stages}:b1-one", "--cache-repo", f"{h}/head/cache",
+         "--push", f"{h}/head/app:1"],
+        registry_host=h, tmp=tmp_path / "pod-final")
+    final.wait_for_stderr("head start: building final up to Dockerfile:6 while the upstreams build "
+                          "(Dockerfile:7 needs one)")
+    final.wait_for_stderr("head start done: exit status 0")
+    assert "upstream one ready" not in final.stderr()  # it does not exist yet
+    pushed_after = int(time.time())
+    _build_upstream(ctx, "one", f"{stages}:b1-one", h, tmp_path / "pod-one")
+
+    r = final.finish()
+    assert r.code == 0, r.stderr + r.stdout
+    files = image_files(h, "head/app", "1")
+    assert files["/out/one.txt"] == b"built by one\n" and files["/prep.in"] == b"prepared\n"
+    assert int(files["/prep.txt"]) <= pushed_after  # the RUN ran before the upstream existed
+    # each of final's first two steps ran once (head start), then hit the layer cache in the build proper
+    steps = [line for line in r.lines if re.search(r"STEP \d/\d: (RUN date|COPY prep.in)", line)]
+    assert [s.split(": ", 1)[0] for s in steps] == [
+        "[final] STEP 2/3", "[final] STEP 3/3", "[final] STEP 2/5", "[final] STEP 3/5"], r.stdout
+    assert r.stdout.count("--> Using cache") >= 2, r.stdout
+    final_stage = next(s for s in r.result["stages"] if s["name"] == "final")
+    assert final_stage["cachedSteps"] == 0 and final_stage["steps"] == 4, r.result
+    assert r.result["cachedSteps"] == 0
+
+
+def test_no_head_start_when_everything_needs_the_upstream(registry: LocalRegistry, base_image: str,
+                                                          tmp_path: Path) -> None:
+    h = registry.host
+    ctx = _context(tmp_path, base_image)  # final: FROM base, then COPY --from each upstream
+    stages = f"{h}/nohead/stages"
+    _build_upstream(ctx, "one", f"{stages}:b1-one", h, tmp_path / "pod-one")
+    _build_upstream(ctx, "two", f"{stages}:b1-two", h, tmp_path / "pod-two")
+    r = run_worker(["--context", str(ctx), "--target", "final", "--group", "g3",
+                    "--upstream-wait", f"one={stages}:b1-one", "--upstream-wait", f"two={stages}:b1-two",
+                    "--push", f"{h}/nohead/app:1"], registry_host=h, tmp=tmp_path / "pod-final")
+    assert r.code == 0, r.stderr + r.stdout
+    assert "head start" not in r.stderr

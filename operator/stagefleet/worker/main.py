@@ -22,7 +22,9 @@ from stagefleet import buildenv
 from stagefleet.worker import cachemounts, exitcodes, rootless
 from stagefleet.worker.buildah import build_argv
 from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
-from stagefleet.worker.fetch import FetchError, SshAgent, fetch_context
+from stagefleet.worker.fetch import Context, FetchError, SshAgent, fetch_context
+from stagefleet.worker.headrun import HeadRun, write_dockerfile
+from stagefleet.worker.headstart import head_start
 from stagefleet.worker.keytag import store_under_key
 from stagefleet.worker.output import Failure, OutputTracker, Scrubber
 from stagefleet.worker.pins import PinPlan, plan_pins
@@ -130,6 +132,37 @@ def await_upstreams(spec: StepSpec, text: str, env: dict[str, str], stack: ExitS
     return replace(spec, upstreams=(*spec.upstreams, *found))
 
 
+def start_head(spec: StepSpec, text: str, filename: str, ctx: Context, workdir: Path,
+               env: Mapping[str, str], sockets: Mapping[str, str], plan: PinPlan, stack: ExitStack,
+               scrub: Scrubber, log: Callable[[str], None], out: Callable[[str], None]) -> HeadRun | None:
+    """Start building what does not need the awaited upstreams (`worker.headstart`), if anything."""
+    if spec.no_cache:  # the build proper would not use what the head start leaves in the layer cache
+        return None
+    hs = head_start(text, filename=filename, target=spec.target,
+                    awaited={w.stage for w in spec.upstream_waits}, consumed=consumed_stages(spec),
+                    build_args=dict(spec.build_args), platform=spec.platform)
+    if hs is None:
+        return None
+    try:
+        info = analyse(hs.dockerfile, filename)
+    except DockerfileSyntaxError:
+        return None
+    path = write_dockerfile(hs, ctx.dockerfile, workdir / "head-start")
+    argv = build_argv(replace(spec, target=hs.target), context_dir=ctx.directory, dockerfile=path,
+                      iidfile=workdir / "head-start.iid", ssh_sockets=sockets,
+                      stage_names=info.buildah_names(), image_contexts=plan.contexts)
+    log(f"head start: building {hs.target} up to {filename}:{hs.cut - 1} while the upstreams build "
+        f"({filename}:{hs.cut} needs one)")
+    run = HeadRun(argv, env, OutputTracker(info, hs.target), scrub, out, lambda m: log(scrub(m)))
+    stack.callback(run.stop)
+    try:
+        run.start()
+    except OSError as e:
+        log(f"head start not started: {e}")
+        return None
+    return run
+
+
 def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             log: Callable[[str], None], out: Callable[[str], None]) -> Result:
     """The whole job; raises `WorkerFailure` with the exit code for anything that goes wrong."""
@@ -179,20 +212,27 @@ def execute(spec: StepSpec, workdir: Path, scrub: Scrubber,
             except ValueError as e:
                 raise _fail(exitcodes.SECRET, str(e)) from None
             sockets[key.id] = str(agent.socket)
-        if spec.upstream_waits:
-            spec = await_upstreams(spec, text, env, stack, lambda m: log(scrub(m)), plan.contexts)
         cache_ids = cachemounts.mount_ids(text) if spec.mount_cache_repo else []
         restored: dict[str, str] = {}
-        if cache_ids:
+        if cache_ids:  # before any waiting: a head start's RUN may mount them too
             restored = _quietly(lambda: cachemounts.restore(str(spec.mount_cache_repo), cache_ids,
                                                             _tmpdir(env), env, lambda m: log(scrub(m))),
                                 "restoring cache mounts", log) or {}
+        head: HeadRun | None = None
+        if spec.upstream_waits:
+            head = start_head(spec, text, filename, ctx, workdir, env, sockets, plan, stack, scrub, log, out)
+            spec = await_upstreams(spec, text, env, stack, lambda m: log(scrub(m)), plan.contexts)
+            if head is not None and (head_rc := head.wait()) != 0:
+                log(f"the head start ended with exit status {head_rc}; the build goes on without it")
+                head = None
         iidfile = workdir / "iid"
         argv = build_argv(spec, context_dir=ctx.directory, dockerfile=ctx.dockerfile, iidfile=iidfile,
                           ssh_sockets=sockets, stage_names=info.buildah_names(), image_contexts=plan.contexts)
         tracker = OutputTracker(info, spec.target)
         log(f"building target {spec.target} (jobs={spec.jobs}) in {root}")
         rc = run_build(argv, env, tracker, scrub, out)
+        if head is not None:
+            tracker.credit(head.tracker)
         stages = stage_results(spec, tracker)
         if rc != 0:
             raise WorkerFailure(tracker.failure(rc), stages)

@@ -51,12 +51,13 @@ class StageStats:
     ended: float | None = None
     step: str | None = None  # the instruction currently running
     step_output: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    earlier: float = 0.0  # seconds spent on this stage by an earlier run (a head start)
 
     @property
     def seconds(self) -> float:
         if self.started is None or self.ended is None:
-            return 0.0
-        return round(self.ended - self.started, 2)
+            return round(self.earlier, 2)
+        return round(self.ended - self.started + self.earlier, 2)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,15 @@ class OutputTracker:
     def failure(self, returncode: int) -> Failure:
         """Classify a failed `buildah build` from what it printed."""
         return classify(self, returncode)
+
+    def credit(self, head: OutputTracker) -> None:
+        """Count what a head start (`worker.headstart`) built as built here: the steps it ran are this
+        build's cache hits but were not cached before, and its time is the stage's time too."""
+        for name, h in head.stats.items():
+            st = self.stats.get(name)
+            if st is not None:
+                st.cached = max(0, st.cached - (h.steps - h.cached))
+                st.earlier += h.seconds
 
 
 _PULL_WORDS = ("initializing source", "manifest unknown", "pinging container registry", "reading manifest",
