@@ -8,6 +8,7 @@ from typing import Any
 
 from stagefleet.buildstate.phases import WAITING as S_WAITING
 from stagefleet.controller import fields
+from stagefleet.controller.model import PlanView
 from stagefleet.controller.observe import StageResult
 
 
@@ -60,3 +61,24 @@ class GroupState:
             pod_uid=fields.text(e.get("podUID")),
             pod_token=fields.text(e.get("podToken")),
         )
+
+
+def recorded_states(plan: PlanView, entries: Mapping[str, Mapping[str, Any]]) -> dict[str, GroupState]:
+    """Each group's state as the last status recorded it (``entries``: its stage entries by name)."""
+    states: dict[str, GroupState] = {}
+    for g in plan.groups:
+        # Every entry of a group's stages carries its state; a summarised status may list only one of them.
+        first = next((entries[n] for n in g.stages if n in entries), None)
+        gs = states[g.id] = GroupState.from_entry(first) if first else GroupState()
+        target = entries.get(g.target) or {}
+        # Only the group's target stage carries the pushed image (and is what downstream groups consume).
+        gs.digest = fields.text(target.get("digest"))
+        gs.image = fields.text(target.get("image"))
+        if first:
+            gs.stage_results = {
+                n: StageResult(n, fields.number(entries[n].get("duration")),
+                               fields.integer(entries[n].get("cachedSteps")),
+                               fields.integer(entries[n].get("steps")))
+                for n in g.stages if n in entries and "duration" in entries[n]
+            }
+    return states

@@ -162,3 +162,12 @@ def plan_dockerfile(
 
     graph = parse_stage_graph(text, filename=filename, target=target, build_args=build_args)
     return plan_view(make_plan(graph))
+
+
+@dataclass(frozen=True)
+class Event:
+    """An Event a pass posts about the ImageBuild (`kube` correlates repeats)."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str

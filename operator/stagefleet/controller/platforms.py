@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from stagefleet.controller import buildphase, clock, report, runs
-from stagefleet.controller import status as st
+from stagefleet.controller.model import Event
 from stagefleet.controller.podspec import ARCH_LABEL, BuildRef
 from stagefleet.imageindex import OCI_INDEX, PlatformImage, fit, index_document, platform_tag
 
@@ -206,13 +206,13 @@ def fan_status(
     index_digest: str | None,
     failure: str | None,
     now: datetime,
-) -> tuple[dict[str, Any], list[st.Event]]:
+) -> tuple[dict[str, Any], list[Event]]:
     """The parent's status from its children's: Failed when one failed (or ``failure``, e.g. the index could
     not be written), Cancelled when one was, Succeeded once ``index_digest`` (the index under every tag) is
     known, Building otherwise. Pure."""
     old_conditions: Sequence[Mapping[str, Any]] = status.get("conditions") or ()
     entries = [c.entry() for c in children]
-    events: list[st.Event] = []
+    events: list[Event] = []
     phases = [c.phase for c in children]
     failed = next((c for c in children if c.phase == buildphase.FAILED), None)
     cancelled = next((c for c in children if c.phase == buildphase.CANCELLED), None)
@@ -276,11 +276,11 @@ def fan_status(
         new["failure"] = {"message": message, **({"platform": failed.platform} if failed else {})}
     if status.get("phase") != phase:
         if phase == buildphase.SUCCEEDED:
-            events.append(st.Event("Normal", "BuildSucceeded", message))
+            events.append(Event("Normal", "BuildSucceeded", message))
         elif phase == buildphase.FAILED:
-            events.append(st.Event("Warning", "BuildFailed", message))
+            events.append(Event("Warning", "BuildFailed", message))
         elif phase == buildphase.CANCELLED:
-            events.append(st.Event("Warning", "BuildCancelled", message))
+            events.append(Event("Warning", "BuildCancelled", message))
     return new, events
 
 

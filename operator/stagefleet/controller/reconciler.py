@@ -46,7 +46,7 @@ from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.fanout import FanOut
 from stagefleet.controller.kube import Conflict, Kube, Refused
 from stagefleet.controller.metrics import Metrics
-from stagefleet.controller.model import PlanView, plan_dockerfile
+from stagefleet.controller.model import Event, PlanView, plan_dockerfile
 from stagefleet.controller.nodewatch import NodeWatch
 from stagefleet.controller.passes import Passes, safety_poll_seconds
 from stagefleet.controller.podbook import PodBook
@@ -84,7 +84,7 @@ class Planned:
     status: dict[str, Any] | None
     base: dict[str, Any]
     ib: dict[str, Any]
-    events: list[st.Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     requeue: float = 5.0
 
 
@@ -400,7 +400,7 @@ class Reconciler:
                 expires = polled if expires is None else min(expires, polled)
 
         base = status  # what the API server holds: the base of the next status write
-        events: list[st.Event] = []
+        events: list[Event] = []
         if not current_gen or "plan" not in status:
             refused = violations(spec, self.config.policy, self.config.worker.builder_image, build.namespace)
             if refused:  # checked before anything is resolved or started on the spec's behalf
@@ -506,7 +506,7 @@ class Reconciler:
             now=now,
             run=build.run,
         )
-        note = st.Event(
+        note = Event(
             "Normal", "Planned", f"{new['message']}; critical path {' → '.join(plan.critical_path)}"
         )
         events = [note]
@@ -515,7 +515,7 @@ class Reconciler:
             new = reuse.mark(new, plan, found, clock.fmt_time(now))
             if found.found:
                 stages = sum(len(plan.group(g).stages) for g in found.found)
-                events.append(st.Event(
+                events.append(Event(
                     "Normal", "StagesReused",
                     f"{stages} stage(s) of {len(found.found)} group(s) unchanged: their stored results are "
                     f"used, no pod started ({', '.join(sorted(found.found, key=lambda g: int(g[1:])))})",
@@ -541,7 +541,7 @@ class Reconciler:
         plan: PlanView,
         status: dict[str, Any],
         base: dict[str, Any],
-        events: list[st.Event],
+        events: list[Event],
         now: datetime,
     ) -> float | None:
         """Decide from ``status`` (maybe just planned, unwritten) and write the result over ``base``."""
@@ -588,7 +588,7 @@ class Reconciler:
         # Pods the API refuses (admission, quota, an invalid field) are marked in the input status and
         # decided again: those groups wait, the build is Stalled, and a freed slot may go to another group.
         tried: set[str] = set()
-        started_events: list[st.Event] = []  # of retries created in a round before the last decide's
+        started_events: list[Event] = []  # of retries created in a round before the last decide's
         recorded: dict[str, tuple[int, str, str, str]] = {}  # group → (attempt, pod, uid, token hash)
         while todo := [sp for sp in d.create if sp.group.id not in tried]:
             tried.update(sp.group.id for sp in todo)

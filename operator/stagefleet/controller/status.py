@@ -16,7 +16,6 @@ from typing import Any
 
 from stagefleet.buildstate import outcome, ready, retries
 from stagefleet.buildstate.phases import ACTIVE as S_ACTIVE
-from stagefleet.buildstate.phases import CANCELLED as S_CANCELLED
 from stagefleet.buildstate.phases import DONE as S_DONE
 from stagefleet.buildstate.phases import FAILED as S_FAILED
 from stagefleet.buildstate.phases import PENDING as S_PENDING
@@ -24,30 +23,25 @@ from stagefleet.buildstate.phases import RETRYING as S_RETRYING
 from stagefleet.buildstate.phases import RUNNING as S_RUNNING
 from stagefleet.buildstate.phases import SUCCEEDED as S_SUCCEEDED
 from stagefleet.buildstate.phases import WAITING as S_WAITING
-from stagefleet.controller import fields, nodeloss, polling, trust
+from stagefleet.controller import fields, nodeloss, polling, trust, verdict
 from stagefleet.controller.buildphase import (
     BUILDING,
     CANCELLED,
     FAILED,
-    PENDING,
-    QUEUED,
-    QUOTA,
-    REJECTED,
     SUCCEEDED,
     SUSPENDED,
     TERMINAL,
 )
 from stagefleet.controller.clock import fmt_time, parse_time
-from stagefleet.controller.groupstate import GroupState
-from stagefleet.controller.model import GroupPlan, PlanView
+from stagefleet.controller.groupstate import GroupState, recorded_states
+from stagefleet.controller.model import Event, GroupPlan, PlanView
 from stagefleet.controller.nodeloss import LostPod, NodeReadiness
-from stagefleet.controller.observe import STUCK_REASONS, PodObservation, StageResult, WorkerResult
+from stagefleet.controller.observe import STUCK_REASONS, PodObservation, WorkerResult
 from stagefleet.controller.podspec import (
     BuildRef,
     pod_name,
     stage_result_refs,
 )
-from stagefleet.controller.rejections import quota_exhausted
 from stagefleet.controller.report import (
     SUMMARY_STAGES,
     conditions,
@@ -57,7 +51,7 @@ from stagefleet.controller.report import (
 )
 from stagefleet.controller.runs import stamp
 from stagefleet.controller.spec import ImageBuildSpec
-from stagefleet.controller.suspension import build_deadline, pause_stopped, suspension
+from stagefleet.controller.suspension import Suspension, build_deadline, pause_stopped, suspension
 from stagefleet.controller.workerqueue import Spot
 
 # Fields of a generation's status that passes carry over as planned (`reuse.mark` writes the last two).
@@ -77,13 +71,6 @@ KEPT_FIELDS = (
 # the scheduler picks, without using an attempt, up to ADMISSION_RETRIES times in a row, after 1, 2, 4, 8 s.
 ADMISSION_RETRIES = 5
 ADMISSION_BACKOFF_CAP = 8.0
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -182,26 +169,7 @@ def decide(
             requeue_after=nodeloss.next_loss_in(pods, nodes, now, node_lost_after),
         )
 
-    states: dict[str, GroupState] = {}
-    for g in plan.groups:
-        # Every entry of a group's stages carries its state; a summarised status may list only one of them.
-        first = next((old_entries[n] for n in g.stages if n in old_entries), None)
-        states[g.id] = GroupState.from_entry(first) if first else GroupState()
-        target = old_entries.get(g.target) or {}
-        # Only the group's target stage carries the pushed image (and is what downstream groups consume).
-        states[g.id].digest = fields.text(target.get("digest"))
-        states[g.id].image = fields.text(target.get("image"))
-        if first:
-            states[g.id].stage_results = {
-                n: StageResult(
-                    n,
-                    fields.number(old_entries[n].get("duration")),
-                    fields.integer(old_entries[n].get("cachedSteps")),
-                    fields.integer(old_entries[n].get("steps")),
-                )
-                for n in g.stages
-                if n in old_entries and "duration" in old_entries[n]
-            }
+    states = recorded_states(plan, old_entries)
     settled = [gid for gid, gs in states.items() if gs.phase == S_SUCCEEDED]
     current = _trusted_pods(states, current, delete, events)
     by_group: dict[str, list[PodObservation]] = {}
@@ -227,19 +195,12 @@ def decide(
     # The first group (by wave) that failed fails the build: (group, message, failure detail).
     by_wave = [g.id for g in sorted(plan.groups, key=lambda g: g.wave)]
     standing = outcome.outcome(by_wave, {gid: gs.phase for gid, gs in states.items()})
-    build_failure: tuple[str, str, dict[str, Any]] | None = None
+    build_failure: verdict.Failure | None = None
     if standing.failed_group is not None:
         fs = states[standing.failed_group]
         build_failure = (standing.failed_group, fs.message or "failed", fs.failure or {})
 
-    # Pods of an attempt that is no longer the group's (a restarted waiter, a pod left over from a lost
-    # status write): their results are never used; stop them.
-    for p in current:
-        ps = states.get(p.group)
-        if ps is None or p.terminated or p.deleting or p.name in lost:
-            continue
-        if p.attempt < ps.attempts or (p.attempt == ps.attempts and ps.phase == S_WAITING and ps.attempts):
-            delete.append(p.name)
+    delete += _superseded(current, states, lost)
 
     stalled_msg = ""
     if missing_secrets:
@@ -249,61 +210,13 @@ def decide(
     if build_failure is None and now < deadline and not spec.suspend and not missing_secrets:
         create = _start_groups(build, spec, plan, states, now, early_start, queue, events)
 
-    early: list[str] = []  # active groups whose workers wait for an upstream result
-    for g in plan.groups:
-        gs = states[g.id]
-        pending = [stage for stage, pg in g.consumes if states[pg].phase != S_SUCCEEDED]
-        if gs.phase in S_ACTIVE and pending:
-            gs.message = gs.message or f"started early: waits for {', '.join(pending)}"
-            early.append(g.id)
+    early = _started_early(plan, states)
 
-    # Groups whose pod the API refused to create: they wait (note_rejections) and the build is Stalled;
-    # when only the namespace's quota refused them, the build waits for it (Reconciling, WaitingForQuota).
-    refused = [
-        g
-        for g in plan.groups
-        if states[g.id].rejections and states[g.id].phase in (S_WAITING, S_RETRYING)
-    ]
-    rejected_msg, quota_msg = (
-        "; ".join(
-            f"group {g.id} ({', '.join(g.stages)}) not started: {states[g.id].message}"
-            for g in refused
-            if quota_exhausted(states[g.id].message) == quota
-        )
-        for quota in (False, True)
-    )
-
-    # The build's phase.
+    rejected_msg, quota_msg = verdict.refusals(plan, states)
+    waits = verdict.Waits(stalled_msg, rejected_msg, quota_msg)
+    new_phase, reason, message = verdict.verdict(build, spec, plan, states, standing, build_failure, deadline,
+                                                  now, early, queue, waits, old_conditions, events)
     final = states[plan.final_group]
-    message: str
-    reason: str
-    new_phase = BUILDING
-    if build_failure is not None:
-        gid, msg, detail = build_failure
-        new_phase, reason = FAILED, "BuildFailed"
-        message = f"group {gid} ({', '.join(plan.group(gid).stages)}) failed: {msg}"
-        for other in outcome.cancelled_by_failure({g.id: states[g.id].phase for g in plan.groups}):
-            states[other].phase, states[other].message = S_CANCELLED, f"cancelled: group {gid} failed"
-        events.append(Event("Warning", "BuildFailed", message))
-    elif now >= deadline and final.phase != S_SUCCEEDED:
-        new_phase, reason = CANCELLED, "Timeout"
-        message = f"timed out after {_fmt_duration(spec.timeout_seconds)} (spec.timeout)"
-        for why in (rejected_msg, quota_msg):
-            if why:
-                message += f"; {why}"
-        for other in outcome.unfinished({g.id: states[g.id].phase for g in plan.groups}):
-            states[other].phase, states[other].message = S_CANCELLED, "cancelled: build timed out"
-        events.append(Event("Warning", "BuildCancelled", message))
-    elif standing.succeeded:  # (starting groups this pass changed no group's success)
-        # All groups, not only the final one: a final pod started early can finish before the operator has
-        # seen its upstream pods' results (a delayed watch event); the build ends once status has them all.
-        new_phase, reason = SUCCEEDED, "Succeeded"
-        message = f"built {spec.output.image}@{final.digest}"
-        events.append(Event("Normal", "BuildSucceeded", message))
-    else:
-        waits = _Waits(stalled_msg, rejected_msg, quota_msg)
-        new_phase, reason, message = _building(build, spec, plan, states, early, queue, waits, old_conditions,
-                                               events)
 
     if new_phase in (FAILED, CANCELLED):
         delete += sorted(p.name for p in current if not p.terminated and not p.deleting)
@@ -339,32 +252,8 @@ def decide(
         new_status.update(build.run.fields())
     if queue is not None and queue.queued and new_phase not in TERMINAL and not spec.suspend:
         new_status["queue"] = queue.status()
-    new_status.pop("suspendedAt", None)
-    new_status.pop("suspendedSeconds", None)
-    if new_phase not in TERMINAL and pause.since is not None:
-        new_status["suspendedAt"] = fmt_time(pause.since)
-    if pause.seconds:
-        new_status["suspendedSeconds"] = round(pause.seconds, 3)
-    if new_phase not in TERMINAL and pause.began:
-        stopped = pause_stopped(delete, current)
-        events.append(Event("Normal", SUSPENDED, f"spec.suspend: no pod starts; stopped {stopped} pod(s)"))
-    elif new_phase not in TERMINAL and pause.ended:
-        events.append(Event("Normal", "Resumed", "spec.suspend is false: the run goes on"))
-    if new_phase in TERMINAL:
-        new_status["completionTime"] = fmt_time(now)
-    if new_phase == SUCCEEDED:
-        new_status["image"] = {
-            "name": spec.output.image,
-            "digest": final.digest,
-            "short": (final.digest or "")[:19],  # sha256: and 12 hex digits, for the printer column
-            "tags": list(spec.output.refs),
-        }
-        last = polling.last_succeeded(new_status)
-        if last is not None:
-            new_status["lastSucceeded"] = last  # kept by the next runs (a Deployment can follow it)
-    if build_failure is not None:
-        gid, msg, detail = build_failure
-        new_status["failure"] = {"group": gid, **detail, "message": msg}
+    events += _pause_fields(new_status, pause, new_phase not in TERMINAL, delete, current)
+    _outcome_fields(new_status, new_phase, spec, final.digest, build_failure, now)
     summary_fields(new_status, stages)
     if len(stages) > SUMMARY_STAGES:
         summarise_stages(
@@ -394,74 +283,67 @@ def decide(
     )
 
 
-@dataclass(frozen=True)
-class _Waits:
-    """What a build that goes on waits for, each as a message ("" for nothing): missing Secrets, pods
-    the API refused, the namespace's exhausted quota."""
+def _started_early(plan: PlanView, states: Mapping[str, GroupState]) -> list[str]:
+    """The active groups whose workers wait for an upstream result; their message says for which."""
+    early = []
+    for g in plan.groups:
+        gs = states[g.id]
+        pending = [stage for stage, pg in g.consumes if states[pg].phase != S_SUCCEEDED]
+        if gs.phase in S_ACTIVE and pending:
+            gs.message = gs.message or f"started early: waits for {', '.join(pending)}"
+            early.append(g.id)
+    return early
 
-    secrets: str
-    rejected: str
-    quota: str
+
+def _pause_fields(new_status: dict[str, Any], pause: Suspension, unfinished: bool, delete: Sequence[str],
+                  current: Sequence[PodObservation]) -> list[Event]:
+    """`suspendedAt`/`suspendedSeconds`, and the Event of a suspension that begins or ends this pass."""
+    new_status.pop("suspendedAt", None)
+    new_status.pop("suspendedSeconds", None)
+    if unfinished and pause.since is not None:
+        new_status["suspendedAt"] = fmt_time(pause.since)
+    if pause.seconds:
+        new_status["suspendedSeconds"] = round(pause.seconds, 3)
+    if unfinished and pause.began:
+        stopped = pause_stopped(delete, current)
+        return [Event("Normal", SUSPENDED, f"spec.suspend: no pod starts; stopped {stopped} pod(s)")]
+    if unfinished and pause.ended:
+        return [Event("Normal", "Resumed", "spec.suspend is false: the run goes on")]
+    return []
 
 
-def _building(
-    build: BuildRef,
-    spec: ImageBuildSpec,
-    plan: PlanView,
-    states: Mapping[str, GroupState],
-    early: Sequence[str],
-    queue: Spot | None,
-    waits: _Waits,
-    old_conditions: Sequence[Mapping[str, Any]],
-    events: list[Event],
-) -> tuple[str, str, str]:
-    """(phase, reason, message) of a run that goes on: what runs, started early, retries or queues; or
-    why it waits (suspended, Secrets missing, pods refused, quota) — with an event when such a wait
-    begins or changes."""
-    new_phase = BUILDING
-    running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE and g.id not in early]
-    retrying = [g.id for g in plan.groups if states[g.id].phase == S_RETRYING]
-    reason = "Building"
-    parts = []
-    if running:
-        parts.append(f"running {_some(running)}")
-    if early:
-        parts.append(f"{_some(early)} started early")
-    if retrying:
-        parts.append(f"retrying {_some(retrying)}")
-    if queue is not None and queue.queued and not waits.secrets:
-        parts.append(queue.say(build.namespace))
-        reason = QUEUED if not running and not early else reason
-    message = "; ".join(parts) or "waiting to start groups"
-    if spec.suspend:
-        done = sum(1 for gs in states.values() if gs.phase == S_SUCCEEDED)
-        reason = SUSPENDED
-        message = (
-            f"suspended (spec.suspend): {done}/{len(states)} groups done, no pod runs; "
-            "setting it to false resumes this run"
-        )
-    elif waits.secrets:
-        reason, message = "SecretNotFound", waits.secrets
-    elif waits.rejected:
-        reason, message = REJECTED, waits.rejected
-        prev_stalled = next((c for c in old_conditions if c.get("type") == "Stalled"), {})
-        if (prev_stalled.get("status"), prev_stalled.get("reason"), prev_stalled.get("message")) != (
-            "True",
-            REJECTED,
-            message[:1024],
-        ):
-            events.append(Event("Warning", REJECTED, message))  # once, and again only when it changes
-    elif waits.quota:
-        waiting = f"waiting for the namespace's ResourceQuota: {waits.quota}"
-        message = f"{message}; {waiting}" if running or early or retrying else waiting
-        reason = QUOTA
-        prev = next((c for c in old_conditions if c.get("type") == "Reconciling"), {})
-        if prev.get("reason") != QUOTA:
-            events.append(Event("Normal", QUOTA, message))  # when the wait begins, not on every pass
-    held = waits.secrets or waits.rejected or waits.quota
-    if held and not any(states[g.id].attempts for g in plan.groups):
-        new_phase = PENDING
-    return new_phase, reason, message
+def _outcome_fields(new_status: dict[str, Any], phase: str, spec: ImageBuildSpec, digest: str | None,
+                    failure: verdict.Failure | None, now: datetime) -> None:
+    """What an ended run records: when, the image it built (and `lastSucceeded`), or its failure."""
+    if phase in TERMINAL:
+        new_status["completionTime"] = fmt_time(now)
+    if phase == SUCCEEDED:
+        new_status["image"] = {
+            "name": spec.output.image,
+            "digest": digest,
+            "short": (digest or "")[:19],  # sha256: and 12 hex digits, for the printer column
+            "tags": list(spec.output.refs),
+        }
+        last = polling.last_succeeded(new_status)
+        if last is not None:
+            new_status["lastSucceeded"] = last  # kept by the next runs (a Deployment can follow it)
+    if failure is not None:
+        gid, msg, detail = failure
+        new_status["failure"] = {"group": gid, **detail, "message": msg}
+
+
+def _superseded(current: Sequence[PodObservation], states: Mapping[str, GroupState],
+                lost: Mapping[str, LostPod]) -> list[str]:
+    """Pods of an attempt that is no longer the group's (a restarted waiter, a pod left over from a lost
+    status write): their results are never used; stop them."""
+    out = []
+    for p in current:
+        ps = states.get(p.group)
+        if ps is None or p.terminated or p.deleting or p.name in lost:
+            continue
+        if p.attempt < ps.attempts or (p.attempt == ps.attempts and ps.phase == S_WAITING and ps.attempts):
+            out.append(p.name)
+    return out
 
 
 def _start_groups(
@@ -795,19 +677,6 @@ def _restart(
 def _due(gs: GroupState, now: datetime) -> bool:
     """Whether a group wants a pod now (`ready.is_due`): a refused pod create holds it like a backoff."""
     return ready.is_due(gs.phase, parse_time(gs.retry_at), now, held=bool(gs.rejections))
-
-
-def _some(ids: Sequence[str], most: int = 20) -> str:
-    """A list of group ids for a message; a very wide build's hundreds cut to the first ``most``."""
-    if len(ids) <= most:
-        return ", ".join(ids)
-    return f"{', '.join(ids[:most])} and {len(ids) - most} more"
-
-
-def _fmt_duration(seconds: int) -> str:
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
 
 
 def _fail_or_retry(
