@@ -77,3 +77,10 @@ def test_a_retry_is_due_at_its_time_and_a_held_start_waits_like_one() -> None:
     assert ready.is_due(RETRYING, None, NOW)
     assert not ready.is_due(WAITING, later, NOW, held=True) and ready.is_due(WAITING, later, later, held=True)
     assert not ready.is_due(RUNNING, None, NOW) and not ready.is_due(SUCCEEDED, None, NOW)
+
+
+def test_queued_counts_retries_and_waiters_whose_upstreams_succeeded() -> None:
+    phases = {"g1": "Succeeded", "g2": "Waiting", "g3": "Waiting", "g4": "Retrying", "g5": "Running"}
+    after = {"g2": ("g1",), "g3": ("g2",), "g4": ("g5",)}
+    assert ready.queued(phases, after) == 2  # g2 (g1 done) and g4 (retrying, whatever its upstreams)
+    assert ready.queued({"g1": "Waiting"}, {}) == 1

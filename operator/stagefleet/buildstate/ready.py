@@ -43,6 +43,14 @@ def succeeded(phases: Mapping[str, str], groups: Sequence[str]) -> bool:
     return all(phases.get(gid) == SUCCEEDED for gid in groups)
 
 
+def queued(phases: Mapping[str, str], after: Mapping[str, Sequence[str]]) -> int:
+    """How many groups would start if slots were free (the queue-depth metric): those retrying, and those
+    waiting whose upstream groups (``after``) all succeeded. Backoffs are not looked at: a retry waits
+    for a slot either way."""
+    return sum(1 for gid, phase in phases.items()
+               if phase == RETRYING or (phase == WAITING and succeeded(phases, after.get(gid, ()))))
+
+
 def start_order(groups: Sequence[G]) -> list[G]:
     """Critical groups first (the critical path decides the wall time), then the earlier wave, then the
     heavier group, then plan order."""

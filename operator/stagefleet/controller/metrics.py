@@ -11,8 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stagefleet.buildstate import ready
 from stagefleet.buildstate.phases import ACTIVE as S_ACTIVE
-from stagefleet.buildstate.phases import RETRYING as S_RETRYING
 from stagefleet.buildstate.phases import SUCCEEDED as S_SUCCEEDED
 from stagefleet.buildstate.phases import WAITING as S_WAITING
 from stagefleet.controller.buildphase import TERMINAL
@@ -92,13 +92,7 @@ class Metrics:
         for g in plan_groups(new.get("plan") or {}) if new.get("phase") not in TERMINAL else ():
             after_groups[str(g.get("id"))] = tuple(g.get("after") or ())
             phases.setdefault(str(g.get("id")), S_WAITING)
-        queued = sum(
-            1
-            for gid, ph in phases.items()
-            if ph == S_RETRYING
-            or ph == S_WAITING
-            and all(phases.get(a) == S_SUCCEEDED for a in after_groups.get(gid, ()))
-        )
+        queued = ready.queued(phases, after_groups)
         if new.get("phase") in TERMINAL:  # nothing queued or running any more: no entry to keep
             self._active.discard(key)
             self._queue.pop(key, None)
