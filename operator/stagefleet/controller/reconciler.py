@@ -248,7 +248,7 @@ class Reconciler:
         """The builds and pods (uid → build) with an entry anywhere in memory: what a sweep checks."""
         passes = self.passes
         builds = set(passes.locks) | set(passes.dirty) | set(passes.due) | set(self._held) | set(passes.ended)
-        builds |= set(self._configmaps) | set(self.sources.jobs) | set(self.sources.polls)
+        builds |= set(self._configmaps) | self.sources.jobs.keys() | self.sources.polls.keys()
         for key in self.metrics.build_keys():
             ns, _, name = key.partition("/")
             builds.add((ns, name))

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from stagefleet.controller import buildphase, clock, polling, report, runs
 from stagefleet.controller import registry as reg
@@ -53,6 +53,10 @@ class SourceJob:
         self.started = threading.Event()  # it holds a source slot (`sourceslots`) and resolves
         self.said_queued = False  # a status said it waits for a slot: say when it starts
 
+    @property
+    def ident(self) -> tuple[str, int]:
+        return self.uid, self.generation
+
 
 class PollJob:
     """One look at a finished build's git revision (`polling`), in a thread of its own like `SourceJob`."""
@@ -63,6 +67,47 @@ class PollJob:
         self.done = threading.Event()
         self.commit: str | None = None
         self.error: str | None = None
+
+    @property
+    def ident(self) -> tuple[str, int]:
+        return self.uid, self.run
+
+
+J = TypeVar("J", SourceJob, PollJob)
+
+
+class JobTable(Generic[J]):
+    """Each build's job of one kind, for its current run. Jobs end in threads of their own: a lock."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, str], J] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def keys(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return set(self._jobs)
+
+    def current(self, key: tuple[str, str], ident: tuple[str, int]) -> J | None:
+        """The build's job for run ``ident`` (uid, run), if one was started; a stale one is dropped."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None and job.ident != ident:
+                del self._jobs[key]
+                job = None
+            return job
+
+    def put(self, key: tuple[str, str], job: J) -> None:
+        with self._lock:
+            self._jobs[key] = job
+
+    def drop(self, key: tuple[str, str], job: J | None = None) -> None:
+        """Forget the build's job (only if it still is ``job``, when given)."""
+        with self._lock:
+            if job is None or self._jobs.get(key) is job:
+                self._jobs.pop(key, None)
 
 
 class SourceJobs:
@@ -76,16 +121,13 @@ class SourceJobs:
         self.config = config
         self.writer = writer
         self._wake = wake
-        # Sources being resolved, per build (SourceJob); guarded by a lock: jobs end in their own threads.
-        self.jobs: dict[tuple[str, str], SourceJob] = {}
-        self.polls: dict[tuple[str, str], PollJob] = {}  # (guarded by lock)
-        self.lock = threading.Lock()
+        self.jobs: JobTable[SourceJob] = JobTable()  # sources being resolved
+        self.polls: JobTable[PollJob] = JobTable()  # git revisions being looked up
         self.slots = SourceSlots(config.source_resolutions, config.source_resolutions_per_namespace)
 
     def forget(self, key: tuple[str, str]) -> None:
-        with self.lock:
-            self.jobs.pop(key, None)  # its thread ends by its own deadline; the result is dropped
-            self.polls.pop(key, None)
+        self.jobs.drop(key)  # its thread ends by its own deadline; the result is dropped
+        self.polls.drop(key)
 
     def git_auth(
         self, ib: dict[str, Any], build: BuildRef, spec: ImageBuildSpec, status: dict[str, Any], now: datetime
@@ -143,22 +185,16 @@ class SourceJobs:
         if due is None or due > 0:
             return due
         key = (build.namespace, build.name)
-        with self.lock:
-            job = self.polls.get(key)
-            if job is not None and (job.uid, job.run) != (build.uid, build.generation):
-                job = None
+        job = self.polls.current(key, (build.uid, build.generation))
         if job is None:
             auth = self._git_auth_quietly(build, spec)
             job = PollJob(build.uid, build.generation)
-            with self.lock:
-                self.polls[key] = job
+            self.polls.put(key, job)
             threading.Thread(target=self._poll_job, args=(job, build, spec, auth), daemon=True,
                              name=f"poll-{build.namespace}/{build.name}").start()
         if not job.done.is_set():
             return self.config.source_timeout + 5.0  # the job wakes the build; this is a safety net
-        with self.lock:
-            if self.polls.get(key) is job:
-                del self.polls[key]
+        self.polls.drop(key, job)
         answered = polling.answered(status, meta, clock.fmt_time(now))
         if job.error is not None:
             self.writer.write(ib, status, answered)
@@ -259,13 +295,7 @@ class SourceJobs:
 
     def job(self, build: BuildRef) -> SourceJob | None:
         """The job resolving this generation's source, if one was started (a stale one is dropped)."""
-        key = (build.namespace, build.name)
-        with self.lock:
-            job = self.jobs.get(key)
-            if job is not None and (job.uid, job.generation) != (build.uid, build.generation):
-                del self.jobs[key]
-                job = None
-        return job
+        return self.jobs.current((build.namespace, build.name), (build.uid, build.generation))
 
     def start(
         self, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth | reg.Registry
@@ -277,8 +307,7 @@ class SourceJobs:
             name=f"source-{build.namespace}/{build.name}",
             daemon=True,
         )
-        with self.lock:
-            self.jobs[(build.namespace, build.name)] = job
+        self.jobs.put((build.namespace, build.name), job)
         job.thread.start()
         return job
 
@@ -302,9 +331,7 @@ class SourceJobs:
 
     def take(self, build: BuildRef, job: SourceJob) -> None:
         """``job`` has ended and its pass uses the result: the build no longer has it."""
-        with self.lock:
-            if self.jobs.get((build.namespace, build.name)) is job:
-                del self.jobs[(build.namespace, build.name)]
+        self.jobs.drop((build.namespace, build.name), job)
 
     def _resolve_job(
         self, job: SourceJob, build: BuildRef, spec: ImageBuildSpec, auth: GitAuth | reg.Registry
