@@ -8,7 +8,8 @@ a pass make it run once more.
 
 The parts it wires sit beside it, one concern each: `passes` (when passes run), `podbook` (what pod events
 told), `sourcejobs` (sources resolved and polled in threads of their own), `writes` (status and Events),
-`fanout` (a multi-platform build's pass), `registryclients` and `stagereuse` (registry I/O), `cleanup`.
+`fanout` (a multi-platform build's pass), `registryclients` and `stagereuse` (registry I/O), `podstarts`
+(creating the pods a decision starts), `cleanup`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from stagefleet.controller import (
     runs,
     secretneeds,
     stagereuse,
-    suspension,
     tracking,
     trust,
     urgency,
@@ -44,7 +44,7 @@ from stagefleet.controller import status as st
 from stagefleet.controller.cleanup import Cleaner
 from stagefleet.controller.config import OperatorConfig
 from stagefleet.controller.fanout import FanOut
-from stagefleet.controller.kube import Conflict, Kube, Refused
+from stagefleet.controller.kube import Conflict, Kube
 from stagefleet.controller.metrics import Metrics
 from stagefleet.controller.model import Event, PlanView, plan_dockerfile
 from stagefleet.controller.nodewatch import NodeWatch
@@ -52,12 +52,9 @@ from stagefleet.controller.passes import Passes, safety_poll_seconds
 from stagefleet.controller.podbook import PodBook
 from stagefleet.controller.podspec import (
     BuildRef,
-    ResolvedSource,
-    configmap_name,
-    dockerfile_configmap,
     stage_result_refs,
-    worker_pod,
 )
+from stagefleet.controller.podstarts import PodStarter
 from stagefleet.controller.policy import REASON as POLICY_REASON
 from stagefleet.controller.policy import violations
 from stagefleet.controller.registryclients import RegistryClients
@@ -111,14 +108,13 @@ class Reconciler:
         self.sources = SourceJobs(kube, config, self.writer, self.passes.wake)
         self.fanout = FanOut(kube, config, self.writer, self.registry_clients)
         self.cleaner = Cleaner(kube, config, self.writer, self.registry_clients)
-        # The inline Dockerfile's ConfigMap created for (uid, generation) of a build: no second create.
-        self._configmaps: dict[tuple[str, str], tuple[str, int]] = {}
         self._held: dict[tuple[str, str], float] = {}  # build → since when a progress write is held back
         self.nodes: NodeWatch | None = None  # started with the operator (watch_nodes)
         self._swept_at = time.monotonic()  # the last memory sweep (tracking)
         # The farm's worker-pod cap (`workerqueue`): the pods that run, what each build waits to start.
         self.queue = WorkerQueue(config.max_worker_pods)
         self._claimed: set[tuple[str, str]] = set()  # builds whose pass told the queue what it wants
+        self.starter = PodStarter(kube, config, metrics, self.queue, self.podbook, self.pod_changed)
 
     # --- nodes -------------------------------------------------------------------------------------------
 
@@ -214,7 +210,7 @@ class Reconciler:
         if not self.passes.drop(key, in_pass=in_pass):
             return  # a pass runs: when it ends, its trigger drops what is left (gone, or nothing due)
         self._held.pop(key, None)
-        self._configmaps.pop(key, None)
+        self.starter.configmaps.pop(key, None)
         if not pods:
             return
         for uid in self.podbook.pods_of(key):
@@ -234,7 +230,7 @@ class Reconciler:
             "due": len(self.passes.due),
             "held": len(self._held),
             "ended": len(self.passes.ended),
-            "configmaps": len(self._configmaps),
+            "configmaps": len(self.starter.configmaps),
             "sources": len(self.sources.jobs),
             "polls": len(self.sources.polls),
             **self.podbook.sizes(),  # pod_states, created, unschedulable, pod_nodes, pod_builds
@@ -248,7 +244,7 @@ class Reconciler:
         """The builds and pods (uid → build) with an entry anywhere in memory: what a sweep checks."""
         passes = self.passes
         builds = set(passes.locks) | set(passes.dirty) | set(passes.due) | set(self._held) | set(passes.ended)
-        builds |= set(self._configmaps) | self.sources.jobs.keys() | self.sources.polls.keys()
+        builds |= set(self.starter.configmaps) | self.sources.jobs.keys() | self.sources.polls.keys()
         for key in self.metrics.build_keys():
             ns, _, name = key.partition("/")
             builds.add((ns, name))
@@ -600,7 +596,7 @@ class Reconciler:
             intent = trust.with_intents(trust.with_created(d.status, recorded), hashes)
             if self.writer.write(ib, base, intent):
                 base = intent
-            created, rejected = self._start(build, spec, plan, status, todo, now, tokens)
+            created, rejected = self.starter.start(build, spec, plan, status, todo, now, tokens)
             if spot is not None:  # (a refused pod's slot may go to another of its ready groups)
                 spot = replace(spot, granted=max(0, spot.granted - len(created)))
             for sp, p in created:
@@ -669,113 +665,6 @@ class Reconciler:
             self._held.pop(key, None)
             return None
         return left
-
-    def _start(
-        self,
-        build: BuildRef,
-        spec: ImageBuildSpec,
-        plan: PlanView,
-        status: Mapping[str, Any],
-        starts: list[st.StartPod],
-        now: datetime,
-        tokens: Mapping[str, str],
-    ) -> tuple[list[tuple[st.StartPod, dict[str, Any]]], dict[str, str]]:
-        """Create the pods of ``starts``, each with its group's creation token from ``tokens``: (the pods
-        created, each with its StartPod; group id → why the API refused its pod,
-        `rejections.rejection_text`). A pod that already exists is in neither (not ours: the next pass
-        judges it, `trust`)."""
-        source_status = status.get("source") or {}
-        git = source_status.get("git") or {}
-        created_pods: list[tuple[st.StartPod, dict[str, Any]]] = []
-        rejected: dict[str, str] = {}
-        if spec.source.inline is not None:
-            key = (build.uid, build.generation)
-            if self._configmaps.get((build.namespace, build.name)) != key:  # after a restart: one
-                # AlreadyExists, then remembered
-                try:
-                    self.kube.create(dockerfile_configmap(build, spec.source.inline))
-                except Refused as e:
-                    self._log_refused(build, e, [s.group.id for s in starts])
-                    text = rejections.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
-                    return [], {s.group.id: text for s in starts}
-                self._configmaps[(build.namespace, build.name)] = key
-            source = ResolvedSource(configmap=configmap_name(build))
-        elif spec.source.oci is not None:
-            oci = source_status.get("oci") or {}
-            ref = parse_oci_ref(spec.source.oci.image)
-            source = ResolvedSource(oci_ref=ref.pinned(str(oci["digest"])) if oci.get("digest") else str(ref))
-        else:
-            assert spec.source.git is not None
-            source = ResolvedSource(
-                git_url=spec.source.git.url, git_revision=str(git.get("commit") or "HEAD")
-            )
-        deadline = suspension.build_deadline(status, spec, now)
-        remaining = int((deadline - now).total_seconds())  # (not suspended)
-        keys, bases = reuse.recorded(status)
-        for start in starts:
-            pod = worker_pod(
-                build=build,
-                spec=spec,
-                plan=plan,
-                group=start.group,
-                attempt=start.attempt,
-                source=source,
-                upstream=start.upstream,
-                config=self.config.worker,
-                deadline_seconds=max(remaining, 1),
-                upstream_attempts=start.upstream_attempts,
-                stage_key=keys.get(start.group.target),
-                base_images=bases,
-                arch=reuse.build_arch(spec.node_selector),
-            )
-            pod = trust.stamp(pod, tokens[start.group.id])
-            try:
-                created = self.kube.create(pod)
-            except Refused as e:
-                self._log_refused(build, e, [start.group.id])
-                why = rejections.rejection_text(e.kind, e.name, e.code, e.reason, e.message)
-                rejected[start.group.id] = why
-                continue
-            if created is not None:
-                created_pods.append((start, created))
-                # This pass decided with the pod as created: its ADDED event changes nothing (no pass),
-                # and it is no orphan (no ImageBuild GET to check).
-                self.pod_changed(created)
-                if self.queue.enabled:
-                    self.queue.started((build.namespace, build.name))  # (counted as a pod from now on)
-                self.podbook.created.add(str((created.get("metadata") or {}).get("uid")))
-                self.metrics.pods_created.inc()
-                if start.attempt > 1 and not start.restart:
-                    self.metrics.retries.inc()
-                log.info(
-                    "started pod %s for %s/%s group %s (%s)",
-                    pod["metadata"]["name"],
-                    build.namespace,
-                    build.name,
-                    start.group.id,
-                    ", ".join(start.group.stages),
-                    extra={
-                        **log_fields(build.namespace, build.name),
-                        "group": start.group.id,
-                        "attempt": start.attempt,
-                        "pod": pod["metadata"]["name"],
-                    },
-                )
-        return created_pods, rejected
-
-    def _log_refused(self, build: BuildRef, e: Refused, groups: list[str]) -> None:
-        log.warning(
-            "%s %s for %s/%s group %s refused by the API (%d %s): %s",
-            e.kind,
-            e.name,
-            build.namespace,
-            build.name,
-            ", ".join(groups),
-            e.code,
-            e.reason,
-            e.message,
-            extra={**log_fields(build.namespace, build.name), "group": ", ".join(groups), "code": e.code},
-        )
 
     # --- clean-up (`cleanup`) ----------------------------------------------------------------------------
 
