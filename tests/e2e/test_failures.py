@@ -113,6 +113,7 @@ def test_unreachable_git_repository(kubectl: Kubectl, operator: Operator, regist
     assert obj["status"]["failure"]["reason"] == "SourceUnavailable"
 
 
+@pytest.mark.tiers("real")
 def test_registry_down_retries_then_fails(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:

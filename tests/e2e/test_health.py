@@ -123,6 +123,7 @@ def record_and_recheck(
     assert {key: p for key, obj in loaded if (p := check_recorded(obj, lua))} == {}
 
 
+@pytest.mark.tiers("real")
 def test_seed_statuses_progressing_then_healthy(
     kubectl: Kubectl,
     operator: Operator,

@@ -88,6 +88,7 @@ def test_missing_secret_stalls_then_secret_is_scoped_and_never_leaks(
     assert canary not in operator.log.read_text(errors="replace")
 
 
+@pytest.mark.tiers("real")
 def test_second_build_takes_steps_from_the_registry_cache(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str, namespace: str
 ) -> None:
@@ -115,6 +116,7 @@ def test_second_build_takes_steps_from_the_registry_cache(
 
 
 
+@pytest.mark.tiers("real")
 def test_cache_mounts_are_shared_by_the_namespaces_builds(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str, namespace: str
 ) -> None:
@@ -135,6 +137,7 @@ def test_cache_mounts_are_shared_by_the_namespaces_builds(
     assert seen == [b"first\n", b"first\nsecond\n"]
 
 
+@pytest.mark.tiers("real")
 def test_secret_without_the_key_stalls_naming_the_key(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:

@@ -126,6 +126,7 @@ def test_a_chain_of_stages_runs_in_one_pod(
     assert {files["/base"], files["/deps"], files["/tools"]} == {b"base\n", b"deps\n", b"tools\n"}
 
 
+@pytest.mark.tiers("real")
 def test_the_final_stage_starts_while_its_upstreams_build(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:
