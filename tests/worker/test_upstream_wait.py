@@ -295,3 +295,31 @@ def test_no_head_start_when_everything_needs_the_upstream(registry: LocalRegistr
                     "--push", f"{h}/nohead/app:1"], registry_host=h, tmp=tmp_path / "pod-final")
     assert r.code == 0, r.stderr + r.stdout
     assert "head start" not in r.stderr
+
+
+def test_the_head_start_copies_what_the_dockerfiles_own_ignore_file_lets_through(
+        registry: LocalRegistry, base_image: str, tmp_path: Path) -> None:
+    """The cut Dockerfile is built under the original's name beside its own `NAME.dockerignore`: the
+    head start's `COPY .` leaves out the same files, so the build proper finds its layer in the cache."""
+    h = registry.host
+    dockerfile = (f"FROM {base_image} AS one\nRUN echo one > /one\n"
+                  f"FROM {base_image} AS final\nCOPY . /ctx/\nCOPY --from=one /one /one\n")
+    ctx = write_context(tmp_path / "ctx", "FROM scratch\n", {
+        "build/app.Dockerfile": dockerfile, "build/app.Dockerfile.dockerignore": "secret.txt\nbuild\n",
+        "keep.txt": "kept\n", "secret.txt": "left out\n"})
+    stages = f"{h}/ign/stages"
+    final = BackgroundWorker(
+        ["--context", str(ctx), "--dockerfile", "build/app.Dockerfile", "--target", "final",
+         "--group", "g2", "--upstream-wait", f"one={stages}:b1-one", "--push", f"{h}/ign/app:1"],
+        registry_host=h, tmp=tmp_path / "pod-final")
+    final.wait_for_stderr("head start done: exit status 0")
+    r1 = run_worker(["--context", str(ctx), "--dockerfile", "build/app.Dockerfile", "--target", "one",
+                     "--push", f"{stages}:b1-one"], registry_host=h, tmp=tmp_path / "pod-one")
+    assert r1.code == 0, r1.stderr + r1.stdout
+    r = final.finish()
+    assert r.code == 0, r.stderr + r.stdout
+    files = image_files(h, "ign/app", "1")
+    assert files["/ctx/keep.txt"] == b"kept\n" and "/ctx/secret.txt" not in files
+    assert not any(name.startswith("/ctx/build") for name in files)
+    copy = r.stdout.rindex("STEP 2/3: COPY . /ctx/")  # the build proper's COPY: a cache hit
+    assert "--> Using cache" in r.stdout[copy:].split("STEP 3/3")[0], r.stdout
