@@ -74,7 +74,9 @@ def test_operator_killed_mid_build_resumes_without_duplicates(
 def test_operator_killed_twice_at_different_points(
     kubectl: Kubectl, operator: Operator, registry: LocalRegistry, base_image: str
 ) -> None:
-    kubectl.apply(seed_manifest("crash2", base_image, registry.host, sleep=4))
+    # 9 s: the second kill must find final still running after the first restart, which took 7.6 s on a
+    # loaded 2-core machine (the build had ended by then with sleep 4)
+    kubectl.apply(seed_manifest("crash2", base_image, registry.host, sleep=9))
     wait_for(kubectl, operator, "crash2", lambda o: "plan" in (o.get("status") or {}), "a plan")
     operator.kill()
     operator.start()
