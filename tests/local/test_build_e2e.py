@@ -275,3 +275,28 @@ def test_two_platforms_locally_make_one_index(registry: LocalRegistry, multiarch
     bad = stagefleet("build", str(tmp_path), "--registry", registry.host, "--platform", "arm64",
                      cwd=tmp_path)
     assert bad.returncode == 2 and "error: --platform: 'arm64' is not a platform" in bad.stderr
+
+
+def test_an_early_worker_builds_its_own_steps_while_it_waits(registry: LocalRegistry, base_image: str,
+                                                             tmp_path: Path) -> None:
+    """Local mode runs the same worker: the early-started final group builds its step before the first
+    `COPY --from` while the branches build (the head start), then takes it from the layer cache."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base_image} AS up1\nRUN sleep 3 && echo one > /one\n"
+        f"FROM {base_image} AS up2\nRUN sleep 3 && echo two > /two\n"
+        f"FROM {base_image} AS final\nRUN echo prepared > /prep\n"
+        "COPY --from=up1 /one /one\nCOPY --from=up2 /two /two\n")
+    repo = f"e2e/head-{uuid.uuid4().hex[:8]}"
+    proc = stagefleet("build", str(ctx), "--registry", registry.host, "--tag", f"{registry.host}/{repo}:1",
+                      "--parallel", "3", "--progress", "json", cwd=ctx)
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-3000:]
+    events = json_events(proc.stdout)
+    final = [e["line"] for e in events if e["event"] == "log" and e.get("stage") == "final"]
+    steps = [i for i, line in enumerate(final) if "RUN echo prepared" in line]
+    assert len(steps) == 2 and "STEP 2/2" in final[steps[0]] and "STEP 2/4" in final[steps[1]], final
+    assert any("Using cache" in line for line in final[steps[1]:steps[1] + 3]), final
+    done = events[-1]
+    files = image_files(registry, repo, done["digest"])
+    assert (files["prep"], files["one"], files["two"]) == (b"prepared\n", b"one\n", b"two\n")
