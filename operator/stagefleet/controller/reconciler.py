@@ -72,6 +72,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def sooner(a: float | None, b: float | None) -> float | None:
+    """The earlier of two "look again in" times; None is never."""
+    return b if a is None else a if b is None else min(a, b)
+
+
 @dataclass
 class Planned:
     """What planning a new generation produced: the planned status (None: the build stopped or waits),
@@ -367,7 +372,7 @@ class Reconciler:
                 status = stamped
             again = self.sources.retry(ib, build, status, now)
             if not isinstance(again, tuple):
-                return again if expires is None else (expires if again is None else min(expires, again))
+                return sooner(again, expires)
             status, build = again  # its source was unavailable: a new run tries again
             current_gen = False
 
@@ -380,20 +385,17 @@ class Reconciler:
             return None
         if len(spec.platforms) > 1:  # one child ImageBuild per platform, joined into an index
             again = None if finished else self.fanout.run(ib, build, spec, status, now)
-            if expires is not None:
-                return expires if again is None else min(expires, again)
-            return again
+            return sooner(again, expires)
         if finished:  # its pods and stage tags, when due
             status, cleanup_in = self.cleaner.after_finish(ib, build, status, now, spec=spec)
-            if cleanup_in is not None:
-                expires = cleanup_in if expires is None else min(expires, cleanup_in)
+            expires = sooner(expires, cleanup_in)
         if finished and spec.source.git is not None:
             polled = self.sources.poll(ib, build, spec, status, now)
             if isinstance(polled, tuple):  # the revision moved: a new run of the same spec
                 status, build = polled
                 current_gen = finished = False
-            elif polled is not None:
-                expires = polled if expires is None else min(expires, polled)
+            else:
+                expires = sooner(expires, polled)
 
         base = status  # what the API server holds: the base of the next status write
         events: list[Event] = []
@@ -419,7 +421,7 @@ class Reconciler:
         if again is None and not finished:
             return 0.5  # it just finished (its terminal status is written): the next pass cleans up after it
         if expires is not None:
-            return expires if again is None else min(expires, again)
+            return sooner(again, expires)
         if again is None and ttl is not None:
             # The pass that wrote the terminal status saw it unfinished; our own status writes start no
             # pass, so look again when the TTL would be up.
@@ -633,7 +635,7 @@ class Reconciler:
         if hold is not None:
             # Only progress changed: write it with the next change, or when the window ends. Its events
             # wait too: they follow from the status diff, so the pass that writes it emits them.
-            return hold if requeue is None else min(requeue, hold)
+            return sooner(requeue, hold)
         self.writer.write(ib, base, d.status)
         for ev in [*events, *d.events]:
             self.writer.event(ib, ev.type, ev.reason, ev.message)
