@@ -19,6 +19,17 @@ from stagefleet.worker.output import OutputTracker
 IGNORE_SUFFIXES = (".containerignore", ".dockerignore")
 
 
+def end(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """Stop a `buildah build` before the worker's cleanup removes its storage: SIGTERM, and SIGKILL when it
+    has not ended after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def write_dockerfile(hs: HeadStart, original: Path, directory: Path) -> Path:
     """The cut Dockerfile, under the original's file name and beside copies of the original's own ignore
     files, so buildah picks the same ignore rules (and so the same COPY cache keys) as for the original."""
@@ -65,10 +76,5 @@ class HeadRun:
         """End it (the worker is unwinding: its storage is about to go)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end(self.proc)
         self.thread.join(timeout=5)

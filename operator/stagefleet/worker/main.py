@@ -23,7 +23,7 @@ from stagefleet.worker import cachemounts, exitcodes, rootless
 from stagefleet.worker.buildah import build_argv
 from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
 from stagefleet.worker.fetch import Context, FetchError, SshAgent, fetch_context
-from stagefleet.worker.headrun import HeadRun, write_dockerfile
+from stagefleet.worker.headrun import HeadRun, end, write_dockerfile
 from stagefleet.worker.headstart import head_start
 from stagefleet.worker.keytag import store_under_key
 from stagefleet.worker.output import Failure, OutputTracker, Scrubber
@@ -79,11 +79,7 @@ def run_build(argv: list[str], env: dict[str, str], tracker: OutputTracker, scru
             for raw in proc.stdout:
                 out(tracker.feed(scrub(raw.decode("utf-8", errors="replace").rstrip("\r\n"))))
         except BaseException:  # SIGTERM/^C: stop buildah before our cleanup removes its storage
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            end(proc)
             raise
     return proc.returncode
 
