@@ -213,9 +213,9 @@ def decide(
     early = _started_early(plan, states)
 
     rejected_msg, quota_msg = verdict.refusals(plan, states)
-    waits = verdict.Waits(stalled_msg, rejected_msg, quota_msg)
+    going = verdict.Going(early, queue, stalled_msg, rejected_msg, quota_msg, old_conditions)
     new_phase, reason, message = verdict.verdict(build, spec, plan, states, standing, build_failure, deadline,
-                                                  now, early, queue, waits, old_conditions, events)
+                                                  now, going, events)
     final = states[plan.final_group]
 
     if new_phase in (FAILED, CANCELLED):

@@ -63,10 +63,7 @@ def verdict(
     failure: Failure | None,
     deadline: datetime,
     now: datetime,
-    early: Sequence[str],
-    queue: Spot | None,
-    waits: Waits,
-    old_conditions: Sequence[Mapping[str, Any]],
+    going: Going,
     events: list[Event],
 ) -> tuple[str, str, str]:
     """(phase, reason, message) of the build; cancels the groups a failure or the deadline leaves
@@ -81,7 +78,7 @@ def verdict(
         return FAILED, "BuildFailed", message
     if now >= deadline and final.phase != S_SUCCEEDED:
         message = f"timed out after {fmt_duration(spec.timeout_seconds)} (spec.timeout)"
-        for why in (waits.rejected, waits.quota):
+        for why in (going.rejected, going.quota):
             if why:
                 message += f"; {why}"
         for other in outcome.unfinished({g.id: states[g.id].phase for g in plan.groups}):
@@ -94,17 +91,22 @@ def verdict(
         message = f"built {spec.output.image}@{final.digest}"
         events.append(Event("Normal", "BuildSucceeded", message))
         return SUCCEEDED, "Succeeded", message
-    return building(build, spec, plan, states, early, queue, waits, old_conditions, events)
+    return building(build, spec, plan, states, going, events)
 
 
 @dataclass(frozen=True)
-class Waits:
-    """What a build that goes on waits for, each as a message ("" for nothing): missing Secrets, pods
-    the API refused, the namespace's exhausted quota."""
+class Going:
+    """What the message of a run that goes on draws from: the groups started early, the farm queue's
+    answer, what it waits for — each as a message, "" for nothing: missing Secrets, pods the API refused,
+    the namespace's exhausted quota — and the last status's conditions (an Event only when a wait begins
+    or changes)."""
 
+    early: Sequence[str]
+    queue: Spot | None
     secrets: str
     rejected: str
     quota: str
+    conditions: Sequence[Mapping[str, Any]]
 
 
 def building(
@@ -112,29 +114,26 @@ def building(
     spec: ImageBuildSpec,
     plan: PlanView,
     states: Mapping[str, GroupState],
-    early: Sequence[str],
-    queue: Spot | None,
-    waits: Waits,
-    old_conditions: Sequence[Mapping[str, Any]],
+    going: Going,
     events: list[Event],
 ) -> tuple[str, str, str]:
     """(phase, reason, message) of a run that goes on: what runs, started early, retries or queues; or
     why it waits (suspended, Secrets missing, pods refused, quota) — with an event when such a wait
     begins or changes."""
     new_phase = BUILDING
-    running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE and g.id not in early]
+    running = [g.id for g in plan.groups if states[g.id].phase in S_ACTIVE and g.id not in going.early]
     retrying = [g.id for g in plan.groups if states[g.id].phase == S_RETRYING]
     reason = "Building"
     parts = []
     if running:
         parts.append(f"running {some(running)}")
-    if early:
-        parts.append(f"{some(early)} started early")
+    if going.early:
+        parts.append(f"{some(going.early)} started early")
     if retrying:
         parts.append(f"retrying {some(retrying)}")
-    if queue is not None and queue.queued and not waits.secrets:
-        parts.append(queue.say(build.namespace))
-        reason = QUEUED if not running and not early else reason
+    if going.queue is not None and going.queue.queued and not going.secrets:
+        parts.append(going.queue.say(build.namespace))
+        reason = QUEUED if not running and not going.early else reason
     message = "; ".join(parts) or "waiting to start groups"
     if spec.suspend:
         done = sum(1 for gs in states.values() if gs.phase == S_SUCCEEDED)
@@ -143,29 +142,28 @@ def building(
             f"suspended (spec.suspend): {done}/{len(states)} groups done, no pod runs; "
             "setting it to false resumes this run"
         )
-    elif waits.secrets:
-        reason, message = "SecretNotFound", waits.secrets
-    elif waits.rejected:
-        reason, message = REJECTED, waits.rejected
-        prev_stalled = next((c for c in old_conditions if c.get("type") == "Stalled"), {})
+    elif going.secrets:
+        reason, message = "SecretNotFound", going.secrets
+    elif going.rejected:
+        reason, message = REJECTED, going.rejected
+        prev_stalled = next((c for c in going.conditions if c.get("type") == "Stalled"), {})
         if (prev_stalled.get("status"), prev_stalled.get("reason"), prev_stalled.get("message")) != (
             "True",
             REJECTED,
             message[:1024],
         ):
             events.append(Event("Warning", REJECTED, message))  # once, and again only when it changes
-    elif waits.quota:
-        waiting = f"waiting for the namespace's ResourceQuota: {waits.quota}"
-        message = f"{message}; {waiting}" if running or early or retrying else waiting
+    elif going.quota:
+        waiting = f"waiting for the namespace's ResourceQuota: {going.quota}"
+        message = f"{message}; {waiting}" if running or going.early or retrying else waiting
         reason = QUOTA
-        prev = next((c for c in old_conditions if c.get("type") == "Reconciling"), {})
+        prev = next((c for c in going.conditions if c.get("type") == "Reconciling"), {})
         if prev.get("reason") != QUOTA:
             events.append(Event("Normal", QUOTA, message))  # when the wait begins, not on every pass
-    held = waits.secrets or waits.rejected or waits.quota
+    held = going.secrets or going.rejected or going.quota
     if held and not any(states[g.id].attempts for g in plan.groups):
         new_phase = PENDING
     return new_phase, reason, message
-
 
 
 def some(ids: Sequence[str], most: int = 20) -> str:
