@@ -117,11 +117,15 @@ def rules(specific: str | None, root: Sequence[str | None]) -> Ignore | None:
     return None
 
 
+def own_files(dockerfile: str) -> tuple[str, str]:
+    """The Dockerfile's own two ignore files, beside it (``dockerfile``: its path or name)."""
+    return f"{dockerfile}{SPECIFIC_SUFFIX}", f"{dockerfile}.containerignore"
+
+
 def candidates(dockerfile: str | None) -> tuple[str, ...]:
     """The ignore files that may apply, relative to the context: the Dockerfile's own two (``dockerfile``
     relative to the context; None: it is not in the context, so it has none), then `ROOT_FILES`."""
-    own = (f"{dockerfile}{SPECIFIC_SUFFIX}", f"{dockerfile}.containerignore") if dockerfile else ()
-    return (*own, *ROOT_FILES)
+    return (*(own_files(dockerfile) if dockerfile else ()), *ROOT_FILES)
 
 
 def from_files(found: Mapping[str, str | None], dockerfile: str | None) -> Ignore | None:

@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from stagefleet.ignorefile import own_files
 from stagefleet.worker.headstart import HeadStart
 from stagefleet.worker.output import OutputTracker
-
-IGNORE_SUFFIXES = (".containerignore", ".dockerignore")
 
 
 def end(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
@@ -36,10 +35,9 @@ def write_dockerfile(hs: HeadStart, original: Path, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / original.name
     path.write_text(hs.dockerfile)
-    for suffix in IGNORE_SUFFIXES:
-        own = original.with_name(original.name + suffix)
-        if own.is_file():
-            shutil.copyfile(own, directory / own.name)
+    for name in own_files(original.name):
+        if (original.parent / name).is_file():
+            shutil.copyfile(original.parent / name, directory / name)
     return path
 
 
