@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from stagefleet import health
 from stagefleet.controller import trust
+from stagefleet.controller.groupupdate import ADMISSION_RETRIES
 from stagefleet.controller.model import GroupPlan, PlanView
 from stagefleet.controller.observe import PodObservation, observe_pod, parse_result, pod_signature
 from stagefleet.controller.report import planned_status, terminal_status
 from stagefleet.controller.secretneeds import secret_needs, secret_problems
-from stagefleet.controller.status import ADMISSION_RETRIES, Decision, decide
+from stagefleet.controller.status import Decision, decide
 
 from .helpers import BUILD, SEED_PLAN, decide_pods, make_spec, pod, recorded, result_json
 
