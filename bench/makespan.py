@@ -22,8 +22,10 @@ Each repetition builds the same Dockerfile four ways, each from fresh storage:
   BuildKit      `DOCKER_BUILDKIT=1 docker build` against a private dockerd that the bench starts (bench/
                 buildkit.py; Debian's docker.io 20.10), its build cache and images pruned before each
                 build (cold, base pulled again); skipped, with the reason, when docker.io is absent
+  BuildKit + push  the same build tagged in a fresh repository of the local registry, then `docker push`:
+                what a user of `docker build` does to get the image where stagefleet puts it
 buildah and BuildKit only build (no push); stagefleet also pushes the final image (and the stage results
-it must).
+it must). "BuildKit + push" is the like-for-like peer of stagefleet's time.
 
 The critical path is the longest chain of stage durations (status.stages[].duration, the worker's
 per-stage buildah time), following the plan's group dependencies. The overhead over it is split along
@@ -432,23 +434,26 @@ def main() -> int:
                 par: list[float] = []
                 runs: list[Run] = []
                 bks: list[float] = []
+                bkps: list[float] = []  # build + push
                 for i in range(reps[shape]):
                     # interleaved, so drift over the run hits every method alike
                     seq.append(buildah_once(dockerfile, base, reg.host, 1, work / f"{shape}-{i}-j1"))
                     par.append(buildah_once(dockerfile, base, reg.host, stages, work / f"{shape}-{i}-jn"))
                     if bk is not None:
                         bk.prune()  # cold: no build cache, no images (the base is pulled again)
-                        bks.append(bk.build(dockerfile, base))
+                        ref = f"{reg.host}/bench-buildkit/{shape}:{i}"  # a fresh repository: cold
+                        bks.append(bk.build(dockerfile, base, tag=ref))
+                        bkps.append(bks[-1] + bk.push(ref))
                     runs.append(sf.build(dockerfile, base))
                     print(f"  {shape} #{i + 1}: buildah -j1 {seq[-1]:.2f} s, -j{stages} {par[-1]:.2f} s, "
-                          + (f"BuildKit {bks[-1]:.2f} s, " if bks else "")
+                          + (f"BuildKit {bks[-1]:.2f} s (+ push {bkps[-1]:.2f} s), " if bks else "")
                           + f"stagefleet {runs[-1].seconds:.2f} s", flush=True)
-                report(shape, what, stages, seq, par, runs, bks)
+                report(shape, what, stages, seq, par, runs, bks, bkps)
     return 0
 
 
 def report(shape: str, what: str, jobs: int, seq: list[float], par: list[float], runs: list[Run],
-           bks: list[float]) -> None:
+           bks: list[float], bkps: list[float]) -> None:
     sf = [r.seconds for r in runs]
     cps = [critical_path(r.status) for r in runs]
     cp = [c[0] for c in cps]
@@ -458,8 +463,10 @@ def report(shape: str, what: str, jobs: int, seq: list[float], par: list[float],
     print(f"  buildah --jobs {jobs}   {fmt(par)}   {statistics.median(par) / med_seq:.2f} × sequential")
     if bks:
         print(f"  BuildKit (cold)    {fmt(bks)}   {statistics.median(bks) / med_seq:.2f} × sequential")
+        print(f"  BuildKit + push    {fmt(bkps)}   {statistics.median(bkps) / med_seq:.2f} × sequential")
     print(f"  stagefleet         {fmt(sf)}   {statistics.median(sf) / med_seq:.2f} × sequential"
-          + (f"; {statistics.median(sf) / statistics.median(bks):.2f} × BuildKit" if bks else ""))
+          + (f"; {statistics.median(sf) / statistics.median(bks):.2f} × BuildKit, "
+             f"{statistics.median(sf) / statistics.median(bkps):.2f} × BuildKit + push" if bks else ""))
     print(f"  critical path      {fmt(cp)}   ({' → '.join(cps[0][1])}; stage durations from status)")
     over = [s - c for s, c in zip(sf, cp, strict=True)]
     print(f"  stagefleet overhead over the critical path: {fmt(over)}")

@@ -16,10 +16,11 @@ Two builders, interleaved:
                registry cache R shared by its builds (what a fresh CI runner has); it pushes nothing else.
   BuildKit     `docker build` on a private dockerd the bench starts (bench/buildkit.py, Debian's docker.io):
                pruned before each repetition's cold build, then warm (its local cache kept) for the three
-               rebuilds — a long-lived BuildKit daemon; it builds only. Skipped, with the reason, when
-               docker.io is not installed.
-Prints a table per scenario: median seconds (min, max) and the ratios stagefleet / buildah and
-stagefleet / BuildKit.
+               rebuilds — a long-lived BuildKit daemon. Its build is timed alone, and with the `docker
+               push` of its output to the local registry after it ("BuildKit + push": stagefleet's time
+               includes writing the output tag). Skipped, with the reason, when docker.io is not installed.
+Prints a table per scenario: median seconds (min, max) and the ratios stagefleet / buildah,
+stagefleet / BuildKit and stagefleet / BuildKit + push.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main() -> int:
     sf_pods: dict[str, list[int]] = {s: [] for s in SCENARIOS}
     bh_times: dict[str, list[float]] = {s: [] for s in SCENARIOS}
     bk_times: dict[str, list[float]] = {s: [] for s in SCENARIOS}
+    bkp_times: dict[str, list[float]] = {s: [] for s in SCENARIOS}  # build + push
     with tempfile.TemporaryDirectory(prefix="sf-rebuild-") as tmpdir:
         work = Path(args.workdir) if args.workdir else Path(tmpdir)
         work.mkdir(parents=True, exist_ok=True)
@@ -119,22 +121,27 @@ def main() -> int:
                     if bk is not None:
                         if scenario == "cold":
                             bk.prune()
-                        bk_times[scenario].append(bk.build(dockerfile, ref))
+                        bk_out = f"{reg.host}/bench/rebuild-bk-{rep}:latest"
+                        bk_times[scenario].append(bk.build(dockerfile, ref, tag=bk_out))
+                        bkp_times[scenario].append(bk_times[scenario][-1] + bk.push(bk_out))
                     run = sf.build(dockerfile, ref, output=out)
                     sf_times[scenario].append(run.seconds)
                     sf_pods[scenario].append(len(run.traces))
                     print(f"  #{rep + 1} {scenario:13s} stagefleet {run.seconds:6.2f} s, "
                           f"{len(run.traces)} pod(s); buildah+registry cache {seconds:6.2f} s"
-                          + (f"; BuildKit {bk_times[scenario][-1]:6.2f} s" if bk is not None else ""),
+                          + (f"; BuildKit {bk_times[scenario][-1]:6.2f} s (+ push "
+                             f"{bkp_times[scenario][-1]:6.2f} s)" if bk is not None else ""),
                           flush=True)
     print(f"\nrebuild, seed shape with `sleep {args.sleep}` branches, {args.reps} repetition(s), medians:")
     print("| scenario | stagefleet | worker pods | fresh buildah + registry cache | stagefleet / buildah "
-          "| BuildKit (warm daemon) | stagefleet / BuildKit |")
-    print("|---|---|---|---|---|---|---|")
+          "| BuildKit (warm daemon) | stagefleet / BuildKit | BuildKit + push "
+          "| stagefleet / BuildKit + push |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s in SCENARIOS:
         sf_med = statistics.median(sf_times[s])
-        bk_cols = (f"{fmt(bk_times[s])} | {sf_med / statistics.median(bk_times[s]):.2f}" if bk_times[s]
-                   else "not measured | -")
+        bk_cols = (f"{fmt(bk_times[s])} | {sf_med / statistics.median(bk_times[s]):.2f} | "
+                   f"{fmt(bkp_times[s])} | {sf_med / statistics.median(bkp_times[s]):.2f}" if bk_times[s]
+                   else "not measured | - | not measured | -")
         print(f"| {s} | {fmt(sf_times[s])} | {statistics.median(sf_pods[s]):.0f} | {fmt(bh_times[s])} | "
               f"{sf_med / statistics.median(bh_times[s]):.2f} | {bk_cols} |")
     return 0
