@@ -14,7 +14,7 @@ Each repetition builds the same Dockerfile four ways, each from fresh storage:
   stagefleet    ImageBuild applied to the dev cluster (API emulator + local kubelet), the real operator
                 as a subprocess, one real worker pod (stagefleet-worker → buildah) per plan group, stage
                 results pushed/pulled through a local docker-registry by digest; timed from the API
-                create to the first poll (every 0.2 s) that sees phase Succeeded. A fresh output
+                create to the watch event that shows phase Succeeded. A fresh output
                 repository per repetition, so the registry layer cache is cold every time.
   buildah -j1   `buildah build --jobs 1` in a fresh storage root (stages one after another)
   buildah -jN   `buildah build --jobs N` in a fresh storage root (N = stage count: one builder,
@@ -41,7 +41,8 @@ the chain of pods that ends last, from timestamps of a thin wrapper around each 
                include (pull) — base and upstream stage images pulled from the registry — and
                (cache-push) — layers pushed to the cache repository
   push         the rest of the worker: pushing the group's image by digest, buildah exit, cleanup
-  tail         last worker exit → the poll that sees Succeeded (operator reads the result, writes status)
+  tail         last worker exit → the watch event that shows Succeeded (operator reads the result, writes
+               status)
 """
 
 from __future__ import annotations
@@ -344,7 +345,7 @@ class Stagefleet:
     def build(self, dockerfile: str, base: str, timeout: float = 600, *, output: str | None = None) -> Run:
         """Apply, wait for Succeeded, delete. ``output`` (default: a fresh repository per build, so the
         registry cache is cold) names the image; builds of one output share a cache repository."""
-        from kubernetes import client
+        from kubernetes import client, watch
 
         assert self.op is not None and self.op.poll() is None, "operator not running"
         custom: Any = client.CustomObjectsApi(self.api)
@@ -357,19 +358,28 @@ class Stagefleet:
                      "buildArgs": {"BASE": base}, "maxParallelPods": 8, "timeout": "10m",
                      "output": {"image": output or f"{self.registry}/bench/{name}:latest"}},
         }
+        group = ("stagefleet.io", "v1alpha1", NAMESPACE, "imagebuilds")
+        # A watch, opened before the create, sees the status write that ends the build as it happens (what
+        # `kubectl wait` sees), where a poll would add up to its interval.
+        listed: dict[str, Any] = custom.list_namespaced_custom_object(*group)
+        events = watch.Watch().stream(custom.list_namespaced_custom_object, *group,
+                                      field_selector=f"metadata.name={name}", timeout_seconds=int(timeout),
+                                      resource_version=listed["metadata"]["resourceVersion"])
         applied = time.time()
         t0 = time.monotonic()
-        custom.create_namespaced_custom_object("stagefleet.io", "v1alpha1", NAMESPACE, "imagebuilds", body)
-        while True:
-            obj: dict[str, Any] = custom.get_namespaced_custom_object(
-                "stagefleet.io", "v1alpha1", NAMESPACE, "imagebuilds", name)
+        custom.create_namespaced_custom_object(*group, body)
+        phase = None
+        obj: dict[str, Any] = {}
+        for event in events:
+            obj = event["object"]
             phase = (obj.get("status") or {}).get("phase")
             if phase in ("Succeeded", "Failed", "Cancelled"):
                 break
-            if time.monotonic() - t0 > timeout or self.op.poll() is not None:
-                raise SystemExit(f"{name}: no end after {timeout}s (phase {phase}); see {self.oplog}")
-            time.sleep(0.2)
+            if self.op.poll() is not None:
+                break
         seconds = time.monotonic() - t0
+        if phase not in ("Succeeded", "Failed", "Cancelled"):
+            raise SystemExit(f"{name}: no end after {seconds:.0f}s (phase {phase}); see {self.oplog}")
         seen = time.time()
         if phase != "Succeeded":
             raise SystemExit(f"{name} {phase}: {obj['status'].get('message')}")

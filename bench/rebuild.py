@@ -10,8 +10,8 @@ rebuilt three ways, each repetition in this order:
 Two builders, interleaved:
   stagefleet   an ImageBuild on the dev cluster (bench/makespan.py's harness: real operator, one real worker
                pod per plan group, a local docker-registry), every build with the same output repository,
-               so they share one cache repository: timed from the API create to the poll (every 0.2 s)
-               that sees Succeeded; "pods" counts the worker pods the build started.
+               so they share one cache repository: timed from the API create to the watch event that
+               shows Succeeded; "pods" counts the worker pods the build started.
   buildah      `buildah build --layers --cache-from R --cache-to R --jobs 3` in a fresh storage root, the
                registry cache R shared by its builds (what a fresh CI runner has); it pushes nothing else.
   BuildKit     `docker build` on a private dockerd the bench starts (bench/buildkit.py, Debian's docker.io):
