@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -33,8 +34,23 @@ from stagefleet.gitauth import is_http_url
 log = logging.getLogger("stagefleet.operator")
 
 
-class SourceJob:
-    """One ImageBuild generation's source being resolved in a thread of its own.
+@dataclass(eq=False)
+class _Job:
+    """A build's job for one run (its uid and run number), ending in a thread of its own."""
+
+    uid: str
+    run: int
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+    @property
+    def ident(self) -> tuple[str, int]:
+        return self.uid, self.run
+
+
+@dataclass(eq=False)
+class SourceJob(_Job):
+    """One ImageBuild run's source being resolved in a thread of its own.
 
     A black-holed git host (or registry, for spec.source.oci) must hold neither a reconcile thread (eight
     of them stall every tenant) nor the event loop: the pass that needs the source starts the job and
@@ -42,38 +58,21 @@ class SourceJob:
     build's next pass, which plans with its result or fails naming spec.source.git.url or .oci.image.
     """
 
-    def __init__(self, uid: str, generation: int) -> None:
-        self.uid = uid
-        self.generation = generation
-        self.done = threading.Event()
-        self.resolved: Resolved | None = None
-        self.error: str | None = None
-        self.timed_out = False
-        self.thread: threading.Thread | None = None
-        self.started = threading.Event()  # it holds a source slot (`sourceslots`) and resolves
-        self.said_queued = False  # a status said it waits for a slot: say when it starts
-
-    @property
-    def ident(self) -> tuple[str, int]:
-        return self.uid, self.generation
+    resolved: Resolved | None = None
+    timed_out: bool = False
+    thread: threading.Thread | None = None
+    started: threading.Event = field(default_factory=threading.Event)  # it holds a slot and resolves
+    said_queued: bool = False  # a status said it waits for a slot: say when it starts
 
 
-class PollJob:
+@dataclass(eq=False)
+class PollJob(_Job):
     """One look at a finished build's git revision (`polling`), in a thread of its own like `SourceJob`."""
 
-    def __init__(self, uid: str, run: int) -> None:
-        self.uid = uid
-        self.run = run
-        self.done = threading.Event()
-        self.commit: str | None = None
-        self.error: str | None = None
-
-    @property
-    def ident(self) -> tuple[str, int]:
-        return self.uid, self.run
+    commit: str | None = None
 
 
-J = TypeVar("J", SourceJob, PollJob)
+J = TypeVar("J", bound=_Job)
 
 
 class JobTable(Generic[J]):
