@@ -359,27 +359,32 @@ class Stagefleet:
                      "output": {"image": output or f"{self.registry}/bench/{name}:latest"}},
         }
         group = ("stagefleet.io", "v1alpha1", NAMESPACE, "imagebuilds")
-        # A watch, opened before the create, sees the status write that ends the build as it happens (what
-        # `kubectl wait` sees), where a poll would add up to its interval.
-        listed: dict[str, Any] = custom.list_namespaced_custom_object(*group)
-        events = watch.Watch().stream(custom.list_namespaced_custom_object, *group,
-                                      field_selector=f"metadata.name={name}", timeout_seconds=int(timeout),
-                                      resource_version=listed["metadata"]["resourceVersion"])
+        # Watched from the resourceVersion listed before the create, so no event is missed: the status write
+        # that ends the build is seen as it happens (what `kubectl wait` sees), where a poll would add up to
+        # its interval.
+        version = custom.list_namespaced_custom_object(*group)["metadata"]["resourceVersion"]
         applied = time.time()
         t0 = time.monotonic()
         custom.create_namespaced_custom_object(*group, body)
         phase = None
         obj: dict[str, Any] = {}
-        for event in events:
-            obj = event["object"]
-            phase = (obj.get("status") or {}).get("phase")
-            if phase in ("Succeeded", "Failed", "Cancelled"):
-                break
-            if self.op.poll() is not None:
-                break
+        while phase not in ("Succeeded", "Failed", "Cancelled"):
+            left = t0 + timeout - time.monotonic()
+            if left <= 0 or self.op.poll() is not None:
+                raise SystemExit(f"{name}: no end after {timeout}s (phase {phase}); see {self.oplog}")
+            # (at most 5 s a watch, so that an operator gone is noticed; each goes on from the last version)
+            events = watch.Watch().stream(custom.list_namespaced_custom_object, *group,
+                                          field_selector=f"metadata.name={name}", resource_version=version,
+                                          timeout_seconds=max(1, int(min(left, 5))))
+            for event in events:
+                if event["type"] == "ERROR":
+                    raise SystemExit(f"{name}: the watch failed: {event['object']}")
+                obj = event["object"]
+                version = obj["metadata"]["resourceVersion"]
+                phase = (obj.get("status") or {}).get("phase")
+                if phase in ("Succeeded", "Failed", "Cancelled") or self.op.poll() is not None:
+                    break
         seconds = time.monotonic() - t0
-        if phase not in ("Succeeded", "Failed", "Cancelled"):
-            raise SystemExit(f"{name}: no end after {seconds:.0f}s (phase {phase}); see {self.oplog}")
         seen = time.time()
         if phase != "Succeeded":
             raise SystemExit(f"{name} {phase}: {obj['status'].get('message')}")
