@@ -1,7 +1,8 @@
 """The head start's `buildah build` (`worker.headstart`), run on a thread while the worker waits.
 
 Never fatal: the build proper runs every step again, finding the head start's as cache hits, so a head
-start that fails (or is stopped) only loses its time; the build proper reports any real error.
+start that fails (or is stopped) only loses its time; the build proper reports any real error. Streaming a
+build's output (`follow`) and stopping it (`end`) serve the build proper (`worker.main.run_build`) too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import IO
 
 from stagefleet.ignorefile import own_files
 from stagefleet.worker.headstart import HeadStart
@@ -27,6 +29,14 @@ def end(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def follow(stdout: IO[bytes], tracker: OutputTracker, line: Callable[[str], str],
+           out: Callable[[str], None]) -> None:
+    """Stream a `buildah build`'s output: each raw line decoded and scrubbed (``line``), accounted by
+    ``tracker`` and printed stage-prefixed (``out``), until it ends."""
+    for raw in stdout:
+        out(tracker.feed(line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))))
 
 
 def write_dockerfile(hs: HeadStart, original: Path, directory: Path) -> Path:
@@ -59,8 +69,7 @@ class HeadRun:
 
     def _follow(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.out(self.tracker.feed(self.line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))))
+        follow(self.proc.stdout, self.tracker, self.line, self.out)
         rc = self.proc.wait()
         self.log(f"head start done: exit status {rc} after {time.monotonic() - self.started:.1f}s")
 

@@ -23,7 +23,7 @@ from stagefleet.worker import cachemounts, exitcodes, rootless
 from stagefleet.worker.buildah import build_argv
 from stagefleet.worker.dockerinfo import DockerfileInfo, DockerfileSyntaxError, analyse, precheck
 from stagefleet.worker.fetch import Context, FetchError, SshAgent, fetch_context
-from stagefleet.worker.headrun import HeadRun, end, write_dockerfile
+from stagefleet.worker.headrun import HeadRun, end, follow, write_dockerfile
 from stagefleet.worker.headstart import head_start
 from stagefleet.worker.keytag import store_under_key
 from stagefleet.worker.output import Failure, OutputTracker, Scrubber
@@ -76,8 +76,7 @@ def run_build(argv: list[str], env: dict[str, str], tracker: OutputTracker, scru
                           stdin=subprocess.DEVNULL) as proc:
         assert proc.stdout is not None
         try:
-            for raw in proc.stdout:
-                out(tracker.feed(scrub(raw.decode("utf-8", errors="replace").rstrip("\r\n"))))
+            follow(proc.stdout, tracker, scrub, out)
         except BaseException:  # SIGTERM/^C: stop buildah before our cleanup removes its storage
             end(proc)
             raise
