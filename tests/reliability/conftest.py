@@ -564,7 +564,8 @@ def assert_clean_success(obj: dict[str, Any], api: Api, ledger: Ledger, records:
     refusals = Counter(pod_labels(p)[1] for p in refused)
     pods = [p for p in pods if not refused_at_admission(p)]
     per_group = Counter(pod_labels(p)[1] for p in pods)
-    assert per_group == {g: 1 for g in groups}, (per_group, why_extra_pods(build, api, pods, per_group))
+    # (a str message: pytest prints it whole, where it cuts a tuple's repr short — and with it the events)
+    assert per_group == {g: 1 for g in groups}, f"{per_group}\n{why_extra_pods(build, api, pods, per_group)}"
     for s in st["stages"]:
         assert s["phase"] == "Succeeded" and s["attempts"] == 1 + refusals[s["group"]], s
         assert (s.get("restarts") or 0) == refusals[s["group"]], s
